@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Build llama-server from the llama.cpp tree vendored in the pinned llama-cpp-python sdist,
+# into a cache folder, and reuse an existing build. Prints the binary's path on stdout.
+#
+#   scripts/build-llama-server.sh            # build (or reuse) and print the path
+#   LLMCTL_BUILD_CACHE=/some/dir scripts/build-llama-server.sh
+#
+# Needs cmake and a C++17 compiler; about 4 minutes on 2 cores. Set LLMCTL_CUDA=1 for -DGGML_CUDA=ON.
+set -euo pipefail
+
+version="0.3.36"
+cache="${LLMCTL_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llmctl/llama-server-$version}"
+flavour="cpu"
+cmake_extra=()
+if [ "${LLMCTL_CUDA:-0}" = "1" ]; then
+  flavour="cuda"
+  cmake_extra+=("-DGGML_CUDA=ON")
+fi
+bindir="$cache/build-$flavour/bin"
+binary="$bindir/llama-server"
+
+if [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1; then
+  echo "$binary"
+  exit 0
+fi
+
+log() { echo "build-llama-server: $*" >&2; }
+for tool in cmake c++; do
+  command -v "$tool" >/dev/null || { log "needs '$tool' (apt-get install cmake g++)"; exit 1; }
+done
+
+mkdir -p "$cache"
+sdist="$cache/llama_cpp_python-$version.tar.gz"
+if [ ! -f "$sdist" ]; then
+  log "downloading llama-cpp-python==$version sdist"
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
+    "llama-cpp-python==$version" -d "$tmp" >&2 \
+    || python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$tmp" >&2
+  mv "$tmp"/llama_cpp_python-"$version".tar.gz "$sdist"
+  rm -rf "$tmp"
+fi
+
+src="$cache/src"
+if [ ! -f "$src/CMakeLists.txt" ]; then
+  log "unpacking vendor/llama.cpp"
+  rm -rf "$src" "$cache/unpack"
+  mkdir -p "$cache/unpack"
+  tar -xzf "$sdist" -C "$cache/unpack" "llama_cpp_python-$version/vendor/llama.cpp"
+  mv "$cache/unpack/llama_cpp_python-$version/vendor/llama.cpp" "$src"
+  rm -rf "$cache/unpack"
+fi
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+log "configuring ($flavour)"
+cmake -S "$src" -B "$cache/build-$flavour" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+  "${cmake_extra[@]}" >&2
+log "building llama-server (a few minutes)"
+cmake --build "$cache/build-$flavour" --target llama-server -j "$(nproc)" >&2
+"$binary" --version >&2
+echo "$binary"

@@ -1,0 +1,106 @@
+"""Error families. Each carries what went wrong, where, and what to do; the CLI renders them.
+
+Exit codes (stable, documented in the README):
+  0  success
+  1  the operation failed: lint found errors, the server failed to start or is unhealthy
+  2  invalid input: unknown profile, unreadable or unparsable manifest, bad flag value
+  3  another llmctl holds the lock and did not release it in time
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_LOCKED = 3
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about a manifest, with its place (1-based line and column)."""
+
+    severity: Severity
+    rule: str
+    message: str
+    profile: str | None = None
+    file: str = ""
+    line: int | None = None
+    column: int | None = None
+    hint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def where(self) -> str:
+        if self.line is None:
+            return self.file
+        return f"{self.file}:{self.line}:{self.column or 1}"
+
+
+@dataclass
+class LlmctlError(Exception):
+    """Base of every error a user can act on. Never shown with a traceback."""
+
+    message: str
+    hint: str | None = None
+    exit_code: int = EXIT_FAILED
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": type(self).__name__, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        out.update(self.details)
+        return out
+
+
+@dataclass
+class ManifestError(LlmctlError):
+    """The manifest cannot be found, read, parsed or used; `problems` says where."""
+
+    exit_code: int = EXIT_INPUT
+    problems: list[Problem] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.problems:
+            out["problems"] = [p.to_json() for p in self.problems]
+        return out
+
+
+@dataclass
+class UsageError(LlmctlError):
+    """Invalid input on the command line: an unknown profile, a bad size, a bad flag value."""
+
+    exit_code: int = EXIT_INPUT
+
+
+@dataclass
+class GGUFError(LlmctlError):
+    """A file is not a readable GGUF (corrupt, truncated, hostile, or not GGUF at all)."""
+
+    exit_code: int = EXIT_INPUT
+
+
+@dataclass
+class LaunchError(LlmctlError):
+    """llama-server could not be started, failed while loading, or is not healthy."""
+
+    exit_code: int = EXIT_FAILED
+    exit_status: int | None = None
+    stderr_tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LockTimeout(LlmctlError):
+    """Another llmctl holds the state lock and did not release it in time."""
+
+    exit_code: int = EXIT_LOCKED

@@ -1,0 +1,46 @@
+"""The hand-off between the manifest and the supervisor: exactly what to run, and how to judge it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One llama-server launch: argv (argv[0] is the binary), the extra environment, and its limits."""
+
+    profile: str
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8081
+    ready_timeout: float = 600.0
+    stall_timeout: float = 120.0
+    stop_timeout: float = 10.0
+    model: str = ""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def config_hash(self) -> str:
+        """Identifies the configuration: same argv and environment, same hash."""
+        blob = json.dumps({"argv": list(self.argv), "env": self.env}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def shell(self) -> str:
+        """The command line, shell-quoted, environment assignments first."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        cmd = shlex.join(self.argv)
+        return f"{env} {cmd}" if env else cmd
+
+    def to_json(self) -> dict[str, Any]:
+        return {"argv": list(self.argv), "env": dict(self.env)}

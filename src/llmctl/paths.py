@@ -1,0 +1,27 @@
+"""Where llmctl keeps its files. Environment variables win, then XDG, then the defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / fallback
+
+
+def state_dir() -> Path:
+    """State file, lock and logs: `LLMCTL_STATE_DIR`, else `$XDG_STATE_HOME/llmctl`."""
+    value = os.environ.get("LLMCTL_STATE_DIR")
+    return Path(value) if value else _xdg("XDG_STATE_HOME", ".local/state") / "llmctl"
+
+
+def cache_dir() -> Path:
+    """Caches (llama-server --help, test bed builds): `LLMCTL_CACHE_DIR`, else `$XDG_CACHE_HOME/llmctl`."""
+    value = os.environ.get("LLMCTL_CACHE_DIR")
+    return Path(value) if value else _xdg("XDG_CACHE_HOME", ".cache") / "llmctl"
+
+
+def config_dir() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "llmctl"
