@@ -1,0 +1,112 @@
+"""Shared test harness.
+
+- Every test runs with its own state, cache and config folders (no test sees the user's files).
+- `llama_server_bin` is the real llama-server, built once by scripts/build-llama-server.sh.
+- The session fails if any process started by a test is still alive at the end: every child
+  inherits LLMCTL_TEST_SESSION, and /proc is searched for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSION_MARK = f"LLMCTL_TEST_SESSION={uuid.uuid4().hex}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    key, value = SESSION_MARK.split("=", 1)
+    os.environ[key] = value
+
+
+def _marked_processes() -> list[int]:
+    needle = SESSION_MARK.encode()
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # zombies are dead already; their parent reaps them
+        if needle in environ.split(b"\0") and ") Z " not in stat:
+            found.append(int(entry.name))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    deadline = time.monotonic() + 5
+    leftovers = _marked_processes()
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leftovers = _marked_processes()
+    if not leftovers:
+        return
+    lines = []
+    for pid in leftovers:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            cmd = "?"
+        lines.append(f"  pid {pid}: {cmd}")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    sys.stderr.write("\nprocesses left behind by the tests (now killed):\n" + "\n".join(lines) + "\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point every llmctl folder at tmp paths; no test touches the user's files."""
+    home = tmp_path / "home"
+    for var in list(os.environ):
+        if var.startswith("LLMCTL_") and not var.startswith("LLMCTL_TEST_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("LLMCTL_STATE_DIR", str(home / "state"))
+    monkeypatch.setenv("LLMCTL_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "xdg-state"))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> Path:
+    """The real llama-server: $LLMCTL_TEST_LLAMA_SERVER, else built (or reused) by the project script."""
+    given = os.environ.get("LLMCTL_TEST_LLAMA_SERVER")
+    if given:
+        path = Path(given)
+        if not os.access(path, os.X_OK):
+            pytest.fail(f"LLMCTL_TEST_LLAMA_SERVER={given} is not an executable")
+        return path
+    script = ROOT / "scripts" / "build-llama-server.sh"
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"building llama-server failed:\n{proc.stderr[-4000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
