@@ -1,0 +1,324 @@
+"""Tiny random-weight GGUF models that the real llama-server loads and serves.
+
+The output is gibberish; the mechanics (load, KV allocation, HTTP API, streaming) are real. Written by
+hand with `struct`, no numpy and no `gguf` package. Used by the tests and by anyone who wants a model
+to try llmctl with: `write_tiny_model(Path("tiny.gguf"))`.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmctl.gguf import (
+    DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    T_ARRAY,
+    T_BOOL,
+    T_FLOAT32,
+    T_INT32,
+    T_STRING,
+    T_UINT32,
+    T_UINT64,
+    GGMLType,
+    ggml_type,
+)
+
+
+@dataclass(frozen=True)
+class Value:
+    """A metadata value with its GGUF type; arrays give `item_type`."""
+
+    type: int
+    value: Any
+    item_type: int | None = None
+
+
+def u32(v: int) -> Value:
+    return Value(T_UINT32, v)
+
+
+def f32(v: float) -> Value:
+    return Value(T_FLOAT32, v)
+
+
+def string(v: str) -> Value:
+    return Value(T_STRING, v)
+
+
+def boolean(v: bool) -> Value:
+    return Value(T_BOOL, v)
+
+
+def array(item_type: int, items: Sequence[Any]) -> Value:
+    return Value(T_ARRAY, list(items), item_type)
+
+
+_FMT = {T_UINT32: "I", T_INT32: "i", T_FLOAT32: "f", T_BOOL: "?", T_UINT64: "Q"}
+
+
+def _encode_str(s: str) -> bytes:
+    raw = s.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _encode_value(v: Value) -> bytes:
+    if v.type == T_STRING:
+        return _encode_str(v.value)
+    if v.type == T_ARRAY:
+        assert v.item_type is not None
+        head = struct.pack("<IQ", v.item_type, len(v.value))
+        if v.item_type == T_STRING:
+            return head + b"".join(_encode_str(s) for s in v.value)
+        return head + struct.pack(f"<{len(v.value)}{_FMT[v.item_type]}", *v.value)
+    return struct.pack("<" + _FMT[v.type], v.value)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor to write: `shape` in ggml `ne` order (fastest dimension first)."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: GGMLType
+    fill: str = "random"  # "random", "ones", "zeros", "neg"
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n // self.type.block_size * self.type.type_size
+
+
+class _Pool:
+    """Random bytes per type, tiled: generating every weight one by one would be slow."""
+
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(seed)
+        n = 1 << 14
+        values = [rng.uniform(-0.08, 0.08) for _ in range(n)]
+        self.f32 = struct.pack(f"<{n}f", *values)
+        self.f16 = struct.pack(f"<{n}e", *values)
+        # quantized blocks: a small fixed scale (random bytes could make it inf or NaN)
+        q8 = [
+            struct.pack("<e", 0.002) + bytes(rng.randrange(256) for _ in range(32))
+            for _ in range(64)
+        ]
+        self.q8_0 = b"".join(q8)
+        q4 = [
+            struct.pack("<e", 0.01) + bytes(rng.randrange(256) for _ in range(16))
+            for _ in range(64)
+        ]
+        self.q4_0 = b"".join(q4)
+
+    def data(self, t: Tensor) -> bytes:
+        n = t.nbytes
+        name = t.type.name
+        if t.fill in ("ones", "neg", "zeros"):
+            if name not in ("f32", "f16"):
+                raise ValueError(f"{t.name}: fill {t.fill} needs f32 or f16")
+            v = {"ones": 1.0, "neg": -1.0, "zeros": 0.0}[t.fill]
+            fmt = "f" if name == "f32" else "e"
+            return struct.pack("<" + fmt, v) * (n // struct.calcsize(fmt))
+        pools = {"f32": self.f32, "f16": self.f16, "q8_0": self.q8_0, "q4_0": self.q4_0}
+        pool = pools.get(name)
+        if pool is None:
+            raise ValueError(f"{t.name}: cannot write random {name} data")
+        reps = n // len(pool) + 1
+        return (pool * reps)[:n]
+
+
+def write_gguf(
+    path: Path,
+    metadata: Iterable[tuple[str, Value]],
+    tensors: Sequence[Tensor],
+    *,
+    seed: int = 0,
+    alignment: int = DEFAULT_ALIGNMENT,
+) -> Path:
+    """Write a GGUF v3 file with the given metadata and random tensor data."""
+    meta = list(metadata)
+    head = bytearray(GGUF_MAGIC)
+    head += struct.pack("<IQQ", 3, len(tensors), len(meta))
+    for key, value in meta:
+        head += _encode_str(key)
+        head += struct.pack("<I", value.type)
+        head += _encode_value(value)
+    offset = 0
+    offsets = []
+    for t in tensors:
+        offsets.append(offset)
+        offset += (t.nbytes + alignment - 1) // alignment * alignment
+    for t, off in zip(tensors, offsets, strict=True):
+        head += _encode_str(t.name)
+        head += struct.pack(f"<I{len(t.shape)}QIQ", len(t.shape), *t.shape, t.type.id, off)
+    pad = (-len(head)) % alignment
+    head += b"\0" * pad
+    pool = _Pool(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(head)
+        for t in tensors:
+            data = pool.data(t)
+            fh.write(data)
+            fh.write(b"\0" * ((-len(data)) % alignment))
+    tmp.replace(path)
+    return path
+
+
+# --- vocabulary -------------------------------------------------------------------------------
+
+_PIECES = ["▁", "▁the", "▁a", "▁is", "▁and", "▁to", "▁of", "▁in", "e", "t", "a", "o", "n"]
+_CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _vocab(n_extra: int) -> list[tuple[str, Value]]:
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [2, 3, 3]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [6] * 256
+    pieces = list(_PIECES)
+    i = 0
+    while len(pieces) < n_extra:
+        pieces.append(f"▁w{i}")
+        i += 1
+    tokens += pieces[:n_extra]
+    types += [1] * n_extra
+    scores = [0.0] * 3 + [0.0] * 256 + [-float(i) for i in range(n_extra)]
+    return [
+        ("tokenizer.ggml.model", string("llama")),
+        ("tokenizer.ggml.tokens", array(T_STRING, tokens)),
+        ("tokenizer.ggml.scores", array(T_FLOAT32, scores)),
+        ("tokenizer.ggml.token_type", array(T_INT32, types)),
+        ("tokenizer.ggml.unknown_token_id", u32(0)),
+        ("tokenizer.ggml.bos_token_id", u32(1)),
+        ("tokenizer.ggml.eos_token_id", u32(2)),
+        ("tokenizer.ggml.add_bos_token", boolean(True)),
+        ("tokenizer.ggml.add_eos_token", boolean(False)),
+        ("tokenizer.chat_template", string(_CHATML)),
+    ]
+
+
+# --- architectures ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Cfg:
+    arch: str
+    n_layer: int = 2
+    n_embd: int = 256
+    n_head: int = 4
+    n_head_kv: int | list[int] = 2
+    head_dim: int = 64
+    n_ff: int = 512
+    n_ctx_train: int = 4096
+    n_vocab_extra: int = 61  # 3 special + 256 bytes + 61 pieces = 320 tokens
+    tied: bool = False
+    weight_type: str = "f16"
+    name: str = "tiny"
+    seed: int = 0
+    extra: dict[str, Any] | None = None
+
+    @property
+    def n_vocab(self) -> int:
+        return 3 + 256 + self.n_vocab_extra
+
+    def kv(self, il: int) -> int:
+        return self.n_head_kv[il] if isinstance(self.n_head_kv, list) else self.n_head_kv
+
+    def opt(self, key: str, default: Any) -> Any:
+        return (self.extra or {}).get(key, default)
+
+
+_Builder = Callable[[_Cfg], tuple[list[tuple[str, Value]], list[Tensor]]]
+
+
+def _common_meta(c: _Cfg) -> list[tuple[str, Value]]:
+    a = c.arch
+    head_kv: Value = (
+        array(T_INT32, c.n_head_kv) if isinstance(c.n_head_kv, list) else u32(c.n_head_kv)
+    )
+    return [
+        ("general.architecture", string(a)),
+        ("general.name", string(c.name)),
+        ("general.file_type", u32(1)),
+        (f"{a}.context_length", u32(c.n_ctx_train)),
+        (f"{a}.embedding_length", u32(c.n_embd)),
+        (f"{a}.block_count", u32(c.n_layer)),
+        (f"{a}.feed_forward_length", u32(c.n_ff)),
+        (f"{a}.attention.head_count", u32(c.n_head)),
+        (f"{a}.attention.head_count_kv", head_kv),
+        (f"{a}.attention.key_length", u32(c.head_dim)),
+        (f"{a}.attention.value_length", u32(c.head_dim)),
+        (f"{a}.attention.layer_norm_rms_epsilon", f32(1e-5)),
+        (f"{a}.rope.dimension_count", u32(c.head_dim)),
+        (f"{a}.rope.freq_base", f32(10000.0)),
+        (f"{a}.vocab_size", u32(c.n_vocab)),
+    ]
+
+
+def _emb_out(c: _Cfg, wt: GGMLType, f32t: GGMLType) -> list[Tensor]:
+    out = [
+        Tensor("token_embd.weight", (c.n_embd, c.n_vocab), wt),
+        Tensor("output_norm.weight", (c.n_embd,), f32t, "ones"),
+    ]
+    if not c.tied:
+        out.append(Tensor("output.weight", (c.n_embd, c.n_vocab), wt))
+    return out
+
+
+def _llama(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    tensors = _emb_out(c, wt, ft)
+    q = c.head_dim * c.n_head
+    for il in range(c.n_layer):
+        kv = c.head_dim * c.kv(il)
+        p = f"blk.{il}."
+        tensors += [
+            Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "attn_q.weight", (c.n_embd, q), wt),
+            Tensor(p + "attn_k.weight", (c.n_embd, kv), wt),
+            Tensor(p + "attn_v.weight", (c.n_embd, kv), wt),
+            Tensor(p + "attn_output.weight", (q, c.n_embd), wt),
+            Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "ffn_gate.weight", (c.n_embd, c.n_ff), wt),
+            Tensor(p + "ffn_down.weight", (c.n_ff, c.n_embd), wt),
+            Tensor(p + "ffn_up.weight", (c.n_embd, c.n_ff), wt),
+        ]
+    return _common_meta(c), tensors
+
+
+ARCHITECTURES: dict[str, _Builder] = {
+    "llama": _llama,
+}
+
+
+def write_tiny_model(path: Path, arch: str = "llama", **overrides: Any) -> Path:
+    """Write a tiny random-weight GGUF of `arch` that llama-server loads; returns `path`.
+
+    Overrides: n_layer, n_embd, n_head, n_head_kv (int or per-layer list), head_dim, n_ff,
+    n_ctx_train, n_vocab_extra, tied (no output.weight), weight_type (f32/f16/q8_0/q4_0),
+    name, seed, extra (architecture-specific keys, see ARCHITECTURES).
+    """
+    builder = ARCHITECTURES.get(arch)
+    if builder is None:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ValueError(f"no tiny model for architecture {arch!r}; known: {known}")
+    fields = set(_Cfg.__dataclass_fields__)
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown overrides: {', '.join(sorted(unknown))}")
+    cfg = _Cfg(arch=arch, **overrides)
+    meta, tensors = builder(cfg)
+    meta = meta + _vocab(cfg.n_vocab_extra)
+    return write_gguf(Path(path), meta, tensors, seed=cfg.seed)
