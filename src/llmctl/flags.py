@@ -1,0 +1,170 @@
+"""Profile -> llama-server command line. FLAGS is the one table of field -> flag (the README shows it).
+
+`-m`, `-c`, `-np`, `-ngl`, `--host`, `--port` and `--alias` are always passed, so memory use does not
+depend on llama-server's `--fit`, which otherwise rewrites the context and layer count.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from llmctl.launch import LaunchSpec
+
+if TYPE_CHECKING:
+    from llmctl.manifest import Manifest, Profile
+
+Kind = Literal["value", "switch", "bool-pair", "tristate"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    field: str
+    flag: str  # the spelling llmctl passes
+    kind: Kind
+    spellings: tuple[str, ...]  # every spelling llama-server accepts (for extra_args checks)
+    off_flag: str | None = None  # bool-pair: the spelling for False
+    always: bool = False  # passed even when the profile does not set the field
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("model", "-m", "value", ("-m", "--model"), always=True),
+    Flag("ctx_size", "-c", "value", ("-c", "--ctx-size"), always=True),
+    Flag("parallel", "-np", "value", ("-np", "--parallel"), always=True),
+    Flag("n_gpu_layers", "-ngl", "value", ("-ngl", "--n-gpu-layers", "--gpu-layers"), always=True),
+    Flag("kv_unified", "-kvu", "bool-pair", ("-kvu", "--kv-unified", "-no-kvu", "--no-kv-unified"),
+         off_flag="-no-kvu"),
+    Flag("swa_full", "--swa-full", "switch", ("--swa-full",)),
+    Flag("cache_type_k", "-ctk", "value", ("-ctk", "--cache-type-k")),
+    Flag("cache_type_v", "-ctv", "value", ("-ctv", "--cache-type-v")),
+    Flag("flash_attn", "-fa", "value", ("-fa", "--flash-attn")),
+    Flag("batch_size", "-b", "value", ("-b", "--batch-size")),
+    Flag("ubatch_size", "-ub", "value", ("-ub", "--ubatch-size")),
+    Flag("threads", "-t", "value", ("-t", "--threads")),
+    Flag("threads_batch", "-tb", "value", ("-tb", "--threads-batch")),
+    Flag("no_kv_offload", "-nkvo", "switch", ("-nkvo", "--no-kv-offload", "-kvo", "--kv-offload")),
+    Flag("n_cpu_moe", "--n-cpu-moe", "value", ("-ncmoe", "--n-cpu-moe")),
+    Flag("override_tensor", "-ot", "value", ("-ot", "--override-tensor")),
+    Flag("split_mode", "-sm", "value", ("-sm", "--split-mode")),
+    Flag("tensor_split", "-ts", "value", ("-ts", "--tensor-split")),
+    Flag("main_gpu", "-mg", "value", ("-mg", "--main-gpu")),
+    Flag("jinja", "--jinja", "bool-pair", ("--jinja", "--no-jinja"), off_flag="--no-jinja"),
+    Flag("chat_template", "--chat-template", "value", ("--chat-template",)),
+    Flag("chat_template_file", "--chat-template-file", "value", ("--chat-template-file",)),
+    Flag("reasoning_format", "--reasoning-format", "value", ("--reasoning-format",)),
+    Flag("embedding", "--embedding", "switch", ("--embedding", "--embeddings")),
+    Flag("pooling", "--pooling", "value", ("--pooling",)),
+    Flag("reranking", "--reranking", "switch", ("--rerank", "--reranking")),
+    Flag("mmproj", "--mmproj", "value", ("-mm", "--mmproj")),
+    Flag("model_draft", "-md", "value", ("-md", "--model-draft", "--spec-draft-model")),
+    Flag("temp", "--temp", "value", ("--temp", "--temperature")),
+    Flag("top_k", "--top-k", "value", ("--top-k",)),
+    Flag("top_p", "--top-p", "value", ("--top-p",)),
+    Flag("min_p", "--min-p", "value", ("--min-p",)),
+    Flag("repeat_penalty", "--repeat-penalty", "value", ("--repeat-penalty",)),
+    Flag("seed", "-s", "value", ("-s", "--seed")),
+    Flag("metrics", "--metrics", "switch", ("--metrics",)),
+)
+"""Every profile field that becomes a flag. mlock/mmap become `--load-mode` (see `_load_mode`)."""
+
+# Set by llmctl from the manifest; a profile's extra_args must not repeat them.
+MANAGED: dict[str, str] = {
+    "--host": "host (server.host or the profile's host)",
+    "--port": "port (server.port or the profile's port)",
+    "-a": "the profile name and aliases",
+    "--alias": "the profile name and aliases",
+    "-lm": "mlock / mmap",
+    "--load-mode": "mlock / mmap",
+    "--mlock": "mlock",
+    "--no-mmap": "mmap: false",
+    "--mmap": "mmap",
+}
+
+
+def flag_owner(arg: str) -> str | None:
+    """The field (or managed setting) that owns this llama-server flag spelling, if any."""
+    name = arg.split("=", 1)[0]
+    for f in FLAGS:
+        if name in f.spellings:
+            return f.field
+    return MANAGED.get(name)
+
+
+def _value(v: object) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def _load_mode(profile: Profile) -> str | None:
+    if profile.mlock is None and profile.mmap is None:
+        return None
+    mmap = profile.mmap is not False
+    if profile.mlock:
+        return "mmap+mlock" if mmap else "mlock"
+    return "mmap" if mmap else "none"
+
+
+def profile_args(name: str, profile: Profile, host: str, port: int) -> list[str]:
+    """The llama-server arguments (without the binary) for a profile, in table order."""
+    args: list[str] = []
+    explicit = profile.model_fields_set
+    for f in FLAGS:
+        if not f.always and f.field not in explicit:
+            continue
+        value = getattr(profile, f.field)
+        if value is None:
+            continue
+        if f.kind == "value":
+            args += [f.flag, _value(value)]
+        elif f.kind == "switch":
+            if value:
+                args.append(f.flag)
+        elif f.kind == "bool-pair":
+            args.append(f.flag if value else (f.off_flag or f.flag))
+    mode = _load_mode(profile)
+    if mode is not None:
+        args += ["--load-mode", mode]
+    args += ["--host", host, "--port", str(port), "--alias", ",".join([name, *profile.aliases])]
+    args += profile.extra_args
+    return args
+
+
+def find_binary(manifest: Manifest | None = None) -> str | None:
+    """$LLMCTL_LLAMA_SERVER, then server.binary, then llama-server on PATH; None when none is found."""
+    env = os.environ.get("LLMCTL_LLAMA_SERVER")
+    if env:
+        return os.path.expanduser(env)
+    if manifest is not None and manifest.server.binary:
+        return manifest.server.binary
+    return shutil.which("llama-server")
+
+
+def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
+    """Everything the supervisor needs to run profile `name` (a name or alias)."""
+    pname = manifest.resolve(name)
+    profile = manifest.profiles[pname]
+    server = manifest.server
+    host = profile.host or server.host
+    port = profile.port or server.port
+    binary = find_binary(manifest) or "llama-server"
+    return LaunchSpec(
+        profile=pname,
+        argv=(binary, *profile_args(pname, profile, host, port)),
+        env=dict(profile.env),
+        host=host,
+        port=port,
+        ready_timeout=profile.ready_timeout or server.ready_timeout,
+        stall_timeout=profile.stall_timeout or server.stall_timeout,
+        stop_timeout=profile.stop_timeout or server.stop_timeout,
+        model=profile.model,
+    )
+
+
+def model_exists(profile: Profile) -> bool:
+    return Path(profile.model).is_file()

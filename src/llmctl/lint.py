@@ -1,0 +1,56 @@
+"""`llmctl lint manifest`: every problem in a manifest, schema to machine, in file order."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmctl.errors import Problem
+from llmctl.manifest import Manifest, check_manifest
+from llmctl.rules import cross_checks
+
+
+@dataclass
+class LintResult:
+    path: Path
+    problems: list[Problem] = field(default_factory=list)
+    manifest: Manifest | None = None
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "problems": [p.to_json() for p in self.problems]}
+
+
+def _memory_rules(manifest: Manifest) -> list[Problem]:
+    try:
+        module = importlib.import_module("llmctl.memory_rules")
+    except ModuleNotFoundError:
+        return []
+    problems: list[Problem] = module.memory_problems(manifest)
+    return problems
+
+
+def lint_manifest(path: Path) -> LintResult:
+    """All problems; raises ManifestError only when the file cannot be read or parsed."""
+    manifest, problems = check_manifest(path)
+    if manifest is not None:
+        problems = problems + cross_checks(manifest, include_environment=True)
+        if not any(p.severity == "error" for p in problems):
+            problems = problems + _memory_rules(manifest)
+    order = {name: i for i, name in enumerate(manifest.profiles)} if manifest else {}
+    problems.sort(key=lambda p: (p.line if p.line is not None else 0, p.column or 0,
+                                 order.get(p.profile or "", -1)))
+    return LintResult(path=path, problems=problems, manifest=manifest)

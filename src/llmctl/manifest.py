@@ -1,0 +1,672 @@
+"""The profiles.yaml manifest: its schema, discovery, loading and validation.
+
+`check_manifest(path)` returns every problem it finds (for lint); `load_manifest(path)` returns a
+usable Manifest or raises ManifestError with the errors. Positions are 1-based file:line:column.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from llmctl.errors import ManifestError, Problem, UsageError
+from llmctl.paths import config_dir
+from llmctl.sizes import parse_duration, parse_size
+from llmctl.yamlload import Path_, Source, YamlLoadError, load_yaml
+
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+QUANTIZED_CACHE_TYPES = frozenset(("q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"))
+
+_TRI_ON = {"on", "enabled", "true", "1", "yes"}
+_TRI_OFF = {"off", "disabled", "false", "0", "no"}
+_TRI_AUTO = {"auto", "-1"}
+
+
+def _tristate(value: object) -> object:
+    """on/off/auto from any spelling llama-server accepts, and from YAML 1.1 booleans."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    if isinstance(value, int) and value in (0, 1, -1):
+        return {1: "on", 0: "off", -1: "auto"}[value]
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRI_ON:
+            return "on"
+        if v in _TRI_OFF:
+            return "off"
+        if v in _TRI_AUTO:
+            return "auto"
+    return value
+
+
+_CTX = re.compile(r"^\s*([0-9]+)\s*([kK])?\s*$")
+
+
+def _ctx_size(value: object) -> object:
+    """8192, "8192", "8K", "128k" (K = 1024)."""
+    if isinstance(value, str):
+        m = _CTX.match(value)
+        if m:
+            return int(m.group(1)) * (1024 if m.group(2) else 1)
+        raise ValueError(f"cannot read {value!r} as a context size; write 8192 or 8K")
+    return value
+
+
+def _parallel(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return -1
+    return value
+
+
+def _layers(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() in ("all", "auto"):
+        return -1
+    return value
+
+
+def _check_parallel(value: int) -> int:
+    if value == 0 or value < -1:
+        raise ValueError("parallel must be a number of slots (1 or more) or auto")
+    return value
+
+
+_SIZE_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*([kKmMgGtT]i?[bB]?|[bB])?\s*$"},
+    ]
+}
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h)?\s*$"},
+    ]
+}
+
+Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
+TriState = Annotated[
+    Literal["on", "off", "auto"],
+    BeforeValidator(_tristate),
+    WithJsonSchema({"enum": ["on", "off", "auto", True, False]}),
+]
+CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
+CtxSize = Annotated[
+    int,
+    BeforeValidator(_ctx_size),
+    Field(ge=0),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
+                              {"type": "string", "pattern": r"^[0-9]+[kK]?$"}]}),
+]
+Parallel = Annotated[
+    int,
+    BeforeValidator(_parallel),
+    AfterValidator(_check_parallel),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": -1}, {"const": "auto"}]}),
+]
+Layers = Annotated[
+    int,
+    BeforeValidator(_layers),
+    Field(ge=-1),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": -1}, {"enum": ["all", "auto"]}]}),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=False)
+
+
+class ServerConfig(_Strict):
+    """How llama-server is run."""
+
+    binary: str | None = Field(None, description="Path of llama-server (else $LLMCTL_LLAMA_SERVER, then PATH).")
+    host: str = Field("127.0.0.1", description="Address llama-server binds.")
+    port: Port = Field(8081, description="Port llama-server listens on.")
+    ready_timeout: Duration = Field(600.0, description="Longest a load may take before it is killed.")
+    stall_timeout: Duration = Field(120.0, description="Kill a load that prints nothing for this long.")
+    stop_timeout: Duration = Field(10.0, description="Grace period after SIGTERM before SIGKILL.")
+
+
+class GpuConfig(_Strict):
+    """The memory budget that estimates are judged against."""
+
+    vram: Size | None = Field(None, description="VRAM budget, e.g. 24GiB, 24 GB, or bytes.")
+    headroom: Size = Field(512 * 1024**2, description="Keep this much free; warn inside it.")
+    overhead: Size = Field(400 * 1024**2, description="CUDA context and pools per GPU, added to estimates.")
+
+
+class QueueConfig(_Strict):
+    max_size: int = Field(10, ge=0, description="Requests that may wait for a switch; then 429.")
+    timeout: Duration = Field(120.0, description="Longest a request waits for a switch; then 504.")
+
+
+class BreakerConfig(_Strict):
+    failures: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
+    open_for: Duration = Field(30.0, description="How long an open breaker rejects before a probe.")
+    max_open_for: Duration = Field(300.0, description="Cap of the open time, which grows on each re-open.")
+
+
+class UpstreamConfig(_Strict):
+    name: str
+    type: Literal["managed", "openai"] = "openai"
+    url: str | None = Field(None, description="Base URL of an OpenAI-compatible API, e.g. http://gpu:8080/v1.")
+    api_key_env: str | None = Field(None, description="Environment variable that holds this upstream's key.")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="Model names it serves; * = any.")
+    model_map: dict[str, str] = Field(default_factory=dict, description="Model name -> name sent upstream.")
+    timeout: Duration = Field(600.0, description="Longest wait for the first byte of a response.")
+
+
+class ServeConfig(_Strict):
+    """`llmctl serve`, the OpenAI-compatible router."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    default_profile: str | None = None
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_env: str = "LLMCTL_API_KEYS"
+    allow_insecure_bind: bool = False
+    max_body_size: Size = 16 * 1024**2
+    drain_timeout: Duration = 30.0
+    inflight_timeout: Duration = 60.0
+    stop_server_on_exit: bool = True
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
+
+
+class Profile(_Strict):
+    """One way to run llama-server. Field names follow llama-server's long flags in snake_case."""
+
+    model: str = Field(description="GGUF path (first split for split models); ~ and $VARS expand.")
+    description: str | None = None
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may ask for.")
+    ctx_size: CtxSize = Field(4096, description="-c: context size; 0 = the model's trained context.")
+    parallel: Parallel = Field(-1, description="-np: slots; -1 or auto = llama-server's auto (4, unified).")
+    kv_unified: bool | None = Field(None, description="-kvu / -no-kvu: one KV pool for all slots.")
+    swa_full: bool = Field(False, description="--swa-full: full-size sliding-window cache.")
+    cache_type_k: CacheType = Field("f16", description="-ctk: K cache type.")
+    cache_type_v: CacheType = Field("f16", description="-ctv: V cache type.")
+    flash_attn: TriState = Field("auto", description="-fa: on, off or auto.")
+    n_gpu_layers: Layers = Field(-1, description="-ngl: layers on the GPU; -1 or all = every layer.")
+    batch_size: int = Field(2048, ge=1, description="-b: logical batch size.")
+    ubatch_size: int = Field(512, ge=1, description="-ub: physical batch size.")
+    threads: int | None = Field(None, ge=-1, description="-t: generation threads.")
+    threads_batch: int | None = Field(None, ge=-1, description="-tb: prompt threads.")
+    mlock: bool | None = Field(None, description="--mlock: keep the model in RAM.")
+    mmap: bool | None = Field(None, description="false -> --no-mmap.")
+    no_kv_offload: bool = Field(False, description="-nkvo: keep the KV cache in host memory.")
+    n_cpu_moe: int | None = Field(None, ge=0, description="--n-cpu-moe: MoE expert layers kept on the CPU.")
+    override_tensor: str | None = Field(None, description="-ot: tensor buffer overrides.")
+    split_mode: Literal["none", "layer", "row"] | None = Field(None, description="-sm")
+    tensor_split: str | None = Field(None, description="-ts: e.g. 3,1")
+    main_gpu: int | None = Field(None, ge=0, description="-mg")
+    jinja: bool | None = Field(None, description="--jinja / --no-jinja: the model's chat template.")
+    chat_template: str | None = Field(None, description="--chat-template")
+    chat_template_file: str | None = Field(None, description="--chat-template-file (path)")
+    reasoning_format: str | None = Field(None, description="--reasoning-format")
+    embedding: bool | None = Field(None, description="--embedding: serve embeddings only.")
+    pooling: Literal["none", "mean", "cls", "last", "rank"] | None = Field(None, description="--pooling")
+    reranking: bool | None = Field(None, description="--reranking")
+    mmproj: str | None = Field(None, description="--mmproj: multimodal projector (path).")
+    model_draft: str | None = Field(None, description="-md: draft model for speculative decoding (path).")
+    temp: float | None = Field(None, ge=0, description="--temp")
+    top_k: int | None = Field(None, ge=0, description="--top-k")
+    top_p: float | None = Field(None, ge=0, le=1, description="--top-p")
+    min_p: float | None = Field(None, ge=0, le=1, description="--min-p")
+    repeat_penalty: float | None = Field(None, ge=0, description="--repeat-penalty")
+    seed: int | None = Field(None, description="-s")
+    metrics: bool | None = Field(None, description="--metrics: Prometheus /metrics on llama-server.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for llama-server.")
+    extra_args: list[str] = Field(default_factory=list, description="More llama-server arguments, verbatim.")
+    host: str | None = Field(None, description="Overrides server.host.")
+    port: Port | None = Field(None, description="Overrides server.port.")
+    ready_timeout: Duration | None = Field(None, description="Overrides server.ready_timeout.")
+    stall_timeout: Duration | None = Field(None, description="Overrides server.stall_timeout.")
+    stop_timeout: Duration | None = Field(None, description="Overrides server.stop_timeout.")
+    ttl: Duration | None = Field(None, description="serve: unload after this long idle.")
+    metadata: dict[str, Any] | None = Field(
+        None, description="GGUF metadata for estimates when the file is not on this machine."
+    )
+
+
+# Bare on/off/yes/no/true/false here mean on/off, as intended: no warning.
+TRISTATE_FIELDS = frozenset({"flash_attn"})
+PATH_FIELDS = ("model", "mmproj", "model_draft", "chat_template_file")
+
+
+class ManifestModel(_Strict):
+    """The whole file (`version: 1`)."""
+
+    version: Literal[1] = 1
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Fields every profile starts from.")
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+
+
+class Manifest(ManifestModel):
+    """A loaded manifest: profiles with defaults merged and paths resolved, plus where things are."""
+
+    _path: Path = PrivateAttr(default=Path("profiles.yaml"))
+    _source: Source | None = PrivateAttr(default=None)
+    _profile_origin: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def source(self) -> Source | None:
+        return self._source
+
+    def names(self) -> list[str]:
+        """Every profile name and alias."""
+        out: list[str] = []
+        for name, profile in self.profiles.items():
+            out.append(name)
+            out.extend(profile.aliases)
+        return out
+
+    def resolve(self, name: str) -> str:
+        """Profile name for a name or alias: exact first, then case-insensitive. UsageError otherwise."""
+        if name in self.profiles:
+            return name
+        for pname, profile in self.profiles.items():
+            if name in profile.aliases:
+                return pname
+        folded = name.casefold()
+        for pname, profile in self.profiles.items():
+            if pname.casefold() == folded or any(a.casefold() == folded for a in profile.aliases):
+                return pname
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else None
+        available = ", ".join(self.profiles) or "(none)"
+        raise UsageError(
+            f"no profile or alias named {name!r} in {self._path}; profiles: {available}",
+            hint=hint or "llmctl lint shows the manifest's profiles",
+        )
+
+    def where(self, profile: str, field: str | None = None) -> tuple[str, int | None, int | None]:
+        """file, line, column of a profile, or of one of its fields (wherever the value came from)."""
+        path: Path_ = ("profiles", profile)
+        if field is not None:
+            origin = self._profile_origin.get(profile, {}).get(field)
+            path = ("defaults", field) if origin == "defaults" else (*path, field)
+        if self._source is None:
+            return str(self._path), None, None
+        line, column = self._source.position(path)
+        return str(self._path), line, column
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+def find_manifest(explicit: Path | str | None = None) -> Path:
+    """--manifest, then $LLMCTL_MANIFEST, ./profiles.yaml, $XDG_CONFIG_HOME/llmctl/profiles.yaml."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("LLMCTL_MANIFEST")
+    if env:
+        return Path(env)
+    here = Path("profiles.yaml")
+    if here.is_file():
+        return here
+    user = config_dir() / "profiles.yaml"
+    if user.is_file():
+        return user
+    raise ManifestError(
+        "no manifest found",
+        hint=(
+            f"pass --manifest PATH, set LLMCTL_MANIFEST, or create ./profiles.yaml or {user} "
+            "(the README has an example)"
+        ),
+    )
+
+
+def expand_path(value: str, base: Path) -> str:
+    """~ and $VARS expanded; relative paths are relative to the manifest's folder."""
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    p = Path(expanded)
+    if not p.is_absolute():
+        p = base / p
+    return os.path.normpath(str(p))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+_FLAG_NAMES = {
+    # what people type (llama-server flags, other tools' names) -> our field
+    "c": "ctx_size", "ctx": "ctx_size", "context": "ctx_size", "context_size": "ctx_size",
+    "context_length": "ctx_size", "num_ctx": "ctx_size", "n_ctx": "ctx_size",
+    "np": "parallel", "n_parallel": "parallel", "slots": "parallel",
+    "ngl": "n_gpu_layers", "gpu_layers": "n_gpu_layers", "num_gpu": "n_gpu_layers",
+    "fa": "flash_attn", "flash_attention": "flash_attn",
+    "ctk": "cache_type_k", "ctv": "cache_type_v", "kv_cache_type": "cache_type_k",
+    "type_k": "cache_type_k", "type_v": "cache_type_v",
+    "kvu": "kv_unified", "b": "batch_size", "ub": "ubatch_size", "batch": "batch_size",
+    "ubatch": "ubatch_size", "t": "threads", "tb": "threads_batch", "nkvo": "no_kv_offload",
+    "m": "model", "path": "model", "file": "model", "alias": "aliases", "args": "extra_args",
+    "cmd": "extra_args", "environment": "env", "temperature": "temp", "ot": "override_tensor",
+    "md": "model_draft", "embeddings": "embedding", "no_mmap": "mmap", "ttl_seconds": "ttl",
+}
+
+
+def _suggest(key: str, known: list[str]) -> str | None:
+    norm = key.strip().lstrip("-").replace("-", "_").lower()
+    if norm in known and norm != key:
+        return norm
+    if norm in _FLAG_NAMES and _FLAG_NAMES[norm] in known:
+        return _FLAG_NAMES[norm]
+    close = difflib.get_close_matches(norm, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _stringy(annotation: Any) -> str | None:
+    """How a field holds text: "str", "list" (of str), "dict" (str values), or None."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _stringy(typing.get_args(annotation)[0])
+    if annotation is str:
+        return "str"
+    if origin is Literal:
+        return "str" if all(isinstance(a, str) for a in typing.get_args(annotation)) else None
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_stringy(a) for a in typing.get_args(annotation) if a is not type(None)}
+        return kinds.pop() if len(kinds) == 1 else None
+    if origin is list and typing.get_args(annotation) and typing.get_args(annotation)[0] is str:
+        return "list"
+    if origin is dict and len(typing.get_args(annotation)) == 2 and typing.get_args(annotation)[1] is str:
+        return "dict"
+    return None
+
+
+_NESTED: dict[type[BaseModel], dict[str, type[BaseModel]]] = {
+    ManifestModel: {"server": ServerConfig, "gpu": GpuConfig, "serve": ServeConfig},
+    ServeConfig: {"queue": QueueConfig, "breaker": BreakerConfig},
+}
+
+
+class _Checker:
+    def __init__(self, path: Path, source: Source) -> None:
+        self.file = str(path)
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def add(self, severity: Literal["error", "warning"], rule: str, message: str, path: Path_,
+            profile: str | None = None, hint: str | None = None, *, value: bool = False) -> None:
+        line, column = (self.source.value_position(path) if value else self.source.position(path))
+        self.problems.append(Problem(severity, rule, message, profile, self.file, line, column, hint))
+
+    # YAML 1.1 coercions -------------------------------------------------------------------
+    def keep_text(self, data: dict[str, Any], model: type[BaseModel], path: Path_,
+                  profile: str | None) -> None:
+        """Where a field holds text but YAML made it a bool/number, use the text as written."""
+        for name, info in model.model_fields.items():
+            if name not in data or name in TRISTATE_FIELDS:
+                continue
+            kind = _stringy(info.annotation)
+            if kind == "str":
+                data[name] = self._text(data[name], (*path, name), profile, name)
+            elif kind == "list" and isinstance(data[name], list):
+                data[name] = [self._text(v, (*path, name, i), profile, name)
+                              for i, v in enumerate(data[name])]
+            elif kind == "dict" and isinstance(data[name], dict):
+                data[name] = {k: self._text(v, (*path, name, k), profile, name, quiet_numbers=True)
+                              for k, v in data[name].items()}
+        nested = _NESTED.get(model, {})
+        for name, sub in nested.items():
+            if isinstance(data.get(name), dict):
+                self.keep_text(data[name], sub, (*path, name), profile)
+        if model is ServeConfig and isinstance(data.get("upstreams"), list):
+            for i, up in enumerate(data["upstreams"]):
+                if isinstance(up, dict):
+                    self.keep_text(up, UpstreamConfig, (*path, "upstreams", i), profile)
+
+    def _text(self, value: Any, path: Path_, profile: str | None, field: str,
+              quiet_numbers: bool = False) -> Any:
+        note = self.source.coerced.get(path)
+        if note is None or isinstance(value, str) or note.kind == "null":
+            return value
+        if not (quiet_numbers and note.kind == "number"):
+            self.add(
+                "warning", "yaml-coercion",
+                f"YAML 1.1 reads {note.raw} as the {note.kind} {_show(note.value)} in `{field}`; "
+                f"llmctl used the text {note.raw!r}",
+                path, profile, hint=f"quote it to say what you mean: {field}: '{note.raw}'", value=True,
+            )
+        return note.raw
+
+    # pydantic errors ------------------------------------------------------------------------
+    def validation(self, err: ValidationError, path: Path_, profile: str | None,
+                   model: type[BaseModel], origin: dict[str, str] | None = None) -> None:
+        for e in err.errors(include_url=False):
+            loc: tuple[str | int, ...] = tuple(e["loc"])
+            where = (*path, *loc)
+            if origin and loc and origin.get(str(loc[0])) == "defaults":
+                where = ("defaults", *loc)
+            field = str(loc[-1]) if loc else ""
+            top = str(loc[0]) if loc else ""
+            etype = e["type"]
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            if etype == "extra_forbidden":
+                known = _known_fields(model, loc[:-1])
+                guess = _suggest(field, known)
+                self.add("error", "unknown-key", f"unknown key `{field}`", where, profile,
+                         hint=f"did you mean `{guess}`?" if guess else
+                         f"known keys: {', '.join(sorted(known))}")
+            elif etype == "missing":
+                self.add("error", "missing-key", f"`{field}` is required", path if not loc[:-1]
+                         else (*path, *loc[:-1]), profile)
+            elif top in ("cache_type_k", "cache_type_v"):
+                self.add("error", "cache-type",
+                         f"`{top}` must be one of {', '.join(CACHE_TYPES)}; got {e.get('input')!r}",
+                         where, profile, hint="q8_0 halves the f16 cache, q4_0 quarters it", value=True)
+            elif top == "flash_attn":
+                self.add("error", "flash-attn",
+                         f"`flash_attn` must be on, off or auto; got {e.get('input')!r}",
+                         where, profile, value=True)
+            elif top == "parallel":
+                self.add("error", "parallel", f"`parallel`: {msg} (got {e.get('input')!r})",
+                         where, profile, hint="use 1 for one user, or auto", value=True)
+            elif etype in ("greater_than_equal", "greater_than", "less_than_equal"):
+                self.add("error", "range", f"`{_dotted(loc)}`: {msg.lower()} (got {e.get('input')!r})",
+                         where, profile, value=True)
+            else:
+                self.add("error", "schema", f"`{_dotted(loc)}`: {msg}", where, profile, value=True)
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(x) for x in loc) or "(root)"
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
+    current: type[BaseModel] = model
+    for part in loc:
+        nested = _NESTED.get(current, {})
+        if isinstance(part, str) and part in nested:
+            current = nested[part]
+        elif current is ServeConfig and part == "upstreams":
+            current = UpstreamConfig
+        elif isinstance(part, int):
+            continue
+        else:
+            break
+    return list(current.model_fields)
+
+
+def check_manifest(path: Path) -> tuple[Manifest | None, list[Problem]]:
+    """Every problem in the manifest at `path`, and the Manifest when it has no errors.
+
+    Raises ManifestError (exit 2) only when the file cannot be read or parsed at all.
+    """
+    file = str(path)
+    try:
+        data_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{file}: no such file",
+                            hint="pass --manifest PATH or set LLMCTL_MANIFEST") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{file} is a folder, not a manifest file") from None
+    except OSError as err:
+        raise ManifestError(f"{file}: cannot read: {err.strerror}") from None
+    try:
+        data, source = load_yaml(data_bytes, file)
+    except YamlLoadError as err:
+        where = file if err.line is None else f"{file}:{err.line}:{err.column or 1}"
+        raise ManifestError(
+            f"{where}: {err.message}",
+            hint=err.hint or "fix the YAML; `llmctl lint` checks it",
+            problems=[Problem("error", "yaml", err.message, None, file, err.line, err.column, err.hint)],
+        ) from None
+    checker = _Checker(path, source)
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"the value {data!r}"
+        raise ManifestError(
+            f"{file}:1:1: the manifest must be a mapping with `version` and `profiles`, not {kind}",
+            hint="start with `version: 1` and a `profiles:` mapping (see the README)",
+            problems=[Problem("error", "yaml", "the root is not a mapping", None, file, 1, 1)],
+        )
+    for dup in source.duplicates:
+        profile = str(dup.path[1]) if len(dup.path) > 1 and dup.path[0] == "profiles" else None
+        what = "profile" if len(dup.path) == 2 and dup.path[0] == "profiles" else "key"
+        checker.problems.append(Problem(
+            "error", "duplicate-key",
+            f"{what} `{dup.path[-1]}` appears twice (first at line {dup.first_line}); "
+            "YAML would silently keep only the last one",
+            profile, file, dup.line, dup.column, "rename or remove one of them"))
+    return _validate(path, data, source, checker)
+
+
+def _validate(path: Path, data: dict[str, Any], source: Source,
+              checker: _Checker) -> tuple[Manifest | None, list[Problem]]:
+    base = path.resolve().parent
+    if "version" not in data:
+        checker.add("warning", "version", "no `version`; assuming `version: 1`", (), None,
+                    hint="add `version: 1` at the top")
+    raw_profiles = data.get("profiles")
+    raw_defaults = data.get("defaults", {})
+    top = {k: v for k, v in data.items() if k not in ("profiles", "defaults")}
+    checker.keep_text(top, ManifestModel, (), None)
+    try:
+        shell = ManifestModel.model_validate(top)
+    except ValidationError as err:
+        checker.validation(err, (), None, ManifestModel)
+        shell = None
+
+    defaults: dict[str, Any] = {}
+    if raw_defaults is None:
+        raw_defaults = {}
+    if not isinstance(raw_defaults, dict):
+        checker.add("error", "schema", "`defaults` must be a mapping of profile fields", ("defaults",),
+                    value=True)
+    else:
+        defaults = dict(raw_defaults)
+        checker.keep_text(defaults, Profile, ("defaults",), None)
+        for key in list(defaults):
+            if key not in Profile.model_fields:
+                guess = _suggest(key, list(Profile.model_fields))
+                checker.add("error", "unknown-key", f"unknown key `{key}` in defaults",
+                            ("defaults", key), hint=f"did you mean `{guess}`?" if guess else None)
+                del defaults[key]
+            elif key == "aliases":
+                checker.add("error", "schema", "`aliases` cannot be a default: each name must be unique",
+                            ("defaults", key))
+                del defaults[key]
+
+    profiles: dict[str, Profile] = {}
+    origins: dict[str, dict[str, str]] = {}
+    if raw_profiles is None:
+        checker.add("error", "no-profiles", "the manifest has no `profiles`", (),
+                    hint="add a `profiles:` mapping with at least one profile")
+    elif not isinstance(raw_profiles, dict):
+        checker.add("error", "schema", "`profiles` must be a mapping of name -> profile",
+                    ("profiles",), value=True)
+    else:
+        if not raw_profiles:
+            checker.add("error", "no-profiles", "`profiles` is empty", ("profiles",))
+        for name, raw in raw_profiles.items():
+            ppath: Path_ = ("profiles", name)
+            if raw is None:
+                raw = {}
+            if not isinstance(raw, dict):
+                checker.add("error", "schema", f"profile `{name}` must be a mapping of fields", ppath,
+                            name, value=True)
+                continue
+            own = dict(raw)
+            checker.keep_text(own, Profile, ppath, name)
+            merged = dict(defaults)
+            origin = {k: "defaults" for k in defaults}
+            for k, v in own.items():
+                if k == "env" and isinstance(v, dict) and isinstance(merged.get("env"), dict):
+                    merged["env"] = {**merged["env"], **v}
+                else:
+                    merged[k] = v
+                origin[k] = "profile"
+            for field in PATH_FIELDS:
+                if isinstance(merged.get(field), str) and merged[field]:
+                    merged[field] = expand_path(merged[field], base)
+            try:
+                profiles[name] = Profile.model_validate(merged)
+            except ValidationError as err:
+                checker.validation(err, ppath, name, Profile, origin)
+            origins[name] = origin
+
+    if any(p.severity == "error" for p in checker.problems) or shell is None:
+        return None, checker.problems
+    manifest = Manifest.model_validate(
+        {**shell.model_dump(exclude_unset=True), "defaults": defaults, "profiles": {}}
+    )
+    manifest.profiles = profiles
+    manifest._path = path
+    manifest._source = source
+    manifest._profile_origin = origins
+    if manifest.server.binary:
+        manifest.server.binary = expand_path(manifest.server.binary, base)
+    return manifest, checker.problems
+
+
+def load_manifest(path: Path | str | None = None) -> Manifest:
+    """The manifest (discovered when `path` is None), or ManifestError listing its errors."""
+    from llmctl.rules import cross_checks
+
+    found = find_manifest(path)
+    manifest, problems = check_manifest(found)
+    if manifest is not None:
+        problems = problems + cross_checks(manifest, include_environment=False)
+    errors = [p for p in problems if p.severity == "error"]
+    if manifest is None or errors:
+        first = errors[0] if errors else None
+        where = f"{first.where()}: " if first else ""
+        msg = f"{where}{first.message}" if first else f"{found}: invalid manifest"
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ManifestError(
+            f"invalid manifest: {msg}{more}",
+            hint=f"run `llmctl lint --manifest {found}` for every problem and how to fix it",
+            problems=errors,
+        )
+    return manifest

@@ -1,0 +1,216 @@
+"""Checks that look across fields, profiles and the machine (lint rules beyond the schema)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from llmctl.errors import Problem
+from llmctl.flags import FLAGS, MANAGED, find_binary, flag_owner, profile_args
+from llmctl.helpflags import is_gguf, known_flags
+from llmctl.manifest import QUANTIZED_CACHE_TYPES, Manifest
+
+_NUMBER = re.compile(r"^-?[0-9.]+$")
+_ANY_HOST = {"0.0.0.0", "::", ""}
+
+
+class _Out:
+    def __init__(self, manifest: Manifest) -> None:
+        self.m = manifest
+        self.problems: list[Problem] = []
+
+    def at(self, severity: Literal["error", "warning"], rule: str, message: str,
+           profile: str | None, field: str | None = None, hint: str | None = None,
+           path: tuple[str | int, ...] | None = None) -> None:
+        file = str(self.m.path)
+        line: int | None
+        column: int | None
+        if path is not None and self.m.source is not None:
+            line, column = self.m.source.position(path)
+        elif profile is not None:
+            file, line, column = self.m.where(profile, field)
+        else:
+            line, column = None, None
+        self.problems.append(Problem(severity, rule, message, profile, file, line, column, hint))
+
+    def item(self, profile: str, field: str, index: int) -> tuple[str | int, ...]:
+        origin = self.m._profile_origin.get(profile, {}).get(field)
+        base: tuple[str | int, ...] = ("defaults",) if origin == "defaults" else ("profiles", profile)
+        return (*base, field, index)
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    loop = {"127.0.0.1", "localhost", "::1"}
+    if a in _ANY_HOST or b in _ANY_HOST:
+        return True
+    return a == b or (a in loop and b in loop)
+
+
+def cross_checks(manifest: Manifest, *, include_environment: bool = True) -> list[Problem]:
+    """Rules across fields and profiles; with `include_environment`, also files and the binary."""
+    out = _Out(manifest)
+    _flag_rules(out)
+    _names(out)
+    _ports(out)
+    _serve(out)
+    if include_environment:
+        _files(out)
+        _binary(out)
+    return out.problems
+
+
+def _flag_rules(out: _Out) -> None:
+    for name, p in out.m.profiles.items():
+        if p.cache_type_v in QUANTIZED_CACHE_TYPES and p.flash_attn == "off":
+            out.at("error", "quantized-v-cache",
+                   f"a quantized V cache ({p.cache_type_v}) needs flash attention, but flash_attn is off;"
+                   " llama-server refuses to load",
+                   name, "flash_attn", hint="set flash_attn: on (or auto), or cache_type_v: f16")
+        if p.ubatch_size > p.batch_size:
+            out.at("warning", "batch", f"ubatch_size {p.ubatch_size} is larger than batch_size "
+                   f"{p.batch_size}; llama-server uses {p.batch_size}", name, "ubatch_size")
+        seen: dict[str, int] = {}
+        for i, arg in enumerate(p.extra_args):
+            if not arg.startswith("-") or _NUMBER.match(arg):
+                continue
+            flag = arg.split("=", 1)[0]
+            owner = flag_owner(flag)
+            if owner is not None:
+                field_names = {f.field for f in FLAGS}
+                how = f"set `{owner}` instead" if owner in field_names else f"llmctl sets it from {owner}"
+                out.at("error", "managed-flag",
+                       f"extra_args passes {flag}, which llmctl already passes from the profile",
+                       name, hint=how, path=out.item(name, "extra_args", i))
+            elif flag in seen:
+                out.at("warning", "repeated-flag",
+                       f"extra_args passes {flag} twice (llama-server keeps the last)",
+                       name, path=out.item(name, "extra_args", i))
+            seen.setdefault(flag, i)
+
+
+def _names(out: _Out) -> None:
+    owners: dict[str, tuple[str, str]] = {}
+    for name in out.m.profiles:
+        owners[name.casefold()] = (name, "profile")
+    for name, p in out.m.profiles.items():
+        for i, alias in enumerate(p.aliases):
+            key = alias.casefold()
+            if key in owners:
+                other, kind = owners[key]
+                if other == name and kind == "profile":
+                    out.at("warning", "duplicate-name", f"alias `{alias}` is the profile's own name",
+                           name, path=out.item(name, "aliases", i))
+                    continue
+                what = f"profile `{other}`" if kind == "profile" else f"an alias of `{other}`"
+                out.at("error", "duplicate-name",
+                       f"alias `{alias}` is already {what}; a request for it would be ambiguous",
+                       name, hint="names and aliases must be unique (case does not count)",
+                       path=out.item(name, "aliases", i))
+            else:
+                owners[key] = (name, "alias")
+
+
+def _ports(out: _Out) -> None:
+    serve, server = out.m.serve, out.m.server
+    if serve.port == server.port and _hosts_overlap(serve.host, server.host):
+        out.at("error", "port-conflict",
+               f"the router (serve.port) and llama-server (server.port) both use port {serve.port}",
+               None, hint="give them different ports, e.g. serve 8080 and server 8081",
+               path=("serve", "port") if "serve" in (out.m.source.keys if out.m.source else {})
+               else ("server", "port"))
+    for name, p in out.m.profiles.items():
+        if p.port is not None and p.port == serve.port and _hosts_overlap(p.host or server.host,
+                                                                            serve.host):
+            out.at("error", "port-conflict",
+                   f"profile port {p.port} is the router's port (serve.port)", name, "port",
+                   hint="pick another port for the profile, or leave it to server.port")
+
+
+def _serve(out: _Out) -> None:
+    serve = out.m.serve
+    if serve.default_profile is not None:
+        try:
+            out.m.resolve(serve.default_profile)
+        except Exception:
+            out.at("error", "unknown-profile",
+                   f"serve.default_profile `{serve.default_profile}` is not a profile or alias",
+                   None, path=("serve", "default_profile"))
+    seen: set[str] = set()
+    for i, up in enumerate(serve.upstreams):
+        if up.name in seen:
+            out.at("error", "duplicate-name", f"two upstreams are named `{up.name}`", None,
+                   path=("serve", "upstreams", i, "name"))
+        seen.add(up.name)
+        if up.type == "openai":
+            if not up.url:
+                out.at("error", "upstream", f"upstream `{up.name}` has no url", None,
+                       hint="set url: http://host:port/v1, or type: managed for the local server",
+                       path=("serve", "upstreams", i))
+            elif not up.url.startswith(("http://", "https://")):
+                out.at("error", "upstream", f"upstream `{up.name}`: url must start with http:// "
+                       f"or https://, got {up.url!r}", None, path=("serve", "upstreams", i, "url"))
+
+
+def _files(out: _Out) -> None:
+    for name, p in out.m.profiles.items():
+        for field in ("model", "mmproj", "model_draft", "chat_template_file"):
+            value = getattr(p, field)
+            if not value:
+                continue
+            path = Path(value)
+            if path.is_dir():
+                out.at("error", "model-file", f"{field} {value} is a folder, not a file", name, field)
+            elif not path.exists():
+                where = " (estimates use its `metadata:` block)" if field == "model" and p.metadata else ""
+                out.at("warning", "model-missing", f"{field} {value} does not exist on this machine{where}",
+                       name, field, hint="fine if the manifest is for another machine; else fix the path")
+            elif field != "chat_template_file" and is_gguf(path) is False:
+                out.at("error", "not-gguf", f"{field} {value} is not a GGUF file (wrong magic bytes)",
+                       name, field, hint="point it at a .gguf file (the first part of a split model)")
+            elif not os.access(path, os.R_OK):
+                out.at("error", "model-file", f"{field} {value} is not readable", name, field)
+
+
+def _binary(out: _Out) -> None:
+    binary = find_binary(out.m)
+    env = os.environ.get("LLMCTL_LLAMA_SERVER")
+    source = "LLMCTL_LLAMA_SERVER" if env else "server.binary" if out.m.server.binary else None
+    if binary is None:
+        out.at("warning", "binary", "llama-server is not on PATH and no binary is configured", None,
+               hint="set server.binary or LLMCTL_LLAMA_SERVER, or build one with "
+               "scripts/build-llama-server.sh", path=("server",))
+        return
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        out.at("error", "binary", f"llama-server binary {binary} (from {source}) does not exist "
+               "or is not executable", None, path=("server", "binary"),
+               hint="fix the path, or build one with scripts/build-llama-server.sh")
+        return
+    known = known_flags(binary)
+    if known is None:
+        out.at("warning", "binary", f"{binary} --help did not list llama-server flags; flags not checked",
+               None, path=("server", "binary"))
+        return
+    for name, p in out.m.profiles.items():
+        args = profile_args(name, p, "127.0.0.1", 1)
+        extra_start = len(args) - len(p.extra_args)
+        for i, arg in enumerate(args):
+            if not arg.startswith("-") or _NUMBER.match(arg) or (i > 0 and args[i - 1] in MANAGED):
+                continue
+            flag = arg.split("=", 1)[0]
+            if flag in known:
+                continue
+            if i >= extra_start:
+                path = out.item(name, "extra_args", i - extra_start)
+                close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.7)
+                out.at("error", "unknown-flag", f"{binary} does not know the flag {flag}", name,
+                       hint=f"did you mean {close[0]}?" if close else "see llama-server --help",
+                       path=path)
+            else:
+                field = flag_owner(flag)
+                out.at("error", "unknown-flag",
+                       f"{binary} does not know {flag} (from `{field}`); it may be older than this field",
+                       name, field if field in p.model_fields else None,
+                       hint="update llama-server, or remove the field")
