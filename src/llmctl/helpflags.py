@@ -12,6 +12,7 @@ from pathlib import Path
 from llmctl.paths import cache_dir
 
 _SPLIT = re.compile(r"\s{2,}")
+_PARSER_VERSION = 2  # part of the cache key: bump when parse_help changes
 
 
 def parse_help(text: str) -> frozenset[str]:
@@ -20,7 +21,13 @@ def parse_help(text: str) -> frozenset[str]:
     for line in text.splitlines():
         if not line.startswith("-"):
             continue
-        head = _SPLIT.split(line.strip(), maxsplit=1)[0]
+        # The flag column ends at the first wide gap that does not follow a comma
+        # ("-a,    --alias STRING      set model name ...").
+        head = line.rstrip()
+        for gap in _SPLIT.finditer(head):
+            if head[gap.start() - 1] != ",":
+                head = head[: gap.start()]
+                break
         for piece in head.split(","):
             token = piece.strip().split(" ", 1)[0]
             if token.startswith("-") and len(token) > 1:
@@ -34,7 +41,7 @@ def known_flags(binary: str, timeout: float = 15.0) -> frozenset[str] | None:
         st = os.stat(binary)
     except OSError:
         return None
-    key = hashlib.sha256(f"{os.path.realpath(binary)}\0{st.st_mtime_ns}\0{st.st_size}".encode())
+    key = hashlib.sha256(f"{_PARSER_VERSION}\0{os.path.realpath(binary)}\0{st.st_mtime_ns}\0{st.st_size}".encode())
     cache = cache_dir() / f"help-{key.hexdigest()[:20]}.json"
     try:
         return frozenset(json.loads(cache.read_text()))
@@ -42,8 +49,15 @@ def known_flags(binary: str, timeout: float = 15.0) -> frozenset[str] | None:
         pass
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
     try:
-        proc = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=timeout,
-                              env=env, check=False, errors="replace")
+        proc = subprocess.run(
+            [binary, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+            errors="replace",
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     flags = parse_help(proc.stdout + "\n" + proc.stderr)
@@ -61,8 +75,14 @@ def known_flags(binary: str, timeout: float = 15.0) -> frozenset[str] | None:
 
 def binary_version(binary: str) -> str | None:
     try:
-        proc = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
-                              check=False, errors="replace")
+        proc = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            errors="replace",
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     for line in (proc.stdout + proc.stderr).splitlines():

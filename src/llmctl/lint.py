@@ -46,11 +46,14 @@ def _memory_rules(manifest: Manifest) -> list[Problem]:
 def lint_manifest(path: Path) -> LintResult:
     """All problems; raises ManifestError only when the file cannot be read or parsed."""
     manifest, problems = check_manifest(path)
-    if manifest is not None:
-        problems = problems + cross_checks(manifest, include_environment=True)
-        if not any(p.severity == "error" for p in problems):
-            problems = problems + _memory_rules(manifest)
-    order = {name: i for i, name in enumerate(manifest.profiles)} if manifest else {}
-    problems.sort(key=lambda p: (p.line if p.line is not None else 0, p.column or 0,
-                                 order.get(p.profile or "", -1)))
+    problems = problems + cross_checks(manifest, include_environment=True)
+    problems = problems + _memory_rules(manifest)
+    order = {name: i for i, name in enumerate(manifest.profiles)}
+    problems.sort(
+        key=lambda p: (
+            p.line if p.line is not None else 0,
+            p.column or 0,
+            order.get(p.profile or "", -1),
+        )
+    )
     return LintResult(path=path, problems=problems, manifest=manifest)

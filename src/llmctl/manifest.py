@@ -113,14 +113,22 @@ CtxSize = Annotated[
     int,
     BeforeValidator(_ctx_size),
     Field(ge=0),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0},
-                              {"type": "string", "pattern": r"^[0-9]+[kK]?$"}]}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^[0-9]+[kK]?$"},
+            ]
+        }
+    ),
 ]
 Parallel = Annotated[
     int,
     BeforeValidator(_parallel),
     AfterValidator(_check_parallel),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"const": -1}, {"const": "auto"}]}),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 1}, {"const": -1}, {"const": "auto"}]}
+    ),
 ]
 Layers = Annotated[
     int,
@@ -138,11 +146,17 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     """How llama-server is run."""
 
-    binary: str | None = Field(None, description="Path of llama-server (else $LLMCTL_LLAMA_SERVER, then PATH).")
+    binary: str | None = Field(
+        None, description="Path of llama-server (else $LLMCTL_LLAMA_SERVER, then PATH)."
+    )
     host: str = Field("127.0.0.1", description="Address llama-server binds.")
     port: Port = Field(8081, description="Port llama-server listens on.")
-    ready_timeout: Duration = Field(600.0, description="Longest a load may take before it is killed.")
-    stall_timeout: Duration = Field(120.0, description="Kill a load that prints nothing for this long.")
+    ready_timeout: Duration = Field(
+        600.0, description="Longest a load may take before it is killed."
+    )
+    stall_timeout: Duration = Field(
+        120.0, description="Kill a load that prints nothing for this long."
+    )
     stop_timeout: Duration = Field(10.0, description="Grace period after SIGTERM before SIGKILL.")
 
 
@@ -151,7 +165,9 @@ class GpuConfig(_Strict):
 
     vram: Size | None = Field(None, description="VRAM budget, e.g. 24GiB, 24 GB, or bytes.")
     headroom: Size = Field(512 * 1024**2, description="Keep this much free; warn inside it.")
-    overhead: Size = Field(400 * 1024**2, description="CUDA context and pools per GPU, added to estimates.")
+    overhead: Size = Field(
+        400 * 1024**2, description="CUDA context and pools per GPU, added to estimates."
+    )
 
 
 class QueueConfig(_Strict):
@@ -162,16 +178,26 @@ class QueueConfig(_Strict):
 class BreakerConfig(_Strict):
     failures: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
     open_for: Duration = Field(30.0, description="How long an open breaker rejects before a probe.")
-    max_open_for: Duration = Field(300.0, description="Cap of the open time, which grows on each re-open.")
+    max_open_for: Duration = Field(
+        300.0, description="Cap of the open time, which grows on each re-open."
+    )
 
 
 class UpstreamConfig(_Strict):
     name: str
     type: Literal["managed", "openai"] = "openai"
-    url: str | None = Field(None, description="Base URL of an OpenAI-compatible API, e.g. http://gpu:8080/v1.")
-    api_key_env: str | None = Field(None, description="Environment variable that holds this upstream's key.")
-    models: list[str] = Field(default_factory=lambda: ["*"], description="Model names it serves; * = any.")
-    model_map: dict[str, str] = Field(default_factory=dict, description="Model name -> name sent upstream.")
+    url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible API, e.g. http://gpu:8080/v1."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable that holds this upstream's key."
+    )
+    models: list[str] = Field(
+        default_factory=lambda: ["*"], description="Model names it serves; * = any."
+    )
+    model_map: dict[str, str] = Field(
+        default_factory=dict, description="Model name -> name sent upstream."
+    )
     timeout: Duration = Field(600.0, description="Longest wait for the first byte of a response.")
 
 
@@ -199,14 +225,20 @@ class Profile(_Strict):
     model: str = Field(description="GGUF path (first split for split models); ~ and $VARS expand.")
     description: str | None = None
     aliases: list[str] = Field(default_factory=list, description="Other names clients may ask for.")
-    ctx_size: CtxSize = Field(4096, description="-c: context size; 0 = the model's trained context.")
-    parallel: Parallel = Field(-1, description="-np: slots; -1 or auto = llama-server's auto (4, unified).")
+    ctx_size: CtxSize = Field(
+        4096, description="-c: context size; 0 = the model's trained context."
+    )
+    parallel: Parallel = Field(
+        -1, description="-np: slots; -1 or auto = llama-server's auto (4, unified)."
+    )
     kv_unified: bool | None = Field(None, description="-kvu / -no-kvu: one KV pool for all slots.")
     swa_full: bool = Field(False, description="--swa-full: full-size sliding-window cache.")
     cache_type_k: CacheType = Field("f16", description="-ctk: K cache type.")
     cache_type_v: CacheType = Field("f16", description="-ctv: V cache type.")
     flash_attn: TriState = Field("auto", description="-fa: on, off or auto.")
-    n_gpu_layers: Layers = Field(-1, description="-ngl: layers on the GPU; -1 or all = every layer.")
+    n_gpu_layers: Layers = Field(
+        -1, description="-ngl: layers on the GPU; -1 or all = every layer."
+    )
     batch_size: int = Field(2048, ge=1, description="-b: logical batch size.")
     ubatch_size: int = Field(512, ge=1, description="-ub: physical batch size.")
     threads: int | None = Field(None, ge=-1, description="-t: generation threads.")
@@ -214,7 +246,9 @@ class Profile(_Strict):
     mlock: bool | None = Field(None, description="--mlock: keep the model in RAM.")
     mmap: bool | None = Field(None, description="false -> --no-mmap.")
     no_kv_offload: bool = Field(False, description="-nkvo: keep the KV cache in host memory.")
-    n_cpu_moe: int | None = Field(None, ge=0, description="--n-cpu-moe: MoE expert layers kept on the CPU.")
+    n_cpu_moe: int | None = Field(
+        None, ge=0, description="--n-cpu-moe: MoE expert layers kept on the CPU."
+    )
     override_tensor: str | None = Field(None, description="-ot: tensor buffer overrides.")
     split_mode: Literal["none", "layer", "row"] | None = Field(None, description="-sm")
     tensor_split: str | None = Field(None, description="-ts: e.g. 3,1")
@@ -224,19 +258,29 @@ class Profile(_Strict):
     chat_template_file: str | None = Field(None, description="--chat-template-file (path)")
     reasoning_format: str | None = Field(None, description="--reasoning-format")
     embedding: bool | None = Field(None, description="--embedding: serve embeddings only.")
-    pooling: Literal["none", "mean", "cls", "last", "rank"] | None = Field(None, description="--pooling")
+    pooling: Literal["none", "mean", "cls", "last", "rank"] | None = Field(
+        None, description="--pooling"
+    )
     reranking: bool | None = Field(None, description="--reranking")
     mmproj: str | None = Field(None, description="--mmproj: multimodal projector (path).")
-    model_draft: str | None = Field(None, description="-md: draft model for speculative decoding (path).")
+    model_draft: str | None = Field(
+        None, description="-md: draft model for speculative decoding (path)."
+    )
     temp: float | None = Field(None, ge=0, description="--temp")
     top_k: int | None = Field(None, ge=0, description="--top-k")
     top_p: float | None = Field(None, ge=0, le=1, description="--top-p")
     min_p: float | None = Field(None, ge=0, le=1, description="--min-p")
     repeat_penalty: float | None = Field(None, ge=0, description="--repeat-penalty")
     seed: int | None = Field(None, description="-s")
-    metrics: bool | None = Field(None, description="--metrics: Prometheus /metrics on llama-server.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for llama-server.")
-    extra_args: list[str] = Field(default_factory=list, description="More llama-server arguments, verbatim.")
+    metrics: bool | None = Field(
+        None, description="--metrics: Prometheus /metrics on llama-server."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment for llama-server."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="More llama-server arguments, verbatim."
+    )
     host: str | None = Field(None, description="Overrides server.host.")
     port: Port | None = Field(None, description="Overrides server.port.")
     ready_timeout: Duration | None = Field(None, description="Overrides server.ready_timeout.")
@@ -260,7 +304,9 @@ class ManifestModel(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
-    defaults: dict[str, Any] = Field(default_factory=dict, description="Fields every profile starts from.")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Fields every profile starts from."
+    )
     profiles: dict[str, Profile] = Field(default_factory=dict)
 
 
@@ -270,6 +316,7 @@ class Manifest(ManifestModel):
     _path: Path = PrivateAttr(default=Path("profiles.yaml"))
     _source: Source | None = PrivateAttr(default=None)
     _profile_origin: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
+    _complete: bool = PrivateAttr(default=True)
 
     @property
     def path(self) -> Path:
@@ -321,6 +368,7 @@ class Manifest(ManifestModel):
 # ---------------------------------------------------------------------------------------------
 # discovery
 
+
 def find_manifest(explicit: Path | str | None = None) -> Path:
     """--manifest, then $LLMCTL_MANIFEST, ./profiles.yaml, $XDG_CONFIG_HOME/llmctl/profiles.yaml."""
     if explicit is not None:
@@ -357,18 +405,47 @@ def expand_path(value: str, base: Path) -> str:
 
 _FLAG_NAMES = {
     # what people type (llama-server flags, other tools' names) -> our field
-    "c": "ctx_size", "ctx": "ctx_size", "context": "ctx_size", "context_size": "ctx_size",
-    "context_length": "ctx_size", "num_ctx": "ctx_size", "n_ctx": "ctx_size",
-    "np": "parallel", "n_parallel": "parallel", "slots": "parallel",
-    "ngl": "n_gpu_layers", "gpu_layers": "n_gpu_layers", "num_gpu": "n_gpu_layers",
-    "fa": "flash_attn", "flash_attention": "flash_attn",
-    "ctk": "cache_type_k", "ctv": "cache_type_v", "kv_cache_type": "cache_type_k",
-    "type_k": "cache_type_k", "type_v": "cache_type_v",
-    "kvu": "kv_unified", "b": "batch_size", "ub": "ubatch_size", "batch": "batch_size",
-    "ubatch": "ubatch_size", "t": "threads", "tb": "threads_batch", "nkvo": "no_kv_offload",
-    "m": "model", "path": "model", "file": "model", "alias": "aliases", "args": "extra_args",
-    "cmd": "extra_args", "environment": "env", "temperature": "temp", "ot": "override_tensor",
-    "md": "model_draft", "embeddings": "embedding", "no_mmap": "mmap", "ttl_seconds": "ttl",
+    "c": "ctx_size",
+    "ctx": "ctx_size",
+    "context": "ctx_size",
+    "context_size": "ctx_size",
+    "context_length": "ctx_size",
+    "num_ctx": "ctx_size",
+    "n_ctx": "ctx_size",
+    "np": "parallel",
+    "n_parallel": "parallel",
+    "slots": "parallel",
+    "ngl": "n_gpu_layers",
+    "gpu_layers": "n_gpu_layers",
+    "num_gpu": "n_gpu_layers",
+    "fa": "flash_attn",
+    "flash_attention": "flash_attn",
+    "ctk": "cache_type_k",
+    "ctv": "cache_type_v",
+    "kv_cache_type": "cache_type_k",
+    "type_k": "cache_type_k",
+    "type_v": "cache_type_v",
+    "kvu": "kv_unified",
+    "b": "batch_size",
+    "ub": "ubatch_size",
+    "batch": "batch_size",
+    "ubatch": "ubatch_size",
+    "t": "threads",
+    "tb": "threads_batch",
+    "nkvo": "no_kv_offload",
+    "m": "model",
+    "path": "model",
+    "file": "model",
+    "alias": "aliases",
+    "args": "extra_args",
+    "cmd": "extra_args",
+    "environment": "env",
+    "temperature": "temp",
+    "ot": "override_tensor",
+    "md": "model_draft",
+    "embeddings": "embedding",
+    "no_mmap": "mmap",
+    "ttl_seconds": "ttl",
 }
 
 
@@ -396,7 +473,11 @@ def _stringy(annotation: Any) -> str | None:
         return kinds.pop() if len(kinds) == 1 else None
     if origin is list and typing.get_args(annotation) and typing.get_args(annotation)[0] is str:
         return "list"
-    if origin is dict and len(typing.get_args(annotation)) == 2 and typing.get_args(annotation)[1] is str:
+    if (
+        origin is dict
+        and len(typing.get_args(annotation)) == 2
+        and typing.get_args(annotation)[1] is str
+    ):
         return "dict"
     return None
 
@@ -413,14 +494,26 @@ class _Checker:
         self.source = source
         self.problems: list[Problem] = []
 
-    def add(self, severity: Literal["error", "warning"], rule: str, message: str, path: Path_,
-            profile: str | None = None, hint: str | None = None, *, value: bool = False) -> None:
-        line, column = (self.source.value_position(path) if value else self.source.position(path))
-        self.problems.append(Problem(severity, rule, message, profile, self.file, line, column, hint))
+    def add(
+        self,
+        severity: Literal["error", "warning"],
+        rule: str,
+        message: str,
+        path: Path_,
+        profile: str | None = None,
+        hint: str | None = None,
+        *,
+        value: bool = False,
+    ) -> None:
+        line, column = self.source.value_position(path) if value else self.source.position(path)
+        self.problems.append(
+            Problem(severity, rule, message, profile, self.file, line, column, hint)
+        )
 
     # YAML 1.1 coercions -------------------------------------------------------------------
-    def keep_text(self, data: dict[str, Any], model: type[BaseModel], path: Path_,
-                  profile: str | None) -> None:
+    def keep_text(
+        self, data: dict[str, Any], model: type[BaseModel], path: Path_, profile: str | None
+    ) -> None:
         """Where a field holds text but YAML made it a bool/number, use the text as written."""
         for name, info in model.model_fields.items():
             if name not in data or name in TRISTATE_FIELDS:
@@ -429,11 +522,14 @@ class _Checker:
             if kind == "str":
                 data[name] = self._text(data[name], (*path, name), profile, name)
             elif kind == "list" and isinstance(data[name], list):
-                data[name] = [self._text(v, (*path, name, i), profile, name)
-                              for i, v in enumerate(data[name])]
+                data[name] = [
+                    self._text(v, (*path, name, i), profile, name) for i, v in enumerate(data[name])
+                ]
             elif kind == "dict" and isinstance(data[name], dict):
-                data[name] = {k: self._text(v, (*path, name, k), profile, name, quiet_numbers=True)
-                              for k, v in data[name].items()}
+                data[name] = {
+                    k: self._text(v, (*path, name, k), profile, name, quiet_numbers=True)
+                    for k, v in data[name].items()
+                }
         nested = _NESTED.get(model, {})
         for name, sub in nested.items():
             if isinstance(data.get(name), dict):
@@ -443,23 +539,34 @@ class _Checker:
                 if isinstance(up, dict):
                     self.keep_text(up, UpstreamConfig, (*path, "upstreams", i), profile)
 
-    def _text(self, value: Any, path: Path_, profile: str | None, field: str,
-              quiet_numbers: bool = False) -> Any:
+    def _text(
+        self, value: Any, path: Path_, profile: str | None, field: str, quiet_numbers: bool = False
+    ) -> Any:
         note = self.source.coerced.get(path)
         if note is None or isinstance(value, str) or note.kind == "null":
             return value
         if not (quiet_numbers and note.kind == "number"):
             self.add(
-                "warning", "yaml-coercion",
+                "warning",
+                "yaml-coercion",
                 f"YAML 1.1 reads {note.raw} as the {note.kind} {_show(note.value)} in `{field}`; "
                 f"llmctl used the text {note.raw!r}",
-                path, profile, hint=f"quote it to say what you mean: {field}: '{note.raw}'", value=True,
+                path,
+                profile,
+                hint=f"quote it to say what you mean: {field}: '{note.raw}'",
+                value=True,
             )
         return note.raw
 
     # pydantic errors ------------------------------------------------------------------------
-    def validation(self, err: ValidationError, path: Path_, profile: str | None,
-                   model: type[BaseModel], origin: dict[str, str] | None = None) -> None:
+    def validation(
+        self,
+        err: ValidationError,
+        path: Path_,
+        profile: str | None,
+        model: type[BaseModel],
+        origin: dict[str, str] | None = None,
+    ) -> None:
         for e in err.errors(include_url=False):
             loc: tuple[str | int, ...] = tuple(e["loc"])
             where = (*path, *loc)
@@ -472,26 +579,62 @@ class _Checker:
             if etype == "extra_forbidden":
                 known = _known_fields(model, loc[:-1])
                 guess = _suggest(field, known)
-                self.add("error", "unknown-key", f"unknown key `{field}`", where, profile,
-                         hint=f"did you mean `{guess}`?" if guess else
-                         f"known keys: {', '.join(sorted(known))}")
+                self.add(
+                    "error",
+                    "unknown-key",
+                    f"unknown key `{field}`",
+                    where,
+                    profile,
+                    hint=f"did you mean `{guess}`?"
+                    if guess
+                    else f"known keys: {', '.join(sorted(known))}",
+                )
             elif etype == "missing":
-                self.add("error", "missing-key", f"`{field}` is required", path if not loc[:-1]
-                         else (*path, *loc[:-1]), profile)
+                self.add(
+                    "error",
+                    "missing-key",
+                    f"`{field}` is required",
+                    path if not loc[:-1] else (*path, *loc[:-1]),
+                    profile,
+                )
             elif top in ("cache_type_k", "cache_type_v"):
-                self.add("error", "cache-type",
-                         f"`{top}` must be one of {', '.join(CACHE_TYPES)}; got {e.get('input')!r}",
-                         where, profile, hint="q8_0 halves the f16 cache, q4_0 quarters it", value=True)
+                self.add(
+                    "error",
+                    "cache-type",
+                    f"`{top}` must be one of {', '.join(CACHE_TYPES)}; got {e.get('input')!r}",
+                    where,
+                    profile,
+                    hint="q8_0 halves the f16 cache, q4_0 quarters it",
+                    value=True,
+                )
             elif top == "flash_attn":
-                self.add("error", "flash-attn",
-                         f"`flash_attn` must be on, off or auto; got {e.get('input')!r}",
-                         where, profile, value=True)
+                self.add(
+                    "error",
+                    "flash-attn",
+                    f"`flash_attn` must be on, off or auto; got {e.get('input')!r}",
+                    where,
+                    profile,
+                    value=True,
+                )
             elif top == "parallel":
-                self.add("error", "parallel", f"`parallel`: {msg} (got {e.get('input')!r})",
-                         where, profile, hint="use 1 for one user, or auto", value=True)
+                self.add(
+                    "error",
+                    "parallel",
+                    f"`parallel`: {msg} (got {e.get('input')!r})",
+                    where,
+                    profile,
+                    hint="use 1 for one user, or auto",
+                    value=True,
+                )
             elif etype in ("greater_than_equal", "greater_than", "less_than_equal"):
-                self.add("error", "range", f"`{_dotted(loc)}`: {msg.lower()} (got {e.get('input')!r})",
-                         where, profile, value=True)
+                self.add(
+                    "error",
+                    "range",
+                    f"`{_dotted(loc)}`: {msg.lower()} (got {e.get('input')!r})",
+                    where,
+                    profile,
+                    value=True,
+                )
             else:
                 self.add("error", "schema", f"`{_dotted(loc)}`: {msg}", where, profile, value=True)
 
@@ -519,8 +662,10 @@ def _known_fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[st
     return list(current.model_fields)
 
 
-def check_manifest(path: Path) -> tuple[Manifest | None, list[Problem]]:
-    """Every problem in the manifest at `path`, and the Manifest when it has no errors.
+def check_manifest(path: Path) -> tuple[Manifest, list[Problem]]:
+    """Every problem in the manifest at `path`, and the Manifest built from what is valid.
+
+    With errors among the problems, the Manifest is partial (invalid profiles left out).
 
     Raises ManifestError (exit 2) only when the file cannot be read or parsed at all.
     """
@@ -528,8 +673,9 @@ def check_manifest(path: Path) -> tuple[Manifest | None, list[Problem]]:
     try:
         data_bytes = path.read_bytes()
     except FileNotFoundError:
-        raise ManifestError(f"{file}: no such file",
-                            hint="pass --manifest PATH or set LLMCTL_MANIFEST") from None
+        raise ManifestError(
+            f"{file}: no such file", hint="pass --manifest PATH or set LLMCTL_MANIFEST"
+        ) from None
     except IsADirectoryError:
         raise ManifestError(f"{file} is a folder, not a manifest file") from None
     except OSError as err:
@@ -541,7 +687,9 @@ def check_manifest(path: Path) -> tuple[Manifest | None, list[Problem]]:
         raise ManifestError(
             f"{where}: {err.message}",
             hint=err.hint or "fix the YAML; `llmctl lint` checks it",
-            problems=[Problem("error", "yaml", err.message, None, file, err.line, err.column, err.hint)],
+            problems=[
+                Problem("error", "yaml", err.message, None, file, err.line, err.column, err.hint)
+            ],
         ) from None
     checker = _Checker(path, source)
     if not isinstance(data, dict):
@@ -554,58 +702,101 @@ def check_manifest(path: Path) -> tuple[Manifest | None, list[Problem]]:
     for dup in source.duplicates:
         profile = str(dup.path[1]) if len(dup.path) > 1 and dup.path[0] == "profiles" else None
         what = "profile" if len(dup.path) == 2 and dup.path[0] == "profiles" else "key"
-        checker.problems.append(Problem(
-            "error", "duplicate-key",
-            f"{what} `{dup.path[-1]}` appears twice (first at line {dup.first_line}); "
-            "YAML would silently keep only the last one",
-            profile, file, dup.line, dup.column, "rename or remove one of them"))
+        checker.problems.append(
+            Problem(
+                "error",
+                "duplicate-key",
+                f"{what} `{dup.path[-1]}` appears twice (first at line {dup.first_line}); "
+                "YAML would silently keep only the last one",
+                profile,
+                file,
+                dup.line,
+                dup.column,
+                "rename or remove one of them",
+            )
+        )
     return _validate(path, data, source, checker)
 
 
-def _validate(path: Path, data: dict[str, Any], source: Source,
-              checker: _Checker) -> tuple[Manifest | None, list[Problem]]:
+def _validate(
+    path: Path, data: dict[str, Any], source: Source, checker: _Checker
+) -> tuple[Manifest, list[Problem]]:
     base = path.resolve().parent
     if "version" not in data:
-        checker.add("warning", "version", "no `version`; assuming `version: 1`", (), None,
-                    hint="add `version: 1` at the top")
+        checker.add(
+            "warning",
+            "version",
+            "no `version`; assuming `version: 1`",
+            (),
+            None,
+            hint="add `version: 1` at the top",
+        )
     raw_profiles = data.get("profiles")
     raw_defaults = data.get("defaults", {})
     top = {k: v for k, v in data.items() if k not in ("profiles", "defaults")}
     checker.keep_text(top, ManifestModel, (), None)
-    try:
-        shell = ManifestModel.model_validate(top)
-    except ValidationError as err:
-        checker.validation(err, (), None, ManifestModel)
-        shell = None
+    # Each section on its own, so that an error in one does not hide the others.
+    sections: dict[str, Any] = {}
+    for key, value in top.items():
+        try:
+            ManifestModel.model_validate({key: value})
+        except ValidationError as err:
+            checker.validation(err, (), None, ManifestModel)
+        else:
+            sections[key] = value
 
     defaults: dict[str, Any] = {}
     if raw_defaults is None:
         raw_defaults = {}
     if not isinstance(raw_defaults, dict):
-        checker.add("error", "schema", "`defaults` must be a mapping of profile fields", ("defaults",),
-                    value=True)
+        checker.add(
+            "error",
+            "schema",
+            "`defaults` must be a mapping of profile fields",
+            ("defaults",),
+            value=True,
+        )
     else:
         defaults = dict(raw_defaults)
         checker.keep_text(defaults, Profile, ("defaults",), None)
         for key in list(defaults):
             if key not in Profile.model_fields:
                 guess = _suggest(key, list(Profile.model_fields))
-                checker.add("error", "unknown-key", f"unknown key `{key}` in defaults",
-                            ("defaults", key), hint=f"did you mean `{guess}`?" if guess else None)
+                checker.add(
+                    "error",
+                    "unknown-key",
+                    f"unknown key `{key}` in defaults",
+                    ("defaults", key),
+                    hint=f"did you mean `{guess}`?" if guess else None,
+                )
                 del defaults[key]
             elif key == "aliases":
-                checker.add("error", "schema", "`aliases` cannot be a default: each name must be unique",
-                            ("defaults", key))
+                checker.add(
+                    "error",
+                    "schema",
+                    "`aliases` cannot be a default: each name must be unique",
+                    ("defaults", key),
+                )
                 del defaults[key]
 
     profiles: dict[str, Profile] = {}
     origins: dict[str, dict[str, str]] = {}
     if raw_profiles is None:
-        checker.add("error", "no-profiles", "the manifest has no `profiles`", (),
-                    hint="add a `profiles:` mapping with at least one profile")
+        checker.add(
+            "error",
+            "no-profiles",
+            "the manifest has no `profiles`",
+            (),
+            hint="add a `profiles:` mapping with at least one profile",
+        )
     elif not isinstance(raw_profiles, dict):
-        checker.add("error", "schema", "`profiles` must be a mapping of name -> profile",
-                    ("profiles",), value=True)
+        checker.add(
+            "error",
+            "schema",
+            "`profiles` must be a mapping of name -> profile",
+            ("profiles",),
+            value=True,
+        )
     else:
         if not raw_profiles:
             checker.add("error", "no-profiles", "`profiles` is empty", ("profiles",))
@@ -614,8 +805,14 @@ def _validate(path: Path, data: dict[str, Any], source: Source,
             if raw is None:
                 raw = {}
             if not isinstance(raw, dict):
-                checker.add("error", "schema", f"profile `{name}` must be a mapping of fields", ppath,
-                            name, value=True)
+                checker.add(
+                    "error",
+                    "schema",
+                    f"profile `{name}` must be a mapping of fields",
+                    ppath,
+                    name,
+                    value=True,
+                )
                 continue
             own = dict(raw)
             checker.keep_text(own, Profile, ppath, name)
@@ -636,15 +833,12 @@ def _validate(path: Path, data: dict[str, Any], source: Source,
                 checker.validation(err, ppath, name, Profile, origin)
             origins[name] = origin
 
-    if any(p.severity == "error" for p in checker.problems) or shell is None:
-        return None, checker.problems
-    manifest = Manifest.model_validate(
-        {**shell.model_dump(exclude_unset=True), "defaults": defaults, "profiles": {}}
-    )
+    manifest = Manifest.model_validate({**sections, "defaults": defaults, "profiles": {}})
     manifest.profiles = profiles
     manifest._path = path
     manifest._source = source
     manifest._profile_origin = origins
+    manifest._complete = not any(p.severity == "error" for p in checker.problems)
     if manifest.server.binary:
         manifest.server.binary = expand_path(manifest.server.binary, base)
     return manifest, checker.problems
@@ -656,10 +850,9 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
 
     found = find_manifest(path)
     manifest, problems = check_manifest(found)
-    if manifest is not None:
-        problems = problems + cross_checks(manifest, include_environment=False)
+    problems = problems + cross_checks(manifest, include_environment=False)
     errors = [p for p in problems if p.severity == "error"]
-    if manifest is None or errors:
+    if errors:
         first = errors[0] if errors else None
         where = f"{first.where()}: " if first else ""
         msg = f"{where}{first.message}" if first else f"{found}: invalid manifest"
