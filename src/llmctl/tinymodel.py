@@ -298,8 +298,149 @@ def _llama(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
     return _common_meta(c), tensors
 
 
+def _attn(c: _Cfg, il: int, wt: GGMLType, ft: GGMLType, qk_norm: bool = False) -> list[Tensor]:
+    p = f"blk.{il}."
+    q = c.head_dim * c.n_head
+    kv = c.head_dim * c.kv(il)
+    out = [
+        Tensor(p + "attn_q.weight", (c.n_embd, q), wt),
+        Tensor(p + "attn_k.weight", (c.n_embd, kv), wt),
+        Tensor(p + "attn_v.weight", (c.n_embd, kv), wt),
+        Tensor(p + "attn_output.weight", (q, c.n_embd), wt),
+    ]
+    if qk_norm:
+        out += [
+            Tensor(p + "attn_q_norm.weight", (c.head_dim,), ft, "ones"),
+            Tensor(p + "attn_k_norm.weight", (c.head_dim,), ft, "ones"),
+        ]
+    return out
+
+
+def _ffn(c: _Cfg, il: int, wt: GGMLType) -> list[Tensor]:
+    p = f"blk.{il}."
+    return [
+        Tensor(p + "ffn_gate.weight", (c.n_embd, c.n_ff), wt),
+        Tensor(p + "ffn_down.weight", (c.n_ff, c.n_embd), wt),
+        Tensor(p + "ffn_up.weight", (c.n_embd, c.n_ff), wt),
+    ]
+
+
+def _gemma(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """gemma2 (window 4096 by default, pattern 2) and gemma3 (pattern 6, window required)."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    if c.arch == "gemma2":
+        c.tied = True  # gemma2 always reuses token_embd as its output
+    tensors = _emb_out(c, wt, ft)
+    for il in range(c.n_layer):
+        p = f"blk.{il}."
+        tensors.append(Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"))
+        tensors += _attn(c, il, wt, ft, qk_norm=c.arch == "gemma3")
+        tensors += [
+            Tensor(p + "post_attention_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"),
+            *_ffn(c, il, wt),
+            Tensor(p + "post_ffw_norm.weight", (c.n_embd,), ft, "ones"),
+        ]
+    meta = _common_meta(c)
+    meta.append((f"{c.arch}.attention.sliding_window", u32(c.opt("sliding_window", 128))))
+    pattern = c.opt("sliding_window_pattern", None)
+    if isinstance(pattern, list):
+        meta.append((f"{c.arch}.attention.sliding_window_pattern", array(T_BOOL, pattern)))
+    elif pattern is not None:
+        meta.append((f"{c.arch}.attention.sliding_window_pattern", u32(pattern)))
+    return meta, tensors
+
+
+def _deepseek2(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """MLA attention (K-only cache of kv_lora_rank + rope width), dense FFN in every layer."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    a = c.arch
+    q_lora = c.opt("q_lora_rank", 128)
+    kv_lora = c.opt("kv_lora_rank", 192)
+    rope = c.opt("rope_dim", 64)
+    k_mla = c.opt("key_length_mla", 128)  # nope + rope
+    v_mla = c.opt("value_length_mla", 64)
+    nope = k_mla - rope
+    tensors = _emb_out(c, wt, ft)
+    for il in range(c.n_layer):
+        p = f"blk.{il}."
+        tensors += [
+            Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "attn_q_a_norm.weight", (q_lora,), ft, "ones"),
+            Tensor(p + "attn_kv_a_norm.weight", (kv_lora,), ft, "ones"),
+            Tensor(p + "attn_q_a.weight", (c.n_embd, q_lora), wt),
+            Tensor(p + "attn_q_b.weight", (q_lora, c.n_head * k_mla), wt),
+            Tensor(p + "attn_kv_a_mqa.weight", (c.n_embd, kv_lora + rope), wt),
+            Tensor(p + "attn_k_b.weight", (nope, kv_lora, c.n_head), wt),
+            Tensor(p + "attn_v_b.weight", (kv_lora, v_mla, c.n_head), wt),
+            Tensor(p + "attn_output.weight", (c.n_head * v_mla, c.n_embd), wt),
+            Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"),
+            *_ffn(c, il, wt),
+        ]
+    meta = [
+        (k, v)
+        for k, v in _common_meta(c)
+        if not k.endswith((".key_length", ".value_length", ".head_count_kv", ".dimension_count"))
+    ]
+    meta += [
+        (f"{a}.attention.head_count_kv", u32(1)),
+        (f"{a}.attention.key_length", u32(kv_lora + rope)),
+        (f"{a}.attention.value_length", u32(kv_lora)),
+        (f"{a}.attention.key_length_mla", u32(k_mla)),
+        (f"{a}.attention.value_length_mla", u32(v_mla)),
+        (f"{a}.attention.q_lora_rank", u32(q_lora)),
+        (f"{a}.attention.kv_lora_rank", u32(kv_lora)),
+        (f"{a}.rope.dimension_count", u32(rope)),
+        (f"{a}.leading_dense_block_count", u32(c.n_layer)),
+        (f"{a}.expert_feed_forward_length", u32(c.n_ff)),
+        (f"{a}.expert_shared_count", u32(1)),
+    ]
+    return meta, tensors
+
+
+def _lfm2(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """Hybrid: short-convolution (recurrent) layers where head_count_kv is 0, attention elsewhere."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    if not isinstance(c.n_head_kv, list):
+        c.n_head_kv = [0 if il % 2 == 0 else c.n_head_kv for il in range(c.n_layer)]
+    l_cache = c.opt("l_cache", 3)
+    tensors = [Tensor("token_embd.weight", (c.n_embd, c.n_vocab), wt)]
+    tensors.append(Tensor("token_embd_norm.weight", (c.n_embd,), ft, "ones"))
+    if not c.tied:
+        tensors.append(Tensor("output.weight", (c.n_embd, c.n_vocab), wt))
+    for il in range(c.n_layer):
+        p = f"blk.{il}."
+        tensors += [
+            Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"),
+            *_ffn(c, il, wt),
+            Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"),
+        ]
+        if c.kv(il) == 0:
+            tensors += [
+                Tensor(p + "shortconv.conv.weight", (l_cache, c.n_embd), ft),
+                Tensor(p + "shortconv.in_proj.weight", (c.n_embd, 3 * c.n_embd), wt),
+                Tensor(p + "shortconv.out_proj.weight", (c.n_embd, c.n_embd), wt),
+            ]
+        else:
+            tensors += _attn(c, il, wt, ft, qk_norm=True)
+    meta = [*_common_meta(c), (f"{c.arch}.shortconv.l_cache", u32(l_cache))]
+    window = c.opt("sliding_window", None)
+    if window is not None:
+        meta.append((f"{c.arch}.attention.sliding_window", u32(window)))
+    return meta, tensors
+
+
 ARCHITECTURES: dict[str, _Builder] = {
     "llama": _llama,
+    "gemma2": _gemma,
+    "gemma3": _gemma,
+    "deepseek2": _deepseek2,
+    "lfm2": _lfm2,
+}
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma2": {"n_layer": 4},
+    "gemma3": {"n_layer": 6},
+    "lfm2": {"n_layer": 4},
 }
 
 
@@ -318,7 +459,7 @@ def write_tiny_model(path: Path, arch: str = "llama", **overrides: Any) -> Path:
     unknown = set(overrides) - fields
     if unknown:
         raise TypeError(f"unknown overrides: {', '.join(sorted(unknown))}")
-    cfg = _Cfg(arch=arch, **overrides)
+    cfg = _Cfg(arch=arch, **{**_DEFAULTS.get(arch, {}), **overrides})
     meta, tensors = builder(cfg)
     meta = meta + _vocab(cfg.n_vocab_extra)
     return write_gguf(Path(path), meta, tensors, seed=cfg.seed)
