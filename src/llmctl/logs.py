@@ -1,0 +1,230 @@
+"""Per-launch log files: naming, rotation, following, tails, and what they say (errors, memory)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+LOGS_DIR = "logs"
+HEADER = "# llmctl:"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def logs_dir(state_dir: Path) -> Path:
+    return state_dir / LOGS_DIR
+
+
+def new_log(state_dir: Path, profile: str, *, keep: int, protect: str | None = None) -> Path:
+    """Create the log file of a new launch, deleting the oldest so `keep` remain."""
+    folder = logs_dir(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+    name = f"{stamp}-{_UNSAFE.sub('_', profile)[:60] or 'profile'}"
+    path = folder / f"{name}.log"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"{name}-{n}.log"
+    path.touch()
+    rotate(state_dir, keep=keep, protect={str(path), protect or ""})
+    return path
+
+
+def latest_log(state_dir: Path) -> Path | None:
+    folder = logs_dir(state_dir)
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.suffix == ".log")
+    except OSError:
+        return None
+    return folder / names[-1] if names else None
+
+
+def rotate(state_dir: Path, *, keep: int, protect: set[str]) -> None:
+    folder = logs_dir(state_dir)
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.suffix == ".log")
+    except OSError:
+        return
+    excess = len(names) - keep
+    for name in names:
+        if excess <= 0:
+            break
+        path = folder / name
+        if str(path) in protect:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+        excess -= 1
+
+
+class LogFollower:
+    """Reads what a running process appends to its log: whole lines, and whether it grew at all
+    (llama.cpp prints progress dots without a newline while loading big models)."""
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self._partial = b""
+        self._fd: int | None = None
+
+    def poll(self) -> tuple[list[str], bool]:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return [], False
+        chunks = []
+        while True:
+            chunk = os.pread(self._fd, 1 << 16, self.offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            self.offset += len(chunk)
+        if not chunks:
+            return [], False
+        data = self._partial + b"".join(chunks)
+        *complete, self._partial = data.split(b"\n")
+        lines = [_decode(line) for line in complete]
+        return [line for line in lines if line and not line.startswith(HEADER)], True
+
+    def flush(self) -> list[str]:
+        """The unterminated last line, if any (call once the process has exited)."""
+        rest, self._partial = self._partial, b""
+        line = _decode(rest)
+        return [line] if line else []
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode(errors="replace").rstrip("\r")
+
+
+def tail_lines(path: Path, n: int, *, max_bytes: int = 1 << 20) -> list[str]:
+    """The last `n` lines of a log (llmctl's header lines left out)."""
+    if n <= 0:
+        return []
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            block = 8192
+            data = b""
+            pos = size
+            while pos > 0 and data.count(b"\n") <= n and size - pos < max_bytes:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+                block *= 2
+    except OSError:
+        return []
+    lines = [_decode(x) for x in data.split(b"\n")]
+    if pos > 0:
+        lines = lines[1:]  # first one is cut
+    lines = [x for x in lines if x and not x.startswith(HEADER)]
+    return lines[-n:]
+
+
+# llama-server log lines look like "0.00.011.794 E srv  ..." (time, level letter, component)
+_LEVEL_E = re.compile(r"^\d+\.\d+\.\d+\.\d+ E ")
+_ERROR_WORDS = re.compile(
+    r"\berror\b|\bfailed\b|\bfailure\b|\bunable\b|\bcannot\b|\bcan't\b|\bcouldn't\b|\binvalid\b|"
+    r"\bunsupported\b|\bnot found\b|no such file|out of memory|\boom\b|\babort|\bterminate|"
+    r"\bsegmentation\b|\bunknown argument\b",
+    re.IGNORECASE,
+)
+_GENERIC = re.compile(r"exiting due to|cleaning up before exit", re.IGNORECASE)
+_BENIGN = re.compile(r"\bwarn(ing)?\b|^\d+\.\d+\.\d+\.\d+ [IWD] ", re.IGNORECASE)
+
+
+def error_line(lines: list[str]) -> str | None:
+    """The line that says what went wrong: the first specific error, else a generic one."""
+    generic = None
+    loose = None
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        if _GENERIC.search(text):
+            generic = generic or text
+            continue
+        if _LEVEL_E.match(text) or (
+            re.search(r"\berror\b", text, re.IGNORECASE) and not _BENIGN.search(text)
+        ):
+            return text
+        if loose is None and _ERROR_WORDS.search(text) and not _BENIGN.search(text):
+            loose = text
+    return loose or generic
+
+
+_LOG_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [A-Z] +")
+
+
+def strip_prefix(line: str) -> str:
+    """A llama.cpp log line without its time and level ("0.00.011.794 E ")."""
+    return _LOG_PREFIX.sub("", line)
+
+
+def error_tail(lines: list[str], n: int = 15) -> tuple[str | None, list[str]]:
+    """(error line, tail): the last `n` lines with the error line first."""
+    err = error_line(lines)
+    tail = [x for x in lines if x.strip()][-n:]
+    if err is not None:
+        tail = [err, *[x for x in tail if x.strip() != err]]
+    return err, tail
+
+
+_MODEL_BUF = re.compile(r"(\S+) model buffer size\s*=\s*([\d.]+) MiB")
+_KV_BUF = re.compile(r"(\S+) KV buffer size\s*=\s*([\d.]+) MiB")
+_KV_TOTAL = re.compile(r"llama_kv_cache: size\s*=\s*([\d.]+) MiB")
+_COMPUTE_BUF = re.compile(r"(\S+) compute buffer size\s*=\s*([\d.]+) MiB")
+_RECURRENT = re.compile(r"llama_memory_recurrent: size\s*=\s*([\d.]+) MiB")
+
+
+def parse_memory(path: Path, *, max_bytes: int = 1 << 20) -> dict[str, Any]:
+    """What llama-server reported about its memory in the log (MiB); {} when it said nothing.
+
+    The size lines appear at verbosity 4 (`-lv 4`); the last value per device wins, so the fit
+    probes printed before the real allocation do not count twice.
+    """
+    try:
+        with path.open("rb") as f:
+            text = f.read(max_bytes).decode(errors="replace")
+    except OSError:
+        return {}
+    end = text.find("model loaded")
+    if end >= 0:  # what follows is request logs
+        text = text[:end]
+    kinds: dict[str, dict[str, float]] = {"model": {}, "kv": {}, "compute": {}}
+    for m in _MODEL_BUF.finditer(text):
+        kinds["model"][m.group(1)] = float(m.group(2))
+    for m in _KV_BUF.finditer(text):
+        kinds["kv"][m.group(1)] = float(m.group(2))
+    for m in _COMPUTE_BUF.finditer(text):
+        kinds["compute"][m.group(1)] = float(m.group(2))
+    out: dict[str, Any] = {}
+    kv_total = [float(m.group(1)) for m in _KV_TOTAL.finditer(text)]
+    recurrent = [float(m.group(1)) for m in _RECURRENT.finditer(text)]
+    for kind, per_dev in kinds.items():
+        if per_dev:
+            out[f"{kind}_mib"] = round(sum(per_dev.values()), 2)
+            out[f"{kind}_by_device_mib"] = per_dev
+    if "kv_mib" not in out and kv_total:
+        out["kv_mib"] = kv_total[-1]
+    if recurrent:
+        out["recurrent_mib"] = recurrent[-1]
+    if out:
+        out["total_mib"] = round(
+            sum(v for k, v in out.items() if k.endswith("_mib") and not k.endswith("device_mib")),
+            2,
+        )
+    return out

@@ -1,0 +1,114 @@
+"""The state file: which llama-server llmctl runs, written atomically, read without a lock."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+STATE_FILE = "state.json"
+FORMAT = 1
+
+Phase = Literal["starting", "ready"]
+
+
+@dataclass
+class LaunchRecord:
+    """One launch. `pid` + `start_time` identify the process even if the pid is reused later;
+    `launch_id` is also in the server's environment (LLMCTL_LAUNCH_ID) to find it without a pid."""
+
+    launch_id: str
+    phase: Phase
+    profile: str
+    config_hash: str
+    argv: list[str]
+    host: str
+    port: int
+    url: str
+    log: str
+    started_at: float
+    pid: int | None = None
+    start_time: int | None = None
+    ready_at: float | None = None
+    owner_pid: int | None = None
+    owner_start_time: int | None = None
+    stop_timeout: float = 10.0
+    model: str = ""
+    format: int = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def marker(self) -> str:
+        return f"LLMCTL_LAUNCH_ID={self.launch_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LaunchRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class CorruptState(Exception):
+    """The state file exists but cannot be understood."""
+
+
+def state_path(state_dir: Path) -> Path:
+    return state_dir / STATE_FILE
+
+
+def read_state(state_dir: Path) -> LaunchRecord | None:
+    """The current record, None when there is none; CorruptState when unreadable."""
+    path = state_path(state_dir)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise CorruptState(f"cannot read {path}: {err.strerror}") from err
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise TypeError("not an object")
+        return LaunchRecord.from_json(data)
+    except (ValueError, TypeError) as err:
+        raise CorruptState(f"{path} is not a valid llmctl state file ({err})") from err
+
+
+def write_state(state_dir: Path, record: LaunchRecord) -> None:
+    """Write atomically: a reader sees the old record or the new one, never a mix.
+
+    No fsync: the record only matters while its processes live, and none survive a reboot.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    blob = json.dumps(record.to_json(), indent=2).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, state_path(state_dir))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def clear_state(state_dir: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state_path(state_dir).unlink()
+
+
+def set_aside_corrupt(state_dir: Path) -> Path | None:
+    """Move an unreadable state file out of the way (kept for inspection)."""
+    path = state_path(state_dir)
+    dest = path.with_suffix(".json.corrupt")
+    try:
+        os.replace(path, dest)
+    except OSError:
+        return None
+    return dest

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""FAKE llama-server for the tests: does on demand what a real llama-server cannot.
+
+It speaks just enough of llama-server: binds the port before "loading", answers /health 503
+while loading and 200 after, prints llama-server-style log lines ("model loaded",
+"listening on"), and answers /v1/models and /v1/chat/completions with a canned reply.
+
+Modes (--mode):
+  ok                 load for --load-time seconds (a progress line every --progress-every), then serve
+  die                print --message, "exiting due to model loading error", exit --exit-code
+  hang               print a few lines, then nothing, never become ready
+  dots               load printing progress dots without newlines (progress without lines)
+  ignore-term        like ok, but ignores SIGTERM (only SIGKILL stops it)
+  port-exit          become ready, then fork a child of the same session that keeps the port,
+                     and exit (the leader is gone, the port still taken)
+  exit-after-ready   become ready, then exit --exit-delay seconds later
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+T0 = time.monotonic()
+READY = threading.Event()
+
+
+def log(level: str, msg: str) -> None:
+    t = time.monotonic() - T0
+    stamp = f"{int(t // 60):d}.{int(t % 60):02d}.{int((t * 1000) % 1000):03d}.000"
+    sys.stderr.write(f"{stamp} {level} {msg}\n")
+    sys.stderr.flush()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, code: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _loading(self) -> bool:
+        if READY.is_set():
+            return False
+        self._send(
+            503, {"error": {"message": "Loading model", "type": "unavailable_error", "code": 503}}
+        )
+        return True
+
+    def do_GET(self) -> None:
+        if self._loading():
+            return
+        if self.path == "/health":
+            self._send(200, {"status": "ok"})
+        elif self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        else:
+            self._send(404, {"error": {"message": "File Not Found", "code": 404}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if self._loading():
+            return
+        self._send(
+            200,
+            {
+                "object": "chat.completion",
+                "model": "fake",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "fake reply"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            },
+        )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--mode", default="ok")
+    ap.add_argument("--load-time", type=float, default=0.05)
+    ap.add_argument("--progress-every", type=float, default=0.1)
+    ap.add_argument("--message", default="llama_model_load: error loading model: fake failure")
+    ap.add_argument("--exit-code", type=int, default=1)
+    ap.add_argument("--exit-delay", type=float, default=0.05)
+    ap.add_argument("-m", "--model", default="")
+    args, _ = ap.parse_known_args()
+
+    if args.mode == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    log("I", "build: fake (FAKE llama-server for tests)")
+    httpd = ThreadingHTTPServer((args.host, args.port), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    log("I", f"srv  init: fake server bound to http://{args.host}:{args.port}")
+
+    if args.mode == "die":
+        time.sleep(args.load_time)
+        log("I", "llama_model_loader: loaded meta data")
+        log("E", args.message)
+        log("E", "srv  load_model: failed to load model")
+        log("I", "srv  operator(): cleaning up before exit...")
+        log("E", "main: exiting due to model loading error")
+        return args.exit_code
+
+    if args.mode == "hang":
+        log("I", "llama_model_loader: loading model")
+        while True:
+            time.sleep(3600)
+
+    deadline = time.monotonic() + args.load_time
+    next_progress = time.monotonic()
+    while time.monotonic() < deadline:
+        if args.mode == "dots":
+            sys.stderr.write(".")
+            sys.stderr.flush()
+        elif time.monotonic() >= next_progress:
+            log("I", f"load_tensors: loading ... {time.monotonic() - T0:.2f} s")
+            next_progress += args.progress_every
+        time.sleep(min(args.progress_every, max(0.0, deadline - time.monotonic())))
+    if args.mode == "dots":
+        sys.stderr.write("\n")
+    log("I", "load_tensors:          CPU model buffer size =     1.50 MiB")
+    log("I", "llama_kv_cache:        CPU KV buffer size =     2.00 MiB")
+    log("I", "sched_reserve:        CPU compute buffer size =     0.75 MiB")
+    READY.set()
+    log("I", "srv  llama_server: model loaded")
+    log("I", f"srv  llama_server: listening on http://{args.host}:{args.port}")
+
+    if args.mode == "exit-after-ready":
+        time.sleep(args.exit_delay)
+        log("I", "fake: exiting right after becoming ready")
+        return 0
+
+    if args.mode == "port-exit":
+        if os.fork() == 0:
+            # the child keeps the listening socket and serves; the leader exits
+            httpd.serve_forever()
+            os._exit(0)
+        log("I", "fake: leader exits, a child keeps the port")
+        os._exit(0)
+
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
