@@ -22,9 +22,16 @@ class _Out:
         self.m = manifest
         self.problems: list[Problem] = []
 
-    def at(self, severity: Literal["error", "warning"], rule: str, message: str,
-           profile: str | None, field: str | None = None, hint: str | None = None,
-           path: tuple[str | int, ...] | None = None) -> None:
+    def at(
+        self,
+        severity: Literal["error", "warning"],
+        rule: str,
+        message: str,
+        profile: str | None,
+        field: str | None = None,
+        hint: str | None = None,
+        path: tuple[str | int, ...] | None = None,
+    ) -> None:
         file = str(self.m.path)
         line: int | None
         column: int | None
@@ -38,7 +45,9 @@ class _Out:
 
     def item(self, profile: str, field: str, index: int) -> tuple[str | int, ...]:
         origin = self.m._profile_origin.get(profile, {}).get(field)
-        base: tuple[str | int, ...] = ("defaults",) if origin == "defaults" else ("profiles", profile)
+        base: tuple[str | int, ...] = (
+            ("defaults",) if origin == "defaults" else ("profiles", profile)
+        )
         return (*base, field, index)
 
 
@@ -65,13 +74,24 @@ def cross_checks(manifest: Manifest, *, include_environment: bool = True) -> lis
 def _flag_rules(out: _Out) -> None:
     for name, p in out.m.profiles.items():
         if p.cache_type_v in QUANTIZED_CACHE_TYPES and p.flash_attn == "off":
-            out.at("error", "quantized-v-cache",
-                   f"a quantized V cache ({p.cache_type_v}) needs flash attention, but flash_attn is off;"
-                   " llama-server refuses to load",
-                   name, "flash_attn", hint="set flash_attn: on (or auto), or cache_type_v: f16")
+            out.at(
+                "error",
+                "quantized-v-cache",
+                f"a quantized V cache ({p.cache_type_v}) needs flash attention, but flash_attn is off;"
+                " llama-server refuses to load",
+                name,
+                "flash_attn",
+                hint="set flash_attn: on (or auto), or cache_type_v: f16",
+            )
         if p.ubatch_size > p.batch_size:
-            out.at("warning", "batch", f"ubatch_size {p.ubatch_size} is larger than batch_size "
-                   f"{p.batch_size}; llama-server uses {p.batch_size}", name, "ubatch_size")
+            out.at(
+                "warning",
+                "batch",
+                f"ubatch_size {p.ubatch_size} is larger than batch_size "
+                f"{p.batch_size}; llama-server uses {p.batch_size}",
+                name,
+                "ubatch_size",
+            )
         seen: dict[str, int] = {}
         for i, arg in enumerate(p.extra_args):
             if not arg.startswith("-") or _NUMBER.match(arg):
@@ -80,14 +100,27 @@ def _flag_rules(out: _Out) -> None:
             owner = flag_owner(flag)
             if owner is not None:
                 field_names = {f.field for f in FLAGS}
-                how = f"set `{owner}` instead" if owner in field_names else f"llmctl sets it from {owner}"
-                out.at("error", "managed-flag",
-                       f"extra_args passes {flag}, which llmctl already passes from the profile",
-                       name, hint=how, path=out.item(name, "extra_args", i))
+                how = (
+                    f"set `{owner}` instead"
+                    if owner in field_names
+                    else f"llmctl sets it from {owner}"
+                )
+                out.at(
+                    "error",
+                    "managed-flag",
+                    f"extra_args passes {flag}, which llmctl already passes from the profile",
+                    name,
+                    hint=how,
+                    path=out.item(name, "extra_args", i),
+                )
             elif flag in seen:
-                out.at("warning", "repeated-flag",
-                       f"extra_args passes {flag} twice (llama-server keeps the last)",
-                       name, path=out.item(name, "extra_args", i))
+                out.at(
+                    "warning",
+                    "repeated-flag",
+                    f"extra_args passes {flag} twice (llama-server keeps the last)",
+                    name,
+                    path=out.item(name, "extra_args", i),
+                )
             seen.setdefault(flag, i)
 
 
@@ -101,14 +134,23 @@ def _names(out: _Out) -> None:
             if key in owners:
                 other, kind = owners[key]
                 if other == name and kind == "profile":
-                    out.at("warning", "duplicate-name", f"alias `{alias}` is the profile's own name",
-                           name, path=out.item(name, "aliases", i))
+                    out.at(
+                        "warning",
+                        "duplicate-name",
+                        f"alias `{alias}` is the profile's own name",
+                        name,
+                        path=out.item(name, "aliases", i),
+                    )
                     continue
                 what = f"profile `{other}`" if kind == "profile" else f"an alias of `{other}`"
-                out.at("error", "duplicate-name",
-                       f"alias `{alias}` is already {what}; a request for it would be ambiguous",
-                       name, hint="names and aliases must be unique (case does not count)",
-                       path=out.item(name, "aliases", i))
+                out.at(
+                    "error",
+                    "duplicate-name",
+                    f"alias `{alias}` is already {what}; a request for it would be ambiguous",
+                    name,
+                    hint="names and aliases must be unique (case does not count)",
+                    path=out.item(name, "aliases", i),
+                )
             else:
                 owners[key] = (name, "alias")
 
@@ -116,17 +158,33 @@ def _names(out: _Out) -> None:
 def _ports(out: _Out) -> None:
     serve, server = out.m.serve, out.m.server
     if serve.port == server.port and _hosts_overlap(serve.host, server.host):
-        out.at("error", "port-conflict",
-               f"the router (serve.port) and llama-server (server.port) both use port {serve.port}",
-               None, hint="give them different ports, e.g. serve 8080 and server 8081",
-               path=("serve", "port") if "serve" in (out.m.source.keys if out.m.source else {})
-               else ("server", "port"))
+        out.at(
+            "error",
+            "port-conflict",
+            f"the router (serve.port) and llama-server (server.port) both use port {serve.port}",
+            None,
+            hint="give them different ports, e.g. serve 8080 and server 8081",
+            path=_first_written(out, ("serve", "port"), ("server", "port"), ("serve",), ("server",)),
+        )
     for name, p in out.m.profiles.items():
-        if p.port is not None and p.port == serve.port and _hosts_overlap(p.host or server.host,
-                                                                            serve.host):
-            out.at("error", "port-conflict",
-                   f"profile port {p.port} is the router's port (serve.port)", name, "port",
-                   hint="pick another port for the profile, or leave it to server.port")
+        if (
+            p.port is not None
+            and p.port == serve.port
+            and _hosts_overlap(p.host or server.host, serve.host)
+        ):
+            out.at(
+                "error",
+                "port-conflict",
+                f"profile port {p.port} is the router's port (serve.port)",
+                name,
+                "port",
+                hint="pick another port for the profile, or leave it to server.port",
+            )
+
+
+def _first_written(out: _Out, *paths: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    keys = out.m.source.keys if out.m.source else {}
+    return next((p for p in paths if p in keys), ())
 
 
 def _serve(out: _Out) -> None:
@@ -135,23 +193,43 @@ def _serve(out: _Out) -> None:
         try:
             out.m.resolve(serve.default_profile)
         except Exception:
-            out.at("error", "unknown-profile",
-                   f"serve.default_profile `{serve.default_profile}` is not a profile or alias",
-                   None, path=("serve", "default_profile"))
+            out.at(
+                "error",
+                "unknown-profile",
+                f"serve.default_profile `{serve.default_profile}` is not a profile or alias",
+                None,
+                path=("serve", "default_profile"),
+            )
     seen: set[str] = set()
     for i, up in enumerate(serve.upstreams):
         if up.name in seen:
-            out.at("error", "duplicate-name", f"two upstreams are named `{up.name}`", None,
-                   path=("serve", "upstreams", i, "name"))
+            out.at(
+                "error",
+                "duplicate-name",
+                f"two upstreams are named `{up.name}`",
+                None,
+                path=("serve", "upstreams", i, "name"),
+            )
         seen.add(up.name)
         if up.type == "openai":
             if not up.url:
-                out.at("error", "upstream", f"upstream `{up.name}` has no url", None,
-                       hint="set url: http://host:port/v1, or type: managed for the local server",
-                       path=("serve", "upstreams", i))
+                out.at(
+                    "error",
+                    "upstream",
+                    f"upstream `{up.name}` has no url",
+                    None,
+                    hint="set url: http://host:port/v1, or type: managed for the local server",
+                    path=("serve", "upstreams", i),
+                )
             elif not up.url.startswith(("http://", "https://")):
-                out.at("error", "upstream", f"upstream `{up.name}`: url must start with http:// "
-                       f"or https://, got {up.url!r}", None, path=("serve", "upstreams", i, "url"))
+                out.at(
+                    "error",
+                    "upstream",
+                    f"upstream `{up.name}`: url must start with http:// "
+                    f"or https://, got {up.url!r}",
+                    None,
+                    path=("serve", "upstreams", i, "url"),
+                )
 
 
 def _files(out: _Out) -> None:
@@ -162,14 +240,32 @@ def _files(out: _Out) -> None:
                 continue
             path = Path(value)
             if path.is_dir():
-                out.at("error", "model-file", f"{field} {value} is a folder, not a file", name, field)
+                out.at(
+                    "error", "model-file", f"{field} {value} is a folder, not a file", name, field
+                )
             elif not path.exists():
-                where = " (estimates use its `metadata:` block)" if field == "model" and p.metadata else ""
-                out.at("warning", "model-missing", f"{field} {value} does not exist on this machine{where}",
-                       name, field, hint="fine if the manifest is for another machine; else fix the path")
+                where = (
+                    " (estimates use its `metadata:` block)"
+                    if field == "model" and p.metadata
+                    else ""
+                )
+                out.at(
+                    "warning",
+                    "model-missing",
+                    f"{field} {value} does not exist on this machine{where}",
+                    name,
+                    field,
+                    hint="fine if the manifest is for another machine; else fix the path",
+                )
             elif field != "chat_template_file" and is_gguf(path) is False:
-                out.at("error", "not-gguf", f"{field} {value} is not a GGUF file (wrong magic bytes)",
-                       name, field, hint="point it at a .gguf file (the first part of a split model)")
+                out.at(
+                    "error",
+                    "not-gguf",
+                    f"{field} {value} is not a GGUF file (wrong magic bytes)",
+                    name,
+                    field,
+                    hint="point it at a .gguf file (the first part of a split model)",
+                )
             elif not os.access(path, os.R_OK):
                 out.at("error", "model-file", f"{field} {value} is not readable", name, field)
 
@@ -179,19 +275,35 @@ def _binary(out: _Out) -> None:
     env = os.environ.get("LLMCTL_LLAMA_SERVER")
     source = "LLMCTL_LLAMA_SERVER" if env else "server.binary" if out.m.server.binary else None
     if binary is None:
-        out.at("warning", "binary", "llama-server is not on PATH and no binary is configured", None,
-               hint="set server.binary or LLMCTL_LLAMA_SERVER, or build one with "
-               "scripts/build-llama-server.sh", path=("server",))
+        out.at(
+            "warning",
+            "binary",
+            "llama-server is not on PATH and no binary is configured",
+            None,
+            hint="set server.binary or LLMCTL_LLAMA_SERVER, or build one with "
+            "scripts/build-llama-server.sh",
+            path=("server",),
+        )
         return
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
-        out.at("error", "binary", f"llama-server binary {binary} (from {source}) does not exist "
-               "or is not executable", None, path=("server", "binary"),
-               hint="fix the path, or build one with scripts/build-llama-server.sh")
+        out.at(
+            "error",
+            "binary",
+            f"llama-server binary {binary} (from {source}) does not exist or is not executable",
+            None,
+            path=("server", "binary"),
+            hint="fix the path, or build one with scripts/build-llama-server.sh",
+        )
         return
     known = known_flags(binary)
     if known is None:
-        out.at("warning", "binary", f"{binary} --help did not list llama-server flags; flags not checked",
-               None, path=("server", "binary"))
+        out.at(
+            "warning",
+            "binary",
+            f"{binary} --help did not list llama-server flags; flags not checked",
+            None,
+            path=("server", "binary"),
+        )
         return
     for name, p in out.m.profiles.items():
         args = profile_args(name, p, "127.0.0.1", 1)
@@ -205,12 +317,21 @@ def _binary(out: _Out) -> None:
             if i >= extra_start:
                 path = out.item(name, "extra_args", i - extra_start)
                 close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.7)
-                out.at("error", "unknown-flag", f"{binary} does not know the flag {flag}", name,
-                       hint=f"did you mean {close[0]}?" if close else "see llama-server --help",
-                       path=path)
+                out.at(
+                    "error",
+                    "unknown-flag",
+                    f"{binary} does not know the flag {flag}",
+                    name,
+                    hint=f"did you mean {close[0]}?" if close else "see llama-server --help",
+                    path=path,
+                )
             else:
                 field = flag_owner(flag)
-                out.at("error", "unknown-flag",
-                       f"{binary} does not know {flag} (from `{field}`); it may be older than this field",
-                       name, field if field in p.model_fields else None,
-                       hint="update llama-server, or remove the field")
+                out.at(
+                    "error",
+                    "unknown-flag",
+                    f"{binary} does not know {flag} (from `{field}`); it may be older than this field",
+                    name,
+                    field if field in p.model_fields else None,
+                    hint="update llama-server, or remove the field",
+                )
