@@ -1,0 +1,997 @@
+"""Memory estimates for llama-server: pure functions over GGUF metadata and launch options.
+
+Exact where llama.cpp's allocation is fully determined by the GGUF and the flags (the KV caches,
+recurrent states and weights), approximate and documented where it is not (the compute buffer, the
+CUDA context). The rules follow llama.cpp's `llama_context` (context sizes), `llama_kv_cache` /
+`llama_kv_cache_iswa` (attention caches), `llama_memory_recurrent` / `llama_memory_hybrid` (states)
+and `llama_model::create_memory` (which cache an architecture gets).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmctl.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo, ggml_type
+
+MiB = 1024 * 1024
+DEFAULT_CUDA_OVERHEAD = 400 * MiB
+FlashAttn = Literal["on", "off", "auto"]
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+def pad(x: int, n: int) -> int:
+    """Round x up to a multiple of n (GGML_PAD)."""
+    return (x + n - 1) // n * n
+
+
+@dataclass
+class LaunchOptions:
+    """The llama-server flags that change memory use, with llama-server's defaults."""
+
+    ctx_size: int = 0  # -c; 0 = the model's trained context
+    parallel: int = -1  # -np; -1 = auto (4 slots, unified KV)
+    kv_unified: bool | None = None  # -kvu / -no-kvu; None = llama-server's default
+    swa_full: bool = False
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: FlashAttn = "auto"
+    n_gpu_layers: int = -1  # -ngl; -1 = all
+    batch_size: int = 2048
+    ubatch_size: int = 512
+    no_kv_offload: bool = False
+
+
+# --- architecture rules -------------------------------------------------------------------------
+
+NO_KV_ARCHS = frozenset(
+    {
+        "bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "eurobert",
+        "wavtokenizer-dec",
+        "modern-bert",
+        "gemma-embedding",
+        "dream",
+        "llada",
+        "llada-moe",
+        "rnd1",
+        "t5encoder",
+    }
+)
+RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+HYBRID_ARCHS = frozenset(
+    {
+        "jamba",
+        "falcon-h1",
+        "plamo2",
+        "granitehybrid",
+        "lfm2",
+        "lfm2moe",
+        "nemotron_h",
+        "nemotron_h_moe",
+        "qwen3next",
+        "kimi-linear",
+        "qwen35",
+        "qwen35moe",
+        "minimax-01",
+    }
+)
+# Caches of their own (sparse-attention indexers, compressed caches): generic rules, not exact.
+SPECIAL_ARCHS = frozenset(
+    {
+        "minimax-m3",
+        "glm-dsa",
+        "deepseek32",
+        "hy_v4",
+        "dots3note",
+        "deepseek4",
+        "glm5-next",
+        "qwen4exp",
+        "bailingmoe3",
+        "kimi-k3",
+        "dflash",
+        "gemma4-assistant",
+        "eagle3",
+        "t5",
+    }
+)
+# Recurrent/hybrid families whose recurrent layers are the ones without KV heads.
+_RECR_FROM_ZERO_KV = frozenset(
+    {"jamba", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "kimi-linear", "glm5-next"}
+)
+# Hybrids whose recurrent layers follow full_attention_interval (1 full layer every N).
+_RECR_FROM_INTERVAL = frozenset({"qwen3next", "qwen35", "qwen35moe", "minimax-01"})
+
+
+@dataclass(frozen=True)
+class SwaRule:
+    """How an architecture marks its sliding-window layers (llama.cpp `load_arch_hparams`)."""
+
+    pattern: int | None  # default period; None = a bool array is required
+    dense_first: bool = False
+    window: int | None = None  # default window when the key is absent (None: key required)
+    needs_window: bool = False  # SWA only when `sliding_window` is present and > 0
+    off_when_zero: bool = False  # llama4: a window of 0 disables SWA
+
+
+SWA_RULES: dict[str, SwaRule] = {
+    "gemma2": SwaRule(2, window=4096),
+    "gemma3": SwaRule(6, needs_window=True),
+    "gemma3n": SwaRule(5),
+    "gemma4": SwaRule(None),
+    "cohere2": SwaRule(4),
+    "cohere2moe": SwaRule(4, dense_first=True),
+    "gpt-oss": SwaRule(2),
+    "llama4": SwaRule(4, window=8192, off_when_zero=True),
+    "olmo2": SwaRule(4, needs_window=True),
+    "plamo3": SwaRule(8, needs_window=True),
+    "afmoe": SwaRule(4, needs_window=True),
+    "mellum": SwaRule(4, needs_window=True),
+    "laguna": SwaRule(4, dense_first=True, needs_window=True),
+    "exaone-moe": SwaRule(4, window=128),
+    "muse-glimmer": SwaRule(4),
+    "granite_swa": SwaRule(None),
+    "maple": SwaRule(None),
+    "mimo2": SwaRule(None),
+}
+
+
+@dataclass
+class HParams:
+    """The hyper-parameters that size llama.cpp's caches, derived as llama.cpp derives them."""
+
+    arch: str
+    n_layer_all: int
+    n_layer_nextn: int
+    n_embd: int
+    n_ctx_train: int
+    n_vocab: int
+    n_head: list[int]
+    n_head_kv: list[int]
+    n_ff: list[int]
+    head_k_full: int
+    head_v_full: int
+    head_k_swa: int
+    head_v_swa: int
+    is_swa: list[bool]
+    is_recr: list[bool]
+    n_swa: int
+    swa: bool
+    kv_from_start: int  # -1: every layer has KV
+    is_mla: bool
+    n_embd_r: int
+    n_embd_s: int
+    known: bool  # an architecture whose rules llmctl implements
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_layer(self) -> int:
+        return self.n_layer_all - self.n_layer_nextn
+
+    def head_k(self, il: int) -> int:
+        return self.head_k_swa if self.is_swa[il] else self.head_k_full
+
+    def head_v(self, il: int) -> int:
+        return self.head_v_swa if self.is_swa[il] else self.head_v_full
+
+    def k_gqa(self, il: int) -> int:
+        return self.head_k(il) * self.n_head_kv[il]
+
+    def v_gqa(self, il: int) -> int:
+        return self.head_v(il) * self.n_head_kv[il]
+
+    def v_gqa_max(self) -> int:
+        return max([self.v_gqa(0)] + [self.v_gqa(il) for il in range(self.n_layer_all)])
+
+    def has_kv(self, il: int) -> bool:
+        return self.kv_from_start < 0 or il < self.kv_from_start
+
+
+class MetadataError(ValueError):
+    """A metadata key the estimate needs is missing or malformed."""
+
+
+class _Meta:
+    def __init__(self, metadata: Mapping[str, Any], arch: str) -> None:
+        self.m = metadata
+        self.arch = arch
+
+    def raw(self, key: str) -> Any:
+        return self.m.get(f"{self.arch}.{key}")
+
+    def num(self, key: str, default: int | None = None) -> int:
+        v = self.raw(key)
+        if v is None:
+            if default is None:
+                raise MetadataError(f"missing metadata key {self.arch}.{key}")
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                return int(v)
+            raise MetadataError(f"{self.arch}.{key} should be an integer, not {v!r}")
+        return v
+
+    def has(self, key: str) -> bool:
+        return self.raw(key) is not None
+
+    def per_layer(self, key: str, n: int, default: list[int] | None) -> list[int]:
+        """A key that is either one number or a per-layer array (get_key_or_arr)."""
+        v = self.raw(key)
+        if v is None:
+            if default is None:
+                raise MetadataError(f"missing metadata key {self.arch}.{key}")
+            return list(default)
+        if isinstance(v, SkippedArray):
+            raise MetadataError(
+                f"{self.arch}.{key} is an array of {v.length}, longer than expected"
+            )
+        if isinstance(v, list):
+            if len(v) != n:
+                raise MetadataError(f"{self.arch}.{key} has {len(v)} values for {n} layers")
+            return [int(x) for x in v]
+        return [int(v)] * n
+
+    def bools(self, key: str, n: int) -> list[bool] | None:
+        v = self.raw(key)
+        if isinstance(v, list):
+            out = [bool(x) for x in v]
+            return (out + [False] * n)[:n]
+        return None
+
+
+def _pattern(n_pattern: int, dense_first: bool, n_layer: int, n_all: int) -> list[bool]:
+    out = []
+    for il in range(n_layer):
+        if dense_first:
+            out.append(n_pattern == 0 or il % n_pattern != 0)
+        else:
+            out.append(n_pattern == 0 or il % n_pattern < n_pattern - 1)
+    return out + [False] * (n_all - n_layer)
+
+
+def _vocab_size(metadata: Mapping[str, Any], arch: str) -> int:
+    v = metadata.get(f"{arch}.vocab_size")
+    if isinstance(v, int):
+        return v
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None:
+        return len(tokens)
+    return 0
+
+
+def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
+    """Derive the cache-sizing hyper-parameters from GGUF metadata (raises MetadataError)."""
+    arch = metadata.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise MetadataError("missing metadata key general.architecture")
+    m = _Meta(metadata, arch)
+    n_all = m.num("block_count")
+    if n_all <= 0 or n_all > 4096:
+        raise MetadataError(f"{arch}.block_count must be between 1 and 4096, not {n_all}")
+    n_nextn = m.num("nextn_predict_layers", 0)
+    n_layer = n_all - n_nextn
+    n_embd = m.num("embedding_length")
+    n_head = m.per_layer("attention.head_count", n_all, [0] * n_all)
+    n_head_kv = m.per_layer("attention.head_count_kv", n_all, n_head)
+    n_ff = m.per_layer("feed_forward_length", n_all, [0] * n_all)
+    notes: list[str] = []
+    if n_head[0] > 0:
+        head_k = m.num("attention.key_length", n_embd // n_head[0])
+        head_v = m.num("attention.value_length", n_embd // n_head[0])
+    else:
+        head_k = head_v = 0
+    head_k_swa = m.num("attention.key_length_swa", head_k)
+    head_v_swa = m.num("attention.value_length_swa", head_v)
+    known = (
+        arch in SWA_RULES
+        or arch in RECURRENT_ARCHS
+        or arch in HYBRID_ARCHS
+        or arch in NO_KV_ARCHS
+        or arch in _PLAIN_ARCHS
+    )
+    if arch in SPECIAL_ARCHS:
+        known = False
+        notes.append(f"{arch} has caches of its own; estimated with the generic rules")
+
+    # sliding window
+    is_swa = [False] * n_all
+    n_swa = 0
+    swa = False
+    rule = SWA_RULES.get(arch)
+    if rule is not None:
+        window = m.raw("attention.sliding_window")
+        if (rule.off_when_zero and window == 0) or (
+            rule.needs_window and not (isinstance(window, int) and window > 0)
+        ):
+            rule = None
+    if rule is not None:
+        swa = True
+        n_swa = m.num("attention.sliding_window", rule.window)
+        arr = m.bools("attention.sliding_window_pattern", n_all)
+        if arr is not None:
+            is_swa = arr
+        elif rule.pattern is None:
+            raise MetadataError(f"missing metadata key {arch}.attention.sliding_window_pattern")
+        else:
+            p = m.num("attention.sliding_window_pattern", rule.pattern)
+            is_swa = _pattern(p, rule.dense_first, n_layer, n_all)
+    elif arch == "phi3":
+        is_swa = [False] * n_all
+
+    # recurrent layers
+    is_recr = [arch in RECURRENT_ARCHS] * n_all
+    if arch in _RECR_FROM_ZERO_KV:
+        is_recr = [il < n_layer and n_head_kv[il] == 0 for il in range(n_all)]
+    elif arch in ("nemotron_h", "nemotron_h_moe"):
+        is_recr = [il < n_layer and n_head_kv[il] == 0 and n_ff[il] == 0 for il in range(n_all)]
+    elif arch == "falcon-h1":
+        is_recr = [True] * n_all
+    elif arch in _RECR_FROM_INTERVAL:
+        arr = m.bools("attention.recurrent_layers", n_all)
+        if arr is not None:
+            is_recr = arr
+        else:
+            interval = m.num("full_attention_interval", 4)
+            is_recr = [il < n_layer and (il + 1) % interval != 0 for il in range(n_all)]
+    if arch in ("lfm2", "lfm2moe"):
+        window = m.raw("attention.sliding_window")
+        if isinstance(window, int) and window > 0:
+            swa, n_swa = True, window
+            is_swa = [il < n_layer and not is_recr[il] for il in range(n_all)]
+
+    kv_from_start = -1
+    if arch == "gemma3n":
+        kv_from_start = 20
+    elif arch == "gemma4":
+        kv_from_start = n_all - m.num("attention.shared_kv_layers", 0)
+
+    is_mla = m.num("attention.key_length_mla", 0) > 0 and m.num("attention.value_length_mla", 0) > 0
+
+    # recurrent state widths (llama_hparams::n_embd_r / n_embd_s)
+    wkv = m.num("wkv.head_size", 0)
+    l_cache = m.num("shortconv.l_cache", 0)
+    kda = m.num("kda.head_dim", 0)
+    d_conv = m.num("ssm.conv_kernel", 0)
+    d_inner = m.num("ssm.inner_size", 0)
+    d_state = m.num("ssm.state_size", 0)
+    n_group = m.num("ssm.group_count", 0)
+    head_la = head_k if arch == "minimax-01" else 0
+    if wkv:
+        n_embd_r = m.num("token_shift_count", 2) * n_embd
+    elif l_cache:
+        n_embd_r = n_embd * (l_cache - 1)
+    elif kda:
+        n_embd_r = 3 * (d_conv - 1 if d_conv > 0 else 3) * n_head[0] * kda
+    else:
+        n_embd_r = (d_conv - 1 if d_conv > 0 else 0) * (d_inner + 2 * n_group * d_state)
+    if wkv:
+        n_embd_s = n_embd * wkv
+    elif kda:
+        n_embd_s = kda * kda * n_head[0]
+    elif head_la:
+        n_embd_s = head_la * head_la * n_head[0]
+    else:
+        n_embd_s = d_state * d_inner
+
+    return HParams(
+        arch=arch,
+        n_layer_all=n_all,
+        n_layer_nextn=n_nextn,
+        n_embd=n_embd,
+        n_ctx_train=m.num("context_length", 0),
+        n_vocab=_vocab_size(metadata, arch),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        n_ff=n_ff,
+        head_k_full=head_k,
+        head_v_full=head_v,
+        head_k_swa=head_k_swa,
+        head_v_swa=head_v_swa,
+        is_swa=is_swa,
+        is_recr=is_recr,
+        n_swa=n_swa,
+        swa=swa,
+        kv_from_start=kv_from_start,
+        is_mla=is_mla,
+        n_embd_r=n_embd_r,
+        n_embd_s=n_embd_s,
+        known=known,
+        notes=notes,
+    )
+
+
+# Architectures with one plain attention cache, checked against llama.cpp's create_memory default.
+_PLAIN_ARCHS = frozenset(
+    {
+        "llama",
+        "deci",
+        "falcon",
+        "grok",
+        "gpt2",
+        "gptj",
+        "gptneox",
+        "mpt",
+        "baichuan",
+        "starcoder",
+        "refact",
+        "bloom",
+        "stablelm",
+        "qwen",
+        "qwen2",
+        "qwen2moe",
+        "qwen2vl",
+        "qwen3",
+        "qwen3moe",
+        "qwen3vl",
+        "qwen3vlmoe",
+        "phi2",
+        "phi3",
+        "phimoe",
+        "plamo",
+        "codeshell",
+        "orion",
+        "internlm2",
+        "minicpm",
+        "minicpm3",
+        "gemma",
+        "starcoder2",
+        "xverse",
+        "command-r",
+        "dbrx",
+        "olmo",
+        "olmoe",
+        "openelm",
+        "arctic",
+        "deepseek",
+        "deepseek2",
+        "chatglm",
+        "glm4",
+        "glm4moe",
+        "bitnet",
+        "jais",
+        "nemotron",
+        "exaone",
+        "exaone4",
+        "granite",
+        "granitemoe",
+        "chameleon",
+        "plm",
+        "bailingmoe",
+        "bailingmoe2",
+        "dots1",
+        "arcee",
+        "ernie4_5",
+        "ernie4_5-moe",
+        "hunyuan-moe",
+        "hunyuan-dense",
+        "smollm3",
+        "smallthinker",
+        "seed_oss",
+        "grovemoe",
+        "apertus",
+        "minimax-m2",
+        "mistral3",
+        "mistral4",
+        "llama-embed",
+    }
+)
+
+
+# --- context sizes ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContextSizes:
+    """What `llama_context` derives from the flags (n_ctx after padding, per-sequence size, streams)."""
+
+    n_ctx: int
+    n_ctx_seq: int
+    n_seq: int
+    n_stream: int
+    kv_unified: bool
+    n_batch: int
+    n_ubatch: int
+
+
+def context_sizes(opts: LaunchOptions, n_ctx_train: int) -> ContextSizes:
+    """Context sizes as llama-server and llama_context compute them."""
+    n_seq = opts.parallel
+    unified = opts.kv_unified
+    if n_seq < 0:  # server.cpp: auto = 4 slots with a unified cache
+        n_seq, unified = 4, True
+    n_seq = max(1, n_seq)
+    unified = bool(unified)
+    n_ctx0 = opts.ctx_size if opts.ctx_size > 0 else n_ctx_train
+    n_batch = min(n_ctx0, opts.batch_size)
+    n_ubatch = min(n_batch, opts.ubatch_size if opts.ubatch_size > 0 else opts.batch_size)
+    n_ctx = pad(n_ctx0, 256)
+    if unified:
+        n_ctx_seq = n_ctx
+    else:
+        n_ctx_seq = pad(n_ctx // n_seq, 256)
+        n_ctx = n_ctx_seq * n_seq
+    return ContextSizes(
+        n_ctx, n_ctx_seq, n_seq, 1 if unified else n_seq, unified, n_batch, n_ubatch
+    )
+
+
+# --- caches -------------------------------------------------------------------------------------
+
+
+@dataclass
+class CacheEstimate:
+    """One cache as llama-server prints it: cells per stream, layers, K/V (or R/S) bytes."""
+
+    kind: Literal["full", "swa", "recurrent"]
+    cells: int
+    layers: int
+    k_type: str
+    v_type: str
+    k_bytes: int
+    v_bytes: int
+    n_seq: int
+    n_stream: int
+    layer_ids: list[int] = field(default_factory=list)
+    layer_bytes: list[int] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        return self.k_bytes + self.v_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "cells": self.cells,
+            "layers": self.layers,
+            "k_type": self.k_type,
+            "v_type": self.v_type,
+            "k_bytes": self.k_bytes,
+            "v_bytes": self.v_bytes,
+            "bytes": self.bytes,
+            "n_seq": self.n_seq,
+            "n_stream": self.n_stream,
+        }
+
+
+def _attn_cache(
+    hp: HParams,
+    kind: Literal["full", "swa"],
+    cells: int,
+    layer_filter: Callable[[int], bool],
+    tk: GGMLType,
+    tv: GGMLType,
+    v_trans: bool,
+    cs: ContextSizes,
+) -> CacheEstimate:
+    v_width_max = hp.v_gqa_max() if v_trans else 0
+    ids: list[int] = []
+    per_layer: list[int] = []
+    k_total = v_total = 0
+    for il in range(hp.n_layer_all):
+        if not hp.has_kv(il) or not layer_filter(il):
+            continue
+        k = tk.row_bytes(hp.k_gqa(il)) * cells * cs.n_stream
+        v = 0
+        if not hp.is_mla:
+            v = tv.row_bytes(v_width_max if v_trans else hp.v_gqa(il)) * cells * cs.n_stream
+        ids.append(il)
+        per_layer.append(k + v)
+        k_total += k
+        v_total += v
+    return CacheEstimate(
+        kind,
+        cells,
+        len(ids),
+        tk.name,
+        tv.name,
+        k_total,
+        v_total,
+        cs.n_seq,
+        cs.n_stream,
+        ids,
+        per_layer,
+    )
+
+
+def _recurrent_cache(hp: HParams, layer_filter: Callable[[int], bool], n_seq: int) -> CacheEstimate:
+    rows = max(1, n_seq)  # mem_size = max(1, n_seq_max); n_rs_seq = 0 without speculative decoding
+    ids = [il for il in range(hp.n_layer) if layer_filter(il)]
+    r = 4 * hp.n_embd_r * rows
+    s = 4 * hp.n_embd_s * rows
+    return CacheEstimate(
+        "recurrent",
+        rows,
+        hp.n_layer,  # llama-server prints every layer here, recurrent or not
+        "f32",
+        "f32",
+        r * len(ids),
+        s * len(ids),
+        n_seq,
+        1,
+        ids,
+        [r + s] * len(ids),
+    )
+
+
+def kv_caches(hp: HParams, opts: LaunchOptions, cs: ContextSizes) -> list[CacheEstimate]:
+    """Every cache llama-server allocates, in the order it prints them."""
+    if hp.arch in NO_KV_ARCHS:
+        return []
+    tk = ggml_type(opts.cache_type_k)
+    tv = ggml_type(opts.cache_type_v)
+    v_trans = opts.flash_attn == "off"  # auto counts as on when the cache is allocated
+    caches: list[CacheEstimate] = []
+
+    def trunk(il: int) -> bool:
+        # NextN/MTP layers are never attended by the main context
+        return not (hp.n_layer_nextn > 0 and hp.n_layer > 0 and il >= hp.n_layer)
+
+    if hp.arch in RECURRENT_ARCHS:
+        return [_recurrent_cache(hp, lambda il: True, cs.n_seq)]
+
+    if hp.arch in HYBRID_ARCHS:
+        if hp.arch == "falcon-h1":
+
+            def attn_f(il: int) -> bool:
+                return True
+
+            def recr_f(il: int) -> bool:
+                return True
+        elif hp.arch in ("nemotron_h", "nemotron_h_moe"):
+
+            def attn_f(il: int) -> bool:
+                return not hp.is_recr[il] and hp.n_ff[il] == 0
+
+            def recr_f(il: int) -> bool:
+                return hp.is_recr[il] and hp.n_ff[il] == 0
+        elif hp.arch in _RECR_FROM_INTERVAL:
+
+            def attn_f(il: int) -> bool:
+                return il < hp.n_layer and not hp.is_recr[il]
+
+            def recr_f(il: int) -> bool:
+                return il < hp.n_layer and hp.is_recr[il]
+        else:
+
+            def attn_f(il: int) -> bool:
+                return not hp.is_recr[il]
+
+            def recr_f(il: int) -> bool:
+                return hp.is_recr[il]
+
+        if hp.swa:
+            caches += _swa_pair(hp, attn_f, tk, tv, v_trans, opts, cs)
+        else:
+            caches.append(_attn_cache(hp, "full", cs.n_ctx_seq, attn_f, tk, tv, v_trans, cs))
+        caches.append(_recurrent_cache(hp, recr_f, cs.n_seq))
+        return caches
+
+    if hp.swa:
+        return _swa_pair(hp, trunk, tk, tv, v_trans, opts, cs)
+    return [_attn_cache(hp, "full", cs.n_ctx_seq, trunk, tk, tv, v_trans, cs)]
+
+
+def _swa_pair(
+    hp: HParams,
+    base_filter: Callable[[int], bool],
+    tk: GGMLType,
+    tv: GGMLType,
+    v_trans: bool,
+    opts: LaunchOptions,
+    cs: ContextSizes,
+) -> list[CacheEstimate]:
+    size_base = cs.n_ctx_seq
+    if opts.swa_full:
+        size_swa = size_base
+    else:
+        window = hp.n_swa * (cs.n_seq if cs.kv_unified else 1) + cs.n_ubatch
+        size_swa = pad(min(size_base, window), 256)
+    full = _attn_cache(
+        hp, "full", size_base, lambda il: base_filter(il) and not hp.is_swa[il], tk, tv, v_trans, cs
+    )
+    swa = _attn_cache(
+        hp, "swa", size_swa, lambda il: base_filter(il) and hp.is_swa[il], tk, tv, v_trans, cs
+    )
+    return [full, swa]
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass
+class WeightsEstimate:
+    bytes: int
+    gpu_bytes: int
+    cpu_bytes: int
+    exact: bool
+    gpu_layers: int  # blocks on the GPU (output layer not counted)
+    output_on_gpu: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bytes": self.bytes,
+            "gpu_bytes": self.gpu_bytes,
+            "cpu_bytes": self.cpu_bytes,
+            "exact": self.exact,
+            "gpu_layers": self.gpu_layers,
+            "output_on_gpu": self.output_on_gpu,
+        }
+
+
+def gpu_layer_split(n_layer_all: int, n_gpu_layers: int) -> tuple[int, bool]:
+    """(first block on the GPU, output layer on the GPU) by llama.cpp's -ngl rule.
+
+    -ngl N counts the output layer first: N puts the output layer and the last N-1 blocks on the GPU.
+    """
+    ngl = n_layer_all + 1 if n_gpu_layers < 0 else n_gpu_layers
+    i_gpu_start = max(n_layer_all + 1 - ngl, 0)
+    act = min(ngl, n_layer_all + 1)
+    output_on_gpu = n_layer_all >= i_gpu_start and (n_layer_all - i_gpu_start) < act
+    return i_gpu_start, output_on_gpu
+
+
+def _tensor_layer(t: TensorInfo, arch: str) -> str | int:
+    m = _BLK.match(t.name)
+    if m:
+        return int(m.group(1))
+    name = t.name
+    if name.startswith("output") or (
+        arch in ("lfm2", "lfm2moe") and name.startswith("token_embd_norm")
+    ):
+        return "output"
+    return "input"
+
+
+def weights_estimate(
+    tensors: Sequence[TensorInfo] | None,
+    n_layer_all: int,
+    n_gpu_layers: int,
+    arch: str,
+    total_bytes: int | None = None,
+) -> WeightsEstimate:
+    """Weights per tensor, split GPU/CPU by the -ngl rule; tied output embeddings duplicated.
+
+    Without a tensor table (a `metadata:` block), `total_bytes` is split in proportion to layers,
+    with no token-embedding separation, and marked inexact.
+    """
+    i_gpu_start, out_gpu = gpu_layer_split(n_layer_all, n_gpu_layers)
+    gpu_layers = max(0, n_layer_all - i_gpu_start)
+    if tensors is None:
+        total = total_bytes or 0
+        share = (gpu_layers + (1 if out_gpu else 0)) / (n_layer_all + 1)
+        gpu = int(total * share)
+        return WeightsEstimate(total, gpu, total - gpu, False, gpu_layers, out_gpu)
+    gpu = cpu = 0
+    has_output = False
+    embd: TensorInfo | None = None
+    for t in tensors:
+        where = _tensor_layer(t, arch)
+        if t.name == "output.weight":
+            has_output = True
+        if t.name == "token_embd.weight":
+            embd = t
+        if where == "input":
+            cpu += t.nbytes
+        elif where == "output":
+            if out_gpu:
+                gpu += t.nbytes
+            else:
+                cpu += t.nbytes
+        elif isinstance(where, int) and where >= i_gpu_start:
+            gpu += t.nbytes
+        else:
+            cpu += t.nbytes
+    total = gpu + cpu
+    if not has_output and embd is not None and out_gpu:
+        # tied embeddings: the output layer gets its own copy on its device (same device: shared)
+        gpu += embd.nbytes
+        total += embd.nbytes
+    return WeightsEstimate(total, gpu, cpu, True, gpu_layers, out_gpu)
+
+
+# --- compute buffer -----------------------------------------------------------------------------
+
+
+def compute_estimate(
+    hp: HParams, opts: LaunchOptions, cs: ContextSizes, caches: Sequence[CacheEstimate]
+) -> int:
+    """Approximate size of the compute buffer llama.cpp reserves for its worst-case graph.
+
+    There is no closed form: ggml's allocator reuses memory between graph nodes. This models the
+    largest live set of one ubatch of n_tokens = min(n_ctx, n_ubatch) tokens as the biggest of
+      logits:     4 * n_vocab * n_tokens + 4 * n_embd * n_tokens * 3
+      attention:  KQ scores 4 * n_kv * n_tokens * n_head (flash attention off only)
+                  + the Q/K/V/output activations 4 * n_tokens * (q + 2 kv + n_embd) * 2
+      FFN:        4 * n_tokens * (3 * n_ff + 2 * n_embd)
+    plus a 256 KiB graph overhead, where n_kv is the largest per-stream attention cache.
+    Measured on the CPU backend against `sched_reserve` at -lv 4 (tests/test_memory_real.py), the
+    error is within +-25 %; it is a small term next to the KV cache and the weights on real models.
+    """
+    n_tokens = min(cs.n_ctx, cs.n_ubatch)
+    n_head = max(hp.n_head) if hp.n_head else 0
+    n_ff = max(hp.n_ff) if hp.n_ff else 0
+    n_embd = hp.n_embd
+    n_kv = max((c.cells for c in caches if c.kind != "recurrent"), default=0)
+    fa_off = opts.flash_attn == "off"
+    logits = 4 * hp.n_vocab * n_tokens + 4 * n_embd * n_tokens * 3
+    q = max(hp.head_k_full, hp.head_k_swa) * n_head
+    kvw = max((hp.k_gqa(il) for il in range(hp.n_layer_all)), default=0)
+    attn = 4 * n_tokens * (q + 2 * kvw + n_embd) * 2
+    if fa_off:
+        attn += 4 * n_kv * n_tokens * n_head
+    else:
+        attn += 2 * n_kv * kvw * 2 if any(c.k_type != "f16" for c in caches) else 0
+    ffn = 4 * n_tokens * (3 * n_ff + 2 * n_embd)
+    return max(logits, attn, ffn) + 256 * 1024
+
+
+# --- the estimate -------------------------------------------------------------------------------
+
+
+@dataclass
+class Estimate:
+    """Everything `llmctl estimate --json` reports for one profile or command line."""
+
+    profile: str | None
+    model: str
+    architecture: str
+    exact: bool
+    sizes: ContextSizes
+    flash_attn: FlashAttn
+    caches: list[CacheEstimate]
+    weights: WeightsEstimate
+    compute_bytes: int
+    overhead_bytes: int
+    kv_gpu_bytes: int
+    gpu_total_bytes: int
+    budget_bytes: int | None
+    headroom_bytes: int
+    n_ctx_train: int
+    options: LaunchOptions
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(c.bytes for c in self.caches)
+
+    @property
+    def fits(self) -> bool | None:
+        if self.budget_bytes is None:
+            return None
+        return self.gpu_total_bytes <= self.budget_bytes
+
+    @property
+    def within_headroom(self) -> bool | None:
+        """Fits with the headroom kept free (budget - headroom)."""
+        if self.budget_bytes is None:
+            return None
+        return self.gpu_total_bytes <= self.budget_bytes - self.headroom_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "model": self.model,
+            "architecture": self.architecture,
+            "exact": self.exact,
+            "n_ctx": self.sizes.n_ctx,
+            "n_ctx_seq": self.sizes.n_ctx_seq,
+            "n_seq": self.sizes.n_seq,
+            "n_stream": self.sizes.n_stream,
+            "kv_unified": self.sizes.kv_unified,
+            "n_batch": self.sizes.n_batch,
+            "n_ubatch": self.sizes.n_ubatch,
+            "n_ctx_train": self.n_ctx_train,
+            "flash_attn": self.flash_attn,
+            "kv_cache": {
+                "bytes": self.kv_bytes,
+                "gpu_bytes": self.kv_gpu_bytes,
+                "caches": [c.to_json() for c in self.caches],
+            },
+            "weights": self.weights.to_json(),
+            "compute_bytes": self.compute_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "gpu_total_bytes": self.gpu_total_bytes,
+            "budget_bytes": self.budget_bytes,
+            "headroom_bytes": self.headroom_bytes,
+            "fits": self.fits,
+            "within_headroom": self.within_headroom,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class ModelSource:
+    """What an estimate needs from a model: its metadata and, from a GGUF, its tensor table."""
+
+    path: str
+    metadata: Mapping[str, Any]
+    tensors: list[TensorInfo] | None = None
+    weights_bytes: int | None = None  # from a metadata block without a tensor table
+
+    @classmethod
+    def from_gguf(cls, gguf: GGUFFile) -> ModelSource:
+        return cls(str(gguf.path), gguf.metadata, list(gguf.tensors))
+
+    @classmethod
+    def from_metadata(cls, path: str, metadata: Mapping[str, Any]) -> ModelSource:
+        """A `metadata:` block: GGUF keys, plus `weights_bytes` (or `general.size`) for the weights."""
+        meta = dict(metadata)
+        weights = meta.pop("weights_bytes", None)
+        if weights is None:
+            weights = meta.get("general.size")
+        if weights is not None and (isinstance(weights, bool) or not isinstance(weights, int)):
+            from llmctl.sizes import parse_size
+
+            weights = parse_size(weights)
+        return cls(path, meta, None, weights)
+
+
+def estimate(
+    source: ModelSource,
+    opts: LaunchOptions,
+    *,
+    profile: str | None = None,
+    budget: int | None = None,
+    headroom: int = 0,
+    overhead: int = DEFAULT_CUDA_OVERHEAD,
+) -> Estimate:
+    """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError)."""
+    hp = hparams_from_metadata(source.metadata)
+    cs = context_sizes(opts, hp.n_ctx_train)
+    for name in (opts.cache_type_k, opts.cache_type_v):
+        if name.lower() not in CACHE_TYPES:
+            raise MetadataError(f"unsupported cache type {name!r}; one of {', '.join(CACHE_TYPES)}")
+    caches = kv_caches(hp, opts, cs)
+    n_blocks = hp.n_layer_all
+    weights = weights_estimate(
+        source.tensors, n_blocks, opts.n_gpu_layers, hp.arch, source.weights_bytes
+    )
+    i_gpu_start, _ = gpu_layer_split(n_blocks, opts.n_gpu_layers)
+    kv_gpu = 0
+    if not opts.no_kv_offload:
+        for c in caches:
+            kv_gpu += sum(
+                b for il, b in zip(c.layer_ids, c.layer_bytes, strict=True) if il >= i_gpu_start
+            )
+    compute = compute_estimate(hp, opts, cs, caches)
+    notes = list(hp.notes)
+    exact = hp.known and weights.exact
+    if source.tensors is None:
+        notes.append("weights from the metadata block (no tensor table): split by layer count")
+    if source.tensors is None and source.weights_bytes is None:
+        notes.append("no weights_bytes in the metadata block: weights counted as 0")
+    gpu_total = weights.gpu_bytes + kv_gpu + compute + overhead
+    return Estimate(
+        profile=profile,
+        model=source.path,
+        architecture=hp.arch,
+        exact=exact,
+        sizes=cs,
+        flash_attn=opts.flash_attn,
+        caches=caches,
+        weights=weights,
+        compute_bytes=compute,
+        overhead_bytes=overhead,
+        kv_gpu_bytes=kv_gpu,
+        gpu_total_bytes=gpu_total,
+        budget_bytes=budget,
+        headroom_bytes=headroom,
+        n_ctx_train=hp.n_ctx_train,
+        options=opts,
+        notes=notes,
+    )
+
+
+def mib(n: int | float) -> float:
+    """Bytes as MiB, rounded like llama-server prints them."""
+    return math.floor(n / MiB * 100 + 0.5) / 100

@@ -1,0 +1,231 @@
+"""The estimate against the real llama-server at -lv 4, on tiny generated models.
+
+Every cache llama-server prints (`llama_kv_cache: size = ...`, `llama_memory_recurrent: size = ...`)
+must match the estimate to the printed precision (0.01 MiB), with the same cells, layers and
+streams; the model buffer must match the weights; the compute buffer must stay within the error the
+docstring of `llmctl.memory.compute_estimate` states.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmctl.gguf import read_gguf
+from llmctl.memory import LaunchOptions, ModelSource, estimate, mib
+from llmctl.tinymodel import write_tiny_model
+
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("llama", {}),
+    "llama-tied": ("llama", {"tied": True, "n_layer": 3}),
+    "gemma2": ("gemma2", {}),
+    "gemma3": ("gemma3", {}),
+    "gemma3-pattern": ("gemma3", {"n_layer": 5, "extra": {"sliding_window_pattern": 3}}),
+    "deepseek2-mla": ("deepseek2", {}),
+    "lfm2-hybrid": ("lfm2", {}),
+    "lfm2-hybrid-swa": ("lfm2", {"extra": {"sliding_window": 128}}),
+}
+
+KV_LINE = re.compile(
+    r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\), "
+    r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB"
+)
+RS_LINE = re.compile(
+    r"llama_memory_recurrent: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+) seqs.*?\), "
+    r"R \((\w+)\):\s*([\d.]+) MiB, S \((\w+)\):\s*([\d.]+) MiB"
+)
+MODEL_BUF = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s*([\d.]+) MiB")
+COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s*([\d.]+) MiB")
+N_CTX = re.compile(r"llama_context: n_ctx\s+= (\d+)")
+N_CTX_SEQ = re.compile(r"llama_context: n_ctx_seq\s+= (\d+)")
+
+
+@dataclass
+class Printed:
+    caches: list[dict[str, Any]]
+    model_mib: float
+    compute_mib: float
+    n_ctx: int
+    n_ctx_seq: int
+
+
+def to_args(o: LaunchOptions) -> list[str]:
+    args = [
+        "-c", str(o.ctx_size), "-np", str(o.parallel), "-ctk", o.cache_type_k,
+        "-ctv", o.cache_type_v, "-fa", o.flash_attn, "-b", str(o.batch_size),
+        "-ub", str(o.ubatch_size), "-ngl", str(o.n_gpu_layers),
+    ]  # fmt: skip
+    if o.kv_unified is True:
+        args.append("-kvu")
+    elif o.kv_unified is False:
+        args.append("-no-kvu")
+    if o.swa_full:
+        args.append("--swa-full")
+    if o.no_kv_offload:
+        args.append("-nkvo")
+    return args
+
+
+def run_server(binary: Path, model: Path, port: int, args: list[str]) -> str:
+    """Start llama-server at -lv 4, read stderr until the model is loaded (or failed), stop it."""
+    cmd = [str(binary), "-m", str(model), "--port", str(port), "-lv", "4", "--fit", "off", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "model loaded" in line or "exiting due to" in line:
+                break
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    return "".join(lines)
+
+
+def parse(text: str) -> Printed:
+    caches: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        if m := KV_LINE.search(line):
+            caches.append(
+                {
+                    "kind": "attn",
+                    "mib": float(m[1]),
+                    "cells": int(m[2]),
+                    "layers": int(m[3]),
+                    "n_seq": int(m[4]),
+                    "n_stream": int(m[5]),
+                    "k_type": m[6],
+                    "k_mib": float(m[7]),
+                    "v_type": m[8],
+                    "v_mib": float(m[9]),
+                }
+            )
+        elif m := RS_LINE.search(line):
+            caches.append(
+                {
+                    "kind": "recurrent",
+                    "mib": float(m[1]),
+                    "cells": int(m[2]),
+                    "layers": int(m[3]),
+                    "n_seq": int(m[4]),
+                    "k_type": m[5],
+                    "k_mib": float(m[6]),
+                    "v_type": m[7],
+                    "v_mib": float(m[8]),
+                }
+            )
+    model = sum(float(m[2]) for m in MODEL_BUF.finditer(text))
+    compute = sum(float(m[2]) for m in COMPUTE.finditer(text))
+    n_ctx = N_CTX.search(text)
+    n_ctx_seq = N_CTX_SEQ.search(text)
+    assert n_ctx and n_ctx_seq, text[-3000:]
+    return Printed(caches, model, compute, int(n_ctx[1]), int(n_ctx_seq[1]))
+
+
+def combinations(name: str, arch: str, n: int) -> list[LaunchOptions]:
+    """A fixed, seeded sample of the flag space; constraints llama-server enforces are respected."""
+    rng = random.Random(f"{name}-matrix")
+    types = ["f16", "q8_0", "q4_0", "f32", "bf16", "q5_1", "iq4_nl"]
+    out = [
+        LaunchOptions(ctx_size=4096, parallel=-1),
+        LaunchOptions(ctx_size=1000, parallel=3, kv_unified=False, flash_attn="off"),
+        LaunchOptions(ctx_size=0, parallel=2, kv_unified=True, cache_type_k="q8_0"),
+        LaunchOptions(ctx_size=2048, parallel=1, swa_full=True, ubatch_size=64),
+    ]
+    while len(out) < n:
+        k = rng.choice(types)
+        v = k if arch == "deepseek2" else rng.choice(types)
+        fa = rng.choice(["on", "off", "auto"])
+        if fa == "off" and v not in ("f16", "f32", "bf16"):
+            fa = "on"
+        out.append(
+            LaunchOptions(
+                ctx_size=rng.choice([256, 700, 1000, 1536, 2048, 3000, 0]),
+                parallel=rng.choice([1, 2, 3, 4, -1]),
+                kv_unified=rng.choice([None, True, False]),
+                swa_full=rng.random() < 0.3,
+                cache_type_k=k,
+                cache_type_v=v,
+                flash_attn=fa,  # type: ignore[arg-type]
+                batch_size=rng.choice([2048, 512, 300]),
+                ubatch_size=rng.choice([512, 64, 128, 200]),
+            )
+        )
+    if arch == "deepseek2":
+        out = [replace(o, cache_type_v=o.cache_type_k) for o in out]
+    # a CPU-only build: nothing is offloaded, every weight is on the CPU
+    return [replace(o, n_gpu_layers=0) for o in out]
+
+
+CASES = [
+    pytest.param(name, i, id=f"{name}-{i}")
+    for name, (arch, _) in MODELS.items()
+    for i in range(len(combinations(name, arch, 10)))
+]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        name: write_tiny_model(folder / f"{name}.gguf", arch=arch, **overrides)
+        for name, (arch, overrides) in MODELS.items()
+    }
+
+
+COMPUTE_ERRORS: list[float] = []
+
+
+@pytest.mark.parametrize(("name", "index"), CASES)
+def test_estimate_matches_llama_server(
+    name: str, index: int, models: dict[str, Path], llama_server_bin: Path, free_port: int
+) -> None:
+    arch = MODELS[name][0]
+    opts = combinations(name, arch, 10)[index]
+    path = models[name]
+    text = run_server(llama_server_bin, path, free_port, to_args(opts))
+    assert "model loaded" in text, text[-3000:]
+    printed = parse(text)
+    est = estimate(ModelSource.from_gguf(read_gguf(path)), opts)
+    assert est.exact
+    assert (est.sizes.n_ctx, est.sizes.n_ctx_seq) == (printed.n_ctx, printed.n_ctx_seq)
+    assert len(est.caches) == len(printed.caches), (est.to_json(), printed)
+    for ours, theirs in zip(est.caches, printed.caches, strict=True):
+        where = f"{name} {opts} {ours.kind}"
+        assert ours.cells == theirs["cells"], where
+        assert ours.layers == theirs["layers"], where
+        assert ours.n_seq == theirs["n_seq"], where
+        if ours.kind != "recurrent":
+            assert ours.n_stream == theirs["n_stream"], where
+            assert (ours.k_type, ours.v_type) == (theirs["k_type"], theirs["v_type"]), where
+        assert abs(mib(ours.k_bytes) - theirs["k_mib"]) <= 0.011, where
+        assert abs(mib(ours.v_bytes) - theirs["v_mib"]) <= 0.011, where
+        assert abs(mib(ours.bytes) - theirs["mib"]) <= 0.011, where
+    # CPU only: every weight is on the CPU, a tied output shares the embedding
+    assert abs(mib(est.weights.bytes) - printed.model_mib) <= 0.011, (name, printed.model_mib)
+    error = est.compute_bytes / (printed.compute_mib * 1024 * 1024) - 1
+    COMPUTE_ERRORS.append(error)
+    assert abs(error) <= 0.5, f"compute estimate off by {error:+.0%} ({name} {opts})"
+
+
+def test_unsupported_combinations_fail_as_llama_server_does(
+    models: dict[str, Path], llama_server_bin: Path, free_port: int
+) -> None:
+    """A quantized V cache without flash attention is refused by llama-server (lint flags it too)."""
+    opts = LaunchOptions(ctx_size=512, parallel=1, cache_type_v="q8_0", flash_attn="off")
+    text = run_server(llama_server_bin, models["llama"], free_port, to_args(opts))
+    assert "model loaded" not in text
+    assert "quantized V cache" in text
