@@ -564,6 +564,12 @@ class Supervisor:
                         saw_ready_line = True
                 if len(lines) > 2000:
                     del lines[:1000]
+                if saw_ready_line or now >= next_health:
+                    if health_status(spec.url, 1.0) == 200:
+                        return None
+                    if not saw_ready_line:
+                        health_every = min(health_every * 1.5, 0.5)
+                        next_health = time.monotonic() + health_every
                 code = proc.poll()
                 if code is not None:
                     more, _ = follower.poll()
@@ -572,12 +578,6 @@ class Supervisor:
                         lines.append(line)
                         emit("log", line)
                     return self._exit_error(spec, code, lines, log_path)
-                if saw_ready_line or now >= next_health:
-                    if health_status(spec.url, 1.0) == 200:
-                        return None
-                    if not saw_ready_line:
-                        health_every = min(health_every * 1.5, 0.5)
-                        next_health = time.monotonic() + health_every
                 if cancel is not None and cancel.is_set():
                     return LaunchError(
                         f"the load of profile {spec.profile!r} was cancelled; nothing is left running"

@@ -152,6 +152,7 @@ def main() -> int:
         return 0
 
     if args.mode == "port-exit":
+        time.sleep(args.exit_delay)
         if os.fork() == 0:
             # the child keeps the listening socket and serves; the leader exits
             httpd.serve_forever()
