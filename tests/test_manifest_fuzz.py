@@ -1,0 +1,105 @@
+"""Fuzz the manifest loader: random YAML documents and random mutations of the bundled example.
+
+Whatever the input: no traceback, exit 0, 1 or 2, and every error names its place.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from llmctl.cli import build_app
+from llmctl.manifest import Profile
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = (ROOT / "profiles.yaml").read_text()
+runner = CliRunner()
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+KEYS = [*Profile.model_fields, "version", "server", "gpu", "serve", "defaults", "profiles",
+        "port", "host", "vram", "<<", "queue", "upstreams", "name", "url"]
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False),
+    st.sampled_from(["on", "off", "no", "yes", "q8_0", "q4_0", "auto", "24GiB", "8K", "1.10",
+                     "~/m.gguf", "-c", "", "0x1F", "2024-01-01", "null"]),
+    st.text(max_size=12),
+)
+documents = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), children, max_size=6),
+    ),
+    max_leaves=30,
+)
+
+
+def run_lint(content: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profiles.yaml"
+        path.write_bytes(content)
+        result = runner.invoke(build_app(), ["lint", "manifest", str(path), "--json"])  # type: ignore[arg-type]
+        assert result.exception is None or isinstance(result.exception, SystemExit), (
+            f"{type(result.exception).__name__}: {result.exception}\n--- input ---\n{content!r}"
+        )
+        assert result.exit_code in (0, 1, 2), result.exit_code
+        body: dict[str, Any] = json.loads(result.stdout)
+        if result.exit_code == 2:
+            assert body["ok"] is False
+            assert str(path) in body["error"]["message"]
+            return
+        assert body["ok"] is (result.exit_code == 0)
+        for problem in body["problems"]:
+            assert problem["file"] == str(path)
+            assert problem["message"]
+            if problem["severity"] == "error" and problem["rule"] not in ("no-profiles",):
+                assert problem["line"] is not None, problem
+
+
+@FUZZ
+@given(documents)
+def test_random_documents(doc: Any) -> None:
+    run_lint(yaml.safe_dump(doc, allow_unicode=True).encode())
+
+
+@FUZZ
+@given(st.data())
+def test_mutations_of_the_bundled_example(data: st.DataObject) -> None:
+    lines = EXAMPLE.splitlines(keepends=True)
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["delete", "duplicate", "indent", "dedent", "replace",
+                                        "insert", "bytes", "swap"]))
+        i = data.draw(st.integers(0, len(lines) - 1))
+        if op == "delete":
+            del lines[i]
+        elif op == "duplicate":
+            lines.insert(i, lines[i])
+        elif op == "indent":
+            lines[i] = "  " + lines[i]
+        elif op == "dedent":
+            lines[i] = lines[i][2:] if lines[i].startswith("  ") else lines[i]
+        elif op == "replace" and ":" in lines[i]:
+            key = lines[i].split(":", 1)[0]
+            value = data.draw(st.sampled_from(["on", "no", "0", "-1", "q9_0", "[a, b]", "{x: 1}",
+                                               "''", "*nope", "&a x", "\t1", "99999999999999999999"]))
+            lines[i] = f"{key}: {value}\n"
+        elif op == "insert":
+            lines.insert(i, data.draw(st.text(max_size=20)) + "\n")
+        elif op == "bytes":
+            raw = bytearray(lines[i].encode("utf-8", errors="surrogateescape"))
+            pos = data.draw(st.integers(0, max(0, len(raw) - 1)))
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=3))
+            lines[i] = raw.decode("utf-8", errors="surrogateescape")
+        elif op == "swap" and i + 1 < len(lines):
+            lines[i], lines[i + 1] = lines[i + 1], lines[i]
+        if not lines:
+            break
+    run_lint("".join(lines).encode("utf-8", errors="surrogateescape"))
