@@ -566,6 +566,8 @@ class Supervisor:
                     del lines[:1000]
                 if saw_ready_line or now >= next_health:
                     if health_status(spec.url, 1.0) == 200:
+                        for line in follower.poll()[0]:
+                            emit("log", line)
                         return None
                     if not saw_ready_line:
                         health_every = min(health_every * 1.5, 0.5)

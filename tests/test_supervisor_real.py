@@ -1,0 +1,266 @@
+"""Supervisor against the REAL llama-server on tiny models: golden path, readiness, real failures."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmctl import paths, procs
+from llmctl.health import health_status
+from llmctl.launch import LaunchSpec
+from llmctl.state import read_state
+from llmctl.supervisor import Event, Supervisor
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from llmctl.tinymodel import write_tiny_model
+
+    folder = tmp_path_factory.mktemp("models")
+    a = write_tiny_model(folder / "tiny-a.gguf", arch="llama")
+    b = write_tiny_model(folder / "tiny-b.gguf", arch="llama")
+    return a, b
+
+
+def real_spec(binary: Path, model: Path, port: int, profile: str, *extra: str) -> LaunchSpec:
+    argv = (
+        str(binary),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-c",
+        "512",
+        "-np",
+        "1",
+        *extra,
+    )
+    return LaunchSpec(profile=profile, argv=argv, port=port, ready_timeout=60, stall_timeout=30)
+
+
+def llama_pids(binary: Path) -> list[int]:
+    return [
+        p
+        for p in procs.all_pids()
+        if procs.cmdline(p).startswith(str(binary)) and procs.is_alive(p)
+    ]
+
+
+def chat(url: str) -> dict[str, object]:
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    ).encode()
+    req = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        result: dict[str, object] = json.loads(resp.read())
+        return result
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def sup(llama_server_bin: Path) -> Iterator[Supervisor]:
+    s = Supervisor(paths.state_dir(), lock_timeout=60)
+    try:
+        yield s
+    finally:
+        s.stop()
+        assert llama_pids(llama_server_bin) == []
+
+
+def test_golden_path(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    model_a, model_b = tiny_models
+    spec_a = real_spec(llama_server_bin, model_a, _port(), "tiny-a")
+    spec_b = real_spec(llama_server_bin, model_b, _port(), "tiny-b", "-c", "1024")
+
+    a = sup.switch(spec_a)
+    assert a.ready and a.error is None, a.error
+    assert health_status(a.url) == 200
+    reply = chat(a.url)
+    assert reply["choices"]
+    st = sup.status()
+    assert st.running and st.healthy and st.profile == "tiny-a" and st.pid == a.pid
+
+    events: list[Event] = []
+    b = sup.switch(spec_b, on_event=events.append)
+    assert b.ready and not b.noop and b.pid != a.pid
+    kinds = [e.kind for e in events if e.kind != "log"]
+    assert kinds == ["locked", "stopping", "stopped", "starting", "ready"]
+    assert a.pid is not None and not procs.is_alive(a.pid)
+    assert not procs.port_in_use("127.0.0.1", spec_a.port)
+    assert chat(b.url)["choices"]
+    assert llama_pids(llama_server_bin) == [b.pid]
+
+    again = sup.switch(spec_b)
+    assert again.noop and again.ready and again.pid == b.pid
+    rec = read_state(sup.state_dir)
+    assert rec is not None and rec.profile == "tiny-b" and rec.pid == b.pid
+
+    out = sup.stop()
+    assert out.stopped and out.profile == "tiny-b"
+    assert b.pid is not None and not procs.is_alive(b.pid)
+    assert not procs.port_in_use("127.0.0.1", spec_b.port)
+    assert not sup.status().running
+
+
+_STAMP = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+) ")
+
+
+def _server_time(line: str) -> float:
+    m = _STAMP.match(line)
+    assert m, line
+    minutes, secs, ms, us = (int(x) for x in m.groups())
+    return minutes * 60 + secs + ms / 1000 + us / 1e6
+
+
+def test_readiness_is_noticed_promptly(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    """Ready is reported shortly after llama-server says "model loaded" (its own clock)."""
+    events: list[Event] = []
+    res = sup.switch(
+        real_spec(llama_server_bin, tiny_models[0], _port(), "tiny"), on_event=events.append
+    )
+    assert res.ready
+    starting = next(e for e in events if e.kind == "starting")
+    loaded = next(e for e in events if e.kind == "log" and "model loaded" in e.message)
+    ready = next(e for e in events if e.kind == "ready")
+    # the log line is seen within a few ms of being written, and /health confirmed right after
+    server_loaded = _server_time(loaded.message)
+    assert ready.elapsed_s - loaded.elapsed_s < 0.25
+    assert (ready.elapsed_s - starting.elapsed_s) - server_loaded < 0.5
+
+
+def test_bad_model_path_fails_at_once(
+    sup: Supervisor, llama_server_bin: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.gguf"
+    res = sup.switch(real_spec(llama_server_bin, missing, _port(), "missing"))
+    assert not res.ready and res.error is not None
+    assert res.error.exit_status == 1
+    assert res.elapsed_s < 10
+    assert "failed to open GGUF file" in res.error.message and str(missing) in res.error.message
+    assert "failed to open GGUF file" in res.error.stderr_tail[0]
+    assert "exiting due to model loading error" in res.error.stderr_tail[-1]
+
+
+def test_invalid_flag_value_error_line_comes_first(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    spec = real_spec(llama_server_bin, tiny_models[0], _port(), "badflag", "-ctk", "foo")
+    res = sup.switch(spec)
+    assert not res.ready and res.error is not None and res.error.exit_status == 1
+    assert 'error while handling argument "-ctk": Unsupported cache type: foo' in res.error.message
+    assert res.error.stderr_tail[0].startswith("error while handling argument")
+    # the usage text that follows is in the tail, after the error line
+    assert len(res.error.stderr_tail) > 1
+
+
+def test_port_held_elsewhere_is_named_before_launch(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    port = _port()
+    # another llama-server, not ours, already on the port
+    other = subprocess.Popen(
+        [str(llama_server_bin), "-m", str(tiny_models[0]), "--port", str(port), "-c", "512"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait(lambda: health_status(f"http://127.0.0.1:{port}") == 200)
+        res = sup.switch(real_spec(llama_server_bin, tiny_models[1], port, "tiny-b"))
+        assert not res.ready and res.error is not None
+        assert f"pid {other.pid}" in res.error.message and "llama-server" in res.error.message
+        assert res.pid is None
+    finally:
+        other.terminate()
+        other.wait(10)
+
+
+def test_cancel_real_load(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    cancel = threading.Event()
+
+    def on_event(e: Event) -> None:
+        if e.kind == "log":
+            cancel.set()
+
+    res = sup.switch(
+        real_spec(llama_server_bin, tiny_models[0], _port(), "tiny"),
+        on_event=on_event,
+        cancel=cancel,
+    )
+    assert not res.ready and res.error is not None and "cancelled" in res.error.message
+    assert llama_pids(llama_server_bin) == []
+    assert read_state(sup.state_dir) is None
+
+
+def test_status_reports_memory_at_verbosity_4(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    res = sup.switch(real_spec(llama_server_bin, tiny_models[0], _port(), "tiny", "-lv", "4"))
+    assert res.ready
+    mem = sup.status().memory
+    assert mem["model_mib"] > 0 and mem["kv_mib"] == pytest.approx(0.5, abs=0.01)
+    assert mem["compute_mib"] > 0
+    assert mem["total_mib"] == pytest.approx(
+        mem["model_mib"] + mem["kv_mib"] + mem["compute_mib"], abs=0.02
+    )
+
+
+def _wait(cond: object, timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(cond) and cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_cli_style_kill_of_switcher_then_recovery(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    """A switcher process SIGKILLed right after the spawn: the next status kills the orphan."""
+    port = _port()
+    script = (
+        "import sys, os, signal\n"
+        "from pathlib import Path\n"
+        "from llmctl.supervisor import Supervisor\n"
+        "from llmctl.launch import LaunchSpec\n"
+        "spec = LaunchSpec(profile='tiny', argv=tuple(sys.argv[2:]), port=int(sys.argv[1]))\n"
+        "def on_event(e):\n"
+        "    if e.kind == 'log':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Supervisor(Path(os.environ['LLMCTL_STATE_DIR'])).switch(spec, on_event=on_event)\n"
+    )
+    spec = real_spec(llama_server_bin, tiny_models[0], port, "tiny")
+    proc = subprocess.run([sys.executable, "-c", script, str(port), *spec.argv], check=False)
+    assert proc.returncode == -9
+    rec = read_state(sup.state_dir)
+    assert rec is not None and rec.phase == "starting" and rec.pid is not None
+    status = sup.status()
+    assert not status.running and status.note and "interrupted switch" in status.note
+    assert llama_pids(llama_server_bin) == []
+    assert not procs.port_in_use("127.0.0.1", port)
