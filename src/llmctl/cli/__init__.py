@@ -8,6 +8,7 @@ import sys
 # Each module registers its commands on llmctl.cli.app.app when imported.
 _COMMAND_MODULES = (
     "llmctl.cli.manifest_cmds",
+    "llmctl.cli.completion_cmd",
     "llmctl.cli.estimate_cmds",
     "llmctl.cli.supervise_cmds",
     "llmctl.cli.serve_cmd",

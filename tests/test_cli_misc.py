@@ -1,0 +1,54 @@
+"""CLI plumbing: completions, version, help, exit codes of usage errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llmctl.cli import build_app
+from llmctl.cli.completion_cmd import completion_script
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = {"bash": "llmctl.bash", "zsh": "_llmctl", "fish": "llmctl.fish"}
+
+
+@pytest.mark.parametrize("shell", sorted(FILES))
+def test_committed_completions_are_fresh(shell: str) -> None:
+    committed = (ROOT / "completions" / FILES[shell]).read_text()
+    assert committed == completion_script(shell), (
+        f"completions/{FILES[shell]} is stale: run llmctl completion {shell} > completions/{FILES[shell]}"
+    )
+
+
+def _complete(words: str, cword: int, cwd: Path) -> list[str]:
+    env = {**os.environ, "_LLMCTL_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(cword)}
+    proc = subprocess.run([sys.executable, "-m", "llmctl"], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=60, check=False)
+    return proc.stdout.split()
+
+
+def test_bash_completion_completes_commands_and_profiles(tmp_path: Path) -> None:
+    (tmp_path / "profiles.yaml").write_text(
+        "version: 1\nprofiles:\n  chat: {model: m.gguf, aliases: [qwen]}\n  coder: {model: m.gguf}\n"
+    )
+    assert "lint" in _complete("llmctl li", 1, tmp_path)
+    assert _complete("llmctl command c", 2, tmp_path) == ["chat", "coder"]
+    assert _complete("llmctl command q", 2, tmp_path) == ["qwen"]
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(build_app(), ["--version"])  # type: ignore[arg-type]
+    assert result.exit_code == 0 and result.stdout.startswith("llmctl ")
+
+
+def test_unknown_command_and_bad_option_exit_2() -> None:
+    result = CliRunner().invoke(build_app(), ["frobnicate"])  # type: ignore[arg-type]
+    assert result.exit_code == 2
+    result = CliRunner().invoke(build_app(), ["lint", "--bogus"])  # type: ignore[arg-type]
+    assert result.exit_code == 2
