@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -62,11 +63,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         except OSError:
             cmd = "?"
         lines.append(f"  pid {pid}: {cmd}")
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    sys.stderr.write("\nprocesses left behind by the tests (now killed):\n" + "\n".join(lines) + "\n")
+    sys.stderr.write(
+        "\nprocesses left behind by the tests (now killed):\n" + "\n".join(lines) + "\n"
+    )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 

@@ -26,10 +26,21 @@ def test_committed_completions_are_fresh(shell: str) -> None:
 
 
 def _complete(words: str, cword: int, cwd: Path) -> list[str]:
-    env = {**os.environ, "_LLMCTL_COMPLETE": "complete_bash", "COMP_WORDS": words,
-           "COMP_CWORD": str(cword)}
-    proc = subprocess.run([sys.executable, "-m", "llmctl"], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=60, check=False)
+    env = {
+        **os.environ,
+        "_LLMCTL_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(cword),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmctl"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return proc.stdout.split()
 
 

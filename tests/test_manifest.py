@@ -123,9 +123,22 @@ def test_schema_accepts_the_bundled_example() -> None:
 
 @pytest.mark.parametrize(
     ("written", "flag"),
-    [("on", "on"), ("off", "off"), ("yes", "on"), ("no", "off"), ("true", "on"), ("false", "off"),
-     ("'on'", "on"), ("enabled", "on"), ("disabled", "off"), ("auto", "auto"), ("1", "on"),
-     ("0", "off"), ("True", "on"), ("OFF", "off")],
+    [
+        ("on", "on"),
+        ("off", "off"),
+        ("yes", "on"),
+        ("no", "off"),
+        ("true", "on"),
+        ("false", "off"),
+        ("'on'", "on"),
+        ("enabled", "on"),
+        ("disabled", "off"),
+        ("auto", "auto"),
+        ("1", "on"),
+        ("0", "off"),
+        ("True", "on"),
+        ("OFF", "off"),
+    ],
 )
 def test_flash_attn_spellings_become_on_off_auto(tmp_path: Path, written: str, flag: str) -> None:
     gguf(tmp_path)
@@ -141,8 +154,11 @@ def test_flash_attn_spellings_become_on_off_auto(tmp_path: Path, written: str, f
 
 def test_yaml_coercions_warn_and_keep_the_text_as_written(tmp_path: Path) -> None:
     gguf(tmp_path)
-    path = write(tmp_path, BASE + "    aliases: [no, 1.10]\n    description: 1.10\n"
-                 "    env: {FLAG: yes, CUDA_VISIBLE_DEVICES: 0}\n")
+    path = write(
+        tmp_path,
+        BASE + "    aliases: [no, 1.10]\n    description: 1.10\n"
+        "    env: {FLAG: yes, CUDA_VISIBLE_DEVICES: 0}\n",
+    )
     code, report = lint(path)
     assert code == 0
     warnings = [p for p in report["problems"] if p["rule"] == "yaml-coercion"]
@@ -172,7 +188,10 @@ def test_cache_type_off_is_an_error_with_the_yaml_warning(tmp_path: Path) -> Non
         ("version: 1\nprofiles:\n  a:\n    model: m.gguf\n  a:\n    model: m.gguf\n", 5),
         ("version: 1\nprofiles:\n  a:\n    model: m.gguf\n    ctx_size: 1\n    ctx_size: 2\n", 6),
         ("version: 1\nprofiles:\n  a:\n    model: m.gguf\n    env: {A: x, A: y}\n", 5),
-        ("version: 1\nserve:\n  queue:\n    max_size: 1\n    max_size: 2\nprofiles: {a: {model: m.gguf}}\n", 5),
+        (
+            "version: 1\nserve:\n  queue:\n    max_size: 1\n    max_size: 2\nprofiles: {a: {model: m.gguf}}\n",
+            5,
+        ),
     ],
 )
 def test_duplicate_keys_at_any_level_are_errors(tmp_path: Path, text: str, line: int) -> None:
@@ -186,7 +205,9 @@ def test_duplicate_keys_at_any_level_are_errors(tmp_path: Path, text: str, line:
 
 def test_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     gguf(tmp_path)
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         version: 1
         x-base: &base
           model: m.gguf
@@ -200,7 +221,8 @@ def test_anchors_and_merge_keys_work(tmp_path: Path) -> None:
             <<: *base
             ctx_size: 128K
             cache_type_v: q4_0
-        """)
+        """,
+    )
     # x-base is not a manifest key: it is reported, the profiles still work
     code, report = lint(path)
     assert rules(report, "error") == ["unknown-key"]
@@ -269,8 +291,13 @@ def test_missing_manifest_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("key", "suggestion"),
-    [("flash_atn", "flash_attn"), ("ngl", "n_gpu_layers"), ("ctx-size", "ctx_size"),
-     ("cache_typ_k", "cache_type_k"), ("context_length", "ctx_size")],
+    [
+        ("flash_atn", "flash_attn"),
+        ("ngl", "n_gpu_layers"),
+        ("ctx-size", "ctx_size"),
+        ("cache_typ_k", "cache_type_k"),
+        ("context_length", "ctx_size"),
+    ],
 )
 def test_unknown_keys_say_did_you_mean(tmp_path: Path, key: str, suggestion: str) -> None:
     gguf(tmp_path)
@@ -283,8 +310,13 @@ def test_unknown_keys_say_did_you_mean(tmp_path: Path, key: str, suggestion: str
 
 def test_unknown_key_in_a_section_and_in_defaults(tmp_path: Path) -> None:
     gguf(tmp_path)
-    code, report = lint(write(tmp_path, "version: 1\nserver:\n  prot: 9000\ndefaults:\n  ctx: 8\n"
-                              "profiles:\n  a: {model: m.gguf}\n"))
+    code, report = lint(
+        write(
+            tmp_path,
+            "version: 1\nserver:\n  prot: 9000\ndefaults:\n  ctx: 8\n"
+            "profiles:\n  a: {model: m.gguf}\n",
+        )
+    )
     assert code == 1
     problems = [(p["line"], p["hint"]) for p in report["problems"] if p["rule"] == "unknown-key"]
     assert problems == [(3, "did you mean `port`?"), (5, "did you mean `ctx_size`?")]
@@ -292,10 +324,18 @@ def test_unknown_key_in_a_section_and_in_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "rule"),
-    [("cache_type_v", "q6_0", "cache-type"), ("flash_attn", "maybe", "flash-attn"),
-     ("parallel", "0", "parallel"), ("parallel", "-3", "parallel"), ("ctx_size", "-1", "range"),
-     ("batch_size", "0", "range"), ("n_gpu_layers", "-2", "range"), ("ctx_size", "lots", "schema"),
-     ("port", "70000", "range"), ("ready_timeout", "soon", "schema")],
+    [
+        ("cache_type_v", "q6_0", "cache-type"),
+        ("flash_attn", "maybe", "flash-attn"),
+        ("parallel", "0", "parallel"),
+        ("parallel", "-3", "parallel"),
+        ("ctx_size", "-1", "range"),
+        ("batch_size", "0", "range"),
+        ("n_gpu_layers", "-2", "range"),
+        ("ctx_size", "lots", "schema"),
+        ("port", "70000", "range"),
+        ("ready_timeout", "soon", "schema"),
+    ],
 )
 def test_invalid_values(tmp_path: Path, field: str, value: str, rule: str) -> None:
     gguf(tmp_path)
@@ -323,12 +363,17 @@ def test_quantized_v_cache_with_flash_attention_off(tmp_path: Path) -> None:
 
 def test_duplicate_names_and_aliases(tmp_path: Path) -> None:
     gguf(tmp_path)
-    code, report = lint(write(tmp_path, """\
+    code, report = lint(
+        write(
+            tmp_path,
+            """\
         version: 1
         profiles:
           a: {model: m.gguf, aliases: [shared, B]}
           b: {model: m.gguf, aliases: [Shared]}
-        """))
+        """,
+        )
+    )
     assert code == 1
     errs = [(p["profile"], p["line"]) for p in report["problems"] if p["rule"] == "duplicate-name"]
     assert sorted(errs) == [("a", 3), ("b", 4)]
@@ -354,7 +399,9 @@ def test_profile_on_the_router_port(tmp_path: Path) -> None:
     code, report = lint(write(tmp_path, BASE + "    port: 8080\n"))
     assert code == 1
     assert find(report, "port-conflict")["profile"] == "small"
-    code, report = lint(write(tmp_path, "server: {host: 10.0.0.1, port: 9}\nserve: {port: 9}\n" + BASE))
+    code, report = lint(
+        write(tmp_path, "server: {host: 10.0.0.1, port: 9}\nserve: {port: 9}\n" + BASE)
+    )
     assert "port-conflict" not in rules(report)
 
 
@@ -372,8 +419,9 @@ def test_model_missing_is_a_warning_not_gguf_is_an_error(tmp_path: Path) -> None
     assert code == 1 and "model-file" in rules(report)
 
 
-@pytest.mark.parametrize("arg", ["-c", "--ctx-size", "--port", "-m", "-ngl", "-fa", "--alias=x",
-                                 "--host", "-np"])
+@pytest.mark.parametrize(
+    "arg", ["-c", "--ctx-size", "--port", "-m", "-ngl", "-fa", "--alias=x", "--host", "-np"]
+)
 def test_extra_args_must_not_repeat_a_managed_flag(tmp_path: Path, arg: str) -> None:
     gguf(tmp_path)
     code, report = lint(write(tmp_path, BASE + f"    extra_args: ['--no-warmup', '{arg}', '1']\n"))
@@ -384,7 +432,9 @@ def test_extra_args_must_not_repeat_a_managed_flag(tmp_path: Path, arg: str) -> 
 
 def test_extra_args_repeated_flag_is_a_warning(tmp_path: Path) -> None:
     gguf(tmp_path)
-    code, report = lint(write(tmp_path, BASE + "    extra_args: [--rope-scale, '2', --rope-scale, '4']\n"))
+    code, report = lint(
+        write(tmp_path, BASE + "    extra_args: [--rope-scale, '2', --rope-scale, '4']\n")
+    )
     assert code == 0 and "repeated-flag" in rules(report)
 
 
@@ -418,8 +468,12 @@ def test_help_cache_is_used_and_keyed_by_mtime(tmp_path: Path) -> None:
     from llmctl.helpflags import known_flags
 
     fake = tmp_path / "llama-server"
-    fake.write_text("#!/bin/sh\necho run >> " + str(tmp_path / "runs") + "\n"
-                    + "".join(f"echo '--flag{i}   does {i}'\n" for i in range(12)))
+    fake.write_text(
+        "#!/bin/sh\necho run >> "
+        + str(tmp_path / "runs")
+        + "\n"
+        + "".join(f"echo '--flag{i}   does {i}'\n" for i in range(12))
+    )
     fake.chmod(0o755)
     assert known_flags(str(fake)) == frozenset(f"--flag{i}" for i in range(12))
     assert known_flags(str(fake)) is not None
@@ -449,14 +503,17 @@ def test_command_always_passes_ctx_parallel_and_layers(tmp_path: Path) -> None:
 
 def test_command_is_shell_quoted_with_env(tmp_path: Path) -> None:
     gguf(tmp_path, "my model.gguf")
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         version: 1
         profiles:
           q:
             model: my model.gguf
             env: {CUDA_VISIBLE_DEVICES: "0,1"}
             extra_args: [--slot-save-path, "a b"]
-        """)
+        """,
+    )
     code, out, _ = cli("command", "q", "--manifest", str(path))
     assert code == 0
     words = shlex.split(out)
@@ -467,7 +524,11 @@ def test_command_is_shell_quoted_with_env(tmp_path: Path) -> None:
 
 def test_field_table_maps_every_flag(tmp_path: Path) -> None:
     gguf(tmp_path)
-    path = write(tmp_path, BASE + textwrap.indent(textwrap.dedent("""\
+    path = write(
+        tmp_path,
+        BASE
+        + textwrap.indent(
+            textwrap.dedent("""\
         ctx_size: 128K
         parallel: 2
         kv_unified: false
@@ -486,28 +547,52 @@ def test_field_table_maps_every_flag(tmp_path: Path) -> None:
         embedding: true
         pooling: mean
         aliases: [s]
-        """), "    "))
+        """),
+            "    ",
+        ),
+    )
     code, out, _ = cli("command", "s", "--manifest", str(path), "--json")
     assert code == 0
     argv = json.loads(out)["argv"]
     joined = " ".join(argv[1:])
-    for part in ["-c 131072", "-np 2", "-no-kvu", "--swa-full", "-ctk q8_0", "-ctv q4_0", "-fa on",
-                 "-ngl 20", "-b 1024", "-ub 256", "-t 8", "--load-mode mlock", "-nkvo", "--no-jinja",
-                 "--embedding", "--pooling mean", "--alias small,s"]:
+    for part in [
+        "-c 131072",
+        "-np 2",
+        "-no-kvu",
+        "--swa-full",
+        "-ctk q8_0",
+        "-ctv q4_0",
+        "-fa on",
+        "-ngl 20",
+        "-b 1024",
+        "-ub 256",
+        "-t 8",
+        "--load-mode mlock",
+        "-nkvo",
+        "--no-jinja",
+        "--embedding",
+        "--pooling mean",
+        "--alias small,s",
+    ]:
         assert part in joined, part
 
 
-def test_paths_expand_home_vars_and_manifest_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paths_expand_home_vars_and_manifest_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "h"))
     monkeypatch.setenv("MODELS", "/srv/models")
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         version: 1
         server: {binary: bin/llama-server}
         profiles:
           a: {model: ~/models/a.gguf}
           b: {model: $MODELS/b.gguf}
           c: {model: sub/c.gguf, mmproj: ../p.gguf}
-        """)
+        """,
+    )
     m = load_manifest(path)
     assert m.profiles["a"].model == str(tmp_path / "h" / "models" / "a.gguf")
     assert m.profiles["b"].model == "/srv/models/b.gguf"
@@ -524,13 +609,16 @@ def test_env_binary_wins_over_manifest(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_defaults_merge_and_profile_overrides(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
         version: 1
         defaults: {ctx_size: 8K, flash_attn: on, env: {A: "1"}}
         profiles:
           a: {model: m.gguf}
           b: {model: m.gguf, ctx_size: 2K, env: {B: "2"}}
-        """)
+        """,
+    )
     m = load_manifest(path)
     assert (m.profiles["a"].ctx_size, m.profiles["b"].ctx_size) == (8192, 2048)
     assert m.profiles["b"].env == {"A": "1", "B": "2"}
@@ -539,8 +627,12 @@ def test_defaults_merge_and_profile_overrides(tmp_path: Path) -> None:
 
 
 def test_per_profile_host_port_and_timeouts(tmp_path: Path) -> None:
-    path = write(tmp_path, "server: {port: 9001, ready_timeout: 5m}\n" + BASE
-                 + "    port: 9002\n    ready_timeout: 90s\n    stall_timeout: 500ms\n")
+    path = write(
+        tmp_path,
+        "server: {port: 9001, ready_timeout: 5m}\n"
+        + BASE
+        + "    port: 9002\n    ready_timeout: 90s\n    stall_timeout: 500ms\n",
+    )
     spec = launch_spec(load_manifest(path), "small")
     assert (spec.port, spec.ready_timeout, spec.stall_timeout) == (9002, 90.0, 0.5)
 
@@ -555,8 +647,10 @@ def test_unknown_profile_exits_2_with_suggestions(tmp_path: Path) -> None:
 
 
 def test_resolve_is_exact_then_case_insensitive(tmp_path: Path) -> None:
-    path = write(tmp_path, "version: 1\nprofiles:\n  Chat: {model: m, aliases: [Qwen]}\n"
-                 "  chat2: {model: m}\n")
+    path = write(
+        tmp_path,
+        "version: 1\nprofiles:\n  Chat: {model: m, aliases: [Qwen]}\n  chat2: {model: m}\n",
+    )
     m = load_manifest(path)
     assert m.resolve("Chat") == "Chat"
     assert m.resolve("chat") == "Chat"
@@ -599,8 +693,11 @@ def test_bare_lint_is_lint_manifest(tmp_path: Path) -> None:
 
 def test_human_lint_output_groups_by_profile(tmp_path: Path) -> None:
     gguf(tmp_path)
-    path = write(tmp_path, "version: 1\nprofiles:\n  a: {model: m.gguf, parallel: 0}\n"
-                 "  b: {model: m.gguf, cache_type_k: q9}\n")
+    path = write(
+        tmp_path,
+        "version: 1\nprofiles:\n  a: {model: m.gguf, parallel: 0}\n"
+        "  b: {model: m.gguf, cache_type_k: q9}\n",
+    )
     code, out, _ = cli("lint", "manifest", str(path))
     assert code == 1
     lines = out.splitlines()

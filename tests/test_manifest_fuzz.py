@@ -21,22 +21,63 @@ from llmctl.manifest import Profile
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = (ROOT / "profiles.yaml").read_text()
 runner = CliRunner()
-FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
-KEYS = [*Profile.model_fields, "version", "server", "gpu", "serve", "defaults", "profiles",
-        "port", "host", "vram", "<<", "queue", "upstreams", "name", "url"]
+KEYS = [
+    *Profile.model_fields,
+    "version",
+    "server",
+    "gpu",
+    "serve",
+    "defaults",
+    "profiles",
+    "port",
+    "host",
+    "vram",
+    "<<",
+    "queue",
+    "upstreams",
+    "name",
+    "url",
+]
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False),
-    st.sampled_from(["on", "off", "no", "yes", "q8_0", "q4_0", "auto", "24GiB", "8K", "1.10",
-                     "~/m.gguf", "-c", "", "0x1F", "2024-01-01", "null"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False),
+    st.sampled_from(
+        [
+            "on",
+            "off",
+            "no",
+            "yes",
+            "q8_0",
+            "q4_0",
+            "auto",
+            "24GiB",
+            "8K",
+            "1.10",
+            "~/m.gguf",
+            "-c",
+            "",
+            "0x1F",
+            "2024-01-01",
+            "null",
+        ]
+    ),
     st.text(max_size=12),
 )
 documents = st.recursive(
     scalars,
     lambda children: st.one_of(
         st.lists(children, max_size=4),
-        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), children, max_size=6),
+        st.dictionaries(
+            st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), children, max_size=6
+        ),
     ),
     max_leaves=30,
 )
@@ -75,8 +116,11 @@ def test_random_documents(doc: Any) -> None:
 def test_mutations_of_the_bundled_example(data: st.DataObject) -> None:
     lines = EXAMPLE.splitlines(keepends=True)
     for _ in range(data.draw(st.integers(1, 4))):
-        op = data.draw(st.sampled_from(["delete", "duplicate", "indent", "dedent", "replace",
-                                        "insert", "bytes", "swap"]))
+        op = data.draw(
+            st.sampled_from(
+                ["delete", "duplicate", "indent", "dedent", "replace", "insert", "bytes", "swap"]
+            )
+        )
         i = data.draw(st.integers(0, len(lines) - 1))
         if op == "delete":
             del lines[i]
@@ -88,8 +132,24 @@ def test_mutations_of_the_bundled_example(data: st.DataObject) -> None:
             lines[i] = lines[i][2:] if lines[i].startswith("  ") else lines[i]
         elif op == "replace" and ":" in lines[i]:
             key = lines[i].split(":", 1)[0]
-            value = data.draw(st.sampled_from(["on", "no", "0", "-1", "q9_0", "[a, b]", "{x: 1}",
-                                               "''", "*nope", "&a x", "\t1", "99999999999999999999"]))
+            value = data.draw(
+                st.sampled_from(
+                    [
+                        "on",
+                        "no",
+                        "0",
+                        "-1",
+                        "q9_0",
+                        "[a, b]",
+                        "{x: 1}",
+                        "''",
+                        "*nope",
+                        "&a x",
+                        "\t1",
+                        "99999999999999999999",
+                    ]
+                )
+            )
             lines[i] = f"{key}: {value}\n"
         elif op == "insert":
             lines.insert(i, data.draw(st.text(max_size=20)) + "\n")

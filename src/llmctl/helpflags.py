@@ -41,7 +41,9 @@ def known_flags(binary: str, timeout: float = 15.0) -> frozenset[str] | None:
         st = os.stat(binary)
     except OSError:
         return None
-    key = hashlib.sha256(f"{_PARSER_VERSION}\0{os.path.realpath(binary)}\0{st.st_mtime_ns}\0{st.st_size}".encode())
+    key = hashlib.sha256(
+        f"{_PARSER_VERSION}\0{os.path.realpath(binary)}\0{st.st_mtime_ns}\0{st.st_size}".encode()
+    )
     cache = cache_dir() / f"help-{key.hexdigest()[:20]}.json"
     try:
         return frozenset(json.loads(cache.read_text()))

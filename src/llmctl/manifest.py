@@ -214,8 +214,8 @@ class ServeConfig(_Strict):
     drain_timeout: Duration = 30.0
     inflight_timeout: Duration = 60.0
     stop_server_on_exit: bool = True
-    queue: QueueConfig = Field(default_factory=QueueConfig)
-    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    queue: QueueConfig = Field(default_factory=lambda: QueueConfig())
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
 
@@ -301,9 +301,9 @@ class ManifestModel(_Strict):
     """The whole file (`version: 1`)."""
 
     version: Literal[1] = 1
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    gpu: GpuConfig = Field(default_factory=GpuConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    gpu: GpuConfig = Field(default_factory=lambda: GpuConfig())
+    serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="Fields every profile starts from."
     )

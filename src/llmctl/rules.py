@@ -164,7 +164,9 @@ def _ports(out: _Out) -> None:
             f"the router (serve.port) and llama-server (server.port) both use port {serve.port}",
             None,
             hint="give them different ports, e.g. serve 8080 and server 8081",
-            path=_first_written(out, ("serve", "port"), ("server", "port"), ("serve",), ("server",)),
+            path=_first_written(
+                out, ("serve", "port"), ("server", "port"), ("serve",), ("server",)
+            ),
         )
     for name, p in out.m.profiles.items():
         if (

@@ -34,8 +34,13 @@ _IMPLICIT_KIND = {
 class YamlLoadError(Exception):
     """The text is not YAML we can use. `line`/`column` are 1-based, None when unknown."""
 
-    def __init__(self, message: str, line: int | None = None, column: int | None = None,
-                 hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        line: int | None = None,
+        column: int | None = None,
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
@@ -79,7 +84,7 @@ class Source:
             if p in self.values:
                 return self.values[p]
             p = p[:-1]
-        return self.values.get((), (None, None))  # type: ignore[return-value]
+        return self.values.get((), (None, None))
 
     def value_position(self, path: Path_) -> tuple[int | None, int | None]:
         p = tuple(path)
@@ -110,14 +115,17 @@ class _Builder:
             raise YamlLoadError(f"nesting deeper than {_MAX_DEPTH} levels", line, col)
         if id(node) in stack:
             line, col = _mark(node)
-            raise YamlLoadError("an alias refers to a node that contains it (recursive alias)",
-                                line, col)
+            raise YamlLoadError(
+                "an alias refers to a node that contains it (recursive alias)", line, col
+            )
         self.source.values.setdefault(path, _mark(node))
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, (*stack, id(node)))
         if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i), (*stack, id(node)))
-                    for i, item in enumerate(node.value)]
+            return [
+                self.build(item, (*path, i), (*stack, id(node)))
+                for i, item in enumerate(node.value)
+            ]
         assert isinstance(node, yaml.ScalarNode)
         return self._scalar(node, path)
 
@@ -146,7 +154,9 @@ class _Builder:
         # The text as written: a profile named `no` or `1.10` keeps its name.
         return str(node.value)
 
-    def _mapping(self, node: yaml.MappingNode, path: Path_, stack: tuple[int, ...]) -> dict[str, Any]:
+    def _mapping(
+        self, node: yaml.MappingNode, path: Path_, stack: tuple[int, ...]
+    ) -> dict[str, Any]:
         explicit: dict[str, Any] = {}
         first_seen: dict[str, int] = {}
         merged: dict[str, Any] = {}
@@ -173,15 +183,17 @@ class _Builder:
         out.update(explicit)
         return out
 
-    def _merge_sources(self, node: yaml.Node, path: Path_,
-                       stack: tuple[int, ...]) -> list[dict[str, Any]]:
+    def _merge_sources(
+        self, node: yaml.Node, path: Path_, stack: tuple[int, ...]
+    ) -> list[dict[str, Any]]:
         nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
         out = []
         for n in nodes:
             if not isinstance(n, yaml.MappingNode):
                 line, col = _mark(n)
-                raise YamlLoadError("a merge key `<<` needs a mapping or a list of mappings",
-                                    line, col)
+                raise YamlLoadError(
+                    "a merge key `<<` needs a mapping or a list of mappings", line, col
+                )
             # Merged values are recorded under the merging path, for positions.
             out.append(self._mapping(n, path, (*stack, id(n))))
         return out

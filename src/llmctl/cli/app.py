@@ -28,7 +28,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: bool = typer.Option(
-        False, "--version", "-V", help="Print the version and exit.", callback=_version, is_eager=True
+        False,
+        "--version",
+        "-V",
+        help="Print the version and exit.",
+        callback=_version,
+        is_eager=True,
     ),
 ) -> None:
     """Manage llama.cpp's llama-server from validated profiles."""

@@ -59,8 +59,10 @@ def _print_lint(result: LintResult) -> None:
         for i in idx:
             p = result.problems[i]
             colour = "red" if p.severity == "error" else "yellow"
-            out.print(f"  {escape(p.where())}: [{colour}]{p.severity}[/] {escape(p.message)} "
-                      f"[dim]\\[{p.rule}][/]")
+            out.print(
+                f"  {escape(p.where())}: [{colour}]{p.severity}[/] {escape(p.message)} "
+                f"[dim]\\[{p.rule}][/]"
+            )
             if p.hint:
                 out.print(f"      [dim]hint: {escape(p.hint)}[/]")
     n_err, n_warn = len(result.errors), len(result.warnings)
