@@ -16,6 +16,7 @@ from llmctl.cli import build_app
 from llmctl.errors import ManifestError
 from llmctl.flags import FLAGS, launch_spec
 from llmctl.manifest import find_manifest, load_manifest
+from llmctl.tinymodel import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -35,9 +36,8 @@ def write(tmp: Path, text: str, name: str = "profiles.yaml") -> Path:
 
 
 def gguf(tmp: Path, name: str = "m.gguf") -> Path:
-    path = tmp / name
-    path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 16)
-    return path
+    """A real (tiny, random-weight) GGUF that llama-server loads."""
+    return write_tiny_model(tmp / name, arch="llama")
 
 
 def lint(path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
