@@ -1,0 +1,39 @@
+# The commands a machine needs: `make demo` and `make test`. Everything else is here too.
+# uv is installed with pip when it is missing; llama-server is built once into ~/.cache/llmctl.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: demo test lint check bench llama-server completions schema uv sync
+
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+sync: uv
+	$(UV) sync --locked
+
+llama-server: uv
+	@scripts/build-llama-server.sh >/dev/null
+
+demo: sync llama-server  ## switch between two tiny models on a real llama-server, then stop
+	LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run llmctl demo
+
+test: sync llama-server  ## the whole test suite, real llama-server included
+	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run pytest
+
+lint: sync
+	$(UV) run ruff check
+	$(UV) run ruff format --check
+	$(UV) run mypy --strict src
+
+check: test lint
+
+bench: sync llama-server
+	@for b in bench/*.py; do echo "== $$b"; LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run python "$$b" || exit 1; done
+
+completions: sync
+	$(UV) run llmctl completion bash > completions/llmctl.bash
+	$(UV) run llmctl completion zsh > completions/_llmctl
+	$(UV) run llmctl completion fish > completions/llmctl.fish
+
+schema: sync
+	$(UV) run llmctl schema > schema/profiles.schema.json
