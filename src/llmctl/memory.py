@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from llmctl.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo, ggml_type
 
@@ -921,8 +921,22 @@ class ModelSource:
 
     @classmethod
     def from_metadata(cls, path: str, metadata: Mapping[str, Any]) -> ModelSource:
-        """A `metadata:` block: GGUF keys, plus `weights_bytes` (or `general.size`) for the weights."""
-        meta = dict(metadata)
+        """A `metadata:` block: GGUF keys, plus `weights_bytes` (or `general.size`) for the weights.
+
+        Keys may leave out the architecture prefix: `block_count` means `{arch}.block_count`.
+        """
+        arch = metadata.get("general.architecture") or metadata.get("architecture")
+        meta: dict[str, Any] = {}
+        for key, value in metadata.items():
+            if key == "architecture":
+                key = "general.architecture"
+            elif (
+                isinstance(arch, str)
+                and key != "weights_bytes"
+                and not key.startswith(("general.", "tokenizer.", "split.", f"{arch}."))
+            ):
+                key = f"{arch}.{key}"
+            meta[key] = value
         weights = meta.pop("weights_bytes", None)
         if weights is None:
             weights = meta.get("general.size")
@@ -962,7 +976,7 @@ def estimate(
             )
     compute = compute_estimate(hp, opts, cs, caches)
     notes = list(hp.notes)
-    exact = hp.known and weights.exact
+    exact = hp.known  # the KV rules; weights.exact says whether the weights came from tensors
     if source.tensors is None:
         notes.append("weights from the metadata block (no tensor table): split by layer count")
     if source.tensors is None and source.weights_bytes is None:
@@ -987,6 +1001,85 @@ def estimate(
         options=opts,
         notes=notes,
     )
+
+
+class ProfileLike(Protocol):
+    """The profile fields an estimate reads (llmctl.manifest.Profile has them)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def ctx_size(self) -> int: ...
+
+    @property
+    def parallel(self) -> int: ...
+
+    @property
+    def kv_unified(self) -> bool | None: ...
+
+    @property
+    def swa_full(self) -> bool: ...
+
+    @property
+    def cache_type_k(self) -> str: ...
+
+    @property
+    def cache_type_v(self) -> str: ...
+
+    @property
+    def flash_attn(self) -> str: ...
+
+    @property
+    def n_gpu_layers(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def ubatch_size(self) -> int: ...
+
+    @property
+    def no_kv_offload(self) -> bool: ...
+
+    @property
+    def metadata(self) -> dict[str, Any] | None: ...
+
+
+def options_from_profile(profile: ProfileLike) -> LaunchOptions:
+    """The launch options a profile asks for."""
+    fa = profile.flash_attn if profile.flash_attn in ("on", "off", "auto") else "auto"
+    return LaunchOptions(
+        ctx_size=profile.ctx_size,
+        parallel=profile.parallel,
+        kv_unified=profile.kv_unified,
+        swa_full=profile.swa_full,
+        cache_type_k=profile.cache_type_k,
+        cache_type_v=profile.cache_type_v,
+        flash_attn=fa,  # type: ignore[arg-type]
+        n_gpu_layers=profile.n_gpu_layers,
+        batch_size=profile.batch_size,
+        ubatch_size=profile.ubatch_size,
+        no_kv_offload=profile.no_kv_offload,
+    )
+
+
+def source_for_profile(profile: ProfileLike) -> ModelSource | None:
+    """The model's GGUF header when the file exists, else its `metadata:` block, else None.
+
+    Raises GGUFError when the file exists but cannot be read.
+    """
+    from pathlib import Path
+
+    from llmctl.gguf import read_gguf, split_paths
+
+    path = Path(profile.model)
+    first = (split_paths(path) or [path])[0]
+    if first.is_file():
+        return ModelSource.from_gguf(read_gguf(path))
+    if profile.metadata:
+        return ModelSource.from_metadata(profile.model, profile.metadata)
+    return None
 
 
 def mib(n: int | float) -> float:

@@ -1,0 +1,302 @@
+"""`llmctl estimate` and `llmctl fit`: option parsing and output; the work is in llmctl.memory/fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from llmctl.cli.app import app
+from llmctl.cli.common import (
+    JsonOpt,
+    ManifestOpt,
+    ProfileArg,
+    console,
+    handle_errors,
+    load_manifest_cli,
+    print_json,
+)
+from llmctl.errors import LlmctlError, UsageError
+
+if TYPE_CHECKING:
+    from llmctl.fit import FitAdvice
+    from llmctl.memory import Estimate
+
+
+def _b(n: int | None) -> str:
+    from llmctl.sizes import format_bytes
+
+    return "-" if n is None else format_bytes(n)
+
+
+def _render_estimate(est: Estimate, ignored: list[str] | None = None) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = console()
+    title = est.profile or est.model
+    exact = "KV rules exact" if est.exact else "KV approximate (generic rules)"
+    out.print(f"[bold]{escape(title)}[/]  {escape(est.architecture)}, {exact}")
+    if est.profile:
+        out.print(f"  model: {escape(est.model)}")
+    s = est.sizes
+    streams = (
+        f"{s.n_stream} streams" if s.n_stream > 1 else "unified" if s.kv_unified else "1 stream"
+    )
+    out.print(
+        f"  context: n_ctx {s.n_ctx}, {s.n_ctx_seq} per sequence, {s.n_seq} slot(s), {streams}; "
+        f"flash_attn {est.flash_attn}; ubatch {s.n_ubatch}"
+    )
+    table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
+    for col in ("", "cells", "layers", "K / R", "V / S", "total"):
+        table.add_column(col, justify="left" if not col else "right")
+    for c in est.caches:
+        table.add_row(
+            f"KV {c.kind}",
+            str(c.cells),
+            str(c.layers),
+            f"{_b(c.k_bytes)} {c.k_type}",
+            f"{_b(c.v_bytes)} {c.v_type}",
+            _b(c.bytes),
+        )
+    if not est.caches:
+        table.add_row("KV cache", "-", "-", "-", "-", "none")
+    w = est.weights
+    table.add_row(
+        "weights", "", "", f"GPU {_b(w.gpu_bytes)}", f"CPU {_b(w.cpu_bytes)}", _b(w.bytes)
+    )
+    table.add_row("compute (approx.)", "", "", "", "", _b(est.compute_bytes))
+    table.add_row("CUDA overhead", "", "", "", "", _b(est.overhead_bytes))
+    table.add_row("[bold]GPU total[/]", "", "", "", "", f"[bold]{_b(est.gpu_total_bytes)}[/]")
+    out.print(table)
+    if est.budget_bytes is not None:
+        room = est.budget_bytes - est.gpu_total_bytes
+        if not est.fits:
+            verdict = f"[red]does not fit[/]: {_b(-room)} over"
+        elif not est.within_headroom:
+            verdict = f"[yellow]fits, inside the headroom[/]: {_b(room)} free"
+        else:
+            verdict = f"[green]fits[/]: {_b(room)} free"
+        out.print(f"  budget {_b(est.budget_bytes)}: {verdict}")
+    for note in est.notes:
+        out.print(f"  [dim]note: {escape(note)}[/]")
+    if ignored:
+        out.print(f"  [dim]not taken into account: {escape(' '.join(ignored))}[/]")
+    out.print()
+
+
+def _estimate_argv(argv: list[str], json_out: bool) -> int:
+    from llmctl.gguf import read_gguf
+    from llmctl.llamaargs import parse_llama_args
+    from llmctl.memory import MetadataError, ModelSource, estimate
+
+    parsed = parse_llama_args(argv)
+    if not parsed.model:
+        raise UsageError(
+            "the llama-server command line has no -m/--model",
+            hint="llmctl estimate -- -m model.gguf -c 8192 ...",
+        )
+    try:
+        est = estimate(ModelSource.from_gguf(read_gguf(parsed.model)), parsed.options)
+    except MetadataError as err:
+        raise UsageError(f"{parsed.model}: {err}") from None
+    if json_out:
+        obj = est.to_json()
+        obj["ignored_args"] = parsed.ignored
+        print_json([obj])
+    else:
+        _render_estimate(est, parsed.ignored)
+    return 0
+
+
+def _estimate_profiles(
+    names: list[str], all_: bool, manifest_path: Path | None, json_out: bool
+) -> int:
+    from llmctl.memory import MetadataError, estimate, options_from_profile, source_for_profile
+
+    manifest = load_manifest_cli(manifest_path, json_out=json_out)
+    if all_ or not names:
+        if not all_ and not names:
+            raise UsageError(
+                "name a profile, or give --all",
+                hint="llmctl estimate PROFILE, llmctl estimate --all, "
+                "or llmctl estimate -- -m model.gguf ...",
+            )
+        chosen = list(manifest.profiles)
+    else:
+        chosen = [manifest.resolve(n) for n in names]
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for name in chosen:
+        profile = manifest.profiles[name]
+        try:
+            source = source_for_profile(profile)
+            if source is None:
+                raise LlmctlError(
+                    f"model file {profile.model} is missing",
+                    hint="download it, or add a metadata: block to the profile for an estimate",
+                )
+            est = estimate(
+                source,
+                options_from_profile(profile),
+                profile=name,
+                budget=manifest.gpu.vram,
+                headroom=manifest.gpu.headroom,
+                overhead=manifest.gpu.overhead,
+            )
+        except (LlmctlError, MetadataError) as err:
+            failed += 1
+            message = err.message if isinstance(err, LlmctlError) else str(err)
+            hint = err.hint if isinstance(err, LlmctlError) else "check the metadata block"
+            results.append(
+                {"profile": name, "model": profile.model, "error": message, "hint": hint}
+            )
+            if not json_out:
+                from rich.markup import escape
+
+                console().print(
+                    f"[bold]{escape(name)}[/]  [red]cannot estimate:[/] {escape(message)}"
+                )
+                if hint:
+                    console().print(f"  [dim]hint: {escape(hint)}[/]")
+                console().print()
+            continue
+        results.append(est.to_json())
+        if not json_out:
+            _render_estimate(est)
+    if json_out:
+        print_json(results)
+    return 1 if failed else 0
+
+
+@app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+def estimate(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Profile names or aliases; or, after --, a llama-server command line.",
+            show_default=False,
+        ),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every profile of the manifest.")] = False,
+    manifest: ManifestOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Estimate GPU memory: KV caches (exact), weights, compute, against gpu.vram.
+
+    llmctl estimate PROFILE ... | --all, or llmctl estimate -- -m model.gguf -c 32768 -ctk q8_0 ...
+    Exit status: 0 when every estimate was made, 1 when some profile could not be estimated.
+    """
+    argv = list(args or [])
+    with handle_errors(json_out):
+        if any(a.startswith("-") for a in argv):
+            code = _estimate_argv(argv, json_out)
+        else:
+            code = _estimate_profiles(argv, all_, manifest, json_out)
+    if code:
+        raise typer.Exit(code)
+
+
+def _render_fit(advice: FitAdvice) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = console()
+    cur = advice.current
+    out.print(
+        f"[bold]{escape(advice.profile or cur.model)}[/]: estimated {_b(cur.gpu_total_bytes)} "
+        f"against {_b(advice.target_bytes)} (gpu.vram {_b(advice.budget_bytes)} - headroom "
+        f"{_b(advice.headroom_bytes)})"
+    )
+    if advice.fits:
+        room = advice.target_bytes - cur.gpu_total_bytes
+        out.print(f"  [green]fits[/], {_b(room)} to spare")
+        if advice.max_ctx_size is not None and advice.max_estimate is not None:
+            asked = cur.options.ctx_size or advice.n_ctx_train
+            if advice.max_ctx_size > asked:
+                out.print(
+                    f"  the largest context that still fits: ctx_size {advice.max_ctx_size} "
+                    f"({_b(advice.max_estimate.gpu_total_bytes)})"
+                )
+            elif asked >= advice.n_ctx_train:
+                out.print(f"  already at or above the trained context ({advice.n_ctx_train})")
+            else:
+                out.print("  no larger context fits")
+        return
+    over = cur.gpu_total_bytes - advice.target_bytes
+    out.print(f"  [red]does not fit[/]: {_b(over)} over")
+    if not advice.suggestions:
+        out.print("  no single change found that makes it fit; try a smaller quantization")
+        return
+    table = Table(box=None, pad_edge=False, header_style="dim")
+    table.add_column("#", justify="right")
+    table.add_column("change")
+    table.add_column("profile fields")
+    table.add_column("GPU total", justify="right")
+    table.add_column("KV cache", justify="right")
+    for i, s in enumerate(advice.suggestions, 1):
+        fields = ", ".join(f"{k}: {v}" for k, v in s.change.items())
+        table.add_row(
+            str(i),
+            escape(s.description),
+            escape(fields),
+            _b(s.estimate.gpu_total_bytes),
+            _b(s.estimate.kv_bytes),
+        )
+    out.print(table)
+
+
+@app.command()
+def fit(
+    profile: ProfileArg,
+    vram: Annotated[
+        str | None,
+        typer.Option("--vram", help="GPU memory budget (e.g. 24GiB); default gpu.vram."),
+    ] = None,
+    manifest: ManifestOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Smallest changes that make PROFILE fit (cache type, context, slots, GPU layers); or, when it
+    fits, the largest context that still does."""
+    from llmctl.fit import advise
+    from llmctl.memory import MetadataError, options_from_profile, source_for_profile
+    from llmctl.sizes import parse_size
+
+    with handle_errors(json_out):
+        m = load_manifest_cli(manifest, json_out=json_out)
+        name = m.resolve(profile)
+        p = m.profiles[name]
+        if vram is not None:
+            try:
+                budget = parse_size(vram)
+            except ValueError as err:
+                raise UsageError(f"--vram: {err}") from None
+        elif m.gpu.vram is not None:
+            budget = m.gpu.vram
+        else:
+            raise UsageError(
+                "no memory budget: give --vram, or set gpu.vram in the manifest",
+                hint="llmctl fit PROFILE --vram 24GiB",
+            )
+        source = source_for_profile(p)
+        if source is None:
+            raise LlmctlError(
+                f"model file {p.model} of profile {name} is missing",
+                hint="download it, or add a metadata: block to the profile",
+            )
+        try:
+            advice = advise(
+                source,
+                options_from_profile(p),
+                budget=budget,
+                headroom=m.gpu.headroom,
+                overhead=m.gpu.overhead,
+                profile=name,
+            )
+        except MetadataError as err:
+            raise UsageError(f"profile {name}: {err}", hint="check its metadata block") from None
+    if json_out:
+        print_json(advice.to_json())
+    else:
+        _render_fit(advice)

@@ -1,0 +1,143 @@
+"""Read a llama-server command line into LaunchOptions and a model path (`llmctl estimate -- ...`).
+
+Only the flags that change memory use are read; every other flag is skipped (with its value) and
+listed, so the caller can say what was not taken into account.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llmctl.errors import UsageError
+from llmctl.memory import CACHE_TYPES, FlashAttn, LaunchOptions
+
+_TRUTHY = {"on", "enabled", "true", "1"}
+_FALSEY = {"off", "disabled", "false", "0"}
+_AUTO = {"auto", "-1"}
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+# flag -> field; flags that take a value
+_VALUED = {
+    "-m": "model",
+    "--model": "model",
+    "-c": "ctx_size",
+    "--ctx-size": "ctx_size",
+    "-np": "parallel",
+    "--parallel": "parallel",
+    "-ctk": "cache_type_k",
+    "--cache-type-k": "cache_type_k",
+    "-ctv": "cache_type_v",
+    "--cache-type-v": "cache_type_v",
+    "-fa": "flash_attn",
+    "--flash-attn": "flash_attn",
+    "-ngl": "n_gpu_layers",
+    "--n-gpu-layers": "n_gpu_layers",
+    "--gpu-layers": "n_gpu_layers",
+    "-b": "batch_size",
+    "--batch-size": "batch_size",
+    "-ub": "ubatch_size",
+    "--ubatch-size": "ubatch_size",
+}
+_SWITCHES = {
+    "-kvu": ("kv_unified", True),
+    "--kv-unified": ("kv_unified", True),
+    "-no-kvu": ("kv_unified", False),
+    "--no-kv-unified": ("kv_unified", False),
+    "--swa-full": ("swa_full", True),
+    "-nkvo": ("no_kv_offload", True),
+    "--no-kv-offload": ("no_kv_offload", True),
+}
+
+
+@dataclass
+class ParsedCommand:
+    """A llama-server command line as far as memory is concerned."""
+
+    model: str | None
+    options: LaunchOptions
+    ignored: list[str] = field(default_factory=list)
+
+
+def _int(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(
+            f"{flag} expects a whole number, not {value!r}", hint=f"e.g. {flag} 4096"
+        ) from None
+
+
+def _flash_attn(value: str) -> FlashAttn:
+    v = value.lower()
+    if v in _TRUTHY:
+        return "on"
+    if v in _FALSEY:
+        return "off"
+    if v in _AUTO:
+        return "auto"
+    raise UsageError(f"unknown value for --flash-attn: {value!r}", hint="use on, off or auto")
+
+
+def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
+    """Parse llama-server arguments (a leading program path is skipped). Raises UsageError."""
+    args = list(argv)
+    if args and not args[0].startswith("-"):
+        args = args[1:]  # the program itself: llama-server -m ...
+    opts = LaunchOptions()
+    model: str | None = None
+    ignored: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag in _SWITCHES:
+            name, switch = _SWITCHES[flag]
+            setattr(opts, name, switch)
+            i += 1
+            continue
+        if flag in _VALUED:
+            if eq:
+                value = inline
+                i += 1
+            else:
+                if i + 1 >= len(args):
+                    raise UsageError(f"{flag} needs a value", hint=f"e.g. {flag} <value>")
+                value = args[i + 1]
+                i += 2
+            target = _VALUED[flag]
+            if target == "model":
+                model = value
+            elif target == "flash_attn":
+                opts.flash_attn = _flash_attn(value)
+            elif target in ("cache_type_k", "cache_type_v"):
+                if value.lower() not in CACHE_TYPES:
+                    raise UsageError(
+                        f"unsupported cache type for {flag}: {value!r}",
+                        hint=f"one of {', '.join(CACHE_TYPES)}",
+                    )
+                setattr(opts, target, value.lower())
+            elif target == "n_gpu_layers":
+                opts.n_gpu_layers = -1 if value in ("auto", "all") else _int(flag, value)
+            else:
+                number = _int(flag, value)
+                if target == "parallel" and number == 0:
+                    raise UsageError(
+                        "-np 0 is rejected by llama-server", hint="use -1 (auto) or >= 1"
+                    )
+                setattr(opts, target, number)
+            continue
+        # not a memory flag: skip it, and its value when one follows
+        if arg.startswith("-"):
+            if not eq and i + 1 < len(args):
+                nxt = args[i + 1]
+                if not nxt.startswith("-") or _NUMBER.match(nxt):
+                    ignored.append(f"{arg} {nxt}")
+                    i += 2
+                    continue
+            ignored.append(arg)
+        else:
+            ignored.append(arg)
+        i += 1
+    return ParsedCommand(model, opts, ignored)
