@@ -25,9 +25,17 @@ if [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1; then
 fi
 
 log() { echo "build-llama-server: $*" >&2; }
-for tool in cmake c++; do
-  command -v "$tool" >/dev/null || { log "needs '$tool' (apt-get install cmake g++)"; exit 1; }
-done
+missing=()
+for tool in cmake c++; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing cmake and g++ with apt-get"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ >&2
+  else
+    log "needs ${missing[*]}: install cmake and a C++17 compiler (apt-get install cmake g++)"
+    exit 1
+  fi
+fi
 
 mkdir -p "$cache"
 sdist="$cache/llama_cpp_python-$version.tar.gz"

@@ -63,3 +63,18 @@ def test_unknown_command_and_bad_option_exit_2() -> None:
     assert result.exit_code == 2
     result = CliRunner().invoke(build_app(), ["lint", "--bogus"])  # type: ignore[arg-type]
     assert result.exit_code == 2
+
+
+def test_readme_flag_table_is_the_code_table() -> None:
+    from llmctl.flags import flags_table
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- flags-table:start -->\n") + len("<!-- flags-table:start -->\n")
+    end = readme.index("<!-- flags-table:end -->")
+    assert readme[start:end].strip() == flags_table(), "copy llmctl.flags.flags_table() into README"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in readme and "make test" in ci

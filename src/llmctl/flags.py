@@ -173,3 +173,21 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
 
 def model_exists(profile: Profile) -> bool:
     return Path(profile.model).is_file()
+
+
+def flags_table() -> str:
+    """The field -> flag table as Markdown (the README holds a copy; a test keeps them equal)."""
+    rows = ["| field | llama-server flag | passed |", "| --- | --- | --- |"]
+    for f in FLAGS:
+        if f.kind == "bool-pair":
+            flag = f"`{f.flag}` / `{f.off_flag}`"
+        elif f.kind == "switch":
+            flag = f"`{f.flag}` when true"
+        else:
+            flag = f"`{f.flag} VALUE`"
+        rows.append(f"| `{f.field}` | {flag} | {'always' if f.always else 'when set'} |")
+    rows.append("| `mlock`, `mmap` | `--load-mode mmap+mlock / mlock / mmap / none` | when set |")
+    rows.append("| `host`, `port` | `--host`, `--port` (else `server.host`, `server.port`) | always |")
+    rows.append("| profile name, `aliases` | `--alias NAME,ALIAS...` | always |")
+    rows.append("| `extra_args` | appended verbatim, last | when set |")
+    return "\n".join(rows)
