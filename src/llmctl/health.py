@@ -1,26 +1,40 @@
-"""The readiness probe: GET /health answers 200 once the model is loaded (503 while loading)."""
+"""The readiness probe: GET /health answers 200 once the model is loaded (503 while loading).
+
+A raw socket, not http.client: importing http.client (email, ssl) would cost `llmctl status`
+more than the probe itself.
+"""
 
 from __future__ import annotations
 
-import http.client
+import socket
 from urllib.parse import urlsplit
 
 
 def health_status(url: str, timeout: float = 0.5) -> int | None:
     """HTTP status of `url`/health, None when nothing answers in time."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(
-        parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout
-    )
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    hosthdr = f"[{host}]" if ":" in host else host
+    request = f"GET /health HTTP/1.1\r\nHost: {hosthdr}:{port}\r\nConnection: close\r\n\r\n"
     try:
-        conn.request("GET", "/health", headers={"Connection": "close"})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status
-    except (OSError, http.client.HTTPException):
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request.encode())
+            data = b""
+            while b"\r\n" not in data and len(data) < 4096:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
         return None
-    finally:
-        conn.close()
+    status_line = data.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+        return None
+    try:
+        return int(status_line[1])
+    except ValueError:
+        return None
 
 
 def is_healthy(url: str, timeout: float = 0.5) -> bool:

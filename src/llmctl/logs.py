@@ -11,6 +11,8 @@ from typing import Any
 
 LOGS_DIR = "logs"
 HEADER = "# llmctl:"
+# llama-server prints these once /health answers 200 (tools/server/server.cpp)
+READY_LINE = re.compile(r"\bmodel loaded\b|\blistening on\b")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 

@@ -6,10 +6,8 @@ Linux only. Every function tolerates processes that vanish while being read.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -155,6 +153,8 @@ _WILDCARDS = (bytes(4), bytes(16))
 
 
 def _host_bytes(host: str) -> set[bytes]:
+    import socket
+
     out: set[bytes] = set()
     with contextlib.suppress(OSError, UnicodeError):
         for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
@@ -221,6 +221,9 @@ def port_in_use(host: str, port: int) -> bool:
     A listener with SO_REUSEPORT (llama-server's --reuse-port) still blocks this bind, which
     sets only SO_REUSEADDR; a bind test is also much cheaper than reading /proc/net/tcp.
     """
+    import errno
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +84,8 @@ def write_state(state_dir: Path, record: LaunchRecord) -> None:
 
     No fsync: the record only matters while its processes live, and none survive a reboot.
     """
+    import tempfile
+
     state_dir.mkdir(parents=True, exist_ok=True)
     blob = json.dumps(record.to_json(), indent=2).encode() + b"\n"
     fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)

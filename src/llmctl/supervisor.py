@@ -25,30 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+# Only what `status` needs is imported here: `llmctl status` must start fast. The rest
+# (subprocess, http.client, log parsing) is imported where it is used.
 from llmctl import procs
 from llmctl.errors import LaunchError
-from llmctl.health import health_status
-from llmctl.launch import LaunchSpec
 from llmctl.lock import StateLock
-from llmctl.logs import (
-    HEADER,
-    LogFollower,
-    error_tail,
-    new_log,
-    parse_memory,
-    strip_prefix,
-    tail_lines,
-)
 from llmctl.state import (
     CorruptState,
     LaunchRecord,
@@ -58,11 +46,14 @@ from llmctl.state import (
     write_state,
 )
 
+if TYPE_CHECKING:
+    import subprocess
+
+    from llmctl.launch import LaunchSpec
+
 EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "ready", "error"]
 
 LAUNCH_ID_ENV = "LLMCTL_LAUNCH_ID"
-# llama-server prints these once /health answers 200 (tools/server/server.cpp)
-_READY_LINE = re.compile(r"\bmodel loaded\b|\blistening on\b|\bserver is listening\b")
 
 
 @dataclass(frozen=True)
@@ -226,7 +217,14 @@ class Supervisor:
             return Status(running=False, note=note)
         healthy: bool | None = None
         if check_health:
+            from llmctl.health import health_status
+
             healthy = health_status(rec.url, timeout) == 200
+        memory: dict[str, Any] = {}
+        if rec.phase == "ready":
+            from llmctl.logs import parse_memory
+
+            memory = parse_memory(Path(rec.log))
         now = time.time()
         return Status(
             running=True,
@@ -241,7 +239,7 @@ class Supervisor:
             log=rec.log,
             config_hash=rec.config_hash,
             argv=list(rec.argv),
-            memory=parse_memory(Path(rec.log)) if rec.phase == "ready" else {},
+            memory=memory,
             phase=rec.phase,
         )
 
@@ -306,6 +304,8 @@ class Supervisor:
             emit("locked", _locked_message(lock))
             rec = self._load_for_change(emit)
             if rec is not None and self._same_config(rec, spec):
+                from llmctl.health import health_status
+
                 if health_status(rec.url, 1.0) == 200:
                     emit(
                         "ready",
@@ -436,6 +436,11 @@ class Supervisor:
         cancel: threading.Event | None,
         result: Callable[..., SwitchResult],
     ) -> SwitchResult:
+        import subprocess
+        import uuid
+
+        from llmctl.logs import HEADER, new_log
+
         holder = procs.port_holder(spec.host, spec.port)
         if holder is not None:
             err = LaunchError(
@@ -542,6 +547,9 @@ class Supervisor:
         cancel: threading.Event | None,
     ) -> LaunchError | None:
         """Poll the log (every 1-20 ms) and /health; None once /health answers 200."""
+        from llmctl.health import health_status
+        from llmctl.logs import READY_LINE, LogFollower
+
         follower = LogFollower(log_path, offset)
         lines: list[str] = []
         t0 = time.monotonic()
@@ -560,7 +568,7 @@ class Supervisor:
                 for line in new:
                     lines.append(line)
                     emit("log", line)
-                    if _READY_LINE.search(line):
+                    if READY_LINE.search(line):
                         saw_ready_line = True
                 if len(lines) > 2000:
                     del lines[:1000]
@@ -607,6 +615,8 @@ class Supervisor:
     def _exit_error(
         self, spec: LaunchSpec, code: int, lines: list[str], log_path: Path
     ) -> LaunchError:
+        from llmctl.logs import error_tail, strip_prefix, tail_lines
+
         if not lines:
             lines = tail_lines(log_path, 50)
         err_line, tail = error_tail(lines)
@@ -621,6 +631,8 @@ class Supervisor:
     def _load_error(
         self, spec: LaunchSpec, message: str, lines: list[str], hint: str
     ) -> LaunchError:
+        from llmctl.logs import error_tail
+
         _, tail = error_tail(lines)
         return LaunchError(message, hint=hint, stderr_tail=tail)
 

@@ -1,0 +1,174 @@
+"""`llmctl status` without typer, click, rich, pydantic or httpx: scripts poll it often.
+
+`try_fast_path` runs first in `main()`; the typer command in supervise_cmds.py prints through the
+same functions below, so both give identical output.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# typing and json are left out on purpose: `llmctl status` with nothing running imports
+# neither (each costs a few ms, a good part of a bare interpreter start).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from llmctl.supervisor import Status
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+# Status(running=False).to_json(), spelled out so that "nothing runs" needs no import of the
+# supervisor (tests/test_supervise_cli.py checks the two agree).
+NOT_RUNNING: dict[str, Any] = {
+    "running": False,
+    "phase": None,
+    "profile": None,
+    "pid": None,
+    "host": None,
+    "port": None,
+    "url": None,
+    "started_at": None,
+    "uptime_s": None,
+    "healthy": None,
+    "log": None,
+    "config_hash": None,
+    "argv": [],
+    "memory": {},
+    "note": None,
+}
+NOT_RUNNING_JSON = (
+    "{\n"
+    + ",\n".join(
+        f'  "{k}": '
+        + ("false" if v is False else "null" if v is None else "[]" if v == [] else "{}")
+        for k, v in NOT_RUNNING.items()
+    )
+    + "\n}\n"
+)
+
+
+def status_exit_code(status: dict[str, Any]) -> int:
+    """0 when nothing runs or the server is healthy (or still loading); 1 when it is unhealthy."""
+    if status["running"] and status["phase"] == "ready" and status["healthy"] is False:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def status_json(status: dict[str, Any]) -> str:
+    if status == NOT_RUNNING:
+        return NOT_RUNNING_JSON
+    import json
+
+    return json.dumps(status, indent=2) + "\n"
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f} s"
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def _mib(value: float) -> str:
+    return f"{value / 1024:.2f} GiB" if value >= 1024 else f"{value:.2f} MiB"
+
+
+def memory_text(memory: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (
+        ("model_mib", "model"),
+        ("kv_mib", "KV cache"),
+        ("recurrent_mib", "recurrent state"),
+        ("compute_mib", "compute"),
+    ):
+        if key in memory:
+            parts.append(f"{label} {_mib(float(memory[key]))}")
+    total = memory.get("total_mib")
+    if total is not None:
+        parts.append(f"total {_mib(float(total))}")
+    return ", ".join(parts)
+
+
+def status_text(status: dict[str, Any]) -> str:
+    """The human `llmctl status`: plain text, no markup."""
+    lines = []
+    if not status["running"]:
+        lines.append("not running")
+    else:
+        starting = status["phase"] == "starting"
+        if starting:
+            health = "no (loading)"
+        elif status["healthy"] is None:
+            health = "not checked"
+        else:
+            health = "yes" if status["healthy"] else "NO (/health did not answer 200)"
+        rows = [
+            ("profile", f"{status['profile']}"),
+            ("state", "loading (another llmctl is starting it)" if starting else "running"),
+            ("pid", "-" if status["pid"] is None else str(status["pid"])),
+            ("url", status["url"] or "-"),
+            ("healthy", health),
+            ("uptime", _duration(status["uptime_s"] or 0.0)),
+            ("log", status["log"] or "-"),
+        ]
+        if status["memory"]:
+            rows.append(("memory", memory_text(status["memory"])))
+        width = max(len(k) for k, _ in rows)
+        lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    if status["note"]:
+        lines.append(f"note: {status['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def current_status() -> dict[str, Any]:
+    """The status as JSON data; the supervisor is not even imported when no state file exists."""
+    from llmctl.paths import state_dir
+
+    folder = state_dir()
+    if not os.path.exists(os.path.join(folder, "state.json")):
+        return dict(NOT_RUNNING)
+    return full_status(folder).to_json()
+
+
+def full_status(folder: os.PathLike[str] | str) -> Status:
+    from pathlib import Path
+
+    from llmctl.supervisor import Supervisor
+
+    return Supervisor(Path(folder), lock_timeout=0.0).status()
+
+
+def run_status(json_out: bool) -> int:
+    """Print the status (JSON or text) and return the exit code."""
+    status = current_status()
+    sys.stdout.write(status_json(status) if json_out else status_text(status))
+    sys.stdout.flush()
+    return status_exit_code(status)
+
+
+_FAST = {("status",): False, ("status", "--json"): True}
+
+
+def try_fast_path(argv: list[str]) -> int | None:
+    """Handle `status` / `status --json` here; None for anything else (typer takes it)."""
+    json_out = _FAST.get(tuple(argv))
+    if json_out is None:
+        return None
+    return run_status(json_out)
+
+
+__all__ = [
+    "NOT_RUNNING",
+    "current_status",
+    "memory_text",
+    "run_status",
+    "status_exit_code",
+    "status_json",
+    "status_text",
+    "try_fast_path",
+]
