@@ -1,0 +1,862 @@
+"""The router's Starlette app: OpenAI-compatible API, sidecar API, health and metrics.
+
+`create_app(manifest, supervisor)` builds it; tests call it without a port. Everything that
+changes what the managed llama-server runs goes through the supervisor (same state file and
+lock as the CLI), serialized by the switch scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from llmctl.errors import LlmctlError
+from llmctl.launch import LaunchSpec
+from llmctl.router import metrics as metrics_mod
+from llmctl.router import sse
+from llmctl.router.auth import bearer_token, key_allowed
+from llmctl.router.breaker import STATE_VALUES, counts_as_failure
+from llmctl.router.errors import SERVER, RouterError, bad_request, too_large, unauthorized
+from llmctl.router.models import ModelIndex, Target, detect
+from llmctl.router.proxy import (
+    Outcome,
+    RelayResponse,
+    Reply,
+    UpstreamFailure,
+    WaitingStreamResponse,
+    error_from_body,
+    open_reply,
+    request_headers,
+)
+from llmctl.router.queue import Lease, Progress, ProgressFn, Scheduler, SwitchFailed
+from llmctl.router.settings import Settings
+from llmctl.router.upstreams import Upstream, Upstreams
+from llmctl.supervisor import Event, Supervisor
+
+log = logging.getLogger("llmctl.router")
+
+JSON_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+_EVENT_KINDS = {
+    "log": "loading",
+    "stopping": "stopping",
+    "stopped": "stopped",
+    "starting": "starting",
+    "ready": "ready",
+    "error": "error",
+}
+_REFRESH_EVERY = 1.0
+
+
+def _default_spec_for(manifest: Any) -> Callable[[str], LaunchSpec]:
+    from llmctl.flags import launch_spec
+
+    return partial(launch_spec, manifest)
+
+
+class Router:
+    """The state behind the app: manifest view, upstreams, scheduler, metrics, HTTP clients."""
+
+    def __init__(
+        self,
+        manifest: Any,
+        supervisor: Supervisor,
+        *,
+        spec_for: Callable[[Any, str], LaunchSpec] | None = None,
+        manifest_path: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        heartbeat: float = 5.0,
+    ) -> None:
+        self.supervisor = supervisor
+        self.manifest_path = manifest_path
+        self.environ = environ
+        self.heartbeat = heartbeat
+        self._spec_for_factory = spec_for
+        self.metrics = metrics_mod.Metrics()
+        self.upstreams: Upstreams | None = None
+        self.managed_url: str | None = None
+        self.started_pids: set[int] = set()
+        self.shutting_down = False
+        self._last_refresh = 0.0
+        self._local: httpx.AsyncClient | None = None
+        self._remote: httpx.AsyncClient | None = None
+        self.scheduler = Scheduler(self._switch)
+        self.scheduler.on_switch_done = self.metrics.observe_switch
+        self.apply(manifest)
+
+    # --- configuration ----------------------------------------------------------------
+
+    def apply(self, manifest: Any) -> None:
+        """Take a (new) manifest: settings, names, upstream chain (breakers kept), queue limits."""
+        self.manifest = manifest
+        self.settings = Settings.from_manifest(manifest, self.environ)
+        self.index = ModelIndex(manifest)
+        self.upstreams = Upstreams.from_settings(self.settings, self.upstreams, self.environ)
+        if self._spec_for_factory is None:
+            self.spec_for = _default_spec_for(manifest)
+        else:
+            self.spec_for = partial(self._spec_for_factory, manifest)
+        s = self.scheduler
+        s.max_size = self.settings.queue_max_size
+        s.timeout = self.settings.queue_timeout
+        s.inflight_timeout = self.settings.inflight_timeout
+
+    async def reload(self) -> bool:
+        """Reload the manifest from its file (SIGHUP); keep the old one when the new one is broken."""
+        from llmctl.manifest import load_manifest
+
+        try:
+            manifest = await run_in_threadpool(load_manifest, self.manifest_path)
+        except LlmctlError as err:
+            log.error("manifest reload failed, keeping the previous one: %s", err.message)
+            return False
+        self.apply(manifest)
+        log.info("manifest reloaded: %d profile(s)", len(self.index.profiles))
+        return True
+
+    # --- HTTP clients -----------------------------------------------------------------
+
+    def client_for(self, upstream: Upstream) -> httpx.AsyncClient:
+        """Loopback traffic never goes through an HTTP proxy from the environment; remote may."""
+        local = upstream.managed or _is_loopback_url(upstream.url)
+        if local:
+            if self._local is None:
+                self._local = _new_client(trust_env=False)
+            return self._local
+        if self._remote is None:
+            self._remote = _new_client(trust_env=True)
+        return self._remote
+
+    async def aclose_clients(self) -> None:
+        for client in (self._local, self._remote):
+            if client is not None:
+                await client.aclose()
+        self._local = self._remote = None
+
+    # --- managed server ---------------------------------------------------------------
+
+    async def _switch(self, target: str | None, progress: ProgressFn) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_event(ev: Event) -> None:  # runs in the supervisor's thread
+            kind = _EVENT_KINDS.get(ev.kind)
+            if kind is None:
+                return
+            item = Progress(kind, ev.message, ev.profile or target, ev.elapsed_s)
+            with contextlib.suppress(RuntimeError):  # the loop may be closing
+                loop.call_soon_threadsafe(progress, item)
+
+        cancel = threading.Event()
+        if target is None:
+            call: Callable[[], Any] = partial(self.supervisor.stop, on_event=on_event)
+        else:
+            try:
+                spec = self.spec_for(target)
+            except LlmctlError as err:
+                raise SwitchFailed(err.message) from None
+            call = partial(self.supervisor.switch, spec, on_event=on_event, cancel=cancel)
+        fut = loop.run_in_executor(None, call)
+        try:
+            result = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancel.set()  # the supervisor ends the load and leaves nothing half-started
+            with contextlib.suppress(BaseException):
+                await fut
+            raise
+        except LlmctlError as err:
+            details: dict[str, Any] = {}
+            if getattr(err, "stderr_tail", None):
+                details["stderr_tail"] = list(err.stderr_tail)[-20:]  # type: ignore[attr-defined]
+            raise SwitchFailed(err.message, details=details) from None
+        if target is None:
+            self.managed_url = None
+            return
+        if not result.ready or result.error is not None:
+            failure = result.error
+            details = {}
+            if failure is not None:
+                details = {
+                    "exit_code": failure.exit_status,
+                    "stderr_tail": list(failure.stderr_tail)[-20:],
+                }
+            raise SwitchFailed(
+                failure.message if failure is not None else "the server did not become ready",
+                details=details,
+            )
+        self.managed_url = result.url
+        if not result.noop and result.pid:
+            self.started_pids.add(result.pid)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Learn what the state file says runs (a shell `llmctl switch` may have changed it)."""
+        now = time.monotonic()
+        sched = self.scheduler
+        if not force and (
+            now - self._last_refresh < _REFRESH_EVERY or sched.switching or sched.depth
+        ):
+            return
+        self._last_refresh = now
+        generation = sched.generation
+        try:
+            status = await run_in_threadpool(self.supervisor.status, check_health=False)
+        except Exception as exc:  # a broken state file must not take the router down
+            log.warning("cannot read the supervisor state: %s", exc)
+            return
+        running = status.profile if status.running else None
+        if running is not None and running not in self.index.profiles:
+            running = self.index.lookup(running)
+        sched.observe(running, generation)
+        if status.running and status.url and sched.active == running:
+            self.managed_url = status.url
+
+    def managed_base(self, profile: str) -> str:
+        if self.managed_url:
+            return self.managed_url
+        return self.spec_for(profile).url
+
+    async def stop_started_server(self) -> None:
+        """On exit: stop the llama-server this router started, unless it was replaced since."""
+        if not self.started_pids:
+            return
+        try:
+            status = await run_in_threadpool(self.supervisor.status, check_health=False)
+            if status.running and status.pid in self.started_pids:
+                log.info("stopping llama-server (pid %s, %s)", status.pid, status.profile)
+                await run_in_threadpool(self.supervisor.stop)
+        except Exception as exc:
+            log.error("could not stop llama-server on exit: %s", exc)
+
+    async def idle_loop(self) -> None:
+        """Unload a profile idle for longer than its `ttl`."""
+        while True:
+            ttls = [t for t in self.index.ttls.values() if t]
+            await asyncio.sleep(max(0.05, min(ttls) / 4) if ttls else 1.0)
+            active = self.scheduler.active
+            if active is None:
+                continue
+            try:
+                await self.scheduler.unload_if_idle(self.index.ttls.get(active))
+            except RouterError as err:
+                log.warning("idle unload of %s skipped: %s", active, err.message)
+
+    # --- auth -------------------------------------------------------------------------
+
+    def check_auth(self, request: Request) -> None:
+        keys = self.settings.api_keys
+        if keys and not key_allowed(bearer_token(request.headers.get("authorization")), keys):
+            self.metrics.count_rejected("unauthorized")
+            raise unauthorized()
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_size
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            self.metrics.count_rejected("too_large")
+            raise too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                self.metrics.count_rejected("too_large")
+                raise too_large(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+def _is_loopback_url(url: str | None) -> bool:
+    if not url:
+        return True
+    host = httpx.URL(url).host
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+def _new_client(*, trust_env: bool) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        trust_env=trust_env,
+        timeout=httpx.Timeout(600.0, connect=10.0),
+        limits=httpx.Limits(
+            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
+        ),
+        follow_redirects=False,
+    )
+
+
+@dataclass
+class _Failure:
+    upstream: str
+    reason: str
+    message: str
+
+
+class Exchange:
+    """One client request on its way through the chain: the lease it holds, where it went."""
+
+    def __init__(
+        self,
+        router: Router,
+        request: Request,
+        target: Target,
+        chain: list[Upstream],
+        body: bytes,
+        payload: dict[str, Any] | None,
+    ) -> None:
+        self.router = router
+        self.target = target
+        self.chain = chain
+        self.method = request.method
+        path = request.url.path
+        query = request.url.query
+        self.path = f"{path}?{query}" if query else path
+        self.headers = list(request.headers.raw)
+        self.body = body
+        self.payload = payload
+        self.lease: Lease | None = None
+        self.upstream: Upstream | None = None
+        self.started = time.monotonic()
+
+    def will_wait(self) -> bool:
+        first = self.chain[0]
+        return first.managed and self.router.scheduler.would_wait(self.target.profile)
+
+    def _body_for(self, upstream: Upstream) -> bytes:
+        if upstream.managed or self.payload is None:
+            return self.body
+        names = [n for n in (self.target.model, self.target.profile) if n]
+        if self.target.profile:
+            names.extend(self.router.index.aliases(self.target.profile))
+        mapped = upstream.upstream_model(names)
+        if mapped is None or mapped == self.payload.get("model"):
+            return self.body
+        return json.dumps({**self.payload, "model": mapped}).encode()
+
+    async def open(self, progress: ProgressFn | None) -> Reply:
+        """The first good reply along the chain; RouterError when every upstream failed."""
+        router = self.router
+        failures: list[_Failure] = []
+        last_status: UpstreamFailure | None = None
+        for i, up in enumerate(self.chain):
+            has_next = i < len(self.chain) - 1
+            if not up.breaker.allow():
+                failures.append(_Failure(up.name, "breaker_open", "circuit open"))
+                continue
+            lease: Lease | None = None
+            try:
+                if up.managed:
+                    assert self.target.profile is not None
+                    try:
+                        lease = await router.scheduler.acquire(
+                            self.target.profile, on_progress=progress
+                        )
+                    except RouterError as err:
+                        up.breaker.release()
+                        if err.code == "model_load_failed":
+                            up.breaker.record_failure(err.message)
+                        if has_next and err.code in ("model_load_failed", "queue_full"):
+                            router.metrics.count_fallback(up.name, err.code or "error")
+                            failures.append(_Failure(up.name, err.code or "error", err.message))
+                            continue
+                        raise
+                    url = router.managed_base(self.target.profile) + self.path
+                else:
+                    assert up.url is not None
+                    url = up.url + self.path
+                reply = await open_reply(
+                    router.client_for(up),
+                    upstream=up.name,
+                    url=url,
+                    method=self.method,
+                    headers=request_headers(self.headers, up.api_key),
+                    body=self._body_for(up),
+                    timeout=up.timeout,
+                )
+            except UpstreamFailure as fail:
+                if lease is not None:
+                    lease.release()
+                up.breaker.record_failure(f"{fail.reason}: {fail.message}")
+                router.metrics.count_fallback(up.name, fail.reason)
+                failures.append(_Failure(up.name, fail.reason, fail.message))
+                if fail.status is not None:
+                    last_status = fail
+                if up.managed and fail.reason == "connect":
+                    router._last_refresh = 0.0  # the server may have been stopped from a shell
+                log.warning("upstream %s failed (%s): %s", up.name, fail.reason, fail.message)
+                continue
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                up.breaker.release()
+                raise
+            if counts_as_failure(reply.status):
+                up.breaker.record_failure(f"answered {reply.status}")
+            else:
+                up.breaker.record_success()
+            self.lease = lease
+            self.upstream = up
+            return reply
+        raise self._all_failed(failures, last_status)
+
+    def _all_failed(self, failures: list[_Failure], last: UpstreamFailure | None) -> RouterError:
+        summary = "; ".join(f"{f.upstream}: {f.message}" for f in failures) or "no upstream"
+        names = [f.upstream for f in failures]
+        if last is not None and failures and failures[-1].reason == "status":
+            err = error_from_body(last.status or 502, last.body, f"upstream answered {last.status}")
+            err.message = f"{err.message} (tried {summary})"
+            err.extra["upstreams"] = names
+            return err
+        if failures and all(f.reason == "breaker_open" for f in failures):
+            wait = min((u.breaker.retry_in() for u in self.chain), default=1.0)
+            return RouterError(
+                503,
+                f"Every upstream for this model is failing; circuit open ({summary}).",
+                type=SERVER,
+                code="upstream_unavailable",
+                retry_after=max(1.0, wait),
+                extra={"upstreams": names},
+            )
+        if failures and failures[-1].reason == "timeout":
+            return RouterError(
+                504,
+                f"No upstream answered in time ({summary}).",
+                type=SERVER,
+                code="upstream_timeout",
+                retry_after=1,
+                extra={"upstreams": names},
+            )
+        return RouterError(
+            502,
+            f"No upstream could serve the request ({summary}).",
+            type=SERVER,
+            code="upstream_error",
+            retry_after=1,
+            extra={"upstreams": names},
+        )
+
+    def done(self, outcome: Outcome, reply: Reply | None, error: RouterError | None) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+        up = self.upstream
+        if outcome == "upstream_error" and up is not None:
+            up.breaker.record_failure("failed mid-stream")
+        if outcome == "client_gone":
+            status = 499
+        elif reply is not None:
+            status = 502 if outcome == "upstream_error" else reply.status
+        else:
+            status = error.status if error is not None else 500
+        self.router.metrics.count_request(self.target.profile, up.name if up else None, status)
+
+
+# --- endpoints ----------------------------------------------------------------------------
+
+
+def _router(request: Request) -> Router:
+    router: Router = request.app.state.router
+    return router
+
+
+async def proxy_endpoint(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    if router.shutting_down:
+        raise RouterError(
+            503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
+        )
+    body = await router.read_body(request)
+    path = request.url.path
+    payload: dict[str, Any] | None = None
+    is_json = "json" in request.headers.get("content-type", "") or path in JSON_ENDPOINTS
+    if body and is_json:
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            router.metrics.count_rejected("bad_json")
+            raise bad_request(
+                f"The request body is not valid JSON: {exc}", code="invalid_json"
+            ) from None
+        if isinstance(data, dict):
+            payload = data
+        elif path in JSON_ENDPOINTS:
+            router.metrics.count_rejected("bad_json")
+            raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    elif path in JSON_ENDPOINTS and request.method == "POST":
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    await router.refresh()
+    assert router.upstreams is not None
+    target = detect(
+        router.index,
+        router.upstreams,
+        payload.get("model") if payload else None,
+        running=router.scheduler.active,
+        default=router.settings.default_profile,
+    )
+    aliases = router.index.aliases(target.profile) if target.profile else []
+    chain = router.upstreams.chain(target.profile, target.model, aliases)
+    if not chain:
+        raise RouterError(
+            503, "No upstream serves this model.", type=SERVER, code="upstream_unavailable"
+        )
+    exchange = Exchange(router, request, target, chain, body, payload)
+    streaming = bool(payload and payload.get("stream") is True)
+    if streaming and exchange.will_wait():
+        if len(chain) == 1:
+            router.scheduler.check_room()  # say 429 now, not inside a 200 stream
+        return WaitingStreamResponse(exchange.open, exchange.done, heartbeat=router.heartbeat)  # type: ignore[return-value]
+    try:
+        reply = await exchange.open(None)
+    except RouterError as err:
+        exchange.done("ok", None, err)
+        raise
+    return RelayResponse(reply, exchange.done)  # type: ignore[return-value]
+
+
+async def list_models(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    await router.refresh()
+    active = router.scheduler.active
+    data: list[dict[str, Any]] = []
+    for name, aliases in router.index.profiles.items():
+        entry = {
+            "id": name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "llmctl",
+            "profile": name,
+            "aliases": aliases,
+            "description": router.index.descriptions.get(name),
+            "loaded": name == active,
+        }
+        data.append(entry)
+        for alias in aliases:
+            data.append({**entry, "id": alias, "aliases": []})
+    assert router.upstreams is not None
+    seen = {d["id"] for d in data}
+    for model, up in router.upstreams.explicit_models():
+        if model not in seen:
+            seen.add(model)
+            data.append(
+                {
+                    "id": model,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": up.name,
+                    "profile": None,
+                    "aliases": [],
+                    "loaded": False,
+                }
+            )
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def health(request: Request) -> Response:
+    router = _router(request)
+    sched = router.scheduler
+    return JSONResponse(
+        {
+            "status": "shutting_down" if router.shutting_down else "ok",
+            "profile": sched.active,
+            "switching": sched.switching,
+            "queue_depth": sched.depth,
+        },
+        status_code=503 if router.shutting_down else 200,
+    )
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    sched = router.scheduler
+    assert router.upstreams is not None
+    text = router.metrics.render(
+        queue_depth=sched.depth,
+        inflight=sched.inflight,
+        loaded=sched.active,
+        breakers={u.name: STATE_VALUES[u.breaker.state] for u in router.upstreams.all},
+        breaker_opens={u.name: u.breaker.opens for u in router.upstreams.all},
+    )
+    return PlainTextResponse(text, media_type=metrics_mod.CONTENT_TYPE)
+
+
+async def models_status(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    status = await run_in_threadpool(router.supervisor.status, check_health=True, timeout=0.5)
+    sched = router.scheduler
+    assert router.upstreams is not None
+    server = {
+        "running": status.running,
+        "profile": status.profile,
+        "pid": status.pid,
+        "url": status.url,
+        "healthy": status.healthy,
+        "uptime_s": status.uptime_s,
+        "log": status.log,
+    }
+    return JSONResponse(
+        {
+            "server": server,
+            "router": {
+                "profile": sched.active,
+                "switching": sched.switching,
+                "loading": sched.loading,
+                "queue_depth": sched.depth,
+                "queue_max_size": sched.max_size,
+                "inflight": sched.inflight,
+                "last_switch_s": sched.last_switch_s,
+                "auth": {
+                    "enabled": bool(router.settings.api_keys),
+                    "keys": len(router.settings.api_keys),
+                },
+            },
+            "upstreams": [u.public() for u in router.upstreams.all],
+        }
+    )
+
+
+async def models_available(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    active = router.scheduler.active
+    out = []
+    for name, aliases in router.index.profiles.items():
+        profile = router.manifest.profiles[name]
+        entry: dict[str, Any] = {
+            "profile": name,
+            "aliases": aliases,
+            "description": router.index.descriptions.get(name),
+            "model": getattr(profile, "model", None),
+            "loaded": name == active,
+            "ttl_s": router.index.ttls.get(name),
+        }
+        entry.update(await run_in_threadpool(_estimate, router.manifest, name))
+        out.append(entry)
+    return JSONResponse({"profiles": out})
+
+
+def _estimate(manifest: Any, name: str) -> dict[str, Any]:
+    """The memory estimate and fit, when llmctl.memory offers a per-profile estimate."""
+    try:
+        from llmctl import memory
+    except ImportError:
+        return {"estimate": None, "fits": None}
+    fn = getattr(memory, "estimate_profile", None)
+    if fn is None:
+        return {"estimate": None, "fits": None}
+    try:
+        est = fn(manifest, name)
+    except Exception as exc:  # an unreadable model file is reported, not fatal
+        return {"estimate": None, "fits": None, "estimate_error": str(exc)}
+    return {
+        "estimate": {
+            "gpu_total_bytes": est.gpu_total_bytes,
+            "kv_bytes": est.kv_bytes,
+            "exact": est.exact,
+        },
+        "fits": est.fits,
+    }
+
+
+async def _json_object(request: Request, router: Router) -> dict[str, Any]:
+    body = await router.read_body(request)
+    try:
+        data = json.loads(body) if body else {}
+    except ValueError as exc:
+        raise bad_request(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def _wants_sse(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+async def models_switch(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    data = await _json_object(request, router)
+    name = data.get("profile")
+    if not isinstance(name, str) or not name:
+        raise bad_request('Send {"profile": NAME}.', param="profile", code="profile_required")
+    profile = router.index.lookup(name)
+    if profile is None:
+        from llmctl.router.errors import model_not_found
+
+        raise model_not_found(name, router.index.names())
+    await router.refresh(force=True)
+    sched = router.scheduler
+
+    async def run(progress: ProgressFn) -> dict[str, Any]:
+        started = time.monotonic()
+        noop = not sched.would_wait(profile)
+        lease = await sched.acquire(profile, on_progress=progress)
+        lease.release()
+        return {
+            "ok": True,
+            "profile": profile,
+            "noop": noop,
+            "url": router.managed_url,
+            "elapsed_s": round(time.monotonic() - started, 3),
+        }
+
+    if _wants_sse(request):
+        return ProgressStream(run)  # type: ignore[return-value]
+    return JSONResponse(await run(lambda p: None))
+
+
+async def models_stop(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    await router.refresh(force=True)
+    started = time.monotonic()
+    before = router.scheduler.active
+    await router.scheduler.stop()
+    return JSONResponse(
+        {"ok": True, "stopped": before, "elapsed_s": round(time.monotonic() - started, 3)}
+    )
+
+
+class ProgressStream:
+    """`POST /models/switch` with `Accept: text/event-stream`: one event per step, then the result."""
+
+    def __init__(self, run: Callable[[ProgressFn], Any]) -> None:
+        self.run = run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        events: asyncio.Queue[Progress | None] = asyncio.Queue()
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            *((k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        task = asyncio.ensure_future(self.run(events.put_nowait))
+        task.add_done_callback(lambda _t: events.put_nowait(None))
+        try:
+            while True:
+                item = await events.get()
+                if item is None:
+                    break
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": sse.event(item.to_json(), name=item.kind),
+                        "more_body": True,
+                    }
+                )
+            exc = task.exception()
+            if isinstance(exc, RouterError):
+                final = sse.event(exc.body(), name="error")
+            elif exc is not None:
+                raise exc
+            else:
+                final = sse.event(task.result(), name="done")
+            await send({"type": "http.response.body", "body": final, "more_body": False})
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+async def _router_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RouterError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    err = RouterError(exc.status_code, str(exc.detail), code=code)
+    return err.response(dict(exc.headers or {}))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return RouterError(
+        500, "Internal error in the router.", type=SERVER, code="internal_error"
+    ).response()
+
+
+def create_app(
+    manifest: Any,
+    supervisor: Supervisor,
+    *,
+    manifest_path: Path | None = None,
+    spec_for: Callable[[Any, str], LaunchSpec] | None = None,
+    environ: Mapping[str, str] | None = None,
+    heartbeat: float = 5.0,
+    idle_unload: bool = True,
+) -> Starlette:
+    """The router app over `manifest` and `supervisor`; `app.state.router` is its Router."""
+    router = Router(
+        manifest,
+        supervisor,
+        spec_for=spec_for,
+        manifest_path=manifest_path,
+        environ=environ,
+        heartbeat=heartbeat,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await router.refresh(force=True)
+        idle = asyncio.ensure_future(router.idle_loop()) if idle_unload else None
+        try:
+            yield
+        finally:
+            router.shutting_down = True
+            if idle is not None:
+                idle.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await idle
+            await router.scheduler.aclose()
+            if router.settings.stop_server_on_exit:
+                await router.stop_started_server()
+            await router.aclose_clients()
+
+    v1 = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/models/available", models_available, methods=["GET"]),
+        Route("/models/status", models_status, methods=["GET"]),
+        Route("/models/switch", models_switch, methods=["POST"]),
+        Route("/models/stop", models_stop, methods=["POST"]),
+        Route("/v1/{path:path}", proxy_endpoint, methods=v1),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            RouterError: _router_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.router = router
+    return app

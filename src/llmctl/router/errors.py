@@ -1,0 +1,93 @@
+"""OpenAI-shaped error bodies: `{"error": {"message", "type", "param", "code"}}`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+NOT_FOUND = "not_found_error"
+RATE_LIMIT = "rate_limit_error"
+SERVER = "server_error"
+TIMEOUT = "timeout_error"
+
+
+class RouterError(Exception):
+    """An error the router answers itself, with its HTTP status and OpenAI error fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        err.update(self.extra)
+        return {"error": err}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        merged = self.headers()
+        if headers:
+            merged.update(headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=merged)
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> RouterError:
+    return RouterError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str, available: list[str]) -> RouterError:
+    listing = ", ".join(available) if available else "(none)"
+    return RouterError(
+        404,
+        f"The model {model!r} does not exist on this server. Available: {listing}.",
+        type=INVALID_REQUEST,
+        code="model_not_found",
+        param="model",
+        extra={"available": available},
+    )
+
+
+def unauthorized() -> RouterError:
+    return RouterError(
+        401,
+        "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
+        type=AUTHENTICATION,
+        code="invalid_api_key",
+    )
+
+
+def too_large(limit: int) -> RouterError:
+    return RouterError(
+        413,
+        f"The request body is larger than the limit of {limit} bytes (serve.max_body_size).",
+        code="request_too_large",
+    )

@@ -1,0 +1,81 @@
+"""Model detection: which profile (or other upstream) a request's `model` names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmctl.router.errors import bad_request, model_not_found
+from llmctl.router.upstreams import Upstreams
+
+
+@dataclass(frozen=True)
+class Target:
+    """`profile` is the managed profile to run (None: only other upstreams serve `model`)."""
+
+    profile: str | None
+    model: str | None
+
+
+class ModelIndex:
+    """Profile names and aliases of a manifest, matched exactly, then case-insensitively."""
+
+    def __init__(self, manifest: Any) -> None:
+        self.profiles: dict[str, list[str]] = {}
+        self.descriptions: dict[str, str | None] = {}
+        self.ttls: dict[str, float | None] = {}
+        self._exact: dict[str, str] = {}
+        self._folded: dict[str, str] = {}
+        for name, prof in getattr(manifest, "profiles", {}).items():
+            aliases = [str(a) for a in (getattr(prof, "aliases", None) or [])]
+            self.profiles[name] = aliases
+            self.descriptions[name] = getattr(prof, "description", None)
+            ttl = getattr(prof, "ttl", None)
+            self.ttls[name] = float(ttl) if ttl else None
+        # profile names win over aliases, exact matches over case-insensitive ones
+        for name in self.profiles:
+            self._exact[name] = name
+        for name, aliases in self.profiles.items():
+            for alias in aliases:
+                self._exact.setdefault(alias, name)
+        for key, name in self._exact.items():
+            self._folded.setdefault(key.casefold(), name)
+
+    def lookup(self, name: str) -> str | None:
+        return self._exact.get(name) or self._folded.get(name.casefold())
+
+    def names(self) -> list[str]:
+        return list(self._exact)
+
+    def aliases(self, profile: str) -> list[str]:
+        return self.profiles.get(profile, [])
+
+
+def detect(
+    index: ModelIndex,
+    upstreams: Upstreams,
+    model: object,
+    *,
+    running: str | None,
+    default: str | None,
+) -> Target:
+    """The target of a request whose body says `model` (None when absent)."""
+    if model is not None and not isinstance(model, str):
+        raise bad_request("'model' must be a string.", param="model", code="invalid_type")
+    if model:
+        profile = index.lookup(model)
+        if profile is not None:
+            return Target(profile, model)
+        if upstreams.find_explicit(model):
+            return Target(None, model)
+        available = index.names() + [m for m, _ in upstreams.explicit_models()]
+        raise model_not_found(model, list(dict.fromkeys(available)))
+    profile = running or (index.lookup(default) if default else None)
+    if profile is None:
+        raise bad_request(
+            "No 'model' in the request, no profile is running and serve.default_profile is not set. "
+            f"Name one of: {', '.join(index.names()) or '(none)'}.",
+            param="model",
+            code="model_required",
+        )
+    return Target(profile, None)

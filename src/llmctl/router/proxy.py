@@ -1,0 +1,397 @@
+"""Pass-through of one request to one upstream, and the streaming response back, chunk by chunk.
+
+Nothing is buffered: each chunk the upstream sends is written to the client as it arrives. A
+client that disconnects cancels the relay, and the upstream response is closed in a `finally`,
+which closes its connection and so cancels the generation upstream. Once bytes have reached the
+client a failure cannot be hidden: an event stream ends with an SSE error event, any other body
+is cut short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Literal
+
+import anyio
+import httpx
+from starlette.types import Message, Receive, Scope, Send
+
+from llmctl.router import sse
+from llmctl.router.errors import SERVER, RouterError
+from llmctl.router.queue import Progress
+
+log = logging.getLogger("llmctl.router")
+
+UPSTREAM_HEADER = "x-llmctl-upstream"
+_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+_REQUEST_DROP = _HOP | {"authorization", "accept-encoding", "x-api-key", "cookie"}
+_RESPONSE_DROP = _HOP | {"server", "date", "content-encoding"}
+
+Outcome = Literal["ok", "upstream_error", "client_gone"]
+
+
+class UpstreamFailure(Exception):
+    """This upstream cannot serve the request; the next one in the chain may."""
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int | None = None,
+        body: bytes = b"",
+        content_type: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+def request_headers(
+    headers: Iterable[tuple[bytes, bytes]], api_key: str | None
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers minus hop-by-hop ones and its credentials; the upstream's key added."""
+    out = [(k, v) for k, v in headers if k.lower().decode("latin-1") not in _REQUEST_DROP]
+    if api_key:
+        out.append((b"authorization", b"Bearer " + api_key.encode()))
+    return out
+
+
+class Reply:
+    """An upstream response whose headers and first chunk have arrived; the rest streams on."""
+
+    def __init__(
+        self, upstream: str, response: httpx.Response, first: bytes, rest: AsyncIterator[bytes]
+    ) -> None:
+        self.upstream = upstream
+        self.response = response
+        self.status = response.status_code
+        self.first = first
+        self.rest = rest
+        self.sent_at = time.monotonic()
+
+    @property
+    def is_sse(self) -> bool:
+        content_type: str = self.response.headers.get("content-type", "")
+        return content_type.startswith("text/event-stream")
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        # the body is relayed decoded: its length holds only when the upstream did not compress it
+        encoded = "content-encoding" in self.response.headers
+        out: list[tuple[bytes, bytes]] = []
+        for k, v in self.response.headers.raw:
+            name = k.lower().decode("latin-1")
+            if name == "content-length":
+                if encoded:
+                    continue
+            elif name in _RESPONSE_DROP:
+                continue
+            out.append((k, v))
+        out.append((UPSTREAM_HEADER.encode(), self.upstream.encode()))
+        if self.is_sse:
+            out.append((b"x-accel-buffering", b"no"))
+        return out
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.rest.aclose()  # type: ignore[attr-defined]
+        await self.response.aclose()
+
+
+async def open_reply(
+    client: httpx.AsyncClient,
+    *,
+    upstream: str,
+    url: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> Reply:
+    """Send the request; wait (at most `timeout`) for the headers and the first body chunk.
+
+    Raises UpstreamFailure on a connect error, a timeout or a 5xx, so the caller can try the next
+    upstream; returns other statuses (4xx too) as they are.
+    """
+    deadline = time.monotonic() + timeout
+    request = client.build_request(
+        method,
+        url,
+        headers=headers,
+        content=body,
+        timeout=httpx.Timeout(
+            connect=min(timeout, 10.0), read=timeout, write=timeout, pool=timeout
+        ),
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            response = await client.send(request, stream=True)
+    except (TimeoutError, httpx.TimeoutException):
+        raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
+    except httpx.ConnectError as exc:
+        raise UpstreamFailure("connect", f"cannot connect: {exc or type(exc).__name__}") from None
+    except httpx.HTTPError as exc:
+        raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
+    if response.status_code >= 500:
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                data = await response.aread()
+        except (TimeoutError, httpx.HTTPError):
+            data = b""
+        finally:
+            await response.aclose()
+        raise UpstreamFailure(
+            "status",
+            f"answered {response.status_code}",
+            status=response.status_code,
+            body=data[:65536],
+            content_type=response.headers.get("content-type", ""),
+        )
+    chunks = response.aiter_bytes()
+    try:
+        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+            first = await anext(chunks, b"")
+    except (TimeoutError, httpx.TimeoutException):
+        await response.aclose()
+        raise UpstreamFailure("timeout", f"no response body within {timeout:g} s") from None
+    except httpx.HTTPError as exc:
+        await response.aclose()
+        raise UpstreamFailure(
+            "transport", f"failed before the first byte: {type(exc).__name__}: {exc}"
+        ) from None
+    return Reply(upstream, response, first, chunks)
+
+
+def error_from_body(status: int, body: bytes, fallback: str) -> RouterError:
+    """An upstream's error response as a RouterError, keeping its OpenAI fields when it has them."""
+    try:
+        data: Any = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return RouterError(
+            status,
+            str(err.get("message") or fallback),
+            type=str(err.get("type") or SERVER),
+            code=None if err.get("code") is None else str(err.get("code")),
+            param=err.get("param") if isinstance(err.get("param"), str) else None,
+        )
+    text = body.decode("utf-8", "replace").strip()[:500] if body else ""
+    return RouterError(
+        status, f"{fallback}: {text}" if text else fallback, type=SERVER, code="upstream_error"
+    )
+
+
+async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _pipe(send: Send, reply: Reply, *, sse_errors: bool) -> Outcome:
+    """Write the reply's body; on an upstream failure after bytes went out, end the stream visibly."""
+    if reply.first:
+        await send({"type": "http.response.body", "body": reply.first, "more_body": True})
+    try:
+        async for chunk in reply.rest:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except httpx.HTTPError as exc:
+        log.warning(
+            "upstream %s failed mid-stream: %s: %s", reply.upstream, type(exc).__name__, exc
+        )
+        if sse_errors:
+            err = RouterError(
+                502,
+                f"The upstream {reply.upstream!r} failed during the response: {type(exc).__name__}.",
+                type=SERVER,
+                code="upstream_error",
+            )
+            await send(
+                {"type": "http.response.body", "body": sse.error_event(err), "more_body": True}
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # any other body is left incomplete, which the client sees as a broken response
+        return "upstream_error"
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return "ok"
+
+
+Opener = Callable[[Callable[[Progress], None]], Awaitable[Reply]]
+DoneFn = Callable[[Outcome, "Reply | None", "RouterError | None"], None]
+
+
+class RelayResponse:
+    """ASGI response that relays `reply` (known now) to the client, watching for a disconnect."""
+
+    def __init__(self, reply: Reply, on_done: DoneFn) -> None:
+        self.reply = reply
+        self.on_done = on_done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome: Outcome = "client_gone"
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": self.reply.status,
+                        "headers": self.reply.raw_headers(),
+                    }
+                )
+                outcome = await _pipe(send, self.reply, sse_errors=self.reply.is_sse)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.reply.aclose()
+                self.on_done(outcome, self.reply, None)
+
+
+class WaitingStreamResponse:
+    """An event stream started before the upstream is ready, for a streaming client that must wait.
+
+    While `opener` waits for a switch, each progress step and a periodic heartbeat go out as SSE
+    comment lines (`: loading ...`), so the client's read timeout never fires. Errors become an
+    SSE error event, since the status line (200) is already sent.
+    """
+
+    def __init__(self, opener: Opener, on_done: DoneFn, *, heartbeat: float = 5.0) -> None:
+        self.opener = opener
+        self.on_done = on_done
+        self.heartbeat = heartbeat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome: Outcome = "client_gone"
+        reply: Reply | None = None
+        error: RouterError | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
+                headers = [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    *((k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()),
+                ]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                reply, error = await self._wait(send)
+                if error is not None:
+                    body = sse.error_event(error)
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    outcome = "ok"
+                elif reply is not None:
+                    outcome = await self._relay(send, reply)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if reply is not None:
+                    await reply.aclose()
+                self.on_done(outcome, reply, error)
+
+    async def _wait(self, send: Send) -> tuple[Reply | None, RouterError | None]:
+        events: asyncio.Queue[Progress] = asyncio.Queue()
+        task = asyncio.ensure_future(self.opener(events.put_nowait))
+        started = time.monotonic()
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(events.get())
+                try:
+                    done, _ = await asyncio.wait(
+                        {task, getter}, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                if getter in done:
+                    p = getter.result()
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": sse.comment(f"{p.kind} {p.message}"),
+                            "more_body": True,
+                        }
+                    )
+                elif not done:
+                    waited = time.monotonic() - started
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": sse.comment(f"loading ... {waited:.0f} s"),
+                            "more_body": True,
+                        }
+                    )
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+        while not events.empty():
+            p = events.get_nowait()
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": sse.comment(f"{p.kind} {p.message}"),
+                    "more_body": True,
+                }
+            )
+        exc = task.exception()
+        if isinstance(exc, RouterError):
+            return None, exc
+        if exc is not None:
+            raise exc
+        return task.result(), None
+
+    async def _relay(self, send: Send, reply: Reply) -> Outcome:
+        await send(
+            {
+                "type": "http.response.body",
+                "body": sse.comment(f"upstream {reply.upstream}"),
+                "more_body": True,
+            }
+        )
+        if reply.status >= 400 or not reply.is_sse:
+            # the status line is sent already: carry the upstream's answer as one event
+            try:
+                data = reply.first + b"".join([c async for c in reply.rest])
+            except httpx.HTTPError:
+                data = reply.first
+            if reply.status >= 400:
+                err = error_from_body(
+                    reply.status, data, f"upstream {reply.upstream} answered {reply.status}"
+                )
+                await send(
+                    {"type": "http.response.body", "body": sse.error_event(err), "more_body": False}
+                )
+            else:
+                text = data.decode("utf-8", "replace")
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": sse.event(text) + sse.DONE,
+                        "more_body": False,
+                    }
+                )
+            return "ok"
+        return await _pipe(send, reply, sse_errors=True)

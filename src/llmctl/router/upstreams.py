@@ -1,0 +1,165 @@
+"""The ordered fallback chain: the managed llama-server and other OpenAI-compatible endpoints.
+
+Each upstream lists the model names it serves (`*` = any) and may map names; a request goes to
+the first upstream in the chain that serves its model and whose breaker lets it through, and on
+a connect error, a 5xx or a timeout before the first byte, to the next one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from llmctl.router.breaker import CircuitBreaker
+from llmctl.router.settings import Settings, UpstreamSettings
+
+MANAGED = "managed"
+
+
+def _base_url(url: str) -> str:
+    """`http://host:8080/v1` and `http://host:8080` both mean the server at `http://host:8080`."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def public_url(url: str | None) -> str | None:
+    """The URL without credentials or query (for status output)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@dataclass(eq=False)
+class Upstream:
+    name: str
+    kind: Literal["managed", "openai"]
+    url: str | None
+    models: tuple[str, ...] = ("*",)
+    model_map: dict[str, str] = field(default_factory=dict)
+    timeout: float = 600.0
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+
+    def __post_init__(self) -> None:
+        self._folded = {m.casefold() for m in self.models}
+        self._map_folded = {k.casefold(): v for k, v in self.model_map.items()}
+
+    @property
+    def managed(self) -> bool:
+        return self.kind == MANAGED
+
+    def serves(self, names: Iterable[str]) -> bool:
+        if "*" in self._folded:
+            return True
+        return any(self.explicitly_serves(n) for n in names)
+
+    def explicitly_serves(self, name: str) -> bool:
+        folded = name.casefold()
+        return folded in self._folded or folded in self._map_folded
+
+    def upstream_model(self, names: Iterable[str]) -> str | None:
+        """The name to send upstream for the first of `names` this upstream maps, if any."""
+        for name in names:
+            mapped = self.model_map.get(name) or self._map_folded.get(name.casefold())
+            if mapped:
+                return mapped
+        return None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.kind,
+            "url": public_url(self.url),
+            "models": list(self.models),
+            "model_map": dict(self.model_map),
+            "timeout_s": self.timeout,
+            "api_key_env": self.api_key_env,
+            "api_key_set": self.api_key is not None,
+            "breaker": self.breaker.snapshot(),
+        }
+
+
+class Upstreams:
+    """The chain in order; breakers survive a reload for upstreams that keep their name."""
+
+    def __init__(self, upstreams: list[Upstream]) -> None:
+        self.all = upstreams
+        self.managed = next((u for u in upstreams if u.managed), None)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        previous: Upstreams | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Upstreams:
+        env = os.environ if environ is None else environ
+        configured = list(settings.upstreams)
+        if not any(u.type == MANAGED for u in configured):
+            configured.insert(0, UpstreamSettings(name="local", type=MANAGED))
+        old = {u.name: u.breaker for u in previous.all} if previous else {}
+        built: list[Upstream] = []
+        for cfg in configured:
+            breaker = old.get(cfg.name)
+            if breaker is None:
+                breaker = CircuitBreaker(
+                    failures=settings.breaker_failures,
+                    open_for=settings.breaker_open_for,
+                    max_open_for=settings.breaker_max_open_for,
+                )
+            else:
+                breaker.configure(
+                    failures=settings.breaker_failures,
+                    open_for=settings.breaker_open_for,
+                    max_open_for=settings.breaker_max_open_for,
+                )
+            key = env.get(cfg.api_key_env) if cfg.api_key_env else None
+            built.append(
+                Upstream(
+                    name=cfg.name,
+                    kind="managed" if cfg.type == MANAGED else "openai",
+                    url=None if cfg.type == MANAGED or cfg.url is None else _base_url(cfg.url),
+                    models=cfg.models or ("*",),
+                    model_map=dict(cfg.model_map),
+                    timeout=cfg.timeout,
+                    api_key_env=cfg.api_key_env,
+                    api_key=key or None,
+                    breaker=breaker,
+                )
+            )
+        return cls(built)
+
+    def chain(
+        self, profile: str | None, requested: str | None, aliases: Iterable[str] = ()
+    ) -> list[Upstream]:
+        """The upstreams that may serve this request, in order."""
+        names = list(dict.fromkeys(n for n in (requested, profile, *aliases) if n))
+        out: list[Upstream] = []
+        for u in self.all:
+            if u.managed:
+                if profile is not None and u.serves([profile, *aliases]):
+                    out.append(u)
+            elif u.serves(names):
+                out.append(u)
+        return out
+
+    def explicit_models(self) -> list[tuple[str, Upstream]]:
+        """Model names other upstreams list by name (not `*`), for /v1/models and detection."""
+        out: list[tuple[str, Upstream]] = []
+        for u in self.all:
+            if u.managed:
+                continue
+            out.extend((m, u) for m in u.models if m != "*")
+            out.extend((m, u) for m in u.model_map if m not in u.models)
+        return out
+
+    def find_explicit(self, name: str) -> bool:
+        return any(not u.managed and u.explicitly_serves(name) for u in self.all)
