@@ -20,8 +20,14 @@ from llmctl.gguf import (
     T_ARRAY,
     T_BOOL,
     T_FLOAT32,
+    T_FLOAT64,
+    T_INT8,
+    T_INT16,
     T_INT32,
+    T_INT64,
     T_STRING,
+    T_UINT8,
+    T_UINT16,
     T_UINT32,
     T_UINT64,
     GGMLType,
@@ -58,24 +64,38 @@ def array(item_type: int, items: Sequence[Any]) -> Value:
     return Value(T_ARRAY, list(items), item_type)
 
 
-_FMT = {T_UINT32: "I", T_INT32: "i", T_FLOAT32: "f", T_BOOL: "?", T_UINT64: "Q"}
+_FMT = {
+    T_UINT8: "B",
+    T_INT8: "b",
+    T_UINT16: "H",
+    T_INT16: "h",
+    T_UINT32: "I",
+    T_INT32: "i",
+    T_FLOAT32: "f",
+    T_BOOL: "?",
+    T_UINT64: "Q",
+    T_INT64: "q",
+    T_FLOAT64: "d",
+}
 
 
-def _encode_str(s: str) -> bytes:
+def _encode_str(s: str, e: str = "<") -> bytes:
     raw = s.encode()
-    return struct.pack("<Q", len(raw)) + raw
+    return struct.pack(e + "Q", len(raw)) + raw
 
 
-def _encode_value(v: Value) -> bytes:
+def _encode_value(v: Value, e: str = "<") -> bytes:
     if v.type == T_STRING:
-        return _encode_str(v.value)
+        return _encode_str(v.value, e)
     if v.type == T_ARRAY:
         assert v.item_type is not None
-        head = struct.pack("<IQ", v.item_type, len(v.value))
+        head = struct.pack(e + "IQ", v.item_type, len(v.value))
         if v.item_type == T_STRING:
-            return head + b"".join(_encode_str(s) for s in v.value)
-        return head + struct.pack(f"<{len(v.value)}{_FMT[v.item_type]}", *v.value)
-    return struct.pack("<" + _FMT[v.type], v.value)
+            return head + b"".join(_encode_str(s, e) for s in v.value)
+        if v.item_type == T_ARRAY:
+            return head + b"".join(_encode_value(item, e) for item in v.value)
+        return head + struct.pack(f"{e}{len(v.value)}{_FMT[v.item_type]}", *v.value)
+    return struct.pack(e + _FMT[v.type], v.value)
 
 
 @dataclass(frozen=True)
@@ -140,23 +160,30 @@ def write_gguf(
     *,
     seed: int = 0,
     alignment: int = DEFAULT_ALIGNMENT,
+    version: int = 3,
+    big_endian: bool = False,
 ) -> Path:
-    """Write a GGUF v3 file with the given metadata and random tensor data."""
+    """Write a GGUF file (v3 by default) with the given metadata and random tensor data.
+
+    Nested arrays are `array(T_ARRAY, [array(...), ...])`. Big-endian files get big-endian
+    headers; their tensor data is written as is (it is never read by the tests).
+    """
+    e = ">" if big_endian else "<"
     meta = list(metadata)
     head = bytearray(GGUF_MAGIC)
-    head += struct.pack("<IQQ", 3, len(tensors), len(meta))
+    head += struct.pack(e + "IQQ", version, len(tensors), len(meta))
     for key, value in meta:
-        head += _encode_str(key)
-        head += struct.pack("<I", value.type)
-        head += _encode_value(value)
+        head += _encode_str(key, e)
+        head += struct.pack(e + "I", value.type)
+        head += _encode_value(value, e)
     offset = 0
     offsets = []
     for t in tensors:
         offsets.append(offset)
         offset += (t.nbytes + alignment - 1) // alignment * alignment
     for t, off in zip(tensors, offsets, strict=True):
-        head += _encode_str(t.name)
-        head += struct.pack(f"<I{len(t.shape)}QIQ", len(t.shape), *t.shape, t.type.id, off)
+        head += _encode_str(t.name, e)
+        head += struct.pack(f"{e}I{len(t.shape)}QIQ", len(t.shape), *t.shape, t.type.id, off)
     pad = (-len(head)) % alignment
     head += b"\0" * pad
     pool = _Pool(seed)
