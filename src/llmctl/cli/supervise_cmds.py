@@ -338,9 +338,9 @@ def stop(
         # say what was repaired or went wrong; the result line says the rest
         if json_out or quiet:
             return
-        if e.kind == "error" or (e.kind == "stopped" and "repaired" in e.message):
-            sys.stderr.write(f"{e.message}\n")
-        elif e.kind == "locked" and e.message.startswith("waited"):
+        plain_stop = e.message.startswith("stopped profile") and ";" not in e.message
+        waited = e.kind == "locked" and e.message.startswith("waited")
+        if e.kind == "error" or waited or (e.kind == "stopped" and not plain_stop):
             sys.stderr.write(f"{e.message}\n")
 
     with handle_errors(json_out):
