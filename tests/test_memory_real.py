@@ -30,6 +30,10 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "deepseek2-mla": ("deepseek2", {}),
     "lfm2-hybrid": ("lfm2", {}),
     "lfm2-hybrid-swa": ("lfm2", {"extra": {"sliding_window": 128}}),
+    "cohere2": ("cohere2", {}),
+    "mamba": ("mamba", {}),
+    "llama-q8-weights": ("llama", {"weight_type": "q8_0", "n_layer": 3}),
+    "llama-q4-weights": ("llama", {"weight_type": "q4_0", "n_layer": 2}),
 }
 
 KV_LINE = re.compile(
@@ -74,7 +78,9 @@ def to_args(o: LaunchOptions) -> list[str]:
 
 def run_server(binary: Path, model: Path, port: int, args: list[str]) -> str:
     """Start llama-server at -lv 4, read stderr until the model is loaded (or failed), stop it."""
-    cmd = [str(binary), "-m", str(model), "--port", str(port), "-lv", "4", "--fit", "off", *args]
+    # -nr: no CPU weight repacking, whose extra host buffer is not VRAM and not estimated
+    cmd = [str(binary), "-m", str(model), "--port", str(port), "-lv", "4", "--fit", "off", "-nr"]
+    cmd += args
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:

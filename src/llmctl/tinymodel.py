@@ -457,7 +457,71 @@ def _lfm2(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
     return meta, tensors
 
 
+def _cohere2(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """Sliding window every layer but each 4th, output tied to token_embd, parallel FFN block."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    c.tied = True
+    tensors = _emb_out(c, wt, ft)
+    for il in range(c.n_layer):
+        p = f"blk.{il}."
+        tensors.append(Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"))
+        tensors += _attn(c, il, wt, ft)
+        tensors += _ffn(c, il, wt)
+    a = c.arch
+    meta = [
+        *_common_meta(c),
+        (f"{a}.attention.sliding_window", u32(c.opt("sliding_window", 128))),
+        (f"{a}.logit_scale", f32(0.125)),
+        (f"{a}.attention.layer_norm_epsilon", f32(1e-5)),
+    ]
+    return meta, tensors
+
+
+def _mamba(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """Mamba 1: no attention, one recurrent state per layer (d_inner = 2 n_embd)."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    a = c.arch
+    d_inner = 2 * c.n_embd
+    d_conv = c.opt("d_conv", 4)
+    d_state = c.opt("d_state", 16)
+    dt_rank = c.opt("dt_rank", 16)
+    tensors = _emb_out(c, wt, ft)
+    for il in range(c.n_layer):
+        p = f"blk.{il}."
+        tensors += [
+            Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "ssm_in.weight", (c.n_embd, 2 * d_inner), wt),
+            Tensor(p + "ssm_conv1d.weight", (d_conv, d_inner), ft),
+            Tensor(p + "ssm_conv1d.bias", (d_inner,), ft),
+            Tensor(p + "ssm_x.weight", (d_inner, dt_rank + 2 * d_state), wt),
+            Tensor(p + "ssm_dt.weight", (dt_rank, d_inner), wt),
+            Tensor(p + "ssm_dt.bias", (d_inner,), ft),
+            Tensor(p + "ssm_a", (d_state, d_inner), ft, "neg"),
+            Tensor(p + "ssm_d", (d_inner,), ft, "ones"),
+            Tensor(p + "ssm_out.weight", (d_inner, c.n_embd), wt),
+        ]
+    meta = [
+        ("general.architecture", string(a)),
+        ("general.name", string(c.name)),
+        ("general.file_type", u32(1)),
+        (f"{a}.context_length", u32(c.n_ctx_train)),
+        (f"{a}.embedding_length", u32(c.n_embd)),
+        (f"{a}.block_count", u32(c.n_layer)),
+        (f"{a}.feed_forward_length", u32(0)),
+        (f"{a}.attention.head_count", u32(0)),
+        (f"{a}.attention.layer_norm_rms_epsilon", f32(1e-5)),
+        (f"{a}.ssm.conv_kernel", u32(d_conv)),
+        (f"{a}.ssm.inner_size", u32(d_inner)),
+        (f"{a}.ssm.state_size", u32(d_state)),
+        (f"{a}.ssm.time_step_rank", u32(dt_rank)),
+        (f"{a}.vocab_size", u32(c.n_vocab)),
+    ]
+    return meta, tensors
+
+
 ARCHITECTURES: dict[str, _Builder] = {
+    "cohere2": _cohere2,
+    "mamba": _mamba,
     "llama": _llama,
     "gemma2": _gemma,
     "gemma3": _gemma,
@@ -468,6 +532,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma2": {"n_layer": 4},
     "gemma3": {"n_layer": 6},
     "lfm2": {"n_layer": 4},
+    "cohere2": {"n_layer": 4},
 }
 
 
