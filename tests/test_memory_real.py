@@ -31,6 +31,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "lfm2-hybrid": ("lfm2", {}),
     "lfm2-hybrid-swa": ("lfm2", {"extra": {"sliding_window": 128}}),
     "cohere2": ("cohere2", {}),
+    "gemma4": ("gemma4", {}),
+    "gemma4-shared-kv": ("gemma4", {"extra": {"shared_kv_layers": 2}}),
     "mamba": ("mamba", {}),
     "llama-q8-weights": ("llama", {"weight_type": "q8_0", "n_layer": 3}),
     "llama-q4-weights": ("llama", {"weight_type": "q4_0", "n_layer": 2}),

@@ -519,7 +519,65 @@ def _mamba(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
     return meta, tensors
 
 
+def _gemma4(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """Gemma 4 (dense): wider full-attention heads than sliding ones, per-layer KV head counts,
+    and optionally the last `shared_kv_layers` layers reusing earlier layers' KV."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    a = c.arch
+    pattern: list[bool] = c.opt("sliding_window_pattern", [True, True, True, False, True, False])
+    c.n_layer = len(pattern)
+    shared = c.opt("shared_kv_layers", 0)
+    head_full = c.opt("key_length", 2 * c.head_dim)
+    head_swa = c.head_dim
+    kv_full, kv_swa = c.opt("head_count_kv_full", 1), c.opt("head_count_kv_swa", 4)
+    n_head_kv = [kv_swa if swa else kv_full for swa in pattern]
+    tensors = _emb_out(c, wt, ft)
+    tensors.append(Tensor("rope_freqs.weight", (head_full // 2,), ft, "ones"))
+    for il, swa in enumerate(pattern):
+        p = f"blk.{il}."
+        head = head_swa if swa else head_full
+        has_kv = il < c.n_layer - shared
+        tensors += [
+            Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "attn_q.weight", (c.n_embd, head * c.n_head), wt),
+        ]
+        if has_kv:
+            tensors += [
+                Tensor(p + "attn_k.weight", (c.n_embd, head * n_head_kv[il]), wt),
+                Tensor(p + "attn_v.weight", (c.n_embd, head * n_head_kv[il]), wt),
+                Tensor(p + "attn_k_norm.weight", (head,), ft, "ones"),
+            ]
+        tensors += [
+            Tensor(p + "attn_output.weight", (head * c.n_head, c.n_embd), wt),
+            Tensor(p + "attn_q_norm.weight", (head,), ft, "ones"),
+            Tensor(p + "post_attention_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"),
+            *_ffn(c, il, wt),
+            Tensor(p + "post_ffw_norm.weight", (c.n_embd,), ft, "ones"),
+        ]
+    meta = [
+        (k, v)
+        for k, v in _common_meta(c)
+        if not k.endswith((".key_length", ".value_length", ".head_count_kv", ".dimension_count"))
+    ]
+    meta += [
+        (f"{a}.attention.head_count_kv", array(T_INT32, n_head_kv)),
+        (f"{a}.attention.key_length", u32(head_full)),
+        (f"{a}.attention.value_length", u32(head_full)),
+        (f"{a}.attention.key_length_swa", u32(head_swa)),
+        (f"{a}.attention.value_length_swa", u32(head_swa)),
+        (f"{a}.rope.dimension_count", u32(head_full)),
+        (f"{a}.rope.dimension_count_swa", u32(head_swa)),
+        (f"{a}.attention.sliding_window", u32(c.opt("sliding_window", 128))),
+        (f"{a}.attention.sliding_window_pattern", array(T_BOOL, pattern)),
+        (f"{a}.attention.shared_kv_layers", u32(shared)),
+        (f"{a}.embedding_length_per_layer_input", u32(0)),
+    ]
+    return meta, tensors
+
+
 ARCHITECTURES: dict[str, _Builder] = {
+    "gemma4": _gemma4,
     "cohere2": _cohere2,
     "mamba": _mamba,
     "llama": _llama,
