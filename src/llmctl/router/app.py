@@ -37,6 +37,7 @@ from llmctl.router.breaker import STATE_VALUES, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError, bad_request, too_large, unauthorized
 from llmctl.router.models import ModelIndex, Target, detect
 from llmctl.router.proxy import (
+    PROFILE_HEADER,
     Outcome,
     RelayResponse,
     Reply,
@@ -410,6 +411,9 @@ class Exchange:
                 up.breaker.record_success()
             self.lease = lease
             self.upstream = up
+            if lease is not None and lease.profile:
+                # the lease holds the server on this profile until the response is done
+                reply.extra_headers.append((PROFILE_HEADER.encode(), lease.profile.encode()))
             return reply
         raise self._all_failed(failures, last_status)
 

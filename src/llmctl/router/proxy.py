@@ -28,6 +28,7 @@ from llmctl.router.queue import Progress
 log = logging.getLogger("llmctl.router")
 
 UPSTREAM_HEADER = "x-llmctl-upstream"
+PROFILE_HEADER = "x-llmctl-profile"
 _HOP = {
     "connection",
     "keep-alive",
@@ -89,6 +90,7 @@ class Reply:
         self.first = first
         self.rest = rest
         self.sent_at = time.monotonic()
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     @property
     def is_sse(self) -> bool:
@@ -108,6 +110,7 @@ class Reply:
                 continue
             out.append((k, v))
         out.append((UPSTREAM_HEADER.encode(), self.upstream.encode()))
+        out.extend(self.extra_headers)
         if self.is_sse:
             out.append((b"x-accel-buffering", b"no"))
         return out
@@ -364,10 +367,12 @@ class WaitingStreamResponse:
         return task.result(), None
 
     async def _relay(self, send: Send, reply: Reply) -> Outcome:
+        # the headers went out before the upstream was known: name it (and the profile) here
+        named = " ".join(f"{k.decode()}={v.decode()}" for k, v in reply.extra_headers)
         await send(
             {
                 "type": "http.response.body",
-                "body": sse.comment(f"upstream {reply.upstream}"),
+                "body": sse.comment(f"upstream {reply.upstream} {named}".rstrip()),
                 "more_body": True,
             }
         )

@@ -173,8 +173,8 @@ class Scheduler:
         await self.stop()
         return True
 
-    async def aclose(self) -> None:
-        """Refuse new requests, fail the waiting ones, and end a switch in progress."""
+    def close(self) -> None:
+        """Refuse new requests and fail the waiting ones (a switch in progress goes on)."""
         self._closed = True
         err = RouterError(
             503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
@@ -183,6 +183,10 @@ class Scheduler:
             w = self._waiters.popleft()
             if not w.future.done():
                 w.future.set_exception(err)
+
+    async def aclose(self) -> None:
+        """close(), and end a switch in progress (the supervisor cancels the load)."""
+        self.close()
         if self._driver is not None and not self._driver.done():
             self._driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):

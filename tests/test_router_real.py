@@ -1,0 +1,413 @@
+"""`llmctl serve` as a real process, the official openai SDK as the client, REAL llama-servers on
+tiny models behind it: two profiles, a request for the other one switches."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmctl import paths, procs
+from llmctl.supervisor import Supervisor
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from llmctl.tinymodel import write_tiny_model
+
+    folder = tmp_path_factory.mktemp("models")
+    return (
+        write_tiny_model(folder / "tiny-a.gguf", arch="llama"),
+        write_tiny_model(folder / "tiny-b.gguf", arch="llama", seed=7),
+    )
+
+
+def write_manifest(
+    path: Path, binary: Path, models: tuple[Path, Path], llama_port: int, extra: str = ""
+) -> Path:
+    a, b = models
+    path.write_text(
+        f"""version: 1
+server:
+  binary: {binary}
+  port: {llama_port}
+  ready_timeout: 60s
+serve:
+  queue: {{max_size: 50, timeout: 60s}}
+profiles:
+  tiny-a:
+    model: {a}
+    aliases: [A, chat-a]
+    ctx_size: 512
+    parallel: 2
+  tiny-b:
+    model: {b}
+    aliases: [B]
+    ctx_size: 512
+    parallel: 2
+{extra}"""
+    )
+    return path
+
+
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen[bytes]
+    manifest: Path
+    log: Path
+
+    def client(self, **kw: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **kw)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_serve(manifest: Path, port: int, tmp_path: Path, *args: str) -> Served:
+    log = tmp_path / f"serve-{port}.log"
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmctl",
+            "serve",
+            "--manifest",
+            str(manifest),
+            "--port",
+            str(port),
+            *args,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    out.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/health", timeout=0.5).status_code == 200:
+                return Served(url, proc, manifest, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"serve did not start:\n{log.read_text()}")
+
+
+def stop_serve(served: Served) -> int:
+    if served.proc.poll() is None:
+        served.proc.send_signal(signal.SIGTERM)
+        try:
+            served.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            served.proc.kill()
+            served.proc.wait()
+    return served.proc.returncode
+
+
+def llama_pids(binary: Path) -> list[int]:
+    """llama-servers started for this test (other tests may run their own at the same time)."""
+    mine = f"LLMCTL_STATE_DIR={paths.state_dir()}"
+    return [
+        p
+        for p in procs.all_pids()
+        if procs.cmdline(p).startswith(str(binary))
+        and procs.is_alive(p)
+        and procs.environ_has(p, mine)
+    ]
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path], free_port: int
+) -> Iterator[Served]:
+    from fakes.fake_upstream import free_port as another_port
+
+    manifest = write_manifest(
+        tmp_path / "profiles.yaml", llama_server_bin, tiny_models, another_port()
+    )
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        yield s
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()
+
+
+def test_openai_sdk_switches_between_real_servers(served: Served, llama_server_bin: Path) -> None:
+    with served.client() as client:
+        models = {m.id: m for m in client.models.list()}
+        assert {"tiny-a", "A", "chat-a", "tiny-b", "B"} <= set(models)
+        assert not any(m.model_extra and m.model_extra.get("loaded") for m in models.values())
+
+        r = client.chat.completions.create(
+            model="A", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert r.choices[0].message.content is not None
+        st = httpx.get(served.url + "/models/status").json()
+        assert st["server"]["profile"] == "tiny-a" and st["server"]["healthy"] is True
+        pid_a = st["server"]["pid"]
+
+        # the other profile: the router switches the real server, then answers (streaming)
+        stream = client.chat.completions.create(
+            model="tiny-b", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+        chunks = [c for c in stream]
+        assert chunks and chunks[-1].choices[0].finish_reason is not None
+        st = httpx.get(served.url + "/models/status").json()
+        assert st["server"]["profile"] == "tiny-b" and st["server"]["pid"] != pid_a
+        assert not procs.is_alive(pid_a)
+        assert len(llama_pids(llama_server_bin)) == 1
+
+        # the CLI's view (the same state file) agrees
+        status = Supervisor(paths.state_dir()).status(check_health=True)
+        assert status.profile == "tiny-b" and status.healthy
+
+        # completions and pass-through of other /v1 routes reach the same server
+        comp = client.completions.create(model="B", prompt="hello", max_tokens=3)
+        assert comp.choices[0].text is not None
+        models = {m.id: m for m in client.models.list()}
+        assert models["tiny-b"].model_extra["loaded"] is True
+
+        # an unknown model is a NotFoundError from the SDK, listing what exists
+        with pytest.raises(openai.NotFoundError) as info:
+            client.chat.completions.create(
+                model="gpt-9", messages=[{"role": "user", "content": "x"}]
+            )
+        assert "tiny-a" in str(info.value)
+    m = httpx.get(served.url + "/metrics").text
+    assert 'llmctl_switch_duration_seconds_count{profile="tiny-b",result="ok"} 1' in m
+
+
+def test_concurrent_requests_across_real_switches(served: Served) -> None:
+    names = ["tiny-a", "tiny-b", "A", "B"] * 4
+
+    def ask(i: int) -> tuple[str, str]:
+        messages = [{"role": "user", "content": str(i)}]
+        with served.client(timeout=90) as client:
+            if i % 2:
+                raw = client.chat.completions.with_raw_response.create(
+                    model=names[i], messages=messages, max_tokens=3
+                )
+                assert raw.parse().choices
+                return names[i], raw.headers["x-llmctl-profile"]
+        # streams: the header, or (for a stream that waited for a switch) the comment naming it
+        body = {"model": names[i], "messages": messages, "max_tokens": 3, "stream": True}
+        r = httpx.post(served.url + "/v1/chat/completions", json=body, timeout=90)
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+        if "x-llmctl-profile" in r.headers:
+            return names[i], r.headers["x-llmctl-profile"]
+        line = next(ln for ln in r.text.splitlines() if ln.startswith(": upstream "))
+        return names[i], line.split("x-llmctl-profile=")[1]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(ask, range(len(names))))
+    # every request got an answer, from the profile it named
+    assert len(results) == len(names)
+    for asked, profile in results:
+        assert profile == ("tiny-a" if asked in ("tiny-a", "A") else "tiny-b"), (asked, profile)
+
+
+def test_sidecar_switch_sse_and_stop(served: Served, llama_server_bin: Path) -> None:
+    with httpx.stream(
+        "POST",
+        served.url + "/models/switch",
+        json={"profile": "tiny-a"},
+        headers={"accept": "text/event-stream"},
+        timeout=90,
+    ) as r:
+        text = "".join(r.iter_text())
+    kinds = [ln[7:] for ln in text.splitlines() if ln.startswith("event: ")]
+    assert kinds[0] == "queued" and kinds[-2:] == ["ready", "done"]
+    assert "starting" in kinds and "loading" in kinds  # llama-server's own log lines
+    loading = [
+        json.loads(ln[6:])
+        for ln in text.splitlines()
+        if ln.startswith("data: ") and '"loading"' in ln
+    ]
+    assert any("llama" in e["message"] or "load" in e["message"] for e in loading)
+    r = httpx.post(served.url + "/models/switch", json={"profile": "A"}, timeout=30)
+    assert r.json()["noop"] is True
+    r = httpx.post(served.url + "/models/stop", timeout=30)
+    assert r.json()["stopped"] == "tiny-a"
+    assert llama_pids(llama_server_bin) == []
+    assert httpx.get(served.url + "/models/status").json()["server"]["running"] is False
+
+
+def test_a_broken_profile_fails_its_waiters_with_the_reason(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path], free_port: int
+) -> None:
+    from fakes.fake_upstream import free_port as another_port
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    extra = f"  broken:\n    model: {broken}\n    ctx_size: 512\n"
+    manifest = write_manifest(
+        tmp_path / "profiles.yaml", llama_server_bin, tiny_models, another_port(), extra
+    )
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        with s.client(timeout=60) as client:
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(
+                    model="broken", messages=[{"role": "user", "content": "x"}]
+                )
+            assert info.value.status_code == 503
+            body = info.value.body
+            assert isinstance(body, dict) and body["code"] == "model_load_failed"
+            assert body.get("stderr_tail")
+            r = client.chat.completions.create(
+                model="A", messages=[{"role": "user", "content": "x"}], max_tokens=2
+            )
+            assert r.choices
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()
+    assert llama_pids(llama_server_bin) == []
+
+
+def test_sigterm_drains_and_stops_the_server_it_started(
+    served: Served, llama_server_bin: Path
+) -> None:
+    with served.client(timeout=60) as client:
+        client.chat.completions.create(
+            model="A", messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
+    assert len(llama_pids(llama_server_bin)) == 1
+    code = stop_serve(served)
+    assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM)
+    assert llama_pids(llama_server_bin) == []
+    assert "Traceback" not in served.logs()
+    assert Supervisor(paths.state_dir()).status(check_health=False).running is False
+
+
+def test_sighup_reloads_the_manifest(served: Served, tiny_models: tuple[Path, Path]) -> None:
+    text = served.manifest.read_text()
+    served.manifest.write_text(
+        text + f"  tiny-c:\n    model: {tiny_models[0]}\n    ctx_size: 512\n"
+    )
+    served.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    ids: set[str] = set()
+    while time.monotonic() < deadline:
+        ids = {m["id"] for m in httpx.get(served.url + "/v1/models").json()["data"]}
+        if "tiny-c" in ids:
+            break
+        time.sleep(0.05)
+    assert "tiny-c" in ids
+    # a broken manifest is refused; the router keeps the last good one
+    served.manifest.write_text("version: [")
+    served.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert served.proc.poll() is None
+    assert "tiny-c" in {m["id"] for m in httpx.get(served.url + "/v1/models").json()["data"]}
+    assert "manifest reload failed" in served.logs()
+
+
+def test_refuses_to_listen_beyond_loopback_without_keys(tmp_path: Path, free_port: int) -> None:
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text("version: 1\nprofiles:\n  a:\n    model: /m/a.gguf\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmctl",
+        "serve",
+        "--manifest",
+        str(manifest),
+        "--port",
+        str(free_port),
+    ]
+    r = subprocess.run([*cmd, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without API keys" in r.stderr
+    assert "--allow-insecure" in r.stderr
+
+
+def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text("version: 1\nprofiles:\n  a:\n    model: /m/a.gguf\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "llmctl",
+                "serve",
+                "--manifest",
+                str(manifest),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+def test_keys_from_environment_and_allow_insecure(tmp_path: Path, free_port: int) -> None:
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text("version: 1\nprofiles:\n  a:\n    model: /m/a.gguf\n")
+    env = {**os.environ, "LLMCTL_API_KEYS": "k-one,k-two"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmctl",
+                "serve",
+                "--manifest",
+                str(manifest),
+                "--host",
+                "0.0.0.0",
+                "--port",
+                str(free_port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        url = f"http://127.0.0.1:{free_port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url + "/health", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert httpx.get(url + "/v1/models").status_code == 401
+        assert (
+            httpx.get(url + "/v1/models", headers={"authorization": "Bearer k-two"}).status_code
+            == 200
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    text = log.read_text()
+    assert "2 API key(s)" in text
+    assert "k-one" not in text and "k-two" not in text
