@@ -236,7 +236,9 @@ def _render_fit(advice: FitAdvice) -> None:
     table.add_column("GPU total", justify="right")
     table.add_column("KV cache", justify="right")
     for i, s in enumerate(advice.suggestions, 1):
-        fields = ", ".join(f"{k}: {v}" for k, v in s.change.items())
+        fields = ", ".join(
+            f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in s.change.items()
+        )
         table.add_row(
             str(i),
             escape(s.description),

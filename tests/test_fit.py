@@ -1,0 +1,105 @@
+"""`llmctl fit` advice: smallest changes that fit, ranked, each with its estimate; or the headroom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmctl.fit import advise
+from llmctl.gguf import read_gguf
+from llmctl.memory import LaunchOptions, ModelSource
+from llmctl.tinymodel import write_tiny_model
+
+GiB = 1024**3
+MiB = 1024**2
+
+# Gemma 4 26B-A4B as published: 30 layers, 5 sliding : 1 full, window 1024, 16 heads,
+# sliding layers 8 KV heads of 256, full layers 2 KV heads of 512; vocabulary 262,144.
+PATTERN = [il % 6 != 5 for il in range(30)]
+GEMMA4_26B: dict[str, Any] = {
+    "general.architecture": "gemma4",
+    "block_count": 30,
+    "context_length": 262144,
+    "embedding_length": 2816,
+    "feed_forward_length": 2112,
+    "attention.head_count": 16,
+    "attention.head_count_kv": [8 if swa else 2 for swa in PATTERN],
+    "attention.key_length": 512,
+    "attention.value_length": 512,
+    "attention.key_length_swa": 256,
+    "attention.value_length_swa": 256,
+    "attention.sliding_window": 1024,
+    "attention.sliding_window_pattern": PATTERN,
+    "vocab_size": 262144,
+    "weights_bytes": "12GiB",
+}
+
+
+def gemma4_source() -> ModelSource:
+    return ModelSource.from_metadata("gemma-4-26B-A4B.gguf", GEMMA4_26B)
+
+
+def test_gemma4_at_128k_with_q8_0_proposes_q4_0_or_a_smaller_context() -> None:
+    opts = LaunchOptions(
+        ctx_size=131072, swa_full=True, cache_type_k="q8_0", cache_type_v="q8_0", parallel=1
+    )
+    advice = advise(gemma4_source(), opts, budget=24 * GiB, headroom=512 * MiB, overhead=400 * MiB)
+    assert not advice.fits
+    assert advice.current.gpu_total_bytes > 24 * GiB
+    changes = [s.change for s in advice.suggestions]
+    assert {"cache_type_k": "q4_0", "cache_type_v": "q4_0"} in changes
+    assert any(set(c) == {"ctx_size"} and c["ctx_size"] < 131072 for c in changes)
+    assert {"swa_full": False} == changes[0]  # the cheapest fix: window-sized SWA cache
+    for s in advice.suggestions:
+        assert s.estimate.gpu_total_bytes <= advice.target_bytes
+        assert s.estimate.kv_bytes < advice.current.kv_bytes or "n_gpu_layers" in s.change
+    costs = [s.cost for s in advice.suggestions]
+    assert costs == sorted(costs)
+    q4 = next(s for s in advice.suggestions if s.change.get("cache_type_v") == "q4_0")
+    saved = advice.current.kv_bytes - q4.estimate.kv_bytes
+    assert saved == advice.current.kv_bytes * 16 // 34  # 18 instead of 34 bytes per block
+
+
+def test_smaller_context_is_the_largest_that_fits() -> None:
+    opts = LaunchOptions(ctx_size=131072, swa_full=True, parallel=1)
+    advice = advise(gemma4_source(), opts, budget=24 * GiB, headroom=512 * MiB)
+    ctx = next(s for s in advice.suggestions if set(s.change) == {"ctx_size"})
+    new = ctx.change["ctx_size"]
+    assert new % 256 == 0
+    assert ctx.estimate.gpu_total_bytes <= advice.target_bytes
+    bigger = advise(gemma4_source(), LaunchOptions(ctx_size=new + 256, swa_full=True, parallel=1),
+                    budget=24 * GiB, headroom=512 * MiB)  # fmt: skip
+    assert not bigger.fits
+
+
+def test_when_it_fits_the_largest_context_is_reported(tmp_path: Path) -> None:
+    src = ModelSource.from_gguf(read_gguf(write_tiny_model(tmp_path / "m.gguf", n_ctx_train=65536)))
+    opts = LaunchOptions(ctx_size=4096, parallel=1, n_gpu_layers=-1)
+    budget = 64 * MiB
+    advice = advise(src, opts, budget=budget, headroom=0, overhead=0)
+    assert advice.fits
+    assert advice.max_ctx_size is not None and advice.max_ctx_size > 4096
+    assert advice.max_estimate is not None
+    assert advice.max_estimate.gpu_total_bytes <= budget
+    over = advise(src, LaunchOptions(ctx_size=advice.max_ctx_size + 256, parallel=1),
+                  budget=budget, headroom=0, overhead=0)  # fmt: skip
+    assert not over.fits
+    assert advice.to_json()["max_ctx_size"] == advice.max_ctx_size
+
+
+def test_mla_models_only_get_equal_cache_types(tmp_path: Path) -> None:
+    src = ModelSource.from_gguf(read_gguf(write_tiny_model(tmp_path / "m.gguf", arch="deepseek2")))
+    opts = LaunchOptions(ctx_size=4096, parallel=1)
+    full = advise(src, opts, budget=10**12).current.gpu_total_bytes
+    advice = advise(src, opts, budget=full - 1, overhead=0)
+    for s in advice.suggestions:
+        if "cache_type_k" in s.change:
+            assert s.change["cache_type_k"] == s.change["cache_type_v"]
+
+
+def test_quantized_v_turns_flash_attention_on() -> None:
+    opts = LaunchOptions(ctx_size=131072, swa_full=True, parallel=1, flash_attn="off")
+    advice = advise(gemma4_source(), opts, budget=24 * GiB, headroom=512 * MiB)
+    for s in advice.suggestions:
+        if s.change.get("cache_type_v", "f16") not in ("f16", "f32", "bf16"):
+            assert s.change.get("flash_attn") == "on"
