@@ -170,7 +170,7 @@ def _estimate_profiles(
     return 1 if failed else 0
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@app.command(context_settings={"ignore_unknown_options": True})
 def estimate(
     args: Annotated[
         list[str] | None,
