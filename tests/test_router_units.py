@@ -1,0 +1,513 @@
+"""The router's parts on their own: breaker, queue, model detection, auth, metrics, SSE, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from llmctl.router import sse
+from llmctl.router.auth import bearer_token, collect_keys, key_allowed
+from llmctl.router.breaker import CircuitBreaker, counts_as_failure
+from llmctl.router.errors import RouterError
+from llmctl.router.metrics import Metrics
+from llmctl.router.models import ModelIndex, detect
+from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
+from llmctl.router.server import check_bind, is_loopback
+from llmctl.router.settings import Settings
+from llmctl.router.upstreams import Upstreams, public_url
+
+# --- breaker -------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_full_cycle_with_growing_open_time() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=3, open_for=10, max_open_for=25, clock=clock)
+    for _ in range(2):
+        assert b.allow()
+        b.record_failure("boom")
+    assert b.state == "closed"
+    b.record_success()  # a success resets the count
+    for _ in range(3):
+        assert b.allow()
+        b.record_failure("boom")
+    assert b.state == "open" and not b.allow() and b.opens == 1
+    assert b.retry_in() == 10
+    clock.now += 9.9
+    assert not b.allow()
+    clock.now += 0.1
+    assert b.state == "half_open"
+    assert b.allow()  # one probe
+    assert not b.allow()  # and only one
+    b.record_failure("still down")
+    assert b.state == "open" and b.snapshot()["open_for_s"] == 20
+    clock.now += 20
+    assert b.allow()
+    b.record_failure("still down")
+    assert b.snapshot()["open_for_s"] == 25  # capped at max_open_for
+    clock.now += 25
+    assert b.allow()
+    b.record_success()
+    assert b.state == "closed" and b.snapshot()["open_for_s"] == 10
+    assert b.snapshot()["last_error"] is None
+
+
+def test_breaker_probe_released_without_verdict() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures=1, open_for=1, clock=clock)
+    b.record_failure()
+    clock.now += 1
+    assert b.allow()
+    b.release()
+    assert b.state == "half_open" and b.allow()
+
+
+@pytest.mark.parametrize(
+    ("status", "counts"),
+    [
+        (200, False),
+        (400, False),
+        (401, False),
+        (404, False),
+        (408, True),
+        (413, False),
+        (429, True),
+        (500, True),
+        (503, True),
+    ],
+)
+def test_which_statuses_count_as_failures(status: int, counts: bool) -> None:
+    assert counts_as_failure(status) is counts
+
+
+# --- auth ----------------------------------------------------------------------------------
+
+
+def test_keys_from_manifest_and_environment() -> None:
+    keys = collect_keys(["a", " ", "b"], "KEYS", {"KEYS": "c, a ,,d"})
+    assert keys == ("a", "b", "c", "d")
+    assert collect_keys([], "KEYS", {}) == ()
+    assert collect_keys(["x"], "", {"": "y"}) == ("x",)
+
+
+def test_bearer_parsing_and_compare() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer   abc ") == "abc"
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer") is None
+    assert bearer_token(None) is None
+    assert key_allowed("abc", ("x", "abc"))
+    assert not key_allowed("abd", ("x", "abc"))
+    assert not key_allowed("ab", ("abc",))
+    assert not key_allowed(None, ("abc",))
+    assert not key_allowed("abc", ())
+
+
+def test_bind_check() -> None:
+    assert (
+        is_loopback("127.0.0.1")
+        and is_loopback("::1")
+        and is_loopback("localhost")
+        and is_loopback("127.0.0.2")
+    )
+    assert (
+        not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("gpu-box")
+    )
+    open_settings = Settings()
+    check_bind("127.0.0.1", open_settings, allow_insecure=False)
+    with pytest.raises(Exception, match="refusing to listen on 0.0.0.0") as info:
+        check_bind("0.0.0.0", open_settings, allow_insecure=False)
+    assert getattr(info.value, "exit_code", None) == 2
+    check_bind("0.0.0.0", open_settings, allow_insecure=True)
+    check_bind("0.0.0.0", Settings(api_keys=("k",)), allow_insecure=False)
+    check_bind("0.0.0.0", Settings(allow_insecure_bind=True), allow_insecure=False)
+
+
+# --- model detection -------------------------------------------------------------------------
+
+
+def manifest(**serve: Any) -> Any:
+    prof = SimpleNamespace
+    return SimpleNamespace(
+        profiles={
+            "Qwen": prof(aliases=["qwen-coder", "QC"], description="q", ttl=None),
+            "qc": prof(aliases=[], description=None, ttl=60.0),
+            "llama": prof(aliases=["Llama3"], description=None, ttl=None),
+        },
+        serve=SimpleNamespace(**serve),
+    )
+
+
+def test_detection_exact_then_case_insensitive() -> None:
+    m = manifest()
+    index = ModelIndex(m)
+    ups = Upstreams.from_settings(Settings.from_manifest(m, {}))
+
+    def d(model: object, running: str | None = None, default: str | None = None) -> Any:
+        return detect(index, ups, model, running=running, default=default)
+
+    assert d("Qwen").profile == "Qwen"
+    assert d("qwen").profile == "Qwen"
+    assert d("QWEN-CODER").profile == "Qwen"
+    assert d("qc").profile == "qc"  # a profile name wins over another profile's alias
+    assert d("QC").profile == "Qwen"  # exact alias before case-insensitive name
+    assert d("llama3").profile == "llama"
+    assert d(None, running="llama").profile == "llama"
+    assert d("", running="llama").profile == "llama"
+    assert d(None, default="qwen-coder").profile == "Qwen"
+    assert d(None, running="qc", default="Qwen").profile == "qc"
+    with pytest.raises(RouterError) as info:
+        d("gpt-4")
+    assert info.value.status == 404 and info.value.code == "model_not_found"
+    assert info.value.body()["error"]["available"] == [
+        "Qwen",
+        "qc",
+        "llama",
+        "qwen-coder",
+        "QC",
+        "Llama3",
+    ]
+    with pytest.raises(RouterError) as info:
+        d(None)
+    assert info.value.status == 400 and info.value.code == "model_required"
+    with pytest.raises(RouterError) as info:
+        d(["x"])
+    assert info.value.status == 400 and info.value.param == "model"
+
+
+def test_upstream_chain_and_models() -> None:
+    serve = {
+        "upstreams": [
+            {
+                "name": "remote",
+                "url": "https://user:pw@api.example.com/v1?x=1",
+                "models": ["gpt-4o"],
+                "api_key_env": "K",
+                "model_map": {"llama": "meta-llama"},
+            },
+            {"name": "local", "type": "managed"},
+            {"name": "any", "url": "http://10.0.0.2:8080", "models": ["*"]},
+        ]
+    }
+    m = manifest(**serve)
+    ups = Upstreams.from_settings(Settings.from_manifest(m, {}), environ={"K": "secret"})
+    assert [u.name for u in ups.all] == ["remote", "local", "any"]
+    assert ups.all[0].url == "https://user:pw@api.example.com/v1?x=1"  # used whole
+    assert [u.name for u in ups.chain("llama", "Llama3", ["Llama3"])] == ["remote", "local", "any"]
+    assert [u.name for u in ups.chain("Qwen", "Qwen", ["qwen-coder"])] == ["local", "any"]
+    assert [u.name for u in ups.chain(None, "gpt-4o")] == ["remote", "any"]
+    assert ups.find_explicit("GPT-4O") and not ups.find_explicit("other")
+    assert ups.all[0].upstream_model(["Llama3", "llama"]) == "meta-llama"
+    pub = ups.all[0].public()
+    assert pub["url"] == "https://api.example.com/v1" and pub["api_key_set"] is True
+    assert "secret" not in json.dumps(pub) and "pw" not in json.dumps(pub)
+    assert public_url(None) is None
+    # no managed entry listed: the managed server is put first
+    only_remote = Upstreams.from_settings(
+        Settings.from_manifest(manifest(upstreams=[serve["upstreams"][0]]), {})
+    )
+    assert [u.name for u in only_remote.all] == ["local", "remote"]
+    # breakers survive a reload by name
+    again = Upstreams.from_settings(Settings.from_manifest(m, {}), previous=ups)
+    assert again.all[0].breaker is ups.all[0].breaker
+
+
+def test_settings_defaults_and_values() -> None:
+    s = Settings.from_manifest(SimpleNamespace(profiles={}), {})
+    assert (s.host, s.port, s.queue_max_size, s.queue_timeout, s.max_body_size) == (
+        "127.0.0.1",
+        8080,
+        10,
+        120.0,
+        16 * 1024 * 1024,
+    )
+    assert s.api_keys == () and s.stop_server_on_exit is True and s.upstreams == ()
+    s = Settings.from_manifest(
+        manifest(api_keys=["sk-m"], queue={"max_size": 3}, breaker={"failures": 2}),
+        {"LLMCTL_API_KEYS": "sk-e"},
+    )
+    assert s.api_keys == ("sk-m", "sk-e") and s.queue_max_size == 3 and s.breaker_failures == 2
+    assert "sk-" not in repr(s)
+
+
+# --- metrics and SSE ---------------------------------------------------------------------------
+
+
+def test_metrics_text_format() -> None:
+    m = Metrics()
+    m.count_request("a", "local", 200)
+    m.count_request("a", "local", 200)
+    m.count_request(None, 'we"ird', 502)
+    m.observe_switch("b", True, 0.3)
+    m.observe_switch("b", False, 700)
+    m.count_fallback("gpu", "connect")
+    m.count_rejected("too_large")
+    text = m.render(
+        queue_depth=2,
+        inflight=1,
+        loaded="b",
+        breakers={"local": 0, "gpu": 2},
+        breaker_opens={"gpu": 1},
+    )
+    lines = text.splitlines()
+    assert 'llmctl_requests_total{profile="a",upstream="local",status="200"} 2' in lines
+    assert 'llmctl_requests_total{profile="",upstream="we\\"ird",status="502"} 1' in lines
+    assert 'llmctl_switch_duration_seconds_bucket{profile="b",result="ok",le="0.25"} 0' in lines
+    assert 'llmctl_switch_duration_seconds_bucket{profile="b",result="ok",le="0.5"} 1' in lines
+    assert 'llmctl_switch_duration_seconds_bucket{profile="b",result="error",le="600"} 0' in lines
+    assert 'llmctl_switch_duration_seconds_bucket{profile="b",result="error",le="+Inf"} 1' in lines
+    assert "llmctl_queue_depth 2" in lines and "llmctl_inflight_requests 1" in lines
+    assert 'llmctl_breaker_state{upstream="gpu"} 2' in lines
+    assert 'llmctl_fallbacks_total{upstream="gpu",reason="connect"} 1' in lines
+    assert 'llmctl_rejected_total{reason="too_large"} 1' in lines
+    for line in lines:
+        if not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            float(value)
+
+
+def test_sse_framing() -> None:
+    assert sse.comment("loading x") == b": loading x\n\n"
+    assert sse.comment("a\nb") == b": a\n: b\n\n"
+    assert sse.event({"a": 1}, name="ready") == b'event: ready\ndata: {"a":1}\n\n'
+    err = RouterError(502, "bad", type="server_error", code="upstream_error")
+    framed = sse.error_event(err)
+    assert (
+        framed.startswith(b"data: ") and json.loads(framed[6:])["error"]["code"] == "upstream_error"
+    )
+    assert err.body() == {
+        "error": {"message": "bad", "type": "server_error", "param": None, "code": "upstream_error"}
+    }
+    assert RouterError(429, "x", retry_after=0.2).headers() == {"Retry-After": "1"}
+    assert RouterError(429, "x", retry_after=7.5).headers() == {"Retry-After": "8"}
+
+
+# --- the scheduler -----------------------------------------------------------------------------
+
+
+class FakeSwitch:
+    """Records switches; each takes `delay` seconds; targets in `fail` raise SwitchFailed."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        self.delay = delay
+        self.calls: list[str | None] = []
+        self.fail: set[str] = set()
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, target: str | None, progress: ProgressFn) -> None:
+        self.calls.append(target)
+        progress(Progress("starting", f"starting {target}", target))
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(self.delay)
+        if target in self.fail:
+            raise SwitchFailed(f"{target} is broken", details={"exit_code": 1})
+        progress(Progress("ready", "ready", target))
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def test_running_profile_proceeds_concurrently() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        s = Scheduler(sw, active="a")
+        leases = [await s.acquire("a") for _ in range(5)]
+        assert s.inflight == 5 and sw.calls == [] and not s.would_wait("a") and s.would_wait("b")
+        for lease in leases:
+            lease.release()
+            lease.release()  # idempotent
+        assert s.inflight == 0
+
+    run(main)
+
+
+def test_fifo_grouping_and_join() -> None:
+    async def main() -> None:
+        sw = FakeSwitch(delay=0.05)
+        s = Scheduler(sw, active="a")
+        order: list[str] = []
+
+        async def req(p: str) -> None:
+            lease = await s.acquire(p)
+            order.append(f"{p}:{s.active}")
+            await asyncio.sleep(0.01)
+            lease.release()
+
+        tasks = [asyncio.ensure_future(req(p)) for p in ["b", "c", "b", "a", "c"]]
+        await asyncio.sleep(0.02)
+        tasks.append(asyncio.ensure_future(req("b")))  # joins the load of b in progress
+        await asyncio.gather(*tasks)
+        # b first (all three b's together), then c (both), then a
+        assert sw.calls == ["b", "c", "a"]
+        assert order == ["b:b", "b:b", "b:b", "c:c", "c:c", "a:a"]
+
+    run(main)
+
+
+def test_switch_waits_for_inflight_then_proceeds() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        s = Scheduler(sw, active="a", inflight_timeout=5)
+        held = await s.acquire("a")
+        waiter = asyncio.ensure_future(s.acquire("b"))
+        await asyncio.sleep(0.05)
+        assert sw.calls == [] and s.switching  # waiting for the in-flight request
+        # a new request for a queues behind b: a busy profile cannot starve others
+        late = asyncio.ensure_future(s.acquire("a"))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+        held.release()
+        lease_b = await waiter
+        assert sw.calls == ["b"] and s.active == "b"
+        lease_b.release()
+        (await late).release()
+        assert sw.calls == ["b", "a"]
+
+    run(main)
+
+
+def test_inflight_timeout_bounds_the_drain() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        s = Scheduler(sw, active="a", inflight_timeout=0.05)
+        held = await s.acquire("a")
+        lease = await asyncio.wait_for(s.acquire("b"), 2)
+        assert s.active == "b" and s.inflight == 1
+        held.release()  # an old lease from before the switch does not count against b
+        assert s.inflight == 1
+        lease.release()
+        assert s.inflight == 0
+
+    run(main)
+
+
+def test_full_queue_and_deadline() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        sw.gate = asyncio.Event()
+        s = Scheduler(sw, active="a", max_size=2, timeout=0.1)
+        w1 = asyncio.ensure_future(s.acquire("b"))
+        w2 = asyncio.ensure_future(s.acquire("c"))
+        await asyncio.sleep(0.01)
+        assert s.depth == 2
+        with pytest.raises(RouterError) as info:
+            await s.acquire("a")
+        assert info.value.status == 429 and info.value.code == "queue_full"
+        with pytest.raises(RouterError):
+            s.check_room()
+        for w in (w1, w2):
+            with pytest.raises(RouterError) as info:
+                await w
+            assert info.value.status == 504 and info.value.code == "queue_timeout"
+            assert info.value.headers()["Retry-After"] == "1"
+        assert s.depth == 0
+        sw.gate.set()
+        await asyncio.sleep(0.05)
+        # nobody waits for b any more: the load that was in progress still completes
+        assert sw.calls == ["b"]
+        await s.aclose()
+
+    run(main)
+
+
+def test_failed_load_fails_every_waiter_then_recovers() -> None:
+    async def main() -> None:
+        sw = FakeSwitch(delay=0.02)
+        sw.fail.add("b")
+        s = Scheduler(sw, active="a")
+        seen: list[str] = []
+        results = await asyncio.gather(
+            *(s.acquire("b", on_progress=lambda p: seen.append(p.kind)) for _ in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, RouterError) and r.status == 503 for r in results)
+        err = results[0]
+        assert isinstance(err, RouterError)
+        assert "b is broken" in err.message and err.body()["error"]["exit_code"] == 1
+        assert sw.calls == ["b"] and s.active is None
+        assert seen.count("queued") == 3 and seen.count("error") == 3
+        (await s.acquire("a")).release()
+        assert sw.calls == ["b", "a"]
+
+    run(main)
+
+
+def test_unexpected_switch_exception_is_a_503() -> None:
+    async def main() -> None:
+        async def broken(target: str | None, progress: ProgressFn) -> None:
+            raise RuntimeError("bug")
+
+        s = Scheduler(broken, active=None)
+        with pytest.raises(RouterError) as info:
+            await s.acquire("a")
+        assert info.value.status == 503 and "RuntimeError: bug" in info.value.message
+
+    run(main)
+
+
+def test_cancelled_waiter_leaves_the_queue() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        sw.gate = asyncio.Event()
+        s = Scheduler(sw, active="a")
+        w = asyncio.ensure_future(s.acquire("b"))
+        await asyncio.sleep(0.01)
+        assert s.depth == 1
+        w.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await w
+        assert s.depth == 0
+        sw.gate.set()
+        await asyncio.sleep(0.05)
+        assert s.inflight == 0
+        await s.aclose()
+
+    run(main)
+
+
+def test_stop_idle_unload_observe_and_close() -> None:
+    async def main() -> None:
+        clock = Clock()
+        sw = FakeSwitch()
+        s = Scheduler(sw, active="a", clock=clock)
+        lease = await s.acquire("a")
+        assert s.idle_seconds() is None  # busy
+        lease.release()
+        clock.now += 5
+        assert s.idle_seconds() == 5
+        assert not await s.unload_if_idle(None)
+        assert not await s.unload_if_idle(10)
+        clock.now += 6
+        assert await s.unload_if_idle(10)
+        assert sw.calls == [None] and s.active is None
+        # something else changed what runs (a shell switch): adopt it when idle
+        gen = s.generation
+        s.observe("c", gen)
+        assert s.active == "c"
+        s.observe("a", gen)  # stale observation (generation moved): ignored
+        assert s.active == "c"
+        blocked = asyncio.ensure_future(s.acquire("b"))
+        sw.gate = asyncio.Event()
+        await asyncio.sleep(0.01)
+        await s.aclose()
+        with pytest.raises(RouterError) as info:
+            await blocked
+        assert info.value.status == 503 and info.value.code == "shutting_down"
+        with pytest.raises(RouterError):
+            await s.acquire("c")
+
+    run(main)
