@@ -127,7 +127,7 @@ def test_bind_check() -> None:
     )
     open_settings = Settings()
     check_bind("127.0.0.1", open_settings, allow_insecure=False)
-    with pytest.raises(Exception, match="refusing to listen on 0.0.0.0") as info:
+    with pytest.raises(Exception, match=r"refusing to listen on 0\.0\.0\.0") as info:
         check_bind("0.0.0.0", open_settings, allow_insecure=False)
     assert getattr(info.value, "exit_code", None) == 2
     check_bind("0.0.0.0", open_settings, allow_insecure=True)
@@ -274,7 +274,7 @@ def test_metrics_text_format() -> None:
     assert 'llmctl_rejected_total{reason="too_large"} 1' in lines
     for line in lines:
         if not line.startswith("#"):
-            name_labels, value = line.rsplit(" ", 1)
+            _, value = line.rsplit(" ", 1)
             float(value)
 
 
