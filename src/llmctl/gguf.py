@@ -12,7 +12,6 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,14 +385,13 @@ def _parse(buf: Any, size: int, path: Path, split: int) -> GGUFFile:
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise r.fail(f"general.alignment must be a power of two, not {alignment!r}")
     tensors: list[TensorInfo] = []
-    unpack_dims = struct.Struct
     for i in range(n_tensors):
         name = r.string(f"the name of tensor #{i}")
         n_dims = r.u32(f"the dimension count of {name!r}")
         if not 1 <= n_dims <= 4:
             raise r.fail(f"tensor {name!r} has {n_dims} dimensions (1 to 4 allowed)")
         r.need(8 * n_dims, f"the shape of {name!r}")
-        shape = unpack_dims(f"{endian}{n_dims}Q").unpack_from(buf, r.pos)
+        shape = struct.unpack_from(f"{endian}{n_dims}Q", buf, r.pos)
         r.pos += 8 * n_dims
         type_id = r.u32(f"the type of {name!r}")
         offset = r.u64(f"the offset of {name!r}")
@@ -452,8 +450,3 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     first.paths = parts
     first.file_size = sum(part.stat().st_size for part in parts)
     return first
-
-
-def iter_metadata(gguf: GGUFFile) -> Iterator[tuple[str, Any]]:
-    """Metadata entries in file order, skipped arrays shown as `SkippedArray`."""
-    yield from gguf.metadata.items()

@@ -964,6 +964,10 @@ def estimate(
 ) -> Estimate:
     """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError)."""
     hp = hparams_from_metadata(source.metadata)
+    if opts.ctx_size <= 0 and hp.n_ctx_train <= 0:
+        raise MetadataError(
+            f"ctx_size is 0 (the trained context) but {hp.arch}.context_length is missing"
+        )
     cs = context_sizes(opts, hp.n_ctx_train)
     for name in (opts.cache_type_k, opts.cache_type_v):
         if name.lower() not in CACHE_TYPES:
