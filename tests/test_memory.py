@@ -317,3 +317,35 @@ def test_json_contract_keys(tmp_path: Path) -> None:
     assert set(j["weights"]) >= {"bytes", "gpu_bytes", "cpu_bytes"}
     assert j["fits"] is True
     assert j["kv_cache"]["bytes"] == sum(c["bytes"] for c in j["kv_cache"]["caches"])
+
+
+@pytest.mark.parametrize(
+    ("arch", "n_layer", "extra", "kinds", "swa_layers"),
+    [
+        ("exaone4", 64, {}, ["full", "swa"], 48),
+        ("exaone4", 32, {}, ["full"], 0),
+        ("smallthinker", 8, {"attention.sliding_window": 512}, ["full", "swa"], 6),
+        ("smallthinker", 8, {}, ["full"], 0),
+        ("cohere2moe", 8, {"attention.sliding_window": 512}, ["full", "swa"], 6),
+        ("llama4", 8, {"attention.sliding_window": 0}, ["full"], 0),
+        ("llama4", 8, {}, ["full", "swa"], 6),
+        ("phi3", 8, {"attention.sliding_window": 2048}, ["full"], 0),
+    ],
+)
+def test_which_layers_slide(
+    arch: str, n_layer: int, extra: dict[str, Any], kinds: list[str], swa_layers: int
+) -> None:
+    meta = {
+        "general.architecture": arch,
+        "block_count": n_layer,
+        "context_length": 65536,
+        "embedding_length": 512,
+        "attention.head_count": 8,
+        "attention.head_count_kv": 2,
+        **extra,
+    }
+    e = est(meta, ctx_size=32768, parallel=1)
+    assert [c.kind for c in e.caches] == kinds
+    assert sum(c.layers for c in e.caches if c.kind == "swa") == swa_layers
+    if arch == "smallthinker" and extra:
+        assert e.caches[1].cells == 4608  # its window is 4096 whatever the key says

@@ -120,6 +120,7 @@ class SwaRule:
     window: int | None = None  # default window when the key is absent (None: key required)
     needs_window: bool = False  # SWA only when `sliding_window` is present and > 0
     off_when_zero: bool = False  # llama4: a window of 0 disables SWA
+    force_window: int | None = None  # smallthinker: this window whatever the key says
 
 
 SWA_RULES: dict[str, SwaRule] = {
@@ -141,6 +142,9 @@ SWA_RULES: dict[str, SwaRule] = {
     "granite_swa": SwaRule(None),
     "maple": SwaRule(None),
     "mimo2": SwaRule(None),
+    "step35": SwaRule(None),
+    "spark2_5": SwaRule(None),
+    "smallthinker": SwaRule(4, dense_first=True, needs_window=True, force_window=4096),
 }
 
 
@@ -307,6 +311,8 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
     n_swa = 0
     swa = False
     rule = SWA_RULES.get(arch)
+    if arch == "exaone4" and n_layer == 64:  # only the 32B model interleaves sliding windows
+        rule = SwaRule(4, window=4096)
     if rule is not None:
         window = m.raw("attention.sliding_window")
         if (rule.off_when_zero and window == 0) or (
@@ -315,7 +321,7 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
             rule = None
     if rule is not None:
         swa = True
-        n_swa = m.num("attention.sliding_window", rule.window)
+        n_swa = rule.force_window or m.num("attention.sliding_window", rule.window)
         arr = m.bools("attention.sliding_window_pattern", n_all)
         if arr is not None:
             is_swa = arr
@@ -475,7 +481,6 @@ _PLAIN_ARCHS = frozenset(
         "hunyuan-moe",
         "hunyuan-dense",
         "smollm3",
-        "smallthinker",
         "seed_oss",
         "grovemoe",
         "apertus",
