@@ -110,14 +110,16 @@ def _decode(raw: bytes) -> str:
     return raw.decode(errors="replace").rstrip("\r")
 
 
-def tail_lines(path: Path, n: int, *, max_bytes: int = 1 << 20) -> list[str]:
-    """The last `n` lines of a log (llmctl's header lines left out)."""
+def tail_lines(
+    path: Path, n: int, *, max_bytes: int = 1 << 20, end: int | None = None
+) -> list[str]:
+    """The last `n` lines of a log (llmctl's header lines left out), up to byte `end`."""
     if n <= 0:
         return []
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
-            size = f.tell()
+            size = f.tell() if end is None else min(end, f.tell())
             block = 8192
             data = b""
             pos = size

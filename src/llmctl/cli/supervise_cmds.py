@@ -113,14 +113,19 @@ def _run_switch(spec: LaunchSpec, *, json_out: bool, quiet: bool, lock_timeout: 
     cancel = threading.Event()
     events: queue.SimpleQueue[Event] = queue.SimpleQueue()
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
             box["result"] = sup.switch(spec, on_event=events.put, cancel=cancel)
         except BaseException as exc:  # handed to the main thread
             box["exc"] = exc
+        finally:
+            done.set()
 
     view = _make_view(spec.profile, quiet)
+    # Not Thread.join(): a KeyboardInterrupt inside join() can leave is_alive() False while the
+    # thread still runs. An Event is set only once the worker has finished for real.
     worker = threading.Thread(target=work, name="llmctl-switch", daemon=True)
     interrupted = False
     view.start()
@@ -128,10 +133,10 @@ def _run_switch(spec: LaunchSpec, *, json_out: bool, quiet: bool, lock_timeout: 
         worker.start()
         while True:
             try:
-                worker.join(0.05)
+                finished = done.wait(0.05)
                 while not events.empty():
                     view.event(events.get())
-                if not worker.is_alive():
+                if finished:
                     break
                 view.tick()
             except KeyboardInterrupt:
@@ -383,18 +388,18 @@ def logs(
     if path_only:
         sys.stdout.write(f"{path}\n")
         raise typer.Exit(EXIT_OK)
-    for line in tail_lines(path, lines):
+    size = path.stat().st_size
+    for line in tail_lines(path, lines, end=size):
         sys.stdout.write(line + "\n")
     sys.stdout.flush()
     if follow:
         with contextlib.suppress(KeyboardInterrupt):
-            _follow(sup, path)
+            _follow(sup, path, size)
     raise typer.Exit(EXIT_OK)
 
 
-def _follow(sup: Any, path: Path) -> None:
+def _follow(sup: Any, path: Path, offset: int) -> None:
     """Like `tail -F`: print what is appended; move to the next launch's log when there is one."""
-    offset = path.stat().st_size
     last_check = time.monotonic()
     while True:
         with path.open("rb") as f:

@@ -1,0 +1,466 @@
+"""`llmctl switch/status/stop/logs/demo` as a user runs them: subprocesses, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmctl import paths, procs
+from llmctl.lock import StateLock
+from llmctl.state import read_state
+from llmctl.supervisor import Status, Supervisor
+from supervisor_helpers import FAKE, fake_pids, kill_fakes, wait_until
+
+SWITCH_KEYS = {"profile", "pid", "port", "url", "ready", "elapsed_s", "log", "error"}
+
+
+def llmctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def manifest(tmp_path: Path, free_port: int) -> Iterator[Path]:
+    """A manifest whose llama-server is the FAKE one."""
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        "version: 1\n"
+        "server:\n"
+        f"  binary: {json.dumps(str(FAKE))}\n"
+        f"  port: {free_port}\n"
+        "  stop_timeout: 2\n"
+        "profiles:\n"
+        "  fast: {model: m.gguf, aliases: [quick]}\n"
+        "  other: {model: m.gguf, ctx_size: 1024}\n"
+        "  slow:\n"
+        "    model: m.gguf\n"
+        '    extra_args: ["--load-time", "30", "--progress-every", "0.05"]\n'
+        "  broken:\n"
+        "    model: m.gguf\n"
+        '    extra_args: ["--mode", "die", "--message", "llama_model_load: error loading model: bad tensor"]\n'
+    )
+    try:
+        yield path
+    finally:
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()
+        kill_fakes()
+
+
+def test_fake_is_executable() -> None:
+    assert os.access(FAKE, os.X_OK)
+
+
+def test_status_nothing_running_fast_path() -> None:
+    res = llmctl("status", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data == Status(running=False).to_json()
+    # byte for byte what the general path prints
+    assert res.stdout == json.dumps(Status(running=False).to_json(), indent=2) + "\n"
+    text = llmctl("status")
+    assert text.returncode == 0 and text.stdout == "not running\n"
+    assert not paths.state_dir().exists()  # status has no side effects
+
+
+def test_fast_path_imports_nothing_heavy(manifest: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from llmctl.cli import main\n"
+        "sys.argv = ['llmctl'] + sys.argv[1:]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('typer', 'click', 'rich', 'pydantic', 'httpx', 'yaml')"
+        " if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    for args in (["status", "--json"], ["status"]):
+        res = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=False
+        )
+        assert "HEAVY []" in res.stderr, res.stderr
+    assert llmctl("switch", "fast", "--manifest", str(manifest)).returncode == 0
+    for args in (["status", "--json"], ["status"]):
+        res = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=False
+        )
+        assert "HEAVY []" in res.stderr, res.stderr
+
+
+def test_fast_path_and_typer_command_print_the_same(manifest: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llmctl.cli import build_app
+    from llmctl.cli.fast import try_fast_path
+
+    app = build_app()
+    runner = CliRunner()
+
+    def typer_out(*args: str) -> tuple[int, str]:
+        r = runner.invoke(app, list(args))  # type: ignore[arg-type]
+        return r.exit_code, r.stdout
+
+    assert try_fast_path(["status", "--verbose"]) is None
+    assert try_fast_path(["switch", "x"]) is None
+    nothing = llmctl("status", "--json")
+    assert typer_out("status", "--json") == (0, nothing.stdout)
+    assert typer_out("status") == (0, llmctl("status").stdout)
+
+    assert llmctl("switch", "fast", "--manifest", str(manifest)).returncode == 0
+    fast_json = json.loads(llmctl("status", "--json").stdout)
+    code, out = typer_out("status", "--json")
+    typer_json = json.loads(out)
+    assert code == 0
+    for d in (fast_json, typer_json):
+        d.pop("uptime_s")
+    assert fast_json == typer_json and fast_json["running"] and fast_json["healthy"]
+
+    def no_uptime(text: str) -> str:
+        return "\n".join(x for x in text.splitlines() if not x.startswith("uptime"))
+
+    code, out = typer_out("status")
+    assert code == 0 and no_uptime(out) == no_uptime(llmctl("status").stdout)
+    assert "profile  fast" in out and "healthy  yes" in out
+
+
+def test_switch_status_stop(manifest: Path) -> None:
+    res = llmctl("switch", "quick", "--manifest", str(manifest))  # an alias
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ready: profile 'fast' at http://127.0.0.1:")
+    assert "starting profile 'fast'" in res.stderr  # plain progress lines, not a terminal
+    assert "\x1b[" not in res.stderr
+
+    st = llmctl("status", "--json")
+    data = json.loads(st.stdout)
+    assert st.returncode == 0 and data["running"] and data["healthy"] and data["profile"] == "fast"
+    assert data["memory"]["total_mib"] == pytest.approx(4.25)
+    text = llmctl("status").stdout
+    assert "profile  fast" in text and "memory   model 1.50 MiB" in text
+
+    again = llmctl("switch", "fast", "--manifest", str(manifest), "--json")
+    out = json.loads(again.stdout)
+    assert again.returncode == 0 and out["ready"] and out["pid"] == data["pid"]
+    assert set(out) == SWITCH_KEYS and out["error"] is None
+
+    other = llmctl("switch", "other", "--manifest", str(manifest), "--quiet")
+    assert other.returncode == 0 and other.stderr == ""
+    assert "ready: profile 'other'" in other.stdout
+    assert not procs.is_alive(data["pid"])
+
+    stop = llmctl("stop")
+    assert stop.returncode == 0 and stop.stdout.startswith("stopped profile 'other'")
+    assert fake_pids() == []
+    nothing = llmctl("stop", "--json")
+    assert nothing.returncode == 0
+    assert json.loads(nothing.stdout) == {
+        "stopped": False,
+        "profile": None,
+        "pid": None,
+        "elapsed_s": json.loads(nothing.stdout)["elapsed_s"],
+    }
+    assert llmctl("stop").stdout == "nothing was running\n"
+
+
+def test_switch_failure_exit_1_with_error_first(manifest: Path) -> None:
+    res = llmctl("switch", "broken", "--manifest", str(manifest))
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert "error: llama-server for profile 'broken' exited with code 1" in res.stderr
+    assert "bad tensor" in res.stderr.splitlines()[-10 - 1] or "bad tensor" in res.stderr
+    lines = res.stderr.splitlines()
+    said = lines.index("llama-server said (error line first):")
+    assert "error loading model: bad tensor" in lines[said + 1]
+    assert "hint: full log:" in res.stderr
+
+    js = llmctl("switch", "broken", "--manifest", str(manifest), "--json")
+    assert js.returncode == 1
+    out = json.loads(js.stdout)
+    assert set(out) == SWITCH_KEYS and out["ready"] is False
+    assert set(out["error"]) == {"message", "exit_code", "stderr_tail"}
+    assert out["error"]["exit_code"] == 1
+    assert "bad tensor" in out["error"]["stderr_tail"][0]
+    assert fake_pids() == []
+
+
+def test_invalid_input_exit_2(manifest: Path, tmp_path: Path) -> None:
+    res = llmctl("switch", "nope", "--manifest", str(manifest))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "no profile or alias named 'nope'" in res.stderr
+    js = llmctl("switch", "nope", "--manifest", str(manifest), "--json")
+    out = json.loads(js.stdout)
+    assert js.returncode == 2 and set(out) == SWITCH_KEYS and out["pid"] is None
+    assert "no profile or alias named 'nope'" in out["error"]["message"]
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("version: 1\nprofiles:\n  a: {model: m.gguf, ctx_size: [}\n")
+    bad = llmctl("switch", "a", "--manifest", str(broken))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert str(broken) in bad.stderr or "broken.yaml" in bad.stderr
+    assert fake_pids() == []
+
+
+def test_locked_exit_3(manifest: Path) -> None:
+    with StateLock(paths.state_dir(), 5, purpose="llmctl switch big"):
+        res = llmctl("switch", "fast", "--manifest", str(manifest), "--lock-timeout", "0.2")
+        assert res.returncode == 3, res.stderr
+        assert "another llmctl holds the state lock" in res.stderr
+        assert f"pid {os.getpid()}" in res.stderr
+        js = llmctl("switch", "fast", "--manifest", str(manifest), "--lock-timeout", "0", "--json")
+        assert js.returncode == 3
+        assert "state lock" in json.loads(js.stdout)["error"]["message"]
+        stop = llmctl("stop", "--lock-timeout", "0.1", "--json")
+        assert stop.returncode == 3
+        assert json.loads(stop.stdout)["error"]["type"] == "LockTimeout"
+        # status does not wait for the lock
+        assert llmctl("status").returncode == 0
+    assert fake_pids() == []
+
+
+def test_ctrl_c_during_switch_cancels_and_leaves_nothing(manifest: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmctl", "switch", "slow", "--manifest", str(manifest), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def loading() -> bool:
+            rec = read_state(paths.state_dir())
+            return rec is not None and rec.pid is not None and procs.is_alive(rec.pid)
+
+        assert wait_until(loading, 20)
+        rec = read_state(paths.state_dir())
+        assert rec is not None and rec.pid is not None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        data = json.loads(out)
+        assert data["ready"] is False and "cancelled" in data["error"]["message"]
+        assert "Traceback" not in err
+        assert not procs.is_alive(rec.pid)
+        assert fake_pids() == []
+        assert read_state(paths.state_dir()) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_sigkill_of_cli_mid_switch_then_next_command_repairs(manifest: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmctl", "switch", "slow", "--manifest", str(manifest)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def loading() -> bool:
+            rec = read_state(paths.state_dir())
+            return rec is not None and rec.pid is not None and procs.is_alive(rec.pid)
+
+        assert wait_until(loading, 20)
+        proc.kill()
+        proc.wait()
+        rec = read_state(paths.state_dir())
+        assert rec is not None and rec.pid is not None and procs.is_alive(rec.pid)
+        st = llmctl("status")
+        assert st.returncode == 0
+        assert "not running" in st.stdout and "interrupted switch" in st.stdout
+        assert not procs.is_alive(rec.pid)
+        assert llmctl("switch", "fast", "--manifest", str(manifest)).returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigkill_of_cli_then_switch_repairs(manifest: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmctl", "switch", "slow", "--manifest", str(manifest)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: bool(fake_pids()), 20)
+        proc.kill()
+        proc.wait()
+        res = llmctl("switch", "fast", "--manifest", str(manifest))
+        assert res.returncode == 0, res.stderr
+        assert "interrupted switch" in res.stderr
+        assert len(fake_pids()) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_status_unhealthy_exit_1(manifest: Path) -> None:
+    assert llmctl("switch", "fast", "--manifest", str(manifest)).returncode == 0
+    rec = read_state(paths.state_dir())
+    assert rec is not None and rec.pid is not None
+    os.kill(rec.pid, signal.SIGSTOP)
+    try:
+        res = llmctl("status", "--json")
+        assert res.returncode == 1
+        data = json.loads(res.stdout)
+        assert data["running"] and data["healthy"] is False
+        assert "NO (/health did not answer 200)" in llmctl("status").stdout
+    finally:
+        os.kill(rec.pid, signal.SIGCONT)
+
+
+def test_logs(manifest: Path) -> None:
+    none = llmctl("logs")
+    assert none.returncode == 1 and "no llama-server log yet" in none.stderr
+    assert llmctl("switch", "fast", "--manifest", str(manifest)).returncode == 0
+    rec = read_state(paths.state_dir())
+    assert rec is not None
+    res = llmctl("logs", "-n", "2")
+    assert res.returncode == 0
+    assert res.stdout.splitlines()[-1].endswith(f"listening on http://127.0.0.1:{rec.port}")
+    assert len(res.stdout.splitlines()) == 2
+    assert llmctl("logs", "--path").stdout.strip() == rec.log
+
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "llmctl", "logs", "-f", "-n", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert follow.stdout is not None
+        for line in follow.stdout:
+            lines.put(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    def until(text: str, timeout: float = 10) -> str:
+        seen = ""
+        deadline = time.monotonic() + timeout
+        while text not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{text!r} not seen; got {seen!r}")
+            try:
+                seen += lines.get(timeout=left)
+            except queue.Empty:
+                continue
+        return seen
+
+    try:
+        until("listening on")
+        with open(rec.log, "a") as f:
+            f.write("appended by the test\n")
+        until("appended by the test\n")
+        # a new launch: follow moves to its log
+        assert llmctl("switch", "other", "--manifest", str(manifest)).returncode == 0
+        seen = until("model loaded")
+        assert "==> " in seen
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(10) == 0
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+        follow.wait()
+        reader.join(5)
+        for stream in (follow.stdout, follow.stderr):
+            if stream is not None:
+                stream.close()
+
+    # after a failed launch, logs shows that launch's log
+    assert llmctl("switch", "broken", "--manifest", str(manifest)).returncode == 1
+    assert "bad tensor" in llmctl("logs").stdout
+
+
+def test_concurrent_cli_switches(manifest: Path) -> None:
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "llmctl", "switch", name, "--manifest", str(manifest), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for name in ("fast", "other", "fast", "other")
+    ]
+    outs = []
+    for run in runs:
+        out, _ = run.communicate(timeout=120)
+        assert run.returncode == 0
+        outs.append(json.loads(out))
+    assert all(o["ready"] for o in outs)
+    alive = fake_pids()
+    assert len(alive) == 1
+    st = json.loads(llmctl("status", "--json").stdout)
+    assert st["pid"] == alive[0] and st["healthy"]
+
+
+def test_demo_with_real_llama_server(
+    llama_server_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(llama_server_bin))
+    res = llmctl("demo", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    for expected in (
+        "$ llmctl switch tiny --manifest",
+        "ready: profile 'tiny'",
+        "$ llmctl status",
+        "healthy  yes",
+        "reply (",
+        "ready: profile 'tiny-wide'",
+        "nothing to do",
+        "$ llmctl stop",
+        "stopped profile 'tiny-wide'",
+        "done.",
+    ):
+        assert expected in out, expected
+    assert out.index("ready: profile 'tiny'") < out.index("ready: profile 'tiny-wide'")
+    demo_state = paths.state_dir() / "demo" / "state"
+    assert read_state(demo_state) is None
+    assert not any(
+        procs.cmdline(p).startswith(str(llama_server_bin))
+        for p in procs.all_pids()
+        if procs.is_alive(p)
+    )
+
+
+def test_demo_without_llama_server_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(tmp_path / "nothing-here"))
+    res = llmctl("demo")
+    assert res.returncode == 1 and "is not an executable file" in res.stderr
+
+    import llmctl as pkg
+    from llmctl.cli import supervise_cmds
+    from llmctl.errors import LlmctlError
+
+    monkeypatch.delenv("LLMCTL_LLAMA_SERVER")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    # installed without the repository: no build script next to the package
+    monkeypatch.setattr(pkg, "__file__", str(tmp_path / "site" / "llmctl" / "__init__.py"))
+    with pytest.raises(LlmctlError) as info:
+        supervise_cmds._find_llama_server()
+    assert "no llama-server found" in info.value.message
+    assert info.value.hint and "LLMCTL_LLAMA_SERVER" in info.value.hint
+    assert "build-llama-server.sh" in info.value.hint
