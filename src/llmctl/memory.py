@@ -759,6 +759,19 @@ def _tensor_layer(t: TensorInfo, arch: str) -> str | int:
     return "input"
 
 
+CUDA_ALIGNMENT = 128
+CUDA_ROW_PADDING = 512  # MATRIX_ROW_PADDING in ggml-cuda
+
+
+def cuda_alloc_size(t: TensorInfo) -> int:
+    """Bytes a tensor takes in a CUDA buffer: quantized tensors get one extra partial row of
+    padding up to 512 columns, and every tensor starts at a 128-byte boundary."""
+    size = t.nbytes
+    if t.type.block_size > 1 and t.shape[0] % CUDA_ROW_PADDING:
+        size += t.type.row_bytes(CUDA_ROW_PADDING - t.shape[0] % CUDA_ROW_PADDING)
+    return pad(size, CUDA_ALIGNMENT)
+
+
 def weights_estimate(
     tensors: Sequence[TensorInfo] | None,
     n_layer_all: int,
@@ -768,6 +781,8 @@ def weights_estimate(
 ) -> WeightsEstimate:
     """Weights per tensor, split GPU/CPU by the -ngl rule; tied output embeddings duplicated.
 
+    GPU bytes follow CUDA's allocation (128-byte alignment, quantized row padding), so
+    `bytes` (= gpu_bytes + cpu_bytes) can exceed the file's tensor data by a little.
     Without a tensor table (a `metadata:` block), `total_bytes` is split in proportion to layers,
     with no token-embedding separation, and marked inexact.
     """
@@ -791,18 +806,17 @@ def weights_estimate(
             cpu += t.nbytes
         elif where == "output":
             if out_gpu:
-                gpu += t.nbytes
+                gpu += cuda_alloc_size(t)
             else:
                 cpu += t.nbytes
         elif isinstance(where, int) and where >= i_gpu_start:
-            gpu += t.nbytes
+            gpu += cuda_alloc_size(t)
         else:
             cpu += t.nbytes
-    total = gpu + cpu
     if not has_output and embd is not None and out_gpu:
         # tied embeddings: the output layer gets its own copy on its device (same device: shared)
-        gpu += embd.nbytes
-        total += embd.nbytes
+        gpu += cuda_alloc_size(embd)
+    total = gpu + cpu
     return WeightsEstimate(total, gpu, cpu, True, gpu_layers, out_gpu)
 
 
