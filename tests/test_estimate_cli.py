@@ -124,6 +124,9 @@ def test_estimate_a_llama_server_command_line(tiny: Path) -> None:
     assert obj["flash_attn"] == "off"
     assert obj["ignored_args"] == ["--threads 4", "--jinja"]
     assert obj["profile"] is None
+    assert any("--fit" in n for n in obj["notes"])
+    code, out, _ = cli("estimate", "--json", "--", "-m", str(tiny), "-c", "512", "-ngl", "99")
+    assert not any("--fit" in n for n in json.loads(out)[0]["notes"])
 
 
 def test_command_line_errors_are_usage_errors(tmp_path: Path) -> None:

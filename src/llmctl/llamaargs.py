@@ -58,6 +58,13 @@ class ParsedCommand:
     model: str | None
     options: LaunchOptions
     ignored: list[str] = field(default_factory=list)
+    given: set[str] = field(default_factory=set)  # LaunchOptions fields set on the line
+
+    @property
+    def fit_may_change(self) -> bool:
+        """llama-server's --fit (on by default) may shrink -c and -ngl that were not given."""
+        fit_off = any(i.split()[:2] in (["-fit", "off"], ["--fit", "off"]) for i in self.ignored)
+        return not fit_off and not {"ctx_size", "n_gpu_layers"} <= self.given
 
 
 def _int(flag: str, value: str) -> int:
@@ -88,6 +95,7 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
     opts = LaunchOptions()
     model: str | None = None
     ignored: list[str] = []
+    given: set[str] = set()
     i = 0
     while i < len(args):
         arg = args[i]
@@ -95,6 +103,7 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
         if flag in _SWITCHES:
             name, switch = _SWITCHES[flag]
             setattr(opts, name, switch)
+            given.add(name)
             i += 1
             continue
         if flag in _VALUED:
@@ -107,6 +116,7 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
                 value = args[i + 1]
                 i += 2
             target = _VALUED[flag]
+            given.add(target)
             if target == "model":
                 model = value
             elif target == "flash_attn":
@@ -140,4 +150,4 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
         else:
             ignored.append(arg)
         i += 1
-    return ParsedCommand(model, opts, ignored)
+    return ParsedCommand(model, opts, ignored, given)

@@ -101,6 +101,11 @@ def _estimate_argv(argv: list[str], json_out: bool) -> int:
         est = estimate(ModelSource.from_gguf(read_gguf(parsed.model)), parsed.options)
     except MetadataError as err:
         raise UsageError(f"{parsed.model}: {err}") from None
+    if parsed.fit_may_change:
+        est.notes.append(
+            "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"
+            " and GPU layers to what is free; pass them (or --fit off) for this estimate to hold"
+        )
     if json_out:
         obj = est.to_json()
         obj["ignored_args"] = parsed.ignored
