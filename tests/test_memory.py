@@ -361,3 +361,28 @@ def test_which_layers_slide(
     assert sum(c.layers for c in e.caches if c.kind == "swa") == swa_layers
     if arch == "smallthinker" and extra:
         assert e.caches[1].cells == 4608  # its window is 4096 whatever the key says
+
+
+def test_qwen3next_full_attention_every_fourth_layer() -> None:
+    meta = {
+        "general.architecture": "qwen3next",
+        "block_count": 8,
+        "context_length": 262144,
+        "embedding_length": 2048,
+        "attention.head_count": 16,
+        "attention.head_count_kv": 2,
+        "attention.key_length": 256,
+        "attention.value_length": 256,
+        "ssm.conv_kernel": 4,
+        "ssm.inner_size": 4096,
+        "ssm.state_size": 128,
+        "ssm.group_count": 16,
+    }
+    attn, recr = est(meta, ctx_size=8192, parallel=2, kv_unified=True).caches
+    assert (attn.layers, attn.layer_ids) == (2, [3, 7])
+    assert attn.k_bytes == 2 * 512 * 8192 * 2
+    assert (recr.layers, recr.cells, recr.layer_ids) == (8, 2, [0, 1, 2, 4, 5, 6])
+    assert recr.k_bytes == 6 * 4 * 2 * 3 * (4096 + 2 * 16 * 128)
+    assert recr.v_bytes == 6 * 4 * 2 * 128 * 4096
+    every = est({**meta, "attention.recurrent_layers": [True] * 7 + [False]}, ctx_size=8192)
+    assert every.caches[0].layer_ids == [7]

@@ -343,10 +343,13 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
         is_recr = [True] * n_all
     elif arch in _RECR_FROM_INTERVAL:
         arr = m.bools("attention.recurrent_layers", n_all)
+        scalar = m.raw("attention.recurrent_layers")
         if arr is not None:
             is_recr = arr
+        elif isinstance(scalar, bool | int):
+            is_recr = [bool(scalar)] * n_all
         else:
-            interval = m.num("full_attention_interval", 4)
+            interval = m.num("full_attention_interval", 8 if arch == "minimax-01" else 4)
             is_recr = [il < n_layer and (il + 1) % interval != 0 for il in range(n_all)]
     if arch in ("lfm2", "lfm2moe"):
         window = m.raw("attention.sliding_window")
