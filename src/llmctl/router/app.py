@@ -23,10 +23,11 @@ import httpx
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmctl.errors import LlmctlError
 from llmctl.launch import LaunchSpec
@@ -34,6 +35,7 @@ from llmctl.router import metrics as metrics_mod
 from llmctl.router import sse
 from llmctl.router.auth import bearer_token, key_allowed
 from llmctl.router.breaker import STATE_VALUES, counts_as_failure
+from llmctl.router.client import Pool
 from llmctl.router.errors import SERVER, RouterError, bad_request, too_large, unauthorized
 from llmctl.router.models import ModelIndex, Target, detect
 from llmctl.router.proxy import (
@@ -44,6 +46,7 @@ from llmctl.router.proxy import (
     UpstreamFailure,
     WaitingStreamResponse,
     error_from_body,
+    lean_capable,
     open_reply,
     request_headers,
 )
@@ -96,7 +99,7 @@ class Router:
         self.started_pids: set[int] = set()
         self.shutting_down = False
         self._last_refresh = 0.0
-        self._local: httpx.AsyncClient | None = None
+        self._pool: Pool | None = None
         self._remote: httpx.AsyncClient | None = None
         self.scheduler = Scheduler(self._switch)
         self.scheduler.on_switch_done = self.metrics.observe_switch
@@ -134,22 +137,23 @@ class Router:
 
     # --- HTTP clients -----------------------------------------------------------------
 
-    def client_for(self, upstream: Upstream) -> httpx.AsyncClient:
-        """Loopback traffic never goes through an HTTP proxy from the environment; remote may."""
-        local = upstream.managed or _is_loopback_url(upstream.url)
-        if local:
-            if self._local is None:
-                self._local = _new_client(trust_env=False)
-            return self._local
+    def transport_for(self, upstream: Upstream, url: str) -> httpx.AsyncClient | Pool:
+        """Loopback plain http: the lean pool. Elsewhere httpx, which may use a proxy from the environment."""
+        if lean_capable(url):
+            if self._pool is None:
+                self._pool = Pool()
+            return self._pool
         if self._remote is None:
             self._remote = _new_client(trust_env=True)
         return self._remote
 
     async def aclose_clients(self) -> None:
-        for client in (self._local, self._remote):
-            if client is not None:
-                await client.aclose()
-        self._local = self._remote = None
+        if self._remote is not None:
+            await self._remote.aclose()
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = None
+        self._remote = None
 
     # --- managed server ---------------------------------------------------------------
 
@@ -282,13 +286,6 @@ class Router:
         return b"".join(parts)
 
 
-def _is_loopback_url(url: str | None) -> bool:
-    if not url:
-        return True
-    host = httpx.URL(url).host
-    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
-
-
 def _new_client(*, trust_env: bool) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         trust_env=trust_env,
@@ -380,7 +377,7 @@ class Exchange:
                     assert up.url is not None
                     url = up.url + self.path
                 reply = await open_reply(
-                    router.client_for(up),
+                    router.transport_for(up, url),
                     upstream=up.name,
                     url=url,
                     method=self.method,
@@ -783,6 +780,27 @@ class ProgressStream:
                     await task
 
 
+class FastProxy:
+    """The hot path: `/v1/*` (but `/v1/models`) goes to the proxy without Starlette's routing and
+    exception layers, which cost more than the rest of the relay."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/models":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        response: Any
+        try:
+            response = await proxy_endpoint(request)
+        except RouterError as err:
+            response = err.response()
+        await response(scope, receive, send)
+
+
 # --- errors -------------------------------------------------------------------------------
 
 
@@ -855,6 +873,7 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(FastProxy)],
         lifespan=lifespan,
         exception_handlers={
             RouterError: _router_error,

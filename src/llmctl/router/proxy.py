@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from llmctl.router import sse
+from llmctl.router.client import ConnectFailed, Pool, StreamBroken
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.queue import Progress
 
@@ -79,29 +82,51 @@ def request_headers(
 
 
 class Reply:
-    """An upstream response whose headers and first chunk have arrived; the rest streams on."""
+    """An upstream response whose headers and first chunk have arrived; the rest streams on.
+
+    `rest` raises StreamBroken when the upstream fails mid-response.
+    """
 
     def __init__(
-        self, upstream: str, response: httpx.Response, first: bytes, rest: AsyncIterator[bytes]
+        self,
+        upstream: str,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        closer: Callable[[], Awaitable[None]],
     ) -> None:
         self.upstream = upstream
-        self.response = response
-        self.status = response.status_code
+        self.status = status
+        self.headers = headers
         self.first = first
         self.rest = rest
-        self.sent_at = time.monotonic()
+        self._closer = closer
         self.extra_headers: list[tuple[bytes, bytes]] = []
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    @property
+    def complete(self) -> bool:
+        """The first chunk is the whole body (a known length, all of it read)."""
+        if self.header(b"content-encoding") is not None:
+            return False
+        length = self.header(b"content-length")
+        return length is not None and length.isdigit() and len(self.first) == int(length)
 
     @property
     def is_sse(self) -> bool:
-        content_type: str = self.response.headers.get("content-type", "")
-        return content_type.startswith("text/event-stream")
+        return (self.header(b"content-type") or b"").startswith(b"text/event-stream")
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         # the body is relayed decoded: its length holds only when the upstream did not compress it
-        encoded = "content-encoding" in self.response.headers
+        encoded = self.header(b"content-encoding") is not None
         out: list[tuple[bytes, bytes]] = []
-        for k, v in self.response.headers.raw:
+        for k, v in self.headers:
             name = k.lower().decode("latin-1")
             if name == "content-length":
                 if encoded:
@@ -118,11 +143,24 @@ class Reply:
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self.rest.aclose()  # type: ignore[attr-defined]
-        await self.response.aclose()
+        await self._closer()
+
+
+@functools.lru_cache(maxsize=256)
+def _split(url: str) -> tuple[str, str, int, str]:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname or "127.0.0.1", port, parts.path.rstrip("/")
+
+
+def lean_capable(url: str) -> bool:
+    """Plain http to loopback: served by the lean client."""
+    scheme, host, _, _ = _split(url)
+    return scheme == "http" and (host in ("localhost", "::1") or host.startswith("127."))
 
 
 async def open_reply(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncClient | Pool,
     *,
     upstream: str,
     url: str,
@@ -136,6 +174,104 @@ async def open_reply(
     Raises UpstreamFailure on a connect error, a timeout or a 5xx, so the caller can try the next
     upstream; returns other statuses (4xx too) as they are.
     """
+    if isinstance(transport, Pool):
+        return await _open_lean(transport, upstream, url, method, headers, body, timeout)
+    return await _open_httpx(transport, upstream, url, method, headers, body, timeout)
+
+
+async def _first_or_fail(
+    chunks: AsyncIterator[bytes],
+    deadline: float,
+    timeout: float,
+    closer: Callable[[], Awaitable[None]],
+) -> bytes:
+    try:
+        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+            return await anext(chunks, b"")
+    except TimeoutError:
+        await closer()
+        raise UpstreamFailure("timeout", f"no response body within {timeout:g} s") from None
+    except StreamBroken as exc:
+        await closer()
+        raise UpstreamFailure("transport", f"failed before the first byte: {exc}") from None
+
+
+async def _failure_for_status(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    chunks: AsyncIterator[bytes],
+    deadline: float,
+    closer: Callable[[], Awaitable[None]],
+) -> UpstreamFailure:
+    data = b""
+    try:
+        async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+            async for chunk in chunks:
+                data += chunk
+                if len(data) > 65536:
+                    break
+    except (TimeoutError, StreamBroken):
+        pass
+    finally:
+        await closer()
+    content_type = next(
+        (v.decode("latin-1") for k, v in headers if k.lower() == b"content-type"), ""
+    )
+    return UpstreamFailure(
+        "status", f"answered {status}", status=status, body=data[:65536], content_type=content_type
+    )
+
+
+async def _open_lean(
+    pool: Pool,
+    upstream: str,
+    url: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> Reply:
+    deadline = time.monotonic() + timeout
+    _, host, port, _ = _split(url)
+    target = url[url.index("/", url.index("//") + 2) :] if url.count("/") > 2 else "/"
+    try:
+        async with asyncio.timeout(timeout):
+            response = await pool.request(
+                host, port, method, target, headers, body,
+                connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+            )  # fmt: skip
+    except TimeoutError:
+        raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
+    except ConnectFailed as exc:
+        raise UpstreamFailure("connect", str(exc)) from None
+    except StreamBroken as exc:
+        raise UpstreamFailure("transport", str(exc)) from None
+    chunks = response.body()
+    if response.status >= 500:
+        raise await _failure_for_status(
+            response.status, response.headers, chunks, deadline, response.aclose
+        )
+    first = await _first_or_fail(chunks, deadline, timeout, response.aclose)
+    return Reply(upstream, response.status, response.headers, first, chunks, response.aclose)
+
+
+async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise StreamBroken(f"{type(exc).__name__}: {exc}") from exc
+
+
+async def _open_httpx(
+    client: httpx.AsyncClient,
+    upstream: str,
+    url: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> Reply:
     deadline = time.monotonic() + timeout
     request = client.build_request(
         method,
@@ -155,34 +291,14 @@ async def open_reply(
         raise UpstreamFailure("connect", f"cannot connect: {exc or type(exc).__name__}") from None
     except httpx.HTTPError as exc:
         raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
+    chunks = _httpx_chunks(response)
+    raw = list(response.headers.raw)
     if response.status_code >= 500:
-        try:
-            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
-                data = await response.aread()
-        except (TimeoutError, httpx.HTTPError):
-            data = b""
-        finally:
-            await response.aclose()
-        raise UpstreamFailure(
-            "status",
-            f"answered {response.status_code}",
-            status=response.status_code,
-            body=data[:65536],
-            content_type=response.headers.get("content-type", ""),
+        raise await _failure_for_status(
+            response.status_code, raw, chunks, deadline, response.aclose
         )
-    chunks = response.aiter_bytes()
-    try:
-        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-            first = await anext(chunks, b"")
-    except (TimeoutError, httpx.TimeoutException):
-        await response.aclose()
-        raise UpstreamFailure("timeout", f"no response body within {timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        await response.aclose()
-        raise UpstreamFailure(
-            "transport", f"failed before the first byte: {type(exc).__name__}: {exc}"
-        ) from None
-    return Reply(upstream, response, first, chunks)
+    first = await _first_or_fail(chunks, deadline, timeout, response.aclose)
+    return Reply(upstream, response.status_code, raw, first, chunks, response.aclose)
 
 
 def error_from_body(status: int, body: bytes, fallback: str) -> RouterError:
@@ -222,14 +338,12 @@ async def _pipe(send: Send, reply: Reply, *, sse_errors: bool) -> Outcome:
         async for chunk in reply.rest:
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except httpx.HTTPError as exc:
-        log.warning(
-            "upstream %s failed mid-stream: %s: %s", reply.upstream, type(exc).__name__, exc
-        )
+    except StreamBroken as exc:
+        log.warning("upstream %s failed mid-stream: %s", reply.upstream, exc)
         if sse_errors:
             err = RouterError(
                 502,
-                f"The upstream {reply.upstream!r} failed during the response: {type(exc).__name__}.",
+                f"The upstream {reply.upstream!r} failed during the response: {exc}",
                 type=SERVER,
                 code="upstream_error",
             )
@@ -256,17 +370,25 @@ class RelayResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome: Outcome = "client_gone"
+        reply = self.reply
         try:
+            start = {
+                "type": "http.response.start",
+                "status": reply.status,
+                "headers": reply.raw_headers(),
+            }
+            if reply.complete:
+                # the whole body is here already: nothing to watch, nothing to cancel upstream
+                await send(start)
+                await send({"type": "http.response.body", "body": reply.first, "more_body": False})
+                async for _ in reply.rest:  # lets the connection go back to the pool
+                    pass
+                outcome = "ok"
+                return
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": self.reply.status,
-                        "headers": self.reply.raw_headers(),
-                    }
-                )
-                outcome = await _pipe(send, self.reply, sse_errors=self.reply.is_sse)
+                await send(start)
+                outcome = await _pipe(send, reply, sse_errors=reply.is_sse)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -380,7 +502,7 @@ class WaitingStreamResponse:
             # the status line is sent already: carry the upstream's answer as one event
             try:
                 data = reply.first + b"".join([c async for c in reply.rest])
-            except httpx.HTTPError:
+            except StreamBroken:
                 data = reply.first
             if reply.status >= 400:
                 err = error_from_body(

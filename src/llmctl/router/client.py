@@ -1,0 +1,293 @@
+"""A lean HTTP/1.1 client with a keep-alive pool, for plain-http upstreams (the local llama-server).
+
+httpx's connection pool costs milliseconds per request under concurrency (its assignment loop
+is quadratic in pooled connections and retries busy ones); the router's hot path is loopback
+HTTP/1.1 to llama-server, which needs none of what httpx adds. TLS upstreams (cloud APIs) and
+those behind an HTTP proxy keep using httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+_MAX_HEAD = 64 * 1024
+_READ = 64 * 1024
+
+
+class ConnectFailed(Exception):
+    """No connection could be made (refused, unreachable, DNS)."""
+
+
+class StreamBroken(Exception):
+    """The upstream closed or broke the connection before the response was complete."""
+
+
+class _Conn:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def usable(self) -> bool:
+        return not self.reader.at_eof() and not self.writer.is_closing()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+@dataclass
+class Response:
+    """Status and headers are read; the body streams from `body()` (call `aclose()` always)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    _conn: _Conn | None
+    _pool: Pool
+    _key: tuple[str, int]
+    _length: int | None
+    _chunked: bool
+    _keep: bool
+    _read_timeout: float | None
+    _done: bool = field(default=False)
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    async def _read(self, coro_reader: asyncio.StreamReader, n: int, *, exact: bool) -> bytes:
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                if exact:
+                    return await coro_reader.readexactly(n)
+                data = await coro_reader.read(n)
+        except asyncio.IncompleteReadError as exc:
+            raise StreamBroken("the upstream closed the connection mid-response") from exc
+        except (ConnectionError, OSError) as exc:
+            raise StreamBroken(f"the connection broke mid-response: {exc}") from exc
+        except TimeoutError:
+            raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
+        return data
+
+    async def body(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None or self._done:
+            return
+        reader = conn.reader
+        if self._chunked:
+            while True:
+                try:
+                    async with asyncio.timeout(self._read_timeout):
+                        line = await reader.readuntil(b"\r\n")
+                except (
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    ConnectionError,
+                    OSError,
+                ) as exc:
+                    raise StreamBroken("the upstream closed the connection mid-response") from exc
+                except TimeoutError:
+                    raise StreamBroken(
+                        f"no data from the upstream for {self._read_timeout:g} s"
+                    ) from None
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise StreamBroken("malformed chunked response from the upstream") from None
+                if size == 0:
+                    # trailers (usually none) end with an empty line
+                    while True:
+                        trailer = await self._read_line(reader)
+                        if trailer in (b"\r\n", b"\n", b""):
+                            break
+                    self._finish()
+                    return
+                data = await self._read(reader, size + 2, exact=True)
+                yield data[:-2]
+        elif self._length is not None:
+            remaining = self._length
+            while remaining > 0:
+                data = await self._read(reader, min(remaining, _READ), exact=False)
+                if not data:
+                    raise StreamBroken("the upstream closed the connection mid-response")
+                remaining -= len(data)
+                yield data
+            self._finish()
+        else:  # delimited by the end of the connection
+            self._keep = False
+            while True:
+                data = await self._read(reader, _READ, exact=False)
+                if not data:
+                    break
+                yield data
+            self._finish()
+
+    async def _read_line(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                return await reader.readuntil(b"\r\n")
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+            OSError,
+            TimeoutError,
+        ):
+            raise StreamBroken("the upstream closed the connection mid-response") from None
+
+    def _finish(self) -> None:
+        self._done = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._keep and conn.usable():
+                self._pool.put(self._key, conn)
+            else:
+                conn.close()
+
+    async def aclose(self) -> None:
+        """Give the connection back when the body was read whole, else close it (cancelling upstream)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+class Pool:
+    """Idle keep-alive connections per (host, port)."""
+
+    def __init__(self, *, max_idle_per_host: int = 256) -> None:
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self.max_idle = max_idle_per_host
+
+    def put(self, key: tuple[str, int], conn: _Conn) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) < self.max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def _get(self, key: tuple[str, int], connect_timeout: float) -> tuple[_Conn, bool]:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn, True
+            conn.close()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                reader, writer = await asyncio.open_connection(key[0], key[1], limit=_MAX_HEAD)
+        except TimeoutError:
+            raise ConnectFailed(f"connect to {key[0]}:{key[1]} timed out") from None
+        except OSError as exc:
+            raise ConnectFailed(
+                f"cannot connect to {key[0]}:{key[1]}: {exc.strerror or exc}"
+            ) from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Conn(reader, writer), False
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float | None = None,
+    ) -> Response:
+        """Send one request and read the status line and headers.
+
+        Raises ConnectFailed when no connection can be made and StreamBroken when the server
+        closes before answering. A pooled connection the server closed meanwhile is retried once
+        on a fresh one (the request never reached the application).
+        """
+        key = (host, port)
+        hostname = f"[{host}]" if ":" in host else host
+        lines = [f"{method} {target} HTTP/1.1\r\nhost: {hostname}:{port}\r\n".encode()]
+        lines.extend(k + b": " + v + b"\r\n" for k, v in headers)
+        if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            lines.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
+        lines.append(b"\r\n")
+        payload = b"".join(lines) + body
+        for attempt in (0, 1):
+            conn, reused = await self._get(key, connect_timeout)
+            try:
+                conn.writer.write(payload)
+                head = await conn.reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+                conn.close()
+                if reused and attempt == 0:
+                    continue  # a stale keep-alive connection: try a fresh one
+                raise StreamBroken(
+                    f"the upstream closed the connection before answering: {exc}"
+                ) from None
+            except asyncio.LimitOverrunError:
+                conn.close()
+                raise StreamBroken("the upstream's response headers are too large") from None
+            except BaseException:
+                conn.close()
+                raise
+            return self._parse(head, conn, key, method, read_timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _parse(
+        self,
+        head: bytes,
+        conn: _Conn,
+        key: tuple[str, int],
+        method: str,
+        read_timeout: float | None,
+    ) -> Response:
+        lines = head[:-4].split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        try:
+            status = int(parts[1])
+        except (IndexError, ValueError):
+            conn.close()
+            raise StreamBroken(
+                f"not an HTTP response from the upstream: {lines[0][:80]!r}"
+            ) from None
+        headers: list[tuple[bytes, bytes]] = []
+        length: int | None = None
+        chunked = False
+        keep = parts[0] == b"HTTP/1.1"
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            name = name.strip()
+            value = value.strip()
+            lower = name.lower()
+            if lower == b"content-length":
+                with contextlib.suppress(ValueError):
+                    length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lower == b"connection":
+                if b"close" in value.lower():
+                    keep = False
+                elif b"keep-alive" in value.lower():
+                    keep = True
+            headers.append((name, value))
+        if chunked:
+            length = None
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            length, chunked = 0, False
+        return Response(status, headers, conn, self, key, length, chunked, keep, read_timeout)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
