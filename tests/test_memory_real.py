@@ -34,6 +34,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma4": ("gemma4", {}),
     "gemma4-shared-kv": ("gemma4", {"extra": {"shared_kv_layers": 2}}),
     "mamba": ("mamba", {}),
+    "granite-hybrid": ("granitehybrid", {}),
     "llama-q8-weights": ("llama", {"weight_type": "q8_0", "n_layer": 3}),
     "llama-q4-weights": ("llama", {"weight_type": "q4_0", "n_layer": 2}),
 }

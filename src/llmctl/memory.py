@@ -842,8 +842,8 @@ def compute_estimate(
     KQ           4 * n_tokens * n_kv * n_head with flash attention off (the score matrix), else 0
 
     Calibrated on the CPU backend against `sched_reserve` at -lv 4 over the test matrix
-    (tests/test_memory_real.py: 140 launches, 14 models, 8 architectures): the error is within
-    -42 %/+39 %, median 0 %, mean absolute 10 %. On CUDA the buffer also holds backend pools
+    (tests/test_memory_real.py: 150 launches, 15 models, 9 architectures): the error is within
+    -42 %/+44 %, median 0 %, mean absolute 11 %. On CUDA the buffer also holds backend pools
     that this does not model. On real models the term is small next to the KV cache and the
     weights (hundreds of MiB against gigabytes).
     """

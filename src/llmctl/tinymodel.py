@@ -576,7 +576,51 @@ def _gemma4(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
     return meta, tensors
 
 
+def _granitehybrid(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """Granite 4 hybrid: Mamba-2 layers (grouped state) where head_count_kv is 0, attention elsewhere."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    a = c.arch
+    if not isinstance(c.n_head_kv, list):
+        c.n_head_kv = [c.n_head_kv if il % 2 else 0 for il in range(c.n_layer)]
+    d_inner = 2 * c.n_embd
+    d_conv = c.opt("d_conv", 4)
+    d_state = c.opt("d_state", 32)
+    n_group = c.opt("n_group", 2)
+    n_ssm_head = c.opt("n_ssm_head", 8)
+    d_in_proj = 2 * d_inner + 2 * n_group * d_state + n_ssm_head
+    conv = d_inner + 2 * n_group * d_state
+    tensors = _emb_out(c, wt, ft)
+    for il in range(c.n_layer):
+        p = f"blk.{il}."
+        tensors.append(Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"))
+        if c.kv(il) == 0:
+            tensors += [
+                Tensor(p + "ssm_in.weight", (c.n_embd, d_in_proj), wt),
+                Tensor(p + "ssm_conv1d.weight", (d_conv, conv), ft),
+                Tensor(p + "ssm_conv1d.bias", (conv,), ft),
+                Tensor(p + "ssm_dt.bias", (n_ssm_head,), ft),
+                Tensor(p + "ssm_a", (1, n_ssm_head), ft, "neg"),
+                Tensor(p + "ssm_d", (1, n_ssm_head), ft, "ones"),
+                Tensor(p + "ssm_norm.weight", (d_inner // n_group, n_group), ft, "ones"),
+                Tensor(p + "ssm_out.weight", (d_inner, c.n_embd), wt),
+            ]
+        else:
+            tensors += _attn(c, il, wt, ft)
+        tensors.append(Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"))
+        tensors += _ffn(c, il, wt)
+    meta = [
+        *_common_meta(c),
+        (f"{a}.ssm.conv_kernel", u32(d_conv)),
+        (f"{a}.ssm.inner_size", u32(d_inner)),
+        (f"{a}.ssm.state_size", u32(d_state)),
+        (f"{a}.ssm.time_step_rank", u32(n_ssm_head)),
+        (f"{a}.ssm.group_count", u32(n_group)),
+    ]
+    return meta, tensors
+
+
 ARCHITECTURES: dict[str, _Builder] = {
+    "granitehybrid": _granitehybrid,
     "gemma4": _gemma4,
     "cohere2": _cohere2,
     "mamba": _mamba,
@@ -591,6 +635,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma3": {"n_layer": 6},
     "lfm2": {"n_layer": 4},
     "cohere2": {"n_layer": 4},
+    "granitehybrid": {"n_layer": 4},
 }
 
 
