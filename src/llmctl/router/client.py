@@ -68,12 +68,12 @@ class Response:
                 if exact:
                     return await coro_reader.readexactly(n)
                 data = await coro_reader.read(n)
+        except TimeoutError:  # before OSError, its base class
+            raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except asyncio.IncompleteReadError as exc:
             raise StreamBroken("the upstream closed the connection mid-response") from exc
         except (ConnectionError, OSError) as exc:
             raise StreamBroken(f"the connection broke mid-response: {exc}") from exc
-        except TimeoutError:
-            raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         return data
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -86,17 +86,12 @@ class Response:
                 try:
                     async with asyncio.timeout(self._read_timeout):
                         line = await reader.readuntil(b"\r\n")
-                except (
-                    asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError,
-                    ConnectionError,
-                    OSError,
-                ) as exc:
-                    raise StreamBroken("the upstream closed the connection mid-response") from exc
-                except TimeoutError:
+                except TimeoutError:  # before OSError, its base class
                     raise StreamBroken(
                         f"no data from the upstream for {self._read_timeout:g} s"
                     ) from None
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
+                    raise StreamBroken("the upstream closed the connection mid-response") from exc
                 try:
                     size = int(line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
