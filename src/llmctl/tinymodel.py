@@ -642,9 +642,15 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 def write_tiny_model(path: Path, arch: str = "llama", **overrides: Any) -> Path:
     """Write a tiny random-weight GGUF of `arch` that llama-server loads; returns `path`.
 
+    Architectures: llama, gemma2, gemma3, gemma4, cohere2 (sliding windows), deepseek2 (MLA),
+    lfm2 and granitehybrid (hybrid), mamba (recurrent).
     Overrides: n_layer, n_embd, n_head, n_head_kv (int or per-layer list), head_dim, n_ff,
     n_ctx_train, n_vocab_extra, tied (no output.weight), weight_type (f32/f16/q8_0/q4_0),
-    name, seed, extra (architecture-specific keys, see ARCHITECTURES).
+    name, seed, and `extra`, a dict of architecture-specific settings: sliding_window and
+    sliding_window_pattern (gemma*, cohere2, lfm2), shared_kv_layers, key_length,
+    head_count_kv_full/_swa (gemma4), q_lora_rank, kv_lora_rank, rope_dim, key_length_mla,
+    value_length_mla (deepseek2), l_cache (lfm2), d_conv, d_state, dt_rank (mamba),
+    n_group, n_ssm_head (granitehybrid).
     """
     builder = ARCHITECTURES.get(arch)
     if builder is None:
