@@ -18,7 +18,7 @@ def health_status(url: str, timeout: float = 0.5) -> int | None:
     hosthdr = f"[{host}]" if ":" in host else host
     request = f"GET /health HTTP/1.1\r\nHost: {hosthdr}:{port}\r\nConnection: close\r\n\r\n"
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with _connect(host, port, timeout) as sock:
             sock.sendall(request.encode())
             data = b""
             while b"\r\n" not in data and len(data) < 4096:
@@ -35,6 +35,24 @@ def health_status(url: str, timeout: float = 0.5) -> int | None:
         return int(status_line[1])
     except ValueError:
         return None
+
+
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    """Connect; an IP literal skips getaddrinfo (and the idna codec import it brings)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 def is_healthy(url: str, timeout: float = 0.5) -> bool:
