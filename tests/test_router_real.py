@@ -411,3 +411,47 @@ def test_keys_from_environment_and_allow_insecure(tmp_path: Path, free_port: int
     text = log.read_text()
     assert "2 API key(s)" in text
     assert "k-one" not in text and "k-two" not in text
+
+
+def test_crashed_server_is_relaunched_by_the_next_request(
+    served: Served, llama_server_bin: Path
+) -> None:
+    messages = [{"role": "user", "content": "x"}]
+    with served.client(timeout=60) as client:
+        client.chat.completions.create(model="A", messages=messages, max_tokens=2)
+        [pid] = llama_pids(llama_server_bin)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while procs.is_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # the request finds the server gone, the state file agrees, the router starts it again
+        raw = client.chat.completions.with_raw_response.create(
+            model="A", messages=messages, max_tokens=2
+        )
+        assert raw.parse().choices and raw.headers["x-llmctl-profile"] == "tiny-a"
+    [again] = llama_pids(llama_server_bin)
+    assert again != pid
+
+
+def test_sigterm_lets_an_inflight_stream_finish(served: Served, llama_server_bin: Path) -> None:
+    body = {
+        "model": "A",
+        "messages": [{"role": "user", "content": "count"}],
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    events = 0
+    with httpx.stream("POST", served.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: {"):
+                events += 1
+                break
+        served.proc.send_signal(signal.SIGTERM)  # mid-stream
+        rest = list(lines)
+    events += sum(1 for ln in rest if ln.startswith("data: {"))
+    assert rest[-1] == "data: [DONE]" or rest[-2:] == ["data: [DONE]", ""]
+    assert events > 100  # the whole generation arrived, not a cut-off stream
+    served.proc.wait(30)
+    assert llama_pids(llama_server_bin) == []

@@ -350,8 +350,11 @@ class Exchange:
         router = self.router
         failures: list[_Failure] = []
         last_status: UpstreamFailure | None = None
-        for i, up in enumerate(self.chain):
-            has_next = i < len(self.chain) - 1
+        queue = list(self.chain)
+        relaunched = False
+        while queue:
+            up = queue.pop(0)
+            has_next = bool(queue)
             if not up.breaker.allow():
                 failures.append(_Failure(up.name, "breaker_open", "circuit open"))
                 continue
@@ -393,9 +396,13 @@ class Exchange:
                 failures.append(_Failure(up.name, fail.reason, fail.message))
                 if fail.status is not None:
                     last_status = fail
-                if up.managed and fail.reason == "connect":
-                    router._last_refresh = 0.0  # the server may have been stopped from a shell
                 log.warning("upstream %s failed (%s): %s", up.name, fail.reason, fail.message)
+                if up.managed and fail.reason == "connect" and not relaunched:
+                    # crashed, or stopped from a shell: if the state file agrees, start it again
+                    relaunched = True
+                    await router.refresh(force=True)
+                    if router.scheduler.active != self.target.profile:
+                        queue.insert(0, up)
                 continue
             except BaseException:
                 if lease is not None:
