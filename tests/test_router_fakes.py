@@ -758,7 +758,8 @@ def test_models_stop_status_available_health(tmp_path: Path, fake: FakeUpstream)
         av = httpx.get(url + "/models/available").json()["profiles"]
         assert [p["profile"] for p in av] == ["alpha", "beta"]
         assert av[0]["loaded"] is True and av[0]["aliases"] == ["Alpha-Chat", "a"]
-        assert "fits" in av[0]
+        assert av[0]["fits"] is None and av[0]["estimate"] is None
+        assert av[0]["estimate_error"] == "the model file is missing"
         h = httpx.get(url + "/health").json()
         assert h == {"status": "ok", "profile": "alpha", "switching": False, "queue_depth": 0}
         r = httpx.post(url + "/models/stop")

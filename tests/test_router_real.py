@@ -44,6 +44,8 @@ server:
   binary: {binary}
   port: {llama_port}
   ready_timeout: 60s
+gpu:
+  vram: 24GiB
 serve:
   queue: {{max_size: 50, timeout: 60s}}
 profiles:
@@ -245,6 +247,13 @@ def test_sidecar_switch_sse_and_stop(served: Served, llama_server_bin: Path) -> 
     assert any("llama" in e["message"] or "load" in e["message"] for e in loading)
     r = httpx.post(served.url + "/models/switch", json={"profile": "A"}, timeout=30)
     assert r.json()["noop"] is True
+    available = {
+        p["profile"]: p for p in httpx.get(served.url + "/models/available").json()["profiles"]
+    }
+    assert available["tiny-a"]["loaded"] is True and available["tiny-b"]["loaded"] is False
+    est = available["tiny-a"]["estimate"]
+    assert est["gpu_total_bytes"] > est["kv_bytes"] > 0 and est["budget_bytes"] == 24 * 1024**3
+    assert available["tiny-a"]["fits"] is True
     r = httpx.post(served.url + "/models/stop", timeout=30)
     assert r.json()["stopped"] == "tiny-a"
     assert llama_pids(llama_server_bin) == []

@@ -661,22 +661,32 @@ async def models_available(request: Request) -> Response:
 
 
 def _estimate(manifest: Any, name: str) -> dict[str, Any]:
-    """The memory estimate and fit, when llmctl.memory offers a per-profile estimate."""
+    """The memory estimate and whether it fits the GPU budget, when llmctl.memory can tell."""
     try:
-        from llmctl import memory
+        from llmctl.memory import estimate, options_from_profile, source_for_profile
     except ImportError:
         return {"estimate": None, "fits": None}
-    fn = getattr(memory, "estimate_profile", None)
-    if fn is None:
-        return {"estimate": None, "fits": None}
+    profile = manifest.profiles[name]
+    gpu = getattr(manifest, "gpu", None)
     try:
-        est = fn(manifest, name)
-    except Exception as exc:  # an unreadable model file is reported, not fatal
+        source = source_for_profile(profile)
+        if source is None:
+            return {"estimate": None, "fits": None, "estimate_error": "the model file is missing"}
+        est = estimate(
+            source,
+            options_from_profile(profile),
+            profile=name,
+            budget=getattr(gpu, "vram", None),
+            headroom=getattr(gpu, "headroom", 0) or 0,
+            overhead=getattr(gpu, "overhead", 0) or 0,
+        )
+    except Exception as exc:  # an unreadable model is reported per profile, not fatal
         return {"estimate": None, "fits": None, "estimate_error": str(exc)}
     return {
         "estimate": {
             "gpu_total_bytes": est.gpu_total_bytes,
             "kv_bytes": est.kv_bytes,
+            "budget_bytes": est.budget_bytes,
             "exact": est.exact,
         },
         "fits": est.fits,
