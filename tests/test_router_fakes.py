@@ -849,3 +849,33 @@ def test_threads_do_not_leak(tmp_path: Path, fake: FakeUpstream) -> None:
         httpx.post(url + "/v1/chat/completions", json=chat())
     time.sleep(0.1)
     assert threading.active_count() <= before + 1
+
+
+def test_waiting_clients_that_leave_free_their_place(tmp_path: Path, fake: FakeUpstream) -> None:
+    sup = FakeSupervisor(fake, running="alpha", load_time=1.0)
+    with router(tmp_path, sup, heartbeat=0.1) as (url, rt):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(
+                httpx.post, url + "/v1/chat/completions", json=chat("beta"), timeout=10
+            )
+            deadline = time.monotonic() + 2
+            while not rt.scheduler.switching and time.monotonic() < deadline:
+                time.sleep(0.01)
+            # a streaming client and a plain one queue for alpha behind the beta load, then leave
+            with httpx.stream(
+                "POST", url + "/v1/chat/completions", json=chat("alpha", stream=True)
+            ) as r:
+                assert next(r.iter_lines()).startswith(": queued")
+            try:
+                httpx.post(url + "/v1/chat/completions", json=chat("alpha"), timeout=0.3)
+            except httpx.TimeoutException:
+                pass
+            deadline = time.monotonic() + 2
+            while rt.scheduler.depth > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert rt.scheduler.depth == 1  # only the beta request still waits
+            assert first.result().status_code == 200
+        time.sleep(0.2)
+        assert sup.switches == ["beta"]  # nobody is left who wants alpha: no switch back
+        m = httpx.get(url + "/metrics").text
+        assert 'llmctl_requests_total{profile="alpha",upstream="",status="499"} 2' in m

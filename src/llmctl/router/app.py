@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -529,11 +529,38 @@ async def proxy_endpoint(request: Request) -> Response:
             router.scheduler.check_room()  # say 429 now, not inside a 200 stream
         return WaitingStreamResponse(exchange.open, exchange.done, heartbeat=router.heartbeat)  # type: ignore[return-value]
     try:
-        reply = await exchange.open(None)
+        if exchange.will_wait():
+            # a client that gives up while its request waits for a switch leaves the queue
+            reply = await _unless_disconnected(request, exchange.open(None))
+        else:
+            reply = await exchange.open(None)
     except RouterError as err:
-        exchange.done("ok", None, err)
+        exchange.done("client_gone" if err.status == 499 else "ok", None, err)
         raise
     return RelayResponse(reply, exchange.done)  # type: ignore[return-value]
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Reply]) -> Reply:
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RouterError):
+            reply = await task
+            await reply.aclose()  # it came just as the client left (the caller frees the lease)
+        raise RouterError(499, "The client closed the connection.", code="client_closed")
+    return task.result()
 
 
 async def list_models(request: Request) -> Response:
