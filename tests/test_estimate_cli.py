@@ -146,7 +146,7 @@ def test_fit_command(tmp_path: Path) -> None:
     )
     m = manifest(tmp_path, body)
     code, out, _ = cli("fit", "g4", "--manifest", str(m))
-    assert code == 0
+    assert code == 1  # does not fit as it is
     assert "does not fit" in out and "q4_0" in out and "swa_full: false" in out
     code, out, _ = cli("fit", "g4", "--manifest", str(m), "--vram", "80GiB", "--json")
     assert code == 0

@@ -17,7 +17,7 @@ from llmctl.cli.common import (
     load_manifest_cli,
     print_json,
 )
-from llmctl.errors import LlmctlError, UsageError
+from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 
 if TYPE_CHECKING:
     from llmctl.fit import FitAdvice
@@ -265,7 +265,10 @@ def fit(
     json_out: JsonOpt = False,
 ) -> None:
     """Smallest changes that make PROFILE fit (cache type, context, slots, GPU layers); or, when it
-    fits, the largest context that still does."""
+    fits, the largest context that still does.
+
+    Exit status: 0 when the profile fits as it is, 1 when it does not (the advice is printed).
+    """
     from llmctl.fit import advise
     from llmctl.memory import MetadataError, options_from_profile, source_for_profile
     from llmctl.sizes import parse_size
@@ -307,3 +310,4 @@ def fit(
         print_json(advice.to_json())
     else:
         _render_fit(advice)
+    raise typer.Exit(EXIT_OK if advice.fits else EXIT_FAILED)
