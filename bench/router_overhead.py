@@ -8,6 +8,10 @@ the bottleneck). Each figure is measured direct and through the router in altern
   latency at concurrency 1 (non-streaming chat completion): p50, p99, added
   throughput at concurrency 32: requests/s, router as a share of direct
   time to first streamed chunk: p50, p99, added
+  CPU per request (from /proc) of the fake upstream and of the router
+
+and, for scale, throughput at concurrency 32 when the fake upstream burns 1 ms of CPU per
+request (a stand-in for inference, which is far slower on any real model).
 
     uv run python bench/router_overhead.py [--quick]
 
@@ -58,10 +62,17 @@ _ANSWER = json.dumps(
 _CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi "}}]}\n\n'
 
 
+WORK_S = 0.0  # CPU the fake upstream burns per request (a stand-in for inference)
+
+
 async def fake_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """FAKE upstream: a fixed chat completion, or 8 SSE chunks when the body asks to stream."""
     if scope["type"] != "http":
         return
+    if WORK_S:
+        until = time.perf_counter() + WORK_S
+        while time.perf_counter() < until:
+            pass
     body = b""
     more = True
     while more:
@@ -98,8 +109,11 @@ async def fake_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": _ANSWER})
 
 
-def run_upstream(port: int) -> None:
+def run_upstream(port: int, work_ms: float) -> None:
     import uvicorn
+
+    global WORK_S
+    WORK_S = work_ms / 1000
 
     uvicorn.run(
         fake_upstream,
@@ -261,7 +275,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def measure(direct: int, router: int, quick: bool) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(direct: int, router: int, quick: bool, pids: dict[int, int]) -> dict[str, Any]:
     blocks = 4
     n_lat = 250 if quick else 1000
     n_ttfc = 100 if quick else 400
@@ -273,6 +293,7 @@ async def measure(direct: int, router: int, quick: bool) -> dict[str, Any]:
     lat: dict[int, list[float]] = {direct: [], router: []}
     ttfc: dict[int, list[float]] = {direct: [], router: []}
     rps: dict[int, list[float]] = {direct: [], router: []}
+    cpu: dict[str, float] = {"upstream": 0.0, "router": 0.0}
     for _ in range(blocks):
         for port in (direct, router):
             _, totals = await sequential(port, "/v1/chat/completions", CHAT, n_lat // blocks)
@@ -281,7 +302,11 @@ async def measure(direct: int, router: int, quick: bool) -> dict[str, Any]:
                 port, "/v1/chat/completions", CHAT_STREAM, n_ttfc // blocks
             )
             ttfc[port].extend(firsts)
+            # CPU per request at c=32: the upstream's when called directly, the router's own
+            who = "upstream" if port == direct else "router"
+            before = cpu_seconds(pids[port])
             rps[port].append(await throughput(port, n_tp // blocks, 32))
+            cpu[who] += cpu_seconds(pids[port]) - before
     ms = 1000.0
     out = {
         "latency_c1_ms": {
@@ -300,6 +325,10 @@ async def measure(direct: int, router: int, quick: bool) -> dict[str, Any]:
             "direct": statistics.median(rps[direct]),
             "router": statistics.median(rps[router]),
         },
+        "cpu_per_request_us": {
+            "upstream": cpu["upstream"] / n_tp * 1e6,
+            "router": cpu["router"] / n_tp * 1e6,
+        },
         "requests": {"latency": n_lat, "ttfc": n_ttfc, "throughput": n_tp},
     }
     lat_ms = out["latency_c1_ms"]
@@ -313,6 +342,67 @@ async def measure(direct: int, router: int, quick: bool) -> dict[str, Any]:
     return out
 
 
+class Pair:
+    """A fake upstream (burning `work_ms` of CPU per request) and the router in front of it."""
+
+    def __init__(self, workdir: Path, *, work_ms: float) -> None:
+        self.workdir = workdir
+        self.work_ms = work_ms
+        self.up_port, self.router_port = free_port(), free_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def pids(self) -> dict[int, int]:
+        return {self.up_port: self.procs[0].pid, self.router_port: self.procs[1].pid}
+
+    def __enter__(self) -> Pair:
+        env = {**os.environ, "LLMCTL_STATE_DIR": str(self.workdir / "state")}
+        up = [
+            sys.executable,
+            str(HERE),
+            "--role",
+            "upstream",
+            "--port",
+            str(self.up_port),
+            "--work-ms",
+            str(self.work_ms),
+        ]
+        rt = [
+            sys.executable, str(HERE), "--role", "router", "--port", str(self.router_port),
+            "--upstream-url", f"http://127.0.0.1:{self.up_port}", "--workdir", str(self.workdir),
+        ]  # fmt: skip
+        self.procs = [subprocess.Popen(up, env=env), subprocess.Popen(rt, env=env)]
+        try:
+            wait_up(self.up_port, self.procs[0])
+            wait_up(self.router_port, self.procs[1])
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+async def busy_throughput(direct: int, router: int, quick: bool) -> dict[str, float]:
+    n = 200 if quick else 800
+    for port in (direct, router):
+        await throughput(port, 100, 32)
+    rps: dict[int, list[float]] = {direct: [], router: []}
+    for _ in range(4):
+        for port in (direct, router):
+            rps[port].append(await throughput(port, n // 4, 32))
+    d, r = statistics.median(rps[direct]), statistics.median(rps[router])
+    return {"direct": d, "router": r, "share": r / d}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -323,9 +413,10 @@ def main() -> None:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--upstream-url", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    ap.add_argument("--work-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "upstream":
-        run_upstream(args.port)
+        run_upstream(args.port, args.work_ms)
         return
     if args.role == "router":
         run_router(args.port, args.upstream_url, Path(args.workdir))
@@ -333,32 +424,13 @@ def main() -> None:
 
     import tempfile
 
-    up_port, router_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "LLMCTL_STATE_DIR": str(Path(tmp) / "state")}
-        up = subprocess.Popen(
-            [sys.executable, str(HERE), "--role", "upstream", "--port", str(up_port)], env=env
-        )
-        rt = subprocess.Popen(
-            [
-                sys.executable, str(HERE), "--role", "router", "--port", str(router_port),
-                "--upstream-url", f"http://127.0.0.1:{up_port}", "--workdir", tmp,
-            ],
-            env=env,
-        )  # fmt: skip
-        try:
-            wait_up(up_port, up)
-            wait_up(router_port, rt)
-            figures = asyncio.run(measure(up_port, router_port, args.quick))
-        finally:
-            for p in (rt, up):
-                p.terminate()
-            for p in (rt, up):
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        with Pair(Path(tmp), work_ms=0.0) as fast:
+            figures = asyncio.run(measure(fast.up_port, fast.router_port, args.quick, fast.pids))
+        with Pair(Path(tmp), work_ms=1.0) as busy:
+            figures["throughput_c32_rps_upstream_1ms_cpu"] = asyncio.run(
+                busy_throughput(busy.up_port, busy.router_port, args.quick)
+            )
     if args.json:
         print(json.dumps(figures, indent=2))
         return
@@ -379,6 +451,15 @@ def main() -> None:
     )
     print(
         f"{'throughput c=32 (req/s)':28}{tp['direct']:10.0f}{tp['router']:10.0f}{tp['share']:9.0%}    >= 70 %"
+    )
+    busy = figures["throughput_c32_rps_upstream_1ms_cpu"]
+    print(
+        f"{'  upstream 1 ms CPU/request':28}{busy['direct']:10.0f}{busy['router']:10.0f}{busy['share']:9.0%}"
+    )
+    cpu = figures["cpu_per_request_us"]
+    print(
+        f"CPU per request at c=32: fake upstream {cpu['upstream']:.0f} us, router {cpu['router']:.0f} us"
+        f" (client, router and upstream share {os.cpu_count()} CPUs)"
     )
 
 

@@ -320,8 +320,10 @@ class Exchange:
         self.target = target
         self.chain = chain
         self.method = request.method
-        path = request.url.path
-        query = request.url.query
+        # the raw path as the client sent it (no re-encoding), and its query string
+        scope = request.scope
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
         self.path = f"{path}?{query}" if query else path
         self.headers = list(request.headers.raw)
         self.body = body
@@ -489,7 +491,7 @@ async def proxy_endpoint(request: Request) -> Response:
             503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
         )
     body = await router.read_body(request)
-    path = request.url.path
+    path: str = request.scope["path"]
     payload: dict[str, Any] | None = None
     is_json = "json" in request.headers.get("content-type", "") or path in JSON_ENDPOINTS
     if body and is_json:
