@@ -122,6 +122,20 @@ def test_chunked_body_with_extensions_and_trailers() -> None:
     run(main())
 
 
+def test_interim_responses_are_skipped() -> None:
+    async def main() -> None:
+        handler, _ = canned(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        )
+        async with raw_server(handler) as port:
+            pool = Pool()
+            resp = await pool.request("127.0.0.1", port, "POST", "/", [], b"x")
+            assert resp.status == 200 and await collect(resp) == b"ok"
+            pool.close()
+
+    run(main())
+
+
 def test_body_until_close_and_bodyless_statuses() -> None:
     async def main() -> None:
         handler, _ = canned(b"HTTP/1.0 200 OK\r\n\r\nall of it", close=True)

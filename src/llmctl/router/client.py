@@ -220,6 +220,10 @@ class Pool:
             try:
                 conn.writer.write(payload)
                 head = await conn.reader.readuntil(b"\r\n\r\n")
+                while (
+                    head[9:10] == b"1" and head[9:12] != b"101"
+                ):  # interim 1xx: the answer follows
+                    head = await conn.reader.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 conn.close()
                 if reused and attempt == 0:

@@ -45,7 +45,7 @@ _HOP = {
     "host",
     "content-length",
 }
-_REQUEST_DROP = _HOP | {"authorization", "accept-encoding", "x-api-key", "cookie"}
+_REQUEST_DROP = _HOP | {"authorization", "accept-encoding", "x-api-key", "cookie", "expect"}
 _RESPONSE_DROP = _HOP | {"server", "date", "content-encoding"}
 
 Outcome = Literal["ok", "upstream_error", "client_gone"]
