@@ -142,11 +142,13 @@ def test_readiness_is_noticed_promptly(
     )
     assert res.ready
     starting = next(e for e in events if e.kind == "starting")
-    loaded = next(e for e in events if e.kind == "log" and "model loaded" in e.message)
     ready = next(e for e in events if e.kind == "ready")
-    # the log line is seen within a few ms of being written, and /health confirmed right after
-    server_loaded = _server_time(loaded.message)
-    assert ready.elapsed_s - loaded.elapsed_s < 0.25
+    # llama-server logs "model loaded" (on its own clock, from its start) right after /health
+    # turns 200; the log is written by a worker thread, so read it from the file.
+    assert res.log is not None
+    loaded = next(x for x in Path(res.log).read_text().splitlines() if "model loaded" in x)
+    server_loaded = _server_time(loaded)
+    # from spawn to "ready" reported, minus the server's own time to load: small
     assert (ready.elapsed_s - starting.elapsed_s) - server_loaded < 0.5
 
 

@@ -55,9 +55,16 @@ def start_time(pid: int) -> int | None:
 def is_alive(pid: int, start: int | None = None) -> bool:
     """True when `pid` runs (not a zombie) and, if `start` is given, is the same process as then."""
     st = stat(pid)
-    if st is None or st.state in ("Z", "X"):
+    if st is None or (start is not None and st.start_time != start):
         return False
-    return start is None or st.start_time == start
+    if st.state in ("Z", "X"):
+        # A dead main thread shows Z while other threads still exit; they hold the process's
+        # files (its listening socket) until the last one is gone.
+        try:
+            return len(os.listdir(PROC / str(pid) / "task")) > 1
+        except OSError:
+            return False
+    return True
 
 
 def cmdline(pid: int) -> str:

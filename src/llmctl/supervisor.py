@@ -365,6 +365,7 @@ class Supervisor:
         leftovers = self._members(rec)
         if leftovers:
             procs.terminate(leftovers, pgid=self._pgid(rec), timeout=rec.stop_timeout, reap=_reap)
+            procs.wait_port_free(rec.host, rec.port, self.port_timeout)
             what = f"stopped the half-started server of profile {rec.profile!r} (pid {rec.pid}) left by an interrupted switch"
             if rec.phase == "ready":
                 what = f"stopped processes left by the server of profile {rec.profile!r} (pid {rec.pid})"
