@@ -437,11 +437,14 @@ def test_demo_with_real_llama_server(
     assert out.index("ready: profile 'tiny'") < out.index("ready: profile 'tiny-wide'")
     demo_state = paths.state_dir() / "demo" / "state"
     assert read_state(demo_state) is None
-    assert not any(
-        procs.cmdline(p).startswith(str(llama_server_bin))
+    mark = f"LLMCTL_TEST_SESSION={os.environ['LLMCTL_TEST_SESSION']}"
+    assert not [
+        p
         for p in procs.all_pids()
-        if procs.is_alive(p)
-    )
+        if procs.cmdline(p).startswith(str(llama_server_bin))
+        and procs.environ_has(p, mark)
+        and procs.is_alive(p)
+    ]
 
 
 def test_demo_without_llama_server_says_how_to_get_one(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -50,10 +51,14 @@ def real_spec(binary: Path, model: Path, port: int, profile: str, *extra: str) -
 
 
 def llama_pids(binary: Path) -> list[int]:
+    """Live llama-servers started by this test session (others may run the same binary)."""
+    mark = f"LLMCTL_TEST_SESSION={os.environ['LLMCTL_TEST_SESSION']}"
     return [
         p
         for p in procs.all_pids()
-        if procs.cmdline(p).startswith(str(binary)) and procs.is_alive(p)
+        if procs.cmdline(p).startswith(str(binary))
+        and procs.environ_has(p, mark)
+        and procs.is_alive(p)
     ]
 
 
