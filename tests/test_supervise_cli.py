@@ -467,3 +467,45 @@ def test_demo_without_llama_server_says_how_to_get_one(
     assert "no llama-server found" in info.value.message
     assert info.value.hint and "LLMCTL_LLAMA_SERVER" in info.value.hint
     assert "build-llama-server.sh" in info.value.hint
+
+
+def test_live_view_on_a_terminal(manifest: Path) -> None:
+    import pty
+
+    manifest.write_text(
+        manifest.read_text()
+        + "  paced:\n"
+        + "    model: m.gguf\n"
+        + '    extra_args: ["--load-time", "1.0", "--progress-every", "0.1"]\n'
+    )
+    master, slave = pty.openpty()
+    env = dict(os.environ, COLUMNS="120", TERM="xterm")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmctl", "switch", "paced", "--manifest", str(manifest)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(30) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = b"".join(chunks).decode(errors="replace")
+    assert "ready: profile 'paced'" in out
+    assert "\x1b[" in out  # drawn, then cleared
+    assert "paced" in out and "loading ..." in out  # profile and the last log lines shown
+    assert "Traceback" not in out
