@@ -232,7 +232,10 @@ def test_locked_exit_3(manifest: Path) -> None:
     assert fake_pids() == []
 
 
-def test_ctrl_c_during_switch_cancels_and_leaves_nothing(manifest: Path) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_during_switch_cancels_and_leaves_nothing(
+    manifest: Path, sig: signal.Signals, code: int
+) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmctl", "switch", "slow", "--manifest", str(manifest), "--json"],
         stdout=subprocess.PIPE,
@@ -248,9 +251,9 @@ def test_ctrl_c_during_switch_cancels_and_leaves_nothing(manifest: Path) -> None
         assert wait_until(loading, 20)
         rec = read_state(paths.state_dir())
         assert rec is not None and rec.pid is not None
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
-        assert proc.returncode == 130, err
+        assert proc.returncode == code, err
         data = json.loads(out)
         assert data["ready"] is False and "cancelled" in data["error"]["message"]
         assert "Traceback" not in err

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from llmctl.supervisor import Event, SwitchResult
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress output; only the result or the error.")
@@ -68,7 +69,7 @@ def switch(
     /health answers. A no-op when PROFILE already runs healthy with the same configuration.
 
     Exit codes: 0 ready, 1 the server failed to start, 2 invalid input, 3 locked by another
-    llmctl, 130 cancelled (Ctrl-C; nothing is left running).
+    llmctl, 130 cancelled by Ctrl-C, 143 cancelled by SIGTERM (nothing is left running).
     """
     t0 = time.monotonic()
     try:
@@ -127,7 +128,18 @@ def _run_switch(spec: LaunchSpec, *, json_out: bool, quiet: bool, lock_timeout: 
     # Not Thread.join(): a KeyboardInterrupt inside join() can leave is_alive() False while the
     # thread still runs. An Event is set only once the worker has finished for real.
     worker = threading.Thread(target=work, name="llmctl-switch", daemon=True)
-    interrupted = False
+    interrupted = 0  # the exit code once cancelled: 130 for Ctrl-C, 143 for SIGTERM
+    signalled: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # `timeout 60 llmctl switch big` sends SIGTERM: cancel like Ctrl-C, leave nothing
+        signalled.append(signum)
+        raise KeyboardInterrupt
+
+    import signal
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     view.start()
     try:
         worker.start()
@@ -141,13 +153,15 @@ def _run_switch(spec: LaunchSpec, *, json_out: bool, quiet: bool, lock_timeout: 
                 view.tick()
             except KeyboardInterrupt:
                 if not interrupted:
-                    interrupted = True
+                    interrupted = EXIT_TERMINATED if signalled else EXIT_INTERRUPTED
                     cancel.set()
                     view.note("cancelling: stopping the load, leaving nothing running ...")
         while not events.empty():
             view.event(events.get())
     finally:
         view.stop()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if "exc" in box:
         raise box["exc"]
     result: SwitchResult = box["result"]
@@ -157,7 +171,7 @@ def _run_switch(spec: LaunchSpec, *, json_out: bool, quiet: bool, lock_timeout: 
         _print_switch_result(result, quiet)
     if result.ready:
         return EXIT_OK
-    return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
+    return interrupted or EXIT_FAILED
 
 
 def _print_switch_result(result: SwitchResult, quiet: bool) -> None:
