@@ -23,7 +23,7 @@ from llmctl.errors import EXIT_LOCKED, LockTimeout
 from llmctl.health import health_status
 from llmctl.lock import StateLock
 from llmctl.state import LaunchRecord, read_state, write_state
-from llmctl.supervisor import Event, Supervisor
+from llmctl.supervisor import Event, Supervisor, SwitchResult
 from supervisor_helpers import FAKE, fake_pids, fake_spec, kill_fakes, wait_until
 
 
@@ -613,3 +613,34 @@ def test_gpu_memory_release_is_awaited(
     sup.stop(on_event=events.append)
     assert time.monotonic() - t0 < 10
     assert "GPU memory not released after 2 s" in events[-1].message
+
+
+def test_stop_cancels_a_load_in_progress_elsewhere(sup: Supervisor, free_port: int) -> None:
+    spec = fake_spec(free_port, "slow", "ok", "--load-time", "60", "--progress-every", "0.05")
+    loading = threading.Event()
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        box["res"] = Supervisor(sup.state_dir).switch(
+            spec, on_event=lambda e: loading.set() if e.kind == "log" else None
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert loading.wait(20)
+        events: list[Event] = []
+        t0 = time.monotonic()
+        out = sup.stop(on_event=events.append)
+        assert time.monotonic() - t0 < 15  # not the 60 s load
+        assert "cancelling the load of profile 'slow'" in events[0].message
+        assert not out.stopped  # the load ended itself; nothing was left to stop
+    finally:
+        worker.join(60)
+    res = box["res"]
+    assert isinstance(res, SwitchResult)
+    assert not res.ready and res.error is not None
+    assert "cancelled by `llmctl stop`" in res.error.message
+    assert fake_pids() == []
+    assert read_state(sup.state_dir) is None
+    assert not list(sup.state_dir.glob("cancel-*"))

@@ -259,13 +259,43 @@ class Supervisor:
         """Stop the managed server (SIGTERM to its group, then SIGKILL); no-op when none runs."""
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0)
-        with self._lock("stop") as lock:
-            emit("locked", _locked_message(lock))
-            rec = self._load_for_change(emit)
-            if rec is None:
-                return StopResult(False, None, None, time.monotonic() - t0)
-            self._stop_record(rec, emit)
-            return StopResult(True, rec.profile, rec.pid, time.monotonic() - t0)
+        # A load in progress in another llmctl holds the lock until it ends: ask it to cancel
+        # (it polls for this file) rather than wait for a big model to finish loading.
+        request = self._request_cancel(emit)
+        try:
+            with self._lock("stop") as lock:
+                emit("locked", _locked_message(lock))
+                rec = self._load_for_change(emit)
+                if rec is None:
+                    return StopResult(False, None, None, time.monotonic() - t0)
+                self._stop_record(rec, emit)
+                return StopResult(True, rec.profile, rec.pid, time.monotonic() - t0)
+        finally:
+            if request is not None:
+                with contextlib.suppress(OSError):
+                    request.unlink()
+
+    def _cancel_path(self, launch_id: str) -> Path:
+        return self.state_dir / f"cancel-{launch_id}"
+
+    def _request_cancel(self, emit: _Emitter) -> Path | None:
+        try:
+            rec = read_state(self.state_dir)
+        except CorruptState:
+            return None
+        if rec is None or rec.phase != "starting" or not self._is_live(rec):
+            return None
+        path = self._cancel_path(rec.launch_id)
+        try:
+            path.touch()
+        except OSError:
+            return None
+        emit(
+            "stopping",
+            f"cancelling the load of profile {rec.profile!r} in progress (llmctl pid {rec.owner_pid})",
+            rec.profile,
+        )
+        return path
 
     # ------------------------------------------------------------------ switch
 
@@ -514,7 +544,15 @@ class Supervisor:
             rec.pid = proc.pid
             rec.start_time = procs.start_time(proc.pid)
             write_state(self.state_dir, rec)
-            error = self._wait_ready(proc, spec, log_path, len(header.encode()), emit, cancel)
+            error = self._wait_ready(
+                proc,
+                spec,
+                log_path,
+                len(header.encode()),
+                emit,
+                cancel,
+                self._cancel_path(rec.launch_id),
+            )
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or anything unexpected: leave nothing running.
             self._kill_launch(rec)
@@ -546,8 +584,13 @@ class Supervisor:
         offset: int,
         emit: _Emitter,
         cancel: threading.Event | None,
+        cancel_file: Path,
     ) -> LaunchError | None:
-        """Poll the log (every 1-20 ms) and /health; None once /health answers 200."""
+        """Poll the log (every 1-20 ms) and /health; None once /health answers 200.
+
+        A load ends early when the process exits, at ready_timeout, after stall_timeout without
+        log output, or when cancelled (`cancel`, or `cancel_file` created by another stop).
+        """
         from llmctl.health import health_status
         from llmctl.logs import READY_LINE, LogFollower
 
@@ -592,6 +635,11 @@ class Supervisor:
                 if cancel is not None and cancel.is_set():
                     return LaunchError(
                         f"the load of profile {spec.profile!r} was cancelled; nothing is left running"
+                    )
+                if cancel_file.exists():
+                    return LaunchError(
+                        f"the load of profile {spec.profile!r} was cancelled by `llmctl stop` "
+                        "from another process; nothing is left running"
                     )
                 if now - t0 > spec.ready_timeout:
                     return self._load_error(
