@@ -644,3 +644,23 @@ def test_stop_cancels_a_load_in_progress_elsewhere(sup: Supervisor, free_port: i
     assert fake_pids() == []
     assert read_state(sup.state_dir) is None
     assert not list(sup.state_dir.glob("cancel-*"))
+
+
+def test_status_of_a_dead_server_while_another_llmctl_holds_the_lock(
+    sup: Supervisor, free_port: int
+) -> None:
+    res = sup.switch(fake_spec(free_port, "alpha"))
+    assert res.pid is not None
+    os.kill(res.pid, signal.SIGKILL)
+    pid = res.pid
+    assert wait_until(lambda: not procs.is_alive(pid))
+    with StateLock(sup.state_dir, 5):
+        status = sup.status()
+        assert not status.running
+        assert status.note is not None and "will repair the state" in status.note
+        assert read_state(sup.state_dir) is not None  # left for the lock holder
+        (sup.state_dir / "state.json").write_text("garbage")
+        status = sup.status()
+        assert not status.running and status.note and "unreadable" in status.note
+    status = sup.status()
+    assert not status.running and status.note and "not a valid llmctl state file" in status.note

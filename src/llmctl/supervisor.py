@@ -202,19 +202,18 @@ class Supervisor:
         try:
             rec = read_state(self.state_dir)
         except CorruptState:
-            rec = None
-            note = self._repair_now()
+            note = self._repair_now() or (
+                "the state file is unreadable; the llmctl now holding the lock will repair it"
+            )
             return Status(running=False, note=note)
         if rec is None:
             return Status(running=False)
         if not self._is_live(rec):
-            note = self._repair_now()
-            if note is None:
-                note = (
-                    f"the server of profile {rec.profile!r} (pid {rec.pid}) is gone; the llmctl "
-                    "now holding the lock will repair the state"
-                )
-            return Status(running=False, note=note)
+            gone = self._repair_now() or (
+                f"the server of profile {rec.profile!r} (pid {rec.pid}) is gone; the llmctl "
+                "now holding the lock will repair the state"
+            )
+            return Status(running=False, note=gone)
         healthy: bool | None = None
         if check_health:
             from llmctl.health import health_status
@@ -454,11 +453,12 @@ class Supervisor:
             released = wait_released(members, self.gpu_timeout)
             if released is False:
                 extra += f"; GPU memory not released after {self.gpu_timeout:g} s"
-        how = {
-            "killed": f"killed (no exit {rec.stop_timeout:g} s after SIGTERM)",
-            "none": "cleared (nothing was left running of)",
-        }.get(outcome, "stopped")
-        emit("stopped", f"{how} profile {rec.profile!r} (pid {rec.pid}){extra}", rec.profile)
+        what = f"profile {rec.profile!r} (pid {rec.pid})"
+        message = {
+            "killed": f"killed {what}: no exit {rec.stop_timeout:g} s after SIGTERM",
+            "none": f"nothing of {what} was left running; state cleared",
+        }.get(outcome, f"stopped {what}")
+        emit("stopped", message + extra, rec.profile)
 
     def _start(
         self,
