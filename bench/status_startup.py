@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument(
         "--no-bytecode-cache",
         action="store_true",
-        help="keep PYTHONDONTWRITEBYTECODE as given: every run compiles every module",
+        help="keep PYTHONDONTWRITEBYTECODE as given: no .pyc written (existing ones still used)",
     )
     ap.add_argument("-n", "--runs", type=int, default=30)
     args = ap.parse_args()

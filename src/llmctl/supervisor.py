@@ -19,6 +19,16 @@ Failures of the launch itself (the process exits while loading, the load times o
 stalls, the port is taken, the binary is missing, the load is cancelled) come back in
 `SwitchResult.error` with `ready=False` and nothing left running; `switch` raises only
 LockTimeout (and re-raises KeyboardInterrupt/SystemExit after cleaning up).
+
+Added to the contract (backward compatible): `Status.phase` ("ready", or "starting" while
+another llmctl loads it) and `Status.note` (a repair that status made or saw);
+`to_json()` on Status, SwitchResult (the `switch --json` object) and StopResult;
+`SwitchResult.raise_for_error()`; `Supervisor.log_path()`; keyword arguments `keep_logs`,
+`port_timeout`, `gpu_timeout`. `stop()` cancels a load in progress in another llmctl
+instead of waiting for it to finish.
+
+State folder: `state.json` (LaunchRecord, see llmctl.state), `lock` (flock), `logs/` (one
+log per launch, the newest `keep_logs` kept).
 """
 
 from __future__ import annotations
