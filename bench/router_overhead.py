@@ -13,7 +13,10 @@ the bottleneck). Each figure is measured direct and through the router in altern
 and, for scale, throughput at concurrency 32 when the fake upstream burns 1 ms of CPU per
 request (a stand-in for inference, which is far slower on any real model).
 
-    uv run python bench/router_overhead.py [--quick]
+    uv run python bench/router_overhead.py [--quick] [--json] [--litellm PATH]
+
+`--litellm` adds LiteLLM's proxy as a third column, from a separate venv, e.g.
+`uv venv /tmp/ll && uv pip install -p /tmp/ll 'litellm[proxy]'`, then `--litellm /tmp/ll/bin/litellm`.
 
 Aims: p50 added < 1 ms, p99 added < 5 ms, throughput >= 70 % of direct.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -256,8 +260,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def wait_up(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+def wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"a bench server exited with {proc.returncode}")
@@ -281,65 +285,96 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(direct: int, router: int, quick: bool, pids: dict[int, int]) -> dict[str, Any]:
+async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str, Any]:
+    """Figures for each target {name: (port, pid)}; "direct" is the baseline. Blocks alternate."""
     blocks = 4
     n_lat = 250 if quick else 1000
     n_ttfc = 100 if quick else 400
     n_tp = 1000 if quick else 4000
-    # warm both paths (connections, code paths)
-    for port in (direct, router):
+    for port, _ in targets.values():  # warm connections and code paths
         await sequential(port, "/v1/chat/completions", CHAT, 200)
         await throughput(port, 500, 32)
-    lat: dict[int, list[float]] = {direct: [], router: []}
-    ttfc: dict[int, list[float]] = {direct: [], router: []}
-    rps: dict[int, list[float]] = {direct: [], router: []}
-    cpu: dict[str, float] = {"upstream": 0.0, "router": 0.0}
+    lat: dict[str, list[float]] = {name: [] for name in targets}
+    ttfc: dict[str, list[float]] = {name: [] for name in targets}
+    rps: dict[str, list[float]] = {name: [] for name in targets}
+    cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
     for _ in range(blocks):
-        for port in (direct, router):
+        for name, (port, pid) in targets.items():
             _, totals = await sequential(port, "/v1/chat/completions", CHAT, n_lat // blocks)
-            lat[port].extend(totals)
+            lat[name].extend(totals)
             firsts, _ = await sequential(
                 port, "/v1/chat/completions", CHAT_STREAM, n_ttfc // blocks
             )
-            ttfc[port].extend(firsts)
-            # CPU per request at c=32: the upstream's when called directly, the router's own
-            who = "upstream" if port == direct else "router"
-            before = cpu_seconds(pids[port])
-            rps[port].append(await throughput(port, n_tp // blocks, 32))
-            cpu[who] += cpu_seconds(pids[port]) - before
+            ttfc[name].extend(firsts)
+            # CPU per request at c=32 of the process on that port (for "direct": the upstream)
+            before = cpu_seconds(pid)
+            rps[name].append(await throughput(port, n_tp // blocks, 32))
+            cpu[name] += cpu_seconds(pid) - before
     ms = 1000.0
-    out = {
-        "latency_c1_ms": {
-            "direct_p50": pct(lat[direct], 0.5) * ms,
-            "router_p50": pct(lat[router], 0.5) * ms,
-            "direct_p99": pct(lat[direct], 0.99) * ms,
-            "router_p99": pct(lat[router], 0.99) * ms,
-        },
-        "ttfc_ms": {
-            "direct_p50": pct(ttfc[direct], 0.5) * ms,
-            "router_p50": pct(ttfc[router], 0.5) * ms,
-            "direct_p99": pct(ttfc[direct], 0.99) * ms,
-            "router_p99": pct(ttfc[router], 0.99) * ms,
-        },
-        "throughput_c32_rps": {
-            "direct": statistics.median(rps[direct]),
-            "router": statistics.median(rps[router]),
-        },
-        "cpu_per_request_us": {
-            "upstream": cpu["upstream"] / n_tp * 1e6,
-            "router": cpu["router"] / n_tp * 1e6,
-        },
-        "requests": {"latency": n_lat, "ttfc": n_ttfc, "throughput": n_tp},
-    }
-    lat_ms = out["latency_c1_ms"]
-    lat_ms["added_p50"] = lat_ms["router_p50"] - lat_ms["direct_p50"]
-    lat_ms["added_p99"] = lat_ms["router_p99"] - lat_ms["direct_p99"]
-    t = out["ttfc_ms"]
-    t["added_p50"] = t["router_p50"] - t["direct_p50"]
-    t["added_p99"] = t["router_p99"] - t["direct_p99"]
-    tp = out["throughput_c32_rps"]
-    tp["share"] = tp["router"] / tp["direct"]
+    out: dict[str, Any] = {"requests": {"latency": n_lat, "ttfc": n_ttfc, "throughput": n_tp}}
+    for name in targets:
+        out[name] = {
+            "latency_p50_ms": pct(lat[name], 0.5) * ms,
+            "latency_p99_ms": pct(lat[name], 0.99) * ms,
+            "ttfc_p50_ms": pct(ttfc[name], 0.5) * ms,
+            "ttfc_p99_ms": pct(ttfc[name], 0.99) * ms,
+            "throughput_rps": statistics.median(rps[name]),
+            "cpu_per_request_us": cpu[name] / n_tp * 1e6,
+        }
+    base = out["direct"]
+    for name in targets:
+        if name == "direct":
+            continue
+        fig = out[name]
+        fig["added_latency_p50_ms"] = fig["latency_p50_ms"] - base["latency_p50_ms"]
+        fig["added_latency_p99_ms"] = fig["latency_p99_ms"] - base["latency_p99_ms"]
+        fig["added_ttfc_p50_ms"] = fig["ttfc_p50_ms"] - base["ttfc_p50_ms"]
+        fig["added_ttfc_p99_ms"] = fig["ttfc_p99_ms"] - base["ttfc_p99_ms"]
+        fig["throughput_share"] = fig["throughput_rps"] / base["throughput_rps"]
     return out
+
+
+class LiteLLM:
+    """LiteLLM's proxy (an optional peer, from its own venv) in front of the same fake upstream."""
+
+    def __init__(self, binary: str, workdir: Path, upstream_port: int) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LiteLLM:
+        cfg = self.workdir / "litellm.yaml"
+        cfg.write_text(
+            "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench\n"
+            f"      api_base: http://127.0.0.1:{self.upstream_port}/v1\n      api_key: fake\n"
+        )
+        env = {
+            **os.environ,
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+        }
+        cmd = [self.binary, "--config", str(cfg), "--port", str(self.port), "--num_workers", "1"]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
+        )
+        try:
+            wait_up(self.port, self.proc, timeout=120)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class Pair:
@@ -414,6 +449,11 @@ def main() -> None:
     ap.add_argument("--upstream-url", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--work-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--litellm",
+        metavar="PATH",
+        help="also measure LiteLLM's proxy: the `litellm` executable of a venv with litellm[proxy]",
+    )
     args = ap.parse_args()
     if args.role == "upstream":
         run_upstream(args.port, args.work_ms)
@@ -425,41 +465,52 @@ def main() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        with Pair(Path(tmp), work_ms=0.0) as fast:
-            figures = asyncio.run(measure(fast.up_port, fast.router_port, args.quick, fast.pids))
+        with Pair(Path(tmp), work_ms=0.0) as fast, contextlib.ExitStack() as stack:
+            targets = {
+                "direct": (fast.up_port, fast.procs[0].pid),
+                "router": (fast.router_port, fast.procs[1].pid),
+            }
+            if args.litellm:
+                peer = stack.enter_context(LiteLLM(args.litellm, Path(tmp), fast.up_port))
+                assert peer.proc is not None
+                targets["litellm"] = (peer.port, peer.proc.pid)
+            figures = asyncio.run(measure(targets, args.quick))
         with Pair(Path(tmp), work_ms=1.0) as busy:
-            figures["throughput_c32_rps_upstream_1ms_cpu"] = asyncio.run(
+            figures["upstream_1ms_cpu"] = asyncio.run(
                 busy_throughput(busy.up_port, busy.router_port, args.quick)
             )
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    lat, ttfc, tp = figures["latency_c1_ms"], figures["ttfc_ms"], figures["throughput_c32_rps"]
-    print(f"router overhead vs direct (loopback, {os.cpu_count()} CPUs, fake upstream)")
-    print(f"{'':28}{'direct':>10}{'router':>10}{'added':>10}   aim")
+    d = figures["direct"]
+    names = [n for n in figures if n not in ("direct", "requests", "upstream_1ms_cpu")]
+    print(f"overhead over a direct call (loopback, {os.cpu_count()} CPUs, fast fake upstream)")
+    head = f"{'':26}{'direct':>9}" + "".join(f"{n:>9}{'added':>8}" for n in names)
+    print(head + "   aim (router)")
+    rows = [
+        ("latency c=1 p50 (ms)", "latency_p50_ms", "added_latency_p50_ms", "< 1 ms"),
+        ("latency c=1 p99 (ms)", "latency_p99_ms", "added_latency_p99_ms", "< 5 ms"),
+        ("first chunk p50 (ms)", "ttfc_p50_ms", "added_ttfc_p50_ms", ""),
+        ("first chunk p99 (ms)", "ttfc_p99_ms", "added_ttfc_p99_ms", ""),
+    ]
+    for label, key, added, aim in rows:
+        cells = "".join(f"{figures[n][key]:9.3f}{figures[n][added]:8.3f}" for n in names)
+        print(f"{label:26}{d[key]:9.3f}{cells}   {aim}")
+    cells = "".join(
+        f"{figures[n]['throughput_rps']:9.0f}{figures[n]['throughput_share']:8.0%}" for n in names
+    )
+    print(f"{'throughput c=32 (req/s)':26}{d['throughput_rps']:9.0f}{cells}   >= 70 %")
+    cells = "".join(f"{figures[n]['cpu_per_request_us']:9.0f}{'':8}" for n in names)
     print(
-        f"{'latency c=1 p50 (ms)':28}{lat['direct_p50']:10.3f}{lat['router_p50']:10.3f}{lat['added_p50']:10.3f}   < 1 ms"
+        f"{'CPU per request (us)':26}{d['cpu_per_request_us']:9.0f}{cells}   (direct: the upstream's)"
+    )
+    busy_fig = figures["upstream_1ms_cpu"]
+    print(
+        f"with an upstream burning 1 ms CPU per request, c=32: direct {busy_fig['direct']:.0f} req/s, "
+        f"router {busy_fig['router']:.0f} req/s ({busy_fig['share']:.0%})"
     )
     print(
-        f"{'latency c=1 p99 (ms)':28}{lat['direct_p99']:10.3f}{lat['router_p99']:10.3f}{lat['added_p99']:10.3f}   < 5 ms"
-    )
-    print(
-        f"{'first chunk p50 (ms)':28}{ttfc['direct_p50']:10.3f}{ttfc['router_p50']:10.3f}{ttfc['added_p50']:10.3f}"
-    )
-    print(
-        f"{'first chunk p99 (ms)':28}{ttfc['direct_p99']:10.3f}{ttfc['router_p99']:10.3f}{ttfc['added_p99']:10.3f}"
-    )
-    print(
-        f"{'throughput c=32 (req/s)':28}{tp['direct']:10.0f}{tp['router']:10.0f}{tp['share']:9.0%}    >= 70 %"
-    )
-    busy = figures["throughput_c32_rps_upstream_1ms_cpu"]
-    print(
-        f"{'  upstream 1 ms CPU/request':28}{busy['direct']:10.0f}{busy['router']:10.0f}{busy['share']:9.0%}"
-    )
-    cpu = figures["cpu_per_request_us"]
-    print(
-        f"CPU per request at c=32: fake upstream {cpu['upstream']:.0f} us, router {cpu['router']:.0f} us"
-        f" (client, router and upstream share {os.cpu_count()} CPUs)"
+        "(client, upstream and proxy share the CPUs above; the added figures are differences of percentiles)"
     )
 
 
