@@ -24,20 +24,21 @@ openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     from llmctl.tinymodel import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     return (
         write_tiny_model(folder / "tiny-a.gguf", arch="llama"),
         write_tiny_model(folder / "tiny-b.gguf", arch="llama", seed=7),
+        write_tiny_model(folder / "tiny-long.gguf", arch="llama", n_ctx_train=32768),
     )
 
 
 def write_manifest(
-    path: Path, binary: Path, models: tuple[Path, Path], llama_port: int, extra: str = ""
+    path: Path, binary: Path, models: tuple[Path, Path, Path], llama_port: int, extra: str = ""
 ) -> Path:
-    a, b = models
+    a, b, long_model = models
     path.write_text(
         f"""version: 1
 server:
@@ -59,6 +60,10 @@ profiles:
     aliases: [B]
     ctx_size: 512
     parallel: 2
+  tiny-long:
+    model: {long_model}
+    ctx_size: 16384
+    parallel: 1
 {extra}"""
     )
     return path
@@ -138,7 +143,7 @@ def llama_pids(binary: Path) -> list[int]:
 
 @pytest.fixture
 def served(
-    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path], free_port: int
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path], free_port: int
 ) -> Iterator[Served]:
     from fakes.fake_upstream import free_port as another_port
 
@@ -261,7 +266,7 @@ def test_sidecar_switch_sse_and_stop(served: Served, llama_server_bin: Path) -> 
 
 
 def test_a_broken_profile_fails_its_waiters_with_the_reason(
-    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path], free_port: int
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path], free_port: int
 ) -> None:
     from fakes.fake_upstream import free_port as another_port
 
@@ -307,7 +312,7 @@ def test_sigterm_drains_and_stops_the_server_it_started(
     assert Supervisor(paths.state_dir()).status(check_health=False).running is False
 
 
-def test_sighup_reloads_the_manifest(served: Served, tiny_models: tuple[Path, Path]) -> None:
+def test_sighup_reloads_the_manifest(served: Served, tiny_models: tuple[Path, Path, Path]) -> None:
     text = served.manifest.read_text()
     served.manifest.write_text(
         text + f"  tiny-c:\n    model: {tiny_models[0]}\n    ctx_size: 512\n"
@@ -464,3 +469,38 @@ def test_sigterm_lets_an_inflight_stream_finish(served: Served, llama_server_bin
     assert events > 100  # the whole generation arrived, not a cut-off stream
     served.proc.wait(30)
     assert llama_pids(llama_server_bin) == []
+
+
+def test_client_disconnect_stops_the_real_generation(served: Served) -> None:
+    # a generation that would run for many seconds: 16K tokens of context, EOS ignored
+    body = {
+        "model": "tiny-long",
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 16000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", served.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        got = 0
+        for line in lines:
+            if line.startswith("data: {"):
+                got += 1
+                if got == 5:
+                    break
+    # the router closed its upstream connection; llama-server notices and frees the slot
+    llama = httpx.get(served.url + "/models/status").json()["server"]["url"]
+    deadline = time.monotonic() + 3
+    busy = True
+    while busy and time.monotonic() < deadline:
+        slots = httpx.get(llama + "/slots", timeout=5).json()
+        busy = any(s.get("is_processing") for s in slots)
+        time.sleep(0.05)
+    assert not busy, "llama-server kept generating for a client that left"
+    # and the router is free for the next request at once
+    r2 = httpx.post(
+        served.url + "/v1/chat/completions",
+        json={**body, "stream": False, "max_tokens": 2},
+        timeout=30,
+    )
+    assert r2.status_code == 200
