@@ -4,6 +4,8 @@
 
 Runs are interleaved (bare, status, ...) so machine noise hits every column alike. Also shown
 for scale: importing typer, pydantic, httpx and rich naively, and `llmctl --version` (typer).
+With --with-server, also `llmctl status --json` while a llama-server runs (a tiny model; the
+binary as in bench/readiness.py): that path reads the state, checks /health and the log.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmctl.supervisor import Supervisor
 
 
 def _llmctl() -> list[str]:
@@ -29,6 +35,27 @@ def _time(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
+def _start_server(folder: Path) -> tuple[Supervisor, dict[str, str]]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from readiness import find_llama_server, free_port
+
+    from llmctl.launch import LaunchSpec
+    from llmctl.supervisor import Supervisor
+    from llmctl.tinymodel import write_tiny_model
+
+    model = write_tiny_model(folder / "tiny.gguf", arch="llama")
+    port = free_port()
+    argv = (find_llama_server(), "-m", str(model), "-c", "512", "-np", "1", "--port", str(port))
+    state = folder / "server-state"
+    sup = Supervisor(state)
+    res = sup.switch(LaunchSpec(profile="tiny", argv=argv, port=port))
+    if not res.ready:
+        raise SystemExit(f"llama-server did not start: {res.error}")
+    env = dict(os.environ, LLMCTL_STATE_DIR=str(state))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return sup, env
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -37,6 +64,7 @@ def main() -> None:
         help="keep PYTHONDONTWRITEBYTECODE as given: no .pyc written (existing ones still used)",
     )
     ap.add_argument("-n", "--runs", type=int, default=30)
+    ap.add_argument("--with-server", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, LLMCTL_STATE_DIR=str(Path(tmp) / "state"))
@@ -54,12 +82,22 @@ def main() -> None:
             ],
             "llmctl --version (typer)": [*_llmctl(), "--version"],
         }
-        for cmd in cases.values():  # warm the page cache and .pyc files
-            _time(cmd, env)
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        for _ in range(args.runs):
-            for name, cmd in cases.items():
-                times[name].append(_time(cmd, env))
+        runs = [(name, cmd, env) for name, cmd in cases.items()]
+        sup = None
+        if args.with_server:
+            sup, server_env = _start_server(Path(tmp))
+            cmd = [*_llmctl(), "status", "--json"]
+            runs.append(("llmctl status --json (running)", cmd, dict(server_env)))
+        try:
+            for _, cmd, run_env in runs:  # warm the page cache and .pyc files
+                _time(cmd, run_env)
+            times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+            for _ in range(args.runs):
+                for name, cmd, run_env in runs:
+                    times[name].append(_time(cmd, run_env))
+        finally:
+            if sup is not None:
+                sup.stop()
     base = statistics.median(times["bare python -c pass"])
     cache = "off (PYTHONDONTWRITEBYTECODE)" if args.no_bytecode_cache else "on"
     print(

@@ -664,3 +664,22 @@ def test_status_of_a_dead_server_while_another_llmctl_holds_the_lock(
         assert not status.running and status.note and "unreadable" in status.note
     status = sup.status()
     assert not status.running and status.note and "not a valid llmctl state file" in status.note
+
+
+def test_health_probe(free_port: int) -> None:
+    from llmctl.health import _host_port
+
+    assert _host_port("http://127.0.0.1:8081") == ("127.0.0.1", 8081)
+    assert _host_port("http://[::1]:9000/v1") == ("::1", 9000)
+    assert _host_port("http://localhost") == ("localhost", 80)
+    assert health_status(f"http://127.0.0.1:{free_port}") is None  # nothing listens
+    proc = subprocess.Popen(
+        [sys.executable, str(FAKE), "--port", str(free_port), "--mode", "hang"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: health_status(f"http://127.0.0.1:{free_port}") == 503)
+        assert health_status(f"http://localhost:{free_port}") == 503
+    finally:
+        proc.kill()
+        proc.wait()

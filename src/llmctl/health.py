@@ -7,14 +7,22 @@ more than the probe itself.
 from __future__ import annotations
 
 import socket
-from urllib.parse import urlsplit
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    """("host", port) of "http://host:port[/...]" or "http://[v6]:port" (no urllib: import cost)."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port = tail.lstrip(":")
+    else:
+        host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    return host or "127.0.0.1", int(port) if port.isdigit() else 80
 
 
 def health_status(url: str, timeout: float = 0.5) -> int | None:
     """HTTP status of `url`/health, None when nothing answers in time."""
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
+    host, port = _host_port(url)
     hosthdr = f"[{host}]" if ":" in host else host
     request = f"GET /health HTTP/1.1\r\nHost: {hosthdr}:{port}\r\nConnection: close\r\n\r\n"
     try:
