@@ -47,6 +47,8 @@ _HOP = {
 }
 _REQUEST_DROP = _HOP | {"authorization", "accept-encoding", "x-api-key", "cookie", "expect"}
 _RESPONSE_DROP = _HOP | {"server", "date", "content-encoding"}
+_REQUEST_DROP_B = frozenset(h.encode() for h in _REQUEST_DROP)
+_RESPONSE_DROP_B = frozenset(h.encode() for h in _RESPONSE_DROP)
 
 Outcome = Literal["ok", "upstream_error", "client_gone"]
 
@@ -75,7 +77,7 @@ def request_headers(
     headers: Iterable[tuple[bytes, bytes]], api_key: str | None
 ) -> list[tuple[bytes, bytes]]:
     """The client's headers minus hop-by-hop ones and its credentials; the upstream's key added."""
-    out = [(k, v) for k, v in headers if k.lower().decode("latin-1") not in _REQUEST_DROP]
+    out = [(k, v) for k, v in headers if k.lower() not in _REQUEST_DROP_B]
     if api_key:
         out.append((b"authorization", b"Bearer " + api_key.encode()))
     return out
@@ -127,11 +129,11 @@ class Reply:
         encoded = self.header(b"content-encoding") is not None
         out: list[tuple[bytes, bytes]] = []
         for k, v in self.headers:
-            name = k.lower().decode("latin-1")
-            if name == "content-length":
+            name = k.lower()
+            if name == b"content-length":
                 if encoded:
                     continue
-            elif name in _RESPONSE_DROP:
+            elif name in _RESPONSE_DROP_B:
                 continue
             out.append((k, v))
         out.append((UPSTREAM_HEADER.encode(), self.upstream.encode()))
