@@ -241,7 +241,7 @@ def test_streaming_is_chunk_by_chunk(tmp_path: Path) -> None:
                     arrivals.append(time.monotonic() - t0)
         # 7 events (6 tokens + end); the first arrives long before the last
         assert len(arrivals) == 7
-        assert arrivals[0] < 0.15
+        assert arrivals[0] < 0.6  # the first token, long before the whole answer (1.2 s)
         assert arrivals[-1] - arrivals[0] > 0.9
 
 
