@@ -683,3 +683,26 @@ def test_health_probe(free_port: int) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_stop_can_wait_for_a_load_in_progress(sup: Supervisor, free_port: int) -> None:
+    spec = fake_spec(free_port, "slow", "ok", "--load-time", "1.0", "--progress-every", "0.05")
+    loading = threading.Event()
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        box["res"] = Supervisor(sup.state_dir).switch(
+            spec, on_event=lambda e: loading.set() if e.kind == "log" else None
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert loading.wait(20)
+        out = sup.stop(cancel_loading=False)
+    finally:
+        worker.join(60)
+    res = box["res"]
+    assert isinstance(res, SwitchResult) and res.ready  # the load finished ...
+    assert out.stopped and out.pid == res.pid  # ... and was then stopped
+    assert fake_pids() == []

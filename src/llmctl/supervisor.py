@@ -25,7 +25,7 @@ another llmctl loads it) and `Status.note` (a repair that status made or saw);
 `to_json()` on Status, SwitchResult (the `switch --json` object) and StopResult;
 `SwitchResult.raise_for_error()`; `Supervisor.log_path()`; keyword arguments `keep_logs`,
 `port_timeout`, `gpu_timeout`. `stop()` cancels a load in progress in another llmctl
-instead of waiting for it to finish.
+instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
 
 State folder: `state.json` (LaunchRecord, see llmctl.state), `lock` (flock), `logs/` (one
 log per launch, the newest `keep_logs` kept).
@@ -264,13 +264,19 @@ class Supervisor:
 
     # ------------------------------------------------------------------ stop
 
-    def stop(self, *, on_event: Callable[[Event], None] | None = None) -> StopResult:
-        """Stop the managed server (SIGTERM to its group, then SIGKILL); no-op when none runs."""
+    def stop(
+        self, *, on_event: Callable[[Event], None] | None = None, cancel_loading: bool = True
+    ) -> StopResult:
+        """Stop the managed server (SIGTERM to its group, then SIGKILL); no-op when none runs.
+
+        A load in progress in another llmctl is cancelled (`cancel_loading=False`: wait for it
+        to finish, then stop what it started).
+        """
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0)
-        # A load in progress in another llmctl holds the lock until it ends: ask it to cancel
-        # (it polls for this file) rather than wait for a big model to finish loading.
-        request = self._request_cancel(emit)
+        # That load holds the lock until it ends: ask it to cancel (it polls for this file)
+        # rather than wait for a big model to finish loading.
+        request = self._request_cancel(emit) if cancel_loading else None
         try:
             with self._lock("stop") as lock:
                 emit("locked", _locked_message(lock))
