@@ -163,3 +163,87 @@ def test_mutations_of_the_bundled_example(data: st.DataObject) -> None:
         if not lines:
             break
     run_lint("".join(lines).encode("utf-8", errors="surrogateescape"))
+
+
+META_KEYS = [
+    "general.architecture",
+    "block_count",
+    "embedding_length",
+    "context_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "attention.key_length_swa",
+    "attention.sliding_window",
+    "attention.sliding_window_pattern",
+    "attention.shared_kv_layers",
+    "vocab_size",
+    "feed_forward_length",
+    "weights_bytes",
+    "nextn_predict_layers",
+    "attention.key_length_mla",
+    "attention.value_length_mla",
+    "ssm.inner_size",
+    "ssm.state_size",
+    "ssm.conv_kernel",
+    "ssm.group_count",
+    "wkv.head_size",
+    "shortconv.l_cache",
+    "full_attention_interval",
+    "general.size",
+]
+ARCHS = [
+    "llama",
+    "gemma2",
+    "gemma3",
+    "gemma3n",
+    "gemma4",
+    "cohere2",
+    "deepseek2",
+    "mamba",
+    "rwkv6",
+    "lfm2",
+    "granitehybrid",
+    "jamba",
+    "qwen3next",
+    "gpt-oss",
+    "llama4",
+    "bert",
+    "nope",
+    "",
+]
+meta_values = st.one_of(
+    scalars,
+    st.sampled_from(ARCHS),
+    st.integers(0, 64),
+    st.lists(st.one_of(st.integers(-2, 16), st.booleans(), st.text(max_size=3)), max_size=40),
+)
+
+
+@FUZZ
+@given(
+    st.dictionaries(st.sampled_from(META_KEYS), meta_values, max_size=12),
+    st.sampled_from(ARCHS),
+    st.integers(1, 40),
+)
+def test_random_metadata_blocks(meta: dict[str, Any], arch: str, layers: int) -> None:
+    meta.setdefault("general.architecture", arch)
+    meta.setdefault("block_count", layers)
+    meta.setdefault("embedding_length", 256)
+    doc = {
+        "version": 1,
+        "gpu": {"vram": "24GiB"},
+        "profiles": {"p": {"model": "/nonexistent/m.gguf", "metadata": meta}},
+    }
+    content = yaml.safe_dump(doc).encode()
+    run_lint(content)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profiles.yaml"
+        path.write_bytes(content)
+        for args in (["estimate", "p", "--json"], ["fit", "p", "--json"]):
+            result = runner.invoke(build_app(), [*args, "--manifest", str(path)])  # type: ignore[arg-type]
+            assert result.exception is None or isinstance(result.exception, SystemExit), (
+                f"{args[0]}: {type(result.exception).__name__}: {result.exception}\n{meta}"
+            )
+            assert result.exit_code in (0, 1, 2)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from llmctl.errors import EXIT_INPUT, LlmctlError
 from llmctl.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo, ggml_type
 
 MiB = 1024 * 1024
@@ -200,8 +201,11 @@ class HParams:
         return self.kv_from_start < 0 or il < self.kv_from_start
 
 
-class MetadataError(ValueError):
-    """A metadata key the estimate needs is missing or malformed."""
+@dataclass
+class MetadataError(LlmctlError, ValueError):
+    """A metadata key the estimate needs is missing or malformed (a `metadata:` block or a GGUF)."""
+
+    exit_code: int = EXIT_INPUT
 
 
 class _Meta:
@@ -218,10 +222,14 @@ class _Meta:
             if default is None:
                 raise MetadataError(f"missing metadata key {self.arch}.{key}")
             return default
-        if isinstance(v, bool) or not isinstance(v, int):
-            if isinstance(v, float) and v.is_integer():
-                return int(v)
-            raise MetadataError(f"{self.arch}.{key} should be an integer, not {v!r}")
+        return self._int(key, v)
+
+    def _int(self, key: str, v: Any) -> int:
+        """A count from the metadata: a non-negative integer (2.0 counts as 2), else MetadataError."""
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise MetadataError(f"{self.arch}.{key} should be a whole number >= 0, not {v!r}")
         return v
 
     def has(self, key: str) -> bool:
@@ -241,8 +249,8 @@ class _Meta:
         if isinstance(v, list):
             if len(v) != n:
                 raise MetadataError(f"{self.arch}.{key} has {len(v)} values for {n} layers")
-            return [int(x) for x in v]
-        return [int(v)] * n
+            return [self._int(key, x) for x in v]
+        return [self._int(key, v)] * n
 
     def bools(self, key: str, n: int) -> list[bool] | None:
         v = self.raw(key)
@@ -971,7 +979,10 @@ class ModelSource:
         if weights is not None and (isinstance(weights, bool) or not isinstance(weights, int)):
             from llmctl.sizes import parse_size
 
-            weights = parse_size(weights)
+            try:
+                weights = parse_size(weights)
+            except ValueError as err:
+                raise MetadataError(f"metadata weights_bytes: {err}") from None
         return cls(path, meta, None, weights)
 
 

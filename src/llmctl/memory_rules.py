@@ -49,6 +49,9 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
         except GGUFError as err:
             problem("error", "gguf", err.message, "model", err.hint)
             continue
+        except MetadataError as err:
+            problem("error", "model-metadata", err.message, "metadata", "fix the metadata block")
+            continue
         if source is None:
             continue
         try:

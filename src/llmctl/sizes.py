@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {
@@ -34,8 +35,8 @@ def parse_size(value: object) -> int:
             raise ValueError("a size cannot be negative")
         return value
     if isinstance(value, float):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a size must be a finite number of bytes >= 0, not {value}")
         return int(value)
     if not isinstance(value, str):
         raise ValueError("expected a size such as 24GiB or 24 GB")
@@ -43,7 +44,10 @@ def parse_size(value: object) -> int:
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise ValueError(f"cannot read {value!r} as a size; write it like 24GiB, 24 GB or 512MiB")
-    return int(float(match.group(1)) * _UNITS[unit])
+    size = float(match.group(1)) * _UNITS[unit]
+    if not math.isfinite(size):
+        raise ValueError(f"{value!r} is too large to be a size")
+    return round(size)
 
 
 def parse_duration(value: object) -> float:
@@ -51,15 +55,18 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 120s, not a boolean")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a duration must be a finite number of seconds >= 0, not {value}")
         return float(value)
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 120s or 2m")
     match = _DURATION.match(value.lower())
     if not match:
         raise ValueError(f"cannot read {value!r} as a duration; write it like 120s, 2m or 500ms")
-    return float(match.group(1)) * _SECONDS[match.group(2)]
+    seconds = float(match.group(1)) * _SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is too long to be a duration")
+    return seconds
 
 
 def format_bytes(n: int | float) -> str:
