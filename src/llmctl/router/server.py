@@ -99,6 +99,27 @@ class RouterServer(uvicorn.Server):
         task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
 
+class _ShortNames(logging.Filter):
+    """uvicorn logs its life cycle as `uvicorn.error`; call it `uvicorn`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.error":
+            record.name = "uvicorn"
+        return True
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_ShortNames())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # httpx logs every request URL at INFO: too chatty, and a URL may carry a credential
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(
     manifest_path: Path | None,
     *,
@@ -113,9 +134,7 @@ def run(
     from llmctl.manifest import find_manifest, load_manifest
     from llmctl.supervisor import Supervisor
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _setup_logging(log_level)
     path = find_manifest(manifest_path)
     manifest = load_manifest(path)
     settings = Settings.from_manifest(manifest)
@@ -132,6 +151,7 @@ def run(
         "access_log": access_log,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.drain_timeout)),
         "server_header": False,
+        "log_config": None,  # uvicorn's lines go through the same handler and format as ours
     }
     config = uvicorn.Config(app, host=host, port=port, **config_kw)
     server = RouterServer(config, router)
