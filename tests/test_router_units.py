@@ -204,14 +204,22 @@ def test_upstream_chain_and_models() -> None:
     m = manifest(**serve)
     ups = Upstreams.from_settings(Settings.from_manifest(m, {}), environ={"K": "secret"})
     assert [u.name for u in ups.all] == ["remote", "local", "any"]
-    assert ups.all[0].url == "https://user:pw@api.example.com/v1?x=1"  # used whole
+    assert ups.all[0].url == "https://user:pw@api.example.com"
+    assert (
+        ups.all[0].url_for("/v1/chat/completions")
+        == "https://user:pw@api.example.com/v1/chat/completions?x=1"
+    )
+    assert (
+        ups.all[0].url_for("/v1/models?a=b") == "https://user:pw@api.example.com/v1/models?a=b&x=1"
+    )
+    assert ups.all[2].url_for("/v1/embeddings") == "http://10.0.0.2:8080/v1/embeddings"
     assert [u.name for u in ups.chain("llama", "Llama3", ["Llama3"])] == ["remote", "local", "any"]
     assert [u.name for u in ups.chain("Qwen", "Qwen", ["qwen-coder"])] == ["local", "any"]
     assert [u.name for u in ups.chain(None, "gpt-4o")] == ["remote", "any"]
     assert ups.find_explicit("GPT-4O") and not ups.find_explicit("other")
     assert ups.all[0].upstream_model(["Llama3", "llama"]) == "meta-llama"
     pub = ups.all[0].public()
-    assert pub["url"] == "https://api.example.com/v1" and pub["api_key_set"] is True
+    assert pub["url"] == "https://api.example.com" and pub["api_key_set"] is True
     assert "secret" not in json.dumps(pub) and "pw" not in json.dumps(pub)
     assert public_url(None) is None
     # no managed entry listed: the managed server is put first

@@ -119,8 +119,7 @@ class Exchange:
                         raise
                     url = router.managed_base(self.target.profile) + self.path
                 else:
-                    assert up.url is not None
-                    url = up.url + self.path
+                    url = up.url_for(self.path)
                 reply = await open_reply(
                     router.transport_for(up, url),
                     upstream=up.name,

@@ -21,8 +21,13 @@ MANAGED = "managed"
 
 def _base_url(url: str) -> str:
     """`http://host:8080/v1` and `http://host:8080` both mean the server at `http://host:8080`."""
-    url = url.rstrip("/")
+    url = url.split("?", 1)[0].rstrip("/")
     return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def _query(url: str) -> str:
+    """The query a base URL carries (`?api-version=...`), added to every request to it."""
+    return url.split("?", 1)[1] if "?" in url else ""
 
 
 def public_url(url: str | None) -> str | None:
@@ -47,6 +52,7 @@ class Upstream:
     api_key_env: str | None = None
     api_key: str | None = field(default=None, repr=False)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+    query: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self._folded = {m.casefold() for m in self.models}
@@ -72,6 +78,14 @@ class Upstream:
             if mapped:
                 return mapped
         return None
+
+    def url_for(self, path_and_query: str) -> str:
+        """The upstream URL of a request path (`/v1/...?...`), with the base URL's own query."""
+        assert self.url is not None
+        if not self.query:
+            return self.url + path_and_query
+        sep = "&" if "?" in path_and_query else "?"
+        return f"{self.url}{path_and_query}{sep}{self.query}"
 
     def public(self) -> dict[str, Any]:
         return {
@@ -127,6 +141,7 @@ class Upstreams:
                     name=cfg.name,
                     kind="managed" if cfg.type == MANAGED else "openai",
                     url=None if cfg.type == MANAGED or cfg.url is None else _base_url(cfg.url),
+                    query="" if cfg.url is None else _query(cfg.url),
                     models=cfg.models or ("*",),
                     model_map=dict(cfg.model_map),
                     timeout=cfg.timeout,
