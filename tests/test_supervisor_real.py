@@ -271,3 +271,37 @@ def test_cli_style_kill_of_switcher_then_recovery(
     assert not status.running and status.note and "interrupted switch" in status.note
     assert llama_pids(llama_server_bin) == []
     assert not procs.port_in_use("127.0.0.1", port)
+
+
+def test_api_keys_never_reach_llama_servers_environment(
+    tmp_path: Path, llama_server_bin: Path, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmctl.flags import launch_spec
+    from llmctl.manifest import load_manifest
+    from llmctl.procs import environ_has
+    from llmctl.supervisor import Supervisor
+    from llmctl.tinymodel import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "m.gguf")
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {free_port}}}\n"
+        "serve:\n  upstreams:\n    - {name: local, type: managed}\n"
+        "    - {name: cloud, url: 'http://127.0.0.1:9/v1', api_key_env: CLOUD_KEY}\n"
+        f"profiles:\n  p: {{model: {model}, ctx_size: 512, parallel: 1, env: {{KEEP: 'yes'}}}}\n"
+    )
+    monkeypatch.setenv("LLMCTL_API_KEYS", "router-secret")
+    monkeypatch.setenv("CLOUD_KEY", "cloud-secret")
+    monkeypatch.setenv("UNRELATED", "stays")
+    spec = launch_spec(load_manifest(manifest), "p")
+    assert set(spec.unset_env) >= {"LLMCTL_API_KEYS", "CLOUD_KEY"}
+    sup = Supervisor(tmp_path / "state")
+    result = sup.switch(spec)
+    try:
+        assert result.ready and result.pid is not None
+        assert environ_has(result.pid, "LLMCTL_API_KEYS=router-secret") is False
+        assert environ_has(result.pid, "CLOUD_KEY=cloud-secret") is False
+        assert environ_has(result.pid, "UNRELATED=stays") is True
+        assert environ_has(result.pid, "KEEP=yes") is True
+    finally:
+        sup.stop()

@@ -168,7 +168,15 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
         stall_timeout=profile.stall_timeout or server.stall_timeout,
         stop_timeout=profile.stop_timeout or server.stop_timeout,
         model=profile.model,
+        unset_env=secret_env_names(manifest),
     )
+
+
+def secret_env_names(manifest: Manifest) -> tuple[str, ...]:
+    """Environment variables that hold keys (router and upstreams): never passed to llama-server."""
+    names = {manifest.serve.api_keys_env, "LLMCTL_API_KEYS"}
+    names.update(u.api_key_env for u in manifest.serve.upstreams if u.api_key_env)
+    return tuple(sorted(names))
 
 
 def model_exists(profile: Profile) -> bool:
@@ -187,7 +195,9 @@ def flags_table() -> str:
             flag = f"`{f.flag} VALUE`"
         rows.append(f"| `{f.field}` | {flag} | {'always' if f.always else 'when set'} |")
     rows.append("| `mlock`, `mmap` | `--load-mode mmap+mlock / mlock / mmap / none` | when set |")
-    rows.append("| `host`, `port` | `--host`, `--port` (else `server.host`, `server.port`) | always |")
+    rows.append(
+        "| `host`, `port` | `--host`, `--port` (else `server.host`, `server.port`) | always |"
+    )
     rows.append("| profile name, `aliases` | `--alias NAME,ALIAS...` | always |")
     rows.append("| `extra_args` | appended verbatim, last | when set |")
     return "\n".join(rows)

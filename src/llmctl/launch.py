@@ -22,6 +22,8 @@ class LaunchSpec:
     stall_timeout: float = 120.0
     stop_timeout: float = 10.0
     model: str = ""
+    # Inherited variables llama-server must not see (the router's and upstreams' API keys).
+    unset_env: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:

@@ -529,7 +529,7 @@ class Supervisor:
         # whose launch_id finds the orphan through its environment.
         write_state(self.state_dir, rec)
         emit("starting", f"starting profile {spec.profile!r}: {spec.shell()}")
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
         env.update(spec.env)
         env[LAUNCH_ID_ENV] = rec.launch_id
         proc: subprocess.Popen[bytes] | None = None
