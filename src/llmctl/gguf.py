@@ -43,7 +43,7 @@ VALUE_TYPE_NAMES = {
     T_FLOAT64: "float64",
 }
 # struct format and size of each fixed-size value type
-_SCALAR_FORMATS = {
+SCALAR_FORMATS = {
     T_UINT8: "B",
     T_INT8: "b",
     T_UINT16: "H",
@@ -56,7 +56,7 @@ _SCALAR_FORMATS = {
     T_INT64: "q",
     T_FLOAT64: "d",
 }
-_SCALAR_SIZES = {t: struct.calcsize("<" + f) for t, f in _SCALAR_FORMATS.items()}
+_SCALAR_SIZES = {t: struct.calcsize("<" + f) for t, f in SCALAR_FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ class _Reader:
         return raw.decode("utf-8", errors="replace")
 
     def value(self, vtype: int, key: str, depth: int = 0) -> Any:
-        fmt = _SCALAR_FORMATS.get(vtype)
+        fmt = SCALAR_FORMATS.get(vtype)
         if fmt is not None:
             size = _SCALAR_SIZES[vtype]
             self.need(size, f"the value of {key!r}")
@@ -250,7 +250,7 @@ class _Reader:
             raise self.fail(f"arrays nested too deep in {key!r}")
         item_type = self.u32(f"the array type of {key!r}")
         n = self.u64(f"the array length of {key!r}")
-        fmt = _SCALAR_FORMATS.get(item_type)
+        fmt = SCALAR_FORMATS.get(item_type)
         if fmt is not None:
             size = _SCALAR_SIZES[item_type]
             if n > (self.size - self.pos) // size:

@@ -17,19 +17,13 @@ from typing import Any
 from llmctl.gguf import (
     DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
+    SCALAR_FORMATS,
     T_ARRAY,
     T_BOOL,
     T_FLOAT32,
-    T_FLOAT64,
-    T_INT8,
-    T_INT16,
     T_INT32,
-    T_INT64,
     T_STRING,
-    T_UINT8,
-    T_UINT16,
     T_UINT32,
-    T_UINT64,
     GGMLType,
     ggml_type,
 )
@@ -64,21 +58,6 @@ def array(item_type: int, items: Sequence[Any]) -> Value:
     return Value(T_ARRAY, list(items), item_type)
 
 
-_FMT = {
-    T_UINT8: "B",
-    T_INT8: "b",
-    T_UINT16: "H",
-    T_INT16: "h",
-    T_UINT32: "I",
-    T_INT32: "i",
-    T_FLOAT32: "f",
-    T_BOOL: "?",
-    T_UINT64: "Q",
-    T_INT64: "q",
-    T_FLOAT64: "d",
-}
-
-
 def _encode_str(s: str, e: str = "<") -> bytes:
     raw = s.encode()
     return struct.pack(e + "Q", len(raw)) + raw
@@ -94,8 +73,8 @@ def _encode_value(v: Value, e: str = "<") -> bytes:
             return head + b"".join(_encode_str(s, e) for s in v.value)
         if v.item_type == T_ARRAY:
             return head + b"".join(_encode_value(item, e) for item in v.value)
-        return head + struct.pack(f"{e}{len(v.value)}{_FMT[v.item_type]}", *v.value)
-    return struct.pack(e + _FMT[v.type], v.value)
+        return head + struct.pack(f"{e}{len(v.value)}{SCALAR_FORMATS[v.item_type]}", *v.value)
+    return struct.pack(e + SCALAR_FORMATS[v.type], v.value)
 
 
 @dataclass(frozen=True)
