@@ -550,8 +550,8 @@ class Supervisor:
                     exe = spec.argv[0] if spec.argv else "?"
                     lerr = LaunchError(
                         f"cannot run {exe}: {err.strerror or err}",
-                        hint="install llama-server or set the profile's binary "
-                        "(or LLMCTL_LLAMA_SERVER) to its path",
+                        hint="set server.binary in the manifest or LLMCTL_LLAMA_SERVER to "
+                        "llama-server's path (scripts/build-llama-server.sh builds one)",
                     )
                     emit("error", lerr.message)
                     return result(ready=False, pid=None, log=str(log_path), error=lerr)
