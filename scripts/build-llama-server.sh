@@ -42,9 +42,7 @@ sdist="$cache/llama_cpp_python-$version.tar.gz"
 if [ ! -f "$sdist" ]; then
   log "downloading llama-cpp-python==$version sdist"
   tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation \
-    "llama-cpp-python==$version" -d "$tmp" >&2 \
-    || python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$tmp" >&2
+  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$tmp" >&2
   mv "$tmp"/llama_cpp_python-"$version".tar.gz "$sdist"
   rm -rf "$tmp"
 fi
