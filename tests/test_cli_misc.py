@@ -54,14 +54,14 @@ def test_bash_completion_completes_commands_and_profiles(tmp_path: Path) -> None
 
 
 def test_version() -> None:
-    result = CliRunner().invoke(build_app(), ["--version"])  # type: ignore[arg-type]
+    result = CliRunner().invoke(build_app(), ["--version"])
     assert result.exit_code == 0 and result.stdout.startswith("llmctl ")
 
 
 def test_unknown_command_and_bad_option_exit_2() -> None:
-    result = CliRunner().invoke(build_app(), ["frobnicate"])  # type: ignore[arg-type]
+    result = CliRunner().invoke(build_app(), ["frobnicate"])
     assert result.exit_code == 2
-    result = CliRunner().invoke(build_app(), ["lint", "--bogus"])  # type: ignore[arg-type]
+    result = CliRunner().invoke(build_app(), ["lint", "--bogus"])
     assert result.exit_code == 2
 
 

@@ -45,7 +45,7 @@ GEMMA4_BLOCK = textwrap.indent(
 
 
 def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(build_app(), list(args))  # type: ignore[arg-type]
+    result = runner.invoke(build_app(), list(args))
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr

@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def cli(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(build_app(), list(args))  # type: ignore[arg-type]
+    result = runner.invoke(build_app(), list(args))
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
@@ -706,3 +706,52 @@ def test_human_lint_output_groups_by_profile(tmp_path: Path) -> None:
     b = lines.index("b")
     assert b > a and lines[b + 1].startswith(f"  {path}:4:")
     assert "2 error(s)" in lines[-1]
+
+
+def test_nested_sections_keep_text_and_suggest_keys(tmp_path: Path) -> None:
+    gguf(tmp_path)
+    path = write(
+        tmp_path,
+        textwrap.dedent("""\
+        version: 1
+        serve:
+          queue: {max_sise: 3}
+          upstreams:
+            - name: local
+              type: managed
+            - name: no
+              url: http://gpu:8080/v1
+              models: [on]
+              tiemout: 5s
+        """)
+        + BASE.removeprefix("version: 1\n"),
+    )
+    code, report = lint(path)
+    assert code == 1
+    unknown = [(p["line"], p["hint"]) for p in report["problems"] if p["rule"] == "unknown-key"]
+    assert unknown == [(3, "did you mean `max_size`?"), (10, "did you mean `timeout`?")]
+    coerced = [(p["line"], p["column"]) for p in report["problems"] if p["rule"] == "yaml-coercion"]
+    assert coerced == [(7, 13), (9, 16)]
+    (tmp_path / "profiles.yaml").write_text(
+        path.read_text().replace("max_sise", "max_size").replace("tiemout", "timeout")
+    )
+    m = load_manifest(path)
+    assert m.serve.upstreams[1].name == "no" and m.serve.upstreams[1].models == ["on"]
+    assert m.serve.queue.max_size == 3
+
+
+def test_where_places_list_items_wherever_they_are_written(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        version: 1
+        defaults:
+          extra_args: [--no-warmup, --slots]
+        profiles:
+          a: {model: m.gguf, aliases: [x, y]}
+        """,
+    )
+    m = load_manifest(path)
+    assert m.where("a", "extra_args", 1) == (str(path), 3, 29)
+    assert m.where("a", "aliases", 1) == (str(path), 5, 35)
+    assert m.where("a") == (str(path), 5, 3)

@@ -87,7 +87,7 @@ def run_lint(content: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "profiles.yaml"
         path.write_bytes(content)
-        result = runner.invoke(build_app(), ["lint", "manifest", str(path), "--json"])  # type: ignore[arg-type]
+        result = runner.invoke(build_app(), ["lint", "manifest", str(path), "--json"])
         assert result.exception is None or isinstance(result.exception, SystemExit), (
             f"{type(result.exception).__name__}: {result.exception}\n--- input ---\n{content!r}"
         )
@@ -242,7 +242,7 @@ def test_random_metadata_blocks(meta: dict[str, Any], arch: str, layers: int) ->
         path = Path(tmp) / "profiles.yaml"
         path.write_bytes(content)
         for args in (["estimate", "p", "--json"], ["fit", "p", "--json"]):
-            result = runner.invoke(build_app(), [*args, "--manifest", str(path)])  # type: ignore[arg-type]
+            result = runner.invoke(build_app(), [*args, "--manifest", str(path)])
             assert result.exception is None or isinstance(result.exception, SystemExit), (
                 f"{args[0]}: {type(result.exception).__name__}: {result.exception}\n{meta}"
             )

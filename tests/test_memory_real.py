@@ -20,6 +20,7 @@ import pytest
 from llmctl.gguf import read_gguf
 from llmctl.memory import LaunchOptions, ModelSource, estimate, mib
 from llmctl.tinymodel import write_tiny_model
+from processes import stop_process
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("llama", {}),
@@ -93,12 +94,7 @@ def run_server(binary: Path, model: Path, port: int, args: list[str]) -> str:
             if "model loaded" in line or "exiting due to" in line:
                 break
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stderr is not None:
             proc.stderr.close()
     return "".join(lines)

@@ -19,6 +19,7 @@ import pytest
 
 from llmctl import paths, procs
 from llmctl.supervisor import Supervisor
+from processes import stop_process
 
 openai = pytest.importorskip("openai")
 
@@ -83,21 +84,17 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
+def serve_argv(manifest: Path, port: int, *args: str) -> list[str]:
+    """`llmctl serve` as a subprocess, with this interpreter."""
+    return [sys.executable, "-m", "llmctl", "serve", "--manifest", str(manifest),
+            "--port", str(port), *args]  # fmt: skip
+
+
 def start_serve(manifest: Path, port: int, tmp_path: Path, *args: str) -> Served:
     log = tmp_path / f"serve-{port}.log"
     out = log.open("wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmctl",
-            "serve",
-            "--manifest",
-            str(manifest),
-            "--port",
-            str(port),
-            *args,
-        ],
+        serve_argv(manifest, port, *args),
         stdout=out,
         stderr=subprocess.STDOUT,
     )
@@ -119,14 +116,7 @@ def start_serve(manifest: Path, port: int, tmp_path: Path, *args: str) -> Served
 
 
 def stop_serve(served: Served) -> int:
-    if served.proc.poll() is None:
-        served.proc.send_signal(signal.SIGTERM)
-        try:
-            served.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            served.proc.kill()
-            served.proc.wait()
-    return served.proc.returncode
+    return stop_process(served.proc, timeout=30)
 
 
 def llama_pids(binary: Path) -> list[int]:
@@ -338,16 +328,7 @@ def test_sighup_reloads_the_manifest(served: Served, tiny_models: tuple[Path, Pa
 def test_refuses_to_listen_beyond_loopback_without_keys(tmp_path: Path, free_port: int) -> None:
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text("version: 1\nprofiles:\n  a:\n    model: /m/a.gguf\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmctl",
-        "serve",
-        "--manifest",
-        str(manifest),
-        "--port",
-        str(free_port),
-    ]
+    cmd = serve_argv(manifest, free_port)
     r = subprocess.run([*cmd, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert "refusing to listen on 0.0.0.0 without API keys" in r.stderr
@@ -364,16 +345,7 @@ def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
         holder.listen(1)
         port = holder.getsockname()[1]
         r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "llmctl",
-                "serve",
-                "--manifest",
-                str(manifest),
-                "--port",
-                str(port),
-            ],
+            serve_argv(manifest, port),
             capture_output=True,
             text=True,
             timeout=30,
@@ -389,18 +361,7 @@ def test_keys_from_environment_and_allow_insecure(tmp_path: Path, free_port: int
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmctl",
-                "serve",
-                "--manifest",
-                str(manifest),
-                "--host",
-                "0.0.0.0",
-                "--port",
-                str(free_port),
-            ],
+            serve_argv(manifest, free_port, "--host", "0.0.0.0"),
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from llmctl import paths, procs
 from llmctl.errors import EXIT_LOCKED, LockTimeout
 from llmctl.health import health_status
+from llmctl.launch import LaunchSpec
 from llmctl.lock import StateLock
 from llmctl.state import LaunchRecord, read_state, write_state
 from llmctl.supervisor import Event, Supervisor, SwitchResult
@@ -275,7 +277,6 @@ def test_port_taken_by_another_program_is_named(
 
 
 def test_missing_binary(sup: Supervisor, free_port: int, tmp_path: Path) -> None:
-    from llmctl.launch import LaunchSpec
 
     spec = LaunchSpec(
         profile="ghost", argv=(str(tmp_path / "no-such-llama-server"),), port=free_port
@@ -615,30 +616,30 @@ def test_gpu_memory_release_is_awaited(
     assert "GPU memory not released after 2 s" in events[-1].message
 
 
+@contextlib.contextmanager
+def loading_elsewhere(state_dir: Path, spec: LaunchSpec) -> Iterator[Future[SwitchResult]]:
+    """A switch by another Supervisor in a thread; yields once its load prints progress."""
+    loading = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            Supervisor(state_dir).switch,
+            spec,
+            on_event=lambda e: loading.set() if e.kind == "log" else None,
+        )
+        assert loading.wait(20)
+        yield pending
+
+
 def test_stop_cancels_a_load_in_progress_elsewhere(sup: Supervisor, free_port: int) -> None:
     spec = fake_spec(free_port, "slow", "ok", "--load-time", "60", "--progress-every", "0.05")
-    loading = threading.Event()
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        box["res"] = Supervisor(sup.state_dir).switch(
-            spec, on_event=lambda e: loading.set() if e.kind == "log" else None
-        )
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    try:
-        assert loading.wait(20)
+    with loading_elsewhere(sup.state_dir, spec) as pending:
         events: list[Event] = []
         t0 = time.monotonic()
         out = sup.stop(on_event=events.append)
         assert time.monotonic() - t0 < 15  # not the 60 s load
         assert "cancelling the load of profile 'slow'" in events[0].message
         assert not out.stopped  # the load ended itself; nothing was left to stop
-    finally:
-        worker.join(60)
-    res = box["res"]
-    assert isinstance(res, SwitchResult)
+    res = pending.result(60)
     assert not res.ready and res.error is not None
     assert "cancelled by `llmctl stop`" in res.error.message
     assert fake_pids() == []
@@ -687,22 +688,9 @@ def test_health_probe(free_port: int) -> None:
 
 def test_stop_can_wait_for_a_load_in_progress(sup: Supervisor, free_port: int) -> None:
     spec = fake_spec(free_port, "slow", "ok", "--load-time", "1.0", "--progress-every", "0.05")
-    loading = threading.Event()
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        box["res"] = Supervisor(sup.state_dir).switch(
-            spec, on_event=lambda e: loading.set() if e.kind == "log" else None
-        )
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    try:
-        assert loading.wait(20)
+    with loading_elsewhere(sup.state_dir, spec) as pending:
         out = sup.stop(cancel_loading=False)
-    finally:
-        worker.join(60)
-    res = box["res"]
-    assert isinstance(res, SwitchResult) and res.ready  # the load finished ...
+    res = pending.result(60)
+    assert res.ready  # the load finished ...
     assert out.stopped and out.pid == res.pid  # ... and was then stopped
     assert fake_pids() == []

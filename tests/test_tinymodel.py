@@ -13,6 +13,7 @@ import pytest
 
 from llmctl.gguf import read_gguf
 from llmctl.tinymodel import ARCHITECTURES, write_tiny_model
+from processes import stop_process
 
 
 def _get(url: str, body: dict[str, object] | None = None, timeout: float = 30) -> tuple[int, str]:
@@ -50,12 +51,7 @@ def serve_and_chat(binary: Path, model: Path, port: int, *extra: str) -> tuple[i
                 {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4},
             )
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     return status, body, log.read_text(errors="replace")
 
 

@@ -49,7 +49,6 @@ class LlmctlError(Exception):
     message: str
     hint: str | None = None
     exit_code: int = EXIT_FAILED
-    details: dict[str, Any] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.message
@@ -58,7 +57,6 @@ class LlmctlError(Exception):
         out: dict[str, Any] = {"type": type(self).__name__, "message": self.message}
         if self.hint:
             out["hint"] = self.hint
-        out.update(self.details)
         return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from llmctl.launch import LaunchSpec
@@ -177,10 +176,6 @@ def secret_env_names(manifest: Manifest) -> tuple[str, ...]:
     names = {manifest.serve.api_keys_env, "LLMCTL_API_KEYS"}
     names.update(u.api_key_env for u in manifest.serve.upstreams if u.api_key_env)
     return tuple(sorted(names))
-
-
-def model_exists(profile: Profile) -> bool:
-    return Path(profile.model).is_file()
 
 
 def flags_table() -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmctl.errors import Problem
 from llmctl.manifest import Manifest, check_manifest
+from llmctl.memory_rules import memory_problems
 from llmctl.rules import cross_checks
 
 
@@ -34,20 +34,11 @@ class LintResult:
         return {"ok": self.ok, "problems": [p.to_json() for p in self.problems]}
 
 
-def _memory_rules(manifest: Manifest) -> list[Problem]:
-    try:
-        module = importlib.import_module("llmctl.memory_rules")
-    except ModuleNotFoundError:
-        return []
-    problems: list[Problem] = module.memory_problems(manifest)
-    return problems
-
-
 def lint_manifest(path: Path) -> LintResult:
     """All problems; raises ManifestError only when the file cannot be read or parsed."""
     manifest, problems = check_manifest(path)
     problems = problems + cross_checks(manifest, include_environment=True)
-    problems = problems + _memory_rules(manifest)
+    problems = problems + memory_problems(manifest)
     order = {name: i for i, name in enumerate(manifest.profiles)}
     problems.sort(
         key=lambda p: (

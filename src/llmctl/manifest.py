@@ -353,12 +353,21 @@ class Manifest(ManifestModel):
             hint=hint or "llmctl lint shows the manifest's profiles",
         )
 
-    def where(self, profile: str, field: str | None = None) -> tuple[str, int | None, int | None]:
-        """file, line, column of a profile, or of one of its fields (wherever the value came from)."""
+    def field_path(self, profile: str, field: str) -> Path_:
+        """Where a profile's field is written: under the profile, or under `defaults`."""
+        if self._profile_origin.get(profile, {}).get(field) == "defaults":
+            return ("defaults", field)
+        return ("profiles", profile, field)
+
+    def where(
+        self, profile: str, field: str | None = None, index: int | None = None
+    ) -> tuple[str, int | None, int | None]:
+        """file, line, column of a profile, one of its fields, or one item of a list field."""
         path: Path_ = ("profiles", profile)
         if field is not None:
-            origin = self._profile_origin.get(profile, {}).get(field)
-            path = ("defaults", field) if origin == "defaults" else (*path, field)
+            path = self.field_path(profile, field)
+            if index is not None:
+                path = (*path, index)
         if self._source is None:
             return str(self._path), None, None
         line, column = self._source.position(path)
@@ -482,10 +491,18 @@ def _stringy(annotation: Any) -> str | None:
     return None
 
 
-_NESTED: dict[type[BaseModel], dict[str, type[BaseModel]]] = {
-    ManifestModel: {"server": ServerConfig, "gpu": GpuConfig, "serve": ServeConfig},
-    ServeConfig: {"queue": QueueConfig, "breaker": BreakerConfig},
-}
+def _submodel(annotation: Any) -> tuple[type[BaseModel], bool] | None:
+    """The section model a field holds, and whether it holds a list of them (`upstreams`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin is list and args:
+        inner = _submodel(args[0])
+        return (inner[0], True) if inner and not inner[1] else None
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _submodel(args[0])
+    return None
 
 
 class _Checker:
@@ -530,14 +547,16 @@ class _Checker:
                     k: self._text(v, (*path, name, k), profile, name, quiet_numbers=True)
                     for k, v in data[name].items()
                 }
-        nested = _NESTED.get(model, {})
-        for name, sub in nested.items():
-            if isinstance(data.get(name), dict):
-                self.keep_text(data[name], sub, (*path, name), profile)
-        if model is ServeConfig and isinstance(data.get("upstreams"), list):
-            for i, up in enumerate(data["upstreams"]):
-                if isinstance(up, dict):
-                    self.keep_text(up, UpstreamConfig, (*path, "upstreams", i), profile)
+            sub = _submodel(info.annotation)
+            if sub is None:
+                continue
+            section, many = sub
+            if many and isinstance(data[name], list):
+                for i, item in enumerate(data[name]):
+                    if isinstance(item, dict):
+                        self.keep_text(item, section, (*path, name, i), profile)
+            elif not many and isinstance(data[name], dict):
+                self.keep_text(data[name], section, (*path, name), profile)
 
     def _text(
         self, value: Any, path: Path_, profile: str | None, field: str, quiet_numbers: bool = False
@@ -650,15 +669,13 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
 def _known_fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     current: type[BaseModel] = model
     for part in loc:
-        nested = _NESTED.get(current, {})
-        if isinstance(part, str) and part in nested:
-            current = nested[part]
-        elif current is ServeConfig and part == "upstreams":
-            current = UpstreamConfig
-        elif isinstance(part, int):
+        if isinstance(part, int):
             continue
-        else:
+        info = current.model_fields.get(part)
+        sub = _submodel(info.annotation) if info is not None else None
+        if sub is None:
             break
+        current = sub[0]
     return list(current.model_fields)
 
 

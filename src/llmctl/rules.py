@@ -43,13 +43,6 @@ class _Out:
             line, column = None, None
         self.problems.append(Problem(severity, rule, message, profile, file, line, column, hint))
 
-    def item(self, profile: str, field: str, index: int) -> tuple[str | int, ...]:
-        origin = self.m._profile_origin.get(profile, {}).get(field)
-        base: tuple[str | int, ...] = (
-            ("defaults",) if origin == "defaults" else ("profiles", profile)
-        )
-        return (*base, field, index)
-
 
 def _hosts_overlap(a: str, b: str) -> bool:
     loop = {"127.0.0.1", "localhost", "::1"}
@@ -111,7 +104,7 @@ def _flag_rules(out: _Out) -> None:
                     f"extra_args passes {flag}, which llmctl already passes from the profile",
                     name,
                     hint=how,
-                    path=out.item(name, "extra_args", i),
+                    path=(*out.m.field_path(name, "extra_args"), i),
                 )
             elif flag in seen:
                 out.at(
@@ -119,7 +112,7 @@ def _flag_rules(out: _Out) -> None:
                     "repeated-flag",
                     f"extra_args passes {flag} twice (llama-server keeps the last)",
                     name,
-                    path=out.item(name, "extra_args", i),
+                    path=(*out.m.field_path(name, "extra_args"), i),
                 )
             seen.setdefault(flag, i)
 
@@ -139,7 +132,7 @@ def _names(out: _Out) -> None:
                         "duplicate-name",
                         f"alias `{alias}` is the profile's own name",
                         name,
-                        path=out.item(name, "aliases", i),
+                        path=(*out.m.field_path(name, "aliases"), i),
                     )
                     continue
                 what = f"profile `{other}`" if kind == "profile" else f"an alias of `{other}`"
@@ -149,7 +142,7 @@ def _names(out: _Out) -> None:
                     f"alias `{alias}` is already {what}; a request for it would be ambiguous",
                     name,
                     hint="names and aliases must be unique (case does not count)",
-                    path=out.item(name, "aliases", i),
+                    path=(*out.m.field_path(name, "aliases"), i),
                 )
             else:
                 owners[key] = (name, "alias")
@@ -317,7 +310,7 @@ def _binary(out: _Out) -> None:
             if flag in known:
                 continue
             if i >= extra_start:
-                path = out.item(name, "extra_args", i - extra_start)
+                path = (*out.m.field_path(name, "extra_args"), i - extra_start)
                 close = difflib.get_close_matches(flag, sorted(known), n=1, cutoff=0.7)
                 out.at(
                     "error",

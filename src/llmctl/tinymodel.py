@@ -249,12 +249,17 @@ class _Cfg:
 _Builder = Callable[[_Cfg], tuple[list[tuple[str, Value]], list[Tensor]]]
 
 
-def _common_meta(c: _Cfg) -> list[tuple[str, Value]]:
+_HEAD_KEYS = (".key_length", ".value_length", ".head_count_kv", ".dimension_count")
+
+
+def _common_meta(c: _Cfg, *, own_heads: bool = False) -> list[tuple[str, Value]]:
+    """Metadata every architecture shares; with `own_heads`, without the head-size keys
+    (KV head count, key/value length, rope dimensions) that the caller writes itself."""
     a = c.arch
     head_kv: Value = (
         array(T_INT32, c.n_head_kv) if isinstance(c.n_head_kv, list) else u32(c.n_head_kv)
     )
-    return [
+    meta = [
         ("general.architecture", string(a)),
         ("general.name", string(c.name)),
         ("general.file_type", u32(1)),
@@ -271,6 +276,9 @@ def _common_meta(c: _Cfg) -> list[tuple[str, Value]]:
         (f"{a}.rope.freq_base", f32(10000.0)),
         (f"{a}.vocab_size", u32(c.n_vocab)),
     ]
+    if own_heads:
+        meta = [(k, v) for k, v in meta if not k.endswith(_HEAD_KEYS)]
+    return meta
 
 
 def _emb_out(c: _Cfg, wt: GGMLType, f32t: GGMLType) -> list[Tensor]:
@@ -383,11 +391,7 @@ def _deepseek2(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
             Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"),
             *_ffn(c, il, wt),
         ]
-    meta = [
-        (k, v)
-        for k, v in _common_meta(c)
-        if not k.endswith((".key_length", ".value_length", ".head_count_kv", ".dimension_count"))
-    ]
+    meta = _common_meta(c, own_heads=True)
     meta += [
         (f"{a}.attention.head_count_kv", u32(1)),
         (f"{a}.attention.key_length", u32(kv_lora + rope)),
@@ -534,11 +538,7 @@ def _gemma4(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
             *_ffn(c, il, wt),
             Tensor(p + "post_ffw_norm.weight", (c.n_embd,), ft, "ones"),
         ]
-    meta = [
-        (k, v)
-        for k, v in _common_meta(c)
-        if not k.endswith((".key_length", ".value_length", ".head_count_kv", ".dimension_count"))
-    ]
+    meta = _common_meta(c, own_heads=True)
     meta += [
         (f"{a}.attention.head_count_kv", array(T_INT32, n_head_kv)),
         (f"{a}.attention.key_length", u32(head_full)),

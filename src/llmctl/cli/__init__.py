@@ -2,40 +2,32 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
+from typing import TYPE_CHECKING
 
-# Each module registers its commands on llmctl.cli.app.app when imported.
-_COMMAND_MODULES = (
-    "llmctl.cli.manifest_cmds",
-    "llmctl.cli.completion_cmd",
-    "llmctl.cli.estimate_cmds",
-    "llmctl.cli.supervise_cmds",
-    "llmctl.cli.serve_cmd",
-)
+from llmctl.cli.fast import try_fast_path
+
+if TYPE_CHECKING:
+    import typer
 
 
-def build_app() -> object:
+def build_app() -> typer.Typer:
+    """The typer app with every command registered (each module registers on import)."""
+    from llmctl.cli import (  # noqa: F401
+        completion_cmd,
+        estimate_cmds,
+        manifest_cmds,
+        serve_cmd,
+        supervise_cmds,
+    )
     from llmctl.cli.app import app
 
-    for name in _COMMAND_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
     return app
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    try:
-        from llmctl.cli.fast import try_fast_path
-    except ModuleNotFoundError:
-        pass
-    else:
-        code = try_fast_path(argv)
-        if code is not None:
-            sys.exit(code)
-    app = build_app()
-    app(prog_name="llmctl")  # type: ignore[operator]
+    # `status` is answered without typer, pydantic or rich: it must start in a few milliseconds.
+    code = try_fast_path(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    build_app()(prog_name="llmctl")
