@@ -1,4 +1,4 @@
-"""Header reading speed: llmctl.gguf.read_gguf against gguf-py's GGUFReader, side by side.
+"""Header reading speed: llmctl.llama.gguf.read_gguf against gguf-py's GGUFReader, side by side.
 
 Writes its own test file: a GGUF whose header holds a 262,144-token vocabulary (tokens, scores,
 token types, as Gemma 3/4 ship it) and a small tensor table. Measures both readers in this process
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmctl.gguf import T_FLOAT32, T_INT32, T_STRING, ggml_type, read_gguf
-from llmctl.tinymodel import Tensor, array, string, u32, write_gguf
+from llmctl.llama.gguf import T_FLOAT32, T_INT32, T_STRING, ggml_type, read_gguf
+from llmctl.llama.tinymodel import Tensor, array, string, u32, write_gguf
 
 
 def write_vocab_model(path: Path, n_vocab: int) -> Path:
@@ -85,7 +85,7 @@ def main() -> None:
         theirs_in = timed(lambda: GGUFReader(str(path)), args.baseline_runs)
         empty = process_time("pass", args.runs)
         ours_proc = process_time(
-            f"from llmctl.gguf import read_gguf; read_gguf({str(path)!r})", args.runs
+            f"from llmctl.llama.gguf import read_gguf; read_gguf({str(path)!r})", args.runs
         )
         theirs_proc = process_time(
             f"from gguf import GGUFReader; GGUFReader({str(path)!r})", args.baseline_runs

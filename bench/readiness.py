@@ -57,7 +57,7 @@ def llmctl_cmd() -> list[str]:
 
 
 def by_hand(argv: tuple[str, ...], url: str, log: Path) -> float:
-    from llmctl.health import health_status
+    from llmctl.supervisor.health import health_status
 
     with log.open("wb") as f:
         t0 = time.perf_counter()
@@ -83,10 +83,10 @@ def main() -> None:
     ap.add_argument("-n", "--runs", type=int, default=15)
     args = ap.parse_args()
 
-    from llmctl.flags import launch_spec
-    from llmctl.manifest import load_manifest
-    from llmctl.supervisor import Supervisor
-    from llmctl.tinymodel import write_tiny_model
+    from llmctl.llama.flags import launch_spec
+    from llmctl.llama.tinymodel import write_tiny_model
+    from llmctl.manifest.model import load_manifest
+    from llmctl.supervisor.lifecycle import Supervisor
 
     binary = find_llama_server()
     with tempfile.TemporaryDirectory() as tmp:

@@ -135,10 +135,10 @@ def run_upstream(port: int, work_ms: float) -> None:
 def run_router(port: int, upstream_url: str, workdir: Path) -> None:
     import uvicorn
 
-    from llmctl.launch import LaunchSpec
-    from llmctl.manifest import load_manifest
+    from llmctl.manifest.model import load_manifest
     from llmctl.router.app import create_app
-    from llmctl.supervisor import Status
+    from llmctl.supervisor.launch import LaunchSpec
+    from llmctl.supervisor.lifecycle import Status
 
     class StubSupervisor:
         """The FAKE upstream stands for a llama-server already running profile `bench`."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llmctl.supervisor import Supervisor
+    from llmctl.supervisor.lifecycle import Supervisor
 
 
 def _llmctl() -> list[str]:
@@ -39,9 +39,9 @@ def _start_server(folder: Path) -> tuple[Supervisor, dict[str, str]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from readiness import find_llama_server, free_port
 
-    from llmctl.launch import LaunchSpec
-    from llmctl.supervisor import Supervisor
-    from llmctl.tinymodel import write_tiny_model
+    from llmctl.llama.tinymodel import write_tiny_model
+    from llmctl.supervisor.launch import LaunchSpec
+    from llmctl.supervisor.lifecycle import Supervisor
 
     model = write_tiny_model(folder / "tiny.gguf", arch="llama")
     port = free_port()

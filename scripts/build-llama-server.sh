@@ -25,6 +25,15 @@ if [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1; then
 fi
 
 log() { echo "build-llama-server: $*" >&2; }
+
+# one build at a time: a second caller (another checkout's tests) waits, then reuses the build
+mkdir -p "$cache"
+exec 9>"$cache.lock"
+flock 9
+if [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1; then
+  echo "$binary"
+  exit 0
+fi
 missing=()
 for tool in cmake c++; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from llmctl import procs
-from llmctl.launch import LaunchSpec
+from llmctl.supervisor import procs
+from llmctl.supervisor.launch import LaunchSpec
 
 FAKE = Path(__file__).resolve().parent / "fakes" / "fake_llama_server.py"
 

@@ -66,12 +66,14 @@ def test_unknown_command_and_bad_option_exit_2() -> None:
 
 
 def test_readme_flag_table_is_the_code_table() -> None:
-    from llmctl.flags import flags_table
+    from llmctl.llama.flags import flags_table
 
     readme = (ROOT / "README.md").read_text()
     start = readme.index("<!-- flags-table:start -->\n") + len("<!-- flags-table:start -->\n")
     end = readme.index("<!-- flags-table:end -->")
-    assert readme[start:end].strip() == flags_table(), "copy llmctl.flags.flags_table() into README"
+    assert readme[start:end].strip() == flags_table(), (
+        "copy llmctl.llama.flags.flags_table() into README"
+    )
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from llmctl.cli import build_app
 from llmctl.errors import UsageError
-from llmctl.gguf import read_gguf
-from llmctl.llamaargs import parse_llama_args
-from llmctl.manifest import load_manifest
-from llmctl.memory import LaunchOptions, ModelSource, estimate
-from llmctl.memory_rules import memory_problems
-from llmctl.tinymodel import write_tiny_model
+from llmctl.lint.memory import memory_problems
+from llmctl.llama.argv import parse_llama_args
+from llmctl.llama.gguf import read_gguf
+from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.manifest.model import load_manifest
+from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
 
 runner = CliRunner()
 PATTERN = [il % 6 != 5 for il in range(30)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmctl.fit import advise
-from llmctl.gguf import read_gguf
-from llmctl.memory import LaunchOptions, ModelSource
-from llmctl.tinymodel import write_tiny_model
+from llmctl.llama.gguf import read_gguf
+from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.memory.estimate import LaunchOptions, ModelSource
+from llmctl.memory.fit import advise
 
 GiB = 1024**3
 MiB = 1024**2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.errors import GGUFError
-from llmctl.gguf import (
+from llmctl.llama.gguf import (
     MAX_DECODED_ARRAY,
     T_ARRAY,
     T_BOOL,
@@ -30,7 +30,7 @@ from llmctl.gguf import (
     read_gguf,
     split_paths,
 )
-from llmctl.tinymodel import Tensor, Value, array, string, u32, write_gguf, write_tiny_model
+from llmctl.llama.tinymodel import Tensor, Value, array, string, u32, write_gguf, write_tiny_model
 
 EVERY_TYPE = [
     ("t.u8", Value(T_UINT8, 200)),

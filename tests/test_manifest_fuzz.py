@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from llmctl.cli import build_app
-from llmctl.manifest import Profile
+from llmctl.manifest.model import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = (ROOT / "profiles.yaml").read_text()

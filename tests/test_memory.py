@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from llmctl.gguf import TensorInfo, ggml_type, read_gguf
-from llmctl.memory import (
+from llmctl.llama.gguf import TensorInfo, ggml_type, read_gguf
+from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.memory.estimate import (
     LaunchOptions,
     MetadataError,
     MiB,
@@ -19,7 +20,6 @@ from llmctl.memory import (
     hparams_from_metadata,
     weights_estimate,
 )
-from llmctl.tinymodel import write_tiny_model
 
 LLAMA_8B = {
     "general.architecture": "llama",

@@ -3,7 +3,7 @@
 Every cache llama-server prints (`llama_kv_cache: size = ...`, `llama_memory_recurrent: size = ...`)
 must match the estimate to the printed precision (0.01 MiB), with the same cells, layers and
 streams; the model buffer must match the weights; the compute buffer must stay within the error the
-docstring of `llmctl.memory.compute_estimate` states.
+docstring of `llmctl.memory.estimate.compute_estimate` states.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from llmctl.gguf import read_gguf
-from llmctl.memory import LaunchOptions, ModelSource, estimate, mib
-from llmctl.tinymodel import write_tiny_model
+from llmctl.llama.gguf import read_gguf
+from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
 from processes import stop_process
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmctl import paths, procs
-from llmctl.supervisor import Supervisor
+from llmctl import paths
+from llmctl.supervisor.lifecycle import Supervisor, procs
 from processes import stop_process
 
 openai = pytest.importorskip("openai")
@@ -26,7 +26,7 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from llmctl.tinymodel import write_tiny_model
+    from llmctl.llama.tinymodel import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     return (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmctl.sizes import format_bytes, parse_duration, parse_size
+from llmctl.manifest.sizes import format_bytes, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from llmctl import paths, procs
-from llmctl.lock import StateLock
-from llmctl.state import read_state
-from llmctl.supervisor import Status, Supervisor
+from llmctl import paths
+from llmctl.supervisor.lifecycle import Status, Supervisor, procs
+from llmctl.supervisor.lock import StateLock
+from llmctl.supervisor.state import read_state
 from supervisor_helpers import FAKE, fake_pids, kill_fakes, wait_until
 
 SWITCH_KEYS = {"profile", "pid", "port", "url", "ready", "elapsed_s", "log", "error"}

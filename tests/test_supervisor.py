@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from llmctl import paths, procs
+from llmctl import paths
 from llmctl.errors import EXIT_LOCKED, LockTimeout
-from llmctl.health import health_status
-from llmctl.launch import LaunchSpec
-from llmctl.lock import StateLock
-from llmctl.state import LaunchRecord, read_state, write_state
-from llmctl.supervisor import Event, Supervisor, SwitchResult
+from llmctl.supervisor.health import health_status
+from llmctl.supervisor.launch import LaunchSpec
+from llmctl.supervisor.lifecycle import Event, Supervisor, SwitchResult, procs
+from llmctl.supervisor.lock import StateLock
+from llmctl.supervisor.state import LaunchRecord, read_state, write_state
 from supervisor_helpers import FAKE, fake_pids, fake_spec, kill_fakes, wait_until
 
 
@@ -413,7 +413,7 @@ SWITCH_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from pathlib import Path
     from supervisor_helpers import fake_spec
-    from llmctl.supervisor import Supervisor
+    from llmctl.supervisor.lifecycle import Supervisor
     sup = Supervisor(Path(sys.argv[1]), lock_timeout=60)
     spec = fake_spec(int(sys.argv[2]), sys.argv[3], "ok", *sys.argv[4:])
     res = sup.switch(spec, on_event=lambda e: print(e.kind, flush=True))
@@ -668,7 +668,7 @@ def test_status_of_a_dead_server_while_another_llmctl_holds_the_lock(
 
 
 def test_health_probe(free_port: int) -> None:
-    from llmctl.health import _host_port
+    from llmctl.supervisor.health import _host_port
 
     assert _host_port("http://127.0.0.1:8081") == ("127.0.0.1", 8081)
     assert _host_port("http://[::1]:9000/v1") == ("::1", 9000)

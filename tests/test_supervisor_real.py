@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from llmctl import paths, procs
-from llmctl.health import health_status
-from llmctl.launch import LaunchSpec
-from llmctl.state import read_state
-from llmctl.supervisor import Event, Supervisor
+from llmctl import paths
+from llmctl.supervisor.health import health_status
+from llmctl.supervisor.launch import LaunchSpec
+from llmctl.supervisor.lifecycle import Event, Supervisor, procs
+from llmctl.supervisor.state import read_state
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from llmctl.tinymodel import write_tiny_model
+    from llmctl.llama.tinymodel import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     a = write_tiny_model(folder / "tiny-a.gguf", arch="llama")
@@ -254,8 +254,8 @@ def test_cli_style_kill_of_switcher_then_recovery(
     script = (
         "import sys, os, signal\n"
         "from pathlib import Path\n"
-        "from llmctl.supervisor import Supervisor\n"
-        "from llmctl.launch import LaunchSpec\n"
+        "from llmctl.supervisor.lifecycle import Supervisor\n"
+        "from llmctl.supervisor.launch import LaunchSpec\n"
         "spec = LaunchSpec(profile='tiny', argv=tuple(sys.argv[2:]), port=int(sys.argv[1]))\n"
         "def on_event(e):\n"
         "    if e.kind == 'log':\n"
@@ -276,11 +276,11 @@ def test_cli_style_kill_of_switcher_then_recovery(
 def test_api_keys_never_reach_llama_servers_environment(
     tmp_path: Path, llama_server_bin: Path, free_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmctl.flags import launch_spec
-    from llmctl.manifest import load_manifest
-    from llmctl.procs import environ_has
-    from llmctl.supervisor import Supervisor
-    from llmctl.tinymodel import write_tiny_model
+    from llmctl.llama.flags import launch_spec
+    from llmctl.llama.tinymodel import write_tiny_model
+    from llmctl.manifest.model import load_manifest
+    from llmctl.supervisor.lifecycle import Supervisor
+    from llmctl.supervisor.procs import environ_has
 
     model = write_tiny_model(tmp_path / "m.gguf")
     manifest = tmp_path / "profiles.yaml"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.gguf import read_gguf
-from llmctl.tinymodel import ARCHITECTURES, write_tiny_model
+from llmctl.llama.gguf import read_gguf
+from llmctl.llama.tinymodel import ARCHITECTURES, write_tiny_model
 from processes import stop_process
 
 

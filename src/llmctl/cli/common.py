@@ -17,13 +17,13 @@ from llmctl.errors import EXIT_INPUT, LlmctlError, ManifestError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from llmctl.manifest import Manifest
+    from llmctl.manifest.model import Manifest
 
 
 def _complete_profile(incomplete: str) -> list[str]:
     """Shell completion for profile names and aliases, from the discovered manifest."""
     try:
-        from llmctl.manifest import load_manifest
+        from llmctl.manifest.model import load_manifest
 
         manifest = load_manifest(None)
     except Exception:
@@ -110,7 +110,7 @@ def handle_errors(json_out: bool = False) -> Iterator[None]:
 
 def load_manifest_cli(path: Path | None, *, json_out: bool = False) -> Manifest:
     """Load the manifest or exit 2 with its problems rendered."""
-    from llmctl.manifest import load_manifest
+    from llmctl.manifest.model import load_manifest
 
     try:
         return load_manifest(path)

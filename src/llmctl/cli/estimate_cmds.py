@@ -20,12 +20,12 @@ from llmctl.cli.common import (
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 
 if TYPE_CHECKING:
-    from llmctl.fit import FitAdvice
-    from llmctl.memory import Estimate
+    from llmctl.memory.estimate import Estimate
+    from llmctl.memory.fit import FitAdvice
 
 
 def _b(n: int | None) -> str:
-    from llmctl.sizes import format_bytes
+    from llmctl.manifest.sizes import format_bytes
 
     return "-" if n is None else format_bytes(n)
 
@@ -87,9 +87,9 @@ def _render_estimate(est: Estimate, ignored: list[str] | None = None) -> None:
 
 
 def _estimate_argv(argv: list[str], json_out: bool) -> int:
-    from llmctl.gguf import read_gguf
-    from llmctl.llamaargs import parse_llama_args
-    from llmctl.memory import MetadataError, ModelSource, estimate
+    from llmctl.llama.argv import parse_llama_args
+    from llmctl.llama.gguf import read_gguf
+    from llmctl.memory.estimate import MetadataError, ModelSource, estimate
 
     parsed = parse_llama_args(argv)
     if not parsed.model:
@@ -118,7 +118,12 @@ def _estimate_argv(argv: list[str], json_out: bool) -> int:
 def _estimate_profiles(
     names: list[str], all_: bool, manifest_path: Path | None, json_out: bool
 ) -> int:
-    from llmctl.memory import MetadataError, estimate, options_from_profile, source_for_profile
+    from llmctl.memory.estimate import (
+        MetadataError,
+        estimate,
+        options_from_profile,
+        source_for_profile,
+    )
 
     manifest = load_manifest_cli(manifest_path, json_out=json_out)
     if all_ or not names:
@@ -269,9 +274,9 @@ def fit(
 
     Exit status: 0 when the profile fits as it is, 1 when it does not (the advice is printed).
     """
-    from llmctl.fit import advise
-    from llmctl.memory import MetadataError, options_from_profile, source_for_profile
-    from llmctl.sizes import parse_size
+    from llmctl.manifest.sizes import parse_size
+    from llmctl.memory.estimate import MetadataError, options_from_profile, source_for_profile
+    from llmctl.memory.fit import advise
 
     with handle_errors(json_out):
         m = load_manifest_cli(manifest, json_out=json_out)

@@ -15,7 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from llmctl.supervisor import Status
+    from llmctl.supervisor.lifecycle import Status
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -138,7 +138,7 @@ def current_status() -> dict[str, Any]:
 def full_status(folder: os.PathLike[str] | str) -> Status:
     from pathlib import Path
 
-    from llmctl.supervisor import Supervisor
+    from llmctl.supervisor.lifecycle import Supervisor
 
     return Supervisor(Path(folder), lock_timeout=0.0).status()
 

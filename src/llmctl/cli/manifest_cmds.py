@@ -20,7 +20,7 @@ from llmctl.cli.common import (
 from llmctl.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
-    from llmctl.lint import LintResult
+    from llmctl.lint.run import LintResult
 
 lint_app = typer.Typer(
     help="Check a manifest before anything runs (bare `llmctl lint` checks the manifest).",
@@ -33,8 +33,8 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Warnings fail too (ex
 
 
 def _run_lint(path: Path | None, json_out: bool, strict: bool) -> None:
-    from llmctl.lint import lint_manifest
-    from llmctl.manifest import find_manifest
+    from llmctl.lint.run import lint_manifest
+    from llmctl.manifest.model import find_manifest
 
     with handle_errors(json_out):
         found = find_manifest(path)
@@ -108,7 +108,7 @@ def command_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Print the exact llama-server command line that `llmctl switch PROFILE` runs."""
-    from llmctl.flags import launch_spec
+    from llmctl.llama.flags import launch_spec
 
     m = load_manifest_cli(manifest, json_out=json_out)
     with handle_errors(json_out):
@@ -122,6 +122,6 @@ def command_cmd(
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the manifest's JSON Schema (for editors: yaml-language-server)."""
-    from llmctl.schema import manifest_schema
+    from llmctl.manifest.schema import manifest_schema
 
     print_json(manifest_schema())

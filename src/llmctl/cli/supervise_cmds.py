@@ -28,8 +28,8 @@ from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
 
-    from llmctl.launch import LaunchSpec
-    from llmctl.supervisor import Event, SwitchResult
+    from llmctl.supervisor.launch import LaunchSpec
+    from llmctl.supervisor.lifecycle import Event, SwitchResult
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -49,7 +49,7 @@ LockTimeoutOpt = Annotated[
 
 def _supervisor(lock_timeout: float) -> Any:
     from llmctl.paths import state_dir
-    from llmctl.supervisor import Supervisor
+    from llmctl.supervisor.lifecycle import Supervisor
 
     return Supervisor(state_dir(), lock_timeout=lock_timeout)
 
@@ -85,8 +85,8 @@ def switch(
 
 
 def _spec_for(profile: str, manifest: Path | None) -> LaunchSpec:
-    from llmctl.flags import launch_spec
-    from llmctl.manifest import load_manifest
+    from llmctl.llama.flags import launch_spec
+    from llmctl.manifest.model import load_manifest
 
     return launch_spec(load_manifest(manifest), profile)
 
@@ -251,7 +251,7 @@ class _PlainView(_View):
     def tick(self) -> None:
         now = time.monotonic()
         if self.loading and now >= self.next_beat:
-            from llmctl.logs import strip_prefix
+            from llmctl.supervisor.logs import strip_prefix
 
             self._say(f"still loading; last log line: {strip_prefix(self.last_line)[:160]}")
             self.next_beat = now + 10.0
@@ -287,7 +287,7 @@ class _LiveView(_View):
     def event(self, e: Event) -> None:
         from rich.markup import escape
 
-        from llmctl.logs import strip_prefix
+        from llmctl.supervisor.logs import strip_prefix
 
         if e.kind == "log":
             self.lines.append(strip_prefix(e.message))
@@ -390,7 +390,7 @@ def logs(
     path_only: Annotated[bool, typer.Option("--path", help="Print the log's path only.")] = False,
 ) -> None:
     """Show the log of the running llama-server, else of the latest launch."""
-    from llmctl.logs import tail_lines
+    from llmctl.supervisor.logs import tail_lines
 
     sup = _supervisor(0.0)
     with handle_errors(False):
@@ -507,8 +507,8 @@ def _run_demo(keep: bool) -> int:
 
     from rich.markup import escape
 
+    from llmctl.llama.tinymodel import write_tiny_model
     from llmctl.paths import state_dir
-    from llmctl.tinymodel import write_tiny_model
 
     out = console()
     binary = _find_llama_server()
@@ -590,7 +590,7 @@ def _run_demo(keep: bool) -> int:
         return EXIT_OK
     finally:
         if not stopped:
-            from llmctl.supervisor import Supervisor
+            from llmctl.supervisor.lifecycle import Supervisor
 
             Supervisor(demo_state, lock_timeout=30).stop()
 

@@ -29,7 +29,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmctl.errors import LlmctlError
-from llmctl.launch import LaunchSpec
 from llmctl.router import metrics as metrics_mod
 from llmctl.router import sse
 from llmctl.router.auth import bearer_token, key_allowed
@@ -47,7 +46,8 @@ from llmctl.router.proxy import (
 from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
 from llmctl.router.settings import Settings
 from llmctl.router.upstreams import Upstream, Upstreams
-from llmctl.supervisor import Event, Supervisor
+from llmctl.supervisor.launch import LaunchSpec
+from llmctl.supervisor.lifecycle import Event, Supervisor
 
 log = logging.getLogger("llmctl.router")
 
@@ -64,7 +64,7 @@ _REFRESH_EVERY = 1.0
 
 
 def _default_spec_for(manifest: Any) -> Callable[[str], LaunchSpec]:
-    from llmctl.flags import launch_spec
+    from llmctl.llama.flags import launch_spec
 
     return partial(launch_spec, manifest)
 
@@ -118,7 +118,7 @@ class Router:
 
     async def reload(self) -> bool:
         """Reload the manifest from its file (SIGHUP); keep the old one when the new one is broken."""
-        from llmctl.manifest import load_manifest
+        from llmctl.manifest.model import load_manifest
 
         try:
             manifest = await run_in_threadpool(load_manifest, self.manifest_path)
@@ -506,9 +506,9 @@ async def models_available(request: Request) -> Response:
 
 
 def _estimate(manifest: Any, name: str) -> dict[str, Any]:
-    """The memory estimate and whether it fits the GPU budget, when llmctl.memory can tell."""
+    """The memory estimate and whether it fits the GPU budget, when llmctl.memory.estimate can tell."""
     try:
-        from llmctl.memory import estimate, options_from_profile, source_for_profile
+        from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
     except ImportError:
         return {"estimate": None, "fits": None}
     profile = manifest.profiles[name]

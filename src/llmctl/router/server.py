@@ -131,8 +131,8 @@ def run(
 ) -> None:
     """Serve until a signal says stop. Raises LlmctlError for what a user can fix."""
     from llmctl import paths
-    from llmctl.manifest import find_manifest, load_manifest
-    from llmctl.supervisor import Supervisor
+    from llmctl.manifest.model import find_manifest, load_manifest
+    from llmctl.supervisor.lifecycle import Supervisor
 
     _setup_logging(log_level)
     path = find_manifest(manifest_path)

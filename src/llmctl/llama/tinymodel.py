@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.gguf import (
+from llmctl.llama.gguf import (
     DEFAULT_ALIGNMENT,
     GGUF_MAGIC,
     SCALAR_FORMATS,

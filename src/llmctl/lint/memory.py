@@ -9,17 +9,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llmctl.errors import GGUFError, Problem, Severity
-from llmctl.memory import (
+from llmctl.manifest.sizes import format_bytes
+from llmctl.memory.estimate import (
     MetadataError,
     estimate,
     hparams_from_metadata,
     options_from_profile,
     source_for_profile,
 )
-from llmctl.sizes import format_bytes
 
 if TYPE_CHECKING:
-    from llmctl.manifest import Manifest
+    from llmctl.manifest.model import Manifest
 
 _BLOCK = {"q8_0": 32, "q4_0": 32, "q4_1": 32, "iq4_nl": 32, "q5_0": 32, "q5_1": 32}
 

@@ -26,9 +26,9 @@ from pydantic import (
 )
 
 from llmctl.errors import ManifestError, Problem, UsageError
+from llmctl.manifest.sizes import parse_duration, parse_size
+from llmctl.manifest.yamldoc import Path_, Source, YamlLoadError, load_yaml
 from llmctl.paths import config_dir
-from llmctl.sizes import parse_duration, parse_size
-from llmctl.yamlload import Path_, Source, YamlLoadError, load_yaml
 
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 QUANTIZED_CACHE_TYPES = frozenset(("q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"))
@@ -863,7 +863,7 @@ def _validate(
 
 def load_manifest(path: Path | str | None = None) -> Manifest:
     """The manifest (discovered when `path` is None), or ManifestError listing its errors."""
-    from llmctl.rules import cross_checks
+    from llmctl.lint.rules import cross_checks
 
     found = find_manifest(path)
     manifest, problems = check_manifest(found)

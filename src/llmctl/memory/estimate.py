@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from llmctl.errors import EXIT_INPUT, LlmctlError
-from llmctl.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo, ggml_type
+from llmctl.llama.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo, ggml_type
 
 MiB = 1024 * 1024
 DEFAULT_CUDA_OVERHEAD = 400 * MiB
@@ -977,7 +977,7 @@ class ModelSource:
         if weights is None:
             weights = meta.get("general.size")
         if weights is not None and (isinstance(weights, bool) or not isinstance(weights, int)):
-            from llmctl.sizes import parse_size
+            from llmctl.manifest.sizes import parse_size
 
             try:
                 weights = parse_size(weights)
@@ -1047,7 +1047,7 @@ def estimate(
 
 
 class ProfileLike(Protocol):
-    """The profile fields an estimate reads (llmctl.manifest.Profile has them)."""
+    """The profile fields an estimate reads (llmctl.manifest.model.Profile has them)."""
 
     @property
     def model(self) -> str: ...
@@ -1114,7 +1114,7 @@ def source_for_profile(profile: ProfileLike) -> ModelSource | None:
     """
     from pathlib import Path
 
-    from llmctl.gguf import read_gguf, split_paths
+    from llmctl.llama.gguf import read_gguf, split_paths
 
     path = Path(profile.model)
     first = (split_paths(path) or [path])[0]

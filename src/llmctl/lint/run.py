@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import Problem
-from llmctl.manifest import Manifest, check_manifest
-from llmctl.memory_rules import memory_problems
-from llmctl.rules import cross_checks
+from llmctl.lint.memory import memory_problems
+from llmctl.lint.rules import cross_checks
+from llmctl.manifest.model import Manifest, check_manifest
 
 
 @dataclass

@@ -27,7 +27,7 @@ another llmctl loads it) and `Status.note` (a repair that status made or saw);
 `port_timeout`, `gpu_timeout`. `stop()` cancels a load in progress in another llmctl
 instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
 
-State folder: `state.json` (LaunchRecord, see llmctl.state), `lock` (flock), `logs/` (one
+State folder: `state.json` (LaunchRecord, see llmctl.supervisor.state), `lock` (flock), `logs/` (one
 log per launch, the newest `keep_logs` kept).
 """
 
@@ -42,12 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from llmctl.errors import LaunchError
+
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
 # (subprocess, http.client, log parsing) is imported where it is used.
-from llmctl import procs
-from llmctl.errors import LaunchError
-from llmctl.lock import StateLock
-from llmctl.state import (
+from llmctl.supervisor import procs
+from llmctl.supervisor.lock import StateLock
+from llmctl.supervisor.state import (
     CorruptState,
     LaunchRecord,
     clear_state,
@@ -59,7 +60,7 @@ from llmctl.state import (
 if TYPE_CHECKING:
     import subprocess
 
-    from llmctl.launch import LaunchSpec
+    from llmctl.supervisor.launch import LaunchSpec
 
 EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "ready", "error"]
 
@@ -226,12 +227,12 @@ class Supervisor:
             return Status(running=False, note=gone)
         healthy: bool | None = None
         if check_health:
-            from llmctl.health import health_status
+            from llmctl.supervisor.health import health_status
 
             healthy = health_status(rec.url, timeout) == 200
         memory: dict[str, Any] = {}
         if rec.phase == "ready":
-            from llmctl.logs import parse_memory
+            from llmctl.supervisor.logs import parse_memory
 
             memory = parse_memory(Path(rec.log))
         now = time.time()
@@ -254,7 +255,7 @@ class Supervisor:
 
     def log_path(self) -> Path | None:
         """The log of the running server, else of the latest launch."""
-        from llmctl.logs import latest_log
+        from llmctl.supervisor.logs import latest_log
 
         with contextlib.suppress(CorruptState):
             rec = read_state(self.state_dir)
@@ -349,7 +350,7 @@ class Supervisor:
             emit("locked", _locked_message(lock))
             rec = self._load_for_change(emit)
             if rec is not None and self._same_config(rec, spec):
-                from llmctl.health import health_status
+                from llmctl.supervisor.health import health_status
 
                 if health_status(rec.url, 1.0) == 200:
                     emit(
@@ -464,7 +465,7 @@ class Supervisor:
         free = procs.wait_port_free(rec.host, rec.port, self.port_timeout)
         extra = "" if free else f"; port {rec.port} still busy after {self.port_timeout:g} s"
         if members and rec.pid is not None:
-            from llmctl.gpu import wait_released
+            from llmctl.supervisor.gpu import wait_released
 
             released = wait_released(members, self.gpu_timeout)
             if released is False:
@@ -486,7 +487,7 @@ class Supervisor:
         import subprocess
         import uuid
 
-        from llmctl.logs import HEADER, new_log
+        from llmctl.supervisor.logs import HEADER, new_log
 
         holder = procs.port_holder(spec.host, spec.port)
         if holder is not None:
@@ -607,8 +608,8 @@ class Supervisor:
         A load ends early when the process exits, at ready_timeout, after stall_timeout without
         log output, or when cancelled (`cancel`, or `cancel_file` created by another stop).
         """
-        from llmctl.health import health_status
-        from llmctl.logs import READY_LINE, LogFollower
+        from llmctl.supervisor.health import health_status
+        from llmctl.supervisor.logs import READY_LINE, LogFollower
 
         follower = LogFollower(log_path, offset)
         lines: list[str] = []
@@ -680,7 +681,7 @@ class Supervisor:
     def _exit_error(
         self, spec: LaunchSpec, code: int, lines: list[str], log_path: Path
     ) -> LaunchError:
-        from llmctl.logs import error_tail, strip_prefix, tail_lines
+        from llmctl.supervisor.logs import error_tail, strip_prefix, tail_lines
 
         if not lines:
             lines = tail_lines(log_path, 50)
@@ -696,7 +697,7 @@ class Supervisor:
     def _load_error(
         self, spec: LaunchSpec, message: str, lines: list[str], hint: str
     ) -> LaunchError:
-        from llmctl.logs import error_tail
+        from llmctl.supervisor.logs import error_tail
 
         _, tail = error_tail(lines)
         return LaunchError(message, hint=hint, stderr_tail=tail)

@@ -1,6 +1,6 @@
 """`llmctl fit`: the smallest changes that make a profile fit its budget, or how much more would fit.
 
-Pure functions over `llmctl.memory`: each suggestion carries its new estimate. Suggestions are
+Pure functions over `llmctl.memory.estimate`: each suggestion carries its new estimate. Suggestions are
 ranked by what they cost in quality or speed: a q8_0 KV cache first (near lossless), a
 window-sized sliding-window cache, then a smaller context or fewer slots (in proportion to what
 is lost), a q4_0 cache, and last moving layers to the CPU (slow).
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from llmctl.memory import (
+from llmctl.memory.estimate import (
     Estimate,
     LaunchOptions,
     ModelSource,

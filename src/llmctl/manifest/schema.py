@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmctl.manifest import ManifestModel, Profile
+from llmctl.manifest.model import ManifestModel, Profile
 
 
 def manifest_schema() -> dict[str, Any]:

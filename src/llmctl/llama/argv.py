@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmctl.errors import UsageError
-from llmctl.memory import CACHE_TYPES, FlashAttn, LaunchOptions
+from llmctl.memory.estimate import CACHE_TYPES, FlashAttn, LaunchOptions
 
 _TRUTHY = {"on", "enabled", "true", "1"}
 _FALSEY = {"off", "disabled", "false", "0"}

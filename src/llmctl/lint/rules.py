@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Literal
 
 from llmctl.errors import Problem
-from llmctl.flags import FLAGS, MANAGED, find_binary, flag_owner, profile_args
-from llmctl.helpflags import is_gguf, known_flags
-from llmctl.manifest import QUANTIZED_CACHE_TYPES, Manifest
+from llmctl.llama.flags import FLAGS, MANAGED, find_binary, flag_owner, profile_args
+from llmctl.llama.help import is_gguf, known_flags
+from llmctl.manifest.model import QUANTIZED_CACHE_TYPES, Manifest
 
 _NUMBER = re.compile(r"^-?[0-9.]+$")
 _ANY_HOST = {"0.0.0.0", "::", ""}

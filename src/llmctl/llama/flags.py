@@ -11,10 +11,10 @@ import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from llmctl.launch import LaunchSpec
+from llmctl.supervisor.launch import LaunchSpec
 
 if TYPE_CHECKING:
-    from llmctl.manifest import Manifest, Profile
+    from llmctl.manifest.model import Manifest, Profile
 
 Kind = Literal["value", "switch", "bool-pair", "tristate"]
 

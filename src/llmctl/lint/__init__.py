@@ -1,0 +1,1 @@
+"""Lint: every problem in a manifest, from the schema to the machine."""

@@ -1,0 +1,1 @@
+"""llama-server and GGUF: flags, command lines, `--help`, the GGUF reader and writer."""

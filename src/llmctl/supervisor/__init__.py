@@ -1,0 +1,1 @@
+"""The managed llama-server: launch specs, processes, state, lock, readiness, logs."""
