@@ -151,9 +151,9 @@ def _estimate_profiles(
                 source,
                 options_from_profile(profile),
                 profile=name,
-                budget=manifest.gpu.vram,
-                headroom=manifest.gpu.headroom,
-                overhead=manifest.gpu.overhead,
+                budget=manifest.gpu_budget.vram,
+                headroom=manifest.gpu_budget.headroom,
+                overhead=manifest.gpu_budget.overhead,
             )
         except (LlmctlError, MetadataError) as err:
             failed += 1
@@ -287,8 +287,8 @@ def fit(
                 budget = parse_size(vram)
             except ValueError as err:
                 raise UsageError(f"--vram: {err}") from None
-        elif m.gpu.vram is not None:
-            budget = m.gpu.vram
+        elif m.gpu_budget.vram is not None:
+            budget = m.gpu_budget.vram
         else:
             raise UsageError(
                 "no memory budget: give --vram, or set gpu.vram in the manifest",
@@ -305,8 +305,8 @@ def fit(
                 source,
                 options_from_profile(p),
                 budget=budget,
-                headroom=m.gpu.headroom,
-                overhead=m.gpu.overhead,
+                headroom=m.gpu_budget.headroom,
+                overhead=m.gpu_budget.overhead,
                 profile=name,
             )
         except MetadataError as err:
