@@ -190,7 +190,7 @@ def plan_devices(
                 kv_per_layer[il] += b
     mode: SplitMode = split_mode or "layer"
     ngl = est.options.n_gpu_layers if gpus else 0
-    i_gpu_start, output_on_gpu = gpu_layer_split(n_layer, ngl) if gpus else (n_layer + 1, False)
+    i_gpu_start = gpu_layer_split(n_layer, ngl)[0] if gpus else n_layer + 1
     act = min(n_layer + 1 if ngl < 0 else ngl, n_layer + 1) if gpus else 0
     n = len(gpus)
     given = parse_tensor_split(tensor_split, n) if n > 1 else None
