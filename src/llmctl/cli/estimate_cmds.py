@@ -20,8 +20,10 @@ from llmctl.cli.common import (
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 
 if TYPE_CHECKING:
+    from llmctl.manifest.model import Manifest
     from llmctl.memory.estimate import Estimate
     from llmctl.memory.fit import FitAdvice
+    from llmctl.memory.plan import DevicePlan
 
 
 def _b(n: int | None) -> str:
@@ -115,6 +117,34 @@ def _estimate_argv(argv: list[str], json_out: bool) -> int:
     return 0
 
 
+def _device_plans(manifest: Manifest, name: str) -> list[DevicePlan]:
+    """The profile's per-device plans, one per choice of devices (llmctl.memory.plan)."""
+    from llmctl.supervisor.devices import detect
+    from llmctl.supervisor.placer import placement_request
+
+    try:
+        report = detect(manifest.device_configs())
+        return placement_request(manifest, name, report.devices).plans
+    except LlmctlError:
+        return []
+
+
+def _render_plans(plans: list[DevicePlan]) -> None:
+    from rich.markup import escape
+
+    for plan in plans:
+        parts = [
+            f"{s.device} {_b(s.total_bytes)}"
+            + (f" ({s.layers} layers{' + output' if s.output else ''})" if s.layers else "")
+            for s in plan.shares
+            if s.total_bytes
+        ]
+        console().print(f"plan on {escape(plan.label)}: " + escape(", ".join(parts)))
+        console().print(f"  [dim]flags: {escape(' '.join(plan.launch_args()))}[/]")
+    if plans:
+        console().print()
+
+
 def _estimate_profiles(
     names: list[str], all_: bool, manifest_path: Path | None, json_out: bool
 ) -> int:
@@ -172,9 +202,13 @@ def _estimate_profiles(
                     console().print(f"  [dim]hint: {escape(hint)}[/]")
                 console().print()
             continue
-        results.append(est.to_json())
+        item = est.to_json()
+        plans = _device_plans(manifest, name)
+        item["plans"] = [p.to_json() for p in plans]
+        results.append(item)
         if not json_out:
             _render_estimate(est)
+            _render_plans(plans)
     if json_out:
         print_json(results)
     return 1 if failed else 0

@@ -196,8 +196,17 @@ def unload(
                     continue
                 m = load_manifest_cli(manifest, json_out=json_out)
                 targets.append(m.resolve(p))
+
+        def on_event(e: Event) -> None:
+            # say what was repaired or went wrong; the result line says the rest
+            if json_out or quiet:
+                return
+            plain = e.message.startswith("stopped profile") and ";" not in e.message
+            if e.kind == "error" or (e.kind == "stopped" and not plain):
+                sys.stderr.write(f"{e.message}\n")
+
         for target in targets:
-            res = sup.stop(profile=target)
+            res = sup.stop(profile=target, on_event=on_event)
             stopped.append(res.to_json())
             if not json_out and not quiet:
                 if res.stopped:

@@ -147,7 +147,7 @@ def decide(devices: Sequence[Device], running: Sequence[Running], request: Reque
             reason=f"profile {name!r} cannot run beside pinned profile {r.profile!r} ({why})",
             alone=False,
         )
-    best: tuple[tuple[int, int, float, int], Decision] | None = None  # (score, decision)
+    best: tuple[tuple[int, int, int, float, int], Decision] | None = None  # (score, decision)
     refusals: list[tuple[int, tuple[Shortfall, ...]]] = []
     pinned_blocks: list[tuple[Shortfall, ...]] = []
     for idx, option in enumerate(request.options):
@@ -177,7 +177,8 @@ def decide(devices: Sequence[Device], running: Sequence[Running], request: Reque
             continue
         chosen = [*forced, *victims]
         busy, cost, recency, _ = _key(victims)
-        score = (busy, cost, recency, idx)
+        # across options: no eviction at all beats any eviction, whatever it costs
+        score = (busy, len(forced) + (1 if victims else 0), cost, recency, idx)
         if best is not None and score >= best[0]:
             continue
         evict = tuple(r.profile for r in chosen)

@@ -144,6 +144,18 @@ def _share(device: DeviceInfo) -> float:
     return max(0.1, round(usable / 1024**3, 1))
 
 
+def command_spec(manifest: Manifest, name: str) -> LaunchSpec:
+    """The launch `llmctl switch`/`command` use: the plan's first choice when devices are listed."""
+    from llmctl.llama.flags import launch_spec
+
+    if not manifest.devices_listed:
+        return launch_spec(manifest, name)
+    from llmctl.supervisor.devices import detect
+
+    report = detect(manifest.device_configs())
+    return placement_request(manifest, name, report.devices).specs[0]
+
+
 def with_plan(spec: LaunchSpec, plan: DevicePlan) -> LaunchSpec:
     """The spec with the plan's device flags in place of the profile's."""
     argv = list(spec.argv)
