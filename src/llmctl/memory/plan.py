@@ -84,6 +84,8 @@ class DevicePlan:
     main_gpu: int
     n_gpu_layers: int
     shares: list[DeviceShare] = field(default_factory=list)
+    # False for the old single `gpu:` mapping: the device has no llama-server name, no flags
+    flags: bool = True
 
     def usage(self) -> dict[str, int]:
         """Bytes per device (the placer's input)."""
@@ -95,6 +97,8 @@ class DevicePlan:
 
     def launch_args(self) -> list[str]:
         """--device, -ngl, and with several GPUs -sm/-ts, with row or none -mg."""
+        if not self.flags:
+            return []
         if not self.gpus:
             return ["--device", "none", "-ngl", "0"]
         args = ["--device", ",".join(self.gpus), "-ngl", str(self.n_gpu_layers)]

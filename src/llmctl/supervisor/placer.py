@@ -121,6 +121,7 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
             )
         else:
             plan = DevicePlan(tuple(t.name for t in targets), "layer", (), 0, 0, [])
+        plan.flags = manifest.devices_listed
         plans.append(plan)
         specs.append(with_plan(base, plan) if manifest.devices_listed else base)
     options = [Option(p.usage(), p.label) for p in plans]
