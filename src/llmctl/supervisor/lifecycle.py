@@ -98,6 +98,8 @@ class Status:
     phase: str | None = None
     # added: what status noticed and repaired (a server that died, a switch that was killed)
     note: str | None = None
+    # added: every running server (several run with `llmctl load`), brief, oldest first
+    servers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -116,6 +118,7 @@ class Status:
             "argv": list(self.argv),
             "memory": dict(self.memory),
             "note": self.note,
+            "servers": list(self.servers),
         }
 
 
@@ -223,6 +226,16 @@ class Supervisor:
         newest = max(servers, key=lambda st: st.started_at or 0.0)
         if note is not None:
             newest.note = note
+        newest.servers = [
+            {
+                "profile": st.profile,
+                "phase": st.phase,
+                "pid": st.pid,
+                "url": st.url,
+                "healthy": st.healthy,
+            }
+            for st in sorted(servers, key=lambda st: st.started_at or 0.0)
+        ]
         return newest
 
     def ps(

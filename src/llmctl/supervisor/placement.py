@@ -16,7 +16,6 @@ Rules, in order:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -254,16 +253,7 @@ def _victims(deficit: Mapping[str, int], candidates: Sequence[Running]) -> list[
     if not _frees(useful, deficit):
         return None
     if len(useful) <= EXHAUSTIVE_LIMIT:
-        best: list[Running] | None = None
-        best_key: tuple[int, int, float, int] | None = None
-        for size in range(1, len(useful) + 1):
-            for combo in itertools.combinations(useful, size):
-                if not _frees(combo, deficit):
-                    continue
-                key = _key(combo)
-                if best_key is None or key < best_key:
-                    best, best_key = list(combo), key
-        return best
+        return _cheapest(deficit, useful)
     # greedy: idle before busy, then least recently used, until it fits; then drop the unneeded
     order = sorted(useful, key=lambda r: (r.inflight > 0, r.last_used, r.reload_cost))
     chosen: list[Running] = []
@@ -276,3 +266,37 @@ def _victims(deficit: Mapping[str, int], candidates: Sequence[Running]) -> list[
         if _frees(rest, deficit):
             chosen = rest
     return chosen
+
+
+def _cheapest(deficit: Mapping[str, int], useful: Sequence[Running]) -> list[Running] | None:
+    """Branch and bound over the sets of `useful`: adding a server never lowers the key
+    (requests in flight, reload cost, recency), so a feasible set is never extended and a partial
+    set already no better than the best is dropped."""
+    order = sorted(useful, key=lambda r: (r.inflight > 0, r.reload_cost, r.last_used))
+    best: list[Running] | None = None
+    best_key: tuple[int, int, float, int] | None = None
+    need = dict(deficit)
+
+    def visit(i: int, chosen: list[Running], key: tuple[int, int, float]) -> None:
+        nonlocal best, best_key
+        if best_key is not None and key >= best_key[:3]:
+            return
+        if chosen and all(v <= 0 for v in need.values()):
+            best, best_key = list(chosen), (*key, len(chosen))
+            return
+        for j in range(i, len(order)):
+            r = order[j]
+            chosen.append(r)
+            for d in need:
+                need[d] -= r.usage.get(d, 0)
+            visit(
+                j + 1,
+                chosen,
+                (key[0] + (1 if r.inflight else 0), key[1] + r.reload_cost, key[2] + r.last_used),
+            )
+            for d in need:
+                need[d] += r.usage.get(d, 0)
+            chosen.pop()
+
+    visit(0, [], (0, 0, 0.0))
+    return best
