@@ -95,6 +95,14 @@ def test_coresidency_eviction_refusal_and_unload_all(placed: Path) -> None:
     assert running["a"]["devices"] == ["CPU"]
     b_pid = running["b"]["pid"]
 
+    # status: the newest in full, every server listed
+    status = llmctl("status", "--json")
+    assert status.returncode == 0
+    listed = json.loads(status.stdout)["servers"]
+    assert [x["profile"] for x in listed] == ["a", "b"] and all(x["healthy"] for x in listed)
+    text = llmctl("status").stdout
+    assert "profile  b" in text and "also running: a (pid" in text
+
     # the dry run says what a load would do, and does nothing
     dry = llmctl("load", "c", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stdout
