@@ -110,7 +110,9 @@ def bench_decisions(tmp: Path) -> None:
     model = write_tiny_model(tmp / "m.gguf", n_layer=8)
     manifest = tmp / "estimate.yaml"
     gpus = "\n".join(f"  - {{name: CUDA{i}, vram: 24GiB}}" for i in range(4))
-    body = "\n".join(f"  p{i}: {{model: {model}, ctx_size: {1024 * (1 + i % 8)}}}" for i in range(50))
+    body = "\n".join(
+        f"  p{i}: {{model: {model}, ctx_size: {1024 * (1 + i % 8)}}}" for i in range(50)
+    )
     manifest.write_text(f"version: 1\ngpu:\n{gpus}\nprofiles:\n{body}\n")
     runs = []
     for _ in range(3):
@@ -137,8 +139,12 @@ def bench_decisions(tmp: Path) -> None:
     print(f"{'what':<52} {'time':>12} {'per second':>12}")
     print(f"{'decide() (pure policy), one decision':<52} {1e6 / per_s:>9.1f} us {per_s:>12.0f}")
     est = statistics.median(runs)
-    print(f"{'`llmctl estimate --all` of 50 profiles (CLI)':<52} {est * 1e3:>9.1f} ms {50 / est:>12.1f}")
-    print(f"{'estimate + per-device plan of one profile':<52} {one * 1e3:>9.2f} ms {1 / one:>12.0f}")
+    print(
+        f"{'`llmctl estimate --all` of 50 profiles (CLI)':<52} {est * 1e3:>9.1f} ms {50 / est:>12.1f}"
+    )
+    print(
+        f"{'estimate + per-device plan of one profile':<52} {one * 1e3:>9.2f} ms {1 / one:>12.0f}"
+    )
     print(f"decisions per `llmctl estimate --all`: {per_s * est:,.0f}")
     print()
 
