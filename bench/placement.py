@@ -7,8 +7,7 @@ placement against one server at a time, side by side in one run.
    and the CPU device, 8 servers running, against one `llmctl estimate --all` of 50 profiles
    (the CLI, wall time) and the in-process estimate + per-device plan of one profile.
 2. Router: `llmctl serve` with the real llama-server and three tiny profiles on the CPU device
-   with an 80 MiB budget: a (15 MiB) and b (27 MiB) fit together, c (51 MiB) does not fit
-   beside both. Once with `server.ports` (placement) and once without (one server at a time,
+   with a budget that holds any two of them but not all three (from their estimates). Once with `server.ports` (placement) and once without (one server at a time,
    today's behaviour). Phase "a/b": 32 concurrent clients, requests alternating a and b, after a
    warm-up that loaded both. Phase "a/b/c": the same clients cycling a, b, c. For each: loads
    (llama-server starts) during the phase, and the requests' median and p99 latency.
@@ -213,18 +212,31 @@ def bench_router(tmp: Path, clients: int, rounds: int) -> None:
     binary = find_llama_server()
     model = write_tiny_model(tmp / "tiny.gguf")
     results: dict[str, dict[str, tuple[int, float, float, int]]] = {}
+    profiles = (
+        "profiles:\n"
+        f"  a: {{model: {model}, ctx_size: 4096, parallel: 4}}\n"
+        f"  b: {{model: {model}, ctx_size: 8192, parallel: 4}}\n"
+        f"  c: {{model: {model}, ctx_size: 16384, parallel: 4}}\n"
+    )
+    # the budget: any two fit together, all three do not
+    from llmctl.manifest.model import load_manifest
+    from llmctl.supervisor.devices import detect
+    from llmctl.supervisor.placer import placement_request
+
+    probe = tmp / "probe.yaml"
+    probe.write_text("version: 1\ngpu:\n  - {name: CPU, headroom: 0}\n" + profiles)
+    m = load_manifest(probe)
+    report = detect(m.device_configs())
+    need = {p: placement_request(m, p, report.devices).plans[0].usage()["CPU"] for p in "abc"}
+    budget = sum(need.values()) - MiB
     for mode in ("placement", "one at a time"):
         base = free_port_range(6)
         ports = f"  ports: {base + 1}-{base + 5}\n" if mode == "placement" else ""
         manifest = tmp / f"{mode.replace(' ', '-')}.yaml"
         manifest.write_text(
             f"version: 1\nserver:\n  binary: {binary}\n  port: {base + 1}\n{ports}"
-            "gpu:\n  - {name: CPU, vram: 80MiB, headroom: 0}\n"
-            "serve:\n  queue: {max_size: 64, timeout: 600}\n"
-            "profiles:\n"
-            f"  a: {{model: {model}, ctx_size: 4096, parallel: 4}}\n"
-            f"  b: {{model: {model}, ctx_size: 8192, parallel: 4}}\n"
-            f"  c: {{model: {model}, ctx_size: 16384, parallel: 4}}\n"
+            f"gpu:\n  - {{name: CPU, vram: {budget}, headroom: 0}}\n"
+            "serve:\n  queue: {max_size: 64, timeout: 600}\n" + profiles
         )
         env = dict(os.environ, LLMCTL_STATE_DIR=str(tmp / f"state-{base}"))
         log = (tmp / f"serve-{base}.log").open("wb")
@@ -265,7 +277,11 @@ def bench_router(tmp: Path, clients: int, rounds: int) -> None:
             subprocess.run(
                 [*llmctl_cmd(), "unload", "--all"], env=env, capture_output=True, check=False
             )
-    print(f"## Router: {clients} concurrent clients x {rounds} requests, CPU budget 80 MiB")
+    sizes = ", ".join(f"{p} {n / MiB:.1f} MiB" for p, n in need.items())
+    print(
+        f"## Router: {clients} concurrent clients x {rounds} requests; "
+        f"CPU budget {budget / MiB:.1f} MiB ({sizes}: any two fit, not all three)"
+    )
     print(f"{'phase':<8} {'mode':<15} {'loads':>6} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}")
     for phase in ("a/b", "a/b/c"):
         for mode in ("placement", "one at a time"):
