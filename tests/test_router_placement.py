@@ -165,3 +165,15 @@ def test_requests_for_a_loaded_profile_do_not_wait_for_another_load(
     running = servers()
     assert running["b"]["healthy"] and running["b"]["pid"] == b_pid
     assert chat(url, "b").status_code == 200
+
+
+def test_a_server_that_dies_is_loaded_again_and_only_it(served: Served) -> None:
+    url = served.url
+    assert chat(url, "a").status_code == 200
+    assert chat(url, "b").status_code == 200
+    before = servers()
+    os.kill(int(str(before["a"]["pid"])), signal.SIGKILL)
+    assert chat(url, "a").status_code == 200  # relaunched by this request
+    after = servers()
+    assert after["a"]["pid"] != before["a"]["pid"] and after["a"]["healthy"]
+    assert after["b"]["pid"] == before["b"]["pid"]

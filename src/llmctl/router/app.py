@@ -340,14 +340,17 @@ class Router:
         generation = sched.generation
         if isinstance(sched, PlacementScheduler):
             try:
-                records = await run_in_threadpool(self.supervisor.records)
+                # live servers only: one that died is repaired out of the state and loads again
+                statuses, _ = await run_in_threadpool(self.supervisor.ps, check_health=False)
             except Exception as exc:  # a broken state file must not take the router down
                 log.warning("cannot read the supervisor state: %s", exc)
                 return
+            live = {st.profile: st for st in statuses if st.profile and st.phase == "ready"}
             if generation == sched.generation:
-                sched.observe_loaded(p for p in records if p in self.index.profiles)
-            for name, rec in records.items():
-                self.managed_urls[name] = rec.url
+                sched.observe_loaded(p for p in live if p in self.index.profiles)
+            for name, st in live.items():
+                if st.url:
+                    self.managed_urls[name] = st.url
             return
         try:
             status = await run_in_threadpool(self.supervisor.status, check_health=False)
