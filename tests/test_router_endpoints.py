@@ -304,7 +304,8 @@ def test_openai_and_anthropic_sdks(both: tuple[Served, str]) -> None:
             assert chunks[-1].choices and chunks[-1].choices[0].finish_reason is not None
             resp = client.responses.create(model="tiny", input="hi", max_output_tokens=4)
             assert resp.status == "completed"
-            assert client.models.retrieve("tiny").id == "tiny"
+            if base.endswith("/v1"):  # llama-server has no /models/{id}; neither has the router
+                assert client.models.retrieve("tiny").id == "tiny"
     with anthropic.Anthropic(base_url=served.url, api_key=KEY, max_retries=0) as claude:
         msg = claude.messages.create(
             model="tiny", max_tokens=4, messages=[{"role": "user", "content": "hi"}]

@@ -890,7 +890,6 @@ def create_app(
         Route("/models/status", models_status, methods=["GET"]),
         Route("/models/switch", models_switch, methods=["POST"]),
         Route("/models/stop", models_stop, methods=["POST"]),
-        Route("/models/{id:path}", retrieve_model, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
