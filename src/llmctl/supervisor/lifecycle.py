@@ -27,8 +27,16 @@ another llmctl loads it) and `Status.note` (a repair that status made or saw);
 `port_timeout`, `gpu_timeout`. `stop()` cancels a load in progress in another llmctl
 instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
 
-State folder: `state.json` (LaunchRecord, see llmctl.supervisor.state), `lock` (flock), `logs/` (one
-log per launch, the newest `keep_logs` kept).
+Several servers (added, backward compatible): the state holds one LaunchRecord per profile.
+`sup.load(spec, choose=...)` starts a server beside the others (`choose` is the placement
+policy, run under the lock: llmctl.supervisor.placer.load_profile); `sup.stop(profile=NAME)`
+stops one; `sup.ps()` lists every server; `sup.records()` reads the records without repair.
+`switch` leaves exactly its profile running; `stop()` stops them all; `status()` describes the
+newest, with every server in `Status.servers`. Changes check first that the state folder can be
+written (StateNotWritable), so nothing is stopped that cannot be recorded.
+
+State folder: `state.json` (LaunchRecords by profile, see llmctl.supervisor.state), `lock`
+(flock), `logs/` (one log per launch, the newest `keep_logs` kept).
 """
 
 from __future__ import annotations
