@@ -14,6 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RECENT_REQUESTS = 200
+# the steps of a load as llama-server logs them at its default verbosity, in order: (what the
+# line says, share of the load done, what to call it); llama.cpp's loading dots carry no count
+LOAD_STEPS = (
+    (re.compile(r"llama_server: initializing"), 0.05, "starting"),
+    (re.compile(r"load_model: loading model|llama_model_load"), 0.15, "reading the model"),
+    (re.compile(r"load_tensors|threadpool init"), 0.5, "tensors loaded, creating the context"),
+    (re.compile(r"llama_kv_cache|initializing, n_slots"), 0.8, "allocating the KV cache and slots"),
+    (re.compile(r"model loaded|listening on"), 1.0, "ready"),
+)
 _OBJECT_START = re.compile(rb"\s*:\s*\{")
 
 
@@ -108,6 +117,8 @@ class LoadRecord:
     tail: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     lines: int = 0
+    done: float = 0.0  # share of the load done, by the steps in LOAD_STEPS its log has reached
+    step: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +129,8 @@ class LoadRecord:
             "tail": list(self.tail),
             "elapsed_s": round(self.elapsed_s, 3),
             "log_lines": self.lines,
+            "progress": self.done,
+            "step": self.step,
         }
 
 
@@ -153,8 +166,12 @@ class Activity:
         rec.elapsed_s = elapsed_s
         if kind == "loading":
             rec.lines += 1
+            for pattern, done, step in LOAD_STEPS:
+                if done > rec.done and pattern.search(message):
+                    rec.done, rec.step = done, step
         if kind == "ready":
             rec.state = "ready"
+            rec.done, rec.step = 1.0, "ready"
         if message:
             rec.message = message
 

@@ -306,9 +306,13 @@ function renderProfiles() {
 
     const progress = busy.get(p.name) || (p.state === "loading" && p.load ? p.load.message : null);
     if (shown === "loading") {
-      const lines = p.load ? ` · ${p.load.log_lines} log lines` : "";
-      const t = p.load ? ` · ${secs(p.load.elapsed_s)}` : "";
-      card.append(el("p", { class: "progress", "data-role": "progress", text: (progress || "loading…") + t + lines }));
+      const load = p.state === "loading" ? p.load : null;
+      const step = load && load.step ? `${load.step} · ` : "";
+      const t = load ? ` · ${secs(load.elapsed_s)}` : "";
+      const bar = el("progress", { max: "100", "aria-label": `loading ${p.name}` });
+      if (load && load.progress) bar.value = Math.round(load.progress * 100);
+      card.append(bar, el("p", { class: "progress", "data-role": "progress",
+        text: step + stripPrefix(progress || "loading…") + t }));
     }
     if (p.state === "failed" && p.load) {
       const tail = p.load.tail || [];
@@ -371,7 +375,7 @@ async function load(name) {
       else if (event !== "done" && obj.message) {
         busy.set(name, obj.message);
         const prog = document.querySelector(`.card[data-profile="${CSS.escape(name)}"] [data-role="progress"]`);
-        if (prog) prog.textContent = obj.message;
+        if (prog) prog.textContent = stripPrefix(obj.message);
       }
     });
   } catch (err) {
