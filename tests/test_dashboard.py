@@ -105,6 +105,7 @@ def test_state_lists_servers_devices_profiles_and_requests(served: Served) -> No
     profiles = {p["name"]: p for p in state["profiles"]}
     assert profiles["tiny-a"]["state"] == "ready" and profiles["tiny-a"]["server"] == "managed"
     assert profiles["tiny-b"]["evicts"] == ["tiny-a"]
+    assert profiles["tiny-a"]["load"]["progress"] == 1.0  # by the steps in llama-server's log
     gpu = next(d for d in state["devices"] if d["id"] == "gpu0")
     assert [s["profile"] for s in gpu["shares"]] == ["tiny-a"]
     ram = next(d for d in state["devices"] if d["id"] == "ram")
@@ -126,6 +127,7 @@ def test_a_failed_load_is_kept_with_the_error_line_first(served: Served) -> None
     assert broken["state"] == "failed"
     load = broken["load"]
     assert "error" in load["tail"][0].lower()  # llama-server's own line
+    assert 0 < load["progress"] < 1 and load["step"] == "reading the model"
     assert load["error"].startswith("llama-server for profile 'broken'")
 
 
