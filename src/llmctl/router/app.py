@@ -93,6 +93,7 @@ class Router:
         self.metrics = metrics_mod.Metrics()
         self.upstreams: Upstreams | None = None
         self.managed_url: str | None = None
+        self.managed_pid: int | None = None
         self.started_pids: set[int] = set()
         self.shutting_down = False
         self._last_refresh = 0.0
@@ -199,6 +200,7 @@ class Router:
             raise SwitchFailed(err.message, details=details) from None
         if target is None:
             self.managed_url = None
+            self.managed_pid = None
             return
         if not result.ready or result.error is not None:
             failure = result.error
@@ -213,6 +215,7 @@ class Router:
                 details=details,
             )
         self.managed_url = result.url
+        self.managed_pid = result.pid
         if not result.noop and result.pid:
             self.started_pids.add(result.pid)
 
@@ -237,6 +240,7 @@ class Router:
         sched.observe(running, generation)
         if status.running and status.url and sched.active == running:
             self.managed_url = status.url
+            self.managed_pid = status.pid
 
     def managed_base(self, profile: str) -> str:
         if self.managed_url:
@@ -456,8 +460,10 @@ async def metrics_endpoint(request: Request) -> Response:
         queue_depth=sched.depth,
         inflight=sched.inflight,
         loaded=sched.active,
-        breakers={u.name: STATE_VALUES[u.breaker.state] for u in router.upstreams.all},
-        breaker_opens={u.name: u.breaker.opens for u in router.upstreams.all},
+        breakers={
+            k: STATE_VALUES[b.state] for u in router.upstreams.all for k, b in u.breakers().items()
+        },
+        breaker_opens={k: b.opens for u in router.upstreams.all for k, b in u.breakers().items()},
     )
     return PlainTextResponse(text, media_type=metrics_mod.CONTENT_TYPE)
 

@@ -368,6 +368,20 @@ class Supervisor:
                 self._stop_record(rec, emit)
             return self._start(spec, emit, cancel, result)
 
+    # ------------------------------------------------------------------ changes by others
+
+    def deliberate_change(self, pid: int | None) -> str | None:
+        """Why the server `pid` stopped answering if another llmctl changed it on purpose."""
+        from llmctl.supervisor.changes import deliberate_change
+
+        return deliberate_change(self.state_dir, pid)
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Wait until no other llmctl is changing the server (at most `timeout`)."""
+        from llmctl.supervisor.changes import wait_for_change
+
+        return wait_for_change(self.state_dir, timeout)
+
     # ------------------------------------------------------------------ internals
 
     def _lock(self, purpose: str) -> StateLock:
