@@ -131,3 +131,130 @@ def test_switches_and_stops_from_a_shell_lose_no_router_request(served: Served) 
         for ln in metrics.splitlines()
         if ln.startswith("llmctl_breaker_opens_total{") and not ln.endswith(" 0")
     ]
+
+
+# --- 7: state-folder faults: clear errors, exit 4, nothing stopped -------------------------
+
+
+def _namespaces_work() -> bool:
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(
+    not _namespaces_work(), reason="needs user and mount namespaces (unshare) for a small tmpfs"
+)
+
+NO_TRACEBACK = "Traceback"
+
+
+def _in_namespace(script: str, tmp_path: Path) -> str:
+    """Run `script` (bash) as root of a new user+mount namespace; its output."""
+    path = tmp_path / "script.sh"
+    path.write_text("set -u\n" + script)
+    out = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "bash", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    return out.stdout + out.stderr
+
+
+def _profiles(tmp_path: Path, binary: Path, models: tuple[Path, Path, Path]) -> Path:
+    from fakes.fake_upstream import free_port as another_port
+
+    return write_manifest(tmp_path / "profiles.yaml", binary, models, another_port())
+
+
+@needs_mounts
+def test_a_full_state_disk_stops_nothing(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path]
+) -> None:
+    manifest = _profiles(tmp_path, llama_server_bin, tiny_models)
+    state = paths.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    cli = f"{sys.executable} -m llmctl"
+    text = _in_namespace(
+        f"""
+mount -t tmpfs -o size=1m tmpfs {state}
+{cli} switch tiny-a --manifest {manifest} -q; echo "rc-a=$?"
+dd if=/dev/zero of={state}/fill bs=4k 2>/dev/null
+{cli} switch tiny-b --manifest {manifest}; echo "rc-b=$?"
+{cli} switch tiny-b --manifest {manifest} --json; echo "rc-b-json=$?"
+{cli} status --json
+rm {state}/fill
+{cli} stop; echo "rc-stop=$?"
+""",
+        tmp_path,
+    )
+    assert "rc-a=0" in text, text
+    assert "rc-b=4" in text and "rc-b-json=4" in text, text
+    assert f"cannot write in the state folder {state}: the disk is full" in text
+    assert '"profile": "tiny-a"' in text and '"running": true' in text  # alpha kept running
+    assert "rc-stop=0" in text and NO_TRACEBACK not in text
+    assert llama_pids(llama_server_bin) == []
+
+
+@needs_mounts
+def test_a_read_only_state_folder_stops_nothing(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path]
+) -> None:
+    manifest = _profiles(tmp_path, llama_server_bin, tiny_models)
+    state = paths.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    cli = f"{sys.executable} -m llmctl"
+    text = _in_namespace(
+        f"""
+mount -t tmpfs -o size=4m tmpfs {state}
+{cli} switch tiny-a --manifest {manifest} -q; echo "rc-a=$?"
+mount --bind {state} {state} && mount -o remount,ro,bind {state}
+{cli} switch tiny-b --manifest {manifest}; echo "rc-b=$?"
+{cli} stop; echo "rc-ro-stop=$?"
+{cli} stop --json; echo "rc-ro-stop-json=$?"
+{cli} status --json
+umount {state}
+{cli} stop; echo "rc-stop=$?"
+""",
+        tmp_path,
+    )
+    assert "rc-a=0" in text and "rc-b=4" in text, text
+    assert "rc-ro-stop=4" in text and "rc-ro-stop-json=4" in text, text
+    assert "read-only file system" in text and '"type": "StateDirError"' in text
+    assert '"profile": "tiny-a"' in text and '"running": true' in text
+    assert "rc-stop=0" in text and NO_TRACEBACK not in text
+    assert llama_pids(llama_server_bin) == []
+
+
+def test_a_state_folder_that_is_a_file(
+    tmp_path: Path,
+    llama_server_bin: Path,
+    tiny_models: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    free_port: int,
+) -> None:
+    manifest = _profiles(tmp_path, llama_server_bin, tiny_models)
+    blocker = tmp_path / "state-file"
+    blocker.write_text("not a folder\n")
+    monkeypatch.setenv("LLMCTL_STATE_DIR", str(blocker))
+    for args in (["switch", "tiny-a", "--manifest", str(manifest)], ["stop"]):
+        for extra in ([], ["--json"]):
+            out = llmctl(*args, *extra)
+            assert out.returncode == 4, out
+            assert "it is a file, not a folder" in out.stdout + out.stderr
+            assert NO_TRACEBACK not in out.stdout + out.stderr
+    # serve answers with the reason and logs no traceback
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        r = chat(s, "A")
+        assert r.status_code == 503
+        assert "it is a file, not a folder" in r.json()["error"]["message"]
+    finally:
+        stop_serve(s)
+    assert NO_TRACEBACK not in s.logs()

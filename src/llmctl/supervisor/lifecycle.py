@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmctl.errors import LaunchError
+from llmctl.errors import LaunchError, LlmctlError
 
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
 # (subprocess, http.client, log parsing) is imported where it is used.
@@ -51,6 +51,7 @@ from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.state import (
     CorruptState,
     LaunchRecord,
+    check_writable,
     clear_state,
     read_state,
     set_aside_corrupt,
@@ -284,6 +285,7 @@ class Supervisor:
                 rec = self._load_for_change(emit)
                 if rec is None:
                     return StopResult(False, None, None, time.monotonic() - t0)
+                check_writable(self.state_dir, 0)  # the state must be clearable first
                 self._stop_record(rec, emit)
                 return StopResult(True, rec.profile, rec.pid, time.monotonic() - t0)
         finally:
@@ -364,6 +366,8 @@ class Supervisor:
                 err = LaunchError("the switch was cancelled before it started anything")
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
+            # before anything is stopped: the new server's state and log must be writable
+            check_writable(self.state_dir)
             if rec is not None:
                 self._stop_record(rec, emit)
             return self._start(spec, emit, cancel, result)
@@ -399,12 +403,17 @@ class Supervisor:
     def _repair_now(self) -> str | None:
         """Repair a stale state if the lock is free at once; None if another llmctl holds it."""
         lock = self._lock("status (repair)")
-        if not lock.try_acquire():
-            return None
+        try:
+            if not lock.try_acquire():
+                return None
+        except LlmctlError as err:  # a state folder that cannot be locked: say so, repair nothing
+            return err.message
         try:
             notes: list[str] = []
             self._load_for_change(lambda kind, msg: notes.append(msg))
             return "; ".join(notes) or "the state changed meanwhile"
+        except LlmctlError as err:
+            return err.message
         finally:
             lock.release()
 
@@ -515,14 +524,19 @@ class Supervisor:
         rec_prev = None
         with contextlib.suppress(CorruptState):
             rec_prev = read_state(self.state_dir)
-        log_path = new_log(
-            self.state_dir,
-            spec.profile,
-            keep=self.keep_logs,
-            protect=rec_prev.log if rec_prev else None,
-        )
         header = f"{HEADER} profile={spec.profile} config={spec.config_hash}\n{HEADER} $ {spec.shell()}\n"
-        log_path.write_text(header)
+        try:
+            log_path = new_log(
+                self.state_dir,
+                spec.profile,
+                keep=self.keep_logs,
+                protect=rec_prev.log if rec_prev else None,
+            )
+            log_path.write_text(header)
+        except OSError as oserr:
+            from llmctl.supervisor.state import state_dir_error
+
+            raise state_dir_error(self.state_dir, oserr, "write the launch log") from None
         me = os.getpid()
         rec = LaunchRecord(
             launch_id=uuid.uuid4().hex,
