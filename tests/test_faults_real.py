@@ -258,3 +258,32 @@ def test_a_state_folder_that_is_a_file(
     finally:
         stop_serve(s)
     assert NO_TRACEBACK not in s.logs()
+
+
+# --- 6: a lost state file does not lose the running server --------------------------------
+
+
+def test_a_corrupt_state_file_finds_the_server_by_its_launch_id(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path]
+) -> None:
+    import json
+
+    manifest = str(_profiles(tmp_path, llama_server_bin, tiny_models))
+    assert llmctl("switch", "tiny-a", "--manifest", manifest, "-q").returncode == 0
+    [pid] = llama_pids(llama_server_bin)
+    state = paths.state_dir() / "state.json"
+    state.write_text("{not json")
+    out = llmctl("status", "--json")
+    status = json.loads(out.stdout)
+    assert status["running"] is True and status["profile"] == "tiny-a" and status["pid"] == pid
+    assert "adopted" in status["note"] and "set aside" in status["note"]
+    # the adopted record serves the next commands: a switch finds the port free
+    state.write_text("{not json")
+    out = llmctl("switch", "tiny-b", "--manifest", manifest)
+    assert out.returncode == 0, out.stderr
+    assert "adopted" in out.stderr and "stopping profile 'tiny-a'" in out.stderr
+    [pid_b] = llama_pids(llama_server_bin)
+    state.unlink()  # deleted: found the same way
+    out = llmctl("stop")
+    assert out.returncode == 0 and f"(pid {pid_b})" in out.stdout + out.stderr, out
+    assert llama_pids(llama_server_bin) == []

@@ -211,13 +211,18 @@ class Supervisor:
     def status(self, *, check_health: bool = True, timeout: float = 0.5) -> Status:
         """What runs now. Repairs a stale state when no other llmctl holds the lock."""
         _reap()
+        note: str | None = None
         try:
             rec = read_state(self.state_dir)
         except CorruptState:
             note = self._repair_now() or (
                 "the state file is unreadable; the llmctl now holding the lock will repair it"
             )
-            return Status(running=False, note=note)
+            rec = None
+            with contextlib.suppress(CorruptState):
+                rec = read_state(self.state_dir)  # a server found by its launch id and adopted
+            if rec is None or not self._is_live(rec):
+                return Status(running=False, note=note)
         if rec is None:
             return Status(running=False)
         if not self._is_live(rec):
@@ -252,6 +257,7 @@ class Supervisor:
             argv=list(rec.argv),
             memory=memory,
             phase=rec.phase,
+            note=note,
         )
 
     def log_path(self) -> Path | None:
@@ -423,10 +429,11 @@ class Supervisor:
             rec = read_state(self.state_dir)
         except CorruptState as err:
             where = set_aside_corrupt(self.state_dir)
-            emit("stopped", f"{err}; set aside as {where}" if where else str(err))
-            return None
+            return self._recover_orphans(
+                f"{err}; set aside as {where}" if where else str(err), emit
+            )
         if rec is None:
-            return None
+            return self._recover_orphans(None, emit)
         if rec.phase == "ready" and rec.pid is not None and procs.is_alive(rec.pid, rec.start_time):
             return rec
         # Stale: the server exited, its pid was reused, or the llmctl that started it died
@@ -445,6 +452,38 @@ class Supervisor:
         clear_state(self.state_dir)
         emit("stopped", f"{what}; state repaired")
         return None
+
+    def _recover_orphans(
+        self, note: str | None, emit: Callable[[EventKind, str], None]
+    ) -> LaunchRecord | None:
+        """No usable state: servers this folder started are found by their launch id, the first
+        healthy one adopted (its record rebuilt), any other stopped. Says what was repaired."""
+        from llmctl.supervisor.adopt import find_orphans
+
+        orphans = find_orphans(self.state_dir)
+        if not orphans:
+            if note:
+                emit("stopped", note)
+            return None
+        from llmctl.supervisor.health import health_status
+
+        notes = [note] if note else []
+        adopted: LaunchRecord | None = None
+        for orphan in orphans:
+            rec = orphan.record()
+            if adopted is None and rec is not None and health_status(rec.url, 1.0) == 200:
+                write_state(self.state_dir, rec)
+                adopted = rec
+                notes.append(
+                    f"found the llama-server of profile {rec.profile!r} (pid {orphan.pid}) by its "
+                    "launch id and adopted it"
+                )
+                continue
+            members = procs.session_members(orphan.pid, f"{LAUNCH_ID_ENV}={orphan.launch_id}")
+            procs.terminate(members or [orphan.pid], pgid=orphan.pid, timeout=10.0, reap=_reap)
+            notes.append(f"stopped llama-server pid {orphan.pid}, which no state recorded")
+        emit("stopped", "; ".join(notes) + "; state repaired")
+        return adopted
 
     def _members(self, rec: LaunchRecord) -> list[int]:
         """Live processes of this launch: its session (marker-checked), else any marked process."""
