@@ -287,3 +287,67 @@ def test_a_corrupt_state_file_finds_the_server_by_its_launch_id(
     out = llmctl("stop")
     assert out.returncode == 0 and f"(pid {pid_b})" in out.stdout + out.stderr, out
     assert llama_pids(llama_server_bin) == []
+
+
+# --- 8, 9: refusals known before a stream starts keep their status, and every answer is counted
+
+
+def test_stream_refusals_before_any_byte_keep_status_and_are_counted(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path], free_port: int
+) -> None:
+    from fakes.fake_upstream import free_port as another_port
+
+    manifest = write_manifest(
+        tmp_path / "profiles.yaml", llama_server_bin, tiny_models, another_port()
+    )
+    # no room to wait for a switch; one timeout opens a breaker; the managed server answers
+    # its first byte within 1 s or counts as failing
+    manifest.write_text(
+        manifest.read_text().replace(
+            "serve:\n  queue: {max_size: 50, timeout: 60s}",
+            "serve:\n  api_keys: [k1]\n  queue: {max_size: 0}\n"
+            "  breaker: {failures: 1, open_for: 60s}\n"
+            "  upstreams:\n    - {name: local, type: managed, timeout: 1s}",
+        )
+    )
+    # tiny-long runs, started from a shell (the router has no room to wait for a switch)
+    assert llmctl("switch", "tiny-long", "--manifest", str(manifest), "-q").returncode == 0
+    s = start_serve(manifest, free_port, tmp_path)
+    key = {"authorization": "Bearer k1"}
+    url = s.url + "/v1/chat/completions"
+
+    def post(model: str, **extra: object) -> httpx.Response:
+        body = {**CHAT, "model": model, **extra}
+        return httpx.post(url, json=body, headers=key, timeout=120)
+
+    try:
+        # 16,000 tokens cannot arrive within 1 s: a timeout before the first byte -> breaker open
+        r = post("tiny-long", max_tokens=16000, ignore_eos=True)
+        assert r.status_code == 504, r.text
+        assert post("A").status_code == 429  # the queue has no room: refused, not queued
+        streams = []
+        for _ in range(3):
+            streams.append(post("A", stream=True))
+        for r in streams:
+            assert r.status_code == 429, r.text
+            assert r.headers["content-type"].startswith("application/json")
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["error"]["code"] == "queue_full"
+        # tiny-a runs (a shell switched; the sidecar switch makes the router look at once), and a
+        # stream for tiny-long, whose breaker is open, is refused with 503 before it starts
+        assert llmctl("switch", "tiny-a", "--manifest", str(manifest), "-q").returncode == 0
+        r = httpx.post(s.url + "/models/switch", json={"profile": "A"}, headers=key, timeout=60)
+        assert r.status_code == 200 and r.json()["noop"] is True, r.text
+        r = post("tiny-long", stream=True)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "upstream_unavailable"
+        assert int(r.headers["retry-after"]) >= 1
+        assert httpx.post(url, json={**CHAT, "model": "A"}).status_code == 401
+        metrics = httpx.get(s.url + "/metrics", headers=key).text
+        assert 'status="503"} 1' in metrics, metrics
+        assert 'status="429"} 4' in metrics, metrics
+        assert 'status="401"} 1' in metrics, metrics
+        assert 'status="504"} 1' in metrics, metrics
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=60).stop()

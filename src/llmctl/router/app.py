@@ -26,7 +26,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmctl.errors import LlmctlError
 from llmctl.router import metrics as metrics_mod
@@ -35,7 +35,7 @@ from llmctl.router.auth import bearer_token, key_allowed
 from llmctl.router.breaker import STATE_VALUES
 from llmctl.router.client import Pool
 from llmctl.router.errors import SERVER, RouterError, bad_request, too_large, unauthorized
-from llmctl.router.exchange import Exchange
+from llmctl.router.exchange import COUNTED, Exchange
 from llmctl.router.models import ModelIndex, detect
 from llmctl.router.proxy import (
     RelayResponse,
@@ -360,8 +360,7 @@ async def proxy_endpoint(request: Request) -> Response:
     exchange = Exchange(router, request, target, chain, body, payload)
     streaming = bool(payload and payload.get("stream") is True)
     if streaming and exchange.will_wait():
-        if len(chain) == 1:
-            router.scheduler.check_room()  # say 429 now, not inside a 200 stream
+        # a refusal known before the stream starts (429, 503) keeps its status and Retry-After
         return WaitingStreamResponse(exchange.open, exchange.done, heartbeat=router.heartbeat)  # type: ignore[return-value]
     try:
         if exchange.will_wait():
@@ -682,16 +681,32 @@ class FastProxy:
                 )
                 await err.response()(scope, receive, send)
                 return
-        if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/models":
+        if scope["type"] != "http" or not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
-        response: Any
+        # every answer under /v1/ is counted once: by its exchange, else here under its status
+        sent: list[int] = []
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent.append(message["status"])
+            await send(message)
+
         try:
-            response = await proxy_endpoint(request)
-        except RouterError as err:
-            response = err.response()
-        await response(scope, receive, send)
+            if path == "/v1/models":
+                await self.app(scope, receive, counting_send)
+                return
+            request = Request(scope, receive)
+            response: Any
+            try:
+                response = await proxy_endpoint(request)
+            except RouterError as err:
+                response = err.response()
+            await response(scope, receive, counting_send)
+        finally:
+            if not scope.get(COUNTED):
+                router = scope["app"].state.router
+                router.metrics.count_request(None, None, sent[0] if sent else 499)
 
 
 # --- errors -------------------------------------------------------------------------------

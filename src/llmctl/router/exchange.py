@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llmctl.router")
 
+# scope key: this request's answer is counted in the metrics (by its exchange)
+COUNTED = "llmctl.counted"
+
 
 @dataclass
 class _Failure:
@@ -60,6 +63,7 @@ class Exchange:
         payload: dict[str, Any] | None,
     ) -> None:
         self.router = router
+        self.scope = request.scope
         self.target = target
         self.chain = chain
         self.method = request.method
@@ -252,3 +256,4 @@ class Exchange:
         else:
             status = error.status if error is not None else 500
         self.router.metrics.count_request(self.target.profile, up.name if up else None, status)
+        self.scope[COUNTED] = True
