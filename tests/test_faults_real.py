@@ -5,6 +5,7 @@ a corrupt state file, refusals known before a stream starts."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import subprocess
 import sys
 import threading
@@ -351,3 +352,94 @@ def test_stream_refusals_before_any_byte_keep_status_and_are_counted(
     finally:
         stop_serve(s)
         Supervisor(paths.state_dir(), lock_timeout=60).stop()
+
+
+# --- 5, 10: slow clients, deep JSON, uploads cut short ---------------------------------------
+
+LIMITS = """version: 1
+serve:
+  header_timeout: 1s
+  body_timeout: 1s
+  max_connections: 20
+profiles:
+  alpha:
+    model: /models/alpha.gguf
+"""
+
+
+def _metric(served: Served, line_start: str) -> int:
+    for line in httpx.get(served.url + "/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return int(line.rsplit(" ", 1)[1])
+    return 0
+
+
+def test_slow_clients_are_cut_and_health_keeps_answering(tmp_path: Path, free_port: int) -> None:
+    import socket
+
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(LIMITS)
+    s = start_serve(manifest, free_port, tmp_path)
+    half_open: list[socket.socket] = []
+    try:
+        # three times the connection limit, each with half a request header (slowloris)
+        for _ in range(60):
+            conn = socket.create_connection(("127.0.0.1", free_port))
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            half_open.append(conn)
+        for _ in range(5):
+            assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+        # every half-open connection is closed: by the limit, or after header_timeout
+        for conn in half_open:
+            conn.settimeout(30)
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(100) == b""
+        # a body that stops coming: 408 after body_timeout
+        conn = socket.create_connection(("127.0.0.1", free_port))
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        conn.settimeout(30)
+        assert conn.recv(100).startswith(b"HTTP/1.1 408 ")
+        conn.close()
+    finally:
+        for conn in half_open:
+            conn.close()
+        stop_serve(s)
+    assert "Traceback" not in s.logs()
+
+
+def test_deep_json_and_aborted_uploads_are_no_internal_errors(
+    tmp_path: Path, free_port: int
+) -> None:
+    import socket
+
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(LIMITS.replace("body_timeout: 1s", "body_timeout: 60s"))
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        r = httpx.post(
+            s.url + "/v1/chat/completions",
+            content=b"[" * 100_000,
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+        for _ in range(20):
+            conn = socket.create_connection(("127.0.0.1", free_port))
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"model":'
+            )
+            conn.close()
+        # counted as clients gone (499), once each; wait until the router has seen all 20
+        want = 'llmctl_requests_total{profile="",upstream="",status="499"}'
+        for _ in range(600):
+            if _metric(s, want) >= 20:
+                break
+            threading.Event().wait(0.05)
+        assert _metric(s, want) == 20
+        assert httpx.get(s.url + "/health").status_code == 200
+    finally:
+        stop_serve(s)
+    assert "Traceback" not in s.logs() and "internal error" not in s.logs()

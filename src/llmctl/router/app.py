@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,7 +34,15 @@ from llmctl.router import sse
 from llmctl.router.auth import bearer_token, key_allowed
 from llmctl.router.breaker import STATE_VALUES
 from llmctl.router.client import Pool
-from llmctl.router.errors import SERVER, RouterError, bad_request, too_large, unauthorized
+from llmctl.router.errors import (
+    SERVER,
+    RouterError,
+    bad_request,
+    body_timeout,
+    client_gone,
+    too_large,
+    unauthorized,
+)
 from llmctl.router.exchange import COUNTED, Exchange
 from llmctl.router.models import ModelIndex, detect
 from llmctl.router.proxy import (
@@ -288,12 +296,21 @@ class Router:
             raise too_large(limit)
         parts: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                self.metrics.count_rejected("too_large")
-                raise too_large(limit)
-            parts.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        self.metrics.count_rejected("too_large")
+                        raise too_large(limit)
+                    parts.append(chunk)
+        except ClientDisconnect:
+            # the client left during its upload: nothing to answer, nothing went wrong here
+            self.metrics.count_rejected("client_gone")
+            raise client_gone() from None
+        except TimeoutError:
+            self.metrics.count_rejected("body_timeout")
+            raise body_timeout(self.settings.body_timeout) from None
         return b"".join(parts)
 
 
@@ -330,7 +347,7 @@ async def proxy_endpoint(request: Request) -> Response:
     if body and is_json:
         try:
             data = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nested too deep is not JSON we take
             router.metrics.count_rejected("bad_json")
             raise bad_request(
                 f"The request body is not valid JSON: {exc}", code="invalid_json"
@@ -560,7 +577,7 @@ async def _json_object(request: Request, router: Router) -> dict[str, Any]:
     body = await router.read_body(request)
     try:
         data = json.loads(body) if body else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise bad_request(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
