@@ -443,3 +443,92 @@ def test_deep_json_and_aborted_uploads_are_no_internal_errors(
     finally:
         stop_serve(s)
     assert "Traceback" not in s.logs() and "internal error" not in s.logs()
+
+
+# --- also seen ---------------------------------------------------------------------------
+
+
+def test_removing_the_running_profile_stops_its_server(
+    served: Served, llama_server_bin: Path
+) -> None:
+    import signal
+
+    assert chat(served, "B").status_code == 200
+    assert len(llama_pids(llama_server_bin)) == 1
+    text = served.manifest.read_text()
+    start = text.index("  tiny-b:")
+    end = text.index("  tiny-long:")
+    served.manifest.write_text(text[:start] + text[end:])
+    served.proc.send_signal(signal.SIGHUP)
+    for _ in range(1200):
+        if "stopped the server of removed profile tiny-b" in served.logs():
+            break
+        threading.Event().wait(0.05)
+    assert "is no longer in the manifest" in served.logs(), served.logs()
+    assert "stopped the server of removed profile tiny-b" in served.logs()
+    assert llama_pids(llama_server_bin) == []
+    models = httpx.get(served.url + "/v1/models").json()["data"]
+    assert not any(m["loaded"] for m in models)
+
+
+def test_access_log_masks_keys_in_the_query(tmp_path: Path, free_port: int) -> None:
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(LIMITS)
+    s = start_serve(manifest, free_port, tmp_path, "--access-log")
+    try:
+        r = httpx.get(s.url + "/v1/models?api_key=sk-SECRET-1&x=1&access_token=sk-SECRET-2")
+        assert r.status_code == 200
+        assert httpx.get(s.url + "/health").status_code == 200
+    finally:
+        stop_serve(s)
+    logs = s.logs()
+    assert "/v1/models?api_key=***&x=1&access_token=***" in logs, logs
+    assert "SECRET" not in logs
+
+
+def test_api_key_in_extra_args_is_a_lint_error_and_masked_where_shown(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path]
+) -> None:
+    import json
+
+    manifest = _profiles(tmp_path, llama_server_bin, tiny_models)
+    text = manifest.read_text().replace(
+        "    parallel: 2\n", "    parallel: 2\n    extra_args: [--api-key, sk-LEAK-1]\n", 1
+    )
+    manifest.write_text(text)
+    out = llmctl("lint", "manifest", str(manifest), "--json")
+    assert out.returncode == 1
+    rules = [p["rule"] for p in json.loads(out.stdout)["problems"]]
+    assert "server-api-key" in rules
+    refused = llmctl("switch", "tiny-a", "--manifest", str(manifest))
+    assert refused.returncode == 2 and "serve.api_keys" in refused.stderr
+    assert "sk-LEAK-1" not in refused.stdout + refused.stderr
+    # a secret llama-server does take (a Hugging Face token) is masked wherever argv is shown
+    manifest.write_text(text.replace("--api-key, sk-LEAK-1", "-hft, sk-LEAK-1"))
+    shown = llmctl("switch", "tiny-a", "--manifest", str(manifest))
+    assert shown.returncode == 0, shown.stderr
+    status = llmctl("status", "--json")
+    data = json.loads(status.stdout)
+    assert "-hft" in data["argv"] and "***" in data["argv"]
+    command = llmctl("command", "tiny-a", "--manifest", str(manifest))
+    log = Path(data["log"]).read_text()
+    for seen in (shown.stdout + shown.stderr, status.stdout, command.stdout, log):
+        assert "sk-LEAK-1" not in seen
+    assert llmctl("stop").returncode == 0
+
+
+def test_logs_of_a_running_server_whose_log_was_deleted(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path]
+) -> None:
+    import json
+
+    manifest = _profiles(tmp_path, llama_server_bin, tiny_models)
+    assert llmctl("switch", "tiny-a", "--manifest", str(manifest), "-q").returncode == 0
+    try:
+        log = Path(json.loads(llmctl("status", "--json").stdout)["log"])
+        log.unlink()
+        out = llmctl("logs", "-n", "5")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() and "nothing was started" not in out.stdout + out.stderr
+    finally:
+        assert llmctl("stop").returncode == 0

@@ -149,7 +149,25 @@ class Router:
                 return False
         self.apply(manifest)
         log.info("manifest reloaded: %d profile(s)", len(self.index.profiles))
+        await self.stop_removed_profile()
         return True
+
+    async def stop_removed_profile(self) -> None:
+        """The running profile left the manifest: stop its server once its requests are done."""
+        active = self.scheduler.active
+        if active is None or active in self.index.profiles:
+            return
+        log.warning(
+            "profile %s, which the managed server runs, is no longer in the manifest: "
+            "stopping it once its requests in flight are done",
+            active,
+        )
+        try:
+            await self.scheduler.stop()
+        except RouterError as err:
+            log.error("could not stop the server of removed profile %s: %s", active, err.message)
+        else:
+            log.info("stopped the server of removed profile %s", active)
 
     # --- HTTP clients -----------------------------------------------------------------
 

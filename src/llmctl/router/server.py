@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import re
 import signal
 import socket
 from functools import partial
@@ -192,10 +193,31 @@ class _ShortNames(logging.Filter):
         return True
 
 
+_SECRET_PARAM = re.compile(
+    r"([?&](?:[^=&]*(?:key|token|secret|password|passwd|auth|signature|sig))=)[^&\s]*", re.I
+)
+
+
+def redact_query(text: str) -> str:
+    """A request target with the values of credential-like query parameters masked."""
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
+class _RedactAccess(logging.Filter):
+    """uvicorn's access log shows the full request target: a client may put a key in its query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_ShortNames())
+    handler.addFilter(_RedactAccess())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())

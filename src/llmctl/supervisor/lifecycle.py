@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from llmctl.errors import LaunchError, LlmctlError
+from llmctl.llama.secrets import mask_argv
 
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
 # (subprocess, http.client, log parsing) is imported where it is used.
@@ -110,7 +111,7 @@ class Status:
             "healthy": self.healthy,
             "log": self.log,
             "config_hash": self.config_hash,
-            "argv": list(self.argv),
+            "argv": mask_argv(self.argv),
             "memory": dict(self.memory),
             "note": self.note,
         }
@@ -267,7 +268,14 @@ class Supervisor:
         with contextlib.suppress(CorruptState):
             rec = read_state(self.state_dir)
             if rec is not None:
-                return Path(rec.log)
+                path = Path(rec.log)
+                live = Path(f"/proc/{rec.pid}/fd/1")
+                if not path.exists() and rec.pid and procs.is_alive(rec.pid, rec.start_time):
+                    # deleted while the server runs: the server still holds it open
+                    with contextlib.suppress(OSError):
+                        if os.readlink(live) == f"{path} (deleted)":
+                            return live
+                return path
         return latest_log(self.state_dir)
 
     # ------------------------------------------------------------------ stop
