@@ -709,6 +709,7 @@ class FastProxy:
             if why is not None:
                 router: Router = scope["app"].state.router
                 router.metrics.count_rejected("bad_path")
+                router.metrics.count_request(None, None, 400)
                 err = bad_request(
                     f"The request path is refused: {why}. Send the path without dot segments "
                     "or encoded slashes.",
