@@ -241,7 +241,8 @@ def test_streaming_is_chunk_by_chunk(tmp_path: Path) -> None:
                     arrivals.append(time.monotonic() - t0)
         # 7 events (6 tokens + end); the first arrives long before the last
         assert len(arrivals) == 7
-        assert arrivals[0] < 0.6  # the first token, long before the whole answer (1.2 s)
+        # the first token long before the last (1 s of token delays between them): relayed as
+        # they come, not buffered; no absolute bound, which a loaded machine could miss
         assert arrivals[-1] - arrivals[0] > 0.9
 
 
