@@ -20,6 +20,12 @@ BreakerState = Literal["closed", "open", "half_open"]
 STATE_VALUES: dict[BreakerState, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
+def server_failed(status: int) -> bool:
+    """A 5xx but 501 (which llama-server answers for a feature it was not started with): the
+    next upstream in the chain may serve the request."""
+    return status >= 500 and status != 501
+
+
 UNHEALTHY_STATUSES = frozenset({502, 503, 504})
 
 
