@@ -257,3 +257,13 @@ class Exchange:
             status = error.status if error is not None else 500
         self.router.metrics.count_request(self.target.profile, up.name if up else None, status)
         self.scope[COUNTED] = True
+        tail = (reply.tail or reply.first[-8192:]) if reply is not None else b""
+        self.router.activity.request(
+            self.method,
+            self.path,
+            self.target.profile,
+            up.name if up else None,
+            status,
+            time.monotonic() - self.started,
+            tail,
+        )
