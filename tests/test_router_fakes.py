@@ -445,7 +445,13 @@ def test_breaker_opens_half_opens_and_closes(tmp_path: Path) -> None:
           - {{name: primary, url: "{primary.url}/v1", timeout: 2s}}
           - {{name: backup, url: "{backup.url}/v1"}}
         """
-        with router(tmp_path, FakeSupervisor(local, running="alpha"), serve) as (url, _rt):
+        with router(tmp_path, FakeSupervisor(local, running="alpha"), serve) as (url, rt):
+            # the breakers' time is the test's: open periods pass when the test says so, however
+            # slow the machine (per-profile breakers copy the clock of their template)
+            now = [time.monotonic()]
+            assert rt.upstreams is not None
+            for u in rt.upstreams.all:
+                u.breaker._clock = lambda: now[0]
             # every request lands on backup; primary sees two, then its breaker opens
             for _ in range(4):
                 r = httpx.post(url + "/v1/chat/completions", json=chat("cloud"))
@@ -467,7 +473,7 @@ def test_breaker_opens_half_opens_and_closes(tmp_path: Path) -> None:
             assert st["primary"]["state"] == "open" and st["local"]["state"] == "open"
             assert 'llmctl_breaker_state{upstream="primary"} 2' in httpx.get(url + "/metrics").text
             # after open_for, one probe goes through; it fails -> reopened for twice as long
-            time.sleep(2.05)
+            now[0] += 2.05
             r = httpx.post(url + "/v1/chat/completions", json=chat("alpha"))
             assert r.headers["x-llmctl-upstream"] == "backup"
             assert len(primary.seen) - n_primary == 3
@@ -476,7 +482,7 @@ def test_breaker_opens_half_opens_and_closes(tmp_path: Path) -> None:
             # heal the primary; after the (longer) open time the probe succeeds and closes it
             primary.mode = "ok"
             local.mode = "ok"
-            time.sleep(4.05)
+            now[0] += 4.05
             r = httpx.post(url + "/v1/chat/completions", json=chat("alpha"))
             assert r.status_code == 200
             st = breakers(url)
