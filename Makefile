@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: demo test lint check bench llama-server browser completions schema uv sync
+.PHONY: demo test faults lint check bench llama-server browser completions schema uv sync
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -29,6 +29,9 @@ browser:
 
 test: sync llama-server browser  ## the whole test suite, real llama-server and Chromium included
 	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run pytest
+
+faults: sync llama-server  ## the fault-injection suite alone, with its table (also part of `make test`)
+	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run pytest -m faults -q
 
 lint: sync
 	$(UV) run ruff check

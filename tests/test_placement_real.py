@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from llmctl.errors import StateDirError
 from llmctl.llama.tinymodel import write_tiny_model
-from llmctl.supervisor import procs
+from llmctl.supervisor import lifecycle, procs
 from llmctl.supervisor.lifecycle import Supervisor
+from llmctl.supervisor.state import state_dir_error
 from supervisor_helpers import fake_pids, fake_spec, kill_fakes
 
 # Planned CPU bytes of the tiny llama at these contexts: a 15 MiB, b 27 MiB, c 51 MiB.
@@ -189,19 +191,19 @@ def test_nothing_stops_when_the_state_cannot_be_written(
     try:
         first = sup.switch(fake_spec(p1, "alpha"))
         assert first.ready
-        real_write = os.write
+        real_check = lifecycle.check_writable
 
-        def full_disk(fd: int, data: bytes) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
+        def full_disk(state_dir: Path, probe_bytes: int = 0) -> None:
+            raise state_dir_error(state_dir, OSError(errno.ENOSPC, "No space left"), "write")
 
-        monkeypatch.setattr("llmctl.supervisor.state.os.write", full_disk)
-        res = sup.switch(fake_spec(p2, "beta"))
-        assert not res.ready and res.error is not None
-        assert "cannot write the state folder" in res.error.message
+        monkeypatch.setattr(lifecycle, "check_writable", full_disk)
+        with pytest.raises(StateDirError, match="the disk is full"):
+            sup.switch(fake_spec(p2, "beta"))
         assert procs.is_alive(first.pid or 0)  # alpha still runs
-        res = sup.load(fake_spec(p2, "beta"))
-        assert not res.ready and procs.is_alive(first.pid or 0)
-        monkeypatch.setattr("llmctl.supervisor.state.os.write", real_write)
+        with pytest.raises(StateDirError):
+            sup.load(fake_spec(p2, "beta"))
+        assert procs.is_alive(first.pid or 0)
+        monkeypatch.setattr(lifecycle, "check_writable", real_check)
         loaded = sup.load(fake_spec(p2, "beta"))
         assert loaded.ready
         servers, _ = sup.ps(check_health=False)

@@ -258,7 +258,8 @@ def test_streaming_is_chunk_by_chunk(tmp_path: Path) -> None:
                     arrivals.append(time.monotonic() - t0)
         # 7 events (6 tokens + end); the first arrives long before the last
         assert len(arrivals) == 7
-        assert arrivals[0] < 0.6  # the first token, long before the whole answer (1.2 s)
+        # the first token long before the last (1 s of token delays between them): relayed as
+        # they come, not buffered; no absolute bound, which a loaded machine could miss
         assert arrivals[-1] - arrivals[0] > 0.9
 
 
@@ -299,7 +300,12 @@ def test_upstream_killed_mid_stream_ends_with_sse_error(tmp_path: Path) -> None:
         assert "during the response" in events[-1]["error"]["message"]
         assert rt.upstreams is not None
         assert rt.upstreams.managed is not None
-        assert rt.upstreams.managed.breaker.snapshot()["consecutive_failures"] == 1
+        breaker = rt.upstreams.managed.breaker_for("alpha")
+        # the router records the failure once the response is over, maybe after the client read it
+        deadline = time.monotonic() + 10
+        while breaker.snapshot()["consecutive_failures"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert breaker.snapshot()["consecutive_failures"] == 1
 
 
 def test_openai_sdk_sees_mid_stream_error(tmp_path: Path) -> None:
@@ -417,9 +423,19 @@ def test_fallback_chain_order_and_mapping(tmp_path: Path) -> None:
             assert {"cloud-only"} <= {m["id"] for m in models}
 
 
+def breakers(url: str) -> dict[str, dict[str, object]]:
+    """Breaker snapshots by upstream name; the managed server's for profile alpha as `local`."""
+    out = {}
+    for u in httpx.get(url + "/models/status").json()["upstreams"]:
+        out[u["name"]] = (
+            u["profile_breakers"].get("alpha") if u["type"] == "managed" else u["breaker"]
+        )
+    return out
+
+
 def test_breaker_opens_half_opens_and_closes(tmp_path: Path) -> None:
     with (
-        FakeUpstream("primary", mode="error500") as primary,
+        FakeUpstream("primary", mode="error503") as primary,
         FakeUpstream("backup") as backup,
         FakeUpstream("local") as local,
     ):
@@ -429,7 +445,13 @@ def test_breaker_opens_half_opens_and_closes(tmp_path: Path) -> None:
           - {{name: primary, url: "{primary.url}/v1", timeout: 2s}}
           - {{name: backup, url: "{backup.url}/v1"}}
         """
-        with router(tmp_path, FakeSupervisor(local, running="alpha"), serve) as (url, _rt):
+        with router(tmp_path, FakeSupervisor(local, running="alpha"), serve) as (url, rt):
+            # the breakers' time is the test's: open periods pass when the test says so, however
+            # slow the machine (per-profile breakers copy the clock of their template)
+            now = [time.monotonic()]
+            assert rt.upstreams is not None
+            for u in rt.upstreams.all:
+                u.breaker._clock = lambda: now[0]
             # every request lands on backup; primary sees two, then its breaker opens
             for _ in range(4):
                 r = httpx.post(url + "/v1/chat/completions", json=chat("cloud"))
@@ -440,39 +462,30 @@ def test_breaker_opens_half_opens_and_closes(tmp_path: Path) -> None:
                     url + "/v1/chat/completions", json=chat("alpha"), headers={"x-fake-mode": "ok"}
                 )
 
-            local.mode = "error500"
-            primary.mode = "error500"
+            local.mode = "error503"
+            primary.mode = "error503"
             n_primary = len(primary.seen)
             for _ in range(4):
                 r = httpx.post(url + "/v1/chat/completions", json=chat("alpha"))
                 assert r.status_code == 200 and r.headers["x-llmctl-upstream"] == "backup"
             assert len(primary.seen) - n_primary == 2
-            st = {
-                u["name"]: u["breaker"]
-                for u in httpx.get(url + "/models/status").json()["upstreams"]
-            }
+            st = breakers(url)
             assert st["primary"]["state"] == "open" and st["local"]["state"] == "open"
             assert 'llmctl_breaker_state{upstream="primary"} 2' in httpx.get(url + "/metrics").text
             # after open_for, one probe goes through; it fails -> reopened for twice as long
-            time.sleep(2.05)
+            now[0] += 2.05
             r = httpx.post(url + "/v1/chat/completions", json=chat("alpha"))
             assert r.headers["x-llmctl-upstream"] == "backup"
             assert len(primary.seen) - n_primary == 3
-            st = {
-                u["name"]: u["breaker"]
-                for u in httpx.get(url + "/models/status").json()["upstreams"]
-            }
+            st = breakers(url)
             assert st["primary"]["state"] == "open" and st["primary"]["open_for_s"] == 4.0
             # heal the primary; after the (longer) open time the probe succeeds and closes it
             primary.mode = "ok"
             local.mode = "ok"
-            time.sleep(4.05)
+            now[0] += 4.05
             r = httpx.post(url + "/v1/chat/completions", json=chat("alpha"))
             assert r.status_code == 200
-            st = {
-                u["name"]: u["breaker"]
-                for u in httpx.get(url + "/models/status").json()["upstreams"]
-            }
+            st = breakers(url)
             assert st["local"]["state"] == "closed"
             assert ask().headers["x-llmctl-upstream"] == "local"
 
@@ -486,15 +499,15 @@ def test_client_errors_do_not_trip_breaker(tmp_path: Path) -> None:
                 assert r.status_code == 400
                 assert r.json()["error"]["type"] == "invalid_request_error"
             assert rt.upstreams is not None and rt.upstreams.managed is not None
-            assert rt.upstreams.managed.breaker.state == "closed"
+            assert rt.upstreams.managed.breaker_for("alpha").state == "closed"
 
 
 def test_all_upstreams_failing(tmp_path: Path) -> None:
-    with FakeUpstream("local", mode="error500") as local:
+    with FakeUpstream("local", mode="error503") as local:
         serve = "breaker: {failures: 1, open_for: 30s}"
         with router(tmp_path, FakeSupervisor(local, running="alpha"), serve) as (url, _rt):
             r = httpx.post(url + "/v1/chat/completions", json=chat())
-            assert r.status_code == 500
+            assert r.status_code == 503
             assert "local is broken" in r.json()["error"]["message"]
             r = httpx.post(url + "/v1/chat/completions", json=chat())
             assert r.status_code == 503
@@ -589,10 +602,11 @@ def test_queue_deadline_is_504(tmp_path: Path, fake: FakeUpstream) -> None:
         err = r.json()["error"]
         assert err["code"] == "queue_timeout" and err["type"] == "timeout_error"
         assert int(r.headers["retry-after"]) >= 1
-        # a streaming client that waited gets the same as an SSE error event
+        # a streaming client that only waited in the queue (no byte sent yet) gets the same 504
         r = httpx.post(url + "/v1/chat/completions", json=chat("alpha", stream=True), timeout=10)
-        assert r.status_code == 200
-        assert sse_data(r.text)[-1]["error"]["code"] == "queue_timeout"
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == "queue_timeout"
+        assert int(r.headers["retry-after"]) >= 1
 
 
 def test_failed_load_fails_every_waiter_with_reason(tmp_path: Path, fake: FakeUpstream) -> None:
@@ -835,13 +849,13 @@ def test_reload_keeps_breakers_and_applies_changes(tmp_path: Path, fake: FakeUps
     sup = FakeSupervisor(fake, running="alpha")
     with router(tmp_path, sup, "queue: {max_size: 3}") as (url, rt):
         assert rt.upstreams is not None and rt.upstreams.managed is not None
-        breaker = rt.upstreams.managed.breaker
+        breaker = rt.upstreams.managed.breaker_for("alpha")
         manifest_file(
             tmp_path, "queue: {max_size: 7}", PROFILES + "  gamma:\n    model: /m/g.gguf\n"
         )
         assert asyncio.run(rt.reload()) is True
         assert rt.scheduler.max_size == 7
-        assert rt.upstreams.managed.breaker is breaker
+        assert rt.upstreams.managed.breaker_for("alpha") is breaker
         assert httpx.post(url + "/v1/chat/completions", json=chat("gamma")).status_code == 200
         (tmp_path / "profiles.yaml").write_text("version: [broken")
         assert asyncio.run(rt.reload()) is False

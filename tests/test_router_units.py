@@ -81,11 +81,14 @@ def test_breaker_probe_released_without_verdict() -> None:
         (400, False),
         (401, False),
         (404, False),
-        (408, True),
+        (408, False),
         (413, False),
-        (429, True),
-        (500, True),
+        (429, False),
+        (500, False),
+        (501, False),
+        (502, True),
         (503, True),
+        (504, True),
     ],
 )
 def test_which_statuses_count_as_failures(status: int, counts: bool) -> None:

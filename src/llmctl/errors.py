@@ -5,6 +5,7 @@ Exit codes (stable, documented in the README):
   1  the operation failed: lint found errors, the server failed to start or is unhealthy
   2  invalid input: unknown profile, unreadable or unparsable manifest, bad flag value
   3  another llmctl holds the lock and did not release it in time
+  4  the state folder cannot be written (full disk, read-only, not a folder); nothing was stopped
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INPUT = 2
 EXIT_LOCKED = 3
+EXIT_STATE = 4
 
 Severity = Literal["error", "warning"]
 
@@ -102,3 +104,10 @@ class LockTimeout(LlmctlError):
     """Another llmctl holds the state lock and did not release it in time."""
 
     exit_code: int = EXIT_LOCKED
+
+
+@dataclass
+class StateDirError(LlmctlError):
+    """The state folder cannot be written: full, read-only, or not a folder."""
+
+    exit_code: int = EXIT_STATE

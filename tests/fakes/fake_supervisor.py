@@ -34,6 +34,7 @@ class FakeSupervisor:
         self._lock = threading.Lock()
         self._running = running
         self._pid = 1000
+        self.changed_by_operator: str | None = None
         upstream.loaded_model = running
 
     @property
@@ -99,6 +100,13 @@ class FakeSupervisor:
             self.upstream.loaded_model = spec.profile
             emit(Event("ready", "ready", elapsed, spec.profile))
             return SwitchResult(spec.profile, self._pid, 1, self.upstream.url, True, elapsed, None)
+
+    def deliberate_change(self, pid: int | None) -> str | None:
+        """Set `changed_by_operator` to play another llmctl that switched or stopped the server."""
+        return self.changed_by_operator
+
+    def wait_for_change(self, timeout: float) -> bool:
+        return True
 
     def stop(self, *, on_event: Callable[[Event], None] | None = None) -> StopResult:
         with self._lock:

@@ -6,7 +6,7 @@ disconnects behave as on the wire. It answers /v1/chat/completions, /v1/completi
 request with the `x-fake-mode` header:
 
   ok            stream `tokens` chunks, `token_delay` seconds apart (or one JSON body)
-  error500      answer 500 with an OpenAI error body
+  error5NN      answer 5NN (500, 502, 503 ...) with an OpenAI error body
   error400      answer 400 (a client error: must not trip a breaker)
   hang          send nothing, ever (until the client gives up)
   die:N         stream N chunks, then drop the connection without ending the response
@@ -173,16 +173,16 @@ class FakeUpstream:
             mode = "ok"
         if mode == "hang":
             await asyncio.sleep(3600)
-        if mode == "error500":
+        if mode.startswith("error5"):
             return JSONResponse(
                 {
                     "error": {
                         "message": f"{self.name} is broken",
                         "type": "server_error",
-                        "code": 500,
+                        "code": int(mode[5:]),
                     }
                 },
-                status_code=500,
+                status_code=int(mode[5:]),
             )
         if mode == "error400":
             return JSONResponse(

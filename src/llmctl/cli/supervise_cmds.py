@@ -397,7 +397,12 @@ def logs(
     sup = _supervisor(0.0)
     with handle_errors(False):
         path = sup.log_path()
-        if path is None or not path.exists():
+        if path is not None and not path.exists():
+            raise LlmctlError(
+                f"the log {path} was deleted",
+                hint=f"logs are kept in {sup.state_dir / 'logs'}",
+            )
+        if path is None:
             raise LlmctlError(
                 "no llama-server log yet: nothing was started with `llmctl switch`",
                 hint=f"logs are kept in {sup.state_dir / 'logs'}",

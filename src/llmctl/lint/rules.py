@@ -94,7 +94,18 @@ def _flag_rules(out: _Out) -> None:
                 continue
             flag = arg.split("=", 1)[0]
             owner = flag_owner(flag)
-            if owner is not None:
+            if flag in ("--api-key", "--api-key-file"):
+                out.at(
+                    "error",
+                    "server-api-key",
+                    f"extra_args passes {flag}: llama-server would then refuse every request "
+                    "the router forwards (401), and the key would show in status and logs",
+                    name,
+                    hint="put client keys in serve.api_keys (or LLMCTL_API_KEYS); the router "
+                    "checks them, and llama-server listens on loopback only",
+                    path=(*out.m.field_path(name, "extra_args"), i),
+                )
+            elif owner is not None:
                 field_names = {f.field for f in FLAGS}
                 how = (
                     f"set `{owner}` instead"

@@ -273,6 +273,18 @@ class ServeConfig(_Strict):
     api_keys_env: str = "LLMCTL_API_KEYS"
     allow_insecure_bind: bool = False
     max_body_size: Size = 16 * 1024**2
+    header_timeout: Duration = Field(
+        10.0, description="Time a client has to send its request line and headers; then closed."
+    )
+    body_timeout: Duration = Field(
+        60.0, description="Time a client has to send its body; then 408."
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=4,
+        description="Open client connections at most; default from the open-file limit. Beyond "
+        "it, the connection waiting longest for its headers is closed.",
+    )
     drain_timeout: Duration = 30.0
     inflight_timeout: Duration = 60.0
     stop_server_on_exit: bool = True

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,11 +40,13 @@ from llmctl.router.errors import (
     SERVER,
     RouterError,
     bad_request,
+    body_timeout,
+    client_gone,
     model_not_found,
     too_large,
     unauthorized,
 )
-from llmctl.router.exchange import Exchange
+from llmctl.router.exchange import COUNTED, Exchange
 from llmctl.router.models import (
     ModelIndex,
     detect,
@@ -115,6 +117,7 @@ class Router:
         self.activity = Activity()
         self.upstreams: Upstreams | None = None
         self.managed_url: str | None = None
+        self.managed_pid: int | None = None
         self.started_pids: set[int] = set()
         self.shutting_down = False
         self._last_refresh = 0.0
@@ -178,7 +181,25 @@ class Router:
                 return False
         self.apply(manifest)
         log.info("manifest reloaded: %d profile(s)", len(self.index.profiles))
+        await self.stop_removed_profile()
         return True
+
+    async def stop_removed_profile(self) -> None:
+        """The running profile left the manifest: stop its server once its requests are done."""
+        active = self.scheduler.active
+        if active is None or active in self.index.profiles:
+            return
+        log.warning(
+            "profile %s, which the managed server runs, is no longer in the manifest: "
+            "stopping it once its requests in flight are done",
+            active,
+        )
+        try:
+            await self.scheduler.stop()
+        except RouterError as err:
+            log.error("could not stop the server of removed profile %s: %s", active, err.message)
+        else:
+            log.info("stopped the server of removed profile %s", active)
 
     # --- HTTP clients -----------------------------------------------------------------
 
@@ -241,6 +262,7 @@ class Router:
             raise SwitchFailed(err.message, details=details) from None
         if target is None:
             self.managed_url = None
+            self.managed_pid = None
             return
         if not result.ready or result.error is not None:
             failure = result.error
@@ -254,6 +276,7 @@ class Router:
             self.activity.load_failed(target, message, details.get("stderr_tail", []))
             raise SwitchFailed(message, details=details)
         self.managed_url = result.url
+        self.managed_pid = result.pid
         if not result.noop and result.pid:
             self.started_pids.add(result.pid)
 
@@ -384,6 +407,7 @@ class Router:
         sched.observe(running, generation)
         if status.running and status.url and sched.active == running:
             self.managed_url = status.url
+            self.managed_pid = status.pid
 
     def managed_base(self, profile: str) -> str:
         if isinstance(self.scheduler, PlacementScheduler):
@@ -453,12 +477,21 @@ class Router:
             raise too_large(limit)
         parts: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                self.metrics.count_rejected("too_large")
-                raise too_large(limit)
-            parts.append(chunk)
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        self.metrics.count_rejected("too_large")
+                        raise too_large(limit)
+                    parts.append(chunk)
+        except ClientDisconnect:
+            # the client left during its upload: nothing to answer, nothing went wrong here
+            self.metrics.count_rejected("client_gone")
+            raise client_gone() from None
+        except TimeoutError:
+            self.metrics.count_rejected("body_timeout")
+            raise body_timeout(self.settings.body_timeout) from None
         return b"".join(parts)
 
 
@@ -515,7 +548,7 @@ def _parse_body(router: Router, request: Request, path: str, body: bytes) -> dic
         return None
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested too deep is not JSON we take
         if not strict:
             return None
         router.metrics.count_rejected("bad_json")
@@ -569,8 +602,7 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
     exchange = Exchange(router, request, target, chain, body, payload)
     streaming = bool(payload and payload.get("stream") is True)
     if streaming and exchange.will_wait():
-        if len(chain) == 1:
-            router.scheduler.check_room(target.profile)  # say 429 now, not inside a 200 stream
+        # a refusal known before the stream starts (429, 503) keeps its status and Retry-After
         return WaitingStreamResponse(exchange.open, exchange.done, heartbeat=router.heartbeat)  # type: ignore[return-value]
     try:
         if exchange.will_wait():
@@ -699,8 +731,10 @@ async def metrics_endpoint(request: Request) -> Response:
         queue_depth=sched.depth,
         inflight=sched.inflight,
         loaded=sched.active,
-        breakers={u.name: STATE_VALUES[u.breaker.state] for u in router.upstreams.all},
-        breaker_opens={u.name: u.breaker.opens for u in router.upstreams.all},
+        breakers={
+            k: STATE_VALUES[b.state] for u in router.upstreams.all for k, b in u.breakers().items()
+        },
+        breaker_opens={k: b.opens for u in router.upstreams.all for k, b in u.breakers().items()},
     )
     return PlainTextResponse(text, media_type=metrics_mod.CONTENT_TYPE)
 
@@ -822,7 +856,7 @@ async def _json_object(request: Request, router: Router) -> dict[str, Any]:
     body = await router.read_body(request)
     try:
         data = json.loads(body) if body else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise bad_request(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from None
@@ -970,6 +1004,7 @@ class FastProxy:
         why = unsafe_path(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
         if why is not None:
             router.metrics.count_rejected("bad_path")
+            router.metrics.count_request(None, None, 400)
             response = bad_request(
                 f"The request path is refused: {why}. Send the path without dot segments "
                 "or encoded slashes.",
@@ -984,23 +1019,39 @@ class FastProxy:
         if origin is not None:
             send = _with_cors(send, origin)
         kind = route_kind(path)
-        if kind == "own":
+        if kind == "own" and not path.startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
+        # every answer of the API is counted once: by its exchange, else here under its status
+        sent: list[int] = []
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent.append(message["status"])
+            await send(message)
+
         try:
-            if kind == "cors_proxy" and not router.allow_cors_proxy:
-                router.check_auth(request)
-                raise RouterError(
-                    403,
-                    "/cors-proxy is refused: it would let any client make the server fetch any "
-                    "URL. Set serve.allow_cors_proxy: true in the manifest to pass it through.",
-                    code="cors_proxy_disabled",
-                )
-            response = await proxy_endpoint(request, pinned=kind == "upstream")
-        except RouterError as err:
-            response = err.response()
-        await response(scope, receive, send)
+            if kind == "own":
+                await self.app(scope, receive, counting_send)
+                return
+            request = Request(scope, receive)
+            try:
+                if kind == "cors_proxy" and not router.allow_cors_proxy:
+                    router.check_auth(request)
+                    raise RouterError(
+                        403,
+                        "/cors-proxy is refused: it would let any client make the server fetch "
+                        "any URL. Set serve.allow_cors_proxy: true in the manifest to pass it "
+                        "through.",
+                        code="cors_proxy_disabled",
+                    )
+                response = await proxy_endpoint(request, pinned=kind == "upstream")
+            except RouterError as err:
+                response = err.response()
+            await response(scope, receive, counting_send)
+        finally:
+            if not scope.get(COUNTED):
+                router.metrics.count_request(None, None, sent[0] if sent else 499)
 
 
 # --- errors -------------------------------------------------------------------------------

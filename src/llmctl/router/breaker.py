@@ -1,8 +1,13 @@
 """Circuit breaker per upstream: closed -> open after N consecutive failures -> half-open probe.
 
 Open time starts at `open_for` and doubles on each re-open from a failed probe, up to
-`max_open_for`; a success closes the breaker and resets it. Client errors (4xx other than
-408 and 429) say the upstream is alive, so they count as successes.
+`max_open_for`; a success closes the breaker and resets it.
+
+A breaker measures what it guards: only signs that the upstream itself is unwell count (a connect
+error, a timeout, a broken stream, 502/503/504, a crashed process). Any other answer, 500 and 501
+included, is a live server's verdict on one request and counts as a success. The managed server
+has one breaker per profile (a profile that cannot serve does not take the others down), and a
+failed load is answered to its own requests without touching any breaker.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ STATE_VALUES: dict[BreakerState, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def server_failed(status: int) -> bool:
-    """A 5xx but 501, which llama-server answers for a feature it was not started with."""
+    """A 5xx but 501 (which llama-server answers for a feature it was not started with): the
+    next upstream in the chain may serve the request."""
     return status >= 500 and status != 501
 
 
+UNHEALTHY_STATUSES = frozenset({502, 503, 504})
+
+
 def counts_as_failure(status: int) -> bool:
-    """5xx (but 501), 408 and 429 are failures of the upstream; other statuses are answers."""
-    return server_failed(status) or status in (408, 429)
+    """502, 503 and 504 say the upstream (or what stands in front of it) is unwell."""
+    return status in UNHEALTHY_STATUSES
 
 
 class CircuitBreaker:
@@ -45,6 +54,15 @@ class CircuitBreaker:
         self._probing = False
         self.opens = 0
         self.last_error: str | None = None
+
+    def sibling(self) -> CircuitBreaker:
+        """A fresh breaker with the same limits (for another profile of the same upstream)."""
+        return CircuitBreaker(
+            failures=self.threshold,
+            open_for=self.base_open_for,
+            max_open_for=self.max_open_for,
+            clock=self._clock,
+        )
 
     def configure(self, *, failures: int, open_for: float, max_open_for: float) -> None:
         """New limits (manifest reload); the current state is kept."""

@@ -91,3 +91,17 @@ def too_large(limit: int) -> RouterError:
         f"The request body is larger than the limit of {limit} bytes (serve.max_body_size).",
         code="request_too_large",
     )
+
+
+def client_gone() -> RouterError:
+    """The client closed its connection before the router answered (logged as 499, never sent)."""
+    return RouterError(499, "The client closed the connection.", code="client_closed")
+
+
+def body_timeout(seconds: float) -> RouterError:
+    return RouterError(
+        408,
+        f"The request body did not arrive within {seconds:g} s (serve.body_timeout).",
+        type=TIMEOUT,
+        code="body_timeout",
+    )

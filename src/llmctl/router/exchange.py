@@ -3,7 +3,9 @@
 The chain is tried in order. An upstream whose breaker is open is skipped; the managed server is
 reached through the switch scheduler (a lease on the profile); a connect error, a 5xx, a timeout
 before the first byte or a failed load moves on to the next upstream. A managed server found dead
-is started again once, when the state file agrees it is gone.
+is started again once, when the state file agrees it is gone. A managed server cut off by an
+operator's switch or stop (another llmctl holds the lock, or the state names another launch) is
+no failure: the request waits for the change to end and goes to what runs then.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from llmctl.router.breaker import counts_as_failure
+from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.models import Target
 from llmctl.router.proxy import (
@@ -35,6 +38,9 @@ if TYPE_CHECKING:
     from llmctl.router.app import Router
 
 log = logging.getLogger("llmctl.router")
+
+# scope key: this request's answer is counted in the metrics (by its exchange)
+COUNTED = "llmctl.counted"
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Exchange:
         payload: dict[str, Any] | None,
     ) -> None:
         self.router = router
+        self.scope = request.scope
         self.target = target
         self.chain = chain
         self.method = request.method
@@ -70,6 +77,8 @@ class Exchange:
         self.payload = payload
         self.lease: Lease | None = None
         self.upstream: Upstream | None = None
+        self.breaker: CircuitBreaker | None = None
+        self.pid: int | None = None  # the managed server's pid the request went to
         self.started = time.monotonic()
 
     def will_wait(self) -> bool:
@@ -94,13 +103,16 @@ class Exchange:
         last_status: UpstreamFailure | None = None
         queue = list(self.chain)
         relaunched = False
+        changes = 0
         while queue:
             up = queue.pop(0)
             has_next = bool(queue)
-            if not up.breaker.allow():
+            breaker = up.breaker_for(self.target.profile)
+            if not breaker.allow():
                 failures.append(_Failure(up.name, "breaker_open", "circuit open"))
                 continue
             lease: Lease | None = None
+            used_pid: int | None = None
             try:
                 if up.managed:
                     assert self.target.profile is not None
@@ -109,14 +121,15 @@ class Exchange:
                             self.target.profile, on_progress=progress
                         )
                     except RouterError as err:
-                        up.breaker.release()
-                        if err.code == "model_load_failed":
-                            up.breaker.record_failure(err.message)
+                        # a profile that cannot load is answered with its load error; no breaker
+                        # counts it (the server of every other profile is fine)
+                        breaker.release()
                         if has_next and err.code in ("model_load_failed", "queue_full"):
                             router.metrics.count_fallback(up.name, err.code or "error")
                             failures.append(_Failure(up.name, err.code or "error", err.message))
                             continue
                         raise
+                    used_pid = router.managed_pid
                     url = router.managed_base(self.target.profile) + self.path
                 else:
                     url = up.url_for(self.path)
@@ -132,7 +145,29 @@ class Exchange:
             except UpstreamFailure as fail:
                 if lease is not None:
                     lease.release()
-                up.breaker.record_failure(f"{fail.reason}: {fail.message}")
+                # 503: a server another llmctl is loading on the same port ("Loading model")
+                cut = fail.reason in ("connect", "transport") or fail.status == 503
+                if up.managed and cut and changes < 3:
+                    why = await run_in_threadpool(router.supervisor.deliberate_change, used_pid)
+                    if why is not None:
+                        # cut by an operator's switch or stop: wait for the new state, try again
+                        changes += 1
+                        breaker.release()
+                        log.info(
+                            "request for %s met a deliberate change (%s); retrying once it is done",
+                            self.target.profile,
+                            why,
+                        )
+                        await run_in_threadpool(
+                            router.supervisor.wait_for_change, router.scheduler.timeout
+                        )
+                        await router.refresh(force=True)
+                        queue.insert(0, up)
+                        continue
+                if counts_as_failure(fail.status) if fail.status is not None else True:
+                    breaker.record_failure(f"{fail.reason}: {fail.message}")
+                else:
+                    breaker.record_success()  # alive: it answered (a 500 or 501 to this request)
                 router.metrics.count_fallback(up.name, fail.reason)
                 failures.append(_Failure(up.name, fail.reason, fail.message))
                 if fail.status is not None:
@@ -148,14 +183,16 @@ class Exchange:
             except BaseException:
                 if lease is not None:
                     lease.release()
-                up.breaker.release()
+                breaker.release()
                 raise
             if counts_as_failure(reply.status):
-                up.breaker.record_failure(f"answered {reply.status}")
+                breaker.record_failure(f"answered {reply.status}")
             else:
-                up.breaker.record_success()
+                breaker.record_success()
             self.lease = lease
             self.upstream = up
+            self.breaker = breaker
+            self.pid = used_pid
             if lease is not None and lease.profile:
                 # the lease holds the server on this profile until the response is done
                 reply.extra_headers.append((PROFILE_HEADER.encode(), lease.profile.encode()))
@@ -171,7 +208,8 @@ class Exchange:
             err.extra["upstreams"] = names
             return err
         if failures and all(f.reason == "breaker_open" for f in failures):
-            wait = min((u.breaker.retry_in() for u in self.chain), default=1.0)
+            profile = self.target.profile
+            wait = min((u.breaker_for(profile).retry_in() for u in self.chain), default=1.0)
             return RouterError(
                 503,
                 f"Every upstream for this model is failing; circuit open ({summary}).",
@@ -203,8 +241,14 @@ class Exchange:
             self.lease.release()
             self.lease = None
         up = self.upstream
-        if outcome == "upstream_error" and up is not None:
-            up.breaker.record_failure("failed mid-stream")
+        if outcome == "upstream_error" and up is not None and self.breaker is not None:
+            why = None
+            if up.managed:
+                why = self.router.supervisor.deliberate_change(self.pid)
+            if why is None:
+                self.breaker.record_failure("failed mid-stream")
+            else:
+                log.info("a response from %s was cut by a deliberate change: %s", up.name, why)
         if outcome == "client_gone":
             status = 499
         elif reply is not None:
@@ -212,6 +256,7 @@ class Exchange:
         else:
             status = error.status if error is not None else 500
         self.router.metrics.count_request(self.target.profile, up.name if up else None, status)
+        self.scope[COUNTED] = True
         tail = (reply.tail or reply.first[-8192:]) if reply is not None else b""
         self.router.activity.request(
             self.method,

@@ -405,17 +405,49 @@ class RelayResponse:
 
 
 class WaitingStreamResponse:
-    """An event stream started before the upstream is ready, for a streaming client that must wait.
+    """An event stream for a streaming client that must wait for a switch.
 
-    While `opener` waits for a switch, each progress step and a periodic heartbeat go out as SSE
-    comment lines (`: loading ...`), so the client's read timeout never fires. Errors become an
-    SSE error event, since the status line (200) is already sent.
+    Nothing is sent while the request only waits in the queue: a refusal known before any byte
+    (a full queue, an open breaker, a timeout in the queue) is answered like a non-streaming
+    request, with its status and Retry-After. Once the switch makes progress (or a heartbeat
+    is due), the 200 event stream starts; each progress step and a periodic heartbeat go out as
+    SSE comment lines (`: loading ...`), so the client's read timeout never fires, and an error
+    from then on becomes an SSE error event.
     """
 
     def __init__(self, opener: Opener, on_done: DoneFn, *, heartbeat: float = 5.0) -> None:
         self.opener = opener
         self.on_done = on_done
         self.heartbeat = heartbeat
+        self._started = False
+        self._held: list[Progress] = []
+
+    async def _start(self, send: Send) -> None:
+        if self._started:
+            return
+        self._started = True
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            *((k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        held, self._held = self._held, []
+        for p in held:
+            await self._progress(send, p)
+
+    async def _progress(self, send: Send, p: Progress) -> None:
+        if not self._started:
+            if p.kind == "queued":
+                self._held.append(p)  # may still end in a refusal with its own status
+                return
+            await self._start(send)
+        await send(
+            {
+                "type": "http.response.body",
+                "body": sse.comment(f"{p.kind} {p.message}"),
+                "more_body": True,
+            }
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome: Outcome = "client_gone"
@@ -424,17 +456,16 @@ class WaitingStreamResponse:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-                headers = [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    *((k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()),
-                ]
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
                 reply, error = await self._wait(send)
                 if error is not None:
-                    body = sse.error_event(error)
-                    await send({"type": "http.response.body", "body": body, "more_body": False})
+                    if self._started:
+                        body = sse.error_event(error)
+                        await send({"type": "http.response.body", "body": body, "more_body": False})
+                    else:
+                        await error.response()(scope, receive, send)
                     outcome = "ok"
                 elif reply is not None:
+                    await self._start(send)
                     outcome = await self._relay(send, reply)
                 tg.cancel_scope.cancel()
         finally:
@@ -458,16 +489,10 @@ class WaitingStreamResponse:
                     if not getter.done():
                         getter.cancel()
                 if getter in done:
-                    p = getter.result()
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": sse.comment(f"{p.kind} {p.message}"),
-                            "more_body": True,
-                        }
-                    )
+                    await self._progress(send, getter.result())
                 elif not done:
                     waited = time.monotonic() - started
+                    await self._start(send)
                     await send(
                         {
                             "type": "http.response.body",
@@ -481,14 +506,7 @@ class WaitingStreamResponse:
                 await task
             raise
         while not events.empty():
-            p = events.get_nowait()
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": sse.comment(f"{p.kind} {p.message}"),
-                    "more_body": True,
-                }
-            )
+            await self._progress(send, events.get_nowait())
         exc = task.exception()
         if isinstance(exc, RouterError):
             return None, exc

@@ -1,5 +1,10 @@
 """Running the router: bind checks, uvicorn, signals.
 
+Client connections are bounded where uvicorn leaves them open: a client has `serve.header_timeout`
+to send its request line and headers (slowloris), and at most `serve.max_connections` are open
+(below the open-file limit); beyond it, the connection that has waited longest for its headers is
+closed, so `/health` and real requests keep getting through.
+
 SIGTERM and SIGINT stop accepting connections, fail the requests still queued for a switch,
 let in-flight requests finish (at most `serve.drain_timeout`), then stop the llama-server the
 router started (`serve.stop_server_on_exit`). SIGHUP reloads the manifest; a broken manifest is
@@ -13,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import re
 import signal
 import socket
 from functools import partial
@@ -20,7 +26,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmctl.errors import LlmctlError, UsageError
 from llmctl.router.app import Router, create_app
@@ -67,6 +75,82 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def default_max_connections() -> int:
+    """Below the open-file limit: each client connection may hold an upstream one too, and the
+    router needs files for its logs, state and llama-server's pipes."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(8, min(10000, (soft - 64) // 2))
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for request headers and a cap on connections."""
+
+    header_timeout = 10.0
+    max_connections = 1000
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._waiting_since: float | None = None
+        self._await_headers()
+        if len(self.connections) > self.max_connections:
+            waiting = [
+                c
+                for c in self.connections
+                if isinstance(c, GuardedH11Protocol) and c._waiting_since is not None
+            ]
+            oldest = min(waiting, key=lambda c: c._waiting_since or 0.0, default=self)
+            log.debug("connection limit (%d) reached: closing one still without a request",
+                      self.max_connections)  # fmt: skip
+            oldest._drop()
+
+    def _await_headers(self) -> None:
+        self._waiting_since = self.loop.time()
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._drop)
+
+    def _drop(self) -> None:
+        """Close a connection that sent no complete request in time (or lost its place)."""
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._waiting_since = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._waiting_since is not None and self.conn.their_state is not h11.IDLE:
+            # the request line and headers are in: the body has serve.body_timeout
+            self._waiting_since = None
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._await_headers()  # the next request on this keep-alive connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._waiting_since = None
+        super().connection_lost(exc)
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
+    limit = settings.max_connections or default_max_connections()
+    attrs = {"header_timeout": settings.header_timeout, "max_connections": limit}
+    return type("RouterH11Protocol", (GuardedH11Protocol,), attrs)
+
+
 class RouterServer(uvicorn.Server):
     """uvicorn with the router's signal handling on top."""
 
@@ -109,10 +193,31 @@ class _ShortNames(logging.Filter):
         return True
 
 
+_SECRET_PARAM = re.compile(
+    r"([?&](?:[^=&]*(?:key|token|secret|password|passwd|auth|signature|sig))=)[^&\s]*", re.I
+)
+
+
+def redact_query(text: str) -> str:
+    """A request target with the values of credential-like query parameters masked."""
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
+class _RedactAccess(logging.Filter):
+    """uvicorn's access log shows the full request target: a client may put a key in its query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
 def _setup_logging(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_ShortNames())
+    handler.addFilter(_RedactAccess())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -154,6 +259,7 @@ def run(
         "access_log": access_log,
         "timeout_graceful_shutdown": max(1, math.ceil(settings.drain_timeout)),
         "server_header": False,
+        "http": guarded_protocol(settings),
         "log_config": None,  # uvicorn's lines go through the same handler and format as ours
     }
     config = uvicorn.Config(app, host=host, port=port, **config_kw)

@@ -38,6 +38,9 @@ class Settings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     allow_insecure_bind: bool = False
     max_body_size: int = 16 * MIB
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int | None = None  # None: from the open-file limit
     drain_timeout: float = 30.0
     inflight_timeout: float = 60.0
     stop_server_on_exit: bool = True
@@ -82,6 +85,9 @@ class Settings:
             api_keys=keys,
             allow_insecure_bind=bool(_get(serve, "allow_insecure_bind", False)),
             max_body_size=int(_get(serve, "max_body_size", cls.max_body_size)),
+            header_timeout=float(_get(serve, "header_timeout", cls.header_timeout)),
+            body_timeout=float(_get(serve, "body_timeout", cls.body_timeout)),
+            max_connections=_get(serve, "max_connections", None),
             drain_timeout=float(_get(serve, "drain_timeout", cls.drain_timeout)),
             inflight_timeout=float(_get(serve, "inflight_timeout", cls.inflight_timeout)),
             stop_server_on_exit=bool(_get(serve, "stop_server_on_exit", True)),

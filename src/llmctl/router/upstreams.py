@@ -53,6 +53,8 @@ class Upstream:
     api_key: str | None = field(default=None, repr=False)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     query: str = field(default="", repr=False)
+    # the managed server: one breaker per profile, made from `breaker` (the template) on first use
+    profile_breakers: dict[str, CircuitBreaker] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._folded = {m.casefold() for m in self.models}
@@ -61,6 +63,21 @@ class Upstream:
     @property
     def managed(self) -> bool:
         return self.kind == MANAGED
+
+    def breaker_for(self, profile: str | None) -> CircuitBreaker:
+        """The breaker of what a request uses: the profile on the managed server, else the upstream."""
+        if not self.managed or profile is None:
+            return self.breaker
+        found = self.profile_breakers.get(profile)
+        if found is None:
+            found = self.profile_breakers[profile] = self.breaker.sibling()
+        return found
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Label -> breaker: `name` for another upstream, `name/profile` for the managed one."""
+        if not self.managed:
+            return {self.name: self.breaker}
+        return {f"{self.name}/{p}": b for p, b in sorted(self.profile_breakers.items())}
 
     def serves(self, names: Iterable[str]) -> bool:
         if "*" in self._folded:
@@ -98,6 +115,7 @@ class Upstream:
             "api_key_env": self.api_key_env,
             "api_key_set": self.api_key is not None,
             "breaker": self.breaker.snapshot(),
+            "profile_breakers": {p: b.snapshot() for p, b in sorted(self.profile_breakers.items())},
         }
 
 
@@ -120,9 +138,17 @@ class Upstreams:
         if not any(u.type == MANAGED for u in configured):
             configured.insert(0, UpstreamSettings(name="local", type=MANAGED))
         old = {u.name: u.breaker for u in previous.all} if previous else {}
+        old_profiles = {u.name: u.profile_breakers for u in previous.all} if previous else {}
         built: list[Upstream] = []
         for cfg in configured:
             breaker = old.get(cfg.name)
+            per_profile = old_profiles.get(cfg.name, {})
+            for b in per_profile.values():
+                b.configure(
+                    failures=settings.breaker_failures,
+                    open_for=settings.breaker_open_for,
+                    max_open_for=settings.breaker_max_open_for,
+                )
             if breaker is None:
                 breaker = CircuitBreaker(
                     failures=settings.breaker_failures,
@@ -148,6 +174,7 @@ class Upstreams:
                     api_key_env=cfg.api_key_env,
                     api_key=key or None,
                     breaker=breaker,
+                    profile_breakers=dict(per_profile) if cfg.type == MANAGED else {},
                 )
             )
         return cls(built)

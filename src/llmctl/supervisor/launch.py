@@ -41,9 +41,11 @@ class LaunchSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def shell(self) -> str:
-        """The command line, shell-quoted, environment assignments first."""
+        """The command line to show: shell-quoted, environment assignments first, secrets masked."""
+        from llmctl.llama.secrets import mask_argv
+
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
-        cmd = shlex.join(self.argv)
+        cmd = shlex.join(mask_argv(self.argv))
         return f"{env} {cmd}" if env else cmd
 
     def to_json(self) -> dict[str, Any]:

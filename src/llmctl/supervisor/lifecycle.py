@@ -33,7 +33,7 @@ policy, run under the lock: llmctl.supervisor.placer.load_profile); `sup.stop(pr
 stops one; `sup.ps()` lists every server; `sup.records()` reads the records without repair.
 `switch` leaves exactly its profile running; `stop()` stops them all; `status()` describes the
 newest, with every server in `Status.servers`. Changes check first that the state folder can be
-written (StateNotWritable), so nothing is stopped that cannot be recorded.
+written (StateDirError), so nothing is stopped that cannot be recorded.
 
 State folder: `state.json` (LaunchRecords by profile, see llmctl.supervisor.state), `lock`
 (flock), `logs/` (one log per launch, the newest `keep_logs` kept).
@@ -50,7 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmctl.errors import LaunchError
+from llmctl.errors import LaunchError, LlmctlError
+from llmctl.llama.secrets import mask_argv
 
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
 # (subprocess, http.client, log parsing) is imported where it is used.
@@ -59,7 +60,6 @@ from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.state import (
     CorruptState,
     LaunchRecord,
-    StateNotWritable,
     check_writable,
     read_servers,
     set_aside_corrupt,
@@ -123,7 +123,7 @@ class Status:
             "healthy": self.healthy,
             "log": self.log,
             "config_hash": self.config_hash,
-            "argv": list(self.argv),
+            "argv": mask_argv(self.argv),
             "memory": dict(self.memory),
             "note": self.note,
             "servers": list(self.servers),
@@ -325,7 +325,15 @@ class Supervisor:
         with contextlib.suppress(CorruptState):
             recs = read_servers(self.state_dir)
             if recs:
-                return Path(max(recs.values(), key=lambda r: r.started_at).log)
+                rec = max(recs.values(), key=lambda r: r.started_at)
+                path = Path(rec.log)
+                live = Path(f"/proc/{rec.pid}/fd/1")
+                if not path.exists() and rec.pid and procs.is_alive(rec.pid, rec.start_time):
+                    # deleted while the server runs: the server still holds it open
+                    with contextlib.suppress(OSError):
+                        if os.readlink(live) == f"{path} (deleted)":
+                            return live
+                return path
         return latest_log(self.state_dir)
 
     # ------------------------------------------------------------------ stop
@@ -338,7 +346,7 @@ class Supervisor:
         profile: str | None = None,
     ) -> StopResult:
         """Stop every managed server, or only `profile`'s (SIGTERM to its group, then SIGKILL);
-        no-op when none runs. Raises StateNotWritable (before stopping anything) when the state
+        no-op when none runs. Raises StateDirError (before stopping anything) when the state
         folder cannot be written.
 
         A load in progress in another llmctl is cancelled (`cancel_loading=False`: wait for it
@@ -356,7 +364,7 @@ class Supervisor:
                 chosen = [r for p, r in recs.items() if profile is None or p == profile]
                 if not chosen:
                     return StopResult(False, None, None, time.monotonic() - t0)
-                check_writable(self.state_dir)
+                check_writable(self.state_dir, 0)  # the state must be clearable first
                 for rec in chosen:
                     self._stop_record(rec, emit)
                 first = chosen[0]
@@ -444,9 +452,8 @@ class Supervisor:
                 err = LaunchError("the switch was cancelled before it started anything")
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
-            unwritable = self._unwritable(emit)
-            if unwritable is not None:
-                return result(ready=False, pid=None, log=None, error=unwritable)
+            # before anything is stopped: the new server's state and log must be writable
+            check_writable(self.state_dir)
             # exactly this profile runs afterwards: every other server goes
             for other in others:
                 self._stop_record(other, emit)
@@ -515,13 +522,26 @@ class Supervisor:
                 err = LaunchError("the load was cancelled before it started anything")
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
-            unwritable = self._unwritable(emit)
-            if unwritable is not None:
-                return result(ready=False, pid=None, log=None, error=unwritable)
+            # before anything is stopped: the new server's state and log must be writable
+            check_writable(self.state_dir)
             for name in victims:
                 if name in recs:
                     self._stop_record(recs[name], emit)
             return self._start(spec, emit, cancel, result)
+
+    # ------------------------------------------------------------------ changes by others
+
+    def deliberate_change(self, pid: int | None) -> str | None:
+        """Why the server `pid` stopped answering if another llmctl changed it on purpose."""
+        from llmctl.supervisor.changes import deliberate_change
+
+        return deliberate_change(self.state_dir, pid)
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Wait until no other llmctl is changing the server (at most `timeout`)."""
+        from llmctl.supervisor.changes import wait_for_change
+
+        return wait_for_change(self.state_dir, timeout)
 
     # ------------------------------------------------------------------ internals
 
@@ -539,14 +559,6 @@ class Supervisor:
             return True
         emit("stopping", f"profile {spec.profile!r} runs but is not healthy: restarting")
         return False
-
-    def _unwritable(self, emit: _Emitter) -> LaunchError | None:
-        try:
-            check_writable(self.state_dir)
-        except StateNotWritable as err:
-            emit("error", err.message)
-            return LaunchError(err.message, hint=err.hint)
-        return None
 
     def _put(self, rec: LaunchRecord) -> None:
         """Under the lock: add or replace one record."""
@@ -583,12 +595,17 @@ class Supervisor:
     def _repair_now(self) -> str | None:
         """Repair a stale state if the lock is free at once; None if another llmctl holds it."""
         lock = self._lock("status (repair)")
-        if not lock.try_acquire():
-            return None
+        try:
+            if not lock.try_acquire():
+                return None
+        except LlmctlError as err:  # a state folder that cannot be locked: say so, repair nothing
+            return err.message
         try:
             notes: list[str] = []
             self._load_for_change(lambda kind, msg: notes.append(msg))
             return "; ".join(notes) or "the state changed meanwhile"
+        except LlmctlError as err:
+            return err.message
         finally:
             lock.release()
 
@@ -598,9 +615,11 @@ class Supervisor:
             recs = read_servers(self.state_dir)
         except CorruptState as err:
             where = set_aside_corrupt(self.state_dir)
-            emit("stopped", f"{err}; set aside as {where}" if where else str(err))
-            self._stop_orphans(emit)
-            return {}
+            return self._recover_orphans(
+                f"{err}; set aside as {where}" if where else str(err), emit
+            )
+        if not recs:
+            return self._recover_orphans(None, emit)
         live: dict[str, LaunchRecord] = {}
         changed = False
         for name, rec in recs.items():
@@ -612,16 +631,6 @@ class Supervisor:
         if changed:
             write_servers(self.state_dir, live)
         return live
-
-    def _stop_orphans(self, emit: Callable[[EventKind, str], None]) -> None:
-        """Servers of this state folder that no record names any more (a lost state file)."""
-        marker = f"{STATE_DIR_ENV}={self.state_dir}"
-        pids = procs.marked_processes(marker)
-        if not pids:
-            return
-        procs.terminate(pids, pgid=None, timeout=10.0, reap=_reap)
-        listing = ", ".join(f"pid {p}" for p in pids)
-        emit("stopped", f"stopped llama-server processes the lost state named ({listing})")
 
     def _repair_record(
         self, rec: LaunchRecord, emit: Callable[[EventKind, str], None]
@@ -644,6 +653,44 @@ class Supervisor:
             what = f"an interrupted switch to profile {rec.profile!r} left a state; nothing was running"
         emit("stopped", f"{what}; state repaired")
         return None
+
+    def _recover_orphans(
+        self, note: str | None, emit: Callable[[EventKind, str], None]
+    ) -> dict[str, LaunchRecord]:
+        """No usable state: servers this folder started are found by their launch id, each
+        healthy one adopted (its record rebuilt, one per profile), any other stopped. Says what
+        was repaired."""
+        from llmctl.supervisor.adopt import find_orphans
+
+        orphans = find_orphans(self.state_dir)
+        if not orphans:
+            if note:
+                emit("stopped", note)
+            return {}
+        from llmctl.supervisor.health import health_status
+
+        notes = [note] if note else []
+        adopted: dict[str, LaunchRecord] = {}
+        for orphan in orphans:
+            rec = orphan.record()
+            if (
+                rec is not None
+                and rec.profile not in adopted
+                and health_status(rec.url, 1.0) == 200
+            ):
+                adopted[rec.profile] = rec
+                notes.append(
+                    f"found the llama-server of profile {rec.profile!r} (pid {orphan.pid}) by its "
+                    "launch id and adopted it"
+                )
+                continue
+            members = procs.session_members(orphan.pid, f"{LAUNCH_ID_ENV}={orphan.launch_id}")
+            procs.terminate(members or [orphan.pid], pgid=orphan.pid, timeout=10.0, reap=_reap)
+            notes.append(f"stopped llama-server pid {orphan.pid}, which no state recorded")
+        if adopted:
+            write_servers(self.state_dir, adopted)
+        emit("stopped", "; ".join(notes) + "; state repaired")
+        return adopted
 
     def _members(self, rec: LaunchRecord) -> list[int]:
         """Live processes of this launch: its session (marker-checked), else any marked process."""
@@ -723,14 +770,19 @@ class Supervisor:
         running_logs: set[str] = set()
         with contextlib.suppress(CorruptState):
             running_logs = {r.log for r in read_servers(self.state_dir).values()}
-        log_path = new_log(
-            self.state_dir,
-            spec.profile,
-            keep=self.keep_logs,
-            protect=running_logs,
-        )
         header = f"{HEADER} profile={spec.profile} config={spec.config_hash}\n{HEADER} $ {spec.shell()}\n"
-        log_path.write_text(header)
+        try:
+            log_path = new_log(
+                self.state_dir,
+                spec.profile,
+                keep=self.keep_logs,
+                protect=running_logs,
+            )
+            log_path.write_text(header)
+        except OSError as oserr:
+            from llmctl.supervisor.state import state_dir_error
+
+            raise state_dir_error(self.state_dir, oserr, "write the launch log") from None
         me = os.getpid()
         rec = LaunchRecord(
             launch_id=uuid.uuid4().hex,

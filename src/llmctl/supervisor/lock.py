@@ -87,8 +87,13 @@ class StateLock:
         self.release()
 
     def _open(self) -> int:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            from llmctl.supervisor.state import state_dir_error
+
+            raise state_dir_error(self.state_dir, err, "take the lock") from None
 
     def _describe_holder(self) -> None:
         assert self._fd is not None

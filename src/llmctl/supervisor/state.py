@@ -7,13 +7,14 @@ format-1 file (one record at the top level) is still read, as that one server.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from llmctl.errors import LlmctlError
+from llmctl.errors import StateDirError
 
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -106,6 +107,52 @@ def read_servers(state_dir: Path) -> dict[str, LaunchRecord]:
         raise CorruptState(f"{path} is not a valid llmctl state file ({err})") from err
 
 
+_WHY = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "it is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a file stands where a folder should be",
+    errno.EEXIST: "it is a file, not a folder",
+}
+
+# what a switch writes before its server runs: the state record and the head of a launch log
+PROBE_BYTES = 64 * 1024
+
+
+def state_dir_error(state_dir: Path, err: OSError, doing: str) -> StateDirError:
+    why = _WHY.get(err.errno or 0) or err.strerror or str(err)
+    return StateDirError(
+        f"cannot {doing} in the state folder {state_dir}: {why}",
+        hint="free space on its disk or make it writable, or point LLMCTL_STATE_DIR at another "
+        "folder; nothing was stopped or started",
+    )
+
+
+def check_writable(state_dir: Path, probe_bytes: int = PROBE_BYTES) -> None:
+    """StateDirError unless `probe_bytes` can be written (and a file removed) in `state_dir`.
+
+    Checked before anything is stopped: a switch that could not record its new server must not
+    leave the machine with none.
+    """
+    import tempfile
+
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=state_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                if probe_bytes:
+                    f.write(b"\0" * probe_bytes)
+                    f.flush()
+                    os.fsync(f.fileno())  # a full disk may only say so when the data goes out
+        finally:
+            os.unlink(tmp)
+    except OSError as err:
+        raise state_dir_error(state_dir, err, "write") from None
+
+
 def write_state(state_dir: Path, record: LaunchRecord) -> None:
     """Make `record` the only server in the state."""
     write_servers(state_dir, {record.profile: record})
@@ -116,57 +163,39 @@ def write_servers(state_dir: Path, servers: dict[str, LaunchRecord]) -> None:
     the file is removed.
 
     No fsync: the records only matter while their processes live, and none survive a reboot.
+    Raises StateDirError when the folder cannot be written.
     """
     import tempfile
 
     if not servers:
         clear_state(state_dir)
         return
-    state_dir.mkdir(parents=True, exist_ok=True)
     data = {"format": FILE_FORMAT, "servers": {k: r.to_json() for k, r in servers.items()}}
     blob = json.dumps(data, indent=2).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
+    except OSError as err:
+        raise state_dir_error(state_dir, err, "write the state") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, state_path(state_dir))
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise state_dir_error(state_dir, exc, "write the state") from None
         raise
 
 
-def check_writable(state_dir: Path) -> None:
-    """Raise StateNotWritable unless a state file can be written in `state_dir` now.
-
-    Checked before anything is stopped: a switch on a full disk must not stop the running server
-    and then fail to record the new one.
-    """
-    import tempfile
-
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".probe", dir=state_dir)
-        try:
-            os.write(fd, b"{}" * 2048)  # a state file's size: a full disk fails here
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
-    except OSError as err:
-        raise StateNotWritable(
-            f"cannot write the state folder {state_dir}: {err.strerror or err}; nothing was "
-            "stopped or started",
-            hint="free disk space, fix the folder's permissions, or set LLMCTL_STATE_DIR",
-        ) from None
-
-
-class StateNotWritable(LlmctlError):
-    """The state folder cannot be written (read-only, not a folder, full disk)."""
-
-
 def clear_state(state_dir: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    try:
         state_path(state_dir).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise state_dir_error(state_dir, err, "clear the state") from None
 
 
 def set_aside_corrupt(state_dir: Path) -> Path | None:
