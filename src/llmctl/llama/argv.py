@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmctl.errors import UsageError
-from llmctl.memory.estimate import CACHE_TYPES, FlashAttn, LaunchOptions
+from llmctl.llama.vocab import CACHE_TYPES, FlashAttn, tristate
+from llmctl.memory.estimate import LaunchOptions
 
-_TRUTHY = {"on", "enabled", "true", "1"}
-_FALSEY = {"off", "disabled", "false", "0"}
-_AUTO = {"auto", "-1"}
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 # flag -> field; flags that take a value
@@ -77,13 +75,9 @@ def _int(flag: str, value: str) -> int:
 
 
 def _flash_attn(value: str) -> FlashAttn:
-    v = value.lower()
-    if v in _TRUTHY:
-        return "on"
-    if v in _FALSEY:
-        return "off"
-    if v in _AUTO:
-        return "auto"
+    fa = tristate(value)
+    if fa is not None:
+        return fa
     raise UsageError(f"unknown value for --flash-attn: {value!r}", hint="use on, off or auto")
 
 
