@@ -66,9 +66,27 @@ def _render_estimate(est: Estimate, ignored: list[str] | None = None) -> None:
     table.add_row(
         "weights", "", "", f"GPU {_b(w.gpu_bytes)}", f"CPU {_b(w.cpu_bytes)}", _b(w.bytes)
     )
-    table.add_row("compute (approx.)", "", "", "", "", _b(est.compute_bytes))
-    table.add_row("CUDA overhead", "", "", "", "", _b(est.overhead_bytes))
-    table.add_row("[bold]GPU total[/]", "", "", "", "", f"[bold]{_b(est.gpu_total_bytes)}[/]")
+    if w.overridden_cpu_bytes:
+        table.add_row("CPU by -ncmoe/-ot", "", "", "", "", _b(w.overridden_cpu_bytes))
+    where = f" ({est.compute.where})" if est.compute else ""
+    table.add_row(f"compute{where}", "", "", "", "", _b(est.compute_bytes))
+    if est.mmproj is not None:
+        m = est.mmproj
+        table.add_row("mmproj", "", "", _b(m.weights_bytes), f"compute {_b(m.compute_bytes)}", "")
+    if est.draft is not None:
+        d = est.draft
+        table.add_row("draft", "", "", f"GPU {_b(d.gpu_total_bytes)}", "", _b(d.host_total_bytes))
+    if est.on_gpu:
+        table.add_row("CUDA overhead", "", "", "", "", _b(est.overhead_bytes))
+        table.add_row("[bold]GPU total[/]", "", "", "", "", f"[bold]{_b(est.gpu_total_bytes)}[/]")
+    table.add_row(
+        "[bold]host total[/]",
+        "",
+        "",
+        f"weights {_b(est.host_weights_bytes)}",
+        f"KV {_b(est.host_kv_bytes)}",
+        f"[bold]{_b(est.host_total_bytes)}[/]",
+    )
     out.print(table)
     if est.budget_bytes is not None:
         room = est.budget_bytes - est.gpu_total_bytes
@@ -89,7 +107,7 @@ def _render_estimate(est: Estimate, ignored: list[str] | None = None) -> None:
 def _estimate_argv(argv: list[str], json_out: bool) -> int:
     from llmctl.llama.argv import parse_llama_args
     from llmctl.llama.gguf import read_gguf
-    from llmctl.memory.estimate import MetadataError, ModelSource, estimate
+    from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
 
     parsed = parse_llama_args(argv)
     if not parsed.model:
@@ -98,7 +116,12 @@ def _estimate_argv(argv: list[str], json_out: bool) -> int:
             hint="llmctl estimate -- -m model.gguf -c 8192 ...",
         )
     try:
-        est = estimate(ModelSource.from_gguf(read_gguf(parsed.model)), parsed.options)
+        est = estimate(
+            ModelSource.from_gguf(read_gguf(parsed.model)),
+            parsed.options,
+            mmproj=source_for_path(parsed.mmproj),
+            draft=source_for_path(parsed.model_draft),
+        )
     except MetadataError as err:
         raise UsageError(f"{parsed.model}: {err}") from None
     if parsed.fit_may_change:
@@ -121,6 +144,7 @@ def _estimate_profiles(
     from llmctl.memory.estimate import (
         MetadataError,
         estimate,
+        extra_sources,
         options_from_profile,
         source_for_profile,
     )
@@ -147,6 +171,7 @@ def _estimate_profiles(
                     f"model file {profile.model} is missing",
                     hint="download it, or add a metadata: block to the profile for an estimate",
                 )
+            mmproj, draft = extra_sources(profile)
             est = estimate(
                 source,
                 options_from_profile(profile),
@@ -154,6 +179,10 @@ def _estimate_profiles(
                 budget=manifest.gpu.vram,
                 headroom=manifest.gpu.headroom,
                 overhead=manifest.gpu.overhead,
+                # no GPU configured: the estimate is of RAM
+                gpu=manifest.gpu.vram is not None,
+                mmproj=mmproj,
+                draft=draft,
             )
         except (LlmctlError, MetadataError) as err:
             failed += 1

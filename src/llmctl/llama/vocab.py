@@ -57,3 +57,27 @@ def tristate(value: object) -> FlashAttn | None:
         if v in AUTO_SPELLINGS:
             return "auto"
     return None
+
+
+# --- tensor placement overrides (common/common.h, common/arg.cpp) ---------------------------------
+
+# the MoE expert tensors `--cpu-moe` and `--n-cpu-moe N` keep on the CPU
+FFN_EXPS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+CPU_BUFFER = "CPU"
+
+
+def n_cpu_moe_patterns(n: int) -> list[str]:
+    """`--n-cpu-moe N`: one pattern per block 0..N-1 (llm_add_n_cpu_ffn_overrides)."""
+    return [rf"blk\.{i}{FFN_EXPS_REGEX}" for i in range(n)]
+
+
+def parse_overrides(value: str) -> list[tuple[str, str]]:
+    """`-ot PATTERN=BUFFER,...` as (pattern, buffer type) pairs, in order (ValueError if an
+    item has no `=`). Patterns are regular expressions searched in tensor names."""
+    out: list[tuple[str, str]] = []
+    for item in value.split(","):
+        pattern, eq, buffer = item.partition("=")
+        if not eq or not pattern:
+            raise ValueError(f"{item!r} is not PATTERN=BUFFER (e.g. 'exps=CPU')")
+        out.append((pattern, buffer))
+    return out

@@ -12,12 +12,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from llmctl.errors import EXIT_INPUT, LlmctlError
 from llmctl.llama.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo
-from llmctl.llama.vocab import CACHE_TYPES, FlashAttn, cache_type
+from llmctl.llama.vocab import (
+    CACHE_TYPES,
+    CPU_BUFFER,
+    FlashAttn,
+    cache_type,
+    n_cpu_moe_patterns,
+    parse_overrides,
+    tristate,
+)
 from llmctl.memory.families import Family, SwaRule, family
 
 MiB = 1024 * 1024
@@ -44,6 +52,14 @@ class LaunchOptions:
     batch_size: int = 2048
     ubatch_size: int = 512
     no_kv_offload: bool = False
+    n_cpu_moe: int = 0  # --n-cpu-moe: expert tensors of the first N blocks on the CPU
+    override_tensor: str | None = None  # -ot PATTERN=BUFFER,...
+
+    def tensor_overrides(self) -> list[tuple[str, str]]:
+        """(pattern, buffer) pairs in the order llama-server reads them from llmctl's command line
+        (--n-cpu-moe before -ot; common/arg.cpp appends both to one list, first match wins)."""
+        out = [(p, CPU_BUFFER) for p in n_cpu_moe_patterns(self.n_cpu_moe)]
+        return out + (parse_overrides(self.override_tensor) if self.override_tensor else [])
 
 
 # --- hyper-parameters ---------------------------------------------------------------------------
@@ -587,6 +603,8 @@ class WeightsEstimate:
     exact: bool
     gpu_layers: int  # blocks on the GPU (output layer not counted)
     output_on_gpu: bool
+    overridden_cpu_bytes: int = 0  # kept on the CPU by --n-cpu-moe / -ot (in cpu_bytes)
+    overridden_tensors: int = 0  # tensors an override moved (to the CPU or another buffer)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -596,6 +614,8 @@ class WeightsEstimate:
             "exact": self.exact,
             "gpu_layers": self.gpu_layers,
             "output_on_gpu": self.output_on_gpu,
+            "overridden_cpu_bytes": self.overridden_cpu_bytes,
+            "overridden_tensors": self.overridden_tensors,
         }
 
 
@@ -639,6 +659,7 @@ def weights_estimate(
     n_gpu_layers: int,
     output_prefixes: tuple[str, ...] = ("output",),
     total_bytes: int | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
 ) -> WeightsEstimate:
     """Weights per tensor, split GPU/CPU by the -ngl rule; tied output embeddings duplicated.
 
@@ -646,7 +667,12 @@ def weights_estimate(
     `bytes` (= gpu_bytes + cpu_bytes) can exceed the file's tensor data by a little.
     Without a tensor table (a `metadata:` block), `total_bytes` is split in proportion to layers,
     with no token-embedding separation, and marked inexact.
+
+    `overrides` are (pattern, buffer type) pairs as `--n-cpu-moe` and `-ot` give them: the first
+    pattern found in a tensor's name decides its buffer (llama_model_loader), `CPU` meaning the
+    host and any other buffer a GPU.
     """
+    compiled = [(re.compile(p), b.upper() == CPU_BUFFER) for p, b in overrides]
     i_gpu_start, out_gpu = gpu_layer_split(n_layer_all, n_gpu_layers)
     gpu_layers = max(0, n_layer_all - i_gpu_start)
     if tensors is None:
@@ -654,7 +680,7 @@ def weights_estimate(
         share = (gpu_layers + (1 if out_gpu else 0)) / (n_layer_all + 1)
         gpu = int(total * share)
         return WeightsEstimate(total, gpu, total - gpu, False, gpu_layers, out_gpu)
-    gpu = cpu = 0
+    gpu = cpu = moved_cpu = moved = 0
     has_output = False
     embd: TensorInfo | None = None
     for t in tensors:
@@ -663,7 +689,15 @@ def weights_estimate(
             has_output = True
         if t.name == "token_embd.weight":
             embd = t
-        if where == "input":
+        to_cpu = next((c for p, c in compiled if p.search(t.name)), None)
+        if to_cpu is not None:
+            moved += 1
+            if to_cpu:
+                cpu += t.nbytes
+                moved_cpu += t.nbytes
+            else:
+                gpu += cuda_alloc_size(t)
+        elif where == "input":
             cpu += t.nbytes
         elif where == "output":
             if out_gpu:
@@ -678,7 +712,7 @@ def weights_estimate(
         # tied embeddings: the output layer gets its own copy on its device (same device: shared)
         gpu += cuda_alloc_size(embd)
     total = gpu + cpu
-    return WeightsEstimate(total, gpu, cpu, True, gpu_layers, out_gpu)
+    return WeightsEstimate(total, gpu, cpu, True, gpu_layers, out_gpu, moved_cpu, moved)
 
 
 # --- compute buffer -----------------------------------------------------------------------------
@@ -825,6 +859,16 @@ class Estimate:
     n_ctx_train: int
     options: LaunchOptions
     notes: list[str] = field(default_factory=list)
+    # host memory (RAM): the whole estimate when no GPU is used
+    on_gpu: bool = True
+    host_weights_bytes: int = 0  # weights the CPU keeps (mapped file pages, CPU layers, experts)
+    host_kv_bytes: int = 0  # KV of layers not offloaded (all of it with -nkvo or no GPU)
+    host_compute_bytes: int = 0  # the CPU backend's compute buffer
+    output_bytes: int = 0  # logits of the reserved outputs (host)
+    host_total_bytes: int = 0
+    compute: ComputeParts | None = None
+    mmproj: ExtraModel | None = None
+    draft: Estimate | None = None
 
     @property
     def kv_bytes(self) -> int:
@@ -871,6 +915,17 @@ class Estimate:
             "headroom_bytes": self.headroom_bytes,
             "fits": self.fits,
             "within_headroom": self.within_headroom,
+            "on_gpu": self.on_gpu,
+            "host": {
+                "weights_bytes": self.host_weights_bytes,
+                "kv_bytes": self.host_kv_bytes,
+                "compute_bytes": self.host_compute_bytes,
+                "output_bytes": self.output_bytes,
+                "total_bytes": self.host_total_bytes,
+            },
+            "compute": self.compute.to_json() if self.compute else None,
+            "mmproj": self.mmproj.to_json() if self.mmproj else None,
+            "draft": self.draft.to_json() if self.draft else None,
             "notes": list(self.notes),
         }
 
@@ -919,6 +974,47 @@ class ModelSource:
         return cls(path, meta, None, weights)
 
 
+@dataclass
+class ExtraModel:
+    """A model llama-server loads beside the main one (the multimodal projector)."""
+
+    path: str
+    weights_bytes: int
+    compute_bytes: int
+    on_gpu: bool
+    exact: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "weights_bytes": self.weights_bytes,
+            "compute_bytes": self.compute_bytes,
+            "on_gpu": self.on_gpu,
+            "exact": self.exact,
+        }
+
+
+def mmproj_estimate(source: ModelSource, on_gpu: bool) -> ExtraModel:
+    """The projector's weights (exact, from its tensor table) and its compute buffer, sized for
+    one image at the encoder's resolution: the patches' activations and attention scores
+    (approximate: the vision graphs differ per projector type)."""
+    m = source.metadata
+    weights = sum(t.nbytes for t in source.tensors or ())
+    if not source.tensors:
+        weights = source.weights_bytes or 0
+
+    def num(key: str) -> int:
+        v = m.get(f"clip.vision.{key}")
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    patch = num("patch_size")
+    side = num("image_size") // patch if patch else 0
+    n_pos = side * side
+    n_embd, n_ff, n_head = num("embedding_length"), num("feed_forward_length"), num("head_count")
+    compute = 4 * n_pos * (3 * n_embd + n_ff) + 4 * n_pos * n_pos * n_head
+    return ExtraModel(source.path, weights, compute, on_gpu, False)
+
+
 def estimate(
     source: ModelSource,
     opts: LaunchOptions,
@@ -927,8 +1023,18 @@ def estimate(
     budget: int | None = None,
     headroom: int = 0,
     overhead: int = DEFAULT_CUDA_OVERHEAD,
+    gpu: bool = True,
+    mmproj: ModelSource | None = None,
+    draft: ModelSource | None = None,
+    n_draft: int = 3,
 ) -> Estimate:
-    """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError)."""
+    """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError).
+
+    With `gpu=False` (no GPU, or a CPU-only llama-server) every figure is host memory and the GPU
+    total is 0. `mmproj` and `draft` are counted where llama-server puts them (the projector
+    and the draft's layers on the GPU when there is one); the draft drafts `n_draft` tokens per
+    slot (llama-server's --draft-max, 3 by default), which the main context reserves outputs for.
+    """
     hp = hparams_from_metadata(source.metadata)
     if opts.ctx_size <= 0 and hp.n_ctx_train <= 0:
         raise MetadataError(
@@ -938,26 +1044,71 @@ def estimate(
     for name in (opts.cache_type_k, opts.cache_type_v):
         if name.lower() not in CACHE_TYPES:
             raise MetadataError(f"unsupported cache type {name!r}; one of {', '.join(CACHE_TYPES)}")
+    try:
+        overrides = opts.tensor_overrides() if gpu else []
+    except ValueError as err:
+        raise MetadataError(f"override_tensor: {err}") from None
     caches = kv_caches(hp, opts, cs)
     n_blocks = hp.n_layer_all
+    ngl = opts.n_gpu_layers if gpu else 0
     weights = weights_estimate(
-        source.tensors, n_blocks, opts.n_gpu_layers, hp.family.output_prefixes, source.weights_bytes
+        source.tensors,
+        n_blocks,
+        ngl,
+        hp.family.output_prefixes,
+        source.weights_bytes,
+        overrides,
     )
-    i_gpu_start, _ = gpu_layer_split(n_blocks, opts.n_gpu_layers)
+    i_gpu_start, out_gpu = gpu_layer_split(n_blocks, ngl)
     kv_gpu = 0
-    if not opts.no_kv_offload:
+    if gpu and not opts.no_kv_offload:
         for c in caches:
             kv_gpu += sum(
                 b for il, b in zip(c.layer_ids, c.layer_bytes, strict=True) if il >= i_gpu_start
             )
-    compute = compute_estimate(hp, opts, cs, caches)
+    kv_host = sum(c.bytes for c in caches) - kv_gpu
+    parts = compute_parts(hp, opts, cs, caches, n_draft if draft is not None else 0)
+    compute = parts.bytes
+    n_tokens = parts.n_tokens
+    if not gpu:
+        gpu_compute, host_compute = 0, compute
+    else:
+        gpu_compute = compute
+        cpu_layers = i_gpu_start > 0 or not out_gpu or weights.overridden_cpu_bytes > 0
+        # the CPU backend runs what stays on it; otherwise it only holds the graph's inputs
+        host_compute = compute if cpu_layers else 4 * n_tokens * hp.n_embd
+    output = 4 * hp.n_vocab * max(n_outputs_reserved(cs, 0), cs.n_seq)
     notes = list(hp.notes)
     exact = hp.known  # the KV rules; weights.exact says whether the weights came from tensors
     if source.tensors is None:
         notes.append("weights from the metadata block (no tensor table): split by layer count")
     if source.tensors is None and source.weights_bytes is None:
         notes.append("no weights_bytes in the metadata block: weights counted as 0")
-    gpu_total = weights.gpu_bytes + kv_gpu + compute + overhead
+    gpu_total = (weights.gpu_bytes + kv_gpu + gpu_compute + overhead) if gpu else 0
+    host_total = weights.cpu_bytes + kv_host + host_compute + output
+    extra = None
+    if mmproj is not None:
+        extra = mmproj_estimate(mmproj, gpu)
+        if gpu:
+            gpu_total += extra.weights_bytes + extra.compute_bytes
+        else:
+            host_total += extra.weights_bytes + extra.compute_bytes
+        notes.append("mmproj compute buffer approximate (one image at the encoder's resolution)")
+    draft_est = None
+    if draft is not None:
+        draft_opts = replace(
+            opts,
+            cache_type_k="f16",
+            cache_type_v="f16",
+            n_cpu_moe=0,
+            override_tensor=None,
+            ctx_size=cs.n_ctx if opts.ctx_size > 0 else opts.ctx_size,
+        )
+        draft_est = estimate(draft, draft_opts, overhead=0, gpu=gpu)
+        gpu_total += draft_est.gpu_total_bytes
+        host_total += draft_est.host_total_bytes
+        if hp.n_vocab and draft_est.compute and vocab_size(draft) != hp.n_vocab:
+            notes.append("the draft model's vocabulary differs from the main model's")
     return Estimate(
         profile=profile,
         model=source.path,
@@ -968,7 +1119,7 @@ def estimate(
         caches=caches,
         weights=weights,
         compute_bytes=compute,
-        overhead_bytes=overhead,
+        overhead_bytes=overhead if gpu else 0,
         kv_gpu_bytes=kv_gpu,
         gpu_total_bytes=gpu_total,
         budget_bytes=budget,
@@ -976,7 +1127,22 @@ def estimate(
         n_ctx_train=hp.n_ctx_train,
         options=opts,
         notes=notes,
+        on_gpu=gpu,
+        host_weights_bytes=weights.cpu_bytes,
+        host_kv_bytes=kv_host,
+        host_compute_bytes=host_compute,
+        output_bytes=output,
+        host_total_bytes=host_total,
+        compute=parts,
+        mmproj=extra,
+        draft=draft_est,
     )
+
+
+def vocab_size(source: ModelSource) -> int:
+    """The vocabulary of a model (0 when its metadata does not say)."""
+    arch = source.metadata.get("general.architecture")
+    return _vocab_size(source.metadata, arch) if isinstance(arch, str) else 0
 
 
 class ProfileLike(Protocol):
@@ -1024,7 +1190,7 @@ class ProfileLike(Protocol):
 
 def options_from_profile(profile: ProfileLike) -> LaunchOptions:
     """The launch options a profile asks for."""
-    fa = profile.flash_attn if profile.flash_attn in ("on", "off", "auto") else "auto"
+    fa = tristate(profile.flash_attn) or "auto"
     return LaunchOptions(
         ctx_size=profile.ctx_size,
         parallel=profile.parallel,
@@ -1032,11 +1198,14 @@ def options_from_profile(profile: ProfileLike) -> LaunchOptions:
         swa_full=profile.swa_full,
         cache_type_k=profile.cache_type_k,
         cache_type_v=profile.cache_type_v,
-        flash_attn=fa,  # type: ignore[arg-type]
+        flash_attn=fa,
         n_gpu_layers=profile.n_gpu_layers,
         batch_size=profile.batch_size,
         ubatch_size=profile.ubatch_size,
         no_kv_offload=profile.no_kv_offload,
+        # read with getattr: a ProfileLike written before these fields existed still works
+        n_cpu_moe=getattr(profile, "n_cpu_moe", None) or 0,
+        override_tensor=getattr(profile, "override_tensor", None),
     )
 
 
@@ -1045,17 +1214,34 @@ def source_for_profile(profile: ProfileLike) -> ModelSource | None:
 
     Raises GGUFError when the file exists but cannot be read.
     """
+    source = source_for_path(profile.model)
+    if source is not None:
+        return source
+    if profile.metadata:
+        return ModelSource.from_metadata(profile.model, profile.metadata)
+    return None
+
+
+def source_for_path(model: str | None) -> ModelSource | None:
+    """A GGUF's header and tensor table when the file exists, else None (GGUFError if unreadable)."""
     from pathlib import Path
 
     from llmctl.llama.gguf import read_gguf, split_paths
 
-    path = Path(profile.model)
+    if not model:
+        return None
+    path = Path(model)
     first = (split_paths(path) or [path])[0]
     if first.is_file():
         return ModelSource.from_gguf(read_gguf(path))
-    if profile.metadata:
-        return ModelSource.from_metadata(profile.model, profile.metadata)
     return None
+
+
+def extra_sources(profile: object) -> tuple[ModelSource | None, ModelSource | None]:
+    """The profile's projector and draft model, when their GGUFs are on this machine."""
+    mmproj = getattr(profile, "mmproj", None)
+    draft = getattr(profile, "model_draft", None)
+    return source_for_path(mmproj), source_for_path(draft)
 
 
 def mib(n: int | float) -> float:
