@@ -81,3 +81,9 @@ def parse_overrides(value: str) -> list[tuple[str, str]]:
             raise ValueError(f"{item!r} is not PATTERN=BUFFER (e.g. 'exps=CPU')")
         out.append((pattern, buffer))
     return out
+
+
+# --- speculative decoding and projectors ------------------------------------------------------
+
+# common/speculative.cpp: a draft whose vocabulary size differs by more than this is refused
+SPEC_VOCAB_MAX_SIZE_DIFFERENCE = 128
