@@ -313,9 +313,7 @@ def _calibration(
         argv = list(spec.argv)
         if "--port" in argv:
             argv[argv.index("--port") + 1] = str(port)
-        m = measure_launch(
-            store, spec.model, argv, build, env=spec.env, unset_env=spec.unset_env
-        )
+        m = measure_launch(store, spec.model, argv, build, env=spec.env, unset_env=spec.unset_env)
         if m is None:
             raise LlmctlError(
                 f"llama-server did not report its buffers for {name}",
