@@ -3,7 +3,8 @@
     uv run python bench/estimate_accuracy.py [--shapes a,b] [--runs N]
 
 For each real-shaped model (llmctl.llama.realshapes: dense with 128k-152k vocabularies,
-gemma3-style sliding window with 262k, MLA, MoE with 8 and 128 experts, a Mamba-2 hybrid) and
+gemma3-style sliding window with 262k, MLA, MoE with 8 and 128 experts, a Mamba-2 hybrid, and
+Gemma-3-4B with its vision projector) and
 each launch option set, llama-server (CPU backend, `-lv 4 -nr --no-warmup`) is started until the
 model is loaded; its `sched_reserve` compute buffer and its host total (model + KV + output +
 compute buffers) are printed beside the estimate's, with the error. The GPU column is the
@@ -26,7 +27,7 @@ from readiness import find_llama_server, free_port, llmctl_cmd
 
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.realshapes import SHAPES, write_shaped_model
+from llmctl.llama.realshapes import PROJECTORS, SHAPES, write_projector, write_shaped_model
 from llmctl.memory.estimate import MiB, ModelSource, estimate
 from llmctl.memory.measured import Reported, parse_reported
 from llmctl.paths import cache_dir
@@ -40,9 +41,10 @@ OPTIONS = (
 )
 
 
-def reported(binary: str, model: Path, args: str) -> Reported:
+def reported(binary: str, model: Path, args: str, warmup: bool = False) -> Reported:
     cmd = [binary, "-m", str(model), "--port", str(free_port()), "-lv", "4", "--fit", "off"]
-    cmd += ["-nr", "--no-warmup", *args.split()]
+    # the projector reserves its compute buffer during its warm-up only
+    cmd += ["-nr", *([] if warmup else ["--no-warmup"]), *args.split()]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
@@ -91,6 +93,32 @@ def accuracy(names: set[str] | None) -> Path | None:
                 f"{s.name:18} {s.family:7} {args:42} {ec:10.2f} / {rc:9.2f} {err:+7.1%} "
                 f"{eh:10.2f} / {rh:9.2f} {herr:+7.1%} {on_gpu.gpu_total_bytes / MiB:12.2f}"
             )
+    for p in PROJECTORS:
+        text = next(x for x in SHAPES if x.name == p.text_model)
+        if names and p.name not in names and text.name not in names:
+            continue
+        path = write_shaped_model(folder, text)
+        proj = write_projector(folder, p)
+        args = "-c 8192"
+        r = reported(binary, path, f"{args} --mmproj {proj}", warmup=True)
+        src = ModelSource.from_gguf(read_gguf(path))
+        opts = parse_llama_args(args.split()).options
+        psrc = ModelSource.from_gguf(read_gguf(proj))
+        est = estimate(src, opts, gpu=False, mmproj=psrc)
+        on_gpu = estimate(src, opts, overhead=0, mmproj=psrc)
+        assert est.mmproj is not None
+        rc = r.total("mmproj_compute")
+        parts = ("model", "kv", "output", "compute", "mmproj_model", "mmproj_compute")
+        rh = sum(r.total(x) for x in parts)
+        ec, eh = est.mmproj.compute_bytes / MiB, est.host_total_bytes / MiB
+        err, herr = ec / rc - 1, eh / rh - 1
+        errors.append(abs(err))
+        host_errors.append(abs(herr))
+        label = f"{args} --mmproj (projector compute)"
+        print(
+            f"{p.name:18} {'vision':7} {label:42} {ec:10.2f} / {rc:9.2f} {err:+7.1%} "
+            f"{eh:10.2f} / {rh:9.2f} {herr:+7.1%} {on_gpu.gpu_total_bytes / MiB:12.2f}"
+        )
     if errors:
         print()
         print(

@@ -23,8 +23,8 @@ LOG = """\
 0.01 I llama_kv_cache:        CPU KV buffer size =     4.00 MiB
 0.01 I llama_kv_cache:        CPU KV buffer size =    12.50 MiB
 0.01 I sched_reserve:        CPU compute buffer size =    24.27 MiB
-0.02 I clip_model_loader:      CPU model buffer size =    10.00 MiB
-0.02 I alloc_compute_meta:        CPU compute buffer size =     5.50 MiB
+0.02 I load_hparams: model size:         10.00 MiB
+0.02 I reserve_compute_meta:        CPU compute buffer size =     5.50 MiB
 0.03 I load_tensors:   CPU_Mapped model buffer size =    50.00 MiB
 0.03 I llama_kv_cache:        CPU KV buffer size =     2.00 MiB
 0.03 I sched_reserve:        CPU compute buffer size =     3.00 MiB
@@ -35,7 +35,7 @@ def test_buffer_lines_are_read_per_model() -> None:
     r = parse_reported(LOG)
     assert r.model == {"AMX": 383.75, "CPU_Mapped": 383.82}
     assert r.kv == {"CPU": 16.5} and r.output == {"CPU": 4.0} and r.compute == {"CPU": 24.27}
-    assert r.mmproj_model == {"CPU": 10.0} and r.mmproj_compute == {"CPU": 5.5}
+    assert r.mmproj_model == {"model": 10.0} and r.mmproj_compute == {"CPU": 5.5}
     assert r.draft is not None and r.draft.total("model") == 50.0
     assert r.draft.total("compute") == 3.0
     assert parse_reported("I srv  llama_server: model loaded\n").empty

@@ -15,8 +15,8 @@ import pytest
 
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.realshapes import shape, write_shaped_model
-from llmctl.memory.estimate import MiB, ModelSource, estimate, mib
+from llmctl.llama.realshapes import PROJECTORS, shape, write_projector, write_shaped_model
+from llmctl.memory.estimate import LaunchOptions, MiB, ModelSource, estimate, mib
 from llmctl.memory.measured import Reported, parse_reported
 from processes import stop_process
 
@@ -37,10 +37,13 @@ def shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("shaped")
 
 
-def run_reported(binary: Path, model: Path, port: int, args: list[str]) -> Reported:
+def run_reported(
+    binary: Path, model: Path, port: int, args: list[str], warmup: bool = False
+) -> Reported:
     """llama-server at -lv 4 (the level that prints buffers) until the model is loaded."""
     cmd = [str(binary), "-m", str(model), "--port", str(port), "-lv", "4", "--fit", "off"]
-    cmd += ["-nr", "--no-warmup", "-ngl", "0", *args]
+    # a projector reserves its compute buffer during its warm-up only
+    cmd += ["-nr", *([] if warmup else ["--no-warmup"]), "-ngl", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
@@ -75,3 +78,24 @@ def test_shaped_model_estimate_matches(
     assert abs(mib(est.output_bytes) - reported.total("output")) <= 0.011
     host = sum(reported.total(p) for p in ("model", "kv", "output", "compute")) * MiB
     assert abs(est.host_total_bytes / host - 1) <= 0.10
+
+
+def test_projector_is_counted_as_llama_server_allocates_it(
+    shaped: Path, llama_server_bin: Path, free_port: int
+) -> None:
+    """Gemma-3-4B with its SigLIP projector: weights and the projector's compute buffer (reserved
+    during its warm-up) match what llama-server reports."""
+    proj = PROJECTORS[0]
+    text = write_shaped_model(shaped, shape(proj.text_model))
+    path = write_projector(shaped, proj)
+    reported = run_reported(
+        llama_server_bin, text, free_port, ["-c", "4096", "--mmproj", str(path)], warmup=True
+    )
+    src = ModelSource.from_gguf(read_gguf(text))
+    est = estimate(
+        src, LaunchOptions(ctx_size=4096), gpu=False, mmproj=ModelSource.from_gguf(read_gguf(path))
+    )
+    assert est.mmproj is not None
+    assert abs(mib(est.mmproj.weights_bytes) - reported.total("mmproj_model")) <= 0.011
+    compute = reported.total("mmproj_compute") * MiB
+    assert abs(est.mmproj.compute_bytes / compute - 1) <= 0.10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -166,36 +167,14 @@ def _render_estimate(est: Estimate, ignored: list[str] | None = None) -> None:
 
 
 def _estimate_argv(argv: list[str], json_out: bool) -> int:
-    from llmctl.llama.argv import parse_llama_args
-    from llmctl.llama.gguf import read_gguf
-    from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
+    from llmctl.cli.fast import estimate_for_argv, estimate_json
 
-    parsed = parse_llama_args(argv)
-    if not parsed.model:
-        raise UsageError(
-            "the llama-server command line has no -m/--model",
-            hint="llmctl estimate -- -m model.gguf -c 8192 ...",
-        )
-    try:
-        est = estimate(
-            ModelSource.from_gguf(read_gguf(parsed.model)),
-            parsed.options,
-            mmproj=source_for_path(parsed.mmproj),
-            draft=source_for_path(parsed.model_draft),
-        )
-    except MetadataError as err:
-        raise UsageError(f"{parsed.model}: {err}") from None
-    if parsed.fit_may_change:
-        est.notes.append(
-            "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"
-            " and GPU layers to what is free; pass them (or --fit off) for this estimate to hold"
-        )
+    est, ignored = estimate_for_argv(argv)
     if json_out:
-        obj = est.to_json()
-        obj["ignored_args"] = parsed.ignored
-        print_json([obj])
+        sys.stdout.write(estimate_json(est, ignored))
+        sys.stdout.flush()
     else:
-        _render_estimate(est, parsed.ignored)
+        _render_estimate(est, ignored)
     return 0
 
 

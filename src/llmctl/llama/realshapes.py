@@ -200,3 +200,95 @@ def write_shaped_model(folder: Path, s: Shape) -> Path:
     if not path.exists():
         write_tiny_model(path, arch=s.arch, name=s.name, **s.overrides)
     return path
+
+
+@dataclass(frozen=True)
+class ProjectorShape:
+    """A vision projector (mmproj GGUF) with a published encoder's shape and few blocks."""
+
+    name: str
+    like: str
+    projector_type: str
+    text_model: str  # the Shape whose embedding it feeds
+    image_size: int
+    patch_size: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_block: int
+    projection_dim: int
+
+
+PROJECTORS: tuple[ProjectorShape, ...] = (
+    ProjectorShape(
+        "gemma3-4b-mmproj",
+        "Gemma-3-4B's SigLIP encoder (896 px, 14 px patches, 2 of 27 blocks)",
+        "gemma3",
+        "gemma3-4b",
+        image_size=896,
+        patch_size=14,
+        n_embd=1152,
+        n_ff=4304,
+        n_head=16,
+        n_block=2,
+        projection_dim=2560,
+    ),
+)
+
+
+def write_projector(folder: Path, p: ProjectorShape) -> Path:
+    """The mmproj GGUF of `p` in `folder` (written once; reused when present)."""
+    from llmctl.llama.gguf import T_FLOAT32, ggml_type
+    from llmctl.llama.tinymodel import Tensor, array, boolean, f32, string, u32, write_gguf
+
+    path = folder / f"{p.name}.gguf"
+    if path.exists():
+        return path
+    f16, f32t = ggml_type("f16"), ggml_type("f32")
+    e, side = p.n_embd, p.image_size // p.patch_size
+    meta = [
+        ("general.architecture", string("clip")),
+        ("general.name", string(p.name)),
+        ("clip.projector_type", string(p.projector_type)),
+        ("clip.has_vision_encoder", boolean(True)),
+        ("clip.use_gelu", boolean(True)),
+        ("clip.vision.image_size", u32(p.image_size)),
+        ("clip.vision.patch_size", u32(p.patch_size)),
+        ("clip.vision.embedding_length", u32(e)),
+        ("clip.vision.feed_forward_length", u32(p.n_ff)),
+        ("clip.vision.block_count", u32(p.n_block)),
+        ("clip.vision.projection_dim", u32(p.projection_dim)),
+        ("clip.vision.attention.head_count", u32(p.n_head)),
+        ("clip.vision.attention.layer_norm_epsilon", f32(1e-6)),
+        ("clip.vision.image_mean", array(T_FLOAT32, [0.5, 0.5, 0.5])),
+        ("clip.vision.image_std", array(T_FLOAT32, [0.5, 0.5, 0.5])),
+    ]
+    tensors = [
+        Tensor("v.patch_embd.weight", (p.patch_size, p.patch_size, 3, e), f16),
+        Tensor("v.patch_embd.bias", (e,), f32t),
+        Tensor("v.position_embd.weight", (e, side * side), f16),
+    ]
+    for il in range(p.n_block):
+        b = f"v.blk.{il}."
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            tensors += [
+                Tensor(b + name + ".weight", (e, e), f16),
+                Tensor(b + name + ".bias", (e,), f32t),
+            ]
+        tensors += [
+            Tensor(b + "ln1.weight", (e,), f32t, "ones"),
+            Tensor(b + "ln1.bias", (e,), f32t, "zeros"),
+            Tensor(b + "ln2.weight", (e,), f32t, "ones"),
+            Tensor(b + "ln2.bias", (e,), f32t, "zeros"),
+            Tensor(b + "ffn_up.weight", (e, p.n_ff), f16),
+            Tensor(b + "ffn_up.bias", (p.n_ff,), f32t),
+            Tensor(b + "ffn_down.weight", (p.n_ff, e), f16),
+            Tensor(b + "ffn_down.bias", (e,), f32t),
+        ]
+    tensors += [
+        Tensor("v.post_ln.weight", (e,), f32t, "ones"),
+        Tensor("v.post_ln.bias", (e,), f32t, "zeros"),
+        Tensor("mm.soft_emb_norm.weight", (e,), f32t, "ones"),
+        Tensor("mm.input_projection.weight", (p.projection_dim, e), f16),
+    ]
+    return write_gguf(path, meta, tensors)

@@ -996,8 +996,9 @@ class ExtraModel:
 
 def mmproj_estimate(source: ModelSource, on_gpu: bool) -> ExtraModel:
     """The projector's weights (exact, from its tensor table) and its compute buffer, sized for
-    one image at the encoder's resolution: the patches' activations and attention scores
-    (approximate: the vision graphs differ per projector type)."""
+    the warm-up image at the encoder's resolution: with flash attention (on by default for the
+    encoder) the widest point is a block's FFN, 4 x patches x (3 n_embd + n_ff). Checked on a
+    SigLIP encoder (gemma3); other projector types have other graphs (approximate)."""
     m = source.metadata
     weights = sum(t.nbytes for t in source.tensors or ())
     if not source.tensors:
@@ -1010,9 +1011,10 @@ def mmproj_estimate(source: ModelSource, on_gpu: bool) -> ExtraModel:
     patch = num("patch_size")
     side = num("image_size") // patch if patch else 0
     n_pos = side * side
-    n_embd, n_ff, n_head = num("embedding_length"), num("feed_forward_length"), num("head_count")
-    compute = 4 * n_pos * (3 * n_embd + n_ff) + 4 * n_pos * n_pos * n_head
-    return ExtraModel(source.path, weights, compute, on_gpu, False)
+    n_embd, n_ff = num("embedding_length"), num("feed_forward_length")
+    compute = 4 * n_pos * (3 * n_embd + n_ff)
+    exact = m.get("clip.projector_type") == "gemma3"
+    return ExtraModel(source.path, weights, compute, on_gpu, exact)
 
 
 def estimate(

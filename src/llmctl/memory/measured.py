@@ -4,8 +4,9 @@ llama.cpp prints its buffers (`load_tensors: CPU_Mapped model buffer size = ...`
 `llama_kv_cache: CPU KV buffer size = ...`, `sched_reserve: CPU compute buffer size = ...`, the
 output buffer) as llama-level INFO messages. llama-server's common logger shows those only from
 verbosity 4 (`-lv 4`): at its default (3) none of them is printed. The multimodal projector's
-lines (`clip_model_loader: ... CPU model buffer size`, `alloc_compute_meta: CPU compute buffer
-size`) come from the common logger at INFO and are printed at the default level.
+lines (`load_hparams: model size`, `reserve_compute_meta: CPU compute buffer size`, the latter
+only when the projector is warmed up, i.e. without `--no-warmup`) come from the projector's own
+loader.
 
 Pure parsing: no process is started here.
 """
@@ -23,8 +24,10 @@ _KV = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s*([\d.]+) MiB")
 _RS = re.compile(r"llama_memory_recurrent:\s+(\S+) RS buffer size =\s*([\d.]+) MiB")
 _OUTPUT = re.compile(r"llama_context:\s+(\S+)\s+output buffer size =\s*([\d.]+) MiB")
 _COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s*([\d.]+) MiB")
-_CLIP_MODEL = re.compile(r"clip_model_loader:.*?(\S+) model buffer size =\s*([\d.]+) MiB")
-_CLIP_COMPUTE = re.compile(r"alloc_compute_meta:\s+(\S+) compute buffer size =\s*([\d.]+) MiB")
+_CLIP_MODEL = re.compile(r"load_hparams: (model) size:\s*([\d.]+) MiB")
+_CLIP_COMPUTE = re.compile(
+    r"(?:alloc|reserve)_compute_meta:\s+(\S+) compute buffer size =\s*([\d.]+) MiB"
+)
 _CONTEXT = re.compile(r"llama_context: constructing llama_context")
 
 
