@@ -9,7 +9,8 @@ each launch option set, llama-server (CPU backend, `-lv 4 -nr --no-warmup`) is s
 model is loaded; its `sched_reserve` compute buffer and its host total (model + KV + output +
 compute buffers) are printed beside the estimate's, with the error. The GPU column is the
 estimate of the same launch on a GPU (-ngl all, CUDA overhead left out): there is no GPU here to
-report it. Then the whole `llmctl estimate` process is timed against a bare interpreter start.
+report it. Then the whole `llmctl estimate` process (`--json`, answered without typer, rich or
+pydantic; and the text form) is timed against a bare interpreter start, interleaved.
 The models are written once to the cache folder (a few hundred MB each).
 """
 
@@ -134,10 +135,15 @@ def accuracy(names: set[str] | None) -> Path | None:
 
 def timing(model: Path, runs: int) -> None:
     bare = [sys.executable, "-c", "pass"]
-    est = [*llmctl_cmd(), "estimate", "--", "-m", str(model), "-c", "8192", "-ngl", "99"]
-    times: dict[str, list[float]] = {"bare interpreter": [], "llmctl estimate": []}
-    for _ in range(runs):  # interleaved, so machine noise hits both alike
-        for name, cmd in (("bare interpreter", bare), ("llmctl estimate", est)):
+    line = ["--", "-m", str(model), "-c", "8192", "-ngl", "99"]
+    commands = {
+        "bare interpreter": bare,
+        "estimate --json --": [*llmctl_cmd(), "estimate", "--json", *line],
+        "estimate -- (text)": [*llmctl_cmd(), "estimate", *line],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(runs):  # interleaved, so machine noise hits every column alike
+        for name, cmd in commands.items():
             t0 = time.perf_counter()
             subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             times[name].append(time.perf_counter() - t0)
@@ -145,14 +151,19 @@ def timing(model: Path, runs: int) -> None:
     base = statistics.median(times["bare interpreter"])
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"{name:18} median {med * 1000:7.1f} ms  ({med / base:.1f}x the bare interpreter)")
+        print(f"{name:20} median {med * 1000:7.1f} ms  ({med / base:.1f}x the bare interpreter)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", help="comma-separated shape names (default: all)")
     ap.add_argument("--runs", type=int, default=10, help="timing runs of each command")
+    ap.add_argument("--timing-only", action="store_true", help="only the process timings")
     a = ap.parse_args()
+    if a.timing_only:
+        s = next(x for x in SHAPES if not a.shapes or x.name in a.shapes.split(","))
+        timing(write_shaped_model(cache_dir() / "bench-models", s), a.runs)
+        return
     model = accuracy(set(a.shapes.split(",")) if a.shapes else None)
     if model is not None:
         timing(model, a.runs)

@@ -282,6 +282,8 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
             is_recr = [bool(scalar)] * n_all
         else:
             interval = m.num("full_attention_interval", fam.interval_default)
+            if interval < 1:
+                raise MetadataError(f"{arch}.full_attention_interval must be 1 or more, not 0")
             is_recr = [il < n_layer and (il + 1) % interval != 0 for il in range(n_all)]
     if fam.swa_on_attention_layers:
         window = m.raw("attention.sliding_window")
@@ -1028,14 +1030,16 @@ def estimate(
     gpu: bool = True,
     mmproj: ModelSource | None = None,
     draft: ModelSource | None = None,
-    n_draft: int = 3,
+    n_draft: int = 0,
 ) -> Estimate:
     """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError).
 
     With `gpu=False` (no GPU, or a CPU-only llama-server) every figure is host memory and the GPU
     total is 0. `mmproj` and `draft` are counted where llama-server puts them (the projector
-    and the draft's layers on the GPU when there is one); the draft drafts `n_draft` tokens per
-    slot (llama-server's --draft-max, 3 by default), which the main context reserves outputs for.
+    and the draft's layers on the GPU when there is one). With a speculative type enabled the
+    main context reserves outputs for the `n_draft` tokens each slot drafts (--draft-max); a
+    draft model alone enables none in the pinned build (its log says "no implementations
+    specified"), hence 0 by default.
     """
     hp = hparams_from_metadata(source.metadata)
     if opts.ctx_size <= 0 and hp.n_ctx_train <= 0:
