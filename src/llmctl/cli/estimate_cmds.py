@@ -21,9 +21,11 @@ from llmctl.cli.common import (
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 
 if TYPE_CHECKING:
+    from llmctl.manifest.model import Manifest
     from llmctl.memory.calibration import Measurement
     from llmctl.memory.estimate import Estimate
     from llmctl.memory.fit import FitAdvice
+    from llmctl.memory.plan import DevicePlan
 
 
 def _b(n: int | None) -> str:
@@ -178,6 +180,34 @@ def _estimate_argv(argv: list[str], json_out: bool) -> int:
     return 0
 
 
+def _device_plans(manifest: Manifest, name: str) -> list[DevicePlan]:
+    """The profile's per-device plans, one per choice of devices (llmctl.memory.plan)."""
+    from llmctl.supervisor.devices import detect
+    from llmctl.supervisor.placer import placement_request
+
+    try:
+        report = detect(manifest.device_configs())
+        return placement_request(manifest, name, report.devices).plans
+    except LlmctlError:
+        return []
+
+
+def _render_plans(plans: list[DevicePlan]) -> None:
+    from rich.markup import escape
+
+    for plan in plans:
+        parts = [
+            f"{s.device} {_b(s.total_bytes)}"
+            + (f" ({s.layers} layers{' + output' if s.output else ''})" if s.layers else "")
+            for s in plan.shares
+            if s.total_bytes
+        ]
+        console().print(f"plan on {escape(plan.label)}: " + escape(", ".join(parts)))
+        console().print(f"  [dim]flags: {escape(' '.join(plan.launch_args()))}[/]")
+    if plans:
+        console().print()
+
+
 def _estimate_profiles(
     names: list[str],
     all_: bool,
@@ -221,11 +251,11 @@ def _estimate_profiles(
                 source,
                 options_from_profile(profile),
                 profile=name,
-                budget=manifest.gpu.vram,
-                headroom=manifest.gpu.headroom,
-                overhead=manifest.gpu.overhead,
+                budget=manifest.gpu_budget.vram,
+                headroom=manifest.gpu_budget.headroom,
+                overhead=manifest.gpu_budget.overhead,
                 # no GPU configured: the estimate is of RAM
-                gpu=manifest.gpu.vram is not None,
+                gpu=manifest.gpu_budget.vram is not None,
                 mmproj=mmproj,
                 draft=draft,
             )
@@ -250,9 +280,12 @@ def _estimate_profiles(
         obj = est.to_json()
         if measured is not None:
             obj["measured"] = measured
+        plans = _device_plans(manifest, name)
+        obj["plans"] = [p.to_json() for p in plans]
         results.append(obj)
         if not json_out:
             _render_estimate(est)
+            _render_plans(plans)
             if explain or measure:
                 _render_explain(est, measured)
                 console().print()
@@ -422,8 +455,8 @@ def fit(
                 budget = parse_size(vram)
             except ValueError as err:
                 raise UsageError(f"--vram: {err}") from None
-        elif m.gpu.vram is not None:
-            budget = m.gpu.vram
+        elif m.gpu_budget.vram is not None:
+            budget = m.gpu_budget.vram
         else:
             raise UsageError(
                 "no memory budget: give --vram, or set gpu.vram in the manifest",
@@ -440,8 +473,8 @@ def fit(
                 source,
                 options_from_profile(p),
                 budget=budget,
-                headroom=m.gpu.headroom,
-                overhead=m.gpu.overhead,
+                headroom=m.gpu_budget.headroom,
+                overhead=m.gpu_budget.overhead,
                 profile=name,
             )
         except MetadataError as err:

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 def memory_problems(manifest: Manifest) -> list[Problem]:
     """Problems the estimator finds in each profile of `manifest`."""
     out: list[Problem] = []
-    vram = manifest.gpu.vram
-    headroom = manifest.gpu.headroom
-    overhead = manifest.gpu.overhead
+    vram = manifest.gpu_budget.vram
+    headroom = manifest.gpu_budget.headroom
+    overhead = manifest.gpu_budget.overhead
 
     for name, profile in manifest.profiles.items():
 

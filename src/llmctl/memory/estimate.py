@@ -633,7 +633,11 @@ def gpu_layer_split(n_layer_all: int, n_gpu_layers: int) -> tuple[int, bool]:
     return i_gpu_start, output_on_gpu
 
 
-def _tensor_layer(t: TensorInfo, output_prefixes: tuple[str, ...]) -> str | int:
+def _tensor_layer(t: TensorInfo, output_prefixes: tuple[str, ...] | str) -> str | int:
+    """A tensor's block number, or "output" / "input"; `output_prefixes` may be an architecture
+    name, whose family record gives them."""
+    if isinstance(output_prefixes, str):
+        output_prefixes = family(output_prefixes)[0].output_prefixes
     m = _BLK.match(t.name)
     if m:
         return int(m.group(1))
