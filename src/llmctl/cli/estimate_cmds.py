@@ -20,8 +20,10 @@ from llmctl.cli.common import (
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 
 if TYPE_CHECKING:
+    from llmctl.manifest.model import Manifest
     from llmctl.memory.estimate import Estimate
     from llmctl.memory.fit import FitAdvice
+    from llmctl.memory.plan import DevicePlan
 
 
 def _b(n: int | None) -> str:
@@ -115,6 +117,34 @@ def _estimate_argv(argv: list[str], json_out: bool) -> int:
     return 0
 
 
+def _device_plans(manifest: Manifest, name: str) -> list[DevicePlan]:
+    """The profile's per-device plans, one per choice of devices (llmctl.memory.plan)."""
+    from llmctl.supervisor.devices import detect
+    from llmctl.supervisor.placer import placement_request
+
+    try:
+        report = detect(manifest.device_configs())
+        return placement_request(manifest, name, report.devices).plans
+    except LlmctlError:
+        return []
+
+
+def _render_plans(plans: list[DevicePlan]) -> None:
+    from rich.markup import escape
+
+    for plan in plans:
+        parts = [
+            f"{s.device} {_b(s.total_bytes)}"
+            + (f" ({s.layers} layers{' + output' if s.output else ''})" if s.layers else "")
+            for s in plan.shares
+            if s.total_bytes
+        ]
+        console().print(f"plan on {escape(plan.label)}: " + escape(", ".join(parts)))
+        console().print(f"  [dim]flags: {escape(' '.join(plan.launch_args()))}[/]")
+    if plans:
+        console().print()
+
+
 def _estimate_profiles(
     names: list[str], all_: bool, manifest_path: Path | None, json_out: bool
 ) -> int:
@@ -151,9 +181,9 @@ def _estimate_profiles(
                 source,
                 options_from_profile(profile),
                 profile=name,
-                budget=manifest.gpu.vram,
-                headroom=manifest.gpu.headroom,
-                overhead=manifest.gpu.overhead,
+                budget=manifest.gpu_budget.vram,
+                headroom=manifest.gpu_budget.headroom,
+                overhead=manifest.gpu_budget.overhead,
             )
         except (LlmctlError, MetadataError) as err:
             failed += 1
@@ -172,9 +202,13 @@ def _estimate_profiles(
                     console().print(f"  [dim]hint: {escape(hint)}[/]")
                 console().print()
             continue
-        results.append(est.to_json())
+        item = est.to_json()
+        plans = _device_plans(manifest, name)
+        item["plans"] = [p.to_json() for p in plans]
+        results.append(item)
         if not json_out:
             _render_estimate(est)
+            _render_plans(plans)
     if json_out:
         print_json(results)
     return 1 if failed else 0
@@ -287,8 +321,8 @@ def fit(
                 budget = parse_size(vram)
             except ValueError as err:
                 raise UsageError(f"--vram: {err}") from None
-        elif m.gpu.vram is not None:
-            budget = m.gpu.vram
+        elif m.gpu_budget.vram is not None:
+            budget = m.gpu_budget.vram
         else:
             raise UsageError(
                 "no memory budget: give --vram, or set gpu.vram in the manifest",
@@ -305,8 +339,8 @@ def fit(
                 source,
                 options_from_profile(p),
                 budget=budget,
-                headroom=m.gpu.headroom,
-                overhead=m.gpu.overhead,
+                headroom=m.gpu_budget.headroom,
+                overhead=m.gpu_budget.overhead,
                 profile=name,
             )
         except MetadataError as err:

@@ -38,6 +38,7 @@ NOT_RUNNING: dict[str, Any] = {
     "argv": [],
     "memory": {},
     "note": None,
+    "servers": [],
 }
 NOT_RUNNING_JSON = (
     "{\n"
@@ -51,9 +52,12 @@ NOT_RUNNING_JSON = (
 
 
 def status_exit_code(status: dict[str, Any]) -> int:
-    """0 when nothing runs or the server is healthy (or still loading); 1 when it is unhealthy."""
+    """0 when nothing runs or every server is healthy (or still loading); 1 when one is not."""
     if status["running"] and status["phase"] == "ready" and status["healthy"] is False:
         return EXIT_FAILED
+    for server in status.get("servers", ()):
+        if server["phase"] == "ready" and server["healthy"] is False:
+            return EXIT_FAILED
     return EXIT_OK
 
 
@@ -120,6 +124,12 @@ def status_text(status: dict[str, Any]) -> str:
             rows.append(("memory", memory_text(status["memory"])))
         width = max(len(k) for k, _ in rows)
         lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    others = [x for x in status.get("servers", ()) if x["profile"] != status["profile"]]
+    for other in others:
+        health = {True: "healthy", False: "NOT healthy", None: "loading"}[other["healthy"]]
+        lines.append(
+            f"also running: {other['profile']} (pid {other['pid']}) at {other['url']}, {health}"
+        )
     if status["note"]:
         lines.append(f"note: {status['note']}")
     return "\n".join(lines) + "\n"

@@ -27,9 +27,9 @@ _BLOCK = {"q8_0": 32, "q4_0": 32, "q4_1": 32, "iq4_nl": 32, "q5_0": 32, "q5_1": 
 def memory_problems(manifest: Manifest) -> list[Problem]:
     """Problems the estimator finds in each profile of `manifest`."""
     out: list[Problem] = []
-    vram = manifest.gpu.vram
-    headroom = manifest.gpu.headroom
-    overhead = manifest.gpu.overhead
+    vram = manifest.gpu_budget.vram
+    headroom = manifest.gpu_budget.headroom
+    overhead = manifest.gpu_budget.overhead
 
     for name, profile in manifest.profiles.items():
 

@@ -58,6 +58,9 @@ def cross_checks(manifest: Manifest, *, include_environment: bool = True) -> lis
     _names(out)
     _ports(out)
     _serve(out)
+    from llmctl.lint.placement import static_problems
+
+    out.problems.extend(static_problems(manifest))
     if include_environment:
         _files(out)
         _binary(out)
