@@ -49,14 +49,14 @@ def served(
     model = write_tiny_model(tmp_path / "tiny.gguf")
     base = free_port_range(5)
     path = tmp_path / "profiles.yaml"
-    # planned CPU bytes: a 15 MiB, b 27 MiB, c 51 MiB; 80 MiB holds a+b or b+c, not all three
+    # planned CPU bytes: about a 16 MiB, b 24 MiB, c 40 MiB; 70 MiB holds a+b or b+c, not all three
     path.write_text(
         f"""version: 1
 server:
   binary: {llama_server_bin}
   ports: {base + 1}-{base + 4}
 gpu:
-  - {{name: CPU, vram: 80MiB, headroom: 0}}
+  - {{name: CPU, vram: 70MiB, headroom: 0}}
 serve:
   inflight_timeout: 30s
 profiles:

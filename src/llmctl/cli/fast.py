@@ -1,4 +1,5 @@
-"""`llmctl status` without typer, click, rich, pydantic or httpx: scripts poll it often.
+"""`llmctl status` and `llmctl estimate --json -- ARGS` without typer, click, rich, pydantic or
+httpx: scripts poll the one and call the other per launch.
 
 `try_fast_path` runs first in `main()`; the typer command in supervise_cmds.py prints through the
 same functions below, so both give identical output.
@@ -164,17 +165,78 @@ def run_status(json_out: bool) -> int:
 _FAST = {("status",): False, ("status", "--json"): True}
 
 
+def estimate_for_argv(argv: list[str]) -> tuple[Any, list[str]]:
+    """The estimate of a llama-server command line and the arguments it did not read (raises
+    UsageError). Shared by `llmctl estimate -- ...` and its fast path below."""
+    from llmctl.errors import UsageError
+    from llmctl.llama.argv import parse_llama_args
+    from llmctl.llama.gguf import read_gguf
+    from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
+
+    parsed = parse_llama_args(argv)
+    if not parsed.model:
+        raise UsageError(
+            "the llama-server command line has no -m/--model",
+            hint="llmctl estimate -- -m model.gguf -c 8192 ...",
+        )
+    try:
+        est = estimate(
+            ModelSource.from_gguf(read_gguf(parsed.model)),
+            parsed.options,
+            mmproj=source_for_path(parsed.mmproj),
+            draft=source_for_path(parsed.model_draft),
+        )
+    except MetadataError as err:
+        raise UsageError(f"{parsed.model}: {err}") from None
+    if parsed.fit_may_change:
+        est.notes.append(
+            "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"
+            " and GPU layers to what is free; pass them (or --fit off) for this estimate to hold"
+        )
+    return est, parsed.ignored
+
+
+def estimate_json(est: Any, ignored: list[str]) -> str:
+    import json
+
+    obj = est.to_json()
+    obj["ignored_args"] = ignored
+    return json.dumps([obj], indent=2, sort_keys=False) + "\n"
+
+
+def _fast_estimate(argv: list[str]) -> int | None:
+    """`llmctl estimate --json -- ARGS` without typer, rich or pydantic; None (typer takes it,
+    and renders any error) for other forms and for errors."""
+    if len(argv) < 3 or argv[0] != "estimate" or "--" not in argv:
+        return None
+    cut = argv.index("--")
+    if argv[1:cut] != ["--json"]:
+        return None
+    from llmctl.errors import LlmctlError
+
+    try:
+        est, ignored = estimate_for_argv(argv[cut + 1 :])
+    except LlmctlError:
+        return None
+    sys.stdout.write(estimate_json(est, ignored))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
 def try_fast_path(argv: list[str]) -> int | None:
-    """Handle `status` / `status --json` here; None for anything else (typer takes it)."""
+    """Handle `status` / `status --json` and `estimate --json -- ARGS` here; None for anything
+    else (typer takes it)."""
     json_out = _FAST.get(tuple(argv))
     if json_out is None:
-        return None
+        return _fast_estimate(argv)
     return run_status(json_out)
 
 
 __all__ = [
     "NOT_RUNNING",
     "current_status",
+    "estimate_for_argv",
+    "estimate_json",
     "memory_text",
     "run_status",
     "status_exit_code",

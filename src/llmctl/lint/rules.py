@@ -11,7 +11,8 @@ from typing import Literal
 from llmctl.errors import Problem
 from llmctl.llama.flags import FLAGS, MANAGED, find_binary, flag_owner, profile_args
 from llmctl.llama.help import is_gguf, known_flags
-from llmctl.manifest.model import QUANTIZED_CACHE_TYPES, Manifest
+from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES
+from llmctl.manifest.model import Manifest
 
 _NUMBER = re.compile(r"^-?[0-9.]+$")
 _ANY_HOST = {"0.0.0.0", "::", ""}

@@ -26,35 +26,15 @@ from pydantic import (
 )
 
 from llmctl.errors import ManifestError, Problem, UsageError
+from llmctl.llama.vocab import CACHE_TYPES, CacheType, tristate
 from llmctl.manifest.sizes import parse_duration, parse_size
 from llmctl.manifest.yamldoc import Path_, Source, YamlLoadError, load_yaml
 from llmctl.paths import config_dir
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-QUANTIZED_CACHE_TYPES = frozenset(("q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"))
-
-_TRI_ON = {"on", "enabled", "true", "1", "yes"}
-_TRI_OFF = {"off", "disabled", "false", "0", "no"}
-_TRI_AUTO = {"auto", "-1"}
-
 
 def _tristate(value: object) -> object:
     """on/off/auto from any spelling llama-server accepts, and from YAML 1.1 booleans."""
-    if value is True:
-        return "on"
-    if value is False:
-        return "off"
-    if isinstance(value, int) and value in (0, 1, -1):
-        return {1: "on", 0: "off", -1: "auto"}[value]
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in _TRI_ON:
-            return "on"
-        if v in _TRI_OFF:
-            return "off"
-        if v in _TRI_AUTO:
-            return "auto"
-    return value
+    return tristate(value) or value
 
 
 _CTX = re.compile(r"^\s*([0-9]+)\s*([kK])?\s*$")
@@ -108,7 +88,6 @@ TriState = Annotated[
     BeforeValidator(_tristate),
     WithJsonSchema({"enum": ["on", "off", "auto", True, False]}),
 ]
-CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 CtxSize = Annotated[
     int,
     BeforeValidator(_ctx_size),
