@@ -138,6 +138,24 @@ Layers = Annotated[
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+KEEP_KV_DEFAULT_CAP = 8 * 1024**3
+
+
+def _keep_kv(value: object) -> object:
+    """true -> the default cap, false/null -> 0 (off), a size -> that cap in bytes."""
+    if value is True:
+        return KEEP_KV_DEFAULT_CAP
+    if value is False or value is None:
+        return 0
+    return parse_size(value)
+
+
+KeepKvCap = Annotated[
+    int,
+    BeforeValidator(_keep_kv),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, *_SIZE_SCHEMA["anyOf"]]}),
+]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=False)
@@ -158,6 +176,9 @@ class ServerConfig(_Strict):
         120.0, description="Kill a load that prints nothing for this long."
     )
     stop_timeout: Duration = Field(10.0, description="Grace period after SIGTERM before SIGKILL.")
+    keep_kv_total: Size = Field(20 * 1024**3, description="keep_kv: cap of all saved KV caches.")
+    keep_kv_max_age: Duration = Field(7 * 86400.0, description="keep_kv: drop older saves.")
+    keep_kv_timeout: Duration = Field(15.0, description="keep_kv: longest save or restore.")
 
 
 class GpuConfig(_Strict):
@@ -287,6 +308,9 @@ class Profile(_Strict):
     stall_timeout: Duration | None = Field(None, description="Overrides server.stall_timeout.")
     stop_timeout: Duration | None = Field(None, description="Overrides server.stop_timeout.")
     ttl: Duration | None = Field(None, description="serve: unload after this long idle.")
+    keep_kv: KeepKvCap = Field(
+        0, description="Save the KV cache on unload, restore on reload: true (8GiB cap) or a cap."
+    )
     metadata: dict[str, Any] | None = Field(
         None, description="GGUF metadata for estimates when the file is not on this machine."
     )

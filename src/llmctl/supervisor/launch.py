@@ -6,7 +6,10 @@ import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmctl.supervisor.slotcache import KeepKv
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class LaunchSpec:
     model: str = ""
     # Inherited variables llama-server must not see (the router's and upstreams' API keys).
     unset_env: tuple[str, ...] = ()
+    # Save the slots' KV cache before an unload, restore it after the next load (slotcache.py).
+    keep_kv: KeepKv | None = None
 
     @property
     def url(self) -> str:
@@ -35,7 +40,10 @@ class LaunchSpec:
     @property
     def config_hash(self) -> str:
         """Identifies the configuration: same argv and environment, same hash."""
-        blob = json.dumps({"argv": list(self.argv), "env": self.env}, sort_keys=True)
+        config: dict[str, Any] = {"argv": list(self.argv), "env": self.env}
+        if self.keep_kv is not None:  # a launch with --slot-save-path differs
+            config["keep_kv"] = True
+        blob = json.dumps(config, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def shell(self) -> str:

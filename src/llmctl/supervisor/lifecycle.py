@@ -24,7 +24,9 @@ Added to the contract (backward compatible): `Status.phase` ("ready", or "starti
 another llmctl loads it) and `Status.note` (a repair that status made or saw);
 `to_json()` on Status, SwitchResult (the `switch --json` object) and StopResult;
 `SwitchResult.raise_for_error()`; `Supervisor.log_path()`; keyword arguments `keep_logs`,
-`port_timeout`, `gpu_timeout`. `stop()` cancels a load in progress in another llmctl
+`port_timeout`, `gpu_timeout`. Event kind "kv": the saved KV cache of a `keep_kv` profile (saved
+before a stop, restored after a load, or a file dropped); `stop(forget=True)` drops every saved
+cache instead of saving; `Status.kv_saved` lists them. `stop()` cancels a load in progress in another llmctl
 instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
 
 State folder: `state.json` (LaunchRecord, see llmctl.supervisor.state), `lock` (flock), `logs/` (one
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
 
     from llmctl.supervisor.launch import LaunchSpec
 
-EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "ready", "error"]
+EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
 
 LAUNCH_ID_ENV = "LLMCTL_LAUNCH_ID"
 
@@ -94,6 +96,8 @@ class Status:
     phase: str | None = None
     # added: what status noticed and repaired (a server that died, a switch that was killed)
     note: str | None = None
+    # added: saved KV caches of keep_kv profiles (slotcache.saved)
+    kv_saved: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +116,7 @@ class Status:
             "argv": list(self.argv),
             "memory": dict(self.memory),
             "note": self.note,
+            "kv_saved": list(self.kv_saved),
         }
 
 
@@ -163,6 +168,8 @@ class StopResult:
     profile: str | None
     pid: int | None
     elapsed_s: float
+    # stop(forget=True): saved KV cache files and bytes dropped
+    forgotten: tuple[int, int] = (0, 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +177,7 @@ class StopResult:
             "profile": self.profile,
             "pid": self.pid,
             "elapsed_s": round(self.elapsed_s, 3),
+            "kv_forgotten": {"files": self.forgotten[0], "bytes": self.forgotten[1]},
         }
 
 
@@ -218,13 +226,13 @@ class Supervisor:
             )
             return Status(running=False, note=note)
         if rec is None:
-            return Status(running=False)
+            return Status(running=False, kv_saved=self._kv_saved())
         if not self._is_live(rec):
             gone = self._repair_now() or (
                 f"the server of profile {rec.profile!r} (pid {rec.pid}) is gone; the llmctl "
                 "now holding the lock will repair the state"
             )
-            return Status(running=False, note=gone)
+            return Status(running=False, note=gone, kv_saved=self._kv_saved())
         healthy: bool | None = None
         if check_health:
             from llmctl.supervisor.health import health_status
@@ -251,7 +259,13 @@ class Supervisor:
             argv=list(rec.argv),
             memory=memory,
             phase=rec.phase,
+            kv_saved=self._kv_saved(),
         )
+
+    def _kv_saved(self) -> list[dict[str, Any]]:
+        from llmctl.supervisor.slotcache import saved
+
+        return saved(self.state_dir)
 
     def log_path(self) -> Path | None:
         """The log of the running server, else of the latest launch."""
@@ -266,12 +280,17 @@ class Supervisor:
     # ------------------------------------------------------------------ stop
 
     def stop(
-        self, *, on_event: Callable[[Event], None] | None = None, cancel_loading: bool = True
+        self,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        cancel_loading: bool = True,
+        forget: bool = False,
     ) -> StopResult:
         """Stop the managed server (SIGTERM to its group, then SIGKILL); no-op when none runs.
 
         A load in progress in another llmctl is cancelled (`cancel_loading=False`: wait for it
-        to finish, then stop what it started).
+        to finish, then stop what it started). `forget`: drop every saved KV cache instead of
+        saving the server's.
         """
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0)
@@ -282,14 +301,24 @@ class Supervisor:
             with self._lock("stop") as lock:
                 emit("locked", _locked_message(lock))
                 rec = self._load_for_change(emit)
+                if rec is not None:
+                    self._stop_record(rec, emit, save_kv=not forget)
+                forgotten = self._forget_kv(emit) if forget else (0, 0)
                 if rec is None:
-                    return StopResult(False, None, None, time.monotonic() - t0)
-                self._stop_record(rec, emit)
-                return StopResult(True, rec.profile, rec.pid, time.monotonic() - t0)
+                    return StopResult(False, None, None, time.monotonic() - t0, forgotten)
+                return StopResult(True, rec.profile, rec.pid, time.monotonic() - t0, forgotten)
         finally:
             if request is not None:
                 with contextlib.suppress(OSError):
                     request.unlink()
+
+    def _forget_kv(self, emit: _Emitter) -> tuple[int, int]:
+        from llmctl.supervisor.slotcache import forget
+
+        files, size = forget(self.state_dir)
+        if files:
+            emit("kv", f"dropped {files} saved KV cache file(s), {size / 1024**2:.1f} MiB")
+        return files, size
 
     def _cancel_path(self, launch_id: str) -> Path:
         return self.state_dir / f"cancel-{launch_id}"
@@ -453,7 +482,16 @@ class Supervisor:
             and rec.port == spec.port
         )
 
-    def _stop_record(self, rec: LaunchRecord, emit: _Emitter | Callable[..., None]) -> None:
+    def _stop_record(
+        self, rec: LaunchRecord, emit: _Emitter | Callable[..., None], *, save_kv: bool = True
+    ) -> None:
+        if save_kv and rec.extra.get("keep_kv"):
+            # hook: save slots before stopping a server
+            from llmctl.supervisor.slotcache import save_slots
+
+            save_slots(
+                rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
+            )
         emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
         members = self._members(rec)
         outcome = procs.terminate(
@@ -489,6 +527,11 @@ class Supervisor:
 
         from llmctl.supervisor.logs import HEADER, new_log
 
+        # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
+        from llmctl.supervisor.slotcache import prepare_launch
+
+        config_hash = spec.config_hash
+        spec, keep_kv = prepare_launch(self.state_dir, spec)
         holder = procs.port_holder(spec.host, spec.port)
         if holder is not None:
             err = LaunchError(
@@ -507,14 +550,16 @@ class Supervisor:
             keep=self.keep_logs,
             protect=rec_prev.log if rec_prev else None,
         )
-        header = f"{HEADER} profile={spec.profile} config={spec.config_hash}\n{HEADER} $ {spec.shell()}\n"
+        header = (
+            f"{HEADER} profile={spec.profile} config={config_hash}\n{HEADER} $ {spec.shell()}\n"
+        )
         log_path.write_text(header)
         me = os.getpid()
         rec = LaunchRecord(
             launch_id=uuid.uuid4().hex,
             phase="starting",
             profile=spec.profile,
-            config_hash=spec.config_hash,
+            config_hash=config_hash,
             argv=list(spec.argv),
             host=spec.host,
             port=spec.port,
@@ -525,6 +570,7 @@ class Supervisor:
             owner_start_time=procs.start_time(me),
             stop_timeout=spec.stop_timeout,
             model=spec.model,
+            extra={"keep_kv": keep_kv} if keep_kv else {},
         )
         # Written before the spawn: an llmctl killed right after the spawn leaves a record
         # whose launch_id finds the orphan through its environment.
@@ -580,6 +626,11 @@ class Supervisor:
             clear_state(self.state_dir)
             emit("error", error.message)
             return result(ready=False, pid=proc.pid, log=str(log_path), error=error)
+        if keep_kv:
+            # hook: restore slots after the server is ready, before the first request
+            from llmctl.supervisor.slotcache import restore_slots
+
+            restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile)
         rec.phase = "ready"
         rec.ready_at = time.time()
         rec.owner_pid = None
@@ -714,6 +765,10 @@ class _Emitter:
     def __call__(self, kind: EventKind, message: str, profile: str | None = None) -> None:
         if self.callback is not None:
             self.callback(Event(kind, message, time.monotonic() - self.t0, profile or self.profile))
+
+
+def _kv_emit(emit: _Emitter | Callable[..., None], profile: str) -> Callable[[str], None]:
+    return lambda message: emit("kv", message, profile)
 
 
 def _locked_message(lock: StateLock) -> str:
