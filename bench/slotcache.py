@@ -120,7 +120,8 @@ def main() -> int:
         )
 
     # a conversation-like prompt, one byte per token, never the same sentence twice in a row
-    words = "the a model swap cache prompt token server slot keeps long agent turn".split()
+    words = ("the", "a", "model", "swap", "cache", "prompt", "token", "server", "slot", "keeps",
+             "long", "agent", "turn")  # fmt: skip
     text = " ".join(words[(i * 7) % len(words)] + str(i % 97) for i in range(args.tokens))
     prompt = text[: args.tokens]
     question = "\nAnd the next step?"
