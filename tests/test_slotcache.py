@@ -5,6 +5,7 @@ it dies in the middle of a save, or never answers one)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -295,3 +296,25 @@ def test_cli_stop_forget_drops_saved_caches() -> None:
     assert saved(state) == [] and current_status() == NOT_RUNNING
     result = CliRunner().invoke(build_app(), ["stop", "--forget"])
     assert result.exit_code == 0 and "nothing was running" in result.stdout
+
+
+def test_a_server_that_dies_while_restoring_fails_the_load_and_loses_the_file(
+    sup: Supervisor, free_port: int
+) -> None:
+    spec = replace(fake_spec(free_port, "a", "restore-crash"), keep_kv=LIMITS)
+    folder = profile_folder(sup.state_dir, "a")
+    folder.mkdir(parents=True)
+    (folder / "slot0.bin").write_bytes(b"x" * 10)
+    key = launch_key(spec.argv, spec.env)
+    write_index(folder, Index("a", key, {0: Saved(0, "slot0.bin", 5, 10, time.time())}))
+    events: list[Event] = []
+    result = sup.switch(spec, on_event=events.append)
+    assert not result.ready and result.error is not None
+    assert "exited with code 3" in result.error.message
+    said = [e.message for e in events if e.kind == "kv"]
+    assert len(said) == 1 and "could not restore it: the server went away" in said[0]
+    assert saved(sup.state_dir) == [] and not (folder / "slot0.bin").exists()
+    assert not sup.status().running
+    # the next load goes on without the file
+    again = sup.switch(replace(spec, argv=(*spec.argv[:-1], "ok")))
+    assert again.ready

@@ -17,6 +17,7 @@ Modes (--mode):
   save-crash         like ok; GET /slots shows slot 0 holding 1000 tokens; POST /slots/0?action=save
                      writes half a file under --slot-save-path, then the process dies unanswered
   save-hang          like save-crash, but the save never answers (the process stays)
+  restore-crash      like ok, but dies on POST /slots/N?action=restore
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         if self._loading():
             return
+        if self.path.startswith("/slots/") and OPTS.get("mode") == "restore-crash":
+            log("E", "fake: dies while restoring a slot")
+            os._exit(3)
         if self.path.startswith("/slots/") and OPTS.get("mode", "").startswith("save-"):
             name = json.loads(body)["filename"]
             with open(os.path.join(OPTS["slot_save_path"], name), "wb") as f:

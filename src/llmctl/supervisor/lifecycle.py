@@ -616,6 +616,14 @@ class Supervisor:
                 cancel,
                 self._cancel_path(rec.launch_id),
             )
+            if error is None and keep_kv:
+                # hook: restore slots after the server is ready, before the first request
+                from llmctl.supervisor.slotcache import restore_slots
+
+                restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile)
+                code = proc.poll()
+                if code is not None:  # the bad file is gone: the next load goes on without it
+                    error = self._exit_error(spec, code, [], log_path)
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or anything unexpected: leave nothing running.
             self._kill_launch(rec)
@@ -626,11 +634,6 @@ class Supervisor:
             clear_state(self.state_dir)
             emit("error", error.message)
             return result(ready=False, pid=proc.pid, log=str(log_path), error=error)
-        if keep_kv:
-            # hook: restore slots after the server is ready, before the first request
-            from llmctl.supervisor.slotcache import restore_slots
-
-            restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile)
         rec.phase = "ready"
         rec.ready_at = time.time()
         rec.owner_pid = None

@@ -10,7 +10,7 @@ One folder per profile holds `slot<N>.bin` (llama-server's own format) and `inde
 what each file holds (tokens, bytes, when it was saved) and the key of the launch that wrote it.
 A file is only restored into a launch with the same key: the same model file (path, size, mtime),
 the same llama-server build (the binary and its libraries beside it), and the same command line
-apart from the flags that cannot change what the cache holds (`HARMLESS`). llama-server itself
+apart from the flags that cannot change what the cache holds (`HARMLESS_FIELDS`). llama-server itself
 only checks the layer count and cache types, and would restore the cache of another model with
 the same shapes without a word.
 
@@ -41,19 +41,26 @@ FORMAT = 1
 
 Emit = Callable[[str], None]  # one message for the user, as a "kv" event
 
-# Flags (with their value) that do not change the content of a slot's cache: a launch that differs
-# from the saving one only in these may restore its files. Anything else (extra_args included)
-# is part of the key, so a rope or context change drops the files instead of restoring garbage.
-HARMLESS: frozenset[str] = frozenset(
-    {
-        "--host", "--port", "-a", "--alias", "--slot-save-path",
-        "-t", "--threads", "-tb", "--threads-batch",
-        "-ngl", "--n-gpu-layers", "--gpu-layers", "-lm", "--load-mode",
-        "--temp", "--temperature", "--top-k", "--top-p", "--min-p", "--repeat-penalty",
-        "-s", "--seed", "--metrics",
-    }
+# Profile fields whose flags cannot change what a slot's cache holds: a launch that differs from the
+# saving one only in these (and in host, port, aliases, load mode) may restore its files. Anything
+# else, extra_args included, is part of the key, so a rope or context change drops the files
+# instead of restoring garbage.
+HARMLESS_FIELDS = frozenset(
+    {"threads", "threads_batch", "n_gpu_layers", "temp", "top_k", "top_p", "min_p",
+     "repeat_penalty", "seed", "metrics"}
 )  # fmt: skip
-_HARMLESS_SWITCHES = frozenset({"--metrics"})
+
+
+def _harmless() -> tuple[frozenset[str], frozenset[str]]:
+    """(flags that take a value, switches) left out of the launch key, from llmctl's flag table."""
+    from llmctl.llama.flags import FLAGS
+
+    valued = {"--host", "--port", "-a", "--alias", "-lm", "--load-mode", "--slot-save-path"}
+    switches = {"--mlock", "--mmap", "--no-mmap"}
+    for f in FLAGS:
+        if f.field in HARMLESS_FIELDS:
+            (switches if f.kind == "switch" else valued).update(f.spellings)
+    return frozenset(valued), frozenset(switches)
 
 
 @dataclass(frozen=True)
@@ -252,16 +259,16 @@ def _build_id(binary: str) -> list[str]:
 
 
 def cache_flags(argv: Sequence[str]) -> list[str]:
-    """The command line (without the binary) minus the flags in HARMLESS and their values."""
+    """The command line (without the binary) minus the harmless flags and their values."""
+    valued, switches = _harmless()
     out: list[str] = []
     args = list(argv[1:])
     i = 0
     while i < len(args):
         arg = args[i]
         name = arg.split("=", 1)[0]
-        if name in HARMLESS:
-            takes_value = "=" not in arg and name not in _HARMLESS_SWITCHES
-            i += 2 if takes_value else 1
+        if name in switches or name in valued:
+            i += 2 if name in valued and "=" not in arg else 1
             continue
         out.append(arg)
         i += 1
@@ -538,9 +545,12 @@ def save_slots(
         return
     index = read_index(folder)
     if index is None or index.key != key:
-        index = Index(profile=profile, key=key)  # files of another launch: dropped by _tidy below
+        # files of another launch, or of none: start afresh (_tidy removes them)
+        index = Index(profile=profile, key=key)
+        with contextlib.suppress(OSError):
+            write_index(folder, index)
     if not any(s.tokens > 0 for s in slots):
-        _tidy(folder, index if index.slots else None)
+        _tidy(folder, index)
         return
     others: list[tuple[str, Saved]] = []
     root = folder.parent
