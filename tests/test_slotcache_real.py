@@ -179,7 +179,7 @@ def test_full_disk_skips_the_save_and_the_unload_goes_on(
     assert out.stopped
     [said] = kv_messages(events)
     assert "slot 0 not saved: HTTP 500: Unable to save slot" in said
-    assert sorted(p.name for p in folder.iterdir()) == []
+    assert sorted(p.name for p in folder.iterdir()) == ["index.json"]
     assert saved(sup.state_dir) == []
 
 
