@@ -620,10 +620,20 @@ class Supervisor:
                 # hook: restore slots after the server is ready, before the first request
                 from llmctl.supervisor.slotcache import restore_slots
 
-                restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile)
-                code = proc.poll()
-                if code is not None:  # the bad file is gone: the next load goes on without it
-                    error = self._exit_error(spec, code, [], log_path)
+                if not restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile):
+                    # the server died on a file (now removed): the next load goes on without it
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=spec.stop_timeout)
+                    code = proc.poll()
+                    error = (
+                        self._exit_error(spec, code, [], log_path)
+                        if code is not None
+                        else LaunchError(
+                            f"llama-server for profile {spec.profile!r} stopped answering while "
+                            "restoring its saved KV cache; killed",
+                            hint=f"full log: {log_path}",
+                        )
+                    )
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or anything unexpected: leave nothing running.
             self._kill_launch(rec)

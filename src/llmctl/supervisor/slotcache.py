@@ -419,7 +419,11 @@ def forget(state_dir: Path, profile: str | None = None) -> tuple[int, int]:
 
 
 class SlotError(Exception):
-    """A /slots call failed: the server answered an error, died, or did not answer in time."""
+    """A /slots call failed: the server answered an error, died (`gone`), or did not answer in time."""
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 def _call(url: str, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
@@ -439,7 +443,7 @@ def _call(url: str, method: str, path: str, body: dict[str, Any] | None, timeout
     except TimeoutError:
         raise SlotError(f"no answer within {timeout:.1f} s") from None
     except (OSError, http.client.HTTPException) as err:
-        raise SlotError(f"the server went away ({type(err).__name__}: {err})") from None
+        raise SlotError(f"the server went away ({type(err).__name__}: {err})", gone=True) from None
     finally:
         conn.close()
     try:
@@ -666,21 +670,22 @@ def _evict(folder: Path, slot: int, emit: Emit) -> None:
     )
 
 
-def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profile: str) -> None:
+def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profile: str) -> bool:
     """Hook after a server is ready, before the first request: restore the saved slots that match.
 
     Never raises. A file that does not match the launch, is truncated, too old, or that llama-server
-    refuses is removed, and `emit` says why.
+    refuses is removed, and `emit` says why. False when the server went away during a restore.
     """
+    gone = False
     if not record:
-        return
+        return True
     t0 = time.monotonic()
     limits = _limits(record)
     folder = Path(record["dir"])
     index = read_index(folder)
     if index is None:
         _tidy(folder, None)
-        return
+        return True
     deadline = t0 + limits.timeout_s
     key_ok = index.key == record["key"]
     now = time.time()
@@ -705,6 +710,7 @@ def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profil
                     why = f"llama-server restored {answer.get('n_restored')} tokens, not {entry.tokens}"
             except (SlotError, AttributeError, TypeError, ValueError) as err:
                 why = f"llama-server could not restore it: {err}"
+                gone = gone or (isinstance(err, SlotError) and err.gone)
         if why is None:
             restored.append(entry)
             continue
@@ -723,3 +729,4 @@ def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profil
             f"{sum(e.tokens for e in restored)} tokens, {_mib(sum(e.bytes for e in restored))} "
             f"in {time.monotonic() - t0:.2f} s",
         )
+    return not gone
