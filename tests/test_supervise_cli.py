@@ -174,6 +174,7 @@ def test_switch_status_stop(manifest: Path) -> None:
         "pid": None,
         "elapsed_s": json.loads(nothing.stdout)["elapsed_s"],
         "profiles": [],
+        "kv_forgotten": {"files": 0, "bytes": 0},
     }
     assert llmctl("stop").stdout == "nothing was running\n"
 

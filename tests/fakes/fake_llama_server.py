@@ -14,6 +14,10 @@ Modes (--mode):
   port-exit          become ready, then fork a child of the same session that keeps the port,
                      and exit (the leader is gone, the port still taken)
   exit-after-ready   become ready, then exit --exit-delay seconds later
+  save-crash         like ok; GET /slots shows slot 0 holding 1000 tokens; POST /slots/0?action=save
+                     writes half a file under --slot-save-path, then the process dies unanswered
+  save-hang          like save-crash, but the save never answers (the process stays)
+  restore-crash      like ok, but dies on POST /slots/N?action=restore
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 T0 = time.monotonic()
 READY = threading.Event()
+OPTS: dict[str, str] = {}
 
 
 def log(level: str, msg: str) -> None:
@@ -65,6 +70,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/health":
             self._send(200, {"status": "ok"})
+        elif self.path == "/slots" and OPTS.get("mode", "").startswith("save-"):
+            self._send(200, [{"id": 0, "is_processing": False, "n_prompt_tokens": 1000}])
         elif self.path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
         else:
@@ -72,9 +79,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
+        body = self.rfile.read(length)
         if self._loading():
             return
+        if self.path.startswith("/slots/") and OPTS.get("mode") == "restore-crash":
+            log("E", "fake: dies while restoring a slot")
+            os._exit(3)
+        if self.path.startswith("/slots/") and OPTS.get("mode", "").startswith("save-"):
+            name = json.loads(body)["filename"]
+            with open(os.path.join(OPTS["slot_save_path"], name), "wb") as f:
+                f.write(b"ggsq" + b"\0" * 4096)  # half of a slot file
+            log("I", f"fake: {OPTS['mode']} while writing {name}")
+            if OPTS["mode"] == "save-crash":
+                os._exit(3)
+            while True:
+                time.sleep(3600)
         self._send(
             200,
             {
@@ -102,7 +121,9 @@ def main() -> int:
     ap.add_argument("--exit-code", type=int, default=1)
     ap.add_argument("--exit-delay", type=float, default=0.05)
     ap.add_argument("-m", "--model", default="")
+    ap.add_argument("--slot-save-path", default="")
     args, _ = ap.parse_known_args()
+    OPTS.update(mode=args.mode, slot_save_path=args.slot_save_path)
 
     if args.mode == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

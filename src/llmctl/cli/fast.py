@@ -40,6 +40,7 @@ NOT_RUNNING: dict[str, Any] = {
     "memory": {},
     "note": None,
     "servers": [],
+    "kv_saved": [],
 }
 NOT_RUNNING_JSON = (
     "{\n"
@@ -133,7 +134,21 @@ def status_text(status: dict[str, Any]) -> str:
         )
     if status["note"]:
         lines.append(f"note: {status['note']}")
+    lines += kv_saved_text(status.get("kv_saved") or [])
     return "\n".join(lines) + "\n"
+
+
+def kv_saved_text(saved: list[dict[str, Any]]) -> list[str]:
+    """The saved KV caches (keep_kv), one line per slot."""
+    if not saved:
+        return []
+    lines = ["saved KV caches (restored on the next load of their profile):"]
+    for s in saved:
+        lines.append(
+            f"  {s['profile']}  slot {s['slot']}  {s['tokens']} tokens  "
+            f"{_mib(s['bytes'] / 1024**2)}  saved {_duration(s['age_s'])} ago"
+        )
+    return lines
 
 
 def current_status() -> dict[str, Any]:
@@ -142,7 +157,11 @@ def current_status() -> dict[str, Any]:
 
     folder = state_dir()
     if not os.path.exists(os.path.join(folder, "state.json")):
-        return dict(NOT_RUNNING)
+        if not os.path.isdir(os.path.join(folder, "kv")):
+            return dict(NOT_RUNNING)
+        from llmctl.supervisor.slotcache import saved
+
+        return {**NOT_RUNNING, "kv_saved": saved(folder)}
     return full_status(folder).to_json()
 
 
@@ -237,6 +256,7 @@ __all__ = [
     "current_status",
     "estimate_for_argv",
     "estimate_json",
+    "kv_saved_text",
     "memory_text",
     "run_status",
     "status_exit_code",

@@ -354,9 +354,16 @@ def stop(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     lock_timeout: LockTimeoutOpt = 600.0,
+    forget: Annotated[
+        bool,
+        typer.Option(
+            "--forget", help="Drop every saved KV cache (keep_kv) instead of saving this one."
+        ),
+    ] = False,
 ) -> None:
     """Stop the running llama-server (SIGTERM to its process group, SIGKILL after its
-    stop_timeout) and wait until its port is free. Nothing running is not an error."""
+    stop_timeout) and wait until its port is free. Nothing running is not an error. A keep_kv
+    profile's slots are saved first (restored on its next load) unless --forget."""
 
     def on_event(e: Event) -> None:
         # say what was repaired or went wrong; the result line says the rest
@@ -364,11 +371,11 @@ def stop(
             return
         plain_stop = e.message.startswith("stopped profile") and ";" not in e.message
         waited = e.kind == "locked" and e.message.startswith("waited")
-        if e.kind == "error" or waited or (e.kind == "stopped" and not plain_stop):
+        if e.kind in ("error", "kv") or waited or (e.kind == "stopped" and not plain_stop):
             sys.stderr.write(f"{e.message}\n")
 
     with handle_errors(json_out):
-        result = _supervisor(lock_timeout).stop(on_event=on_event)
+        result = _supervisor(lock_timeout).stop(on_event=on_event, forget=forget)
     if json_out:
         print_json(result.to_json())
     elif result.stopped:

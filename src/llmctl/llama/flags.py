@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Literal
 from llmctl.supervisor.launch import LaunchSpec
 
 if TYPE_CHECKING:
-    from llmctl.manifest.model import Manifest, Profile
+    from llmctl.manifest.model import Manifest, Profile, ServerConfig
+    from llmctl.supervisor.slotcache import KeepKv
 
 Kind = Literal["value", "switch", "bool-pair", "tristate"]
 
@@ -168,6 +169,20 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
         stop_timeout=profile.stop_timeout or server.stop_timeout,
         model=profile.model,
         unset_env=secret_env_names(manifest),
+        keep_kv=_keep_kv(profile, server),
+    )
+
+
+def _keep_kv(profile: Profile, server: ServerConfig) -> KeepKv | None:
+    if not profile.keep_kv:
+        return None
+    from llmctl.supervisor.slotcache import KeepKv
+
+    return KeepKv(
+        max_bytes=profile.keep_kv,
+        total_bytes=server.keep_kv_total,
+        max_age_s=server.keep_kv_max_age,
+        timeout_s=server.keep_kv_timeout,
     )
 
 

@@ -156,6 +156,25 @@ DeviceName = Annotated[
 ]
 
 
+KEEP_KV_DEFAULT_CAP = 8 * 1024**3
+
+
+def _keep_kv(value: object) -> object:
+    """true -> the default cap, false/null -> 0 (off), a size -> that cap in bytes."""
+    if value is True:
+        return KEEP_KV_DEFAULT_CAP
+    if value is False or value is None:
+        return 0
+    return parse_size(value)
+
+
+KeepKvCap = Annotated[
+    int,
+    BeforeValidator(_keep_kv),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, *_SIZE_SCHEMA["anyOf"]]}),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=False)
 
@@ -181,6 +200,9 @@ class ServerConfig(_Strict):
         "own `port` gets one, in manifest order. Unset: every profile uses `port`, so one runs "
         "at a time.",
     )
+    keep_kv_total: Size = Field(20 * 1024**3, description="keep_kv: cap of all saved KV caches.")
+    keep_kv_max_age: Duration = Field(7 * 86400.0, description="keep_kv: drop older saves.")
+    keep_kv_timeout: Duration = Field(15.0, description="keep_kv: longest save or restore.")
 
 
 class GpuConfig(_Strict):
@@ -352,6 +374,9 @@ class Profile(_Strict):
     pinned: bool = Field(False, description="Never unloaded to make room for another profile.")
     group: str | None = Field(
         None, description="Profiles of one group never run at the same time (exclusive set)."
+    )
+    keep_kv: KeepKvCap = Field(
+        0, description="Save the KV cache on unload, restore on reload: true (8GiB cap) or a cap."
     )
     metadata: dict[str, Any] | None = Field(
         None, description="GGUF metadata for estimates when the file is not on this machine."

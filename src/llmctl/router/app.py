@@ -227,6 +227,7 @@ class Router:
         loop = asyncio.get_running_loop()
 
         def on_event(ev: Event) -> None:  # runs in the supervisor's thread
+            _log_kv(ev)
             kind = _EVENT_KINDS.get(ev.kind)
             if kind is None:
                 return
@@ -434,7 +435,7 @@ class Router:
             status = await run_in_threadpool(self.supervisor.status, check_health=False)
             if status.running and status.pid in self.started_pids:
                 log.info("stopping llama-server (pid %s, %s)", status.pid, status.profile)
-                await run_in_threadpool(self.supervisor.stop)
+                await run_in_threadpool(self.supervisor.stop, on_event=_log_kv)
         except Exception as exc:
             log.error("could not stop llama-server on exit: %s", exc)
 
@@ -493,6 +494,12 @@ class Router:
             self.metrics.count_rejected("body_timeout")
             raise body_timeout(self.settings.body_timeout) from None
         return b"".join(parts)
+
+
+def _log_kv(ev: Event) -> None:
+    """Saved KV cache events (keep_kv profiles) go to the router's log."""
+    if ev.kind == "kv":
+        log.info("%s", ev.message)
 
 
 def _new_client(*, trust_env: bool) -> httpx.AsyncClient:
@@ -796,6 +803,7 @@ async def models_status(request: Request) -> Response:
                 },
             },
             "upstreams": [u.public() for u in router.upstreams.all],
+            "kv_saved": status.kv_saved,
         }
     )
 

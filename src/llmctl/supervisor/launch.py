@@ -6,7 +6,10 @@ import hashlib
 import json
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmctl.supervisor.slotcache import KeepKv
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class LaunchSpec:
     unset_env: tuple[str, ...] = ()
     # What the placer decided (devices, bytes per device, reload cost): kept in the state.
     placement: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Save the slots' KV cache before an unload, restore it after the next load (slotcache.py).
+    keep_kv: KeepKv | None = None
 
     @property
     def url(self) -> str:
@@ -37,7 +42,10 @@ class LaunchSpec:
     @property
     def config_hash(self) -> str:
         """Identifies the configuration: same argv and environment, same hash."""
-        blob = json.dumps({"argv": list(self.argv), "env": self.env}, sort_keys=True)
+        config: dict[str, Any] = {"argv": list(self.argv), "env": self.env}
+        if self.keep_kv is not None:  # a launch with --slot-save-path differs
+            config["keep_kv"] = True
+        blob = json.dumps(config, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def shell(self) -> str:

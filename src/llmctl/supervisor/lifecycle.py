@@ -24,7 +24,9 @@ Added to the contract (backward compatible): `Status.phase` ("ready", or "starti
 another llmctl loads it) and `Status.note` (a repair that status made or saw);
 `to_json()` on Status, SwitchResult (the `switch --json` object) and StopResult;
 `SwitchResult.raise_for_error()`; `Supervisor.log_path()`; keyword arguments `keep_logs`,
-`port_timeout`, `gpu_timeout`. `stop()` cancels a load in progress in another llmctl
+`port_timeout`, `gpu_timeout`. Event kind "kv": the saved KV cache of a `keep_kv` profile (saved
+before a stop, restored after a load, or a file dropped); `stop(forget=True)` drops every saved
+cache instead of saving; `Status.kv_saved` lists them. `stop()` cancels a load in progress in another llmctl
 instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
 
 Several servers (added, backward compatible): the state holds one LaunchRecord per profile.
@@ -71,7 +73,7 @@ if TYPE_CHECKING:
 
     from llmctl.supervisor.launch import LaunchSpec
 
-EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "ready", "error"]
+EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
 
 LAUNCH_ID_ENV = "LLMCTL_LAUNCH_ID"
 # The state folder a server belongs to, in its environment: finds our servers when the state
@@ -108,6 +110,8 @@ class Status:
     note: str | None = None
     # added: every running server (several run with `llmctl load`), brief, oldest first
     servers: list[dict[str, Any]] = field(default_factory=list)
+    # added: saved KV caches of keep_kv profiles (slotcache.saved)
+    kv_saved: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +131,7 @@ class Status:
             "memory": dict(self.memory),
             "note": self.note,
             "servers": list(self.servers),
+            "kv_saved": list(self.kv_saved),
         }
 
 
@@ -180,6 +185,8 @@ class StopResult:
     elapsed_s: float
     # added: every profile stopped (several servers may run)
     profiles: list[str] = field(default_factory=list)
+    # stop(forget=True): saved KV cache files and bytes dropped
+    forgotten: tuple[int, int] = (0, 0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -188,6 +195,7 @@ class StopResult:
             "pid": self.pid,
             "elapsed_s": round(self.elapsed_s, 3),
             "profiles": list(self.profiles),
+            "kv_forgotten": {"files": self.forgotten[0], "bytes": self.forgotten[1]},
         }
 
 
@@ -230,7 +238,7 @@ class Supervisor:
         other llmctl holds the lock."""
         servers, note = self._snapshot(check_health, timeout)
         if not servers:
-            return Status(running=False, note=note)
+            return Status(running=False, note=note, kv_saved=self._kv_saved())
         newest = max(servers, key=lambda st: st.started_at or 0.0)
         if note is not None:
             newest.note = note
@@ -316,7 +324,13 @@ class Supervisor:
             argv=list(rec.argv),
             memory=memory,
             phase=rec.phase,
+            kv_saved=self._kv_saved(),
         )
+
+    def _kv_saved(self) -> list[dict[str, Any]]:
+        from llmctl.supervisor.slotcache import saved
+
+        return saved(self.state_dir)
 
     def log_path(self) -> Path | None:
         """The log of the running server, else of the latest launch."""
@@ -344,13 +358,15 @@ class Supervisor:
         on_event: Callable[[Event], None] | None = None,
         cancel_loading: bool = True,
         profile: str | None = None,
+        forget: bool = False,
     ) -> StopResult:
         """Stop every managed server, or only `profile`'s (SIGTERM to its group, then SIGKILL);
         no-op when none runs. Raises StateDirError (before stopping anything) when the state
         folder cannot be written.
 
         A load in progress in another llmctl is cancelled (`cancel_loading=False`: wait for it
-        to finish, then stop what it started).
+        to finish, then stop what it started). `forget`: drop every saved KV cache instead of
+        saving the server's.
         """
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0)
@@ -362,11 +378,13 @@ class Supervisor:
                 emit("locked", _locked_message(lock))
                 recs = self._load_for_change(emit)
                 chosen = [r for p, r in recs.items() if profile is None or p == profile]
-                if not chosen:
-                    return StopResult(False, None, None, time.monotonic() - t0)
-                check_writable(self.state_dir, 0)  # the state must be clearable first
+                if chosen:
+                    check_writable(self.state_dir, 0)  # the state must be clearable first
                 for rec in chosen:
-                    self._stop_record(rec, emit)
+                    self._stop_record(rec, emit, save_kv=not forget)
+                forgotten = self._forget_kv(emit) if forget else (0, 0)
+                if not chosen:
+                    return StopResult(False, None, None, time.monotonic() - t0, forgotten=forgotten)
                 first = chosen[0]
                 return StopResult(
                     True,
@@ -374,11 +392,20 @@ class Supervisor:
                     first.pid,
                     time.monotonic() - t0,
                     profiles=[r.profile for r in chosen],
+                    forgotten=forgotten,
                 )
         finally:
             for request in requests:
                 with contextlib.suppress(OSError):
                     request.unlink()
+
+    def _forget_kv(self, emit: _Emitter) -> tuple[int, int]:
+        from llmctl.supervisor.slotcache import forget
+
+        files, size = forget(self.state_dir)
+        if files:
+            emit("kv", f"dropped {files} saved KV cache file(s), {size / 1024**2:.1f} MiB")
+        return files, size
 
     def _cancel_path(self, launch_id: str) -> Path:
         return self.state_dir / f"cancel-{launch_id}"
@@ -722,7 +749,16 @@ class Supervisor:
             and rec.port == spec.port
         )
 
-    def _stop_record(self, rec: LaunchRecord, emit: _Emitter | Callable[..., None]) -> None:
+    def _stop_record(
+        self, rec: LaunchRecord, emit: _Emitter | Callable[..., None], *, save_kv: bool = True
+    ) -> None:
+        if save_kv and rec.extra.get("keep_kv"):
+            # hook: save slots before stopping a server
+            from llmctl.supervisor.slotcache import save_slots
+
+            save_slots(
+                rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
+            )
         emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
         members = self._members(rec)
         outcome = procs.terminate(
@@ -758,6 +794,11 @@ class Supervisor:
 
         from llmctl.supervisor.logs import HEADER, new_log
 
+        # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
+        from llmctl.supervisor.slotcache import prepare_launch
+
+        config_hash = spec.config_hash
+        spec, keep_kv = prepare_launch(self.state_dir, spec)
         holder = procs.port_holder(spec.host, spec.port)
         if holder is not None:
             err = LaunchError(
@@ -770,7 +811,9 @@ class Supervisor:
         running_logs: set[str] = set()
         with contextlib.suppress(CorruptState):
             running_logs = {r.log for r in read_servers(self.state_dir).values()}
-        header = f"{HEADER} profile={spec.profile} config={spec.config_hash}\n{HEADER} $ {spec.shell()}\n"
+        header = (
+            f"{HEADER} profile={spec.profile} config={config_hash}\n{HEADER} $ {spec.shell()}\n"
+        )
         try:
             log_path = new_log(
                 self.state_dir,
@@ -788,7 +831,7 @@ class Supervisor:
             launch_id=uuid.uuid4().hex,
             phase="starting",
             profile=spec.profile,
-            config_hash=spec.config_hash,
+            config_hash=config_hash,
             argv=list(spec.argv),
             host=spec.host,
             port=spec.port,
@@ -799,7 +842,7 @@ class Supervisor:
             owner_start_time=procs.start_time(me),
             stop_timeout=spec.stop_timeout,
             model=spec.model,
-            extra=dict(spec.placement),
+            extra={**spec.placement, **({"keep_kv": keep_kv} if keep_kv else {})},
         )
         # Written before the spawn: an llmctl killed right after the spawn leaves a record
         # whose launch_id finds the orphan through its environment.
@@ -846,6 +889,24 @@ class Supervisor:
                 cancel,
                 self._cancel_path(rec.launch_id),
             )
+            if error is None and keep_kv:
+                # hook: restore slots after the server is ready, before the first request
+                from llmctl.supervisor.slotcache import restore_slots
+
+                if not restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile):
+                    # the server died on a file (now removed): the next load goes on without it
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=spec.stop_timeout)
+                    code = proc.poll()
+                    error = (
+                        self._exit_error(spec, code, [], log_path)
+                        if code is not None
+                        else LaunchError(
+                            f"llama-server for profile {spec.profile!r} stopped answering while "
+                            "restoring its saved KV cache; killed",
+                            hint=f"full log: {log_path}",
+                        )
+                    )
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or anything unexpected: leave nothing running.
             self._kill_launch(rec)
@@ -990,6 +1051,10 @@ class _Emitter:
     def __call__(self, kind: EventKind, message: str, profile: str | None = None) -> None:
         if self.callback is not None:
             self.callback(Event(kind, message, time.monotonic() - self.t0, profile or self.profile))
+
+
+def _kv_emit(emit: _Emitter | Callable[..., None], profile: str) -> Callable[[str], None]:
+    return lambda message: emit("kv", message, profile)
 
 
 def _locked_message(lock: StateLock) -> str:
