@@ -268,7 +268,9 @@ def test_a_save_that_fails_never_keeps_a_file_and_the_unload_goes_on(
     assert sup.switch(spec).ready
     # an older save of this profile stays usable when a new one fails
     (folder / "slot0.bin").write_bytes(b"old")
-    rec_key = json.loads((sup.state_dir / "state.json").read_text())["extra"]["keep_kv"]["key"]
+    rec_key = json.loads((sup.state_dir / "state.json").read_text())["servers"]["a"]["extra"][
+        "keep_kv"
+    ]["key"]
     write_index(folder, Index("a", rec_key, {0: Saved(0, "slot0.bin", 10, 3, 1.0)}))
 
     events: list[Event] = []
