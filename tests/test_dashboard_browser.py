@@ -185,6 +185,10 @@ def test_a_failed_load_shows_llama_servers_error_line_first(page: Page) -> None:
     line = p.text_content('.card[data-profile="broken"] .errbox .line') or ""
     assert "llama_model_load" in line or "error" in line.lower(), line
     assert not line[:1].isdigit()  # llama.cpp's time and level prefix left out
+    # the failed launch's log shows up in the log panel, its error lines marked
+    p.wait_for_selector("#log div.E", timeout=30_000)
+    notice = p.text_content("#notice") or ""
+    assert notice.startswith("Loading broken failed: llama-server"), notice  # said once
     page.shot("failed-load")
     assert page.errors == []
 

@@ -81,7 +81,9 @@ def test_estimate_profile_json_matches_the_core(tmp_path: Path, tiny: Path) -> N
         overhead=400 * 1024**2,
         profile="t",
     )
+    plans = obj.pop("plans")
     assert obj == json.loads(json.dumps(core.to_json()))
+    assert plans[0]["devices"] == ["GPU"] and plans[0]["launch_args"] == []
     assert obj["fits"] is True
 
 

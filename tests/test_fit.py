@@ -7,7 +7,7 @@ from typing import Any
 
 from llmctl.llama.gguf import read_gguf
 from llmctl.llama.tinymodel import write_tiny_model
-from llmctl.memory.estimate import LaunchOptions, ModelSource
+from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
 from llmctl.memory.fit import advise
 
 GiB = 1024**3
@@ -103,3 +103,24 @@ def test_quantized_v_turns_flash_attention_on() -> None:
     for s in advice.suggestions:
         if s.change.get("cache_type_v", "f16") not in ("f16", "f32", "bf16"):
             assert s.change.get("flash_attn") == "on"
+
+
+def test_fit_moves_experts_before_layers(tmp_path: Path) -> None:
+    """A MoE model over budget: n_cpu_moe (attention and KV stay on the GPU) ranks before fewer
+    GPU layers, and both are ranked by the slowdown a bandwidth model expects."""
+    path = write_tiny_model(
+        tmp_path / "moe.gguf", arch="qwen3moe", n_layer=4, n_ff=512, extra={"expert_count": 8}
+    )
+    src = ModelSource.from_gguf(read_gguf(path))
+    opts = LaunchOptions(ctx_size=256, parallel=1, cache_type_k="q4_0", cache_type_v="q4_0")
+    full = estimate(src, opts, overhead=0)
+    experts_block = sum(
+        t.nbytes for t in src.tensors or [] if t.name.startswith("blk.0.") and "_exps" in t.name
+    )
+    advice = advise(src, opts, budget=full.gpu_total_bytes - experts_block // 2, overhead=0)
+    changes = [s.change for s in advice.suggestions]
+    assert {"n_cpu_moe": 1} in changes
+    ngl = [c for c in changes if "n_gpu_layers" in c]
+    assert ngl and changes.index({"n_cpu_moe": 1}) < changes.index(ngl[0])
+    moe = advice.suggestions[changes.index({"n_cpu_moe": 1})]
+    assert moe.estimate.kv_gpu_bytes == full.kv_gpu_bytes

@@ -258,28 +258,28 @@ def _t(name: str, n: int, type_name: str = "f32") -> TensorInfo:
 def test_weights_split_and_tied_embeddings() -> None:
     tensors = [_t("token_embd.weight", 1024), _t("output_norm.weight", 32)]
     tensors += [_t(f"blk.{i}.w", 128) for i in range(4)]
-    w = weights_estimate([*tensors, _t("output.weight", 1024)], 4, -1, "llama")
+    w = weights_estimate([*tensors, _t("output.weight", 1024)], 4, -1)
     assert (w.gpu_bytes, w.cpu_bytes) == (4 * (32 + 512 + 1024), 4096)
-    w = weights_estimate([*tensors, _t("output.weight", 1024)], 4, 3, "llama")
+    w = weights_estimate([*tensors, _t("output.weight", 1024)], 4, 3)
     assert (w.gpu_bytes, w.cpu_bytes) == (4 * (32 + 256 + 1024), 4 * (1024 + 256))
     # tied: the output layer's copy of the embedding goes to the GPU too
-    tied = weights_estimate(tensors, 4, -1, "llama")
+    tied = weights_estimate(tensors, 4, -1)
     assert tied.gpu_bytes == 4 * (32 + 512 + 1024)
     assert tied.bytes == 4 * (1024 + 32 + 512 + 1024)
-    cpu_only = weights_estimate(tensors, 4, 0, "llama")
+    cpu_only = weights_estimate(tensors, 4, 0)
     assert (cpu_only.gpu_bytes, cpu_only.bytes) == (0, 4 * 1568)
 
 
 def test_cuda_padding_of_gpu_weights() -> None:
     # 100 f32 -> 400 bytes, aligned to 512; q8_0 of 4096 columns needs no row padding
-    assert weights_estimate([_t("blk.0.a", 100)], 1, -1, "llama").gpu_bytes == 512
+    assert weights_estimate([_t("blk.0.a", 100)], 1, -1).gpu_bytes == 512
     q = TensorInfo("blk.0.q", (4096, 8), ggml_type("q8_0"), 0)
-    assert weights_estimate([q], 1, -1, "llama").gpu_bytes == q.nbytes
+    assert weights_estimate([q], 1, -1).gpu_bytes == q.nbytes
     # 2816 columns: one extra 256-column q8_0 row fragment (8 blocks of 34 bytes), then alignment
     odd = TensorInfo("blk.0.q", (2816, 8), ggml_type("q8_0"), 0)
     expected = odd.nbytes + 8 * 34
-    assert weights_estimate([odd], 1, -1, "llama").gpu_bytes == (expected + 127) // 128 * 128
-    assert weights_estimate([odd], 1, 0, "llama").cpu_bytes == odd.nbytes
+    assert weights_estimate([odd], 1, -1).gpu_bytes == (expected + 127) // 128 * 128
+    assert weights_estimate([odd], 1, 0).cpu_bytes == odd.nbytes
 
 
 def test_kv_offload_follows_the_layers(tmp_path: Path) -> None:

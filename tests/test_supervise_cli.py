@@ -173,6 +173,7 @@ def test_switch_status_stop(manifest: Path) -> None:
         "profile": None,
         "pid": None,
         "elapsed_s": json.loads(nothing.stdout)["elapsed_s"],
+        "profiles": [],
     }
     assert llmctl("stop").stdout == "nothing was running\n"
 

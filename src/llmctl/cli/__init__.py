@@ -17,6 +17,7 @@ def build_app() -> typer.Typer:
         completion_cmd,
         estimate_cmds,
         manifest_cmds,
+        placement_cmds,
         serve_cmd,
         supervise_cmds,
     )

@@ -1,4 +1,5 @@
-"""`llmctl status` without typer, click, rich, pydantic or httpx: scripts poll it often.
+"""`llmctl status` and `llmctl estimate --json -- ARGS` without typer, click, rich, pydantic or
+httpx: scripts poll the one and call the other per launch.
 
 `try_fast_path` runs first in `main()`; the typer command in supervise_cmds.py prints through the
 same functions below, so both give identical output.
@@ -38,6 +39,7 @@ NOT_RUNNING: dict[str, Any] = {
     "argv": [],
     "memory": {},
     "note": None,
+    "servers": [],
 }
 NOT_RUNNING_JSON = (
     "{\n"
@@ -51,9 +53,12 @@ NOT_RUNNING_JSON = (
 
 
 def status_exit_code(status: dict[str, Any]) -> int:
-    """0 when nothing runs or the server is healthy (or still loading); 1 when it is unhealthy."""
+    """0 when nothing runs or every server is healthy (or still loading); 1 when one is not."""
     if status["running"] and status["phase"] == "ready" and status["healthy"] is False:
         return EXIT_FAILED
+    for server in status.get("servers", ()):
+        if server["phase"] == "ready" and server["healthy"] is False:
+            return EXIT_FAILED
     return EXIT_OK
 
 
@@ -120,6 +125,12 @@ def status_text(status: dict[str, Any]) -> str:
             rows.append(("memory", memory_text(status["memory"])))
         width = max(len(k) for k, _ in rows)
         lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    others = [x for x in status.get("servers", ()) if x["profile"] != status["profile"]]
+    for other in others:
+        health = {True: "healthy", False: "NOT healthy", None: "loading"}[other["healthy"]]
+        lines.append(
+            f"also running: {other['profile']} (pid {other['pid']}) at {other['url']}, {health}"
+        )
     if status["note"]:
         lines.append(f"note: {status['note']}")
     return "\n".join(lines) + "\n"
@@ -154,17 +165,78 @@ def run_status(json_out: bool) -> int:
 _FAST = {("status",): False, ("status", "--json"): True}
 
 
+def estimate_for_argv(argv: list[str]) -> tuple[Any, list[str]]:
+    """The estimate of a llama-server command line and the arguments it did not read (raises
+    UsageError). Shared by `llmctl estimate -- ...` and its fast path below."""
+    from llmctl.errors import UsageError
+    from llmctl.llama.argv import parse_llama_args
+    from llmctl.llama.gguf import read_gguf
+    from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
+
+    parsed = parse_llama_args(argv)
+    if not parsed.model:
+        raise UsageError(
+            "the llama-server command line has no -m/--model",
+            hint="llmctl estimate -- -m model.gguf -c 8192 ...",
+        )
+    try:
+        est = estimate(
+            ModelSource.from_gguf(read_gguf(parsed.model)),
+            parsed.options,
+            mmproj=source_for_path(parsed.mmproj),
+            draft=source_for_path(parsed.model_draft),
+        )
+    except MetadataError as err:
+        raise UsageError(f"{parsed.model}: {err}") from None
+    if parsed.fit_may_change:
+        est.notes.append(
+            "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"
+            " and GPU layers to what is free; pass them (or --fit off) for this estimate to hold"
+        )
+    return est, parsed.ignored
+
+
+def estimate_json(est: Any, ignored: list[str]) -> str:
+    import json
+
+    obj = est.to_json()
+    obj["ignored_args"] = ignored
+    return json.dumps([obj], indent=2, sort_keys=False) + "\n"
+
+
+def _fast_estimate(argv: list[str]) -> int | None:
+    """`llmctl estimate --json -- ARGS` without typer, rich or pydantic; None (typer takes it,
+    and renders any error) for other forms and for errors."""
+    if len(argv) < 3 or argv[0] != "estimate" or "--" not in argv:
+        return None
+    cut = argv.index("--")
+    if argv[1:cut] != ["--json"]:
+        return None
+    from llmctl.errors import LlmctlError
+
+    try:
+        est, ignored = estimate_for_argv(argv[cut + 1 :])
+    except LlmctlError:
+        return None
+    sys.stdout.write(estimate_json(est, ignored))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
 def try_fast_path(argv: list[str]) -> int | None:
-    """Handle `status` / `status --json` here; None for anything else (typer takes it)."""
+    """Handle `status` / `status --json` and `estimate --json -- ARGS` here; None for anything
+    else (typer takes it)."""
     json_out = _FAST.get(tuple(argv))
     if json_out is None:
-        return None
+        return _fast_estimate(argv)
     return run_status(json_out)
 
 
 __all__ = [
     "NOT_RUNNING",
     "current_status",
+    "estimate_for_argv",
+    "estimate_json",
     "memory_text",
     "run_status",
     "status_exit_code",

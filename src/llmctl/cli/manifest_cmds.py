@@ -107,12 +107,15 @@ def command_cmd(
     manifest: ManifestOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print the exact llama-server command line that `llmctl switch PROFILE` runs."""
-    from llmctl.llama.flags import launch_spec
+    """Print the exact llama-server command line that `llmctl switch PROFILE` runs.
+
+    With devices listed under gpu:, the line carries the placement's flags (--device, -ngl,
+    --tensor-split, --main-gpu) for the profile's first choice of devices."""
+    from llmctl.supervisor.placer import command_spec
 
     m = load_manifest_cli(manifest, json_out=json_out)
     with handle_errors(json_out):
-        spec = launch_spec(m, profile)
+        spec = command_spec(m, profile)
     if json_out:
         print_json(spec.to_json())
     else:

@@ -67,6 +67,8 @@ def switch(
 ) -> None:
     """Make PROFILE the running llama-server: stop the current one, start this one, wait until
     /health answers. A no-op when PROFILE already runs healthy with the same configuration.
+    Exactly PROFILE runs afterwards: every other server is stopped (`llmctl load` starts one
+    beside the others instead).
 
     Exit codes: 0 ready, 1 the server failed to start, 2 invalid input, 3 locked by another
     llmctl, 130 cancelled by Ctrl-C, 143 cancelled by SIGTERM (nothing is left running).
@@ -85,10 +87,10 @@ def switch(
 
 
 def _spec_for(profile: str, manifest: Path | None) -> LaunchSpec:
-    from llmctl.llama.flags import launch_spec
     from llmctl.manifest.model import load_manifest
+    from llmctl.supervisor.placer import command_spec
 
-    return launch_spec(load_manifest(manifest), profile)
+    return command_spec(load_manifest(manifest), profile)
 
 
 def _early_error_json(profile: str, err: LlmctlError, elapsed: float) -> dict[str, Any]:

@@ -6,30 +6,40 @@ with neither is skipped here (the manifest rules already report the missing file
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from llmctl.errors import GGUFError, Problem, Severity
+from llmctl.llama.vocab import (
+    CACHE_TYPES,
+    SPEC_VOCAB_MAX_SIZE_DIFFERENCE,
+    cache_block_size,
+    parse_overrides,
+)
 from llmctl.manifest.sizes import format_bytes
 from llmctl.memory.estimate import (
+    HParams,
     MetadataError,
+    ModelSource,
     estimate,
+    extra_sources,
     hparams_from_metadata,
     options_from_profile,
     source_for_profile,
+    vocab_size,
 )
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
 
-_BLOCK = {"q8_0": 32, "q4_0": 32, "q4_1": 32, "iq4_nl": 32, "q5_0": 32, "q5_1": 32}
-
 
 def memory_problems(manifest: Manifest) -> list[Problem]:
     """Problems the estimator finds in each profile of `manifest`."""
     out: list[Problem] = []
-    vram = manifest.gpu.vram
-    headroom = manifest.gpu.headroom
-    overhead = manifest.gpu.overhead
+    vram = manifest.gpu_budget.vram
+    headroom = manifest.gpu_budget.headroom
+    overhead = manifest.gpu_budget.overhead
 
     for name, profile in manifest.profiles.items():
 
@@ -69,8 +79,8 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
             ("cache_type_k", profile.cache_type_k, heads_k, "K"),
             ("cache_type_v", profile.cache_type_v, heads_v, "V"),
         ):
-            block = _BLOCK.get(ctype)
-            if block is None:
+            block = cache_block_size(ctype) if ctype in CACHE_TYPES else 1
+            if block == 1:
                 continue
             bad = sorted(h for h in heads if h % block)
             if bad:
@@ -93,6 +103,37 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
                 "cache_type_v",
                 f"set cache_type_v: {profile.cache_type_k}",
             )
+
+        placement_problems(profile, source, hp, problem)
+        try:
+            mmproj, draft = extra_sources(profile)
+        except GGUFError as err:
+            mmproj = draft = None
+            problem("error", "gguf", err.message, None, err.hint)
+        if draft is not None:
+            ours, theirs = vocab_size(source), vocab_size(draft)
+            if ours and theirs and abs(ours - theirs) > SPEC_VOCAB_MAX_SIZE_DIFFERENCE:
+                problem(
+                    "error",
+                    "draft-vocab",
+                    f"the draft model has {theirs} tokens and the main model {ours}; llama-server "
+                    "refuses a draft whose vocabulary differs by more than "
+                    f"{SPEC_VOCAB_MAX_SIZE_DIFFERENCE} tokens and starts without it",
+                    "model_draft",
+                    "use a draft model of the same family (same tokenizer)",
+                )
+        if mmproj is not None:
+            proj = mmproj.metadata.get("clip.vision.projection_dim")
+            if isinstance(proj, int) and proj != hp.n_embd:
+                problem(
+                    "error",
+                    "mmproj-mismatch",
+                    f"the projector outputs {proj}-wide embeddings but {hp.arch} takes "
+                    f"{hp.n_embd}; llama-server fails to load it (mismatch between text model "
+                    "and mmproj)",
+                    "mmproj",
+                    "use the mmproj file published with this model",
+                )
 
         if hp.n_ctx_train > 0 and profile.ctx_size > hp.n_ctx_train:
             problem(
@@ -140,3 +181,71 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
                 f"run `llmctl fit {name}` to see what would leave more room",
             )
     return out
+
+
+def placement_problems(
+    profile: object,
+    source: ModelSource,
+    hp: HParams,
+    problem: Callable[[Severity, str, str, str | None, str | None], None],
+) -> None:
+    """n_cpu_moe beyond the blocks or on a dense model; -ot patterns that are not regular
+    expressions, or that match no tensor or every tensor."""
+    n_cpu_moe = getattr(profile, "n_cpu_moe", None) or 0
+    if n_cpu_moe:
+        if hp.n_expert == 0:
+            problem(
+                "error",
+                "n-cpu-moe-dense",
+                f"n_cpu_moe {n_cpu_moe} on {hp.arch}, which has no experts: llama-server moves "
+                "nothing",
+                "n_cpu_moe",
+                "remove it, or lower n_gpu_layers to put layers on the CPU",
+            )
+        elif n_cpu_moe > hp.n_layer_all:
+            problem(
+                "error",
+                "n-cpu-moe-range",
+                f"n_cpu_moe {n_cpu_moe} is beyond the model's {hp.n_layer_all} layers; "
+                "llama-server keeps every expert on the CPU (as --cpu-moe does)",
+                "n_cpu_moe",
+                f"use n_cpu_moe: {hp.n_layer_all} or fewer",
+            )
+    value = getattr(profile, "override_tensor", None)
+    if not value:
+        return
+    try:
+        pairs = parse_overrides(value)
+        compiled = [(re.compile(p), p, b) for p, b in pairs]
+    except (ValueError, re.error) as err:
+        problem(
+            "error",
+            "override-tensor",
+            f"override_tensor {value!r}: {err}; llama-server refuses to start",
+            "override_tensor",
+            "write PATTERN=BUFFER pairs separated by commas, e.g. 'ffn_.*_exps=CPU'",
+        )
+        return
+    if source.tensors is None:
+        return
+    names = [t.name for t in source.tensors]
+    for regex, pattern, buffer in compiled:
+        hits = sum(1 for n in names if regex.search(n))
+        if hits == 0:
+            problem(
+                "error",
+                "override-tensor-none",
+                f"override_tensor pattern {pattern!r} matches no tensor of {hp.arch}; "
+                "llama-server ignores it",
+                "override_tensor",
+                "tensor names look like blk.12.ffn_up_exps.weight (see `llmctl estimate --json`)",
+            )
+        elif hits == len(names):
+            problem(
+                "error",
+                "override-tensor-all",
+                f"override_tensor pattern {pattern!r} matches every tensor: llama-server puts "
+                f"the whole model in {buffer} and n_gpu_layers has no effect",
+                "override_tensor",
+                "anchor the pattern to the tensors meant, e.g. 'blk\\.[0-9]+\\.ffn_.*_exps=CPU'",
+            )

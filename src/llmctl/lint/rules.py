@@ -11,7 +11,8 @@ from typing import Literal
 from llmctl.errors import Problem
 from llmctl.llama.flags import FLAGS, MANAGED, find_binary, flag_owner, profile_args
 from llmctl.llama.help import is_gguf, known_flags
-from llmctl.manifest.model import QUANTIZED_CACHE_TYPES, Manifest
+from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES
+from llmctl.manifest.model import Manifest
 
 _NUMBER = re.compile(r"^-?[0-9.]+$")
 _ANY_HOST = {"0.0.0.0", "::", ""}
@@ -58,6 +59,9 @@ def cross_checks(manifest: Manifest, *, include_environment: bool = True) -> lis
     _names(out)
     _ports(out)
     _serve(out)
+    from llmctl.lint.placement import static_problems
+
+    out.problems.extend(static_problems(manifest))
     if include_environment:
         _files(out)
         _binary(out)

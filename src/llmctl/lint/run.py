@@ -39,6 +39,9 @@ def lint_manifest(path: Path) -> LintResult:
     manifest, problems = check_manifest(path)
     problems = problems + cross_checks(manifest, include_environment=True)
     problems = problems + memory_problems(manifest)
+    from llmctl.lint.placement import machine_problems
+
+    problems = problems + machine_problems(manifest)
     order = {name: i for i, name in enumerate(manifest.profiles)}
     problems.sort(
         key=lambda p: (

@@ -11,11 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmctl.errors import UsageError
-from llmctl.memory.estimate import CACHE_TYPES, FlashAttn, LaunchOptions
+from llmctl.llama.vocab import CACHE_TYPES, FFN_EXPS_REGEX, FlashAttn, parse_overrides, tristate
+from llmctl.memory.estimate import LaunchOptions
 
-_TRUTHY = {"on", "enabled", "true", "1"}
-_FALSEY = {"off", "disabled", "false", "0"}
-_AUTO = {"auto", "-1"}
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 # flag -> field; flags that take a value
@@ -39,6 +37,15 @@ _VALUED = {
     "--batch-size": "batch_size",
     "-ub": "ubatch_size",
     "--ubatch-size": "ubatch_size",
+    "-ncmoe": "n_cpu_moe",
+    "--n-cpu-moe": "n_cpu_moe",
+    "-ot": "override_tensor",
+    "--override-tensor": "override_tensor",
+    "-mm": "mmproj",
+    "--mmproj": "mmproj",
+    "-md": "model_draft",
+    "--model-draft": "model_draft",
+    "--spec-draft-model": "model_draft",
 }
 _SWITCHES = {
     "-kvu": ("kv_unified", True),
@@ -48,6 +55,8 @@ _SWITCHES = {
     "--swa-full": ("swa_full", True),
     "-nkvo": ("no_kv_offload", True),
     "--no-kv-offload": ("no_kv_offload", True),
+    "-cmoe": ("cpu_moe", True),
+    "--cpu-moe": ("cpu_moe", True),
 }
 
 
@@ -59,6 +68,8 @@ class ParsedCommand:
     options: LaunchOptions
     ignored: list[str] = field(default_factory=list)
     given: set[str] = field(default_factory=set)  # LaunchOptions fields set on the line
+    mmproj: str | None = None
+    model_draft: str | None = None
 
     @property
     def fit_may_change(self) -> bool:
@@ -77,13 +88,9 @@ def _int(flag: str, value: str) -> int:
 
 
 def _flash_attn(value: str) -> FlashAttn:
-    v = value.lower()
-    if v in _TRUTHY:
-        return "on"
-    if v in _FALSEY:
-        return "off"
-    if v in _AUTO:
-        return "auto"
+    fa = tristate(value)
+    if fa is not None:
+        return fa
     raise UsageError(f"unknown value for --flash-attn: {value!r}", hint="use on, off or auto")
 
 
@@ -96,13 +103,17 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
     model: str | None = None
     ignored: list[str] = []
     given: set[str] = set()
+    extras: dict[str, str] = {}
     i = 0
     while i < len(args):
         arg = args[i]
         flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
         if flag in _SWITCHES:
             name, switch = _SWITCHES[flag]
-            setattr(opts, name, switch)
+            if name == "cpu_moe":  # every expert tensor on the CPU
+                opts.override_tensor = _join(opts.override_tensor, f"{FFN_EXPS_REGEX}=CPU")
+            else:
+                setattr(opts, name, switch)
             given.add(name)
             i += 1
             continue
@@ -119,6 +130,14 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
             given.add(target)
             if target == "model":
                 model = value
+            elif target in ("mmproj", "model_draft"):
+                extras[target] = value
+            elif target == "override_tensor":
+                try:
+                    parse_overrides(value)
+                except ValueError as err:
+                    raise UsageError(f"{flag}: {err}", hint=f"{flag} 'exps=CPU'") from None
+                opts.override_tensor = _join(opts.override_tensor, value)
             elif target == "flash_attn":
                 opts.flash_attn = _flash_attn(value)
             elif target in ("cache_type_k", "cache_type_v"):
@@ -150,4 +169,11 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
         else:
             ignored.append(arg)
         i += 1
-    return ParsedCommand(model, opts, ignored, given)
+    return ParsedCommand(
+        model, opts, ignored, given, extras.get("mmproj"), extras.get("model_draft")
+    )
+
+
+def _join(old: str | None, new: str) -> str:
+    """Repeated -ot flags add to one list, in order."""
+    return f"{old},{new}" if old else new

@@ -155,7 +155,7 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
     profile = manifest.profiles[pname]
     server = manifest.server
     host = profile.host or server.host
-    port = profile.port or server.port
+    port = manifest.profile_port(pname)
     binary = find_binary(manifest) or "llama-server"
     return LaunchSpec(
         profile=pname,

@@ -598,7 +598,36 @@ def _granitehybrid(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
     return meta, tensors
 
 
+def _qwen3moe(c: _Cfg) -> tuple[list[tuple[str, Value]], list[Tensor]]:
+    """Qwen3-MoE: attention with q/k norms, then `expert_count` experts of `n_ff` (8 used) per
+    layer behind a router; the experts of a layer are three 3-D tensors (`ffn_*_exps`)."""
+    wt, ft = ggml_type(c.weight_type), ggml_type("f32")
+    a = c.arch
+    n_expert = c.opt("expert_count", 8)
+    n_used = c.opt("expert_used_count", min(2, n_expert))
+    tensors = _emb_out(c, wt, ft)
+    for il in range(c.n_layer):
+        p = f"blk.{il}."
+        tensors.append(Tensor(p + "attn_norm.weight", (c.n_embd,), ft, "ones"))
+        tensors += _attn(c, il, wt, ft, qk_norm=True)
+        tensors += [
+            Tensor(p + "ffn_norm.weight", (c.n_embd,), ft, "ones"),
+            Tensor(p + "ffn_gate_inp.weight", (c.n_embd, n_expert), ft),
+            Tensor(p + "ffn_gate_exps.weight", (c.n_embd, c.n_ff, n_expert), wt),
+            Tensor(p + "ffn_down_exps.weight", (c.n_ff, c.n_embd, n_expert), wt),
+            Tensor(p + "ffn_up_exps.weight", (c.n_embd, c.n_ff, n_expert), wt),
+        ]
+    meta = [
+        *_common_meta(c),
+        (f"{a}.expert_count", u32(n_expert)),
+        (f"{a}.expert_used_count", u32(n_used)),
+        (f"{a}.expert_feed_forward_length", u32(c.n_ff)),
+    ]
+    return meta, tensors
+
+
 ARCHITECTURES: dict[str, _Builder] = {
+    "qwen3moe": _qwen3moe,
     "granitehybrid": _granitehybrid,
     "gemma4": _gemma4,
     "cohere2": _cohere2,
@@ -622,14 +651,15 @@ def write_tiny_model(path: Path, arch: str = "llama", **overrides: Any) -> Path:
     """Write a tiny random-weight GGUF of `arch` that llama-server loads; returns `path`.
 
     Architectures: llama, gemma2, gemma3, gemma4, cohere2 (sliding windows), deepseek2 (MLA),
-    lfm2 and granitehybrid (hybrid), mamba (recurrent).
+    lfm2 and granitehybrid (hybrid), mamba (recurrent), qwen3moe (mixture of experts).
     Overrides: n_layer, n_embd, n_head, n_head_kv (int or per-layer list), head_dim, n_ff,
     n_ctx_train, n_vocab_extra, tied (no output.weight), weight_type (f32/f16/q8_0/q4_0),
     name, seed, and `extra`, a dict of architecture-specific settings: sliding_window and
     sliding_window_pattern (gemma*, cohere2, lfm2), shared_kv_layers, key_length,
     head_count_kv_full/_swa (gemma4), q_lora_rank, kv_lora_rank, rope_dim, key_length_mla,
     value_length_mla (deepseek2), l_cache (lfm2), d_conv, d_state, dt_rank (mamba),
-    n_group, n_ssm_head (granitehybrid).
+    n_group, n_ssm_head (granitehybrid), expert_count, expert_used_count (qwen3moe; `n_ff` is
+    then the width of one expert).
     """
     builder = ARCHITECTURES.get(arch)
     if builder is None:

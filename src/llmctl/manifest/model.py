@@ -26,35 +26,15 @@ from pydantic import (
 )
 
 from llmctl.errors import ManifestError, Problem, UsageError
+from llmctl.llama.vocab import CACHE_TYPES, CacheType, tristate
 from llmctl.manifest.sizes import parse_duration, parse_size
 from llmctl.manifest.yamldoc import Path_, Source, YamlLoadError, load_yaml
 from llmctl.paths import config_dir
 
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-QUANTIZED_CACHE_TYPES = frozenset(("q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"))
-
-_TRI_ON = {"on", "enabled", "true", "1", "yes"}
-_TRI_OFF = {"off", "disabled", "false", "0", "no"}
-_TRI_AUTO = {"auto", "-1"}
-
 
 def _tristate(value: object) -> object:
     """on/off/auto from any spelling llama-server accepts, and from YAML 1.1 booleans."""
-    if value is True:
-        return "on"
-    if value is False:
-        return "off"
-    if isinstance(value, int) and value in (0, 1, -1):
-        return {1: "on", 0: "off", -1: "auto"}[value]
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in _TRI_ON:
-            return "on"
-        if v in _TRI_OFF:
-            return "off"
-        if v in _TRI_AUTO:
-            return "auto"
-    return value
+    return tristate(value) or value
 
 
 _CTX = re.compile(r"^\s*([0-9]+)\s*([kK])?\s*$")
@@ -108,7 +88,6 @@ TriState = Annotated[
     BeforeValidator(_tristate),
     WithJsonSchema({"enum": ["on", "off", "auto", True, False]}),
 ]
-CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 CtxSize = Annotated[
     int,
     BeforeValidator(_ctx_size),
@@ -138,6 +117,44 @@ Layers = Annotated[
 ]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+_PORT_RANGE = re.compile(r"^\s*([0-9]{1,5})\s*-\s*([0-9]{1,5})\s*$")
+
+
+def _port_range(value: object) -> object:
+    """ "8100-8199" -> (8100, 8199)."""
+    if isinstance(value, str):
+        m = _PORT_RANGE.match(value)
+        if not m:
+            raise ValueError(f"cannot read {value!r} as a port range; write 8100-8199")
+        value = (int(m.group(1)), int(m.group(2)))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = value
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi <= 65535):
+            raise ValueError(f"a port range goes from low to high within 1-65535; got {lo}-{hi}")
+        return (lo, hi)
+    return value
+
+
+PortRange = Annotated[
+    tuple[int, int],
+    BeforeValidator(_port_range),
+    WithJsonSchema({"type": "string", "pattern": r"^\s*[0-9]{1,5}\s*-\s*[0-9]{1,5}\s*$"}),
+]
+_DEVICE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _device_name(value: object) -> object:
+    if isinstance(value, str) and not _DEVICE_NAME.match(value):
+        raise ValueError(f"{value!r} is not a device name; write CUDA0, Vulkan1, Metal or CPU")
+    return value
+
+
+DeviceName = Annotated[
+    str,
+    AfterValidator(_device_name),
+    WithJsonSchema({"type": "string", "pattern": _DEVICE_NAME.pattern}),
+]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=False)
@@ -158,6 +175,12 @@ class ServerConfig(_Strict):
         120.0, description="Kill a load that prints nothing for this long."
     )
     stop_timeout: Duration = Field(10.0, description="Grace period after SIGTERM before SIGKILL.")
+    ports: PortRange | None = Field(
+        None,
+        description="Ports for several servers at once, e.g. 8100-8199: each profile without its "
+        "own `port` gets one, in manifest order. Unset: every profile uses `port`, so one runs "
+        "at a time.",
+    )
 
 
 class GpuConfig(_Strict):
@@ -167,6 +190,24 @@ class GpuConfig(_Strict):
     headroom: Size = Field(512 * 1024**2, description="Keep this much free; warn inside it.")
     overhead: Size = Field(
         400 * 1024**2, description="CUDA context and pools per GPU, added to estimates."
+    )
+
+
+class DeviceConfig(_Strict):
+    """One device llama-server can place a model on, with its memory budget."""
+
+    name: DeviceName = Field(
+        description="The name llama-server lists (--list-devices): CUDA0, Vulkan0, Metal, or CPU."
+    )
+    vram: Size | None = Field(
+        None,
+        description="Budget in bytes (CPU: system RAM). Unset: nvidia-smi's total for a GPU, "
+        "/proc/meminfo's for CPU.",
+    )
+    headroom: Size = Field(512 * 1024**2, description="Keep this much free on the device.")
+    overhead: Size | None = Field(
+        None,
+        description="Runtime context and pools per server on the device (GPU default 400MiB, CPU 0).",
     )
 
 
@@ -291,6 +332,15 @@ class Profile(_Strict):
     stall_timeout: Duration | None = Field(None, description="Overrides server.stall_timeout.")
     stop_timeout: Duration | None = Field(None, description="Overrides server.stop_timeout.")
     ttl: Duration | None = Field(None, description="serve: unload after this long idle.")
+    device: DeviceName | list[DeviceName] | None = Field(
+        None,
+        description="Where the model goes: a device name (CUDA1, CPU), a list (split over them), "
+        "or auto (the placer chooses; the default).",
+    )
+    pinned: bool = Field(False, description="Never unloaded to make room for another profile.")
+    group: str | None = Field(
+        None, description="Profiles of one group never run at the same time (exclusive set)."
+    )
     metadata: dict[str, Any] | None = Field(
         None, description="GGUF metadata for estimates when the file is not on this machine."
     )
@@ -306,7 +356,10 @@ class ManifestModel(_Strict):
 
     version: Literal[1] = 1
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
-    gpu: GpuConfig = Field(default_factory=lambda: GpuConfig())
+    gpu: GpuConfig | list[DeviceConfig] = Field(
+        default_factory=lambda: GpuConfig(),
+        description="One GPU budget (vram, headroom, overhead), or a list of devices.",
+    )
     serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="Fields every profile starts from."
@@ -329,6 +382,62 @@ class Manifest(ManifestModel):
     @property
     def source(self) -> Source | None:
         return self._source
+
+    @property
+    def devices_listed(self) -> bool:
+        """`gpu:` is a list of devices: launches pass --device and the plan's split."""
+        return isinstance(self.gpu, list)
+
+    def device_configs(self) -> list[DeviceConfig]:
+        """Every device, in manifest order, CPU last unless listed: the old single `gpu:` mapping
+        is one device named GPU (no --device is passed for it)."""
+        if isinstance(self.gpu, list):
+            out = list(self.gpu)
+        else:
+            out = []
+            if self.gpu.vram is not None:
+                out.append(
+                    DeviceConfig(
+                        name="GPU",
+                        vram=self.gpu.vram,
+                        headroom=self.gpu.headroom,
+                        overhead=self.gpu.overhead,
+                    )
+                )
+        if not any(d.name.upper() == "CPU" for d in out):
+            out.append(DeviceConfig(name="CPU", vram=None, headroom=512 * 1024**2, overhead=0))
+        return out
+
+    @property
+    def gpu_budget(self) -> GpuConfig:
+        """The budget single-device estimates are judged against: the first GPU."""
+        if isinstance(self.gpu, GpuConfig):
+            return self.gpu
+        for d in self.gpu:
+            if d.name.upper() != "CPU":
+                overhead = d.overhead if d.overhead is not None else 400 * 1024**2
+                return GpuConfig(vram=d.vram, headroom=d.headroom, overhead=overhead)
+        return GpuConfig()
+
+    def profile_port(self, name: str) -> int:
+        """The port of a profile: its own, else its slot in server.ports, else server.port."""
+        profile = self.profiles[name]
+        if profile.port is not None:
+            return profile.port
+        ports = self.server.ports
+        if ports is None:
+            return self.server.port
+        own = {p.port for p in self.profiles.values() if p.port is not None}
+        port = ports[0]
+        for pname, p in self.profiles.items():
+            if p.port is not None:
+                continue
+            while port in own:
+                port += 1
+            if pname == name:
+                return port
+            port += 1
+        return port
 
     def names(self) -> list[str]:
         """Every profile name and alias."""

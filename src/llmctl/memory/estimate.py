@@ -12,16 +12,24 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from llmctl.errors import EXIT_INPUT, LlmctlError
-from llmctl.llama.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo, ggml_type
+from llmctl.llama.gguf import GGMLType, GGUFFile, SkippedArray, TensorInfo
+from llmctl.llama.vocab import (
+    CACHE_TYPES,
+    CPU_BUFFER,
+    FlashAttn,
+    cache_type,
+    n_cpu_moe_patterns,
+    parse_overrides,
+    tristate,
+)
+from llmctl.memory.families import Family, SwaRule, family
 
 MiB = 1024 * 1024
 DEFAULT_CUDA_OVERHEAD = 400 * MiB
-FlashAttn = Literal["on", "off", "auto"]
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
 def pad(x: int, n: int) -> int:
@@ -44,109 +52,17 @@ class LaunchOptions:
     batch_size: int = 2048
     ubatch_size: int = 512
     no_kv_offload: bool = False
+    n_cpu_moe: int = 0  # --n-cpu-moe: expert tensors of the first N blocks on the CPU
+    override_tensor: str | None = None  # -ot PATTERN=BUFFER,...
+
+    def tensor_overrides(self) -> list[tuple[str, str]]:
+        """(pattern, buffer) pairs in the order llama-server reads them from llmctl's command line
+        (--n-cpu-moe before -ot; common/arg.cpp appends both to one list, first match wins)."""
+        out = [(p, CPU_BUFFER) for p in n_cpu_moe_patterns(self.n_cpu_moe)]
+        return out + (parse_overrides(self.override_tensor) if self.override_tensor else [])
 
 
-# --- architecture rules -------------------------------------------------------------------------
-
-NO_KV_ARCHS = frozenset(
-    {
-        "bert",
-        "jina-bert-v2",
-        "jina-bert-v3",
-        "nomic-bert",
-        "nomic-bert-moe",
-        "neo-bert",
-        "eurobert",
-        "wavtokenizer-dec",
-        "modern-bert",
-        "gemma-embedding",
-        "dream",
-        "llada",
-        "llada-moe",
-        "rnd1",
-        "t5encoder",
-    }
-)
-RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-HYBRID_ARCHS = frozenset(
-    {
-        "jamba",
-        "falcon-h1",
-        "plamo2",
-        "granitehybrid",
-        "lfm2",
-        "lfm2moe",
-        "nemotron_h",
-        "nemotron_h_moe",
-        "qwen3next",
-        "kimi-linear",
-        "qwen35",
-        "qwen35moe",
-        "minimax-01",
-    }
-)
-# Caches of their own (sparse-attention indexers, compressed caches): generic rules, not exact.
-SPECIAL_ARCHS = frozenset(
-    {
-        "minimax-m3",
-        "glm-dsa",
-        "deepseek32",
-        "hy_v4",
-        "dots3note",
-        "deepseek4",
-        "glm5-next",
-        "qwen4exp",
-        "bailingmoe3",
-        "kimi-k3",
-        "dflash",
-        "gemma4-assistant",
-        "eagle3",
-        "t5",
-    }
-)
-# Recurrent/hybrid families whose recurrent layers are the ones without KV heads.
-_RECR_FROM_ZERO_KV = frozenset(
-    {"jamba", "plamo2", "granitehybrid", "lfm2", "lfm2moe", "kimi-linear", "glm5-next"}
-)
-# Hybrids whose recurrent layers follow full_attention_interval (1 full layer every N).
-_RECR_FROM_INTERVAL = frozenset({"qwen3next", "qwen35", "qwen35moe", "minimax-01"})
-
-
-@dataclass(frozen=True)
-class SwaRule:
-    """How an architecture marks its sliding-window layers (llama.cpp `load_arch_hparams`)."""
-
-    pattern: int | None  # default period; None = a bool array is required
-    dense_first: bool = False
-    window: int | None = None  # default window when the key is absent (None: key required)
-    needs_window: bool = False  # SWA only when `sliding_window` is present and > 0
-    off_when_zero: bool = False  # llama4: a window of 0 disables SWA
-    force_window: int | None = None  # smallthinker: this window whatever the key says
-
-
-SWA_RULES: dict[str, SwaRule] = {
-    "gemma2": SwaRule(2, window=4096),
-    "gemma3": SwaRule(6, needs_window=True),
-    "gemma3n": SwaRule(5),
-    "gemma4": SwaRule(None),
-    "cohere2": SwaRule(4),
-    "cohere2moe": SwaRule(4, dense_first=True),
-    "gpt-oss": SwaRule(2),
-    "llama4": SwaRule(4, window=8192, off_when_zero=True),
-    "olmo2": SwaRule(4, needs_window=True),
-    "plamo3": SwaRule(8, needs_window=True),
-    "afmoe": SwaRule(4, needs_window=True),
-    "mellum": SwaRule(4, needs_window=True),
-    "laguna": SwaRule(4, dense_first=True, needs_window=True),
-    "exaone-moe": SwaRule(4, window=128),
-    "muse-glimmer": SwaRule(4),
-    "granite_swa": SwaRule(None),
-    "maple": SwaRule(None),
-    "mimo2": SwaRule(None),
-    "step35": SwaRule(None),
-    "spark2_5": SwaRule(None),
-    "smallthinker": SwaRule(4, dense_first=True, needs_window=True, force_window=4096),
-}
+# --- hyper-parameters ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -177,6 +93,24 @@ class HParams:
     known: bool  # an architecture whose rules llmctl implements
     ssm_d_inner: int = 0
     notes: list[str] = field(default_factory=list)
+    family: Family = field(default_factory=Family)
+    # what sizes the compute graph beyond the caches
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    n_ff_shexp: int = 0
+    n_expert_shared: int = 0
+    n_layer_dense_lead: int = 0
+    kv_lora_rank: int = 0
+    ssm_d_state: int = 0
+    ssm_n_group: int = 0
+    ssm_dt_rank: int = 0
+    head_k_mla: int = 0
+
+    def q_dim(self, il: int) -> int:
+        """Width of the query projection of layer il (MLA: per-head key_length_mla)."""
+        head = self.head_k_mla if self.is_mla else self.head_k(il)
+        return self.n_head[il] * head
 
     @property
     def n_layer(self) -> int:
@@ -303,24 +237,17 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
         head_k = head_v = 0
     head_k_swa = m.num("attention.key_length_swa", head_k)
     head_v_swa = m.num("attention.value_length_swa", head_v)
-    known = (
-        arch in SWA_RULES
-        or arch in RECURRENT_ARCHS
-        or arch in HYBRID_ARCHS
-        or arch in NO_KV_ARCHS
-        or arch in _PLAIN_ARCHS
-    )
-    if arch in SPECIAL_ARCHS:
-        known = False
+    fam, known = family(arch)
+    if not fam.exact:
         notes.append(f"{arch} has caches of its own; estimated with the generic rules")
 
     # sliding window
     is_swa = [False] * n_all
     n_swa = 0
     swa = False
-    rule = SWA_RULES.get(arch)
-    if arch == "exaone4" and n_layer == 64:  # only the 32B model interleaves sliding windows
-        rule = SwaRule(4, window=4096)
+    rule: SwaRule | None = fam.swa
+    if rule is not None and rule.only_with_layers not in (None, n_layer):
+        rule = None
     if rule is not None:
         window = m.raw("attention.sliding_window")
         if (rule.off_when_zero and window == 0) or (
@@ -338,18 +265,15 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
         else:
             p = m.num("attention.sliding_window_pattern", rule.pattern)
             is_swa = _pattern(p, rule.dense_first, n_layer, n_all)
-    elif arch == "phi3":
-        is_swa = [False] * n_all
 
     # recurrent layers
-    is_recr = [arch in RECURRENT_ARCHS] * n_all
-    if arch in _RECR_FROM_ZERO_KV:
+    how = fam.recurrent_layers
+    is_recr = [how == "all"] * n_all
+    if how == "zero_kv":
         is_recr = [il < n_layer and n_head_kv[il] == 0 for il in range(n_all)]
-    elif arch in ("nemotron_h", "nemotron_h_moe"):
+    elif how == "zero_kv_no_ff":
         is_recr = [il < n_layer and n_head_kv[il] == 0 and n_ff[il] == 0 for il in range(n_all)]
-    elif arch == "falcon-h1":
-        is_recr = [True] * n_all
-    elif arch in _RECR_FROM_INTERVAL:
+    elif how == "interval":
         arr = m.bools("attention.recurrent_layers", n_all)
         scalar = m.raw("attention.recurrent_layers")
         if arr is not None:
@@ -357,18 +281,20 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
         elif isinstance(scalar, bool | int):
             is_recr = [bool(scalar)] * n_all
         else:
-            interval = m.num("full_attention_interval", 8 if arch == "minimax-01" else 4)
+            interval = m.num("full_attention_interval", fam.interval_default)
+            if interval < 1:
+                raise MetadataError(f"{arch}.full_attention_interval must be 1 or more, not 0")
             is_recr = [il < n_layer and (il + 1) % interval != 0 for il in range(n_all)]
-    if arch in ("lfm2", "lfm2moe"):
+    if fam.swa_on_attention_layers:
         window = m.raw("attention.sliding_window")
         if isinstance(window, int) and window > 0:
             swa, n_swa = True, window
             is_swa = [il < n_layer and not is_recr[il] for il in range(n_all)]
 
     kv_from_start = -1
-    if arch == "gemma3n":
+    if fam.kv_layers == "first_20":
         kv_from_start = 20
-    elif arch == "gemma4":
+    elif fam.kv_layers == "minus_shared":
         kv_from_start = n_all - m.num("attention.shared_kv_layers", 0)
 
     is_mla = m.num("attention.key_length_mla", 0) > 0 and m.num("attention.value_length_mla", 0) > 0
@@ -381,7 +307,7 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
     d_inner = m.num("ssm.inner_size", 0)
     d_state = m.num("ssm.state_size", 0)
     n_group = m.num("ssm.group_count", 0)
-    head_la = head_k if arch == "minimax-01" else 0
+    head_la = head_k if fam.linear_attention_state else 0
     if wkv:
         n_embd_r = m.num("token_shift_count", 2) * n_embd
     elif l_cache:
@@ -424,83 +350,19 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
         known=known,
         ssm_d_inner=d_inner,
         notes=notes,
+        family=fam,
+        n_expert=m.num("expert_count", 0),
+        n_expert_used=m.num("expert_used_count", 0),
+        n_ff_exp=m.num("expert_feed_forward_length", 0),
+        n_ff_shexp=m.num("expert_shared_feed_forward_length", 0),
+        n_expert_shared=m.num("expert_shared_count", 0),
+        n_layer_dense_lead=m.num("leading_dense_block_count", 0),
+        kv_lora_rank=m.num("attention.kv_lora_rank", 0),
+        ssm_d_state=d_state,
+        ssm_n_group=n_group,
+        ssm_dt_rank=m.num("ssm.time_step_rank", 0),
+        head_k_mla=m.num("attention.key_length_mla", 0),
     )
-
-
-# Architectures with one plain attention cache, checked against llama.cpp's create_memory default.
-_PLAIN_ARCHS = frozenset(
-    {
-        "llama",
-        "deci",
-        "falcon",
-        "grok",
-        "gpt2",
-        "gptj",
-        "gptneox",
-        "mpt",
-        "baichuan",
-        "starcoder",
-        "refact",
-        "bloom",
-        "stablelm",
-        "qwen",
-        "qwen2",
-        "qwen2moe",
-        "qwen2vl",
-        "qwen3",
-        "qwen3moe",
-        "qwen3vl",
-        "qwen3vlmoe",
-        "phi2",
-        "phi3",
-        "phimoe",
-        "plamo",
-        "codeshell",
-        "orion",
-        "internlm2",
-        "minicpm",
-        "minicpm3",
-        "gemma",
-        "starcoder2",
-        "xverse",
-        "command-r",
-        "dbrx",
-        "olmo",
-        "olmoe",
-        "openelm",
-        "arctic",
-        "deepseek",
-        "deepseek2",
-        "chatglm",
-        "glm4",
-        "glm4moe",
-        "bitnet",
-        "jais",
-        "nemotron",
-        "exaone",
-        "exaone4",
-        "granite",
-        "granitemoe",
-        "chameleon",
-        "plm",
-        "bailingmoe",
-        "bailingmoe2",
-        "dots1",
-        "arcee",
-        "ernie4_5",
-        "ernie4_5-moe",
-        "hunyuan-moe",
-        "hunyuan-dense",
-        "smollm3",
-        "seed_oss",
-        "grovemoe",
-        "apertus",
-        "minimax-m2",
-        "mistral3",
-        "mistral4",
-        "llama-embed",
-    }
-)
 
 
 # --- context sizes ------------------------------------------------------------------------------
@@ -641,10 +503,11 @@ def _recurrent_cache(hp: HParams, layer_filter: Callable[[int], bool], n_seq: in
 
 def kv_caches(hp: HParams, opts: LaunchOptions, cs: ContextSizes) -> list[CacheEstimate]:
     """Every cache llama-server allocates, in the order it prints them."""
-    if hp.arch in NO_KV_ARCHS:
+    fam = hp.family
+    if fam.memory == "none":
         return []
-    tk = ggml_type(opts.cache_type_k)
-    tv = ggml_type(opts.cache_type_v)
+    tk = cache_type(opts.cache_type_k)
+    tv = cache_type(opts.cache_type_v)
     v_trans = opts.flash_attn == "off"  # auto counts as on when the cache is allocated
     caches: list[CacheEstimate] = []
 
@@ -652,35 +515,43 @@ def kv_caches(hp: HParams, opts: LaunchOptions, cs: ContextSizes) -> list[CacheE
         # NextN/MTP layers are never attended by the main context
         return not (hp.n_layer_nextn > 0 and hp.n_layer > 0 and il >= hp.n_layer)
 
-    if hp.arch in RECURRENT_ARCHS:
+    if fam.memory == "recurrent":
         return [_recurrent_cache(hp, lambda il: True, cs.n_seq)]
 
-    if hp.arch in HYBRID_ARCHS:
-        if hp.arch == "falcon-h1":
+    if fam.memory == "hybrid":
+        attn_f: Callable[[int], bool]
+        recr_f: Callable[[int], bool]
+        if fam.attention_layers == "all":
 
             def attn_f(il: int) -> bool:
                 return True
 
-            def recr_f(il: int) -> bool:
-                return True
-        elif hp.arch in ("nemotron_h", "nemotron_h_moe"):
+        elif fam.attention_layers == "not_recurrent_no_ff":
 
             def attn_f(il: int) -> bool:
                 return not hp.is_recr[il] and hp.n_ff[il] == 0
 
-            def recr_f(il: int) -> bool:
-                return hp.is_recr[il] and hp.n_ff[il] == 0
-        elif hp.arch in _RECR_FROM_INTERVAL:
+        elif fam.recurrent_layers == "interval":
 
             def attn_f(il: int) -> bool:
                 return il < hp.n_layer and not hp.is_recr[il]
 
-            def recr_f(il: int) -> bool:
-                return il < hp.n_layer and hp.is_recr[il]
         else:
 
             def attn_f(il: int) -> bool:
                 return not hp.is_recr[il]
+
+        if fam.recurrent_layers == "zero_kv_no_ff":
+
+            def recr_f(il: int) -> bool:
+                return hp.is_recr[il] and hp.n_ff[il] == 0
+
+        elif fam.recurrent_layers == "interval":
+
+            def recr_f(il: int) -> bool:
+                return il < hp.n_layer and hp.is_recr[il]
+
+        else:
 
             def recr_f(il: int) -> bool:
                 return hp.is_recr[il]
@@ -734,6 +605,8 @@ class WeightsEstimate:
     exact: bool
     gpu_layers: int  # blocks on the GPU (output layer not counted)
     output_on_gpu: bool
+    overridden_cpu_bytes: int = 0  # kept on the CPU by --n-cpu-moe / -ot (in cpu_bytes)
+    overridden_tensors: int = 0  # tensors an override moved (to the CPU or another buffer)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -743,6 +616,8 @@ class WeightsEstimate:
             "exact": self.exact,
             "gpu_layers": self.gpu_layers,
             "output_on_gpu": self.output_on_gpu,
+            "overridden_cpu_bytes": self.overridden_cpu_bytes,
+            "overridden_tensors": self.overridden_tensors,
         }
 
 
@@ -758,14 +633,15 @@ def gpu_layer_split(n_layer_all: int, n_gpu_layers: int) -> tuple[int, bool]:
     return i_gpu_start, output_on_gpu
 
 
-def _tensor_layer(t: TensorInfo, arch: str) -> str | int:
+def _tensor_layer(t: TensorInfo, output_prefixes: tuple[str, ...] | str) -> str | int:
+    """A tensor's block number, or "output" / "input"; `output_prefixes` may be an architecture
+    name, whose family record gives them."""
+    if isinstance(output_prefixes, str):
+        output_prefixes = family(output_prefixes)[0].output_prefixes
     m = _BLK.match(t.name)
     if m:
         return int(m.group(1))
-    name = t.name
-    if name.startswith("output") or (
-        arch in ("lfm2", "lfm2moe") and name.startswith("token_embd_norm")
-    ):
+    if t.name.startswith(output_prefixes):
         return "output"
     return "input"
 
@@ -787,8 +663,9 @@ def weights_estimate(
     tensors: Sequence[TensorInfo] | None,
     n_layer_all: int,
     n_gpu_layers: int,
-    arch: str,
+    output_prefixes: tuple[str, ...] = ("output",),
     total_bytes: int | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
 ) -> WeightsEstimate:
     """Weights per tensor, split GPU/CPU by the -ngl rule; tied output embeddings duplicated.
 
@@ -796,7 +673,12 @@ def weights_estimate(
     `bytes` (= gpu_bytes + cpu_bytes) can exceed the file's tensor data by a little.
     Without a tensor table (a `metadata:` block), `total_bytes` is split in proportion to layers,
     with no token-embedding separation, and marked inexact.
+
+    `overrides` are (pattern, buffer type) pairs as `--n-cpu-moe` and `-ot` give them: the first
+    pattern found in a tensor's name decides its buffer (llama_model_loader), `CPU` meaning the
+    host and any other buffer a GPU.
     """
+    compiled = [(re.compile(p), b.upper() == CPU_BUFFER) for p, b in overrides]
     i_gpu_start, out_gpu = gpu_layer_split(n_layer_all, n_gpu_layers)
     gpu_layers = max(0, n_layer_all - i_gpu_start)
     if tensors is None:
@@ -804,16 +686,24 @@ def weights_estimate(
         share = (gpu_layers + (1 if out_gpu else 0)) / (n_layer_all + 1)
         gpu = int(total * share)
         return WeightsEstimate(total, gpu, total - gpu, False, gpu_layers, out_gpu)
-    gpu = cpu = 0
+    gpu = cpu = moved_cpu = moved = 0
     has_output = False
     embd: TensorInfo | None = None
     for t in tensors:
-        where = _tensor_layer(t, arch)
+        where = _tensor_layer(t, output_prefixes)
         if t.name == "output.weight":
             has_output = True
         if t.name == "token_embd.weight":
             embd = t
-        if where == "input":
+        to_cpu = next((c for p, c in compiled if p.search(t.name)), None)
+        if to_cpu is not None:
+            moved += 1
+            if to_cpu:
+                cpu += t.nbytes
+                moved_cpu += t.nbytes
+            else:
+                gpu += cuda_alloc_size(t)
+        elif where == "input":
             cpu += t.nbytes
         elif where == "output":
             if out_gpu:
@@ -828,44 +718,127 @@ def weights_estimate(
         # tied embeddings: the output layer gets its own copy on its device (same device: shared)
         gpu += cuda_alloc_size(embd)
     total = gpu + cpu
-    return WeightsEstimate(total, gpu, cpu, True, gpu_layers, out_gpu)
+    return WeightsEstimate(total, gpu, cpu, True, gpu_layers, out_gpu, moved_cpu, moved)
 
 
 # --- compute buffer -----------------------------------------------------------------------------
 
 
+def n_outputs_reserved(cs: ContextSizes, n_draft: int = 0) -> int:
+    """Outputs (logit rows) llama-server reserves: one per slot, plus the draft tokens each slot
+    verifies (server_output_limits), at most n_batch."""
+    return max(1, min(cs.n_batch, cs.n_seq * (1 + max(0, n_draft))))
+
+
+@dataclass
+class ComputeParts:
+    """The compute buffer as the sum of what is alive at the graph's widest point."""
+
+    n_tokens: int
+    masks: int  # the KQ masks, inputs alive through every layer
+    layer: int  # activations of the widest layer (FFN, MoE, attention scores or SSM scan)
+    where: str  # which phase of a layer is the widest
+    states: int  # recurrent states copied into the graph
+    outputs: int  # logits of the reserved outputs
+
+    @property
+    def bytes(self) -> int:
+        return self.masks + max(self.layer + self.states, self.outputs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_tokens": self.n_tokens,
+            "masks": self.masks,
+            "layer": self.layer,
+            "where": self.where,
+            "states": self.states,
+            "outputs": self.outputs,
+            "bytes": self.bytes,
+        }
+
+
+def compute_parts(
+    hp: HParams,
+    opts: LaunchOptions,
+    cs: ContextSizes,
+    caches: Sequence[CacheEstimate],
+    n_draft: int = 0,
+) -> ComputeParts:
+    """The compute buffer llama.cpp reserves for its worst-case graph, from the graph's shapes.
+
+    llama.cpp reserves a prompt-processing graph of n_tokens = min(n_ctx, n_ubatch) tokens with
+    one output per slot. ggml's allocator frees each activation after its last use, so the
+    buffer is the largest set of tensors alive at once:
+
+        masks + max(widest layer + recurrent states, logits)
+
+    masks   n_tokens x cells per attention cache, f16 with flash attention (f32 without)
+    layer   4 n_tokens x (3 n_embd + n_q + FFN), where the FFN keeps gate, up and their
+            product alive (3 n_ff; MoE: 3 n_ff_exp x used experts, plus the experts' outputs
+            n_embd x used when they do not fit in the freed gate/up); without flash attention
+            the KQ scores (cells x n_head x n_tokens, f32) with q, k, v and the residuals;
+            MLA adds its absorbed per-head latent (2 kv_lora_rank + rope) to the scores;
+            an SSM layer keeps its input projection and 2.5 x d_inner of scan outputs
+    states  the recurrent states of every slot (Mamba-2: d_state x d_inner per slot)
+    logits  4 x outputs x n_vocab
+
+    Checked against `sched_reserve: CPU compute buffer size` on models with published shapes
+    (bench/estimate_accuracy.py, tests/test_memory_shapes.py).
+    """
+    n_tokens = min(cs.n_ctx, cs.n_ubatch)
+    fa = opts.flash_attn != "off"
+    attn = [c for c in caches if c.kind != "recurrent" and c.layers > 0]
+    masks = sum(n_tokens * c.cells * (2 if fa else 4) for c in attn)
+    e = hp.n_embd
+    layers = range(hp.n_layer)
+    q = max((hp.q_dim(il) for il in layers), default=0)
+    kv = max((hp.k_gqa(il) for il in layers if hp.n_head_kv[il] > 0), default=0)
+    base = 3 * e + q
+    phases: list[tuple[int, str]] = []
+    # dense FFN
+    dense = [hp.n_ff[il] for il in layers if not (hp.n_expert and il >= hp.n_layer_dense_lead)]
+    if hp.n_expert == 0:
+        dense = list(hp.n_ff)
+    f = max(dense, default=0)
+    if f:
+        phases.append((4 * n_tokens * (base + 3 * f), "ffn"))
+    # mixture of experts
+    if hp.n_expert and hp.n_expert_used:
+        k = hp.n_expert_used
+        f_exp = hp.n_ff_exp or (max(hp.n_ff) // k if hp.n_ff else 0)
+        moe = 3 * f_exp * k
+        if e * k > 2 * f_exp * k:  # expert outputs do not fit where gate and up were
+            moe += e * k
+        shared = 3 * (hp.n_ff_shexp or f_exp) * hp.n_expert_shared
+        phases.append((4 * n_tokens * (base + max(moe, shared)), "moe"))
+    # attention scores without flash attention
+    if not fa and attn:
+        n_head = max(hp.n_head) if hp.n_head else 0
+        kq = max(c.cells for c in attn) * n_head * n_tokens * 4
+        extra = 5 * e + 2 * kv
+        if hp.is_mla:
+            extra += n_head * (2 * hp.kv_lora_rank + (hp.head_k_full - hp.kv_lora_rank))
+        phases.append((kq + 4 * n_tokens * extra, "kq"))
+    # selective-state-space scan
+    states = 0
+    if hp.ssm_d_inner and any(hp.is_recr):
+        d_inner = hp.ssm_d_inner
+        n_ssm_head = hp.ssm_dt_rank if hp.ssm_n_group else 0
+        d_in_proj = 2 * d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state + n_ssm_head
+        phases.append((4 * n_tokens * (base + d_in_proj + (5 * d_inner) // 2), "ssm"))
+        states = 4 * cs.n_seq * (hp.n_embd_r + hp.n_embd_s)
+    if not phases:
+        phases.append((4 * n_tokens * base, "attention"))
+    layer, where = max(phases)
+    outputs = 4 * n_outputs_reserved(cs, n_draft) * hp.n_vocab
+    return ComputeParts(n_tokens, masks, layer, where, states, outputs)
+
+
 def compute_estimate(
     hp: HParams, opts: LaunchOptions, cs: ContextSizes, caches: Sequence[CacheEstimate]
 ) -> int:
-    """Approximate size of the compute buffer llama.cpp reserves for its worst-case graph.
-
-    There is no closed form: ggml's allocator reuses memory between graph nodes. With
-    n_tokens = min(n_ctx, n_ubatch), the model is
-
-        max(masks, activations) + KQ + 64 KiB
-
-    masks        4 * n_tokens * cells, summed over the attention caches (one KQ mask each)
-    activations  4 * n_tokens * (n_vocab + 6 n_embd + 2 n_ff + 3 ssm_d_inner): the logits and
-                 the widest layer; MLA adds 8 * n_tokens * n_head * key_length
-    KQ           4 * n_tokens * n_kv * n_head with flash attention off (the score matrix), else 0
-
-    Calibrated on the CPU backend against `sched_reserve` at -lv 4 over the test matrix
-    (tests/test_memory_real.py: 150 launches, 15 models, 9 architectures): the error is within
-    -42 %/+44 %, median 0 %, mean absolute 11 %. On CUDA the buffer also holds backend pools
-    that this does not model. On real models the term is small next to the KV cache and the
-    weights (hundreds of MiB against gigabytes).
-    """
-    n_tokens = min(cs.n_ctx, cs.n_ubatch)
-    n_head = max(hp.n_head) if hp.n_head else 0
-    n_ff = max(hp.n_ff) if hp.n_ff else 0
-    attn = [c for c in caches if c.kind != "recurrent" and c.layers > 0]
-    masks = sum(4 * n_tokens * c.cells for c in attn)
-    n_kv = max((c.cells for c in attn), default=0)
-    activations = 4 * n_tokens * (hp.n_vocab + 6 * hp.n_embd + 2 * n_ff + 3 * hp.ssm_d_inner)
-    if hp.is_mla:  # absorbed MLA attention works on kv_lora_rank-wide heads
-        activations += 4 * n_tokens * n_head * hp.head_k_full * 2
-    kq = 4 * n_tokens * n_kv * n_head if opts.flash_attn == "off" else 0
-    return max(masks, activations) + kq + 64 * 1024
+    """Bytes of the compute buffer (see compute_parts)."""
+    return compute_parts(hp, opts, cs, caches).bytes
 
 
 # --- the estimate -------------------------------------------------------------------------------
@@ -892,6 +865,16 @@ class Estimate:
     n_ctx_train: int
     options: LaunchOptions
     notes: list[str] = field(default_factory=list)
+    # host memory (RAM): the whole estimate when no GPU is used
+    on_gpu: bool = True
+    host_weights_bytes: int = 0  # weights the CPU keeps (mapped file pages, CPU layers, experts)
+    host_kv_bytes: int = 0  # KV of layers not offloaded (all of it with -nkvo or no GPU)
+    host_compute_bytes: int = 0  # the CPU backend's compute buffer
+    output_bytes: int = 0  # logits of the reserved outputs (host)
+    host_total_bytes: int = 0
+    compute: ComputeParts | None = None
+    mmproj: ExtraModel | None = None
+    draft: Estimate | None = None
 
     @property
     def kv_bytes(self) -> int:
@@ -938,6 +921,17 @@ class Estimate:
             "headroom_bytes": self.headroom_bytes,
             "fits": self.fits,
             "within_headroom": self.within_headroom,
+            "on_gpu": self.on_gpu,
+            "host": {
+                "weights_bytes": self.host_weights_bytes,
+                "kv_bytes": self.host_kv_bytes,
+                "compute_bytes": self.host_compute_bytes,
+                "output_bytes": self.output_bytes,
+                "total_bytes": self.host_total_bytes,
+            },
+            "compute": self.compute.to_json() if self.compute else None,
+            "mmproj": self.mmproj.to_json() if self.mmproj else None,
+            "draft": self.draft.to_json() if self.draft else None,
             "notes": list(self.notes),
         }
 
@@ -986,6 +980,49 @@ class ModelSource:
         return cls(path, meta, None, weights)
 
 
+@dataclass
+class ExtraModel:
+    """A model llama-server loads beside the main one (the multimodal projector)."""
+
+    path: str
+    weights_bytes: int
+    compute_bytes: int
+    on_gpu: bool
+    exact: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "weights_bytes": self.weights_bytes,
+            "compute_bytes": self.compute_bytes,
+            "on_gpu": self.on_gpu,
+            "exact": self.exact,
+        }
+
+
+def mmproj_estimate(source: ModelSource, on_gpu: bool) -> ExtraModel:
+    """The projector's weights (exact, from its tensor table) and its compute buffer, sized for
+    the warm-up image at the encoder's resolution: with flash attention (on by default for the
+    encoder) the widest point is a block's FFN, 4 x patches x (3 n_embd + n_ff). Checked on a
+    SigLIP encoder (gemma3); other projector types have other graphs (approximate)."""
+    m = source.metadata
+    weights = sum(t.nbytes for t in source.tensors or ())
+    if not source.tensors:
+        weights = source.weights_bytes or 0
+
+    def num(key: str) -> int:
+        v = m.get(f"clip.vision.{key}")
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    patch = num("patch_size")
+    side = num("image_size") // patch if patch else 0
+    n_pos = side * side
+    n_embd, n_ff = num("embedding_length"), num("feed_forward_length")
+    compute = 4 * n_pos * (3 * n_embd + n_ff)
+    exact = m.get("clip.projector_type") == "gemma3"
+    return ExtraModel(source.path, weights, compute, on_gpu, exact)
+
+
 def estimate(
     source: ModelSource,
     opts: LaunchOptions,
@@ -994,8 +1031,20 @@ def estimate(
     budget: int | None = None,
     headroom: int = 0,
     overhead: int = DEFAULT_CUDA_OVERHEAD,
+    gpu: bool = True,
+    mmproj: ModelSource | None = None,
+    draft: ModelSource | None = None,
+    n_draft: int = 0,
 ) -> Estimate:
-    """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError)."""
+    """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError).
+
+    With `gpu=False` (no GPU, or a CPU-only llama-server) every figure is host memory and the GPU
+    total is 0. `mmproj` and `draft` are counted where llama-server puts them (the projector
+    and the draft's layers on the GPU when there is one). With a speculative type enabled the
+    main context reserves outputs for the `n_draft` tokens each slot drafts (--draft-max); a
+    draft model alone enables none in the pinned build (its log says "no implementations
+    specified"), hence 0 by default.
+    """
     hp = hparams_from_metadata(source.metadata)
     if opts.ctx_size <= 0 and hp.n_ctx_train <= 0:
         raise MetadataError(
@@ -1005,26 +1054,71 @@ def estimate(
     for name in (opts.cache_type_k, opts.cache_type_v):
         if name.lower() not in CACHE_TYPES:
             raise MetadataError(f"unsupported cache type {name!r}; one of {', '.join(CACHE_TYPES)}")
+    try:
+        overrides = opts.tensor_overrides() if gpu else []
+    except ValueError as err:
+        raise MetadataError(f"override_tensor: {err}") from None
     caches = kv_caches(hp, opts, cs)
     n_blocks = hp.n_layer_all
+    ngl = opts.n_gpu_layers if gpu else 0
     weights = weights_estimate(
-        source.tensors, n_blocks, opts.n_gpu_layers, hp.arch, source.weights_bytes
+        source.tensors,
+        n_blocks,
+        ngl,
+        hp.family.output_prefixes,
+        source.weights_bytes,
+        overrides,
     )
-    i_gpu_start, _ = gpu_layer_split(n_blocks, opts.n_gpu_layers)
+    i_gpu_start, out_gpu = gpu_layer_split(n_blocks, ngl)
     kv_gpu = 0
-    if not opts.no_kv_offload:
+    if gpu and not opts.no_kv_offload:
         for c in caches:
             kv_gpu += sum(
                 b for il, b in zip(c.layer_ids, c.layer_bytes, strict=True) if il >= i_gpu_start
             )
-    compute = compute_estimate(hp, opts, cs, caches)
+    kv_host = sum(c.bytes for c in caches) - kv_gpu
+    parts = compute_parts(hp, opts, cs, caches, n_draft if draft is not None else 0)
+    compute = parts.bytes
+    n_tokens = parts.n_tokens
+    if not gpu:
+        gpu_compute, host_compute = 0, compute
+    else:
+        gpu_compute = compute
+        cpu_layers = i_gpu_start > 0 or not out_gpu or weights.overridden_cpu_bytes > 0
+        # the CPU backend runs what stays on it; otherwise it only holds the graph's inputs
+        host_compute = compute if cpu_layers else 4 * n_tokens * hp.n_embd
+    output = 4 * hp.n_vocab * max(n_outputs_reserved(cs, 0), cs.n_seq)
     notes = list(hp.notes)
     exact = hp.known  # the KV rules; weights.exact says whether the weights came from tensors
     if source.tensors is None:
         notes.append("weights from the metadata block (no tensor table): split by layer count")
     if source.tensors is None and source.weights_bytes is None:
         notes.append("no weights_bytes in the metadata block: weights counted as 0")
-    gpu_total = weights.gpu_bytes + kv_gpu + compute + overhead
+    gpu_total = (weights.gpu_bytes + kv_gpu + gpu_compute + overhead) if gpu else 0
+    host_total = weights.cpu_bytes + kv_host + host_compute + output
+    extra = None
+    if mmproj is not None:
+        extra = mmproj_estimate(mmproj, gpu)
+        if gpu:
+            gpu_total += extra.weights_bytes + extra.compute_bytes
+        else:
+            host_total += extra.weights_bytes + extra.compute_bytes
+        notes.append("mmproj compute buffer approximate (one image at the encoder's resolution)")
+    draft_est = None
+    if draft is not None:
+        draft_opts = replace(
+            opts,
+            cache_type_k="f16",
+            cache_type_v="f16",
+            n_cpu_moe=0,
+            override_tensor=None,
+            ctx_size=cs.n_ctx if opts.ctx_size > 0 else opts.ctx_size,
+        )
+        draft_est = estimate(draft, draft_opts, overhead=0, gpu=gpu)
+        gpu_total += draft_est.gpu_total_bytes
+        host_total += draft_est.host_total_bytes
+        if hp.n_vocab and draft_est.compute and vocab_size(draft) != hp.n_vocab:
+            notes.append("the draft model's vocabulary differs from the main model's")
     return Estimate(
         profile=profile,
         model=source.path,
@@ -1035,7 +1129,7 @@ def estimate(
         caches=caches,
         weights=weights,
         compute_bytes=compute,
-        overhead_bytes=overhead,
+        overhead_bytes=overhead if gpu else 0,
         kv_gpu_bytes=kv_gpu,
         gpu_total_bytes=gpu_total,
         budget_bytes=budget,
@@ -1043,7 +1137,22 @@ def estimate(
         n_ctx_train=hp.n_ctx_train,
         options=opts,
         notes=notes,
+        on_gpu=gpu,
+        host_weights_bytes=weights.cpu_bytes,
+        host_kv_bytes=kv_host,
+        host_compute_bytes=host_compute,
+        output_bytes=output,
+        host_total_bytes=host_total,
+        compute=parts,
+        mmproj=extra,
+        draft=draft_est,
     )
+
+
+def vocab_size(source: ModelSource) -> int:
+    """The vocabulary of a model (0 when its metadata does not say)."""
+    arch = source.metadata.get("general.architecture")
+    return _vocab_size(source.metadata, arch) if isinstance(arch, str) else 0
 
 
 class ProfileLike(Protocol):
@@ -1091,7 +1200,7 @@ class ProfileLike(Protocol):
 
 def options_from_profile(profile: ProfileLike) -> LaunchOptions:
     """The launch options a profile asks for."""
-    fa = profile.flash_attn if profile.flash_attn in ("on", "off", "auto") else "auto"
+    fa = tristate(profile.flash_attn) or "auto"
     return LaunchOptions(
         ctx_size=profile.ctx_size,
         parallel=profile.parallel,
@@ -1099,11 +1208,14 @@ def options_from_profile(profile: ProfileLike) -> LaunchOptions:
         swa_full=profile.swa_full,
         cache_type_k=profile.cache_type_k,
         cache_type_v=profile.cache_type_v,
-        flash_attn=fa,  # type: ignore[arg-type]
+        flash_attn=fa,
         n_gpu_layers=profile.n_gpu_layers,
         batch_size=profile.batch_size,
         ubatch_size=profile.ubatch_size,
         no_kv_offload=profile.no_kv_offload,
+        # read with getattr: a ProfileLike written before these fields existed still works
+        n_cpu_moe=getattr(profile, "n_cpu_moe", None) or 0,
+        override_tensor=getattr(profile, "override_tensor", None),
     )
 
 
@@ -1112,17 +1224,34 @@ def source_for_profile(profile: ProfileLike) -> ModelSource | None:
 
     Raises GGUFError when the file exists but cannot be read.
     """
+    source = source_for_path(profile.model)
+    if source is not None:
+        return source
+    if profile.metadata:
+        return ModelSource.from_metadata(profile.model, profile.metadata)
+    return None
+
+
+def source_for_path(model: str | None) -> ModelSource | None:
+    """A GGUF's header and tensor table when the file exists, else None (GGUFError if unreadable)."""
     from pathlib import Path
 
     from llmctl.llama.gguf import read_gguf, split_paths
 
-    path = Path(profile.model)
+    if not model:
+        return None
+    path = Path(model)
     first = (split_paths(path) or [path])[0]
     if first.is_file():
         return ModelSource.from_gguf(read_gguf(path))
-    if profile.metadata:
-        return ModelSource.from_metadata(profile.model, profile.metadata)
     return None
+
+
+def extra_sources(profile: object) -> tuple[ModelSource | None, ModelSource | None]:
+    """The profile's projector and draft model, when their GGUFs are on this machine."""
+    mmproj = getattr(profile, "mmproj", None)
+    draft = getattr(profile, "model_draft", None)
+    return source_for_path(mmproj), source_for_path(draft)
 
 
 def mib(n: int | float) -> float:

@@ -3,17 +3,21 @@
 Pure functions over `llmctl.memory.estimate`: each suggestion carries its new estimate. Suggestions are
 ranked by what they cost in quality or speed: a q8_0 KV cache first (near lossless), a
 window-sized sliding-window cache, then a smaller context or fewer slots (in proportion to what
-is lost), a q4_0 cache, and last moving layers to the CPU (slow).
+is lost), a q4_0 cache, and last what costs speed: MoE experts on the CPU (`n_cpu_moe`) before
+whole layers (`n_gpu_layers`), each ranked by the slowdown a bandwidth model expects.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from llmctl.llama.vocab import CACHE_TYPES, bytes_per_element, cache_block_size
 from llmctl.memory.estimate import (
     Estimate,
+    HParams,
     LaunchOptions,
     ModelSource,
     estimate,
@@ -92,9 +96,49 @@ def _largest(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
     return lo
 
 
+def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int | None:
+    """Smallest x in [lo, hi] with ok(x), for ok monotone increasing; None when ok(hi) fails."""
+    if lo > hi or not ok(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def _cache_ok(head_sizes: set[int], name: str) -> bool:
-    block = 32 if name not in ("f32", "f16", "bf16") else 1
+    block = cache_block_size(name)
     return all(h % block == 0 for h in head_sizes)
+
+
+# Token generation reads every weight it uses once per token: the time is the bytes read from
+# each memory over its bandwidth. Typical figures (a recent GPU, dual-channel DDR5); only their
+# ratio matters for the ranking.
+GPU_BANDWIDTH = 900e9
+CPU_BANDWIDTH = 60e9
+
+
+def expected_slowdown(base: Estimate, new: Estimate, hp: HParams) -> float:
+    """How much slower token generation gets from `base` to `new`: MoE layers read only the
+    experts they route to (used / total of the expert bytes), the rest reads everything."""
+
+    def seconds(e: Estimate) -> float:
+        share = hp.n_expert_used / hp.n_expert if hp.n_expert else 1.0
+        moved = e.weights.overridden_cpu_bytes
+        cpu = (e.weights.cpu_bytes - moved) + moved * share + e.host_kv_bytes
+        gpu = e.weights.gpu_bytes + e.kv_gpu_bytes
+        return gpu / GPU_BANDWIDTH + cpu / CPU_BANDWIDTH
+
+    t0 = seconds(base)
+    return seconds(new) / t0 if t0 > 0 else 1.0
+
+
+def _speed_cost(slowdown: float) -> float:
+    """Ranking cost of a change that costs speed, not quality: 3 at no loss, +2 per halving."""
+    return 3.0 + 2.0 * math.log2(max(slowdown, 1.0))
 
 
 def advise(
@@ -145,7 +189,7 @@ def advise(
             candidates.append(Suggestion(change, description, e, cost))
 
     # 1. KV cache types (quantized V needs flash attention; MLA needs K == V)
-    size_rank = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 1.0625, "q4_0": 0.5625}
+    size_rank = {t: 2 * bytes_per_element(t) for t in CACHE_TYPES}
     cur_k, cur_v = opts.cache_type_k, opts.cache_type_v
     for k, v, cost in (("q8_0", "q8_0", 1.0), ("q8_0", "q4_0", 2.5), ("q4_0", "q4_0", 3.0)):
         if hp.is_mla and k != v:
@@ -209,15 +253,34 @@ def advise(
                 )
                 break
 
-    # 5. fewer layers on the GPU
+    # 5. MoE: experts of the first N blocks on the CPU; attention and the KV cache stay on the
+    # GPU, and a token reads only the experts it is routed to
     n_all = hp.n_layer_all
+    moe_cost: float | None = None
+    if hp.n_expert and not opts.n_cpu_moe:
+        n = _smallest(1, n_all, lambda k: fits(replace(opts, n_cpu_moe=k)))
+        if n is not None:
+            e = est(replace(opts, n_cpu_moe=n))
+            moe_cost = _speed_cost(expected_slowdown(current, e, hp))
+            add(
+                {"n_cpu_moe": n},
+                f"experts of the first {n} layer(s) on the CPU (--n-cpu-moe {n}; "
+                "attention and KV stay on the GPU)",
+                moe_cost,
+            )
+
+    # 6. fewer layers on the GPU
     best_ngl = _largest(0, n_all, lambda n: fits(replace(opts, n_gpu_layers=n)))
     if best_ngl is not None and best_ngl < n_all + 1:
         moved = n_all + 1 - best_ngl
+        e = est(replace(opts, n_gpu_layers=best_ngl))
+        cost = _speed_cost(expected_slowdown(current, e, hp)) + 0.5
+        if moe_cost is not None:
+            cost = max(cost, moe_cost + 0.01)  # whole layers on the CPU are never faster
         add(
             {"n_gpu_layers": best_ngl},
             f"{best_ngl} layers on the GPU, {moved} on the CPU (-ngl {best_ngl}; slower)",
-            5.0 + 5 * moved / (n_all + 1),
+            cost,
         )
 
     candidates.sort(key=lambda s: s.cost)

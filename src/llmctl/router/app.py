@@ -52,6 +52,7 @@ from llmctl.router.models import (
     route_kind,
     split_upstream_path,
 )
+from llmctl.router.placement_queue import PlacementScheduler
 from llmctl.router.proxy import (
     RelayResponse,
     Reply,
@@ -77,6 +78,11 @@ _EVENT_KINDS = {
     "error": "error",
 }
 _REFRESH_EVERY = 1.0
+
+
+def _several_servers(manifest: Any) -> bool:
+    """`server.ports` is set: several servers at once, placed by memory."""
+    return getattr(getattr(manifest, "server", None), "ports", None) is not None
 
 
 def _default_spec_for(manifest: Any) -> Callable[[str], LaunchSpec]:
@@ -114,7 +120,14 @@ class Router:
         self._last_refresh = 0.0
         self._pool: Pool | None = None
         self._remote: httpx.AsyncClient | None = None
-        self.scheduler = Scheduler(self._switch)
+        self.managed_urls: dict[str, str] = {}
+        self.devices: list[Any] = []
+        self.scheduler: Scheduler | PlacementScheduler
+        if _several_servers(manifest):
+            # server.ports: several servers at once, each profile loaded with the placer
+            self.scheduler = PlacementScheduler(self._plan, self._load, self._stop_servers)
+        else:
+            self.scheduler = Scheduler(self._switch)
         self.scheduler.on_switch_done = self.metrics.observe_switch
         self.apply(manifest)
 
@@ -132,6 +145,13 @@ class Router:
             self.spec_for = _default_spec_for(manifest)
         else:
             self.spec_for = partial(self._spec_for_factory, manifest)
+        if isinstance(self.scheduler, PlacementScheduler):
+            from llmctl.supervisor.devices import detect
+
+            report = detect(manifest.device_configs())
+            for warning in report.warnings:
+                log.warning("%s", warning)
+            self.devices = report.devices
         s = self.scheduler
         s.max_size = self.settings.queue_max_size
         s.timeout = self.settings.queue_timeout
@@ -237,6 +257,98 @@ class Router:
         if not result.noop and result.pid:
             self.started_pids.add(result.pid)
 
+    async def _plan(self, target: str) -> list[str]:
+        """The servers the placer would unload to load `target`; SwitchFailed if it is refused."""
+        from llmctl.supervisor.placer import plan_load, refusal
+
+        assert isinstance(self.scheduler, PlacementScheduler)
+        activity = self.scheduler.activity()
+
+        def work() -> list[str]:
+            try:
+                decision, _ = plan_load(
+                    self.manifest, target, self.supervisor.records(), self.devices, activity
+                )
+            except LlmctlError as err:
+                raise SwitchFailed(err.message) from None
+            if decision.action == "refuse":
+                refused = refusal(decision)
+                raise SwitchFailed(
+                    f"{refused.message} ({refused.hint})", details={"decision": decision.to_json()}
+                )
+            return list(decision.evict)
+
+        return await run_in_threadpool(work)
+
+    async def _load(self, target: str, progress: ProgressFn) -> list[str]:
+        """Load `target` beside the running servers; the profiles the placer unloaded."""
+        from llmctl.supervisor.placer import PlacementRefused, load_profile
+
+        assert isinstance(self.scheduler, PlacementScheduler)
+        loop = asyncio.get_running_loop()
+        activity = self.scheduler.activity()
+
+        def on_event(ev: Event) -> None:  # runs in the supervisor's thread
+            kind = _EVENT_KINDS.get(ev.kind)
+            if kind is None:
+                return
+            item = Progress(kind, ev.message, ev.profile or target, ev.elapsed_s)
+            with contextlib.suppress(RuntimeError):  # the loop may be closing
+                loop.call_soon_threadsafe(progress, item)
+
+        cancel = threading.Event()
+        call = partial(
+            load_profile,
+            self.supervisor,
+            self.manifest,
+            target,
+            self.devices,
+            activity=lambda: activity,
+            on_event=on_event,
+            cancel=cancel,
+        )
+        fut = loop.run_in_executor(None, call)
+        try:
+            outcome = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancel.set()
+            with contextlib.suppress(BaseException):
+                await fut
+            raise
+        except PlacementRefused as err:
+            details = {"decision": err.decision.to_json()} if err.decision else {}
+            raise SwitchFailed(f"{err.message} ({err.hint})", details=details) from None
+        except LlmctlError as err:
+            raise SwitchFailed(err.message) from None
+        result = outcome.result
+        if result is None or not result.ready or result.error is not None:
+            failure = result.error if result is not None else None
+            raise SwitchFailed(
+                failure.message if failure is not None else "the server did not become ready",
+                details={
+                    "exit_code": failure.exit_status,
+                    "stderr_tail": list(failure.stderr_tail)[-20:],
+                }
+                if failure is not None
+                else {},
+            )
+        self.managed_urls[target] = result.url
+        if not result.noop and result.pid:
+            self.started_pids.add(result.pid)
+        evicted = list(outcome.decision.evict) if outcome.decision is not None else []
+        return [p for p in evicted if p != target]
+
+    async def _stop_servers(self, target: str | None, progress: ProgressFn) -> None:
+        """Stop one profile's server, or every server (None)."""
+        try:
+            await run_in_threadpool(self.supervisor.stop, profile=target)
+        except LlmctlError as err:
+            raise SwitchFailed(err.message) from None
+        if target is None:
+            self.managed_urls.clear()
+        else:
+            self.managed_urls.pop(target, None)
+
     async def refresh(self, *, force: bool = False) -> None:
         """Learn what the state file says runs (a shell `llmctl switch` may have changed it)."""
         now = time.monotonic()
@@ -247,6 +359,20 @@ class Router:
             return
         self._last_refresh = now
         generation = sched.generation
+        if isinstance(sched, PlacementScheduler):
+            try:
+                # live servers only: one that died is repaired out of the state and loads again
+                statuses, _ = await run_in_threadpool(self.supervisor.ps, check_health=False)
+            except Exception as exc:  # a broken state file must not take the router down
+                log.warning("cannot read the supervisor state: %s", exc)
+                return
+            live = {st.profile: st for st in statuses if st.profile and st.phase == "ready"}
+            if generation == sched.generation:
+                sched.observe_loaded(p for p in live if p in self.index.profiles)
+            for name, st in live.items():
+                if st.url:
+                    self.managed_urls[name] = st.url
+            return
         try:
             status = await run_in_threadpool(self.supervisor.status, check_health=False)
         except Exception as exc:  # a broken state file must not take the router down
@@ -260,6 +386,8 @@ class Router:
             self.managed_url = status.url
 
     def managed_base(self, profile: str) -> str:
+        if isinstance(self.scheduler, PlacementScheduler):
+            return self.managed_urls.get(profile) or self.spec_for(profile).url
         if self.managed_url:
             return self.managed_url
         return self.spec_for(profile).url
@@ -267,6 +395,16 @@ class Router:
     async def stop_started_server(self) -> None:
         """On exit: stop the llama-server this router started, unless it was replaced since."""
         if not self.started_pids:
+            return
+        if isinstance(self.scheduler, PlacementScheduler):
+            try:
+                records = await run_in_threadpool(self.supervisor.records)
+                for name, rec in records.items():
+                    if rec.pid in self.started_pids:
+                        log.info("stopping llama-server (pid %s, %s)", rec.pid, name)
+                        await run_in_threadpool(self.supervisor.stop, profile=name)
+            except Exception as exc:
+                log.error("could not stop llama-server on exit: %s", exc)
             return
         try:
             status = await run_in_threadpool(self.supervisor.status, check_health=False)
@@ -281,6 +419,12 @@ class Router:
         while True:
             ttls = [t for t in self.index.ttls.values() if t]
             await asyncio.sleep(max(0.05, min(ttls) / 4) if ttls else 1.0)
+            if isinstance(self.scheduler, PlacementScheduler):
+                try:
+                    await self.scheduler.unload_idle(self.index.ttls)
+                except RouterError as err:
+                    log.warning("idle unload skipped: %s", err.message)
+                continue
             active = self.scheduler.active
             if active is None:
                 continue
@@ -426,7 +570,7 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
     streaming = bool(payload and payload.get("stream") is True)
     if streaming and exchange.will_wait():
         if len(chain) == 1:
-            router.scheduler.check_room()  # say 429 now, not inside a 200 stream
+            router.scheduler.check_room(target.profile)  # say 429 now, not inside a 200 stream
         return WaitingStreamResponse(exchange.open, exchange.done, heartbeat=router.heartbeat)  # type: ignore[return-value]
     try:
         if exchange.will_wait():
@@ -487,7 +631,7 @@ async def retrieve_model(request: Request) -> Response:
 
 async def _model_entries(router: Router) -> list[dict[str, Any]]:
     await router.refresh()
-    active = router.scheduler.active
+    devices = await _loaded_devices(router)
     data: list[dict[str, Any]] = []
     for name, aliases in router.index.profiles.items():
         entry = {
@@ -498,8 +642,10 @@ async def _model_entries(router: Router) -> list[dict[str, Any]]:
             "profile": name,
             "aliases": aliases,
             "description": router.index.descriptions.get(name),
-            "loaded": name == active,
+            "loaded": router.scheduler.is_loaded(name),
         }
+        if name in devices:
+            entry["devices"] = devices[name]
         data.append(entry)
         for alias in aliases:
             data.append({**entry, "id": alias, "aliases": []})
@@ -520,6 +666,14 @@ async def _model_entries(router: Router) -> list[dict[str, Any]]:
                 }
             )
     return data
+
+
+async def _loaded_devices(router: Router) -> dict[str, list[str]]:
+    """profile -> the devices its server was placed on (several servers only)."""
+    if not isinstance(router.scheduler, PlacementScheduler):
+        return {}
+    records = await run_in_threadpool(router.supervisor.records)
+    return {name: list(rec.extra.get("devices", [])) for name, rec in records.items()}
 
 
 async def health(request: Request) -> Response:
@@ -566,11 +720,36 @@ async def models_status(request: Request) -> Response:
         "uptime_s": status.uptime_s,
         "log": status.log,
     }
+    servers = []
+    if isinstance(sched, PlacementScheduler):
+        statuses, _ = await run_in_threadpool(router.supervisor.ps, check_health=True, timeout=0.5)
+        records = await run_in_threadpool(router.supervisor.records)
+        for st in statuses:
+            rec = records.get(st.profile or "")
+            extra = rec.extra if rec is not None else {}
+            servers.append(
+                {
+                    "profile": st.profile,
+                    "phase": st.phase,
+                    "pid": st.pid,
+                    "url": st.url,
+                    "healthy": st.healthy,
+                    "uptime_s": st.uptime_s,
+                    "devices": extra.get("devices", []),
+                    "planned_bytes": extra.get("usage", {}),
+                    "inflight": sched.inflight_of(st.profile or ""),
+                    "log": st.log,
+                }
+            )
+    else:
+        servers = [server] if status.running else []
     return JSONResponse(
         {
             "server": server,
+            "servers": servers,
             "router": {
                 "profile": sched.active,
+                "loaded": sched.loaded,
                 "switching": sched.switching,
                 "loading": sched.loading,
                 "queue_depth": sched.depth,
@@ -590,7 +769,6 @@ async def models_status(request: Request) -> Response:
 async def models_available(request: Request) -> Response:
     router = _router(request)
     router.check_auth(request)
-    active = router.scheduler.active
     out = []
     for name, aliases in router.index.profiles.items():
         profile = router.manifest.profiles[name]
@@ -599,7 +777,7 @@ async def models_available(request: Request) -> Response:
             "aliases": aliases,
             "description": router.index.descriptions.get(name),
             "model": getattr(profile, "model", None),
-            "loaded": name == active,
+            "loaded": router.scheduler.is_loaded(name),
             "ttl_s": router.index.ttls.get(name),
         }
         entry.update(await run_in_threadpool(_estimate, router.manifest, name))
@@ -679,7 +857,7 @@ async def models_switch(request: Request) -> Response:
             "ok": True,
             "profile": profile,
             "noop": noop,
-            "url": router.managed_url,
+            "url": router.managed_base(profile),
             "elapsed_s": round(time.monotonic() - started, 3),
         }
 

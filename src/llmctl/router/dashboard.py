@@ -139,7 +139,7 @@ def build_state(
         load = router.activity.loads.get(name)
         if loading == name:
             state = "loading"
-        elif active == name:
+        elif sched.is_loaded(name):  # several servers with server.ports
             state = "ready"
         elif load is not None and load.state == "failed":
             state = "failed"

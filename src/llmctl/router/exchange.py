@@ -142,7 +142,7 @@ class Exchange:
                     # crashed, or stopped from a shell: if the state file agrees, start it again
                     relaunched = True
                     await router.refresh(force=True)
-                    if router.scheduler.active != self.target.profile:
+                    if not router.scheduler.is_loaded(self.target.profile):
                         queue.insert(0, up)
                 continue
             except BaseException:

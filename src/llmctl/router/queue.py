@@ -127,10 +127,17 @@ class Scheduler:
     def switching(self) -> bool:
         return self._busy
 
+    @property
+    def loaded(self) -> list[str]:
+        return [self.active] if self.active else []
+
+    def is_loaded(self, profile: str | None) -> bool:
+        return profile is not None and profile == self.active
+
     def would_wait(self, profile: str | None) -> bool:
         return not self._fast_path(profile)
 
-    def check_room(self) -> None:
+    def check_room(self, profile: str | None = None) -> None:
         """Raise the 429 a request that must wait would get now (before a stream is started)."""
         self._refuse_if_full()
 

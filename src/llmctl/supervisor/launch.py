@@ -24,6 +24,8 @@ class LaunchSpec:
     model: str = ""
     # Inherited variables llama-server must not see (the router's and upstreams' API keys).
     unset_env: tuple[str, ...] = ()
+    # What the placer decided (devices, bytes per device, reload cost): kept in the state.
+    placement: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def url(self) -> str:

@@ -27,8 +27,16 @@ another llmctl loads it) and `Status.note` (a repair that status made or saw);
 `port_timeout`, `gpu_timeout`. `stop()` cancels a load in progress in another llmctl
 instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
 
-State folder: `state.json` (LaunchRecord, see llmctl.supervisor.state), `lock` (flock), `logs/` (one
-log per launch, the newest `keep_logs` kept).
+Several servers (added, backward compatible): the state holds one LaunchRecord per profile.
+`sup.load(spec, choose=...)` starts a server beside the others (`choose` is the placement
+policy, run under the lock: llmctl.supervisor.placer.load_profile); `sup.stop(profile=NAME)`
+stops one; `sup.ps()` lists every server; `sup.records()` reads the records without repair.
+`switch` leaves exactly its profile running; `stop()` stops them all; `status()` describes the
+newest, with every server in `Status.servers`. Changes check first that the state folder can be
+written (StateNotWritable), so nothing is stopped that cannot be recorded.
+
+State folder: `state.json` (LaunchRecords by profile, see llmctl.supervisor.state), `lock`
+(flock), `logs/` (one log per launch, the newest `keep_logs` kept).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,10 +59,11 @@ from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.state import (
     CorruptState,
     LaunchRecord,
-    clear_state,
-    read_state,
+    StateNotWritable,
+    check_writable,
+    read_servers,
     set_aside_corrupt,
-    write_state,
+    write_servers,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +74,9 @@ if TYPE_CHECKING:
 EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "ready", "error"]
 
 LAUNCH_ID_ENV = "LLMCTL_LAUNCH_ID"
+# The state folder a server belongs to, in its environment: finds our servers when the state
+# file is lost, without touching those of another state folder.
+STATE_DIR_ENV = "LLMCTL_SERVER_STATE"
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,8 @@ class Status:
     phase: str | None = None
     # added: what status noticed and repaired (a server that died, a switch that was killed)
     note: str | None = None
+    # added: every running server (several run with `llmctl load`), brief, oldest first
+    servers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +126,7 @@ class Status:
             "argv": list(self.argv),
             "memory": dict(self.memory),
             "note": self.note,
+            "servers": list(self.servers),
         }
 
 
@@ -163,6 +178,8 @@ class StopResult:
     profile: str | None
     pid: int | None
     elapsed_s: float
+    # added: every profile stopped (several servers may run)
+    profiles: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +187,7 @@ class StopResult:
             "profile": self.profile,
             "pid": self.pid,
             "elapsed_s": round(self.elapsed_s, 3),
+            "profiles": list(self.profiles),
         }
 
 
@@ -208,23 +226,70 @@ class Supervisor:
     # ------------------------------------------------------------------ status
 
     def status(self, *, check_health: bool = True, timeout: float = 0.5) -> Status:
-        """What runs now. Repairs a stale state when no other llmctl holds the lock."""
+        """What runs now (the newest server when several run). Repairs a stale state when no
+        other llmctl holds the lock."""
+        servers, note = self._snapshot(check_health, timeout)
+        if not servers:
+            return Status(running=False, note=note)
+        newest = max(servers, key=lambda st: st.started_at or 0.0)
+        if note is not None:
+            newest.note = note
+        newest.servers = [
+            {
+                "profile": st.profile,
+                "phase": st.phase,
+                "pid": st.pid,
+                "url": st.url,
+                "healthy": st.healthy,
+            }
+            for st in sorted(servers, key=lambda st: st.started_at or 0.0)
+        ]
+        return newest
+
+    def ps(
+        self, *, check_health: bool = True, timeout: float = 0.5
+    ) -> tuple[list[Status], str | None]:
+        """Every server, oldest first, and a note on what was repaired."""
+        servers, note = self._snapshot(check_health, timeout)
+        return sorted(servers, key=lambda st: st.started_at or 0.0), note
+
+    def records(self) -> dict[str, LaunchRecord]:
+        """The state's records by profile (no repair; {} when unreadable)."""
+        try:
+            return read_servers(self.state_dir)
+        except CorruptState:
+            return {}
+
+    def _snapshot(self, check_health: bool, timeout: float) -> tuple[list[Status], str | None]:
         _reap()
         try:
-            rec = read_state(self.state_dir)
+            recs = read_servers(self.state_dir)
         except CorruptState:
-            note = self._repair_now() or (
+            fixed = self._repair_now() or (
                 "the state file is unreadable; the llmctl now holding the lock will repair it"
             )
-            return Status(running=False, note=note)
-        if rec is None:
-            return Status(running=False)
-        if not self._is_live(rec):
-            gone = self._repair_now() or (
-                f"the server of profile {rec.profile!r} (pid {rec.pid}) is gone; the llmctl "
+            try:
+                recs = read_servers(self.state_dir)
+            except CorruptState:
+                return [], fixed
+            return self._statuses(recs, check_health, timeout), fixed
+        note: str | None = None
+        stale = [r for r in recs.values() if not self._is_live(r)]
+        if stale:
+            note = self._repair_now() or "; ".join(
+                f"the server of profile {r.profile!r} (pid {r.pid}) is gone; the llmctl "
                 "now holding the lock will repair the state"
+                for r in stale
             )
-            return Status(running=False, note=gone)
+            recs = {k: r for k, r in recs.items() if r not in stale}
+        return self._statuses(recs, check_health, timeout), note
+
+    def _statuses(
+        self, recs: dict[str, LaunchRecord], check_health: bool, timeout: float
+    ) -> list[Status]:
+        return [self._status_of(r, check_health, timeout) for r in recs.values()]
+
+    def _status_of(self, rec: LaunchRecord, check_health: bool, timeout: float) -> Status:
         healthy: bool | None = None
         if check_health:
             from llmctl.supervisor.health import health_status
@@ -258,17 +323,23 @@ class Supervisor:
         from llmctl.supervisor.logs import latest_log
 
         with contextlib.suppress(CorruptState):
-            rec = read_state(self.state_dir)
-            if rec is not None:
-                return Path(rec.log)
+            recs = read_servers(self.state_dir)
+            if recs:
+                return Path(max(recs.values(), key=lambda r: r.started_at).log)
         return latest_log(self.state_dir)
 
     # ------------------------------------------------------------------ stop
 
     def stop(
-        self, *, on_event: Callable[[Event], None] | None = None, cancel_loading: bool = True
+        self,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        cancel_loading: bool = True,
+        profile: str | None = None,
     ) -> StopResult:
-        """Stop the managed server (SIGTERM to its group, then SIGKILL); no-op when none runs.
+        """Stop every managed server, or only `profile`'s (SIGTERM to its group, then SIGKILL);
+        no-op when none runs. Raises StateNotWritable (before stopping anything) when the state
+        folder cannot be written.
 
         A load in progress in another llmctl is cancelled (`cancel_loading=False`: wait for it
         to finish, then stop what it started).
@@ -277,41 +348,56 @@ class Supervisor:
         emit = _Emitter(on_event, t0)
         # That load holds the lock until it ends: ask it to cancel (it polls for this file)
         # rather than wait for a big model to finish loading.
-        request = self._request_cancel(emit) if cancel_loading else None
+        requests = self._request_cancel(emit, profile) if cancel_loading else []
         try:
-            with self._lock("stop") as lock:
+            with self._lock("stop" if profile is None else f"unload {profile}") as lock:
                 emit("locked", _locked_message(lock))
-                rec = self._load_for_change(emit)
-                if rec is None:
+                recs = self._load_for_change(emit)
+                chosen = [r for p, r in recs.items() if profile is None or p == profile]
+                if not chosen:
                     return StopResult(False, None, None, time.monotonic() - t0)
-                self._stop_record(rec, emit)
-                return StopResult(True, rec.profile, rec.pid, time.monotonic() - t0)
+                check_writable(self.state_dir)
+                for rec in chosen:
+                    self._stop_record(rec, emit)
+                first = chosen[0]
+                return StopResult(
+                    True,
+                    first.profile,
+                    first.pid,
+                    time.monotonic() - t0,
+                    profiles=[r.profile for r in chosen],
+                )
         finally:
-            if request is not None:
+            for request in requests:
                 with contextlib.suppress(OSError):
                     request.unlink()
 
     def _cancel_path(self, launch_id: str) -> Path:
         return self.state_dir / f"cancel-{launch_id}"
 
-    def _request_cancel(self, emit: _Emitter) -> Path | None:
+    def _request_cancel(self, emit: _Emitter, profile: str | None = None) -> list[Path]:
         try:
-            rec = read_state(self.state_dir)
+            recs = read_servers(self.state_dir)
         except CorruptState:
-            return None
-        if rec is None or rec.phase != "starting" or not self._is_live(rec):
-            return None
-        path = self._cancel_path(rec.launch_id)
-        try:
-            path.touch()
-        except OSError:
-            return None
-        emit(
-            "stopping",
-            f"cancelling the load of profile {rec.profile!r} in progress (llmctl pid {rec.owner_pid})",
-            rec.profile,
-        )
-        return path
+            return []
+        paths = []
+        for rec in recs.values():
+            if profile is not None and rec.profile != profile:
+                continue
+            if rec.phase != "starting" or not self._is_live(rec):
+                continue
+            path = self._cancel_path(rec.launch_id)
+            try:
+                path.touch()
+            except OSError:
+                continue
+            emit(
+                "stopping",
+                f"cancelling the load of profile {rec.profile!r} in progress (llmctl pid {rec.owner_pid})",
+                rec.profile,
+            )
+            paths.append(path)
+        return paths
 
     # ------------------------------------------------------------------ switch
 
@@ -348,27 +434,139 @@ class Supervisor:
 
         with self._lock(f"switch {spec.profile}") as lock:
             emit("locked", _locked_message(lock))
-            rec = self._load_for_change(emit)
-            if rec is not None and self._same_config(rec, spec):
-                from llmctl.supervisor.health import health_status
-
-                if health_status(rec.url, 1.0) == 200:
-                    emit(
-                        "ready",
-                        f"profile {spec.profile!r} already runs with this configuration "
-                        f"(pid {rec.pid}) and is healthy; nothing to do",
-                    )
-                    return result(ready=True, pid=rec.pid, log=rec.log, noop=True)
-                emit("stopping", f"profile {spec.profile!r} runs but is not healthy: restarting")
+            recs = self._load_for_change(emit)
+            others = [r for p, r in recs.items() if p != spec.profile]
+            rec = recs.get(spec.profile)
+            keep = rec is not None and self._healthy_same(rec, spec, emit)
+            if keep and rec is not None and not others:
+                return result(ready=True, pid=rec.pid, log=rec.log, noop=True)
             if cancel is not None and cancel.is_set():
                 err = LaunchError("the switch was cancelled before it started anything")
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
+            unwritable = self._unwritable(emit)
+            if unwritable is not None:
+                return result(ready=False, pid=None, log=None, error=unwritable)
+            # exactly this profile runs afterwards: every other server goes
+            for other in others:
+                self._stop_record(other, emit)
+            if keep and rec is not None:
+                return result(ready=True, pid=rec.pid, log=rec.log)
             if rec is not None:
                 self._stop_record(rec, emit)
             return self._start(spec, emit, cancel, result)
 
+    def load(
+        self,
+        spec: LaunchSpec,
+        *,
+        choose: Callable[[dict[str, LaunchRecord]], tuple[Sequence[str], LaunchSpec]] | None = None,
+        same_as: Sequence[LaunchSpec] = (),
+        on_event: Callable[[Event], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SwitchResult:
+        """Start `spec` beside the servers that run; no-op if it (or one of `same_as`, other
+        ways of running the profile) already runs healthy.
+
+        `choose(records)` runs under the lock with the live servers and returns those to stop
+        first and the spec to start (the placement policy); it may raise an LlmctlError to
+        refuse, and nothing is stopped then. Without it, only a server on the same port (or of
+        the same profile) goes. Failures come back as for `switch`.
+        """
+        t0 = time.monotonic()
+        emit = _Emitter(on_event, t0, spec.profile)
+
+        def result(
+            *,
+            ready: bool,
+            pid: int | None,
+            log: str | None,
+            noop: bool = False,
+            error: LaunchError | None = None,
+        ) -> SwitchResult:
+            return SwitchResult(
+                profile=spec.profile,
+                pid=pid,
+                port=spec.port,
+                url=spec.url,
+                ready=ready,
+                elapsed_s=time.monotonic() - t0,
+                log=log,
+                noop=noop,
+                error=error,
+            )
+
+        with self._lock(f"load {spec.profile}") as lock:
+            emit("locked", _locked_message(lock))
+            recs = self._load_for_change(emit)
+            rec = recs.get(spec.profile)
+            if rec is not None:
+                match = next((s for s in (spec, *same_as) if self._same_config(rec, s)), spec)
+                if self._healthy_same(rec, match, emit):
+                    return result(ready=True, pid=rec.pid, log=rec.log, noop=True)
+            if choose is not None:
+                chosen, spec = choose(dict(recs))
+                victims = list(chosen)
+            else:
+                victims = [p for p, r in recs.items() if r.port == spec.port]
+            if rec is not None and spec.profile not in victims:
+                victims.append(spec.profile)
+            if cancel is not None and cancel.is_set():
+                err = LaunchError("the load was cancelled before it started anything")
+                emit("error", err.message)
+                return result(ready=False, pid=None, log=None, error=err)
+            unwritable = self._unwritable(emit)
+            if unwritable is not None:
+                return result(ready=False, pid=None, log=None, error=unwritable)
+            for name in victims:
+                if name in recs:
+                    self._stop_record(recs[name], emit)
+            return self._start(spec, emit, cancel, result)
+
     # ------------------------------------------------------------------ internals
+
+    def _healthy_same(self, rec: LaunchRecord, spec: LaunchSpec, emit: _Emitter) -> bool:
+        if not self._same_config(rec, spec):
+            return False
+        from llmctl.supervisor.health import health_status
+
+        if health_status(rec.url, 1.0) == 200:
+            emit(
+                "ready",
+                f"profile {spec.profile!r} already runs with this configuration "
+                f"(pid {rec.pid}) and is healthy; nothing to do",
+            )
+            return True
+        emit("stopping", f"profile {spec.profile!r} runs but is not healthy: restarting")
+        return False
+
+    def _unwritable(self, emit: _Emitter) -> LaunchError | None:
+        try:
+            check_writable(self.state_dir)
+        except StateNotWritable as err:
+            emit("error", err.message)
+            return LaunchError(err.message, hint=err.hint)
+        return None
+
+    def _put(self, rec: LaunchRecord) -> None:
+        """Under the lock: add or replace one record."""
+        try:
+            recs = read_servers(self.state_dir)
+        except CorruptState:
+            recs = {}
+        recs[rec.profile] = rec
+        write_servers(self.state_dir, recs)
+
+    def _drop(self, rec: LaunchRecord) -> None:
+        """Under the lock: remove one record (only if it is still this launch)."""
+        try:
+            recs = read_servers(self.state_dir)
+        except CorruptState:
+            recs = {}
+        cur = recs.get(rec.profile)
+        if cur is not None and cur.launch_id == rec.launch_id:
+            del recs[rec.profile]
+            write_servers(self.state_dir, recs)
 
     def _lock(self, purpose: str) -> StateLock:
         return StateLock(self.state_dir, self.lock_timeout, purpose=f"llmctl {purpose}")
@@ -394,16 +592,41 @@ class Supervisor:
         finally:
             lock.release()
 
-    def _load_for_change(self, emit: Callable[[EventKind, str], None]) -> LaunchRecord | None:
-        """Under the lock: the live record, after repairing any stale one (and saying so)."""
+    def _load_for_change(self, emit: Callable[[EventKind, str], None]) -> dict[str, LaunchRecord]:
+        """Under the lock: the live records, after repairing stale ones (and saying so)."""
         try:
-            rec = read_state(self.state_dir)
+            recs = read_servers(self.state_dir)
         except CorruptState as err:
             where = set_aside_corrupt(self.state_dir)
             emit("stopped", f"{err}; set aside as {where}" if where else str(err))
-            return None
-        if rec is None:
-            return None
+            self._stop_orphans(emit)
+            return {}
+        live: dict[str, LaunchRecord] = {}
+        changed = False
+        for name, rec in recs.items():
+            kept = self._repair_record(rec, emit)
+            if kept is None:
+                changed = True
+            else:
+                live[name] = kept
+        if changed:
+            write_servers(self.state_dir, live)
+        return live
+
+    def _stop_orphans(self, emit: Callable[[EventKind, str], None]) -> None:
+        """Servers of this state folder that no record names any more (a lost state file)."""
+        marker = f"{STATE_DIR_ENV}={self.state_dir}"
+        pids = procs.marked_processes(marker)
+        if not pids:
+            return
+        procs.terminate(pids, pgid=None, timeout=10.0, reap=_reap)
+        listing = ", ".join(f"pid {p}" for p in pids)
+        emit("stopped", f"stopped llama-server processes the lost state named ({listing})")
+
+    def _repair_record(
+        self, rec: LaunchRecord, emit: Callable[[EventKind, str], None]
+    ) -> LaunchRecord | None:
+        """The record if its server is live and ready; else repaired (leftovers stopped), None."""
         if rec.phase == "ready" and rec.pid is not None and procs.is_alive(rec.pid, rec.start_time):
             return rec
         # Stale: the server exited, its pid was reused, or the llmctl that started it died
@@ -419,7 +642,6 @@ class Supervisor:
             what = f"the server of profile {rec.profile!r} (pid {rec.pid}) had exited"
         else:
             what = f"an interrupted switch to profile {rec.profile!r} left a state; nothing was running"
-        clear_state(self.state_dir)
         emit("stopped", f"{what}; state repaired")
         return None
 
@@ -459,7 +681,7 @@ class Supervisor:
         outcome = procs.terminate(
             members, pgid=self._pgid(rec), timeout=rec.stop_timeout, reap=_reap
         )
-        clear_state(self.state_dir)
+        self._drop(rec)
         if outcome == "survived":
             emit("error", f"pid {rec.pid} survived SIGKILL; state cleared anyway", rec.profile)
         free = procs.wait_port_free(rec.host, rec.port, self.port_timeout)
@@ -498,14 +720,14 @@ class Supervisor:
             emit("error", err.message)
             return result(ready=False, pid=None, log=None, error=err)
 
-        rec_prev = None
+        running_logs: set[str] = set()
         with contextlib.suppress(CorruptState):
-            rec_prev = read_state(self.state_dir)
+            running_logs = {r.log for r in read_servers(self.state_dir).values()}
         log_path = new_log(
             self.state_dir,
             spec.profile,
             keep=self.keep_logs,
-            protect=rec_prev.log if rec_prev else None,
+            protect=running_logs,
         )
         header = f"{HEADER} profile={spec.profile} config={spec.config_hash}\n{HEADER} $ {spec.shell()}\n"
         log_path.write_text(header)
@@ -525,14 +747,16 @@ class Supervisor:
             owner_start_time=procs.start_time(me),
             stop_timeout=spec.stop_timeout,
             model=spec.model,
+            extra=dict(spec.placement),
         )
         # Written before the spawn: an llmctl killed right after the spawn leaves a record
         # whose launch_id finds the orphan through its environment.
-        write_state(self.state_dir, rec)
+        self._put(rec)
         emit("starting", f"starting profile {spec.profile!r}: {spec.shell()}")
         env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
         env.update(spec.env)
         env[LAUNCH_ID_ENV] = rec.launch_id
+        env[STATE_DIR_ENV] = str(self.state_dir)
         proc: subprocess.Popen[bytes] | None = None
         try:
             with log_path.open("ab") as log_file:
@@ -547,7 +771,7 @@ class Supervisor:
                         close_fds=True,
                     )
                 except OSError as err:
-                    clear_state(self.state_dir)
+                    self._drop(rec)
                     exe = spec.argv[0] if spec.argv else "?"
                     lerr = LaunchError(
                         f"cannot run {exe}: {err.strerror or err}",
@@ -560,7 +784,7 @@ class Supervisor:
                 _children[proc.pid] = proc
             rec.pid = proc.pid
             rec.start_time = procs.start_time(proc.pid)
-            write_state(self.state_dir, rec)
+            self._put(rec)
             error = self._wait_ready(
                 proc,
                 spec,
@@ -573,18 +797,18 @@ class Supervisor:
         except BaseException:
             # Ctrl-C (KeyboardInterrupt) or anything unexpected: leave nothing running.
             self._kill_launch(rec)
-            clear_state(self.state_dir)
+            self._drop(rec)
             raise
         if error is not None:
             self._kill_launch(rec)
-            clear_state(self.state_dir)
+            self._drop(rec)
             emit("error", error.message)
             return result(ready=False, pid=proc.pid, log=str(log_path), error=error)
         rec.phase = "ready"
         rec.ready_at = time.time()
         rec.owner_pid = None
         rec.owner_start_time = None
-        write_state(self.state_dir, rec)
+        self._put(rec)
         emit("ready", f"profile {spec.profile!r} is ready at {spec.url} (pid {proc.pid})")
         return result(ready=True, pid=proc.pid, log=str(log_path))
 

@@ -20,7 +20,9 @@ def logs_dir(state_dir: Path) -> Path:
     return state_dir / LOGS_DIR
 
 
-def new_log(state_dir: Path, profile: str, *, keep: int, protect: str | None = None) -> Path:
+def new_log(
+    state_dir: Path, profile: str, *, keep: int, protect: str | set[str] | None = None
+) -> Path:
     """Create the log file of a new launch, deleting the oldest so `keep` remain."""
     folder = logs_dir(state_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -33,7 +35,8 @@ def new_log(state_dir: Path, profile: str, *, keep: int, protect: str | None = N
         n += 1
         path = folder / f"{name}-{n}.log"
     path.touch()
-    rotate(state_dir, keep=keep, protect={str(path), protect or ""})
+    kept = {protect} if isinstance(protect, str) else set(protect or ())
+    rotate(state_dir, keep=keep, protect={str(path), *kept})
     return path
 
 

@@ -1,4 +1,8 @@
-"""The state file: which llama-server llmctl runs, written atomically, read without a lock."""
+"""The state file: which llama-servers llmctl runs, written atomically, read without a lock.
+
+Format 2 holds every server, one per profile: {"format": 2, "servers": {profile: record}}. A
+format-1 file (one record at the top level) is still read, as that one server.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from llmctl.errors import LlmctlError
+
 STATE_FILE = "state.json"
 FORMAT = 1
+FILE_FORMAT = 2
 
 Phase = Literal["starting", "ready"]
 
@@ -62,32 +69,62 @@ def state_path(state_dir: Path) -> Path:
 
 
 def read_state(state_dir: Path) -> LaunchRecord | None:
-    """The current record, None when there is none; CorruptState when unreadable."""
+    """The newest record (the one server when only one runs), None when there is none;
+    CorruptState when unreadable."""
+    servers = read_servers(state_dir)
+    if not servers:
+        return None
+    return max(servers.values(), key=lambda r: r.started_at)
+
+
+def read_servers(state_dir: Path) -> dict[str, LaunchRecord]:
+    """Every record by profile; CorruptState when the file is unreadable."""
     path = state_path(state_dir)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return None
+        return {}
     except OSError as err:
         raise CorruptState(f"cannot read {path}: {err.strerror}") from err
     try:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise TypeError("not an object")
-        return LaunchRecord.from_json(data)
+        if "servers" not in data:
+            rec = LaunchRecord.from_json(data)
+            return {rec.profile: rec}
+        servers = data["servers"]
+        if not isinstance(servers, dict):
+            raise TypeError("servers is not an object")
+        out = {}
+        for name, item in servers.items():
+            if not isinstance(item, dict):
+                raise TypeError(f"server {name!r} is not an object")
+            out[str(name)] = LaunchRecord.from_json(item)
+        return out
     except (ValueError, TypeError) as err:
         raise CorruptState(f"{path} is not a valid llmctl state file ({err})") from err
 
 
 def write_state(state_dir: Path, record: LaunchRecord) -> None:
-    """Write atomically: a reader sees the old record or the new one, never a mix.
+    """Make `record` the only server in the state."""
+    write_servers(state_dir, {record.profile: record})
 
-    No fsync: the record only matters while its processes live, and none survive a reboot.
+
+def write_servers(state_dir: Path, servers: dict[str, LaunchRecord]) -> None:
+    """Write atomically: a reader sees the old state or the new one, never a mix. No servers:
+    the file is removed.
+
+    No fsync: the records only matter while their processes live, and none survive a reboot.
     """
     import tempfile
 
+    if not servers:
+        clear_state(state_dir)
+        return
     state_dir.mkdir(parents=True, exist_ok=True)
-    blob = json.dumps(record.to_json(), indent=2).encode() + b"\n"
+    data = {"format": FILE_FORMAT, "servers": {k: r.to_json() for k, r in servers.items()}}
+    blob = json.dumps(data, indent=2).encode() + b"\n"
     fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -97,6 +134,34 @@ def write_state(state_dir: Path, record: LaunchRecord) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(state_dir: Path) -> None:
+    """Raise StateNotWritable unless a state file can be written in `state_dir` now.
+
+    Checked before anything is stopped: a switch on a full disk must not stop the running server
+    and then fail to record the new one.
+    """
+    import tempfile
+
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".probe", dir=state_dir)
+        try:
+            os.write(fd, b"{}" * 2048)  # a state file's size: a full disk fails here
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as err:
+        raise StateNotWritable(
+            f"cannot write the state folder {state_dir}: {err.strerror or err}; nothing was "
+            "stopped or started",
+            hint="free disk space, fix the folder's permissions, or set LLMCTL_STATE_DIR",
+        ) from None
+
+
+class StateNotWritable(LlmctlError):
+    """The state folder cannot be written (read-only, not a folder, full disk)."""
 
 
 def clear_state(state_dir: Path) -> None:

@@ -383,7 +383,9 @@ async function load(name) {
     failed = err.message;
   }
   busy.delete(name);
-  notice(failed ? `Loading ${name} failed: ${failed}` : `${name} is ready.`);
+  // the router's message names the profile already ("Loading NAME failed: ...")
+  if (failed) notice(failed.includes(name) ? failed : `Loading ${name} failed: ${failed}`);
+  else notice(`${name} is ready.`);
   await refresh().catch(() => {});
 }
 

@@ -1,0 +1,170 @@
+"""The devices of this machine: the manifest's list, completed by nvidia-smi and /proc/meminfo.
+
+Configured values win. nvidia-smi is asked once, with a short timeout; when it is missing, slow or
+prints something unreadable, the manifest's figures stand and a warning says why (never a hang).
+The CPU device (system RAM) is always there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmctl.manifest.model import DeviceConfig
+
+MiB = 1024**2
+GPU_OVERHEAD = 400 * MiB
+SMI_TIMEOUT = 2.0
+
+
+@dataclass
+class DeviceInfo:
+    name: str
+    budget: int | None  # bytes; None when neither the manifest nor the machine says
+    headroom: int
+    overhead: int
+    total: int | None = None  # from nvidia-smi or /proc/meminfo
+    free: int | None = None
+    source: str = "manifest"  # where the budget came from
+    listed: bool = True  # named in the manifest (else the implicit CPU or the old `gpu:` mapping)
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.name.upper() == "CPU"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "budget_bytes": self.budget,
+            "headroom_bytes": self.headroom,
+            "overhead_bytes": self.overhead,
+            "total_bytes": self.total,
+            "free_bytes": self.free,
+            "source": self.source,
+        }
+
+
+@dataclass
+class DeviceReport:
+    devices: list[DeviceInfo]
+    warnings: list[str] = field(default_factory=list)
+
+
+def meminfo(path: str = "/proc/meminfo") -> tuple[int | None, int | None]:
+    """(MemTotal, MemAvailable) in bytes; None where unknown."""
+    total = avail = None
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if not parts or not parts[0].isdigit():
+                    continue
+                value = int(parts[0]) * (1024 if parts[1:2] == ["kB"] else 1)
+                if key == "MemTotal":
+                    total = value
+                elif key == "MemAvailable":
+                    avail = value
+    except OSError:
+        pass
+    return total, avail
+
+
+def nvidia_smi(
+    timeout: float = SMI_TIMEOUT, exe: str | None = None
+) -> tuple[dict[str, tuple[int, int]], str | None]:
+    """{CUDAi: (total, free)} from nvidia-smi, and a warning when it could not be used.
+
+    No nvidia-smi at all is not worth a warning (a machine without NVIDIA GPUs).
+    """
+    exe = exe or os.environ.get("LLMCTL_NVIDIA_SMI") or shutil.which("nvidia-smi")
+    if not exe:
+        return {}, None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=index,memory.total,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return {}, f"nvidia-smi gave no answer within {timeout:g} s; using the manifest's figures"
+    except OSError as err:
+        return {}, f"cannot run nvidia-smi ({err.strerror or err}); using the manifest's figures"
+    if out.returncode != 0:
+        return {}, f"nvidia-smi exited with code {out.returncode}; using the manifest's figures"
+    found: dict[str, tuple[int, int]] = {}
+    for line in out.stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            return {}, (
+                f"cannot read nvidia-smi's output ({line.strip()[:60]!r}); "
+                "using the manifest's figures"
+            )
+        index, total, free = (int(p) for p in parts)
+        found[f"CUDA{index}"] = (total * MiB, free * MiB)
+    return found, None
+
+
+def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> DeviceReport:
+    """The devices of `configs` (Manifest.device_configs()) with this machine's figures."""
+    warnings: list[str] = []
+    gpus = [c for c in configs if c.name.upper() != "CPU"]
+    smi: dict[str, tuple[int, int]] = {}
+    if any(c.name.upper().startswith("CUDA") or c.name == "GPU" for c in gpus):
+        smi, warning = nvidia_smi(smi_timeout)
+        if warning:
+            warnings.append(warning)
+    out: list[DeviceInfo] = []
+    for c in configs:
+        is_cpu = c.name.upper() == "CPU"
+        overhead = c.overhead if c.overhead is not None else (0 if is_cpu else GPU_OVERHEAD)
+        info = DeviceInfo(c.name, c.vram, c.headroom, overhead)
+        if is_cpu:
+            info.total, info.free = meminfo()
+        else:
+            key = "CUDA0" if c.name == "GPU" else c.name
+            if key in smi:
+                info.total, info.free = smi[key]
+        if info.budget is None and info.total is not None:
+            info.budget = info.total
+            info.source = "/proc/meminfo" if is_cpu else "nvidia-smi"
+        elif info.budget is None:
+            info.source = "unknown"
+            warnings.append(
+                f"device {c.name}: no budget in the manifest and none found on this machine; "
+                f"set its `vram` under gpu:"
+            )
+        out.append(info)
+    return DeviceReport(out, warnings)
+
+
+def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
+    """Device names `llama-server --list-devices` prints (CPU not included); None if it fails."""
+    try:
+        out = subprocess.run(
+            [binary, "--list-devices"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names: list[str] = []
+    started = False
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.startswith("Available devices"):
+            started = True
+            continue
+        if started and line.startswith("  ") and ":" in line:
+            names.append(line.strip().split(":", 1)[0])
+    return names if started else None

@@ -1,0 +1,302 @@
+"""The placement policy: which servers must go for a profile to load, or why it cannot.
+
+A pure function of its inputs (devices, running servers, the request): no processes, no files, no
+clock, no logging. The caller (the supervisor's `load`, the router) carries the decision out.
+
+Rules, in order:
+1. A profile already running with the same configuration: nothing to do.
+2. Forced victims: a server of the same profile with another configuration, a server of the same
+   exclusive `group`, a server on the same port. A pinned one among them refuses the load.
+3. For each way the profile may be placed (its options, in order of preference), the servers to
+   unload so that every device keeps its headroom: none if it fits beside what runs; otherwise
+   the set of unpinned servers that frees enough with, in order, the fewest requests in flight,
+   the least reload cost (weights bytes), and the longest idle time.
+4. An option that cannot fit even on empty devices is refused, naming the device and the shortfall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Exhaustive search over victim sets up to this many candidates; greedy beyond.
+EXHAUSTIVE_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    budget: int
+    headroom: int = 0
+
+    @property
+    def usable(self) -> int:
+        return max(0, self.budget - self.headroom)
+
+
+@dataclass(frozen=True)
+class Running:
+    """A server that runs (or loads) now."""
+
+    profile: str
+    usage: Mapping[str, int]
+    reload_cost: int = 0  # bytes to read again if it is unloaded (its weights)
+    last_used: float = 0.0  # any monotonic scale; smaller = longer idle
+    inflight: int = 0
+    pinned: bool = False
+    group: str | None = None
+    port: int | None = None
+    config: str = ""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to place the requested profile: bytes per device, and a label (its devices)."""
+
+    usage: Mapping[str, int]
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    profile: str
+    options: Sequence[Option]
+    group: str | None = None
+    port: int | None = None
+    configs: tuple[str, ...] = ()  # a running server with one of these needs nothing done
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    device: str
+    need: int
+    available: int  # what is free on the device (after headroom) for this profile
+
+    @property
+    def missing(self) -> int:
+        return self.need - self.available
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "need_bytes": self.need,
+            "available_bytes": self.available,
+            "missing_bytes": self.missing,
+        }
+
+
+Action = Literal["noop", "start", "refuse"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    profile: str
+    option: int | None = None  # index into Request.options
+    evict: tuple[str, ...] = ()
+    busy: tuple[str, ...] = ()  # victims with requests in flight (the caller waits for them)
+    reason: str = ""
+    shortfall: tuple[Shortfall, ...] = ()
+    alone: bool = True  # refused: False when it would fit on empty devices (pinned servers block)
+    usage: Mapping[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "profile": self.profile,
+            "option": self.option,
+            "evict": list(self.evict),
+            "busy": list(self.busy),
+            "reason": self.reason,
+            "usage": dict(self.usage),
+            "shortfall": [s.to_json() for s in self.shortfall],
+        }
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def decide(devices: Sequence[Device], running: Sequence[Running], request: Request) -> Decision:
+    """The decision for loading `request` beside `running` on `devices`."""
+    name = request.profile
+    budget = {d.name: d.usable for d in devices}
+    for r in running:
+        if r.profile == name and r.config in request.configs:
+            return Decision("noop", name, reason=f"profile {name!r} already runs")
+    forced: list[Running] = []
+    others: list[Running] = []
+    for r in running:
+        if (
+            r.profile == name
+            or (request.group is not None and r.group == request.group)
+            or (request.port is not None and r.port == request.port)
+        ):
+            forced.append(r)
+        else:
+            others.append(r)
+    blocked = [r for r in forced if r.pinned and r.profile != name]
+    if blocked:
+        r = blocked[0]
+        why = "group " + repr(r.group) if r.group == request.group else f"port {r.port}"
+        return Decision(
+            "refuse",
+            name,
+            reason=f"profile {name!r} cannot run beside pinned profile {r.profile!r} ({why})",
+            alone=False,
+        )
+    best: tuple[tuple[int, int, int, float, int], Decision] | None = None  # (score, decision)
+    refusals: list[tuple[int, tuple[Shortfall, ...]]] = []
+    pinned_blocks: list[tuple[Shortfall, ...]] = []
+    for idx, option in enumerate(request.options):
+        unknown = [d for d in option.usage if d not in budget and option.usage[d] > 0]
+        if unknown:
+            refusals.append(
+                (idx, tuple(Shortfall(d, option.usage[d], 0) for d in unknown)),
+            )
+            continue
+        alone = tuple(
+            Shortfall(d, need, budget[d]) for d, need in option.usage.items() if need > budget[d]
+        )
+        if alone:
+            refusals.append((idx, alone))
+            continue
+        free = dict(budget)
+        for r in others:
+            for d, b in r.usage.items():
+                if d in free:
+                    free[d] -= b
+        deficit = {d: need - free[d] for d, need in option.usage.items() if need > free[d]}
+        victims = _victims(deficit, [r for r in others if not r.pinned])
+        if victims is None:
+            pinned_blocks.append(
+                tuple(Shortfall(d, option.usage[d], free[d]) for d in sorted(deficit))
+            )
+            continue
+        chosen = [*forced, *victims]
+        busy, cost, recency, _ = _key(victims)
+        # across options: no eviction at all beats any eviction, whatever it costs
+        score = (busy, len(forced) + (1 if victims else 0), cost, recency, idx)
+        if best is not None and score >= best[0]:
+            continue
+        evict = tuple(r.profile for r in chosen)
+        reason = (
+            f"profile {name!r} fits beside what runs on {option.label or 'its devices'}"
+            if not victims
+            else f"profile {name!r} needs {', '.join(_mib(v) + ' more on ' + d for d, v in sorted(deficit.items()))}: "
+            f"unloading {', '.join(repr(r.profile) for r in victims)}"
+        )
+        best = (
+            score,
+            Decision(
+                "start",
+                name,
+                option=idx,
+                evict=evict,
+                busy=tuple(r.profile for r in chosen if r.inflight),
+                reason=reason,
+                usage=dict(option.usage),
+            ),
+        )
+    if best is not None:
+        return best[1]
+    if pinned_blocks:
+        short = pinned_blocks[0]
+        return Decision(
+            "refuse",
+            name,
+            reason=f"profile {name!r} does not fit beside the pinned profiles: "
+            + "; ".join(
+                f"{s.device} has {_mib(s.available)} free, needs {_mib(s.need)}" for s in short
+            ),
+            shortfall=short,
+            alone=False,
+        )
+    if not refusals:
+        return Decision("refuse", name, reason=f"profile {name!r} has no device to run on")
+    # the option that misses least
+    _, short = min(refusals, key=lambda item: sum(s.missing for s in item[1]))
+    return Decision(
+        "refuse",
+        name,
+        reason=f"profile {name!r} does not fit even alone: "
+        + "; ".join(
+            f"{s.device} needs {_mib(s.need)} of {_mib(s.available)} available "
+            f"({_mib(s.missing)} short)"
+            if s.available or s.device in budget
+            else f"device {s.device} is not configured"
+            for s in short
+        ),
+        shortfall=short,
+    )
+
+
+def _frees(victims: Sequence[Running], deficit: Mapping[str, int]) -> bool:
+    return all(sum(r.usage.get(d, 0) for r in victims) >= need for d, need in deficit.items())
+
+
+def _key(victims: Sequence[Running]) -> tuple[int, int, float, int]:
+    return (
+        sum(1 for r in victims if r.inflight),
+        sum(r.reload_cost for r in victims),
+        sum(r.last_used for r in victims),
+        len(victims),
+    )
+
+
+def _victims(deficit: Mapping[str, int], candidates: Sequence[Running]) -> list[Running] | None:
+    """The cheapest set of candidates whose removal covers `deficit`; None if none does."""
+    if not deficit:
+        return []
+    useful = [r for r in candidates if any(r.usage.get(d, 0) > 0 for d in deficit)]
+    if not _frees(useful, deficit):
+        return None
+    if len(useful) <= EXHAUSTIVE_LIMIT:
+        return _cheapest(deficit, useful)
+    # greedy: idle before busy, then least recently used, until it fits; then drop the unneeded
+    order = sorted(useful, key=lambda r: (r.inflight > 0, r.last_used, r.reload_cost))
+    chosen: list[Running] = []
+    for r in order:
+        chosen.append(r)
+        if _frees(chosen, deficit):
+            break
+    for r in sorted(chosen, key=lambda r: -r.reload_cost):
+        rest = [x for x in chosen if x is not r]
+        if _frees(rest, deficit):
+            chosen = rest
+    return chosen
+
+
+def _cheapest(deficit: Mapping[str, int], useful: Sequence[Running]) -> list[Running] | None:
+    """Branch and bound over the sets of `useful`: adding a server never lowers the key
+    (requests in flight, reload cost, recency), so a feasible set is never extended and a partial
+    set already no better than the best is dropped."""
+    order = sorted(useful, key=lambda r: (r.inflight > 0, r.reload_cost, r.last_used))
+    best: list[Running] | None = None
+    best_key: tuple[int, int, float, int] | None = None
+    need = dict(deficit)
+
+    def visit(i: int, chosen: list[Running], key: tuple[int, int, float]) -> None:
+        nonlocal best, best_key
+        if best_key is not None and key >= best_key[:3]:
+            return
+        if chosen and all(v <= 0 for v in need.values()):
+            best, best_key = list(chosen), (*key, len(chosen))
+            return
+        for j in range(i, len(order)):
+            r = order[j]
+            chosen.append(r)
+            for d in need:
+                need[d] -= r.usage.get(d, 0)
+            visit(
+                j + 1,
+                chosen,
+                (key[0] + (1 if r.inflight else 0), key[1] + r.reload_cost, key[2] + r.last_used),
+            )
+            for d in need:
+                need[d] += r.usage.get(d, 0)
+            chosen.pop()
+
+    visit(0, [], (0, 0, 0.0))
+    return best

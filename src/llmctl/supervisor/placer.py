@@ -1,0 +1,299 @@
+"""From a manifest to the placement policy's inputs, and from its decision to a launch.
+
+`placement_request` turns a profile into its ways of running (one DevicePlan per option, with the
+launch spec that runs it); `running_servers` turns the state's records into the policy's view;
+`decide` (llmctl.supervisor.placement) chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from llmctl.errors import LlmctlError
+from llmctl.supervisor.placement import Decision, Device, Option, Request, Running, decide
+
+if TYPE_CHECKING:
+    from llmctl.manifest.model import Manifest
+    from llmctl.memory.estimate import Estimate
+    from llmctl.memory.plan import DevicePlan
+    from llmctl.supervisor.devices import DeviceInfo
+    from llmctl.supervisor.launch import LaunchSpec
+    from llmctl.supervisor.lifecycle import Event, Supervisor, SwitchResult
+    from llmctl.supervisor.state import LaunchRecord
+
+# Flags the plan sets when the manifest lists devices; the profile's own are replaced.
+PLAN_FLAGS = {
+    "-ngl": True,
+    "--n-gpu-layers": True,
+    "--gpu-layers": True,
+    "-sm": True,
+    "--split-mode": True,
+    "-ts": True,
+    "--tensor-split": True,
+    "-mg": True,
+    "--main-gpu": True,
+    "-dev": True,
+    "--device": True,
+}
+
+
+@dataclass
+class Placement:
+    """A profile's ways of running, in order of preference."""
+
+    profile: str
+    plans: list[DevicePlan]
+    specs: list[LaunchSpec]
+    estimate: Estimate | None
+    request: Request
+    notes: list[str] = field(default_factory=list)
+
+
+def policy_devices(devices: Sequence[DeviceInfo]) -> list[Device]:
+    return [
+        Device(d.name, d.budget if d.budget is not None else 0, d.headroom)
+        for d in devices
+        if d.budget is not None
+    ]
+
+
+def _gpu_choices(
+    manifest: Manifest, name: str, devices: Sequence[DeviceInfo]
+) -> list[list[DeviceInfo]]:
+    """The GPU sets a profile may use: [] means the CPU device alone."""
+    profile = manifest.profiles[name]
+    gpus = [d for d in devices if not d.is_cpu]
+    by_name = {d.name: d for d in devices}
+    wanted = profile.device
+    if isinstance(wanted, str) and wanted.lower() != "auto":
+        wanted = [wanted]
+    if isinstance(wanted, list):
+        missing = [w for w in wanted if w not in by_name]
+        if missing:
+            raise LlmctlError(
+                f"profile {name!r} asks for device {missing[0]!r}, which the manifest does not list",
+                hint=f"devices: {', '.join(by_name)}; add it under gpu: or fix `device`",
+            )
+        chosen = [by_name[w] for w in wanted if not by_name[w].is_cpu]
+        return [chosen]
+    if profile.n_gpu_layers == 0 or not gpus:
+        return [[]]
+    choices: list[list[DeviceInfo]] = [[g] for g in gpus]
+    if len(gpus) > 1:
+        choices.append(list(gpus))
+    return choices
+
+
+def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInfo]) -> Placement:
+    """Every way profile `name` may run on `devices`, with its memory per device.
+
+    A profile whose model can be neither read nor described (`metadata:`) is placed with no
+    memory (its launch will fail and say why).
+    """
+    from llmctl.llama.flags import launch_spec
+    from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
+    from llmctl.memory.plan import DevicePlan, GpuTarget, plan_devices
+
+    name = manifest.resolve(name)
+    profile = manifest.profiles[name]
+    base = launch_spec(manifest, name)
+    notes: list[str] = []
+    source = source_for_profile(profile)
+    est = None
+    if source is not None:
+        est = estimate(source, options_from_profile(profile), profile=name, overhead=0)
+    else:
+        notes.append(f"no model file or metadata for {name!r}: its memory is unknown")
+    plans: list[DevicePlan] = []
+    specs: list[LaunchSpec] = []
+    for gpus in _gpu_choices(manifest, name, devices):
+        targets = [GpuTarget(g.name, g.overhead, _share(g)) for g in gpus]
+        if est is not None and source is not None:
+            plan = plan_devices(
+                est,
+                source,
+                targets,
+                split_mode=profile.split_mode,
+                tensor_split=profile.tensor_split,
+                main_gpu=profile.main_gpu,
+            )
+        else:
+            plan = DevicePlan(tuple(t.name for t in targets), "layer", (), 0, 0, [])
+        plan.flags = manifest.devices_listed
+        plans.append(plan)
+        specs.append(with_plan(base, plan) if manifest.devices_listed else base)
+    options = [Option(p.usage(), p.label) for p in plans]
+    specs = [
+        replace(spec, placement=_placement_info(plan, est))
+        for spec, plan in zip(specs, plans, strict=True)
+    ]
+    request = Request(
+        profile=name,
+        options=options,
+        group=profile.group,
+        port=base.port,
+        configs=tuple(sp.config_hash for sp in specs),
+    )
+    return Placement(name, plans, specs, est, request, notes)
+
+
+def _share(device: DeviceInfo) -> float:
+    """A GPU's weight in --tensor-split when the profile gives none: its usable GiB (0.1 steps)."""
+    usable = (device.budget or 0) - device.headroom
+    return max(0.1, round(usable / 1024**3, 1))
+
+
+def command_spec(manifest: Manifest, name: str) -> LaunchSpec:
+    """The launch `llmctl switch`/`command` use: the plan's first choice when devices are listed."""
+    from llmctl.llama.flags import launch_spec
+
+    if not manifest.devices_listed:
+        return launch_spec(manifest, name)
+    from llmctl.supervisor.devices import detect
+
+    report = detect(manifest.device_configs())
+    return placement_request(manifest, name, report.devices).specs[0]
+
+
+def with_plan(spec: LaunchSpec, plan: DevicePlan) -> LaunchSpec:
+    """The spec with the plan's device flags in place of the profile's."""
+    argv = list(spec.argv)
+    out = [argv[0]]
+    i = 1
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        if flag in PLAN_FLAGS:
+            i += 1 if "=" in argv[i] else 2
+            continue
+        out.append(argv[i])
+        i += 1
+    # the plan's flags go right after the model's, before host/port and extra_args
+    at = out.index("--host") if "--host" in out else len(out)
+    out[at:at] = plan.launch_args()
+    return replace(spec, argv=tuple(out))
+
+
+def _placement_info(plan: DevicePlan, est: Estimate | None) -> dict[str, Any]:
+    """What the state keeps of a placed server (LaunchRecord.extra)."""
+    return {
+        "usage": plan.usage(),
+        "devices": list(plan.gpus) or ["CPU"],
+        "weights_bytes": est.weights.bytes if est is not None else 0,
+    }
+
+
+def running_servers(
+    manifest: Manifest,
+    records: Mapping[str, LaunchRecord],
+    activity: Mapping[str, tuple[float, int]] | None = None,
+) -> list[Running]:
+    """The policy's view of the running servers. `activity`: profile -> (last used, in flight),
+    from the router; else the time each became ready."""
+    out: list[Running] = []
+    for name, rec in records.items():
+        info = rec.extra or {}
+        profile = manifest.profiles.get(name)
+        last, inflight = (activity or {}).get(name, (rec.ready_at or rec.started_at, 0))
+        out.append(
+            Running(
+                profile=name,
+                usage=dict(info.get("usage", {})),
+                reload_cost=int(info.get("weights_bytes", 0)),
+                last_used=last,
+                inflight=inflight,
+                pinned=bool(profile.pinned) if profile is not None else False,
+                group=profile.group if profile is not None else None,
+                port=rec.port,
+                config=rec.config_hash,
+            )
+        )
+    return out
+
+
+class PlacementRefused(LlmctlError):
+    """The profile cannot be placed: it does not fit, or pinned servers stand in the way."""
+
+    decision: Decision | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        if self.decision is not None:
+            out["decision"] = self.decision.to_json()
+        return out
+
+
+def refusal(decision: Decision) -> PlacementRefused:
+    if decision.alone and decision.shortfall:
+        hint = (
+            f"`llmctl fit {decision.profile}` shows the context, cache types or layers that fit; "
+            "or raise the device's budget under gpu:"
+        )
+    elif decision.shortfall:
+        hint = "unload or unpin a pinned profile (`llmctl ps` lists them), or shrink this one"
+    else:
+        hint = "see `llmctl devices` and `llmctl ps`"
+    err = PlacementRefused(decision.reason, hint=hint)
+    err.decision = decision
+    return err
+
+
+@dataclass
+class LoadOutcome:
+    decision: Decision | None
+    result: SwitchResult | None
+    placement: Placement
+
+
+def plan_load(
+    manifest: Manifest,
+    name: str,
+    records: Mapping[str, LaunchRecord],
+    devices: Sequence[DeviceInfo],
+    activity: Mapping[str, tuple[float, int]] | None = None,
+    placement: Placement | None = None,
+) -> tuple[Decision, Placement]:
+    """The decision for loading `name` now (pure apart from reading the model's header)."""
+    placed = placement or placement_request(manifest, name, devices)
+    running = running_servers(manifest, records, activity)
+    return decide(policy_devices(devices), running, placed.request), placed
+
+
+def load_profile(
+    sup: Supervisor,
+    manifest: Manifest,
+    name: str,
+    devices: Sequence[DeviceInfo],
+    *,
+    activity: Callable[[], Mapping[str, tuple[float, int]]] | None = None,
+    before_evict: Callable[[Decision], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    cancel: Any = None,
+) -> LoadOutcome:
+    """Load profile `name` beside what runs, unloading what the policy says (under the lock).
+
+    Raises PlacementRefused before anything is stopped when it cannot be placed.
+    `before_evict(decision)` runs under the lock before victims stop (the router waits there
+    for their requests in flight).
+    """
+    placed = placement_request(manifest, name, devices)
+    box: dict[str, Decision] = {}
+
+    def choose(records: dict[str, LaunchRecord]) -> tuple[list[str], LaunchSpec]:
+        decision, _ = plan_load(
+            manifest, name, records, devices, activity() if activity else None, placed
+        )
+        box["decision"] = decision
+        if decision.action == "refuse":
+            raise refusal(decision)
+        if decision.action == "noop" or decision.option is None:
+            return [], placed.specs[0]
+        if decision.evict and before_evict is not None:
+            before_evict(decision)
+        return list(decision.evict), placed.specs[decision.option]
+
+    result = sup.load(
+        placed.specs[0], choose=choose, same_as=placed.specs[1:], on_event=on_event, cancel=cancel
+    )
+    return LoadOutcome(box.get("decision"), result, placed)

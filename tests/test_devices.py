@@ -1,0 +1,185 @@
+"""Devices in the manifest, their lint rules, and nvidia-smi missing, slow or printing garbage."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmctl.lint.run import lint_manifest
+from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.manifest.model import load_manifest
+from llmctl.supervisor.devices import detect, list_devices, meminfo, nvidia_smi
+
+MiB = 1024**2
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(text)
+    return path
+
+
+def rules(path: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for p in lint_manifest(path).problems:
+        out.setdefault(p.rule, []).append(f"{p.line}: {p.message}")
+    return out
+
+
+def fake_smi(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "nvidia-smi"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_old_mapping_is_one_device_and_cpu_is_always_there(tmp_path: Path) -> None:
+    m = load_manifest(
+        write(tmp_path, "version: 1\ngpu: {vram: 8GiB}\nprofiles:\n  p: {model: m.gguf}\n")
+    )
+    names = [d.name for d in m.device_configs()]
+    assert names == ["GPU", "CPU"] and not m.devices_listed
+    assert m.gpu_budget.vram == 8 * 1024**3
+    bare = load_manifest(write(tmp_path, "version: 1\nprofiles:\n  p: {model: m.gguf}\n"))
+    assert [d.name for d in bare.device_configs()] == ["CPU"]
+
+
+def test_device_list_and_profile_keys(tmp_path: Path) -> None:
+    m = load_manifest(
+        write(
+            tmp_path,
+            "version: 1\nserver: {ports: 9100-9102}\ngpu:\n  - {name: CUDA0, vram: 24GiB}\n"
+            "  - {name: CPU, vram: 32GiB, headroom: 1GiB}\nprofiles:\n"
+            "  p: {model: m.gguf, device: CUDA0, pinned: true}\n  q: {model: m.gguf, group: big}\n"
+            "  r: {model: m.gguf, port: 9101}\n",
+        )
+    )
+    assert m.devices_listed and [d.name for d in m.device_configs()] == ["CUDA0", "CPU"]
+    assert m.profiles["p"].pinned and m.profiles["q"].group == "big"
+    # ports in manifest order, skipping one a profile took for itself
+    assert [m.profile_port(n) for n in ("p", "q", "r")] == [9100, 9102, 9101]
+
+
+def test_lint_device_rules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "version: 1\nserver: {ports: 8100-8100}\ngpu:\n  - {name: CUDA0, vram: 8GiB}\n"
+        "  - {name: CUDA0, vram: 8GiB}\nprofiles:\n"
+        "  p: {model: m.gguf, device: CUDA3}\n  q: {model: m.gguf}\n",
+    )
+    found = rules(path)
+    device = "\n".join(found["device"])
+    assert "listed twice" in device and "asks for device CUDA3" in device
+    assert "8100-8100 holds 1 ports for 2 profiles" in found["port-range"][0]
+
+
+def test_lint_bad_port_range_and_router_inside(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path, "version: 1\nserver: {ports: 9000-8000}\nprofiles:\n  p: {model: m.gguf}\n"
+    )
+    assert any("low to high" in m for m in rules(bad)["schema"])
+    inside = write(
+        tmp_path,
+        "version: 1\nserver: {ports: 8000-8100}\nserve: {port: 8050}\nprofiles:\n  p: {model: m.gguf}\n",
+    )
+    assert any("inside server.ports" in m for m in rules(inside)["port-conflict"])
+
+
+def test_lint_names_a_device_llama_server_does_not_list(
+    tmp_path: Path, llama_server_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(llama_server_bin))
+    assert list_devices(str(llama_server_bin)) == []  # a CPU build lists none
+    path = write(
+        tmp_path,
+        "version: 1\ngpu:\n  - {name: Vulkan0, vram: 8GiB}\nprofiles:\n  p: {model: m.gguf}\n",
+    )
+    device = rules(path)["device"]
+    assert any("does not list device Vulkan0" in m for m in device)
+
+
+def test_lint_pinned_profiles_that_cannot_share_a_device(tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "m.gguf")
+    path = write(
+        tmp_path,
+        f"version: 1\ngpu:\n  - {{name: CPU, vram: 40MiB, headroom: 0}}\nprofiles:\n"
+        f"  a: {{model: {model}, ctx_size: 8192, device: CPU, pinned: true}}\n"
+        f"  b: {{model: {model}, ctx_size: 8192, device: CPU, pinned: true}}\n",
+    )
+    (problem,) = rules(path)["pinned-overcommit"]
+    assert "pinned profiles on CPU need" in problem and "a (" in problem and "b (" in problem
+
+
+def test_cpu_device_from_proc_meminfo() -> None:
+    total, avail = meminfo()
+    assert total is not None and avail is not None and 0 < avail <= total
+    report = detect(load_manifest_text_devices())
+    cpu = report.devices[-1]
+    assert cpu.name == "CPU" and cpu.budget == total and cpu.source == "/proc/meminfo"
+
+
+def load_manifest_text_devices() -> list:  # type: ignore[type-arg]
+    from llmctl.manifest.model import DeviceConfig
+
+    return [DeviceConfig(name="CUDA0", vram=None), DeviceConfig(name="CPU", vram=None)]
+
+
+def test_nvidia_smi_figures_and_configured_values_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmctl.manifest.model import DeviceConfig
+
+    exe = fake_smi(tmp_path, "echo '0, 24576, 20000'\necho '1, 8192, 8000'")
+    monkeypatch.setenv("LLMCTL_NVIDIA_SMI", exe)
+    found, warning = nvidia_smi()
+    assert warning is None and found["CUDA1"] == (8192 * MiB, 8000 * MiB)
+    report = detect(
+        [DeviceConfig(name="CUDA0", vram=None), DeviceConfig(name="CUDA1", vram=4 * 1024**3)]
+    )
+    cuda0, cuda1 = report.devices[:2]
+    assert (cuda0.budget, cuda0.source, cuda0.free) == (24576 * MiB, "nvidia-smi", 20000 * MiB)
+    assert (cuda1.budget, cuda1.source) == (4 * 1024**3, "manifest")
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ("echo 'NVIDIA-SMI has failed because it could not communicate'\nexit 9", "code 9"),
+        ("echo '0, lots, of memory'", "cannot read nvidia-smi's output"),
+        ("exec sleep 30", "no answer within"),
+    ],
+)
+def test_nvidia_smi_faults_fall_back_to_the_manifest_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, says: str
+) -> None:
+    from llmctl.manifest.model import DeviceConfig
+
+    monkeypatch.setenv("LLMCTL_NVIDIA_SMI", fake_smi(tmp_path, body))
+    t0 = time.monotonic()
+    report = detect([DeviceConfig(name="CUDA0", vram=8 * 1024**3)], smi_timeout=0.5)
+    assert time.monotonic() - t0 < 20  # bounded by the timeout, never a hang
+    assert report.devices[0].budget == 8 * 1024**3
+    assert any(says in w for w in report.warnings)
+
+
+def test_nvidia_smi_missing_is_silent_and_the_cli_warns_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMCTL_NVIDIA_SMI", str(tmp_path / "absent"))
+    path = write(tmp_path, "version: 1\ngpu:\n  - {name: CUDA0}\nprofiles:\n  p: {model: m.gguf}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "llmctl", "devices", "--manifest", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["devices"][0]["budget_bytes"] is None
+    assert any("cannot run nvidia-smi" in w for w in data["warnings"])
+    assert any("no budget" in w for w in data["warnings"])

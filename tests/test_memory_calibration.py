@@ -1,0 +1,89 @@
+"""Measured memory: llama-server's buffer lines parsed, kept per (model, arguments, build) by a
+real launch (`llmctl estimate --measure`), and shown beside the formula (`--explain`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from llmctl.cli import build_app
+from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.memory.calibration import calibration_key, memory_args, parse_version
+from llmctl.memory.measured import parse_reported
+
+runner = CliRunner()
+
+# lines as llama-server prints them at -lv 4 (the default level prints none of them)
+LOG = """\
+0.01 I load_tensors:          AMX model buffer size =   383.75 MiB
+0.01 I load_tensors:   CPU_Mapped model buffer size =   383.82 MiB
+0.01 I llama_context:        CPU  output buffer size =     4.00 MiB
+0.01 I llama_kv_cache:        CPU KV buffer size =     4.00 MiB
+0.01 I llama_kv_cache:        CPU KV buffer size =    12.50 MiB
+0.01 I sched_reserve:        CPU compute buffer size =    24.27 MiB
+0.02 I load_hparams: model size:         10.00 MiB
+0.02 I reserve_compute_meta:        CPU compute buffer size =     5.50 MiB
+0.03 I load_tensors:   CPU_Mapped model buffer size =    50.00 MiB
+0.03 I llama_kv_cache:        CPU KV buffer size =     2.00 MiB
+0.03 I sched_reserve:        CPU compute buffer size =     3.00 MiB
+"""
+
+
+def test_buffer_lines_are_read_per_model() -> None:
+    r = parse_reported(LOG)
+    assert r.model == {"AMX": 383.75, "CPU_Mapped": 383.82}
+    assert r.kv == {"CPU": 16.5} and r.output == {"CPU": 4.0} and r.compute == {"CPU": 24.27}
+    assert r.mmproj_model == {"model": 10.0} and r.mmproj_compute == {"CPU": 5.5}
+    assert r.draft is not None and r.draft.total("model") == 50.0
+    assert r.draft.total("compute") == 3.0
+    assert parse_reported("I srv  llama_server: model loaded\n").empty
+
+
+def test_key_ignores_what_does_not_change_memory(tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "m.gguf")
+    build = parse_version("version: 0.5.0-dev (build 7, commit abc123)")
+    assert build is not None and build.build == 7 and build.commit == "abc123"
+    a = ["llama-server", "-m", str(model), "-c", "4096", "--port", "8081", "--host", "x"]
+    b = ["llama-server", "-m", str(model), "-c", "4096", "--port", "9999", "-lv", "4"]
+    assert memory_args(a) == memory_args(b) == ["-m", str(model), "-c", "4096"]
+    assert calibration_key(str(model), a, build) == calibration_key(str(model), b, build)
+    assert calibration_key(str(model), a, build) != calibration_key(str(model), a, None)
+    c = [*a[:4], "8192", *a[5:]]
+    assert calibration_key(str(model), a, build) != calibration_key(str(model), c, build)
+
+
+def test_measure_then_explain(tmp_path: Path, llama_server_bin: Path) -> None:
+    model = write_tiny_model(tmp_path / "m.gguf")
+    manifest = tmp_path / "profiles.yaml"
+
+    def write(ctx: int) -> None:
+        manifest.write_text(
+            f"version: 1\nserver:\n  binary: {llama_server_bin}\nprofiles:\n  tiny:\n"
+            f"    model: {model}\n    ctx_size: {ctx}\n    n_gpu_layers: 0\n"
+            # no repacked weight copies (AMX, CPU_REPACK): the model buffer is the weights
+            "    extra_args: [-nr]\n"
+        )
+
+    def run(*args: str) -> dict[str, object]:
+        result = runner.invoke(
+            build_app(), ["estimate", "tiny", "--manifest", str(manifest), "--json", *args]
+        )
+        assert result.exit_code == 0, result.output
+        out: list[dict[str, object]] = json.loads(result.stdout)
+        return out[0]
+
+    write(2048)
+    assert "measured" not in run("--explain")
+    measured = run("--measure")["measured"]
+    assert isinstance(measured, dict)
+    parts = measured["parts"]
+    assert abs(parts["kv"]["error"]) < 0.01 and "compute" in parts
+    assert abs(parts["model"]["error"]) < 0.01
+    assert "build 0" in str(measured["build"]) or measured["build"]
+    # later estimates of the same profile show it, without asking llama-server again
+    assert run()["measured"] == measured
+    # other arguments: no measurement applies
+    write(4096)
+    assert "measured" not in run()

@@ -1,0 +1,148 @@
+"""The router's scheduler for several servers, with fake loads ordered by events (no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmctl.router.errors import RouterError
+from llmctl.router.placement_queue import PlacementScheduler
+from llmctl.router.queue import ProgressFn, SwitchFailed
+
+
+class FakePlacer:
+    """Loads that finish when the test says so; `victims` is what the placer would unload."""
+
+    def __init__(self) -> None:
+        self.victims: dict[str, list[str]] = {}
+        self.gates: dict[str, asyncio.Event] = {}
+        self.started: dict[str, asyncio.Event] = {}
+        self.fail: dict[str, str] = {}
+        self.loads: list[str] = []
+        self.stops: list[str | None] = []
+
+    def gate(self, name: str) -> asyncio.Event:
+        return self.gates.setdefault(name, asyncio.Event())
+
+    def began(self, name: str) -> asyncio.Event:
+        return self.started.setdefault(name, asyncio.Event())
+
+    async def plan(self, target: str) -> list[str]:
+        if target in self.fail:
+            raise SwitchFailed(self.fail[target])
+        return list(self.victims.get(target, []))
+
+    async def load(self, target: str, progress: ProgressFn) -> list[str]:
+        self.began(target).set()
+        await self.gate(target).wait()
+        self.loads.append(target)
+        return list(self.victims.get(target, []))
+
+    async def stop(self, target: str | None, progress: ProgressFn) -> None:
+        self.stops.append(target)
+
+
+def scheduler(fake: FakePlacer, **kw: float) -> PlacementScheduler:
+    return PlacementScheduler(fake.plan, fake.load, fake.stop, **kw)  # type: ignore[arg-type]
+
+
+async def _loaded(s: PlacementScheduler, fake: FakePlacer, name: str) -> None:
+    fake.gate(name).set()
+    (await s.acquire(name)).release()
+
+
+def test_a_loaded_profile_never_waits_for_another_load() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        await _loaded(s, fake, "a")
+        waiting = asyncio.ensure_future(s.acquire("b"))
+        await fake.began("b").wait()  # b is loading and will not finish until the gate opens
+        lease = await asyncio.wait_for(s.acquire("a"), 5)  # at once
+        assert lease.profile == "a" and s.inflight_of("a") == 1
+        lease.release()
+        fake.gate("b").set()
+        (await waiting).release()
+        assert s.loaded == ["a", "b"] and fake.loads == ["a", "b"]
+
+    asyncio.run(main())
+
+
+def test_eviction_waits_for_the_victims_requests_in_flight() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        await _loaded(s, fake, "a")
+        held = await s.acquire("a")
+        fake.victims["c"] = ["a"]
+        fake.gate("c").set()
+        waiting = asyncio.ensure_future(s.acquire("c"))
+        await asyncio.sleep(0)  # let the driver plan
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not fake.began("c").is_set()  # the load waits for a's request
+        assert s.would_wait("a")  # new requests for a victim queue
+        held.release()
+        (await asyncio.wait_for(waiting, 5)).release()
+        assert s.loaded == ["c"]
+
+    asyncio.run(main())
+
+
+def test_a_refused_load_fails_only_its_own_requests() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        await _loaded(s, fake, "a")
+        fake.fail["huge"] = "profile 'huge' does not fit even alone: CPU needs 2 GiB"
+        with pytest.raises(RouterError) as err:
+            await s.acquire("huge")
+        assert err.value.status == 503 and err.value.code == "model_load_failed"
+        assert "does not fit even alone" in err.value.message
+        (await s.acquire("a")).release()
+        assert s.loaded == ["a"]
+
+    asyncio.run(main())
+
+
+def test_queues_are_per_profile() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake, max_size=2)
+        waiting = [asyncio.ensure_future(s.acquire("b")) for _ in range(2)]
+        await fake.began("b").wait()
+        with pytest.raises(RouterError) as err:
+            await s.acquire("b")
+        assert err.value.status == 429
+        # another profile still has room in its own queue
+        other = asyncio.ensure_future(s.acquire("c"))
+        await asyncio.sleep(0)
+        assert not other.done()
+        fake.gate("b").set()
+        fake.gate("c").set()
+        for w in [*waiting, other]:
+            (await w).release()
+        assert set(s.loaded) == {"b", "c"}
+
+    asyncio.run(main())
+
+
+def test_deadline_and_ttl_per_profile() -> None:
+    async def main() -> None:
+        now = [0.0]
+        fake = FakePlacer()
+        s = scheduler(fake, timeout=0.05)
+        s._clock = lambda: now[0]
+        with pytest.raises(RouterError) as err:
+            await s.acquire("slow")  # its gate never opens
+        assert err.value.status == 504
+        fake.gate("slow").set()
+        await _loaded(s, fake, "a")
+        await _loaded(s, fake, "b")
+        now[0] = 100.0
+        (await s.acquire("b")).release()  # b used just now
+        assert await s.unload_idle({"a": 50.0, "b": 50.0}) == ["a"]
+        assert fake.stops == ["a"] and "a" not in s.loaded and "b" in s.loaded
+
+    asyncio.run(main())

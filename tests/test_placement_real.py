@@ -1,0 +1,212 @@
+"""Several real llama-servers at once on the CPU device, with a budget small enough that
+co-residency, eviction and refusal happen for real (tiny models: KV cache sizes set by ctx)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.supervisor import procs
+from llmctl.supervisor.lifecycle import Supervisor
+from supervisor_helpers import fake_pids, fake_spec, kill_fakes
+
+# Planned CPU bytes of the tiny llama at these contexts: about a 16 MiB, b 24 MiB, c 40 MiB.
+BUDGET = "70MiB"
+
+
+def free_port_range(n: int) -> int:
+    """The first of n consecutive free ports."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def llmctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def ps() -> dict[str, dict[str, object]]:
+    out = llmctl("ps", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {s["profile"]: s for s in json.loads(out.stdout)["servers"]}
+
+
+@pytest.fixture
+def placed(
+    tmp_path: Path, llama_server_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    base = free_port_range(6)
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        f"""version: 1
+server:
+  ports: {base}-{base + 5}
+gpu:
+  - {{name: CPU, vram: {BUDGET}, headroom: 0}}
+profiles:
+  a: {{model: {model}, ctx_size: 4096}}
+  b: {{model: {model}, ctx_size: 8192}}
+  c: {{model: {model}, ctx_size: 16384}}
+  huge: {{model: {model}, ctx_size: 500000, parallel: 1}}
+"""
+    )
+    monkeypatch.setenv("LLMCTL_MANIFEST", str(path))
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(llama_server_bin))
+    try:
+        yield path
+    finally:
+        llmctl("unload", "--all")
+
+
+def test_coresidency_eviction_refusal_and_unload_all(placed: Path) -> None:
+    out = llmctl("load", "a", "b", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert [p["decision"]["evict"] for p in data["profiles"]] == [[], []]
+    running = ps()
+    assert set(running) == {"a", "b"}
+    assert all(s["healthy"] for s in running.values())
+    assert running["a"]["port"] != running["b"]["port"]
+    assert running["a"]["devices"] == ["CPU"]
+    b_pid = running["b"]["pid"]
+
+    # status: the newest in full, every server listed
+    status = llmctl("status", "--json")
+    assert status.returncode == 0
+    listed = json.loads(status.stdout)["servers"]
+    assert [x["profile"] for x in listed] == ["a", "b"] and all(x["healthy"] for x in listed)
+    text = llmctl("status").stdout
+    assert "profile  b" in text and "also running: a (pid" in text
+
+    # the dry run says what a load would do, and does nothing
+    dry = llmctl("load", "c", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stdout
+    decision = json.loads(dry.stdout)["profiles"][0]["decision"]
+    assert decision["action"] == "start" and decision["evict"] == ["a"]
+    assert set(ps()) == {"a", "b"}
+
+    # c does not fit beside both: the least recently loaded (a) goes, b keeps running
+    out = llmctl("load", "c")
+    assert out.returncode == 0, out.stderr
+    assert "stopped profile 'a'" in out.stderr
+    running = ps()
+    assert set(running) == {"b", "c"} and running["b"]["pid"] == b_pid
+    assert all(s["healthy"] for s in running.values())
+
+    # cannot fit even alone: refused before anything stops, naming the device and shortfall
+    out = llmctl("load", "huge")
+    assert out.returncode == 1
+    assert "does not fit even alone: CPU needs" in out.stderr and "short" in out.stderr
+    assert "llmctl fit huge" in out.stderr
+    assert set(ps()) == {"b", "c"}
+    js = llmctl("load", "huge", "--json")
+    err = json.loads(js.stdout)["profiles"][0]["error"]
+    assert err["type"] == "PlacementRefused"
+    assert err["decision"]["shortfall"][0]["device"] == "CPU"
+
+    # devices shows what is placed where
+    dev = json.loads(llmctl("devices", "--json").stdout)["devices"]
+    cpu = next(d for d in dev if d["name"] == "CPU")
+    assert set(cpu["placed"]) == {"b", "c"} and cpu["budget_bytes"] == 70 * 1024**2
+
+    # unload one: only it stops
+    out = llmctl("unload", "b")
+    assert out.returncode == 0 and "unloaded 'b'" in out.stdout
+    assert set(ps()) == {"c"} and not procs.is_alive(int(str(b_pid)))
+
+    pids = [int(str(s["pid"])) for s in ps().values()]
+    out = llmctl("unload", "--all", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["unloaded"][0]["profiles"] == ["c"]
+    assert ps() == {} and not any(procs.is_alive(p) for p in pids)
+
+
+def test_pinned_and_group(placed: Path) -> None:
+    text = placed.read_text()
+    text = text.replace("ctx_size: 8192}", "ctx_size: 8192, pinned: true}")
+    text = text.replace("ctx_size: 4096}", "ctx_size: 4096, group: big}")
+    text = text.replace("ctx_size: 16384}", "ctx_size: 16384, group: big}")
+    placed.write_text(text)
+    assert llmctl("load", "b", "a").returncode == 0
+    # c shares a's group: a goes although there would be room for both without it
+    out = llmctl("load", "c", "--json")
+    assert out.returncode == 0, out.stdout
+    assert json.loads(out.stdout)["profiles"][0]["decision"]["evict"] == ["a"]
+    assert set(ps()) == {"b", "c"}
+    # a needs room that only b (pinned) or c (same group, must go anyway) could free
+    out = llmctl("load", "a", "--json")
+    assert json.loads(out.stdout)["profiles"][0]["decision"]["evict"] == ["c"]
+    assert set(ps()) == {"a", "b"}
+
+
+def test_switch_keeps_its_meaning(placed: Path) -> None:
+    assert llmctl("load", "a", "b").returncode == 0
+    out = llmctl("switch", "c", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert set(ps()) == {"c"}
+
+
+def test_lost_state_file_with_several_servers_is_repaired(placed: Path) -> None:
+    assert llmctl("load", "a", "b").returncode == 0
+    pids = [int(str(s["pid"])) for s in ps().values()]
+    state = Path(os.environ["LLMCTL_STATE_DIR"]) / "state.json"
+    state.write_text("{not json")
+    out = llmctl("unload", "--all")
+    assert out.returncode == 0
+    assert "set aside" in out.stderr or "set aside" in out.stdout
+    assert not any(procs.is_alive(p) for p in pids)
+
+
+def test_nothing_stops_when_the_state_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sup = Supervisor(tmp_path / "state", lock_timeout=5)
+    p1, p2 = free_port_range(2), free_port_range(2)
+    try:
+        first = sup.switch(fake_spec(p1, "alpha"))
+        assert first.ready
+        real_write = os.write
+
+        def full_disk(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr("llmctl.supervisor.state.os.write", full_disk)
+        res = sup.switch(fake_spec(p2, "beta"))
+        assert not res.ready and res.error is not None
+        assert "cannot write the state folder" in res.error.message
+        assert procs.is_alive(first.pid or 0)  # alpha still runs
+        res = sup.load(fake_spec(p2, "beta"))
+        assert not res.ready and procs.is_alive(first.pid or 0)
+        monkeypatch.setattr("llmctl.supervisor.state.os.write", real_write)
+        loaded = sup.load(fake_spec(p2, "beta"))
+        assert loaded.ready
+        servers, _ = sup.ps(check_health=False)
+        assert {s.profile for s in servers} == {"alpha", "beta"}
+        sup.stop()
+        assert fake_pids() == []
+    finally:
+        kill_fakes()
