@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: demo test faults lint check bench llama-server browser completions schema uv sync
+.PHONY: demo test faults lint check bench llama-server browser server-suite completions schema uv sync
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -42,6 +42,9 @@ check: test lint
 
 bench: sync llama-server
 	@for b in bench/*.py; do echo "== $$b"; LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run python "$$b" || exit 1; done
+
+server-suite: sync llama-server  ## llama.cpp's server tests against llama-server, then through llmctl serve
+	LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run python scripts/server_suite.py
 
 completions: sync
 	$(UV) run llmctl completion bash > completions/llmctl.bash

@@ -9,6 +9,7 @@ the bottleneck). Each figure is measured direct and through the router in altern
   throughput at concurrency 32: requests/s, router as a share of direct
   time to first streamed chunk: p50, p99, added
   CPU per request (from /proc) of the fake upstream and of the router
+  llama.cpp's native `/completion`, streaming, at concurrency 32: p50, p99, added, requests/s
 
 and, for scale, throughput at concurrency 32 when the fake upstream burns 1 ms of CPU per
 request (a stand-in for inference, which is far slower on any real model).
@@ -62,6 +63,9 @@ _ANSWER = json.dumps(
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 8, "total_tokens": 9},
     }
+).encode()
+COMPLETION_STREAM = json.dumps(
+    {"model": "bench", "prompt": "hello", "n_predict": 8, "stream": True}
 ).encode()
 _CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi "}}]}\n\n'
 
@@ -255,6 +259,33 @@ async def throughput(port: int, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
+async def concurrent(
+    port: int, path: str, body: bytes, n: int, concurrency: int
+) -> tuple[list[float], float]:
+    """Each request's time to its last byte, and requests/s, with `concurrency` clients."""
+    conns = [Conn(port) for _ in range(concurrency)]
+    for c in conns:
+        await c.open()
+    remaining = n
+    totals: list[float] = []
+
+    async def worker(c: Conn) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            _, total, status = await c.post(path, body)
+            if status != 200:
+                raise RuntimeError(f"status {status}")
+            totals.append(total)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        await c.close()
+    return totals, n / elapsed
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -298,6 +329,8 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
     ttfc: dict[str, list[float]] = {name: [] for name in targets}
     rps: dict[str, list[float]] = {name: [] for name in targets}
     cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+    native_lat: dict[str, list[float]] = {name: [] for name in targets}
+    native_rps: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(blocks):
         for name, (port, pid) in targets.items():
             _, totals = await sequential(port, "/v1/chat/completions", CHAT, n_lat // blocks)
@@ -310,6 +343,9 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
             before = cpu_seconds(pid)
             rps[name].append(await throughput(port, n_tp // blocks, 32))
             cpu[name] += cpu_seconds(pid) - before
+            totals, r = await concurrent(port, "/completion", COMPLETION_STREAM, n_tp // blocks, 32)
+            native_lat[name].extend(totals)
+            native_rps[name].append(r)
     ms = 1000.0
     out: dict[str, Any] = {"requests": {"latency": n_lat, "ttfc": n_ttfc, "throughput": n_tp}}
     for name in targets:
@@ -320,6 +356,9 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
             "ttfc_p99_ms": pct(ttfc[name], 0.99) * ms,
             "throughput_rps": statistics.median(rps[name]),
             "cpu_per_request_us": cpu[name] / n_tp * 1e6,
+            "completion_c32_p50_ms": pct(native_lat[name], 0.5) * ms,
+            "completion_c32_p99_ms": pct(native_lat[name], 0.99) * ms,
+            "completion_c32_rps": statistics.median(native_rps[name]),
         }
     base = out["direct"]
     for name in targets:
@@ -331,6 +370,10 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
         fig["added_ttfc_p50_ms"] = fig["ttfc_p50_ms"] - base["ttfc_p50_ms"]
         fig["added_ttfc_p99_ms"] = fig["ttfc_p99_ms"] - base["ttfc_p99_ms"]
         fig["throughput_share"] = fig["throughput_rps"] / base["throughput_rps"]
+        for q in ("p50", "p99"):
+            key = f"completion_c32_{q}_ms"
+            fig[f"added_{key}"] = fig[key] - base[key]
+        fig["completion_c32_share"] = fig["completion_c32_rps"] / base["completion_c32_rps"]
     return out
 
 
@@ -500,6 +543,17 @@ def main() -> None:
         f"{figures[n]['throughput_rps']:9.0f}{figures[n]['throughput_share']:8.0%}" for n in names
     )
     print(f"{'throughput c=32 (req/s)':26}{d['throughput_rps']:9.0f}{cells}   >= 70 %")
+    for label, key in (
+        ("/completion SSE c=32 p50", "completion_c32_p50_ms"),
+        ("/completion SSE c=32 p99", "completion_c32_p99_ms"),
+    ):
+        cells = "".join(f"{figures[n][key]:9.3f}{figures[n]['added_' + key]:8.3f}" for n in names)
+        print(f"{label:26}{d[key]:9.3f}{cells}")
+    cells = "".join(
+        f"{figures[n]['completion_c32_rps']:9.0f}{figures[n]['completion_c32_share']:8.0%}"
+        for n in names
+    )
+    print(f"{'/completion SSE c=32 req/s':26}{d['completion_c32_rps']:9.0f}{cells}")
     cells = "".join(f"{figures[n]['cpu_per_request_us']:9.0f}{'':8}" for n in names)
     print(
         f"{'CPU per request (us)':26}{d['cpu_per_request_us']:9.0f}{cells}   (direct: the upstream's)"

@@ -268,6 +268,10 @@ def test_cors_like_llama_server(both: tuple[Served, str]) -> None:
             "access-control-allow-headers",
         ):
             assert got.headers.get(h) == want.headers.get(h), h
+        # spelled the same, for clients that read headers into a plain dict
+        spelled = [k for k, _ in got.headers.raw if k.lower().startswith(b"access-control-")]
+        assert spelled == [k for k, _ in want.headers.raw if k in spelled]
+        assert all(k.startswith(b"Access-Control-") for k in spelled)
     # and every answer carries the origin, the router's own ones included
     for path in ("/v1/models", "/health", "/props"):
         r = httpx.get(served.url + path, headers={**AUTH, "origin": "http://localhost:5173"})

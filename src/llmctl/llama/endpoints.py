@@ -82,12 +82,13 @@ def cors_headers(origin: str, *, preflight: bool) -> list[tuple[bytes, bytes]]:
 
     A preflight (`OPTIONS`) is answered before any key check, with an empty `text/html` body.
     """
-    out = [(b"access-control-allow-origin", origin.encode("latin-1"))]
+    # spelled as llama-server spells them: clients that read headers into a plain dict see them
+    out = [(b"Access-Control-Allow-Origin", origin.encode("latin-1"))]
     if preflight:
         out += [
-            (b"access-control-allow-credentials", CORS_ALLOW_CREDENTIALS.encode()),
-            (b"access-control-allow-methods", CORS_ALLOW_METHODS.encode()),
-            (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+            (b"Access-Control-Allow-Credentials", CORS_ALLOW_CREDENTIALS.encode()),
+            (b"Access-Control-Allow-Methods", CORS_ALLOW_METHODS.encode()),
+            (b"Access-Control-Allow-Headers", CORS_ALLOW_HEADERS.encode()),
         ]
     return out
 

@@ -987,8 +987,8 @@ async def _preflight(scope: Scope, send: Send, origin: bytes) -> None:
     """A CORS preflight, answered as llama-server answers it: before any key check, empty body."""
     headers = [
         *cors_headers(origin.decode("latin-1"), preflight=True),
-        (b"content-type", b"text/html"),
-        (b"content-length", b"0"),
+        (b"Content-Type", b"text/html"),
+        (b"Content-Length", b"0"),
     ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
