@@ -203,7 +203,9 @@ def _render_plans(plans: list[DevicePlan]) -> None:
             if s.total_bytes
         ]
         console().print(f"plan on {escape(plan.label)}: " + escape(", ".join(parts)))
-        console().print(f"  [dim]flags: {escape(' '.join(plan.launch_args()))}[/]")
+        flags = plan.launch_args()
+        if flags:  # nothing to pass when one device takes it all by llama-server's defaults
+            console().print(f"  [dim]flags: {escape(' '.join(flags))}[/]")
     if plans:
         console().print()
 
