@@ -16,6 +16,10 @@ from llmctl.supervisor.launch import LaunchSpec
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest, Profile
 
+# The KV cache types llama-server accepts (-ctk/-ctv), and those that are quantized.
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+QUANTIZED_CACHE_TYPES = frozenset(("q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"))
+
 Kind = Literal["value", "switch", "bool-pair", "tristate"]
 
 

@@ -1,7 +1,5 @@
-"""`llmctl status` without typer, click, rich, pydantic or httpx: scripts poll it often.
-
-`try_fast_path` runs first in `main()`; the typer command in supervise_cmds.py prints through the
-same functions below, so both give identical output.
+"""`llmctl status`: what runs. Scripts poll it, so it imports no typer, rich, pydantic or httpx,
+and with nothing running not even the supervisor; typer's command prints through `run_status` too.
 """
 
 from __future__ import annotations
@@ -14,6 +12,8 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    import typer
 
     from llmctl.supervisor.lifecycle import Status
 
@@ -151,24 +151,38 @@ def run_status(json_out: bool) -> int:
     return status_exit_code(status)
 
 
-_FAST = {("status",): False, ("status", "--json"): True}
+def fast(args: list[str]) -> int | None:
+    """`status` and `status --json` (every other spelling goes to typer)."""
+    if args == ["--json"]:
+        return run_status(True)
+    if not args:
+        return run_status(False)
+    return None
 
 
-def try_fast_path(argv: list[str]) -> int | None:
-    """Handle `status` / `status --json` here; None for anything else (typer takes it)."""
-    json_out = _FAST.get(tuple(argv))
-    if json_out is None:
-        return None
-    return run_status(json_out)
+def register(app: typer.Typer) -> None:
+    import typer
+
+    from llmctl.cli.options import json_option
+    from llmctl.cli.output import run_command
+
+    @app.command()
+    def status(json_out: bool = json_option()) -> None:
+        """Show the running llama-server: profile, pid, url, health, uptime, log, memory.
+
+        Health is a live /health check. Exit 1 when the server runs but /health does not answer 200.
+        """
+        raise typer.Exit(run_command(json_out, lambda: run_status(json_out)))
 
 
 __all__ = [
     "NOT_RUNNING",
     "current_status",
+    "fast",
     "memory_text",
+    "register",
     "run_status",
     "status_exit_code",
     "status_json",
     "status_text",
-    "try_fast_path",
 ]
