@@ -8,10 +8,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -19,7 +17,7 @@ import pytest
 
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor, procs
-from processes import stop_process
+from serving import Served, serve_argv, start_serve, stop_serve
 
 openai = pytest.importorskip("openai")
 
@@ -68,55 +66,6 @@ profiles:
 {extra}"""
     )
     return path
-
-
-@dataclass
-class Served:
-    url: str
-    proc: subprocess.Popen[bytes]
-    manifest: Path
-    log: Path
-
-    def client(self, **kw: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **kw)
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def serve_argv(manifest: Path, port: int, *args: str) -> list[str]:
-    """`llmctl serve` as a subprocess, with this interpreter."""
-    return [sys.executable, "-m", "llmctl", "serve", "--manifest", str(manifest),
-            "--port", str(port), *args]  # fmt: skip
-
-
-def start_serve(manifest: Path, port: int, tmp_path: Path, *args: str) -> Served:
-    log = tmp_path / f"serve-{port}.log"
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        serve_argv(manifest, port, *args),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    out.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/health", timeout=0.5).status_code == 200:
-                return Served(url, proc, manifest, log)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    raise AssertionError(f"serve did not start:\n{log.read_text()}")
-
-
-def stop_serve(served: Served) -> int:
-    return stop_process(served.proc, timeout=30)
 
 
 def llama_pids(binary: Path) -> list[int]:

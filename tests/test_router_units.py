@@ -519,3 +519,23 @@ def test_stop_idle_unload_observe_and_close() -> None:
             await s.acquire("c")
 
     run(main)
+
+
+def test_unsafe_path_rules() -> None:
+    from llmctl.router.safepath import unsafe_path
+
+    for ok in (b"/v1/chat/completions", b"/health", b"/v1/models/a%3Ab", b"/v1/x%20y", b"/"):
+        assert unsafe_path(ok) is None, ok
+    for bad in (
+        b"/v1/../x",
+        b"/v1/%2e%2e/x",
+        b"/v1/%252e%252e/x",
+        b"/v1/a%2fb",
+        b"/v1/a\\b",
+        b"/v1/a%5cb",
+        b"/v1/./x",
+        b"/v1/x/..",
+        b"/v1/a%00b",
+        b"/v1/%25252e%25252e/x",
+    ):
+        assert unsafe_path(bad) is not None, bad

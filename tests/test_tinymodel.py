@@ -24,7 +24,7 @@ def _get(url: str, body: dict[str, object] | None = None, timeout: float = 30) -
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-    except (urllib.error.URLError, ConnectionError):
+    except (urllib.error.URLError, OSError):  # refused, reset, or no answer within `timeout`
         return 0, ""
 
 
@@ -96,5 +96,8 @@ def test_every_architecture_loads_and_answers(
     arch: str, tmp_path: Path, llama_server_bin: Path, free_port: int
 ) -> None:
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch=arch)
-    status, _body, stderr = serve_and_chat(llama_server_bin, path, free_port)
+    # on CPUs with AMX, the repacked weights of an MLA model leave an op without a backend
+    # (GGML_ASSERT in ggml_backend_sched_split_graph); --no-repack avoids it
+    extra = ["--no-repack"] if arch == "deepseek2" else []
+    status, _body, stderr = serve_and_chat(llama_server_bin, path, free_port, *extra)
     assert status == 200, stderr[-3000:]

@@ -44,6 +44,7 @@ from llmctl.router.proxy import (
     lean_capable,
 )
 from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
+from llmctl.router.safepath import unsafe_path
 from llmctl.router.settings import Settings
 from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
@@ -87,6 +88,8 @@ class Router:
         self.environ = environ
         self.heartbeat = heartbeat
         self._spec_for_factory = spec_for
+        # set by whoever binds the socket: raises for settings that must not serve that address
+        self.bind_check: Callable[[Settings], None] | None = None
         self.metrics = metrics_mod.Metrics()
         self.upstreams: Upstreams | None = None
         self.managed_url: str | None = None
@@ -125,6 +128,16 @@ class Router:
         except LlmctlError as err:
             log.error("manifest reload failed, keeping the previous one: %s", err.message)
             return False
+        if self.bind_check is not None:
+            try:
+                self.bind_check(Settings.from_manifest(manifest, self.environ))
+            except LlmctlError as err:
+                log.error(
+                    "manifest reload refused, keeping the previous one: %s (%s)",
+                    err.message,
+                    err.hint,
+                )
+                return False
         self.apply(manifest)
         log.info("manifest reloaded: %d profile(s)", len(self.index.profiles))
         return True
@@ -651,6 +664,18 @@ class FastProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
+        if scope["type"] == "http":
+            why = unsafe_path(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
+            if why is not None:
+                router: Router = scope["app"].state.router
+                router.metrics.count_rejected("bad_path")
+                err = bad_request(
+                    f"The request path is refused: {why}. Send the path without dot segments "
+                    "or encoded slashes.",
+                    code="invalid_path",
+                )
+                await err.response()(scope, receive, send)
+                return
         if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/models":
             await self.app(scope, receive, send)
             return

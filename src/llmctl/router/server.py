@@ -15,6 +15,7 @@ import logging
 import math
 import signal
 import socket
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -145,6 +146,8 @@ def run(
     supervisor = Supervisor(paths.state_dir(), lock_timeout=max(30.0, settings.queue_timeout))
     app = create_app(manifest, supervisor, manifest_path=path)
     router: Router = app.state.router
+    # every reload must keep the rule that opened this socket: no open bind without keys
+    router.bind_check = partial(check_bind, host, allow_insecure=allow_insecure)
     config_kw: dict[str, Any] = {
         "lifespan": "on",
         "log_level": log_level,

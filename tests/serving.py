@@ -1,0 +1,65 @@
+"""A real `llmctl serve` process for tests: start it, wait for /health, stop it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from processes import stop_process
+
+
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen[bytes]
+    manifest: Path
+    log: Path
+
+    def client(self, **kw: object) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, **kw)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def serve_argv(manifest: Path, port: int, *args: str) -> list[str]:
+    """`llmctl serve` as a subprocess, with this interpreter."""
+    return [sys.executable, "-m", "llmctl", "serve", "--manifest", str(manifest),
+            "--port", str(port), *args]  # fmt: skip
+
+
+def start_serve(manifest: Path, port: int, tmp_path: Path, *args: str) -> Served:
+    log = tmp_path / f"serve-{port}.log"
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        serve_argv(manifest, port, *args),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    out.close()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/health", timeout=0.5).status_code == 200:
+                return Served(url, proc, manifest, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"serve did not start:\n{log.read_text()}")
+
+
+def stop_serve(served: Served) -> int:
+    return stop_process(served.proc, timeout=30)

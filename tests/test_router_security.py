@@ -1,0 +1,175 @@
+"""Security of a real `llmctl serve` process: a reload never opens a public bind without keys, and
+no request path can leave an upstream's prefix with that upstream's key (a recording FAKE upstream
+stands in for the remote API)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fakes.fake_upstream import ServerThread
+from serving import Served, start_serve, stop_serve
+
+PROFILES = """profiles:
+  alpha:
+    model: /models/alpha.gguf
+"""
+
+
+def wait_for_log(served: Served, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in served.logs():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} not in the log:\n{served.logs()}")
+
+
+def test_reload_without_keys_on_a_public_bind_is_refused(tmp_path: Path, free_port: int) -> None:
+    manifest = tmp_path / "profiles.yaml"
+    with_keys = "version: 1\nserve:\n  api_keys: [k-secret-1]\n" + PROFILES
+    manifest.write_text(with_keys)
+    served = start_serve(manifest, free_port, tmp_path, "--host", "0.0.0.0")
+    try:
+        url = served.url + "/v1/models"
+        assert httpx.get(url).status_code == 401
+        manifest.write_text("version: 1\n" + PROFILES + "  beta:\n    model: /models/b.gguf\n")
+        served.proc.send_signal(signal.SIGHUP)
+        wait_for_log(served, "manifest reload refused, keeping the previous one")
+        assert "refusing to listen on 0.0.0.0 without API keys" in served.logs()
+        assert httpx.get(url).status_code == 401
+        ok = httpx.get(url, headers={"authorization": "Bearer k-secret-1"})
+        assert ok.status_code == 200
+        assert "beta" not in {m["id"] for m in ok.json()["data"]}  # the old manifest stays
+        # a reload that keeps keys still applies
+        manifest.write_text(with_keys + "  beta:\n    model: /models/b.gguf\n")
+        served.proc.send_signal(signal.SIGHUP)
+        wait_for_log(served, "manifest reloaded: 2 profile(s)")
+        ids = {
+            m["id"]
+            for m in httpx.get(url, headers={"authorization": "Bearer k-secret-1"}).json()["data"]
+        }
+        assert "beta" in ids
+        assert "k-secret-1" not in served.logs()
+    finally:
+        stop_serve(served)
+
+
+def test_reload_without_keys_on_loopback_applies(tmp_path: Path, free_port: int) -> None:
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text("version: 1\nserve:\n  api_keys: [k1]\n" + PROFILES)
+    served = start_serve(manifest, free_port, tmp_path)
+    try:
+        assert httpx.get(served.url + "/v1/models").status_code == 401
+        manifest.write_text("version: 1\n" + PROFILES)
+        served.proc.send_signal(signal.SIGHUP)
+        wait_for_log(served, "manifest reloaded")
+        assert httpx.get(served.url + "/v1/models").status_code == 200
+    finally:
+        stop_serve(served)
+
+
+class Recorder:
+    """A FAKE remote API that records every request it receives, whatever the path."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes, str]] = []
+
+    async def any_path(self, request: Request) -> Response:
+        raw = request.scope.get("raw_path") or b""
+        self.seen.append((request.method, raw, request.headers.get("authorization", "")))
+        return JSONResponse({"id": "x", "object": "chat.completion", "choices": []})
+
+    def app(self) -> Starlette:
+        methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+        return Starlette(routes=[Route("/{path:path}", self.any_path, methods=methods)])
+
+
+@pytest.fixture
+def remote_behind_router(tmp_path: Path, free_port: int) -> Iterator[tuple[Served, Recorder]]:
+    rec = Recorder()
+    with ServerThread(rec.app(), lifespan="off") as st:
+        manifest = tmp_path / "profiles.yaml"
+        manifest.write_text(
+            "version: 1\nserve:\n  upstreams:\n"
+            f"    - {{name: cloud, url: '{st.url}/v1', models: [remote-model], api_key_env: CLOUD_KEY}}\n"
+            + PROFILES
+        )
+        import os
+
+        os.environ["CLOUD_KEY"] = "sk-upstream-secret"
+        try:
+            served = start_serve(manifest, free_port, tmp_path)
+        finally:
+            del os.environ["CLOUD_KEY"]
+        try:
+            yield served, rec
+        finally:
+            stop_serve(served)
+
+
+def raw_request(url: str, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+    """Send the request line exactly as given: HTTP clients normalise dot segments themselves."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        s.sendall(head + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]
+
+
+ESCAPES = [
+    "/v1/../../admin/secret",
+    "/v1/chat/../../../admin/secret",
+    "/v1/%2e%2e/%2e%2e/admin/secret",
+    "/v1/%2E%2E/admin/secret",
+    "/v1/.%2e/admin",
+    "/v1/%252e%252e/admin",
+    "/v1/chat%2fcompletions",
+    "/v1/chat%2Fcompletions",
+    "/v1/..%5cadmin",
+    "/v1/..\\admin",
+    "/v1/./chat/completions",
+    "/v1/chat/completions/..",
+    "/health/../v1/chat/completions",
+]
+
+
+@pytest.mark.parametrize("target", ESCAPES)
+def test_dot_segments_and_encoded_slashes_are_refused(
+    remote_behind_router: tuple[Served, Recorder], target: str
+) -> None:
+    served, rec = remote_behind_router
+    body = b'{"model": "remote-model", "messages": [{"role": "user", "content": "x"}]}'
+    status, answer = raw_request(served.url, "POST", target, body)
+    assert status == 400, answer
+    assert b'"invalid_path"' in answer
+    assert rec.seen == []  # nothing reached the upstream, its key was never sent
+
+
+def test_normal_paths_still_reach_the_upstream(
+    remote_behind_router: tuple[Served, Recorder],
+) -> None:
+    served, rec = remote_behind_router
+    body = b'{"model": "remote-model", "messages": [{"role": "user", "content": "x"}]}'
+    status, _ = raw_request(served.url, "POST", "/v1/chat/completions", body)
+    assert status == 200
+    assert rec.seen == [("POST", b"/v1/chat/completions", "Bearer sk-upstream-secret")]
+    _, answer = raw_request(served.url, "GET", "/v1/models/remote-model%3Av1")  # %3A is fine
+    assert b"invalid_path" not in answer
