@@ -53,5 +53,8 @@ def register(app: typer.Typer) -> None:
         manifest: Path | None = manifest_option(),
         json_out: bool = json_option(),
     ) -> None:
-        """Print the exact llama-server command line that `llmctl switch PROFILE` runs."""
+        """Print the llama-server command line a switch runs.
+
+        Exactly what `llmctl switch PROFILE` starts, shell-quoted (--json: its parts).
+        """
         raise typer.Exit(run(profile, manifest, json_out=json_out))

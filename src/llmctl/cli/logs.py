@@ -92,5 +92,8 @@ def register(app: typer.Typer) -> None:
         ),
         path_only: bool = typer.Option(False, "--path", help="Print the log's path only."),
     ) -> None:
-        """Show the log of the running llama-server, else of the latest launch."""
+        """Show llama-server's log.
+
+        The running server's log, else the latest launch's.
+        """
         raise typer.Exit(run(follow=follow, lines=lines, path_only=path_only))

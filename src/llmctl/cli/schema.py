@@ -13,7 +13,10 @@ if TYPE_CHECKING:
 def register(app: typer.Typer) -> None:
     @app.command("schema")
     def schema_cmd() -> None:
-        """Print the manifest's JSON Schema (for editors: yaml-language-server)."""
+        """Print the manifest's JSON Schema (for editors).
+
+        For yaml-language-server and other editors that read JSON Schema.
+        """
         from llmctl.manifest.schema import manifest_schema
 
         print_json(manifest_schema())

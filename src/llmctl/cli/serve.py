@@ -44,7 +44,10 @@ def register(app: typer.Typer) -> None:
         ),
         access_log: bool = typer.Option(False, "--access-log", help="Log every request line."),
     ) -> None:
-        """Run the OpenAI-compatible router: one URL for every profile, switching on demand."""
+        """Run the OpenAI-compatible router.
+
+        One URL for every profile, switching on demand.
+        """
 
         def body() -> int:
             from llmctl.router.server import run

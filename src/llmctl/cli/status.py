@@ -168,7 +168,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def status(json_out: bool = json_option()) -> None:
-        """Show the running llama-server: profile, pid, url, health, uptime, log, memory.
+        """Show the running llama-server.
+
+        Profile, pid, url, health, uptime, log, and the memory it reported.
 
         Health is a live /health check. Exit 1 when the server runs but /health does not answer 200.
         """

@@ -64,7 +64,9 @@ def register(app: typer.Typer) -> None:
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
     ) -> None:
-        """Stop the running llama-server and wait until its port is free.
+        """Stop the running llama-server.
+
+        Returns once its port is free.
 
         SIGTERM to its process group, SIGKILL after its stop_timeout. Also cancels a load another
         llmctl is doing. Nothing running is not an error.

@@ -203,7 +203,9 @@ def register(app: typer.Typer) -> None:
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
     ) -> None:
-        """Make PROFILE the running llama-server and return when /health answers.
+        """Make PROFILE the running llama-server.
+
+        Returns when /health answers.
 
         Stops the current server, starts this one, waits until it is ready. A no-op when PROFILE
         already runs healthy with the same configuration.
