@@ -161,7 +161,6 @@ def test_api_keys_required_and_compared(tmp_path: Path, fake: FakeUpstream) -> N
             "Bearer wrong",
             "Basic manifest-key",
             "Bearer",
-            "manifest-key",
             "Bearer manifest-key2",
         ):
             r = httpx.post(
@@ -175,6 +174,23 @@ def test_api_keys_required_and_compared(tmp_path: Path, fake: FakeUpstream) -> N
                 headers={"authorization": f"Bearer {good}"},
             )
             assert r.status_code == 200, good
+        # as llama-server reads keys: a bare Authorization value, or x-api-key (Anthropic's SDK)
+        headers: dict[str, str]
+        for headers in ({"authorization": "manifest-key"}, {"x-api-key": "env-key-1"}):
+            r = httpx.post(url + "/v1/messages", json=chat(), headers=headers)
+            assert r.status_code == 200, headers
+        # Authorization wins over x-api-key, as in llama-server
+        r = httpx.post(
+            url + "/v1/messages",
+            json=chat(),
+            headers={"authorization": "Bearer wrong", "x-api-key": "env-key-1"},
+        )
+        assert r.status_code == 401
+        # /v1/health is as open as /health; CORS preflights need no key
+        assert httpx.get(url + "/v1/health").status_code == 200
+        r = httpx.options(url + "/v1/chat/completions", headers={"origin": "http://ui.test"})
+        assert r.status_code == 200 and r.text == ""
+        assert r.headers["access-control-allow-origin"] == "http://ui.test"
         for path in ("/v1/models", "/metrics", "/models/status", "/models/available"):
             assert httpx.get(url + path).status_code == 401, path
         assert httpx.post(url + "/models/switch", json={"profile": "beta"}).status_code == 401
@@ -186,8 +202,9 @@ def test_api_keys_required_and_compared(tmp_path: Path, fake: FakeUpstream) -> N
             url + "/models/status", headers={"authorization": "Bearer env-key-2"}
         ).text
         assert "manifest-key" not in status and "env-key" not in status
-    assert len(fake.seen) == 3
+    assert len(fake.seen) == 5
     assert all("authorization" not in s.headers for s in fake.seen)
+    assert all("x-api-key" not in s.headers for s in fake.seen)
 
 
 def test_unknown_route_and_method_are_openai_errors(tmp_path: Path, fake: FakeUpstream) -> None:

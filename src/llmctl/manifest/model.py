@@ -214,6 +214,10 @@ class ServeConfig(_Strict):
     drain_timeout: Duration = 30.0
     inflight_timeout: Duration = 60.0
     stop_server_on_exit: bool = True
+    allow_cors_proxy: bool = Field(
+        False,
+        description="Pass llama-server's /cors-proxy through (it fetches any URL a client names).",
+    )
     queue: QueueConfig = Field(default_factory=lambda: QueueConfig())
     breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
     upstreams: list[UpstreamConfig] = Field(default_factory=list)

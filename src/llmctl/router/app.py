@@ -26,17 +26,31 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmctl.errors import LlmctlError
+from llmctl.llama.endpoints import api_key_of, cors_headers
 from llmctl.router import metrics as metrics_mod
 from llmctl.router import sse
-from llmctl.router.auth import bearer_token, key_allowed
+from llmctl.router.auth import key_allowed
 from llmctl.router.breaker import STATE_VALUES
 from llmctl.router.client import Pool
-from llmctl.router.errors import SERVER, RouterError, bad_request, too_large, unauthorized
+from llmctl.router.errors import (
+    SERVER,
+    RouterError,
+    bad_request,
+    model_not_found,
+    too_large,
+    unauthorized,
+)
 from llmctl.router.exchange import Exchange
-from llmctl.router.models import ModelIndex, detect
+from llmctl.router.models import (
+    ModelIndex,
+    detect,
+    query_model,
+    route_kind,
+    split_upstream_path,
+)
 from llmctl.router.proxy import (
     RelayResponse,
     Reply,
@@ -108,6 +122,8 @@ class Router:
         """Take a (new) manifest: settings, names, upstream chain (breakers kept), queue limits."""
         self.manifest = manifest
         self.settings = Settings.from_manifest(manifest, self.environ)
+        serve = getattr(manifest, "serve", None)
+        self.allow_cors_proxy = bool(getattr(serve, "allow_cors_proxy", False))
         self.index = ModelIndex(manifest)
         self.upstreams = Upstreams.from_settings(self.settings, self.upstreams, self.environ)
         if self._spec_for_factory is None:
@@ -272,7 +288,11 @@ class Router:
 
     def check_auth(self, request: Request) -> None:
         keys = self.settings.api_keys
-        if keys and not key_allowed(bearer_token(request.headers.get("authorization")), keys):
+        if not keys:
+            return
+        headers = request.headers
+        given = api_key_of(headers.get("authorization"), headers.get("x-api-key"))
+        if not key_allowed(given, keys):
             self.metrics.count_rejected("unauthorized")
             raise unauthorized()
 
@@ -312,38 +332,82 @@ def _router(request: Request) -> Router:
     return router
 
 
-async def proxy_endpoint(request: Request) -> Response:
+def _upstream_request(request: Request, router: Router) -> tuple[Request, str]:
+    """`/upstream/{profile}/{path}`: the request as llama-server gets it (`/{path}`), and the profile."""
+    scope = request.scope
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+    split = split_upstream_path(raw.split(b"?", 1)[0])
+    if split is None:
+        raise RouterError(
+            404,
+            "Name a profile: /upstream/{profile}/{path}, e.g. /upstream/"
+            f"{next(iter(router.index.profiles), 'PROFILE')}/metrics.",
+            code="not_found",
+        )
+    name, rest = split
+    profile = router.index.lookup(name)
+    if profile is None:
+        raise model_not_found(name, router.index.names())
+    inner = dict(scope, path=rest.decode("utf-8", "surrogateescape"), raw_path=rest)
+    return Request(inner, request.receive), profile
+
+
+def _parse_body(router: Router, request: Request, path: str, body: bytes) -> dict[str, Any] | None:
+    """The JSON object a request carries, if any; malformed JSON is refused only on the OpenAI paths
+    the router must read (elsewhere llama-server gives its own answer)."""
+    strict = path in JSON_ENDPOINTS
+    if not body:
+        if strict and request.method == "POST":
+            raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+        return None
+    # llama-server reads a body as JSON whatever its content type says
+    looks_json = body[:64].lstrip()[:1] == b"{"
+    if not (strict or looks_json or "json" in request.headers.get("content-type", "")):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        if not strict:
+            return None
+        router.metrics.count_rejected("bad_json")
+        raise bad_request(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
+    if isinstance(data, dict):
+        return data
+    if strict:
+        router.metrics.count_rejected("bad_json")
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return None
+
+
+async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
+    """Any llama-server (or OpenAI-compatible) path, sent along the chain of the request's profile.
+
+    `pinned`: the path is `/upstream/{profile}/{path}`, which names the profile when neither the
+    body nor the query does.
+    """
     router = _router(request)
     router.check_auth(request)
     if router.shutting_down:
         raise RouterError(
             503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
         )
+    path_profile: str | None = None
+    if pinned:
+        request, path_profile = _upstream_request(request, router)
     body = await router.read_body(request)
     path: str = request.scope["path"]
-    payload: dict[str, Any] | None = None
-    is_json = "json" in request.headers.get("content-type", "") or path in JSON_ENDPOINTS
-    if body and is_json:
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            router.metrics.count_rejected("bad_json")
-            raise bad_request(
-                f"The request body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
-        if isinstance(data, dict):
-            payload = data
-        elif path in JSON_ENDPOINTS:
-            router.metrics.count_rejected("bad_json")
-            raise bad_request("The request body must be a JSON object.", code="invalid_json")
-    elif path in JSON_ENDPOINTS and request.method == "POST":
-        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    payload = _parse_body(router, request, path, body)
+    model: object = payload.get("model") if payload else None
+    if model is None:
+        model = query_model(request.scope.get("query_string", b"")) or path_profile
     await router.refresh()
     assert router.upstreams is not None
     target = detect(
         router.index,
         router.upstreams,
-        payload.get("model") if payload else None,
+        model,
         running=router.scheduler.active,
         default=router.settings.default_profile,
     )
@@ -397,6 +461,26 @@ async def _unless_disconnected(request: Request, work: Awaitable[Reply]) -> Repl
 async def list_models(request: Request) -> Response:
     router = _router(request)
     router.check_auth(request)
+    return JSONResponse({"object": "list", "data": await _model_entries(router)})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """`GET /v1/models/{id}` (the OpenAI SDK's `models.retrieve`): one entry of the list."""
+    router = _router(request)
+    router.check_auth(request)
+    wanted: str = request.path_params["id"]
+    entries = await _model_entries(router)
+    for entry in entries:
+        if entry["id"] == wanted:
+            return JSONResponse(entry)
+    profile = router.index.lookup(wanted)
+    for entry in entries:
+        if profile is not None and entry["id"] == profile:
+            return JSONResponse({**entry, "id": wanted})
+    raise model_not_found(wanted, [e["id"] for e in entries])
+
+
+async def _model_entries(router: Router) -> list[dict[str, Any]]:
     await router.refresh()
     active = router.scheduler.active
     data: list[dict[str, Any]] = []
@@ -430,7 +514,7 @@ async def list_models(request: Request) -> Response:
                     "loaded": False,
                 }
             )
-    return JSONResponse({"object": "list", "data": data})
+    return data
 
 
 async def health(request: Request) -> Response:
@@ -577,8 +661,6 @@ async def models_switch(request: Request) -> Response:
         raise bad_request('Send {"profile": NAME}.', param="profile", code="profile_required")
     profile = router.index.lookup(name)
     if profile is None:
-        from llmctl.router.errors import model_not_found
-
         raise model_not_found(name, router.index.names())
     await router.refresh(force=True)
     sched = router.scheduler
@@ -655,34 +737,84 @@ class ProgressStream:
                     await task
 
 
+def _origin(scope: Scope) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"origin":
+            return bytes(value)
+    return None
+
+
+def _with_cors(send: Send, origin: bytes) -> Send:
+    """Add llama-server's `Access-Control-Allow-Origin` to responses the router writes itself."""
+    allow = cors_headers(origin.decode("latin-1"), preflight=False)
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(k.lower() == b"access-control-allow-origin" for k, _ in headers):
+                message = {**message, "headers": headers + allow}
+        await send(message)
+
+    return wrapped
+
+
+async def _preflight(scope: Scope, send: Send, origin: bytes) -> None:
+    """A CORS preflight, answered as llama-server answers it: before any key check, empty body."""
+    headers = [
+        *cors_headers(origin.decode("latin-1"), preflight=True),
+        (b"content-type", b"text/html"),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 class FastProxy:
-    """The hot path: `/v1/*` (but `/v1/models`) goes to the proxy without Starlette's routing and
-    exception layers, which cost more than the rest of the relay."""
+    """The hot path: every llama-server path but the router's own (health, metrics, model list)
+    goes to the proxy without Starlette's routing and exception layers, which cost more than the
+    rest of the relay. Paths are checked first, and CORS is handled here for every response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] == "http":
-            why = unsafe_path(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
-            if why is not None:
-                router: Router = scope["app"].state.router
-                router.metrics.count_rejected("bad_path")
-                err = bad_request(
-                    f"The request path is refused: {why}. Send the path without dot segments "
-                    "or encoded slashes.",
-                    code="invalid_path",
-                )
-                await err.response()(scope, receive, send)
-                return
-        if scope["type"] != "http" or not path.startswith("/v1/") or path == "/v1/models":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        router: Router = scope["app"].state.router
+        response: Any
+        why = unsafe_path(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
+        if why is not None:
+            router.metrics.count_rejected("bad_path")
+            response = bad_request(
+                f"The request path is refused: {why}. Send the path without dot segments "
+                "or encoded slashes.",
+                code="invalid_path",
+            ).response()
+            await response(scope, receive, send)
+            return
+        origin = _origin(scope)
+        if scope["method"] == "OPTIONS":
+            await _preflight(scope, send, origin or b"")
+            return
+        if origin is not None:
+            send = _with_cors(send, origin)
+        kind = route_kind(path)
+        if kind == "own":
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        response: Any
         try:
-            response = await proxy_endpoint(request)
+            if kind == "cors_proxy" and not router.allow_cors_proxy:
+                router.check_auth(request)
+                raise RouterError(
+                    403,
+                    "/cors-proxy is refused: it would let any client make the server fetch any "
+                    "URL. Set serve.allow_cors_proxy: true in the manifest to pass it through.",
+                    code="cors_proxy_disabled",
+                )
+            response = await proxy_endpoint(request, pinned=kind == "upstream")
         except RouterError as err:
             response = err.response()
         await response(scope, receive, send)
@@ -747,16 +879,17 @@ def create_app(
                 await router.stop_started_server()
             await router.aclose_clients()
 
-    v1 = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     routes = [
         Route("/health", health, methods=["GET"]),
+        Route("/v1/health", health, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/models", list_models, methods=["GET"]),
+        Route("/v1/models/{id:path}", retrieve_model, methods=["GET"]),
         Route("/models/available", models_available, methods=["GET"]),
         Route("/models/status", models_status, methods=["GET"]),
         Route("/models/switch", models_switch, methods=["POST"]),
         Route("/models/stop", models_stop, methods=["POST"]),
-        Route("/v1/{path:path}", proxy_endpoint, methods=v1),
     ]
     app = Starlette(
         routes=routes,

@@ -15,9 +15,14 @@ BreakerState = Literal["closed", "open", "half_open"]
 STATE_VALUES: dict[BreakerState, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
+def server_failed(status: int) -> bool:
+    """A 5xx but 501, which llama-server answers for a feature it was not started with."""
+    return status >= 500 and status != 501
+
+
 def counts_as_failure(status: int) -> bool:
-    """5xx, 408 and 429 are failures of the upstream; other statuses are answers."""
-    return status >= 500 or status in (408, 429)
+    """5xx (but 501), 408 and 429 are failures of the upstream; other statuses are answers."""
+    return server_failed(status) or status in (408, 429)
 
 
 class CircuitBreaker:

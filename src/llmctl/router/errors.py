@@ -79,7 +79,7 @@ def model_not_found(model: str, available: list[str]) -> RouterError:
 def unauthorized() -> RouterError:
     return RouterError(
         401,
-        "Missing or invalid API key. Send it as 'Authorization: Bearer <key>'.",
+        "Missing or invalid API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
         type=AUTHENTICATION,
         code="invalid_api_key",
     )

@@ -1,12 +1,60 @@
-"""Model detection: which profile (or other upstream) a request's `model` names."""
+"""Request detection: which paths go upstream, and which profile (or other upstream) a request names.
+
+The model comes from the JSON body's `model`, else the `model` query parameter, else the path form
+`/upstream/{profile}/{path}`, else the profile that runs (or `serve.default_profile`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote
 
+from llmctl.llama.endpoints import CORS_PROXY, ROUTES
 from llmctl.router.errors import bad_request, model_not_found
 from llmctl.router.upstreams import Upstreams
+
+UPSTREAM_PREFIX = "/upstream/"
+
+# llama-server paths the router answers itself: its own health, metrics and model list
+_OWN = frozenset({"/health", "/v1/health", "/metrics", "/models", "/v1/models"})
+# every other path llama-server registers goes to the server of the request's profile
+_NATIVE = frozenset(path for _, path in ROUTES if ":" not in path) - _OWN
+_NATIVE_PREFIXES = tuple(path.split(":", 1)[0] for _, path in ROUTES if ":" in path)
+
+RouteKind = Literal["proxy", "upstream", "cors_proxy", "own"]
+
+
+def route_kind(path: str) -> RouteKind:
+    """Where a request path goes: the proxy, the `/upstream/` form, the CORS proxy, or the router."""
+    if path.startswith("/v1/"):
+        if path in _OWN or path.startswith("/v1/models/"):
+            return "own"
+        return "proxy"  # any other /v1/ path: other OpenAI-compatible upstreams may serve it
+    if path in _NATIVE:
+        return "cors_proxy" if path == CORS_PROXY else "proxy"
+    if path.startswith(_NATIVE_PREFIXES):
+        return "proxy"
+    if path.startswith(UPSTREAM_PREFIX):
+        return "upstream"
+    return "own"
+
+
+def split_upstream_path(raw_path: bytes) -> tuple[str, bytes] | None:
+    """`/upstream/{profile}/{rest}` -> (profile, b"/{rest}"); None without a profile segment."""
+    rest = raw_path[len(UPSTREAM_PREFIX) :]
+    name, _, tail = rest.partition(b"/")
+    if not name:
+        return None
+    return unquote(name.decode("latin-1")), b"/" + tail
+
+
+def query_model(query_string: bytes) -> str | None:
+    """The `model` query parameter (the first one), if any."""
+    if b"model" not in query_string:
+        return None
+    values = parse_qs(query_string.decode("latin-1")).get("model")
+    return values[0] if values else None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from llmctl.router import sse
+from llmctl.router.breaker import server_failed
 from llmctl.router.client import ConnectFailed, Pool, StreamBroken
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.queue import Progress
@@ -249,7 +250,7 @@ async def _open_lean(
     except StreamBroken as exc:
         raise UpstreamFailure("transport", str(exc)) from None
     chunks = response.body()
-    if response.status >= 500:
+    if server_failed(response.status):
         raise await _failure_for_status(
             response.status, response.headers, chunks, deadline, response.aclose
         )
@@ -295,7 +296,7 @@ async def _open_httpx(
         raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
     chunks = _httpx_chunks(response)
     raw = list(response.headers.raw)
-    if response.status_code >= 500:
+    if server_failed(response.status_code):
         raise await _failure_for_status(
             response.status_code, raw, chunks, deadline, response.aclose
         )
