@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: demo test lint check bench llama-server completions schema uv sync pip
+.PHONY: demo test lint check bench llama-server browser completions schema uv sync pip
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -22,7 +22,17 @@ pip:
 demo: sync llama-server pip  ## a real small model on a real llama-server: switch, status, chat, stop
 	LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run llmctl demo
 
-test: sync llama-server  ## the whole test suite, real llama-server included
+# Chromium from the distribution, for the dashboard's browser tests (skipped, saying why, without it)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: the dashboard's browser tests will be skipped (apt-get install chromium)"; \
+	  fi; }
+
+test: sync llama-server browser  ## the whole test suite, real llama-server and Chromium included
 	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run pytest
 
 lint: sync

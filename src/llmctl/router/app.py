@@ -30,8 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmctl.errors import LlmctlError
 from llmctl.llama.endpoints import api_key_of, cors_headers
+from llmctl.router import dashboard, sse
 from llmctl.router import metrics as metrics_mod
-from llmctl.router import sse
+from llmctl.router.activity import Activity
 from llmctl.router.auth import key_allowed
 from llmctl.router.breaker import STATE_VALUES
 from llmctl.router.client import Pool
@@ -105,6 +106,7 @@ class Router:
         # set by whoever binds the socket: raises for settings that must not serve that address
         self.bind_check: Callable[[Settings], None] | None = None
         self.metrics = metrics_mod.Metrics()
+        self.activity = Activity()
         self.upstreams: Upstreams | None = None
         self.managed_url: str | None = None
         self.started_pids: set[int] = set()
@@ -190,6 +192,7 @@ class Router:
             item = Progress(kind, ev.message, ev.profile or target, ev.elapsed_s)
             with contextlib.suppress(RuntimeError):  # the loop may be closing
                 loop.call_soon_threadsafe(progress, item)
+                loop.call_soon_threadsafe(self.activity.load_step, item)
 
         cancel = threading.Event()
         if target is None:
@@ -198,6 +201,7 @@ class Router:
             try:
                 spec = self.spec_for(target)
             except LlmctlError as err:
+                self.activity.load_failed(target, err.message, [])
                 raise SwitchFailed(err.message) from None
             call = partial(self.supervisor.switch, spec, on_event=on_event, cancel=cancel)
         fut = loop.run_in_executor(None, call)
@@ -212,6 +216,8 @@ class Router:
             details: dict[str, Any] = {}
             if getattr(err, "stderr_tail", None):
                 details["stderr_tail"] = list(err.stderr_tail)[-20:]  # type: ignore[attr-defined]
+            if target is not None:
+                self.activity.load_failed(target, err.message, details.get("stderr_tail", []))
             raise SwitchFailed(err.message, details=details) from None
         if target is None:
             self.managed_url = None
@@ -224,10 +230,9 @@ class Router:
                     "exit_code": failure.exit_status,
                     "stderr_tail": list(failure.stderr_tail)[-20:],
                 }
-            raise SwitchFailed(
-                failure.message if failure is not None else "the server did not become ready",
-                details=details,
-            )
+            message = failure.message if failure is not None else "the server did not become ready"
+            self.activity.load_failed(target, message, details.get("stderr_tail", []))
+            raise SwitchFailed(message, details=details)
         self.managed_url = result.url
         if not result.noop and result.pid:
             self.started_pids.add(result.pid)
@@ -890,6 +895,7 @@ def create_app(
         Route("/models/status", models_status, methods=["GET"]),
         Route("/models/switch", models_switch, methods=["POST"]),
         Route("/models/stop", models_stop, methods=["POST"]),
+        *dashboard.routes(),
     ]
     app = Starlette(
         routes=routes,

@@ -212,3 +212,13 @@ class Exchange:
         else:
             status = error.status if error is not None else 500
         self.router.metrics.count_request(self.target.profile, up.name if up else None, status)
+        tail = (reply.tail or reply.first[-8192:]) if reply is not None else b""
+        self.router.activity.request(
+            self.method,
+            self.path,
+            self.target.profile,
+            up.name if up else None,
+            status,
+            time.monotonic() - self.started,
+            tail,
+        )

@@ -106,6 +106,7 @@ class Reply:
         self.rest = rest
         self._closer = closer
         self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.tail = b""  # the end of the body once relayed, where an answer's "usage" is
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -337,10 +338,12 @@ async def _pipe(send: Send, reply: Reply, *, sse_errors: bool) -> Outcome:
     """Write the reply's body; on an upstream failure after bytes went out, end the stream visibly."""
     if reply.first:
         await send({"type": "http.response.body", "body": reply.first, "more_body": True})
+    prev = last = b""
     try:
         async for chunk in reply.rest:
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                prev, last = last, chunk
     except StreamBroken as exc:
         log.warning("upstream %s failed mid-stream: %s", reply.upstream, exc)
         if sse_errors:
@@ -356,6 +359,8 @@ async def _pipe(send: Send, reply: Reply, *, sse_errors: bool) -> Outcome:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         # any other body is left incomplete, which the client sees as a broken response
         return "upstream_error"
+    if last:
+        reply.tail = (prev[-4096:] + last)[-8192:]
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return "ok"
 

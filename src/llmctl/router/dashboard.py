@@ -1,0 +1,475 @@
+"""The dashboard of `llmctl serve`: the page under `/ui` and the two endpoints it reads.
+
+`GET /ui` serves static files shipped in the package (no build step, nothing from a CDN). The
+page asks for the router's API key (kept in the browser session) and then reads:
+
+- `GET /ui/api/state`: one JSON object with lists, so that several servers fit as they come:
+  `servers`, `devices` (one bar each, with every loaded profile's planned share and its reported
+  use), `profiles` (state, estimate, where it would go), `queue`, `requests`, `upstreams`;
+- `GET /ui/api/log?server=NAME&lines=N`: a server's log as server-sent events, followed live.
+
+Loading and unloading go through the same endpoints as the CLI (`/models/switch`, `/models/stop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from llmctl.router import sse
+from llmctl.router.errors import RouterError, bad_request
+
+if TYPE_CHECKING:
+    from llmctl.router.app import Router
+
+UI_DIR = Path(__file__).parent / "ui"
+_ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+# the page runs only its own files: no inline script, nothing from elsewhere, not framed
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+MANAGED = "managed"  # the one server today's router runs
+GPU, RAM = "gpu0", "ram"  # device ids: the bars, and the keys of each profile's plan
+LOG_POLL_S = 0.25
+LOG_FILE_CHECK_S = 1.0
+LOG_HEARTBEAT_S = 15.0
+MAX_LOG_LINES = 2000
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/ui", _to_slash, methods=["GET"]),
+        Route("/ui/", asset, methods=["GET"]),
+        Route("/ui/api/hello", hello_endpoint, methods=["GET"]),
+        Route("/ui/api/state", state_endpoint, methods=["GET"]),
+        Route("/ui/api/log", log_endpoint, methods=["GET"]),
+        Route("/ui/{name}", asset, methods=["GET"]),
+    ]
+
+
+def _router(request: Request) -> Router:
+    router: Router = request.app.state.router
+    return router
+
+
+async def _to_slash(request: Request) -> Response:
+    return RedirectResponse("/ui/", status_code=308)
+
+
+_cache: dict[str, bytes] = {}
+
+
+async def asset(request: Request) -> Response:
+    """A file of the page; no key needed (the files hold no data, the data endpoints need it)."""
+    name = request.path_params.get("name", "index.html")
+    if name not in _ASSETS:
+        raise RouterError(404, f"No such file of the dashboard: {name}.", code="not_found")
+    body = _cache.get(name)
+    if body is None:
+        body = _cache[name] = (UI_DIR / name).read_bytes()
+    return Response(body, media_type=_ASSETS[name], headers=_PAGE_HEADERS)
+
+
+async def hello_endpoint(request: Request) -> Response:
+    """Whether the page must ask for a key (any data request would say so with a 401 anyway)."""
+    return JSONResponse({"auth": bool(_router(request).settings.api_keys)})
+
+
+# --- state --------------------------------------------------------------------------------------
+
+
+async def state_endpoint(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    await router.refresh()
+    status = await run_in_threadpool(router.supervisor.status, check_health=False)
+    plans = await run_in_threadpool(_plans, router)
+    return JSONResponse(build_state(router, status, plans, _meminfo(), _rss(status.pid)))
+
+
+def build_state(
+    router: Router,
+    status: Any,
+    plans: dict[str, dict[str, Any]],
+    meminfo: dict[str, int],
+    rss: int | None,
+) -> dict[str, Any]:
+    """The page's data from what the router knows (no I/O here)."""
+    sched = router.scheduler
+    active = sched.active
+    loading = sched.loading
+    server = {
+        "name": MANAGED,
+        "profile": status.profile if status.running else None,
+        "phase": status.phase,
+        "pid": status.pid,
+        "url": status.url,
+        "uptime_s": None if status.uptime_s is None else round(status.uptime_s, 1),
+        "log": status.log,
+        "reported": dict(status.memory),
+        "rss_bytes": rss,
+        "inflight": sched.inflight,
+        "idle_s": _round(sched.idle_seconds()),
+    }
+    profiles = []
+    for name, aliases in router.index.profiles.items():
+        p = router.manifest.profiles[name]
+        load = router.activity.loads.get(name)
+        if loading == name:
+            state = "loading"
+        elif active == name:
+            state = "ready"
+        elif load is not None and load.state == "failed":
+            state = "failed"
+        else:
+            state = "idle"
+        plan = plans.get(name, {})
+        evicts = [active] if active not in (None, name) else []
+        profiles.append(
+            {
+                "name": name,
+                "aliases": aliases,
+                "description": router.index.descriptions.get(name),
+                "model": p.model,
+                "ctx_size": p.ctx_size,
+                "parallel": p.parallel,
+                "cache_type_k": p.cache_type_k,
+                "cache_type_v": p.cache_type_v,
+                "n_gpu_layers": p.n_gpu_layers,
+                "ttl_s": router.index.ttls.get(name),
+                "state": state,
+                "server": MANAGED if state in ("loading", "ready") else None,
+                "load": load.to_json() if load is not None else None,
+                "inflight": sched.inflight if state == "ready" else 0,
+                "idle_s": server["idle_s"] if state == "ready" else None,
+                "estimate": plan.get("estimate"),
+                "estimate_error": plan.get("error"),
+                "plan": plan.get("devices", {}),
+                # one server today: loading another profile stops the running one
+                "evicts": evicts,
+            }
+        )
+    assert router.upstreams is not None
+    return {
+        "servers": [server],
+        "devices": devices(router, plans, active or loading, status.memory, meminfo, rss),
+        "profiles": profiles,
+        "queue": {
+            "depth": sched.depth,
+            "max_size": sched.max_size,
+            "switching": sched.switching,
+            "loading": loading,
+            "inflight": sched.inflight,
+        },
+        "requests": [r.to_json() for r in reversed(router.activity.requests)][:50],
+        "upstreams": [u.public() for u in router.upstreams.all],
+        "auth": bool(router.settings.api_keys),
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def devices(
+    router: Router,
+    plans: dict[str, dict[str, Any]],
+    loaded: str | None,
+    reported: dict[str, Any],
+    meminfo: dict[str, int],
+    rss: int | None,
+) -> list[dict[str, Any]]:
+    """One entry per device: its size, the loaded profile's planned share and reported use."""
+    out: list[dict[str, Any]] = []
+    gpu = router.manifest.gpu
+    if gpu.vram is not None:
+        share = _share(plans, loaded, GPU)
+        if share is not None:
+            share["reported_bytes"] = _reported_gpu(reported)
+        used = _used([share])
+        out.append(
+            {
+                "id": GPU,
+                "kind": "gpu",
+                "name": "GPU",
+                "source": "gpu.vram in the manifest",
+                "total_bytes": gpu.vram,
+                "headroom_bytes": gpu.headroom,
+                "shares": [share] if share else [],
+                "free_bytes": max(0, gpu.vram - gpu.headroom - used),
+            }
+        )
+    total = meminfo.get("MemTotal")
+    if total is not None:
+        share = _share(plans, loaded, RAM)
+        if share is not None:
+            share["reported_bytes"] = rss
+        out.append(
+            {
+                "id": RAM,
+                "kind": "ram",
+                "name": "RAM",
+                "source": "/proc/meminfo",
+                "total_bytes": total,
+                "headroom_bytes": 0,
+                "shares": [share] if share else [],
+                # what the system says is available, the loaded server's use already out of it
+                "free_bytes": meminfo.get("MemAvailable", 0),
+                "other_bytes": max(
+                    0, total - meminfo.get("MemAvailable", 0) - (rss or _used([share]))
+                ),
+            }
+        )
+    return out
+
+
+def _share(
+    plans: dict[str, dict[str, Any]], profile: str | None, device: str
+) -> dict[str, Any] | None:
+    if profile is None:
+        return None
+    planned = plans.get(profile, {}).get("devices", {}).get(device)
+    if not planned:
+        return None
+    return {
+        "profile": profile,
+        "server": MANAGED,
+        "planned": planned,
+        "planned_bytes": sum(planned.values()),
+        "reported_bytes": None,
+    }
+
+
+def _used(shares: list[dict[str, Any] | None]) -> int:
+    total = 0
+    for s in shares:
+        if s is not None:
+            total += max(s["planned_bytes"], s.get("reported_bytes") or 0)
+    return total
+
+
+def _reported_gpu(reported: dict[str, Any]) -> int | None:
+    """llama-server's own buffer sizes on devices other than the CPU, when its log said them."""
+    mib = 0.0
+    seen = False
+    for kind in ("model", "kv", "compute"):
+        for dev, size in (reported.get(f"{kind}_by_device_mib") or {}).items():
+            if not str(dev).upper().startswith("CPU"):
+                mib += float(size)
+                seen = True
+    return int(mib * 1024 * 1024) if seen else None
+
+
+# estimates read each model's header: keep them per manifest (a reload brings a new one)
+_plans_for: tuple[int, dict[str, dict[str, Any]]] | None = None
+
+
+def _plans(router: Router) -> dict[str, dict[str, Any]]:
+    global _plans_for
+    manifest = router.manifest
+    if _plans_for is not None and _plans_for[0] == id(manifest):
+        return _plans_for[1]
+    plans = {name: plan_profile(manifest, name) for name in router.index.profiles}
+    _plans_for = (id(manifest), plans)
+    return plans
+
+
+def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
+    """Where a profile's memory goes by its estimate: bytes per device and kind."""
+    from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
+
+    profile = manifest.profiles[name]
+    gpu = manifest.gpu
+    try:
+        source = source_for_profile(profile)
+        if source is None:
+            return {"error": "the model file is missing"}
+        est = estimate(
+            source,
+            options_from_profile(profile),
+            profile=name,
+            budget=gpu.vram,
+            headroom=gpu.headroom or 0,
+            overhead=gpu.overhead or 0,
+        )
+    except Exception as exc:  # an unreadable model is reported per profile, not fatal
+        return {"error": str(exc)}
+    w = est.weights
+    on_gpu = gpu.vram is not None and profile.n_gpu_layers != 0
+    if on_gpu:
+        dev = {
+            GPU: {
+                "weights": w.gpu_bytes,
+                "kv": est.kv_gpu_bytes,
+                "compute": est.compute_bytes,
+                "overhead": est.overhead_bytes,
+            },
+            RAM: {"weights": w.cpu_bytes, "kv": est.kv_bytes - est.kv_gpu_bytes},
+        }
+    else:  # no GPU budget given, or nothing offloaded: llama-server keeps all of it in RAM
+        dev = {RAM: {"weights": w.bytes, "kv": est.kv_bytes, "compute": est.compute_bytes}}
+    return {
+        "estimate": {
+            "total_bytes": sum(sum(d.values()) for d in dev.values()),
+            "weights_bytes": w.bytes,
+            "kv_bytes": est.kv_bytes,
+            "compute_bytes": est.compute_bytes,
+            "overhead_bytes": est.overhead_bytes if on_gpu else 0,
+            "gpu_total_bytes": est.gpu_total_bytes,
+            "fits": est.fits,
+            "exact": est.exact,
+            "n_ctx": est.sizes.n_ctx,
+            "n_seq": est.sizes.n_seq,
+        },
+        "devices": {k: {kind: n for kind, n in v.items() if n} for k, v in dev.items()},
+    }
+
+
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                key, _, rest = line.partition(b":")
+                parts = rest.split()
+                if key in (b"MemTotal", b"MemAvailable") and parts and parts[0].isdigit():
+                    out[key.decode()] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# --- log ----------------------------------------------------------------------------------------
+
+
+async def log_endpoint(request: Request) -> Response:
+    router = _router(request)
+    router.check_auth(request)
+    server = request.query_params.get("server", MANAGED)
+    if server != MANAGED:
+        raise RouterError(
+            404, f"No server named {server!r}; this router runs {MANAGED!r}.", code="not_found"
+        )
+    raw = request.query_params.get("lines", "200")
+    if not raw.isdigit() or int(raw) > MAX_LOG_LINES:
+        raise bad_request(
+            f"lines must be a whole number from 0 to {MAX_LOG_LINES}, not {raw!r}.", param="lines"
+        )
+    return LogStream(router, int(raw))  # type: ignore[return-value]
+
+
+class LogStream:
+    """The log's last lines, then what is appended, as `lines` events; a new launch's log is
+    followed as it appears (a `file` event names it). Ends when the client leaves or the router
+    shuts down."""
+
+    def __init__(self, router: Router, lines: int) -> None:
+        self.router = router
+        self.lines = lines
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            *((k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            with contextlib.suppress(OSError):  # the client went away mid-write
+                await self._follow(send)
+            tg.cancel_scope.cancel()
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _follow(self, send: Send) -> None:
+        from llmctl.supervisor.logs import LogFollower, tail_lines
+
+        async def emit(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        router = self.router
+        path: Path | None = None
+        follower: LogFollower | None = None
+        loop = asyncio.get_running_loop()
+        next_check = 0.0
+        last_sent = loop.time()
+        try:
+            while not router.shutting_down:
+                now = loop.time()
+                if now >= next_check:
+                    next_check = now + LOG_FILE_CHECK_S
+                    current = await run_in_threadpool(router.supervisor.log_path)
+                    if current != path and current is not None:
+                        if follower is not None:
+                            follower.close()
+                        first = path is None
+                        path = current
+                        size = _size(path)
+                        await emit(sse.event({"path": str(path)}, name="file"))
+                        # a log that appeared while following is shown whole, the first one's tail
+                        back = self.lines if first else MAX_LOG_LINES
+                        head = tail_lines(path, back, end=size)
+                        if head:
+                            await emit(sse.event(json.dumps(head), name="lines"))
+                        follower = LogFollower(path, size)
+                        last_sent = now
+                if follower is not None:
+                    lines, _grew = follower.poll()
+                    if lines:
+                        await emit(sse.event(json.dumps(lines), name="lines"))
+                        last_sent = now
+                if now - last_sent >= LOG_HEARTBEAT_S:
+                    await emit(sse.comment("keep-alive"))
+                    last_sent = now
+                await asyncio.sleep(LOG_POLL_S)
+        finally:
+            if follower is not None:
+                follower.close()
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

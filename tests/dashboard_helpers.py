@@ -1,0 +1,53 @@
+"""A real `llmctl serve` with an API key and real tiny models, for the dashboard's tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+KEY = "dashboard-test-key"
+
+
+def write_models(folder: Path) -> tuple[Path, Path, Path]:
+    """Two tiny models and a truncated copy of one (its header reads, llama-server refuses it)."""
+    from llmctl.llama.tinymodel import write_tiny_model
+
+    a = write_tiny_model(folder / "tiny-a.gguf", arch="llama")
+    b = write_tiny_model(folder / "tiny-b.gguf", arch="llama", seed=7)
+    broken = folder / "broken.gguf"
+    data = a.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    return a, b, broken
+
+
+def write_manifest(
+    path: Path, binary: Path, models: tuple[Path, Path, Path], llama_port: int
+) -> Path:
+    a, b, broken = models
+    path.write_text(
+        f"""version: 1
+server:
+  binary: {binary}
+  port: {llama_port}
+  ready_timeout: 60s
+gpu:
+  vram: 2GiB
+serve:
+  api_keys: [{KEY}]
+profiles:
+  tiny-a:
+    model: {a}
+    aliases: [A]
+    description: a tiny llama, all layers on the GPU
+    ctx_size: 512
+    parallel: 2
+  tiny-b:
+    model: {b}
+    ctx_size: 1024
+    parallel: 1
+    n_gpu_layers: 0
+  broken:
+    model: {broken}
+    ctx_size: 512
+"""
+    )
+    return path

@@ -1,0 +1,179 @@
+"""The dashboard's endpoints against a real `llmctl serve` (a real llama-server on tiny models),
+and the pure parts (token counts from an answer). The browser tests are in
+test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dashboard_helpers import KEY, write_manifest, write_models
+from llmctl import paths
+from llmctl.router.activity import Activity, usage_from
+from llmctl.supervisor.lifecycle import Supervisor
+from serving import Served, start_serve, stop_serve
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return write_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def served(
+    tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path, Path], free_port: int
+) -> Iterator[Served]:
+    from fakes.fake_upstream import free_port as another_port
+
+    manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        yield s
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()
+
+
+def test_usage_from_openai_answers_and_llama_server_stream_timings() -> None:
+    body = b'{"usage":{"completion_tokens":4,"prompt_tokens":54,"details":{"cached":0}},"id":"x"}'
+    assert usage_from(body) == {"prompt_tokens": 54, "completion_tokens": 4}
+    stream = b'data: {"timings":{"cache_n":53,"prompt_n":1,"predicted_n":4}}\n\ndata: [DONE]\n\n'
+    assert usage_from(stream) == {"prompt_tokens": 54, "completion_tokens": 4}
+    assert usage_from(b'{"usage": {"prompt_tokens": 3') == {}  # cut off: nothing, no error
+    assert usage_from(b'{"usage": [1]}') == {}
+    assert usage_from(b"") == {}
+
+
+def test_activity_keeps_a_bounded_ring_of_requests() -> None:
+    act = Activity(size=3)
+    for i in range(5):
+        act.request("POST", f"/v1/{i}", "p", "local", 200, 0.1)
+    assert [r.path for r in act.requests] == ["/v1/2", "/v1/3", "/v1/4"]
+
+
+def test_page_files_are_served_without_a_key_and_data_needs_one(served: Served) -> None:
+    r = httpx.get(served.url + "/ui")
+    assert r.status_code == 308 and r.headers["location"] == "/ui/"
+    page = httpx.get(served.url + "/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert '<script src="app.js"' in page.text and "http" not in page.text.split("<body>")[0]
+    for name, kind in [("app.js", "text/javascript"), ("style.css", "text/css")]:
+        r = httpx.get(f"{served.url}/ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+    missing = httpx.get(served.url + "/ui/secrets.txt")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert httpx.get(served.url + "/ui/api/hello").json() == {"auth": True}
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        for path in ("/ui/api/state", "/ui/api/log"):
+            r = httpx.get(served.url + path, headers=headers)
+            assert r.status_code == 401, path
+            assert r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_state_lists_servers_devices_profiles_and_requests(served: Served) -> None:
+    state = httpx.get(served.url + "/ui/api/state", headers=AUTH).json()
+    assert [s["name"] for s in state["servers"]] == ["managed"]
+    assert state["servers"][0]["profile"] is None
+    devices = {d["id"]: d for d in state["devices"]}
+    assert devices["gpu0"]["total_bytes"] == 2 * 1024**3 and devices["gpu0"]["shares"] == []
+    assert devices["ram"]["total_bytes"] > 0
+    profiles = {p["name"]: p for p in state["profiles"]}
+    assert set(profiles) == {"tiny-a", "tiny-b", "broken"}
+    a = profiles["tiny-a"]
+    assert a["state"] == "idle" and a["aliases"] == ["A"] and a["evicts"] == []
+    # all layers offloaded: weights, KV and compute planned on the GPU; nothing offloaded: RAM
+    assert {"weights", "kv", "compute"} <= set(a["plan"]["gpu0"])
+    assert set(profiles["tiny-b"]["plan"]) == {"ram"}
+    assert profiles["tiny-b"]["plan"]["ram"]["kv"] == profiles["tiny-b"]["estimate"]["kv_bytes"]
+
+    body = {"model": "A", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    r = httpx.post(served.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=90)
+    assert r.status_code == 200
+    stream = {**body, "stream": True}
+    r = httpx.post(served.url + "/v1/chat/completions", json=stream, headers=AUTH, timeout=90)
+    assert r.status_code == 200
+
+    state = httpx.get(served.url + "/ui/api/state", headers=AUTH).json()
+    profiles = {p["name"]: p for p in state["profiles"]}
+    assert profiles["tiny-a"]["state"] == "ready" and profiles["tiny-a"]["server"] == "managed"
+    assert profiles["tiny-b"]["evicts"] == ["tiny-a"]
+    assert profiles["tiny-a"]["load"]["progress"] == 1.0  # by the steps in llama-server's log
+    gpu = next(d for d in state["devices"] if d["id"] == "gpu0")
+    assert [s["profile"] for s in gpu["shares"]] == ["tiny-a"]
+    ram = next(d for d in state["devices"] if d["id"] == "ram")
+    assert ram["shares"][0]["reported_bytes"] > 0  # the running llama-server's resident memory
+    streamed, plain = state["requests"][:2]  # newest first
+    for rec in (streamed, plain):
+        assert rec["profile"] == "tiny-a" and rec["upstream"] == "local" and rec["status"] == 200
+        assert rec["completion_tokens"] == 3 and rec["prompt_tokens"] > 0
+    assert plain["duration_s"] > 0
+
+
+def test_a_failed_load_is_kept_with_the_error_line_first(served: Served) -> None:
+    r = httpx.post(
+        served.url + "/models/switch", json={"profile": "broken"}, headers=AUTH, timeout=90
+    )
+    assert r.status_code >= 500
+    state = httpx.get(served.url + "/ui/api/state", headers=AUTH).json()
+    broken = next(p for p in state["profiles"] if p["name"] == "broken")
+    assert broken["state"] == "failed"
+    load = broken["load"]
+    assert "error" in load["tail"][0].lower()  # llama-server's own line
+    assert 0 < load["progress"] < 1 and load["step"] == "reading the model"
+    assert load["error"].startswith("llama-server for profile 'broken'")
+
+
+def _events(text: str) -> list[tuple[str, object]]:
+    out = []
+    for block in text.split("\n\n"):
+        name = "message"
+        data = []
+        for line in block.splitlines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        if data:
+            out.append((name, json.loads("\n".join(data))))
+    return out
+
+
+def test_log_stream_sends_the_tail_then_follows(served: Served) -> None:
+    r = httpx.post(
+        served.url + "/models/switch", json={"profile": "tiny-a"}, headers=AUTH, timeout=90
+    )
+    assert r.json()["ok"] is True
+    got: list[tuple[str, object]] = []
+    with httpx.stream(
+        "GET", served.url + "/ui/api/log?lines=5", headers=AUTH, timeout=30
+    ) as stream:
+        buf = ""
+        asked = False
+        for chunk in stream.iter_text():
+            buf += chunk
+            got = _events(buf.rsplit("\n\n", 1)[0] + "\n\n")
+            lines = [ln for name, batch in got if name == "lines" for ln in batch]  # type: ignore[union-attr]
+            if not asked and lines:
+                assert got[0][0] == "file" and len(lines) <= 5
+                # a request makes llama-server write to its log: it comes down the stream
+                body = {"model": "A", "prompt": "hello", "max_tokens": 2}
+                httpx.post(served.url + "/v1/completions", json=body, headers=AUTH, timeout=60)
+                asked = True
+            elif asked and any("print_timing" in ln or "launch_slot" in ln for ln in lines):
+                break
+    assert asked
+
+
+def test_log_stream_refuses_bad_parameters(served: Served) -> None:
+    r = httpx.get(served.url + "/ui/api/log?lines=lots", headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "lines"
+    r = httpx.get(served.url + "/ui/api/log?server=gpu7", headers=AUTH)
+    assert r.status_code == 404 and "managed" in r.json()["error"]["message"]
