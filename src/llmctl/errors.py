@@ -98,6 +98,12 @@ class LaunchError(LlmctlError):
     exit_status: int | None = None
     stderr_tail: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        out["exit_status"] = self.exit_status
+        out["stderr_tail"] = list(self.stderr_tail)
+        return out
+
 
 @dataclass
 class LockTimeout(LlmctlError):
