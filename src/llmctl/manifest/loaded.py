@@ -5,7 +5,7 @@ validation builds and by `ManifestView`, the same data read back from the cache 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from llmctl.errors import ManifestError, Problem, UsageError
 from llmctl.manifest.source import Path_, Source
@@ -43,32 +43,31 @@ class ManifestOps:
     def device_configs(self) -> list[DeviceConfig]:
         """Every device, in manifest order, CPU last unless listed: the old single `gpu:` mapping
         is one device named GPU (no --device is passed for it)."""
-        from llmctl.manifest.model import DeviceConfig
-
+        # plain records, not DeviceConfig: the cached manifest answers without importing pydantic
         if isinstance(self.gpu, list):
             out: list[DeviceConfig] = list(self.gpu)
         else:
             out = []
             if self.gpu.vram is not None:
-                out.append(
-                    DeviceConfig(
-                        name="GPU",
-                        vram=self.gpu.vram,
-                        headroom=self.gpu.headroom,
-                        overhead=self.gpu.overhead,
-                    )
-                )
+                gpu = {
+                    "name": "GPU",
+                    "vram": self.gpu.vram,
+                    "headroom": self.gpu.headroom,
+                    "overhead": self.gpu.overhead,
+                }
+                out.append(cast("DeviceConfig", Record(gpu, gpu)))
         if not any(d.name.upper() == "CPU" for d in out):
-            out.append(DeviceConfig(name="CPU", vram=None, headroom=512 * 1024**2, overhead=0))
+            cpu = {"name": "CPU", "vram": None, "headroom": 512 * 1024**2, "overhead": 0}
+            out.append(cast("DeviceConfig", Record(cpu, cpu)))
         return out
 
     @property
     def gpu_budget(self) -> GpuConfig:
         """The budget single-device estimates are judged against: the first GPU."""
-        from llmctl.manifest.model import GpuConfig
-
         if not isinstance(self.gpu, list):
             return self.gpu  # type: ignore[no-any-return]
+        from llmctl.manifest.model import GpuConfig
+
         for d in self.gpu:
             if d.name.upper() != "CPU":
                 overhead = d.overhead if d.overhead is not None else 400 * 1024**2
