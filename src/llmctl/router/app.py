@@ -310,7 +310,7 @@ class Router:
 
         assert isinstance(self.scheduler, PlacementScheduler)
         loop = asyncio.get_running_loop()
-        activity = self.scheduler.activity()
+        activity = self.scheduler.load_activity()
 
         def on_event(ev: Event) -> None:  # runs in the supervisor's thread
             kind = _EVENT_KINDS.get(ev.kind)
