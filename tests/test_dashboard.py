@@ -177,3 +177,54 @@ def test_log_stream_refuses_bad_parameters(served: Served) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "lines"
     r = httpx.get(served.url + "/ui/api/log?server=gpu7", headers=AUTH)
     assert r.status_code == 404 and "managed" in r.json()["error"]["message"]
+
+
+def test_several_servers_each_with_its_share_log_and_unload(
+    tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path, Path], free_port: int
+) -> None:
+    from fakes.fake_upstream import free_port as another_port
+    from test_placement_real import free_port_range
+
+    manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
+    base = free_port_range(4)
+    text = manifest.read_text().replace("server:\n", f'server:\n  ports: "{base}-{base + 3}"\n', 1)
+    manifest.write_text(text)
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        for model in ("A", "tiny-b"):
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            }
+            r = httpx.post(s.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=90)
+            assert r.status_code == 200, r.text
+        state = httpx.get(s.url + "/ui/api/state", headers=AUTH).json()
+        assert sorted(x["name"] for x in state["servers"]) == ["tiny-a", "tiny-b"]
+        profiles = {p["name"]: p for p in state["profiles"]}
+        assert profiles["tiny-a"]["state"] == profiles["tiny-b"]["state"] == "ready"
+        assert profiles["tiny-a"]["server"] == "tiny-a"
+        ram = next(d for d in state["devices"] if d["id"] == "ram")
+        gpu = next(d for d in state["devices"] if d["id"] == "gpu0")
+        assert [x["profile"] for x in gpu["shares"]] == ["tiny-a"]  # all layers on the GPU
+        assert "tiny-b" in [x["profile"] for x in ram["shares"]]
+        # each server's own log
+        with httpx.stream(
+            "GET", s.url + "/ui/api/log?server=tiny-b&lines=5", headers=AUTH, timeout=30
+        ) as log:
+            assert log.status_code == 200
+            lines = log.iter_lines()
+            assert next(lines).startswith("event: file")
+            assert "tiny-b" in next(lines)
+        bad = httpx.get(s.url + "/ui/api/log?server=nope", headers=AUTH)
+        assert bad.status_code == 404 and "'tiny-a'" in bad.json()["error"]["message"]
+        # unload one profile, keep the other
+        r = httpx.post(s.url + "/models/stop", json={"profile": "A"}, headers=AUTH, timeout=60)
+        assert r.status_code == 200 and r.json()["stopped"] == "tiny-a"
+        state = httpx.get(s.url + "/ui/api/state", headers=AUTH).json()
+        assert [x["name"] for x in state["servers"]] == ["tiny-b"]
+        r = httpx.post(s.url + "/models/stop", json={"profile": "nope"}, headers=AUTH)
+        assert r.status_code == 404
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()

@@ -146,3 +146,22 @@ def test_deadline_and_ttl_per_profile() -> None:
         assert fake.stops == ["a"] and "a" not in s.loaded and "b" in s.loaded
 
     asyncio.run(main())
+
+
+def test_a_load_counts_every_server_it_did_not_drain_as_busy() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        await _loaded(s, fake, "a")
+        await _loaded(s, fake, "b")
+        fake.victims["c"] = ["a"]
+        waiting = asyncio.ensure_future(s.acquire("c"))
+        await fake.began("c").wait()  # a drained, the load of c under way
+        act = s.load_activity()
+        assert act["a"][1] == 0  # the planned victim: idle, may go
+        assert act["b"][1] >= 1  # not drained: the placer must not pick it now
+        assert s.activity()["b"][1] == 0
+        fake.gate("c").set()
+        (await waiting).release()
+
+    asyncio.run(main())

@@ -310,7 +310,7 @@ class Router:
 
         assert isinstance(self.scheduler, PlacementScheduler)
         loop = asyncio.get_running_loop()
-        activity = self.scheduler.activity()
+        activity = self.scheduler.load_activity()
 
         def on_event(ev: Event) -> None:  # runs in the supervisor's thread
             kind = _EVENT_KINDS.get(ev.kind)
@@ -911,10 +911,29 @@ async def models_switch(request: Request) -> Response:
 async def models_stop(request: Request) -> Response:
     router = _router(request)
     router.check_auth(request)
+    name = (await _json_object(request, router)).get("profile")  # no body: stop every server
     await router.refresh(force=True)
     started = time.monotonic()
-    before = router.scheduler.active
-    await router.scheduler.stop()
+    sched = router.scheduler
+    if name is not None:
+        # one profile: unload it and keep the others (several servers); with one server at a
+        # time, stop it only when it is the one running
+        profile = router.index.lookup(name) if isinstance(name, str) else None
+        if profile is None:
+            raise model_not_found(str(name), router.index.names())
+        if isinstance(sched, PlacementScheduler):
+            stopped = profile if sched.is_loaded(profile) else None
+            if stopped:
+                await sched.unload(profile)
+        else:
+            stopped = profile if sched.active == profile else None
+            if stopped:
+                await sched.stop()
+        return JSONResponse(
+            {"ok": True, "stopped": stopped, "elapsed_s": round(time.monotonic() - started, 3)}
+        )
+    before = sched.active
+    await sched.stop()
     return JSONResponse(
         {"ok": True, "stopped": before, "elapsed_s": round(time.monotonic() - started, 3)}
     )

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,49 +105,83 @@ async def state_endpoint(request: Request) -> Response:
     router = _router(request)
     router.check_auth(request)
     await router.refresh()
-    status = await run_in_threadpool(router.supervisor.status, check_health=False)
+    statuses, _note = await run_in_threadpool(router.supervisor.ps, check_health=False)
     plans = await run_in_threadpool(_plans, router)
-    return JSONResponse(build_state(router, status, plans, _meminfo(), _rss(status.pid)))
+    rss = {st.pid: _rss(st.pid) for st in statuses if st.pid}
+    return JSONResponse(build_state(router, statuses, plans, _meminfo(), rss))
+
+
+def _several(router: Router) -> bool:
+    """Several servers at once (`server.ports`): each server is named for its profile."""
+    return router.manifest.server.ports is not None
+
+
+def server_name(router: Router, profile: str | None) -> str:
+    return profile if profile is not None and _several(router) else MANAGED
 
 
 def build_state(
     router: Router,
-    status: Any,
+    statuses: list[Any],
     plans: dict[str, dict[str, Any]],
     meminfo: dict[str, int],
-    rss: int | None,
+    rss: dict[int, int | None],
 ) -> dict[str, Any]:
-    """The page's data from what the router knows (no I/O here)."""
+    """The page's data from what the router knows (no I/O here). `statuses` are the running
+    servers (Supervisor.ps), `rss` their resident memory by pid."""
     sched = router.scheduler
     active = sched.active
     loading = sched.loading
-    server = {
-        "name": MANAGED,
-        "profile": status.profile if status.running else None,
-        "phase": status.phase,
-        "pid": status.pid,
-        "url": status.url,
-        "uptime_s": None if status.uptime_s is None else round(status.uptime_s, 1),
-        "log": status.log,
-        "reported": dict(status.memory),
-        "rss_bytes": rss,
-        "inflight": sched.inflight,
-        "idle_s": _round(sched.idle_seconds()),
-    }
+    several = _several(router)
+    activity = sched.activity() if several and hasattr(sched, "activity") else {}
+    now = time.time()
+
+    def inflight_of(profile: str | None) -> int:
+        if several and profile is not None:
+            return int(activity.get(profile, (0.0, 0))[1])
+        return int(sched.inflight)
+
+    def idle_of(profile: str | None) -> float | None:
+        if several and profile is not None:
+            used, n = activity.get(profile, (now, 1))
+            return None if n else _round(max(0.0, now - used))
+        return _round(sched.idle_seconds())
+
+    servers: list[dict[str, Any]] = []
+    for st in statuses or [None]:
+        profile = st.profile if st is not None and st.running else None
+        servers.append(
+            {
+                "name": server_name(router, profile),
+                "profile": profile,
+                "phase": st.phase if st is not None else None,
+                "pid": st.pid if st is not None else None,
+                "url": st.url if st is not None else None,
+                "uptime_s": None if st is None or st.uptime_s is None else round(st.uptime_s, 1),
+                "log": st.log if st is not None else None,
+                "reported": dict(st.memory) if st is not None else {},
+                "rss_bytes": rss.get(st.pid) if st is not None and st.pid else None,
+                "inflight": inflight_of(profile),
+                "idle_s": idle_of(profile),
+            }
+        )
+    by_profile = {s["profile"]: s for s in servers if s["profile"] is not None}
     profiles = []
     for name, aliases in router.index.profiles.items():
         p = router.manifest.profiles[name]
         load = router.activity.loads.get(name)
         if loading == name:
             state = "loading"
-        elif sched.is_loaded(name):  # several servers with server.ports
+        elif sched.is_loaded(name) or (several and name in by_profile):
             state = "ready"
         elif load is not None and load.state == "failed":
             state = "failed"
         else:
             state = "idle"
         plan = plans.get(name, {})
-        evicts = [active] if active not in (None, name) else []
+        # one server at a time: loading another profile stops the running one; with several,
+        # the placer decides at load time (llmctl load --dry-run shows it)
+        evicts = [active] if not several and active not in (None, name) else []
         profiles.append(
             {
                 "name": name,
@@ -160,21 +195,23 @@ def build_state(
                 "n_gpu_layers": p.n_gpu_layers,
                 "ttl_s": router.index.ttls.get(name),
                 "state": state,
-                "server": MANAGED if state in ("loading", "ready") else None,
+                "server": server_name(router, name) if state in ("loading", "ready") else None,
                 "load": load.to_json() if load is not None else None,
-                "inflight": sched.inflight if state == "ready" else 0,
-                "idle_s": server["idle_s"] if state == "ready" else None,
+                "inflight": inflight_of(name) if state == "ready" else 0,
+                "idle_s": idle_of(name) if state == "ready" else None,
                 "estimate": plan.get("estimate"),
                 "estimate_error": plan.get("error"),
                 "plan": plan.get("devices", {}),
-                # one server today: loading another profile stops the running one
                 "evicts": evicts,
             }
         )
+    loaded = [s for s in servers if s["profile"] is not None]
+    if not loaded and (active or loading):
+        loaded = [{"profile": active or loading, "reported": {}, "rss_bytes": None}]
     assert router.upstreams is not None
     return {
-        "servers": [server],
-        "devices": devices(router, plans, active or loading, status.memory, meminfo, rss),
+        "servers": servers,
+        "devices": devices(router, plans, loaded, meminfo),
         "profiles": profiles,
         "queue": {
             "depth": sched.depth,
@@ -196,19 +233,20 @@ def _round(x: float | None) -> float | None:
 def devices(
     router: Router,
     plans: dict[str, dict[str, Any]],
-    loaded: str | None,
-    reported: dict[str, Any],
+    loaded: list[dict[str, Any]],
     meminfo: dict[str, int],
-    rss: int | None,
 ) -> list[dict[str, Any]]:
-    """One entry per device: its size, the loaded profile's planned share and reported use."""
+    """One entry per device: its size, each loaded profile's planned share and reported use.
+    `loaded` are server entries (profile, reported buffers, rss_bytes)."""
     out: list[dict[str, Any]] = []
     gpu = router.manifest.gpu
     if gpu.vram is not None:
-        share = _share(plans, loaded, GPU)
-        if share is not None:
-            share["reported_bytes"] = _reported_gpu(reported)
-        used = _used([share])
+        shares = []
+        for srv in loaded:
+            share = _share(router, plans, srv["profile"], GPU)
+            if share is not None:
+                share["reported_bytes"] = _reported_gpu(srv["reported"])
+                shares.append(share)
         out.append(
             {
                 "id": GPU,
@@ -217,15 +255,19 @@ def devices(
                 "source": "gpu.vram in the manifest",
                 "total_bytes": gpu.vram,
                 "headroom_bytes": gpu.headroom,
-                "shares": [share] if share else [],
-                "free_bytes": max(0, gpu.vram - gpu.headroom - used),
+                "shares": shares,
+                "free_bytes": max(0, gpu.vram - gpu.headroom - _used(shares)),
             }
         )
     total = meminfo.get("MemTotal")
     if total is not None:
-        share = _share(plans, loaded, RAM)
-        if share is not None:
-            share["reported_bytes"] = rss
+        shares = []
+        for srv in loaded:
+            share = _share(router, plans, srv["profile"], RAM)
+            if share is not None:
+                share["reported_bytes"] = srv["rss_bytes"]
+                shares.append(share)
+        rss = sum(s["reported_bytes"] or s["planned_bytes"] for s in shares)
         out.append(
             {
                 "id": RAM,
@@ -234,19 +276,17 @@ def devices(
                 "source": "/proc/meminfo",
                 "total_bytes": total,
                 "headroom_bytes": 0,
-                "shares": [share] if share else [],
-                # what the system says is available, the loaded server's use already out of it
+                "shares": shares,
+                # what the system says is available, the loaded servers' use already out of it
                 "free_bytes": meminfo.get("MemAvailable", 0),
-                "other_bytes": max(
-                    0, total - meminfo.get("MemAvailable", 0) - (rss or _used([share]))
-                ),
+                "other_bytes": max(0, total - meminfo.get("MemAvailable", 0) - rss),
             }
         )
     return out
 
 
 def _share(
-    plans: dict[str, dict[str, Any]], profile: str | None, device: str
+    router: Router, plans: dict[str, dict[str, Any]], profile: str | None, device: str
 ) -> dict[str, Any] | None:
     if profile is None:
         return None
@@ -255,19 +295,15 @@ def _share(
         return None
     return {
         "profile": profile,
-        "server": MANAGED,
+        "server": server_name(router, profile),
         "planned": planned,
         "planned_bytes": sum(planned.values()),
         "reported_bytes": None,
     }
 
 
-def _used(shares: list[dict[str, Any] | None]) -> int:
-    total = 0
-    for s in shares:
-        if s is not None:
-            total += max(s["planned_bytes"], s.get("reported_bytes") or 0)
-    return total
+def _used(shares: list[dict[str, Any]]) -> int:
+    return sum(max(s["planned_bytes"], s.get("reported_bytes") or 0) for s in shares)
 
 
 def _reported_gpu(reported: dict[str, Any]) -> int | None:
@@ -381,16 +417,18 @@ async def log_endpoint(request: Request) -> Response:
     router = _router(request)
     router.check_auth(request)
     server = request.query_params.get("server", MANAGED)
-    if server != MANAGED:
+    running = [server_name(router, p) for p in router.supervisor.records()]
+    if server != MANAGED and server not in running:
+        names = ", ".join(repr(n) for n in running) or repr(MANAGED)
         raise RouterError(
-            404, f"No server named {server!r}; this router runs {MANAGED!r}.", code="not_found"
+            404, f"No server named {server!r}; this router runs {names}.", code="not_found"
         )
     raw = request.query_params.get("lines", "200")
     if not raw.isdigit() or int(raw) > MAX_LOG_LINES:
         raise bad_request(
             f"lines must be a whole number from 0 to {MAX_LOG_LINES}, not {raw!r}.", param="lines"
         )
-    return LogStream(router, int(raw))  # type: ignore[return-value]
+    return LogStream(router, int(raw), None if server == MANAGED else server)  # type: ignore[return-value]
 
 
 class LogStream:
@@ -398,9 +436,16 @@ class LogStream:
     followed as it appears (a `file` event names it). Ends when the client leaves or the router
     shuts down."""
 
-    def __init__(self, router: Router, lines: int) -> None:
+    def __init__(self, router: Router, lines: int, profile: str | None = None) -> None:
         self.router = router
         self.lines = lines
+        self.profile = profile  # None: the newest server's log (or the latest launch's)
+
+    def _log_path(self) -> Path | None:
+        if self.profile is None:
+            return self.router.supervisor.log_path()
+        rec = self.router.supervisor.records().get(self.profile)
+        return Path(rec.log) if rec is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [
@@ -439,7 +484,7 @@ class LogStream:
                 now = loop.time()
                 if now >= next_check:
                     next_check = now + LOG_FILE_CHECK_S
-                    current = await run_in_threadpool(router.supervisor.log_path)
+                    current = await run_in_threadpool(self._log_path)
                     if current != path and current is not None:
                         if follower is not None:
                             follower.close()

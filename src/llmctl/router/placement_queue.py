@@ -138,6 +138,15 @@ class PlacementScheduler:
         now_wall, now = time.time(), self._clock()
         return {p: (now_wall - (now - s.last_used), s.inflight) for p, s in self._slots.items()}
 
+    def load_activity(self) -> dict[str, tuple[float, int]]:
+        """activity() for the load under way: every server not drained for it counts as busy, so
+        the placer, deciding again under the supervisor's lock, takes the victims this scheduler
+        drained rather than a server that may be answering (a request cut off there is lost)."""
+        return {
+            p: (used, n if p in self._evicting else max(n, 1))
+            for p, (used, n) in self.activity().items()
+        }
+
     def would_wait(self, profile: str | None) -> bool:
         return not self._fast_path(profile)
 

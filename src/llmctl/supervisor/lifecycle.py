@@ -215,6 +215,32 @@ class _Cancelled(Exception):
     pass
 
 
+def _result_for(spec: LaunchSpec, t0: float) -> Callable[..., SwitchResult]:
+    """The SwitchResult maker of a switch or load of `spec` that began at monotonic `t0`."""
+
+    def result(
+        *,
+        ready: bool,
+        pid: int | None,
+        log: str | None,
+        noop: bool = False,
+        error: LaunchError | None = None,
+    ) -> SwitchResult:
+        return SwitchResult(
+            profile=spec.profile,
+            pid=pid,
+            port=spec.port,
+            url=spec.url,
+            ready=ready,
+            elapsed_s=time.monotonic() - t0,
+            log=log,
+            noop=noop,
+            error=error,
+        )
+
+    return result
+
+
 class Supervisor:
     def __init__(
         self,
@@ -446,26 +472,7 @@ class Supervisor:
         """Make `spec` the running server: no-op if it already runs healthy with the same config."""
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0, spec.profile)
-
-        def result(
-            *,
-            ready: bool,
-            pid: int | None,
-            log: str | None,
-            noop: bool = False,
-            error: LaunchError | None = None,
-        ) -> SwitchResult:
-            return SwitchResult(
-                profile=spec.profile,
-                pid=pid,
-                port=spec.port,
-                url=spec.url,
-                ready=ready,
-                elapsed_s=time.monotonic() - t0,
-                log=log,
-                noop=noop,
-                error=error,
-            )
+        result = _result_for(spec, t0)
 
         with self._lock(f"switch {spec.profile}") as lock:
             emit("locked", _locked_message(lock))
@@ -509,26 +516,7 @@ class Supervisor:
         """
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0, spec.profile)
-
-        def result(
-            *,
-            ready: bool,
-            pid: int | None,
-            log: str | None,
-            noop: bool = False,
-            error: LaunchError | None = None,
-        ) -> SwitchResult:
-            return SwitchResult(
-                profile=spec.profile,
-                pid=pid,
-                port=spec.port,
-                url=spec.url,
-                ready=ready,
-                elapsed_s=time.monotonic() - t0,
-                log=log,
-                noop=noop,
-                error=error,
-            )
+        result = _result_for(spec, t0)
 
         with self._lock(f"load {spec.profile}") as lock:
             emit("locked", _locked_message(lock))
@@ -540,6 +528,7 @@ class Supervisor:
                     return result(ready=True, pid=rec.pid, log=rec.log, noop=True)
             if choose is not None:
                 chosen, spec = choose(dict(recs))
+                result = _result_for(spec, t0)  # the placer may give it another port or devices
                 victims = list(chosen)
             else:
                 victims = [p for p, r in recs.items() if r.port == spec.port]

@@ -181,10 +181,10 @@ function render() {
 }
 
 function renderSummary() {
-  const s = state.servers[0];
+  const running = state.servers.filter((s) => s.profile);
   const q = state.queue;
   const parts = [];
-  parts.push(s && s.profile ? `${s.name}: ${s.profile}` : "no model loaded");
+  parts.push(running.length ? running.map((s) => s.name === s.profile ? s.profile : `${s.name}: ${s.profile}`).join(", ") : "no model loaded");
   if (q.loading) parts.push(`loading ${q.loading}`);
   parts.push(`queue ${q.depth}/${q.max_size}`);
   parts.push(`in flight ${q.inflight}`);
@@ -271,7 +271,8 @@ function renderProfiles() {
   const focused = document.activeElement && document.activeElement.dataset
     ? document.activeElement.dataset.focusId : null;
   box.replaceChildren();
-  const active = state.servers[0] ? state.servers[0].profile : null;
+  // one server at a time (a server named "managed"): loading another profile switches
+  const active = state.servers.some((s) => s.name === "managed" && s.profile);
   for (const p of state.profiles) {
     const shown = busy.has(p.name) && p.state !== "ready" && p.state !== "failed" ? "loading" : p.state;
     const est = p.estimate;
@@ -392,7 +393,9 @@ async function load(name) {
 async function unload(name) {
   notice(`Unloading ${name}…`);
   try {
-    await api("/models/stop", { method: "POST" });
+    await api("/models/stop", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ profile: name }),
+    });
     notice(`${name} was unloaded.`);
   } catch (err) {
     if (err instanceof Unauthorized) { askKey("The key is no longer accepted."); return; }
