@@ -18,37 +18,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from support import find_llama_server, llmctl_cmd
+
 ROOT = Path(__file__).resolve().parent.parent
 GiB = 1024**3
 MiB = 1024**2
-
-
-def find_llama_server() -> str:
-    given = os.environ.get("LLMCTL_LLAMA_SERVER") or shutil.which("llama-server")
-    if given:
-        return given
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-llama-server.sh")],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
-
-
-def llmctl_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "llmctl"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "llmctl"]
 
 
 def free_port_range(n: int) -> int:

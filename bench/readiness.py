@@ -20,40 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from support import find_llama_server, free_port, llmctl_cmd
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def find_llama_server() -> str:
-    given = os.environ.get("LLMCTL_LLAMA_SERVER") or shutil.which("llama-server")
-    if given:
-        return given
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-llama-server.sh")],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def llmctl_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "llmctl"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "llmctl"]
 
 
 def by_hand(argv: tuple[str, ...], url: str, log: Path) -> float:

@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support import free_port
+
 HERE = Path(__file__).resolve()
 CHAT = json.dumps(
     {"model": "bench", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
@@ -302,12 +304,6 @@ def wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> No
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,37 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
+from support import find_llama_server, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def find_llama_server() -> str:
-    given = os.environ.get("LLMCTL_LLAMA_SERVER") or shutil.which("llama-server")
-    if given:
-        return given
-    out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build-llama-server.sh")],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def first_token(url: str, prompt: str) -> tuple[float, int]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+from serving import Served, start_serve, stop_serve
 
 KEY = "dashboard-test-key"
 
@@ -51,3 +55,21 @@ profiles:
 """
     )
     return path
+
+
+@contextlib.contextmanager
+def serving_dashboard(
+    tmp_path: Path, binary: Path, models: tuple[Path, Path, Path], port: int
+) -> Iterator[Served]:
+    """A real `llmctl serve` over the manifest above; its servers stopped afterwards."""
+    from fakes.fake_upstream import free_port as another_port
+    from llmctl import paths
+    from llmctl.supervisor.lifecycle import Supervisor
+
+    manifest = write_manifest(tmp_path / "profiles.yaml", binary, models, another_port())
+    s = start_serve(manifest, port, tmp_path)
+    try:
+        yield s
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dashboard_helpers import KEY, write_manifest, write_models
+from dashboard_helpers import KEY, serving_dashboard, write_manifest, write_models
 from llmctl import paths
 from llmctl.router.activity import Activity, usage_from
 from llmctl.supervisor.lifecycle import Supervisor
@@ -29,15 +29,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 def served(
     tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path, Path], free_port: int
 ) -> Iterator[Served]:
-    from fakes.fake_upstream import free_port as another_port
-
-    manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
-    s = start_serve(manifest, free_port, tmp_path)
-    try:
+    with serving_dashboard(tmp_path, llama_server_bin, models, free_port) as s:
         yield s
-    finally:
-        stop_serve(s)
-        Supervisor(paths.state_dir(), lock_timeout=30).stop()
 
 
 def test_usage_from_openai_answers_and_llama_server_stream_timings() -> None:

@@ -17,10 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dashboard_helpers import KEY, write_manifest, write_models
-from llmctl import paths
-from llmctl.supervisor.lifecycle import Supervisor
-from serving import Served, start_serve, stop_serve
+from dashboard_helpers import KEY, serving_dashboard, write_models
+from serving import Served
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -63,15 +61,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 def served(
     tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path, Path], free_port: int
 ) -> Iterator[Served]:
-    from fakes.fake_upstream import free_port as another_port
-
-    manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
-    s = start_serve(manifest, free_port, tmp_path)
-    try:
+    with serving_dashboard(tmp_path, llama_server_bin, models, free_port) as s:
         yield s
-    finally:
-        stop_serve(s)
-        Supervisor(paths.state_dir(), lock_timeout=30).stop()
 
 
 class Page:

@@ -542,3 +542,42 @@ def test_unsafe_path_rules() -> None:
         b"/v1/%25252e%25252e/x",
     ):
         assert unsafe_path(bad) is not None, bad
+
+
+def test_relay_records_the_answer_before_its_end_goes_out() -> None:
+    """A client that has read the whole answer finds it recorded, token counts included, even
+    when the usage came in the first chunk and the rest was only `data: [DONE]`."""
+    from llmctl.router.activity import usage_from
+    from llmctl.router.proxy import Reply, RelayResponse
+
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
+
+    async def rest() -> Any:
+        yield b"data: [DONE]\n\n"
+
+    async def close() -> None:
+        return None
+
+    async def main() -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        reply = Reply("local", 200, headers, usage, rest(), close)
+        seen: list[tuple[str, dict[str, int]]] = []
+        sent: list[dict[str, Any]] = []
+
+        def on_done(outcome: Any, r: Reply | None, error: RouterError | None) -> None:
+            assert r is not None
+            seen.append((outcome, usage_from(r.tail)))
+            assert not any(m.get("more_body") is False for m in sent)  # the end is still to go
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client never disconnects
+            return {}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await RelayResponse(reply, on_done)({"type": "http"}, receive, send)
+        assert seen == [("ok", {"prompt_tokens": 7, "completion_tokens": 3})]
+        assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+    run(main)

@@ -334,11 +334,18 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
             return
 
 
-async def _pipe(send: Send, reply: Reply, *, sse_errors: bool) -> Outcome:
-    """Write the reply's body; on an upstream failure after bytes went out, end the stream visibly."""
+async def _pipe(
+    send: Send, reply: Reply, *, sse_errors: bool, finish: Callable[[Outcome], None]
+) -> Outcome:
+    """Write the reply's body; on an upstream failure after bytes went out, end the stream visibly.
+
+    `finish` runs before the body's end goes out, so whoever has read the whole answer finds
+    it recorded (metrics, recent requests) already.
+    """
     if reply.first:
         await send({"type": "http.response.body", "body": reply.first, "more_body": True})
-    prev = last = b""
+    # the usage object may be in the first chunk when the rest is only `data: [DONE]`
+    prev, last = b"", reply.first
     try:
         async for chunk in reply.rest:
             if chunk:
@@ -346,6 +353,7 @@ async def _pipe(send: Send, reply: Reply, *, sse_errors: bool) -> Outcome:
                 prev, last = last, chunk
     except StreamBroken as exc:
         log.warning("upstream %s failed mid-stream: %s", reply.upstream, exc)
+        finish("upstream_error")
         if sse_errors:
             err = RouterError(
                 502,
@@ -359,8 +367,8 @@ async def _pipe(send: Send, reply: Reply, *, sse_errors: bool) -> Outcome:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         # any other body is left incomplete, which the client sees as a broken response
         return "upstream_error"
-    if last:
-        reply.tail = (prev[-4096:] + last)[-8192:]
+    reply.tail = (prev[-4096:] + last)[-8192:]
+    finish("ok")
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return "ok"
 
@@ -374,10 +382,9 @@ class RelayResponse:
 
     def __init__(self, reply: Reply, on_done: DoneFn) -> None:
         self.reply = reply
-        self.on_done = on_done
+        self.done = _Once(on_done)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        outcome: Outcome = "client_gone"
         reply = self.reply
         try:
             start = {
@@ -387,21 +394,40 @@ class RelayResponse:
             }
             if reply.complete:
                 # the whole body is here already: nothing to watch, nothing to cancel upstream
-                await send(start)
-                await send({"type": "http.response.body", "body": reply.first, "more_body": False})
                 async for _ in reply.rest:  # lets the connection go back to the pool
                     pass
-                outcome = "ok"
+                self.done("ok", reply)
+                await send(start)
+                await send({"type": "http.response.body", "body": reply.first, "more_body": False})
                 return
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
                 await send(start)
-                outcome = await _pipe(send, reply, sse_errors=reply.is_sse)
+                await _pipe(send, reply, sse_errors=reply.is_sse, finish=self._finish)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.reply.aclose()
-                self.on_done(outcome, self.reply, None)
+                self.done("client_gone", reply)
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.done(outcome, self.reply)
+
+
+class _Once:
+    """Calls a DoneFn once: at the answer's end (before its last bytes go out) or, for an
+    answer cut short, when the response ends."""
+
+    def __init__(self, on_done: DoneFn) -> None:
+        self.on_done = on_done
+        self.called = False
+
+    def __call__(
+        self, outcome: Outcome, reply: Reply | None, error: RouterError | None = None
+    ) -> None:
+        if not self.called:
+            self.called = True
+            self.on_done(outcome, reply, error)
 
 
 class WaitingStreamResponse:
@@ -417,7 +443,7 @@ class WaitingStreamResponse:
 
     def __init__(self, opener: Opener, on_done: DoneFn, *, heartbeat: float = 5.0) -> None:
         self.opener = opener
-        self.on_done = on_done
+        self.done = _Once(on_done)
         self.heartbeat = heartbeat
         self._started = False
         self._held: list[Progress] = []
@@ -450,7 +476,6 @@ class WaitingStreamResponse:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        outcome: Outcome = "client_gone"
         reply: Reply | None = None
         error: RouterError | None = None
         try:
@@ -458,21 +483,21 @@ class WaitingStreamResponse:
                 tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
                 reply, error = await self._wait(send)
                 if error is not None:
+                    self.done("ok", None, error)
                     if self._started:
                         body = sse.error_event(error)
                         await send({"type": "http.response.body", "body": body, "more_body": False})
                     else:
                         await error.response()(scope, receive, send)
-                    outcome = "ok"
                 elif reply is not None:
                     await self._start(send)
-                    outcome = await self._relay(send, reply)
+                    await self._relay(send, reply)
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 if reply is not None:
                     await reply.aclose()
-                self.on_done(outcome, reply, error)
+                self.done("client_gone", reply, error)
 
     async def _wait(self, send: Send) -> tuple[Reply | None, RouterError | None]:
         events: asyncio.Queue[Progress] = asyncio.Queue()
@@ -514,7 +539,7 @@ class WaitingStreamResponse:
             raise exc
         return task.result(), None
 
-    async def _relay(self, send: Send, reply: Reply) -> Outcome:
+    async def _relay(self, send: Send, reply: Reply) -> None:
         # the headers went out before the upstream was known: name it (and the profile) here
         named = " ".join(f"{k.decode()}={v.decode()}" for k, v in reply.extra_headers)
         await send(
@@ -530,6 +555,7 @@ class WaitingStreamResponse:
                 data = reply.first + b"".join([c async for c in reply.rest])
             except StreamBroken:
                 data = reply.first
+            self.done("ok", reply)
             if reply.status >= 400:
                 err = error_from_body(
                     reply.status, data, f"upstream {reply.upstream} answered {reply.status}"
@@ -546,5 +572,5 @@ class WaitingStreamResponse:
                         "more_body": False,
                     }
                 )
-            return "ok"
-        return await _pipe(send, reply, sse_errors=True)
+            return
+        await _pipe(send, reply, sse_errors=True, finish=lambda outcome: self.done(outcome, reply))
