@@ -106,6 +106,17 @@ class LaunchError(LlmctlError):
 
 
 @dataclass
+class LoadCancelled(LaunchError):
+    """A load ended on request before it was ready; nothing is left running.
+
+    `by_another`: the request came from another process (`llmctl stop` or a switch made
+    elsewhere), not from the caller; a router waits for that change and loads again.
+    """
+
+    by_another: bool = False
+
+
+@dataclass
 class LockTimeout(LlmctlError):
     """Another llmctl holds the state lock and did not release it in time."""
 
