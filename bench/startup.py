@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = 8.0  # at most 8 times a bare interpreter start
 
 
-def _time(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+def _time(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int]:
     t0 = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
     )
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, done.returncode
 
 
 def _unpack(rev: str, dest: Path) -> Path:
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from readiness import find_llama_server, free_port
+    from support import find_llama_server, free_port
 
     from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.testmodels import write_tiny_model
@@ -104,6 +104,9 @@ def main() -> None:
             ("status (nothing runs)", ["status"], empty, {}),
             ("status --json (running)", ["status", "--json"], running, {}),
             ("logs -n 5", ["logs", "-n", "5"], running, {}),
+            ("ps (running)", ["ps"], running, {}),
+            ("load (running: no-op)", ["load", "tiny", "--quiet", *mf], running, {}),
+            ("unload (not loaded)", ["unload", "wide", *mf], running, {}),
             ("complete a profile name", [], empty, complete),
             ("--help (may take longer)", ["--help"], empty, {}),
         ]
@@ -122,11 +125,12 @@ def main() -> None:
                 env=env_for("after", running),
                 check=True,
             )
-            for _, _, cmd, env in runs:  # warm up: page cache, .pyc files, manifest cache
-                _time(cmd, env, tmp)
+            codes = {}
+            for side, name, cmd, env in runs:  # warm up: page cache, .pyc files, manifest cache
+                codes[(side, name)] = _time(cmd, env, tmp)[1]
             for _ in range(args.runs):
                 for side, name, cmd, env in runs:
-                    times[(side, name)].append(_time(cmd, env, tmp))
+                    times[(side, name)].append(_time(cmd, env, tmp)[0])
         finally:
             sup.stop()
 
@@ -142,7 +146,12 @@ def main() -> None:
         ok = "yes" if a / bare <= TARGET else "NO"
         if name.startswith("--help"):
             ok = "-"
-        print(f"{name:26} {b * 1000:10.1f} {b / bare:7.1f} {a * 1000:10.1f} {a / bare:7.1f}  {ok}")
+        if codes[("after", name)] not in (0, 1):  # 1: `unload` of what is not loaded says so
+            ok = f"exit {codes[('after', name)]}"
+        before = f"{b * 1000:10.1f} {b / bare:7.1f}"
+        if codes[("before", name)] == 2:  # a usage error: the command did not exist yet
+            before = f"{'-':>10} {'-':>7}"
+        print(f"{name:26} {before} {a * 1000:10.1f} {a / bare:7.1f}  {ok}")
 
 
 if __name__ == "__main__":

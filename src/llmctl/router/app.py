@@ -248,7 +248,8 @@ class Router:
                 raise SwitchFailed(err.message) from None
             call = partial(self.supervisor.switch, spec, on_event=on_event, cancel=cancel)
         try:
-            result = await self._carry_out(call, cancel, lambda r: r.error)
+            # a stop has no error to look at: only a load may be cut short by another llmctl
+            result = await self._carry_out(call, cancel, lambda r: getattr(r, "error", None))
         except LlmctlError as err:
             details: dict[str, Any] = {}
             if getattr(err, "stderr_tail", None):
