@@ -66,9 +66,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def devices(manifest: Path | None = manifest_option(), json_out: bool = json_option()) -> None:
-        """The devices profiles are placed on: budget, headroom, what is placed, what is free.
+        """Show the devices profiles are placed on.
 
-        Figures from the manifest's gpu:, completed by nvidia-smi (GPUs) and /proc/meminfo (CPU);
+        Each with its budget, headroom, what is placed on it and what is free. Figures from the manifest's gpu:, completed by nvidia-smi (GPUs) and /proc/meminfo (CPU);
         configured values win.
         """
         raise typer.Exit(run(manifest=manifest, json_out=json_out))

@@ -137,9 +137,9 @@ def register(app: typer.Typer) -> None:
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
     ) -> None:
-        """Start profiles beside those that run, unloading idle ones when memory is short.
+        """Start profiles beside those that run.
 
-        Each profile is placed by its estimate per device (gpu: in the manifest): it starts if it
+        Idle servers are unloaded when memory is short. Each profile is placed by its estimate per device (gpu: in the manifest): it starts if it
         fits beside what runs; otherwise the least costly unpinned servers go; a profile that
         cannot fit even alone is refused before anything is stopped.
         Exit status: 0 all loaded, 1 a load failed or was refused, 2 bad input, 3 locked.

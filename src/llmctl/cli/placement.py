@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 def profiles_argument() -> Any:
     import typer
 
-    return typer.Argument(None, help="Profile names or aliases.", show_default=False)
+    return typer.Argument(
+        None, help="Profile names or aliases.", metavar="PROFILE", show_default=False
+    )
 
 
 def dry_run_option() -> Any:

@@ -78,8 +78,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ps(json_out: bool = json_option()) -> None:
-        """Every running profile: devices, planned and reported memory, port, url, uptime, health.
+        """List the running profiles.
 
-        Exit status: 0, or 1 when a server that is ready does not answer /health.
+        Each with its devices, planned and reported memory, port, url, uptime and health. Exit status: 0, or 1 when a server that is ready does not answer /health.
         """
         raise typer.Exit(run(json_out=json_out))

@@ -98,9 +98,9 @@ def register(app: typer.Typer) -> None:
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
     ) -> None:
-        """Stop the servers of these profiles (or --all); the others keep running.
+        """Stop some profiles' servers; the others keep running.
 
-        A profile that does not run is not an error. Exit status: 0, 2 bad input, 3 locked.
+        Stops the servers of the profiles named (or every one with --all). A profile that does not run is not an error. Exit status: 0, 2 bad input, 3 locked.
         """
         code = run(
             profiles or [],
