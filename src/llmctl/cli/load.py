@@ -7,7 +7,7 @@ import time
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.argv import non_negative_float, parse
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
 from llmctl.cli.output import error_json, print_json, render_error, run_command
 from llmctl.cli.placement import detect_devices, print_decision, usage_text
 from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
@@ -109,11 +109,8 @@ def run(
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags={"--json": "json_out", "--dry-run": "dry_run", "--quiet": "quiet", "-q": "quiet"},
-        options={
-            "--manifest": ("manifest", str),
-            "--lock-timeout": ("lock_timeout", non_negative_float),
-        },
+        flags={**CHANGE_FLAGS, "--dry-run": "dry_run"},
+        options=CHANGE_OPTIONS,
         positional=(1, 1000),
     )
     if parsed is None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.argv import non_negative_float, parse
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
 from llmctl.cli.output import print_json, run_command
 from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
 from llmctl.errors import EXIT_OK, UsageError
@@ -70,11 +70,8 @@ def run(
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags={"--all": "all_", "--json": "json_out", "--quiet": "quiet", "-q": "quiet"},
-        options={
-            "--manifest": ("manifest", str),
-            "--lock-timeout": ("lock_timeout", non_negative_float),
-        },
+        flags={**CHANGE_FLAGS, "--all": "all_"},
+        options=CHANGE_OPTIONS,
         positional=(0, 1000),
     )
     if parsed is None:
