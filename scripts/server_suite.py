@@ -34,6 +34,7 @@ ALIASES = [
     "davinci-002",
     "text-embedding-3-small",
     "gpt-4.1",
+    "ggml-org/tinygemma3-GGUF:Q8_0",  # the stream and router tests' model, with its slash
 ]
 
 

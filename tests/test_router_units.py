@@ -620,3 +620,26 @@ def test_a_load_cut_by_another_llmctl_is_loaded_again() -> None:
         assert out is mine and waits == [30.0]
 
     run(main)
+
+
+def test_servers_metrics_get_the_profile_label() -> None:
+    from llmctl.router.metrics import with_profile_label
+
+    a = (
+        "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
+        "# TYPE llamacpp:prompt_tokens_total counter\n"
+        "llamacpp:prompt_tokens_total 12\n"
+        'llamacpp:requests{slot="0"} 1\n'
+        "llamacpp:empty{} 3\n"
+    )
+    b = "# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 5\n"
+    text = with_profile_label([("a", a), ('b"x', b)])
+    assert text.splitlines() == [
+        "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.",
+        "# TYPE llamacpp:prompt_tokens_total counter",
+        'llamacpp:prompt_tokens_total{profile="a"} 12',
+        'llamacpp:requests{profile="a",slot="0"} 1',
+        'llamacpp:empty{profile="a"} 3',
+        'llamacpp:prompt_tokens_total{profile="b\\"x"} 5',
+    ]
+    assert with_profile_label([]) == ""

@@ -761,7 +761,27 @@ async def metrics_endpoint(request: Request) -> Response:
         },
         breaker_opens={k: b.opens for u in router.upstreams.all for k, b in u.breakers().items()},
     )
+    text += await _servers_metrics(router)
     return PlainTextResponse(text, media_type=metrics_mod.CONTENT_TYPE)
+
+
+async def _servers_metrics(router: Router) -> str:
+    """Each loaded profile's llama-server metrics (those started with --metrics; the others
+    answer 501 and are left out), labelled with the profile, fetched side by side."""
+
+    def fetch(profile: str) -> tuple[str, str] | None:
+        import urllib.request
+
+        url = router.managed_base(profile) + "/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return profile, r.read(4 * 1024 * 1024).decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return None
+
+    profiles = [p for p in router.scheduler.loaded if p in router.index.profiles]
+    got = await asyncio.gather(*(run_in_threadpool(fetch, p) for p in profiles))
+    return metrics_mod.with_profile_label(g for g in got if g is not None)
 
 
 async def models_status(request: Request) -> Response:
