@@ -39,6 +39,11 @@ ALIASES = [
 ]
 # Outcomes that differ on purpose, and why. Anything else that differs fails the run.
 EXPECTED = {
+    "unit.test_metrics::test_metrics_prometheus_format": (
+        "the router's /metrics is its own, then each server's samples labelled with their "
+        "profile; the test reads only unlabelled llama-server samples (the unlabelled text is "
+        "under /upstream/{profile}/metrics)"
+    ),
     "unit.test_router::test_router_chat_completion_stream[non-existent/model-False]": (
         "a model name that no profile, alias or upstream has is a 404 model_not_found through "
         "the router (as in llama.cpp's router mode, which this test is for); one llama-server "
