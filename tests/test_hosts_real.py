@@ -27,7 +27,7 @@ BACK_KEY = "back-secret"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llmctl.llama.tinymodel import write_tiny_model
+    from llmctl.testmodels import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf", arch="llama")
 
