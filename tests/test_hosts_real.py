@@ -5,6 +5,9 @@ observable state (the front's /llmctl/v1/state), with generous deadlines."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +85,13 @@ def two_hosts(
             stop_llama_servers(h)
 
 
+def ps_all_hosts(front: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    """`llmctl ps --all-hosts` against the front router."""
+    argv = [sys.executable, "-m", "llmctl", "ps", "--all-hosts", "--router", front.url]
+    argv += ["--manifest", str(front.manifest), *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=front.env, timeout=60)
+
+
 def chat(url: str, model: str) -> httpx.Response:
     return httpx.post(
         url + "/v1/chat/completions",
@@ -128,6 +138,13 @@ def test_front_routes_fails_over_and_recovers(two_hosts: tuple[Host, Host]) -> N
         logs=logs,
     )
 
+    shown = ps_all_hosts(front)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["HOST", "UP", "PROFILE", "STATE", "FITS", "INFLIGHT"]
+    assert ["local", "up", "tiny", "idle", "yes", "0"] in [line.split() for line in lines]
+    assert ["back", "up", "only-back", "ready", "yes", "0"] in [line.split() for line in lines]
+
     # the back host goes away: the front notices, and answers from its own server
     back.stop()
     stop_llama_servers(back)
@@ -140,6 +157,13 @@ def test_front_routes_fails_over_and_recovers(two_hosts: tuple[Host, Host]) -> N
     err = gone.json()["error"]
     assert err["code"] == "upstream_unavailable" and "back: host down" in err["message"]
     assert "Retry-After" in gone.headers
+
+    shown = ps_all_hosts(front, "--json")
+    assert shown.returncode == 1
+    hosts = {h["name"]: h for h in json.loads(shown.stdout)["hosts"]}
+    assert hosts["local"]["up"] and not hosts["back"]["up"] and hosts["back"]["error"]
+    shown = ps_all_hosts(front)
+    assert shown.returncode == 1 and "host back (http://127.0.0.1:" in shown.stderr
 
     # it comes back by itself: up again, and a profile loaded there is routed there again
     back.start()
