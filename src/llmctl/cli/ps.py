@@ -5,16 +5,70 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.output import print_json
-from llmctl.cli.placement import (
-    handle_errors,
-    supervisor,
-    usage_text,
-)
+from llmctl.cli.argv import parse
+from llmctl.cli.output import print_json, run_command
+from llmctl.cli.placement import usage_text
+from llmctl.cli.switch import supervisor
 from llmctl.errors import EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     import typer
+
+
+def run(*, json_out: bool = False) -> int:
+    return run_command(json_out, lambda: _ps(json_out))
+
+
+def _ps(json_out: bool) -> int:
+    from llmctl.supervisor.state import CorruptState, read_servers
+
+    sup = supervisor(600.0)
+    servers, note = sup.ps()
+    try:
+        recs = read_servers(sup.state_dir)
+    except (CorruptState, OSError):
+        recs = {}
+    rows: list[dict[str, Any]] = []
+    for st in servers:
+        rec = recs.get(st.profile or "")
+        extra = rec.extra if rec is not None else {}
+        row = st.to_json()
+        row["devices"] = extra.get("devices", [])
+        row["planned"] = extra.get("usage", {})
+        rows.append(row)
+    code = (
+        EXIT_FAILED
+        if any(r["phase"] == "ready" and r["healthy"] is False for r in rows)
+        else EXIT_OK
+    )
+    if json_out:
+        print_json({"servers": rows, "note": note})
+        return code
+    if note:
+        sys.stderr.write(f"{note}\n")
+    if not rows:
+        sys.stdout.write("nothing runs\n")
+        return code
+    head = (
+        f"{'PROFILE':<16} {'PHASE':<8} {'HEALTH':<7} {'PID':>7} {'URL':<24} {'UPTIME':>8}  MEMORY"
+    )
+    sys.stdout.write(head + "\n")
+    for r in rows:
+        health = {True: "ok", False: "FAIL", None: "-"}[r["healthy"]]
+        planned = usage_text(r["planned"])
+        reported = r["memory"].get("total_mib") if r["memory"] else None
+        mem = planned + (f" (reported {reported:.0f} MiB)" if reported else "")
+        uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
+        sys.stdout.write(
+            f"{r['profile']:<16} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
+            f"{r['url'] or '-':<24} {uptime:>8}  {mem}\n"
+        )
+    return code
+
+
+def fast(args: list[str]) -> int | None:
+    parsed = parse(args, flags={"--json": "json_out"})
+    return None if parsed is None else run(**parsed[1])
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +79,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def ps(
         json_out: bool = json_option(),
-        all_hosts: bool = typer.Option(
+        hosts: bool = typer.Option(
             False,
             "--all-hosts",
             help="Ask the running `llmctl serve` for its profiles and those of every host "
@@ -39,67 +93,26 @@ def register(app: typer.Typer) -> None:
         ),
         manifest: str | None = manifest_option(),
     ) -> None:
-        """Every running profile: devices, planned and reported memory, port, url, uptime, health.
+        """List the running profiles.
 
-        Exit status: 0, or 1 when a server that is ready does not answer /health (with
-        --all-hosts: when a host is down).
+        Each with its devices, planned and reported memory, port, url, uptime and health. Exit status: 0, or 1 when a server that is ready does not answer /health. With --all-hosts: every host's profiles and state, from the running router; exit status 1 when a host is down.
         """
-        from llmctl.supervisor.state import read_servers
+        if hosts:
+            raise typer.Exit(all_hosts(manifest, router, json_out))
+        raise typer.Exit(run(json_out=json_out))
 
-        if all_hosts:
-            raise typer.Exit(_all_hosts(manifest, router, json_out))
 
-        with handle_errors(json_out):
-            sup = supervisor(600.0)
-            servers, note = sup.ps()
-            try:
-                recs = read_servers(sup.state_dir)
-            except Exception:
-                recs = {}
-            rows = []
-            for st in servers:
-                rec = recs.get(st.profile or "")
-                extra = rec.extra if rec is not None else {}
-                row = st.to_json()
-                row["devices"] = extra.get("devices", [])
-                row["planned"] = extra.get("usage", {})
-                rows.append(row)
-        code = (
-            EXIT_FAILED
-            if any(r["phase"] == "ready" and r["healthy"] is False for r in rows)
-            else EXIT_OK
-        )
-        if json_out:
-            print_json({"servers": rows, "note": note})
-            raise typer.Exit(code)
-        if note:
-            sys.stderr.write(f"{note}\n")
-        if not rows:
-            sys.stdout.write("nothing runs\n")
-            raise typer.Exit(code)
-        head = f"{'PROFILE':<16} {'PHASE':<8} {'HEALTH':<7} {'PID':>7} {'URL':<24} {'UPTIME':>8}  MEMORY"
-        sys.stdout.write(head + "\n")
-        for r in rows:
-            health = {True: "ok", False: "FAIL", None: "-"}[r["healthy"]]
-            planned = usage_text(r["planned"])
-            reported = r["memory"].get("total_mib") if r["memory"] else None
-            mem = planned + (f" (reported {reported:.0f} MiB)" if reported else "")
-            uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
-            sys.stdout.write(
-                f"{r['profile']:<16} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
-                f"{r['url'] or '-':<24} {uptime:>8}  {mem}\n"
-            )
-        raise typer.Exit(code)
+def all_hosts(manifest_path: str | None, url: str | None, json_out: bool) -> int:
+    """`ps --all-hosts`: this router's profiles, then each host's, from GET /llmctl/v1/state."""
+    return run_command(json_out, lambda: _all_hosts(manifest_path, url, json_out))
 
 
 def _all_hosts(manifest_path: str | None, url: str | None, json_out: bool) -> int:
-    """`ps --all-hosts`: this router's profiles, then each host's, from GET /llmctl/v1/state."""
-    from llmctl.cli.placement import load_manifest_cli
+    from llmctl.manifest.cache import load_manifest
 
-    with handle_errors(json_out):
-        m = load_manifest_cli(manifest_path, json_out=json_out)
-        base = (url or _router_url(m.serve.host, m.serve.port)).rstrip("/")
-        data = _fetch_state(base, _router_key(m.serve.api_keys, m.serve.api_keys_env))
+    m = load_manifest(manifest_path)
+    base = (url or _router_url(m.serve.host, m.serve.port)).rstrip("/")
+    data = _fetch_state(base, _router_key(m.serve.api_keys, m.serve.api_keys_env))
     hosts = [
         {"name": "local", "url": base, "up": True, "error": None, "profiles": data["profiles"]},
         *data.get("hosts", []),

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LlmctlError
-from llmctl.supervisor.placement import Decision, Device, Option, Request, Running, decide
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
@@ -21,7 +20,11 @@ if TYPE_CHECKING:
     from llmctl.supervisor.devices import DeviceInfo
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.lifecycle import Event, Supervisor, SwitchResult
+    from llmctl.supervisor.placement import Decision, Device, Request, Running
     from llmctl.supervisor.state import LaunchRecord
+
+# The policy (llmctl.supervisor.placement) is imported where it is used: `llmctl switch` and
+# `command` reach this module for `command_spec` and, without listed devices, need no policy.
 
 # Flags the plan sets when the manifest lists devices; the profile's own are replaced.
 PLAN_FLAGS = {
@@ -52,6 +55,8 @@ class Placement:
 
 
 def policy_devices(devices: Sequence[DeviceInfo]) -> list[Device]:
+    from llmctl.supervisor.placement import Device
+
     return [
         Device(d.name, d.budget if d.budget is not None else 0, d.headroom)
         for d in devices
@@ -124,6 +129,8 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
         plan.flags = manifest.devices_listed
         plans.append(plan)
         specs.append(with_plan(base, plan) if manifest.devices_listed else base)
+    from llmctl.supervisor.placement import Option, Request
+
     options = [Option(p.usage(), p.label) for p in plans]
     specs = [
         replace(spec, placement=_placement_info(plan, est))
@@ -191,6 +198,8 @@ def running_servers(
 ) -> list[Running]:
     """The policy's view of the running servers. `activity`: profile -> (last used, in flight),
     from the router; else the time each became ready."""
+    from llmctl.supervisor.placement import Running
+
     out: list[Running] = []
     for name, rec in records.items():
         info = rec.extra or {}
@@ -255,6 +264,8 @@ def plan_load(
     placement: Placement | None = None,
 ) -> tuple[Decision, Placement]:
     """The decision for loading `name` now (pure apart from reading the model's header)."""
+    from llmctl.supervisor.placement import decide
+
     placed = placement or placement_request(manifest, name, devices)
     running = running_servers(manifest, records, activity)
     return decide(policy_devices(devices), running, placed.request), placed
