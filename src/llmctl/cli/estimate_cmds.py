@@ -198,7 +198,13 @@ def _render_plans(plans: list[DevicePlan]) -> None:
     for plan in plans:
         parts = [
             f"{s.device} {_b(s.total_bytes)}"
-            + (f" ({s.layers} layers{' + output' if s.output else ''})" if s.layers else "")
+            + (
+                f" ({s.layers} layers{' + output' if s.output else ''})"
+                if s.layers
+                else " (output)"
+                if s.output
+                else ""
+            )
             for s in plan.shares
             if s.total_bytes
         ]

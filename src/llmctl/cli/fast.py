@@ -207,6 +207,12 @@ def estimate_for_argv(argv: list[str]) -> tuple[Any, list[str]]:
         )
     except MetadataError as err:
         raise UsageError(f"{parsed.model}: {err}") from None
+    if parsed.rpc:
+        est.notes.append(
+            f"the offloaded layers are split over the RPC servers {', '.join(parsed.rpc)} and the"
+            " local GPUs (by free memory, or -ts): `llmctl estimate PROFILE` shows each device's"
+            " share, with the servers' budgets under gpu:"
+        )
     if parsed.fit_may_change:
         est.notes.append(
             "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"

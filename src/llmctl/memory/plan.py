@@ -12,6 +12,9 @@ llama-server's rules (llama-model.cpp, `load_tensors`), stated here once:
 - `--split-mode row` splits each offloaded block's matrices over the GPUs by the same fractions;
   the KV cache and the intermediate results stay on `--main-gpu`.
 - `--split-mode none` puts every offloaded block on `--main-gpu`.
+- The devices of llama.cpp RPC servers (`--rpc`) are split over by the same rule, as GPUs: the
+  caller lists them first, as llama-server orders them (`llmctl.llama.rpc`), with their budgets
+  as their shares.
 
 Every GPU that holds a block gets a compute buffer and the runtime overhead (CUDA context, pools);
 the compute buffer is the single-device estimate on each (an upper bound: the logits live on the
@@ -43,6 +46,7 @@ class GpuTarget:
     name: str
     overhead: int = 400 * 1024**2
     weight: float = 1.0  # share of the layers under --tensor-split when the profile gives none
+    launch_name: str | None = None  # the name --device takes, when not `name` (RPC devices)
 
 
 @dataclass
@@ -86,6 +90,7 @@ class DevicePlan:
     shares: list[DeviceShare] = field(default_factory=list)
     # False for the old single `gpu:` mapping: the device has no llama-server name, no flags
     flags: bool = True
+    launch_names: tuple[str, ...] = ()  # --device names of `gpus` (default: the same)
 
     def usage(self) -> dict[str, int]:
         """Bytes per device (the placer's input)."""
@@ -101,7 +106,8 @@ class DevicePlan:
             return []
         if not self.gpus:
             return ["--device", "none", "-ngl", "0"]
-        args = ["--device", ",".join(self.gpus), "-ngl", str(self.n_gpu_layers)]
+        names = self.launch_names or self.gpus
+        args = ["--device", ",".join(names), "-ngl", str(self.n_gpu_layers)]
         if len(self.gpus) > 1:
             args += ["-sm", self.split_mode]
             args += ["-ts", ",".join(_num(x) for x in self.tensor_split)]
@@ -264,4 +270,5 @@ def plan_devices(
         main_gpu=mg,
         n_gpu_layers=(n_layer + 1 if ngl < 0 else ngl) if gpus else 0,
         shares=out,
+        launch_names=tuple(g.launch_name or g.name for g in gpus),
     )

@@ -31,6 +31,7 @@ class DeviceInfo:
     free: int | None = None
     source: str = "manifest"  # where the budget came from
     listed: bool = True  # named in the manifest (else the implicit CPU or the old `gpu:` mapping)
+    rpc: str | None = None  # host:port of the ggml-rpc-server whose device this is
 
     @property
     def is_cpu(self) -> bool:
@@ -45,6 +46,7 @@ class DeviceInfo:
             "total_bytes": self.total,
             "free_bytes": self.free,
             "source": self.source,
+            "rpc": self.rpc,
         }
 
 
@@ -116,7 +118,7 @@ def nvidia_smi(
 def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> DeviceReport:
     """The devices of `configs` (Manifest.device_configs()) with this machine's figures."""
     warnings: list[str] = []
-    gpus = [c for c in configs if c.name.upper() != "CPU"]
+    gpus = [c for c in configs if c.name.upper() != "CPU" and c.rpc is None]
     smi: dict[str, tuple[int, int]] = {}
     if any(c.name.upper().startswith("CUDA") or c.name == "GPU" for c in gpus):
         smi, warning = nvidia_smi(smi_timeout)
@@ -126,7 +128,17 @@ def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> 
     for c in configs:
         is_cpu = c.name.upper() == "CPU"
         overhead = c.overhead if c.overhead is not None else (0 if is_cpu else GPU_OVERHEAD)
-        info = DeviceInfo(c.name, c.vram, c.headroom, overhead)
+        info = DeviceInfo(c.name, c.vram, c.headroom, overhead, rpc=c.rpc)
+        if c.rpc is not None:
+            # another machine's memory: only the manifest knows it
+            if info.budget is None:
+                info.source = "unknown"
+                warnings.append(
+                    f"device {c.name}: no budget in the manifest; set its `vram` under gpu: "
+                    "(the remote GPU's memory, or the remote RAM for a CPU server)"
+                )
+            out.append(info)
+            continue
         if is_cpu:
             info.total, info.free = meminfo()
         else:
