@@ -315,8 +315,14 @@ def test_layers_split_over_rpc_and_local_devices_by_their_shares(model: Path) ->
     assert by[f"RPC[{A}]"].kv_bytes == 6 * per_layer and by["CUDA0"].kv_bytes == per_layer
     assert sum(s.weights_bytes for s in plan.shares) == est.weights.bytes
     assert sum(s.kv_bytes for s in plan.shares) == est.kv_bytes
-    # both hold layers: each has a compute buffer
-    assert by[f"RPC[{A}]"].compute_bytes == by["CUDA0"].compute_bytes == est.compute_bytes
+    # both hold layers: each has a compute buffer, with the pipeline's 3 more copies of its
+    # inputs (every layer offloaded over 2 devices): the hidden state and the masks
+    assert est.compute is not None
+    inputs = 4 * est.compute.n_tokens * 256 + est.compute.masks  # n_embd 256
+    want = est.compute_bytes + 3 * inputs
+    assert by[f"RPC[{A}]"].compute_bytes == by["CUDA0"].compute_bytes == want
+    # the host builds 4 copies of the masks (f32) beside the token embeddings
+    assert by["CPU"].compute_bytes == 4 * 2 * est.compute.masks + 4 * est.compute.n_tokens * 256
     assert plan.launch_args() == [
         "--device",
         "RPC0,CUDA0",
@@ -428,3 +434,62 @@ def test_two_profiles_on_one_rpc_server_share_its_budget(tmp_path: Path, model: 
     decision = decide(policy_devices(devices), [busy], two)
     assert decision.action == "start" and decision.evict == ("one",)
     assert "unloading 'one'" in decision.reason
+
+
+# --- lint on this machine: servers reachable, a llama-server that speaks RPC ------------------
+
+
+def test_lint_warns_of_an_unreachable_server_and_not_of_a_listening_one(
+    tmp_path: Path, model: Path, free_port: int
+) -> None:
+    import socket
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        up = f"127.0.0.1:{listening.getsockname()[1]}"
+        down = f"127.0.0.1:{free_port}"  # nothing listens there
+        path = write(
+            tmp_path,
+            f"""\
+            version: 1
+            gpu:
+              - {{rpc: "{up}", vram: 1GiB}}
+              - {{rpc: "{down}", vram: 1GiB}}
+            profiles:
+              p:
+                model: {model}
+                rpc: [{up}, {down}]
+            """,
+        )
+        found = problems(lint(path), "rpc-unreachable")
+    assert [(p["severity"], p["line"]) for p in found] == [("warning", 8)]
+    assert down in found[0]["message"] and "refused" in found[0]["message"].lower()
+    assert f"ggml-rpc-server -H 127.0.0.1 -p {free_port}" in found[0]["hint"]
+
+
+def test_lint_warns_when_the_binary_was_built_without_rpc(
+    tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = tmp_path / "bin"
+    build.mkdir()
+    binary = build / "llama-server"
+    binary.write_text("#!/bin/sh\nexit 0\n")
+    binary.chmod(0o755)
+    (build / "libggml-base.so").write_text("")
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(binary))
+    path = write(
+        tmp_path,
+        f"""\
+        version: 1
+        gpu: [{{rpc: "{A}", vram: 1GiB}}]
+        profiles:
+          p: {{model: {model}, rpc: [{A}]}}
+        """,
+    )
+    found = problems(lint(path), "rpc-unsupported")
+    assert len(found) == 1 and "RPC not supported in this build" in found[0]["message"]
+    assert "LLMCTL_RPC=1 scripts/build-llama-server.sh" in found[0]["hint"]
+    (build / "libggml-rpc.so").write_text("")
+    assert problems(lint(path), "rpc-unsupported") == []
+    assert rpc.build_has_rpc(str(tmp_path / "nowhere" / "llama-server")) is None

@@ -21,6 +21,7 @@ common/arg.cpp, src/llama.cpp):
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 RPC_FLAG = "--rpc"
 RPC_SERVER_BINARY = "ggml-rpc-server"
@@ -76,3 +77,19 @@ def device_name(index: int) -> str:
 def buffer_name(endpoint: str, index_on_server: int = 0) -> str:
     """How llama-server's log names the buffers it keeps on a server's device."""
     return f"RPC{index_on_server}[{endpoint}]"
+
+
+def build_has_rpc(binary: str) -> bool | None:
+    """Whether the llama-server at `binary` was built with -DGGML_RPC=ON, from the shared
+    libraries beside it (a shared build keeps each ggml backend in its own libggml-NAME.so);
+    None when it cannot tell (a static build, a wrapper script)."""
+    folder = Path(binary).resolve().parent
+    try:
+        names = [p.name for p in folder.iterdir()]
+    except OSError:
+        return None
+    if any(n.startswith("libggml-rpc.") for n in names):
+        return True
+    if any(n.startswith("libggml-base.") for n in names):
+        return False
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -180,3 +181,16 @@ def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
         if started and line.startswith("  ") and ":" in line:
             names.append(line.strip().split(":", 1)[0])
     return names if started else None
+
+
+def probe_rpc(endpoint: str, timeout: float = 0.5) -> str | None:
+    """None when a ggml-rpc-server could be listening at host:port (a TCP connection opens),
+    else why not. The connection is closed at once; the server drops it and keeps serving."""
+    host, _, port = endpoint.partition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as err:
+        return err.strerror or str(err)
