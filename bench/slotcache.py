@@ -65,10 +65,10 @@ def main() -> int:
     ap.add_argument("--embd", type=int, default=1024)
     args = ap.parse_args()
 
-    from llmctl.llama.tinymodel import write_tiny_model
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.lifecycle import Event, Supervisor
     from llmctl.supervisor.slotcache import KeepKv, saved
+    from llmctl.testmodels import write_tiny_model
 
     binary = find_llama_server()
     work = Path(tempfile.mkdtemp(prefix="llmctl-bench-kv-"))

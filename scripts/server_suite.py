@@ -132,7 +132,7 @@ def main() -> int:
     python = suite_python(tests)
     select = ["-k", args.expr] if args.expr else []
 
-    from llmctl.llama.tinymodel import write_tiny_model
+    from llmctl.testmodels import write_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

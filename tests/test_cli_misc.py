@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from llmctl.cli import build_app
-from llmctl.cli.completion_cmd import completion_script
+from llmctl.cli.completion import completion_script
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {"bash": "llmctl.bash", "zsh": "_llmctl", "fish": "llmctl.fish"}

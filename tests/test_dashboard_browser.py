@@ -74,6 +74,15 @@ class Page:
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        # which request failed: the console says only "Failed to load resource: ... 503"
+        self.page.on(
+            "response",
+            lambda r: (
+                self.errors.append(f"{r.request.method} {r.url} -> {r.status}")
+                if r.status >= 400
+                else None
+            ),
+        )
         self.url = served.url + "/ui/"
 
     def sign_in(self, key: str = KEY) -> None:

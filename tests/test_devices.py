@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from llmctl.lint.run import lint_manifest
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.manifest.model import load_manifest
 from llmctl.supervisor.devices import detect, list_devices, meminfo, nvidia_smi
+from llmctl.testmodels import write_tiny_model
 
 MiB = 1024**2
 

@@ -15,9 +15,9 @@ from llmctl.errors import UsageError
 from llmctl.lint.memory import memory_problems
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.manifest.model import load_manifest
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
+from llmctl.testmodels import write_tiny_model
 
 runner = CliRunner()
 PATTERN = [il % 6 != 5 for il in range(30)]
@@ -107,7 +107,8 @@ def test_missing_file_is_reported_per_profile(tmp_path: Path, tiny: Path) -> Non
     assert code == 1
     ok, gone, remote = json.loads(out)
     assert ok["profile"] == "ok" and "kv_cache" in ok
-    assert gone["profile"] == "gone" and "missing" in gone["error"]
+    assert gone["profile"] == "gone" and "missing" in gone["error"]["message"]
+    assert gone["ok"] is False and gone["error"]["type"] == "LlmctlError"
     assert remote["architecture"] == "gemma4" and remote["exact"] is True
     assert remote["weights"]["bytes"] == 12 * 1024**3
     code, out, _ = cli("estimate", "--all", "--manifest", str(m))

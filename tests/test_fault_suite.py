@@ -64,14 +64,14 @@ class Tally:
                 self.row.refused += 1
             else:
                 self.row.lost += 1
-                if note and len(self.row.notes) < 3:
-                    self.row.notes.append(note[:200])
+            if outcome != "ok" and note and len(self.row.notes) < 3:
+                self.row.notes.append(note[:300])
 
     def judge(self, r: httpx.Response, ok: tuple[int, ...] = (200,)) -> None:
         if r.status_code in ok:
             self.count("ok")
         elif r.status_code != 500 and _clean_error(r):
-            self.count("refused")
+            self.count("refused", f"{r.status_code} {r.text}")
         else:
             self.count("lost", f"{r.status_code} {r.text}")
 
@@ -113,7 +113,7 @@ def orphans(binary: Path) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from llmctl.llama.tinymodel import write_tiny_model
+    from llmctl.testmodels import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     return (

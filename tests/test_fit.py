@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
 from llmctl.memory.fit import advise
+from llmctl.testmodels import write_tiny_model
 
 GiB = 1024**3
 MiB = 1024**2

@@ -30,7 +30,8 @@ from llmctl.llama.gguf import (
     read_gguf,
     split_paths,
 )
-from llmctl.llama.tinymodel import Tensor, Value, array, string, u32, write_gguf, write_tiny_model
+from llmctl.llama.gguf_writer import Tensor, Value, array, string, u32, write_gguf
+from llmctl.testmodels import write_tiny_model
 
 EVERY_TYPE = [
     ("t.u8", Value(T_UINT8, 200)),

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from llmctl.cli import build_app
 from llmctl.errors import ManifestError
 from llmctl.llama.flags import FLAGS, launch_spec
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.manifest.model import find_manifest, load_manifest
+from llmctl.testmodels import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from llmctl.llama.gguf import TensorInfo, ggml_type, read_gguf
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.memory.estimate import (
     LaunchOptions,
     MetadataError,
@@ -20,6 +19,7 @@ from llmctl.memory.estimate import (
     hparams_from_metadata,
     weights_estimate,
 )
+from llmctl.testmodels import write_tiny_model
 
 LLAMA_8B = {
     "general.architecture": "llama",

@@ -9,9 +9,9 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from llmctl.cli import build_app
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.memory.calibration import calibration_key, memory_args, parse_version
 from llmctl.memory.measured import parse_reported
+from llmctl.testmodels import write_tiny_model
 
 runner = CliRunner()
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from llmctl.lint.memory import memory_problems
 from llmctl.llama.gguf import ggml_type, read_gguf
-from llmctl.llama.tinymodel import Tensor, string, u32, write_gguf, write_tiny_model
+from llmctl.llama.gguf_writer import Tensor, string, u32, write_gguf
 from llmctl.llama.vocab import parse_overrides
 from llmctl.manifest.model import load_manifest
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
+from llmctl.testmodels import write_tiny_model
 
 
 def _moe(tmp: Path) -> Path:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
+from llmctl.testmodels import write_tiny_model
 from processes import stop_process
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from llmctl.errors import StateDirError
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.supervisor import lifecycle, procs
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.state import state_dir_error
+from llmctl.testmodels import write_tiny_model
 from supervisor_helpers import fake_pids, fake_spec, kill_fakes
 
 # Planned CPU bytes of the tiny llama at these contexts: about a 16 MiB, b 24 MiB, c 40 MiB.

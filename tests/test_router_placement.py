@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.supervisor import procs
+from llmctl.testmodels import write_tiny_model
 from serving import Served, start_serve, stop_serve
 from supervisor_helpers import wait_until
 from test_placement_real import free_port_range

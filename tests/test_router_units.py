@@ -581,3 +581,42 @@ def test_relay_records_the_answer_before_its_end_goes_out() -> None:
         assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
     run(main)
+
+
+def test_a_load_cut_by_another_llmctl_is_loaded_again() -> None:
+    """An operator's stop from a shell cancels the router's load: the router waits for that
+    change to end and loads again, so the requests that wait for the profile are not failed."""
+    import threading
+
+    from llmctl.errors import LoadCancelled
+    from llmctl.router.app import Router
+
+    results = [
+        SimpleNamespace(error=LoadCancelled("cancelled by `llmctl stop`", by_another=True)),
+        SimpleNamespace(error=None),
+    ]
+    waits: list[float] = []
+
+    def wait_for_change(timeout: float) -> bool:
+        waits.append(timeout)
+        return True
+
+    fake = SimpleNamespace(
+        supervisor=SimpleNamespace(wait_for_change=wait_for_change),
+        scheduler=SimpleNamespace(timeout=30.0),
+    )
+
+    async def main() -> None:
+        out = await Router._carry_out(
+            fake,  # type: ignore[arg-type]
+            lambda: results.pop(0),
+            threading.Event(),
+            lambda r: r.error,
+        )
+        assert out.error is None and waits == [30.0] and results == []
+        # cancelled by the caller itself, or failed: no second load
+        mine = SimpleNamespace(error=LoadCancelled("cancelled"))
+        out = await Router._carry_out(fake, lambda: mine, threading.Event(), lambda r: r.error)  # type: ignore[arg-type]
+        assert out is mine and waits == [30.0]
+
+    run(main)

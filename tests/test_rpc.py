@@ -18,13 +18,13 @@ from llmctl.llama import rpc
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.flags import launch_spec
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.manifest.model import load_manifest
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placement import Running, decide
 from llmctl.supervisor.placer import placement_request, plan_load, policy_devices
+from llmctl.testmodels import write_tiny_model
 
 N_LAYER = 7  # + the output layer: 8 units to split
 A = "192.168.1.20:50052"

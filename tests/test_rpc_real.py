@@ -20,13 +20,13 @@ import pytest
 
 from llmctl.llama import rpc
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.tinymodel import write_tiny_model
 from llmctl.manifest.model import load_manifest
 from llmctl.memory.estimate import mib
 from llmctl.memory.measured import Reported, parse_reported
 from llmctl.memory.plan import DevicePlan
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placer import placement_request
+from llmctl.testmodels import write_tiny_model
 from processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent

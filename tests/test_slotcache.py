@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmctl import paths
-from llmctl.cli.fast import NOT_RUNNING, current_status, status_text
+from llmctl.cli.status import NOT_RUNNING, current_status, status_text
 from llmctl.supervisor.lifecycle import Event, Status, Supervisor
 from llmctl.supervisor.slotcache import (
     Index,

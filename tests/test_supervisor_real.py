@@ -24,7 +24,7 @@ from llmctl.supervisor.state import read_state
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from llmctl.llama.tinymodel import write_tiny_model
+    from llmctl.testmodels import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     a = write_tiny_model(folder / "tiny-a.gguf", arch="llama")
@@ -277,10 +277,10 @@ def test_api_keys_never_reach_llama_servers_environment(
     tmp_path: Path, llama_server_bin: Path, free_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from llmctl.llama.flags import launch_spec
-    from llmctl.llama.tinymodel import write_tiny_model
     from llmctl.manifest.model import load_manifest
     from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.supervisor.procs import environ_has
+    from llmctl.testmodels import write_tiny_model
 
     model = write_tiny_model(tmp_path / "m.gguf")
     manifest = tmp_path / "profiles.yaml"

@@ -98,6 +98,23 @@ class LaunchError(LlmctlError):
     exit_status: int | None = None
     stderr_tail: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        out["exit_status"] = self.exit_status
+        out["stderr_tail"] = list(self.stderr_tail)
+        return out
+
+
+@dataclass
+class LoadCancelled(LaunchError):
+    """A load ended on request before it was ready; nothing is left running.
+
+    `by_another`: the request came from another process (`llmctl stop` or a switch made
+    elsewhere), not from the caller; a router waits for that change and loads again.
+    """
+
+    by_another: bool = False
+
 
 @dataclass
 class LockTimeout(LlmctlError):

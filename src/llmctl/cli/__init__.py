@@ -1,34 +1,74 @@
-"""Command-line entry point. Parsing only: every command calls the core."""
+"""Command-line entry point: a table of commands, each in its own module, imported on demand.
+
+A command module has `register(app)`, which adds its typer command(s), and may have
+`fast(args) -> int | None`, which runs the everyday invocations without importing typer (its
+import alone costs several bare interpreter starts) and returns None for anything it does not
+recognise, which typer then parses as usual (help, errors, the rest). Adding a command is one
+module and one line in COMMANDS.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING
-
-from llmctl.cli.fast import try_fast_path
 
 if TYPE_CHECKING:
     import typer
 
+# command name -> module; `llmctl --help` lists them in this order
+COMMANDS: dict[str, str] = {
+    "lint": "llmctl.cli.lint",
+    "command": "llmctl.cli.command",
+    "schema": "llmctl.cli.schema",
+    "estimate": "llmctl.cli.estimate",
+    "fit": "llmctl.cli.fit",
+    "switch": "llmctl.cli.switch",
+    "status": "llmctl.cli.status",
+    "stop": "llmctl.cli.stop",
+    "logs": "llmctl.cli.logs",
+    "load": "llmctl.cli.load",
+    "unload": "llmctl.cli.unload",
+    "ps": "llmctl.cli.ps",
+    "devices": "llmctl.cli.devices",
+    "serve": "llmctl.cli.serve",
+    "demo": "llmctl.cli.demo",
+    "completion": "llmctl.cli.completion",
+}
 
-def build_app() -> typer.Typer:
-    """The typer app with every command registered (each module registers on import)."""
-    from llmctl.cli import (  # noqa: F401
-        completion_cmd,
-        estimate_cmds,
-        manifest_cmds,
-        placement_cmds,
-        serve_cmd,
-        supervise_cmds,
-    )
-    from llmctl.cli.app import app
 
+def _module(name: str) -> object:
+    import importlib
+
+    return importlib.import_module(COMMANDS[name])
+
+
+def build_app(names: list[str] | None = None) -> typer.Typer:
+    """The typer app with the given commands registered (all by default)."""
+    from llmctl.cli.app import new_app
+
+    app = new_app()
+    for name in names or list(COMMANDS):
+        _module(name).register(app)  # type: ignore[attr-defined]
     return app
 
 
+def run_fast(args: list[str]) -> int | None:
+    """The exit code of a command its module ran without typer, or None."""
+    if os.environ.get("_LLMCTL_COMPLETE"):
+        from llmctl.cli.completion import fast_complete
+
+        return fast_complete()
+    if not args or args[0] not in COMMANDS:
+        return None
+    fast = getattr(_module(args[0]), "fast", None)
+    code = None if fast is None else fast(args[1:])
+    return None if code is None else int(code)
+
+
 def main() -> None:
-    # `status` is answered without typer, pydantic or rich: it must start in a few milliseconds.
-    code = try_fast_path(sys.argv[1:])
+    code = run_fast(sys.argv[1:])
     if code is not None:
+        sys.stdout.flush()
         sys.exit(code)
     build_app()(prog_name="llmctl")

@@ -6,13 +6,21 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from llmctl.errors import Problem
-from llmctl.llama.flags import FLAGS, MANAGED, find_binary, flag_owner, profile_args
+from llmctl.llama.flags import (
+    FLAGS,
+    MANAGED,
+    QUANTIZED_CACHE_TYPES,
+    find_binary,
+    flag_owner,
+    profile_args,
+)
 from llmctl.llama.help import is_gguf, known_flags
-from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES
-from llmctl.manifest.model import Manifest
+
+if TYPE_CHECKING:
+    from llmctl.manifest.model import Manifest
 
 _NUMBER = re.compile(r"^-?[0-9.]+$")
 _ANY_HOST = {"0.0.0.0", "::", ""}
@@ -343,7 +351,7 @@ def _binary(out: _Out) -> None:
                     "unknown-flag",
                     f"{binary} does not know {flag} (from `{field}`); it may be older than this field",
                     name,
-                    field if field in p.model_fields else None,
+                    field if any(f.field == field for f in FLAGS) else None,
                     hint="update llama-server, or remove the field",
                 )
 

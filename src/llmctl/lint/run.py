@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import Problem
 from llmctl.lint.memory import memory_problems
 from llmctl.lint.rules import cross_checks
-from llmctl.manifest.model import Manifest, check_manifest
+from llmctl.manifest.cache import check_manifest
+
+if TYPE_CHECKING:
+    from llmctl.manifest.model import Manifest
 
 
 @dataclass

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest, Profile, ServerConfig
     from llmctl.supervisor.slotcache import KeepKv
 
+# The KV cache types llama-server accepts (-ctk/-ctv), and those that are quantized.
+from llmctl.llama.vocab import CACHE_TYPES as CACHE_TYPES
+from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES as QUANTIZED_CACHE_TYPES
+
 Kind = Literal["value", "list", "switch", "bool-pair", "tristate"]
 
 

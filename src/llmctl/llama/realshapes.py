@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmctl.llama.tinymodel import write_tiny_model
+from llmctl.testmodels import write_tiny_model
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ PROJECTORS: tuple[ProjectorShape, ...] = (
 def write_projector(folder: Path, p: ProjectorShape) -> Path:
     """The mmproj GGUF of `p` in `folder` (written once; reused when present)."""
     from llmctl.llama.gguf import T_FLOAT32, ggml_type
-    from llmctl.llama.tinymodel import Tensor, array, boolean, f32, string, u32, write_gguf
+    from llmctl.llama.gguf_writer import Tensor, array, boolean, f32, string, u32, write_gguf
 
     path = folder / f"{p.name}.gguf"
     if path.exists():

@@ -7,7 +7,6 @@ usable Manifest or raises ManifestError with the errors. Positions are 1-based f
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import types
 import typing
@@ -26,12 +25,16 @@ from pydantic import (
     model_validator,
 )
 
-from llmctl.errors import ManifestError, Problem, UsageError
+from llmctl.errors import ManifestError, Problem
 from llmctl.llama import rpc as llama_rpc
-from llmctl.llama.vocab import CACHE_TYPES, CacheType, tristate
+from llmctl.llama.vocab import CACHE_TYPES as CACHE_TYPES
+from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES as QUANTIZED_CACHE_TYPES
+from llmctl.llama.vocab import CacheType, tristate
+from llmctl.manifest.discover import expand_path as expand_path
+from llmctl.manifest.discover import find_manifest as find_manifest
+from llmctl.manifest.loaded import ManifestOps, usable
 from llmctl.manifest.sizes import parse_duration, parse_size
 from llmctl.manifest.yamldoc import Path_, Source, YamlLoadError, load_yaml
-from llmctl.paths import config_dir
 
 
 def _tristate(value: object) -> object:
@@ -464,159 +467,13 @@ class ManifestModel(_Strict):
     profiles: dict[str, Profile] = Field(default_factory=dict)
 
 
-class Manifest(ManifestModel):
+class Manifest(ManifestModel, ManifestOps):
     """A loaded manifest: profiles with defaults merged and paths resolved, plus where things are."""
 
     _path: Path = PrivateAttr(default=Path("profiles.yaml"))
     _source: Source | None = PrivateAttr(default=None)
     _profile_origin: dict[str, dict[str, str]] = PrivateAttr(default_factory=dict)
     _complete: bool = PrivateAttr(default=True)
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
-    def source(self) -> Source | None:
-        return self._source
-
-    @property
-    def devices_listed(self) -> bool:
-        """`gpu:` is a list of devices: launches pass --device and the plan's split."""
-        return isinstance(self.gpu, list)
-
-    def device_configs(self) -> list[DeviceConfig]:
-        """Every device, in manifest order, CPU last unless listed: the old single `gpu:` mapping
-        is one device named GPU (no --device is passed for it)."""
-        if isinstance(self.gpu, list):
-            out = list(self.gpu)
-        else:
-            out = []
-            if self.gpu.vram is not None:
-                out.append(
-                    DeviceConfig(
-                        name="GPU",
-                        vram=self.gpu.vram,
-                        headroom=self.gpu.headroom,
-                        overhead=self.gpu.overhead,
-                    )
-                )
-        if not any(d.name.upper() == "CPU" for d in out):
-            out.append(DeviceConfig(name="CPU", vram=None, headroom=512 * 1024**2, overhead=0))
-        return out
-
-    @property
-    def gpu_budget(self) -> GpuConfig:
-        """The budget single-device estimates are judged against: the first GPU."""
-        if isinstance(self.gpu, GpuConfig):
-            return self.gpu
-        for d in self.gpu:
-            if d.name.upper() != "CPU" and d.rpc is None:
-                overhead = d.overhead if d.overhead is not None else 400 * 1024**2
-                return GpuConfig(vram=d.vram, headroom=d.headroom, overhead=overhead)
-        return GpuConfig()
-
-    def profile_port(self, name: str) -> int:
-        """The port of a profile: its own, else its slot in server.ports, else server.port."""
-        profile = self.profiles[name]
-        if profile.port is not None:
-            return profile.port
-        ports = self.server.ports
-        if ports is None:
-            return self.server.port
-        own = {p.port for p in self.profiles.values() if p.port is not None}
-        port = ports[0]
-        for pname, p in self.profiles.items():
-            if p.port is not None:
-                continue
-            while port in own:
-                port += 1
-            if pname == name:
-                return port
-            port += 1
-        return port
-
-    def names(self) -> list[str]:
-        """Every profile name and alias."""
-        out: list[str] = []
-        for name, profile in self.profiles.items():
-            out.append(name)
-            out.extend(profile.aliases)
-        return out
-
-    def resolve(self, name: str) -> str:
-        """Profile name for a name or alias: exact first, then case-insensitive. UsageError otherwise."""
-        if name in self.profiles:
-            return name
-        for pname, profile in self.profiles.items():
-            if name in profile.aliases:
-                return pname
-        folded = name.casefold()
-        for pname, profile in self.profiles.items():
-            if pname.casefold() == folded or any(a.casefold() == folded for a in profile.aliases):
-                return pname
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else None
-        available = ", ".join(self.profiles) or "(none)"
-        raise UsageError(
-            f"no profile or alias named {name!r} in {self._path}; profiles: {available}",
-            hint=hint or "llmctl lint shows the manifest's profiles",
-        )
-
-    def field_path(self, profile: str, field: str) -> Path_:
-        """Where a profile's field is written: under the profile, or under `defaults`."""
-        if self._profile_origin.get(profile, {}).get(field) == "defaults":
-            return ("defaults", field)
-        return ("profiles", profile, field)
-
-    def where(
-        self, profile: str, field: str | None = None, index: int | None = None
-    ) -> tuple[str, int | None, int | None]:
-        """file, line, column of a profile, one of its fields, or one item of a list field."""
-        path: Path_ = ("profiles", profile)
-        if field is not None:
-            path = self.field_path(profile, field)
-            if index is not None:
-                path = (*path, index)
-        if self._source is None:
-            return str(self._path), None, None
-        line, column = self._source.position(path)
-        return str(self._path), line, column
-
-
-# ---------------------------------------------------------------------------------------------
-# discovery
-
-
-def find_manifest(explicit: Path | str | None = None) -> Path:
-    """--manifest, then $LLMCTL_MANIFEST, ./profiles.yaml, $XDG_CONFIG_HOME/llmctl/profiles.yaml."""
-    if explicit is not None:
-        return Path(explicit)
-    env = os.environ.get("LLMCTL_MANIFEST")
-    if env:
-        return Path(env)
-    here = Path("profiles.yaml")
-    if here.is_file():
-        return here
-    user = config_dir() / "profiles.yaml"
-    if user.is_file():
-        return user
-    raise ManifestError(
-        "no manifest found",
-        hint=(
-            f"pass --manifest PATH, set LLMCTL_MANIFEST, or create ./profiles.yaml or {user} "
-            "(the README has an example)"
-        ),
-    )
-
-
-def expand_path(value: str, base: Path) -> str:
-    """~ and $VARS expanded; relative paths are relative to the manifest's folder."""
-    expanded = os.path.expanduser(os.path.expandvars(value))
-    p = Path(expanded)
-    if not p.is_absolute():
-        p = base / p
-    return os.path.normpath(str(p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -928,7 +785,7 @@ def _known_fields(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[st
     return list(current.model_fields)
 
 
-def check_manifest(path: Path) -> tuple[Manifest, list[Problem]]:
+def check_manifest(path: Path, content: bytes | None = None) -> tuple[Manifest, list[Problem]]:
     """Every problem in the manifest at `path`, and the Manifest built from what is valid.
 
     With errors among the problems, the Manifest is partial (invalid profiles left out).
@@ -937,7 +794,7 @@ def check_manifest(path: Path) -> tuple[Manifest, list[Problem]]:
     """
     file = str(path)
     try:
-        data_bytes = path.read_bytes()
+        data_bytes = path.read_bytes() if content is None else content
     except FileNotFoundError:
         raise ManifestError(
             f"{file}: no such file", hint="pass --manifest PATH or set LLMCTL_MANIFEST"
@@ -1111,21 +968,10 @@ def _validate(
 
 
 def load_manifest(path: Path | str | None = None) -> Manifest:
-    """The manifest (discovered when `path` is None), or ManifestError listing its errors."""
-    from llmctl.lint.rules import cross_checks
+    """The manifest (discovered when `path` is None), or ManifestError listing its errors.
 
+    Always parses and validates; `llmctl.manifest.cache.load_manifest` is the same from the cache.
+    """
     found = find_manifest(path)
     manifest, problems = check_manifest(found)
-    problems = problems + cross_checks(manifest, include_environment=False)
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        first = errors[0] if errors else None
-        where = f"{first.where()}: " if first else ""
-        msg = f"{where}{first.message}" if first else f"{found}: invalid manifest"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ManifestError(
-            f"invalid manifest: {msg}{more}",
-            hint=f"run `llmctl lint --manifest {found}` for every problem and how to fix it",
-            problems=errors,
-        )
-    return manifest
+    return usable(found, manifest, problems)

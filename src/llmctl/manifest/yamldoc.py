@@ -11,12 +11,13 @@ composes the node tree and builds plain Python data itself, so that it can:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-Path_ = tuple[str | int, ...]
+from llmctl.manifest.source import Coerced, Duplicate, Path_, Source
+
+__all__ = ["Coerced", "Duplicate", "Path_", "Source", "YamlLoadError", "load_yaml"]
 
 _MAX_NODES = 200_000
 _MAX_DEPTH = 64
@@ -46,51 +47,6 @@ class YamlLoadError(Exception):
         self.line = line
         self.column = column
         self.hint = hint
-
-
-@dataclass(frozen=True)
-class Coerced:
-    """A plain scalar that YAML 1.1 read as something other than text."""
-
-    raw: str
-    kind: str  # boolean, number, null, date
-    value: Any
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    path: Path_
-    line: int
-    column: int
-    first_line: int
-
-
-@dataclass
-class Source:
-    """Positions and notes from one YAML document, keyed by path (keys and list indexes)."""
-
-    file: str
-    values: dict[Path_, tuple[int, int]] = field(default_factory=dict)
-    keys: dict[Path_, tuple[int, int]] = field(default_factory=dict)
-    coerced: dict[Path_, Coerced] = field(default_factory=dict)
-    duplicates: list[Duplicate] = field(default_factory=list)
-
-    def position(self, path: Path_) -> tuple[int | None, int | None]:
-        """The key's position if the path names a key, else the value's, else the nearest parent's."""
-        p = tuple(path)
-        while p:
-            if p in self.keys:
-                return self.keys[p]
-            if p in self.values:
-                return self.values[p]
-            p = p[:-1]
-        return self.values.get((), (None, None))
-
-    def value_position(self, path: Path_) -> tuple[int | None, int | None]:
-        p = tuple(path)
-        if p in self.values:
-            return self.values[p]
-        return self.position(p)
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:

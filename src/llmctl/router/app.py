@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from starlette.applications import Starlette
@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmctl.errors import LlmctlError
+from llmctl.errors import LlmctlError, LoadCancelled
 from llmctl.llama.endpoints import api_key_of, cors_headers
 from llmctl.router import dashboard, sse
 from llmctl.router import metrics as metrics_mod
@@ -68,6 +68,7 @@ from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Event, Supervisor
 
+_T = TypeVar("_T")
 log = logging.getLogger("llmctl.router")
 
 JSON_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -246,14 +247,9 @@ class Router:
                 self.activity.load_failed(target, err.message, [])
                 raise SwitchFailed(err.message) from None
             call = partial(self.supervisor.switch, spec, on_event=on_event, cancel=cancel)
-        fut = loop.run_in_executor(None, call)
         try:
-            result = await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            cancel.set()  # the supervisor ends the load and leaves nothing half-started
-            with contextlib.suppress(BaseException):
-                await fut
-            raise
+            # a stop has no error to look at: only a load may be cut short by another llmctl
+            result = await self._carry_out(call, cancel, lambda r: getattr(r, "error", None))
         except LlmctlError as err:
             details: dict[str, Any] = {}
             if getattr(err, "stderr_tail", None):
@@ -304,6 +300,32 @@ class Router:
 
         return await run_in_threadpool(work)
 
+    async def _carry_out(
+        self, call: Callable[[], _T], cancel: threading.Event, error_of: Callable[[_T], Any]
+    ) -> _T:
+        """Run a supervisor's switch or load in a thread; cancelled, it ends the load and leaves
+        nothing half-started. A load that an operator's stop or switch from a shell cut short is
+        not a failure of the profile: once that change is done, it is loaded again (twice at
+        most) for the requests that wait for it."""
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            fut = loop.run_in_executor(None, call)
+            try:
+                out = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                cancel.set()
+                with contextlib.suppress(BaseException):
+                    await fut
+                raise
+            err = error_of(out)
+            if not (isinstance(err, LoadCancelled) and err.by_another):
+                break
+            log.info("a load was cancelled by another llmctl (%s); loading again", err.message)
+            await loop.run_in_executor(
+                None, self.supervisor.wait_for_change, self.scheduler.timeout
+            )
+        return out
+
     async def _load(self, target: str, progress: ProgressFn) -> list[str]:
         """Load `target` beside the running servers; the profiles the placer unloaded."""
         from llmctl.supervisor.placer import PlacementRefused, load_profile
@@ -331,14 +353,10 @@ class Router:
             on_event=on_event,
             cancel=cancel,
         )
-        fut = loop.run_in_executor(None, call)
         try:
-            outcome = await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            cancel.set()
-            with contextlib.suppress(BaseException):
-                await fut
-            raise
+            outcome = await self._carry_out(
+                call, cancel, lambda o: o.result.error if o.result is not None else None
+            )
         except PlacementRefused as err:
             details = {"decision": err.decision.to_json()} if err.decision else {}
             raise SwitchFailed(f"{err.message} ({err.hint})", details=details) from None

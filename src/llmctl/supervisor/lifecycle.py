@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmctl.errors import LaunchError, LlmctlError
+from llmctl.errors import LaunchError, LlmctlError, LoadCancelled
 from llmctl.llama.secrets import mask_argv
 
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
@@ -976,13 +976,14 @@ class Supervisor:
                         emit("log", line)
                     return self._exit_error(spec, code, lines, log_path)
                 if cancel is not None and cancel.is_set():
-                    return LaunchError(
+                    return LoadCancelled(
                         f"the load of profile {spec.profile!r} was cancelled; nothing is left running"
                     )
                 if cancel_file.exists():
-                    return LaunchError(
+                    return LoadCancelled(
                         f"the load of profile {spec.profile!r} was cancelled by `llmctl stop` "
-                        "from another process; nothing is left running"
+                        "from another process; nothing is left running",
+                        by_another=True,
                     )
                 if now - t0 > spec.ready_timeout:
                     return self._load_error(

@@ -1,8 +1,5 @@
-"""`llmctl status` and `llmctl estimate --json -- ARGS` without typer, click, rich, pydantic or
-httpx: scripts poll the one and call the other per launch.
-
-`try_fast_path` runs first in `main()`; the typer command in supervise_cmds.py prints through the
-same functions below, so both give identical output.
+"""`llmctl status`: what runs. Scripts poll it, so it imports no typer, rich, pydantic or httpx,
+and with nothing running not even the supervisor; typer's command prints through `run_status` too.
 """
 
 from __future__ import annotations
@@ -15,6 +12,8 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    import typer
 
     from llmctl.supervisor.lifecycle import Status
 
@@ -181,92 +180,41 @@ def run_status(json_out: bool) -> int:
     return status_exit_code(status)
 
 
-_FAST = {("status",): False, ("status", "--json"): True}
+def fast(args: list[str]) -> int | None:
+    """`status` and `status --json` (every other spelling goes to typer)."""
+    if args == ["--json"]:
+        return run_status(True)
+    if not args:
+        return run_status(False)
+    return None
 
 
-def estimate_for_argv(argv: list[str]) -> tuple[Any, list[str]]:
-    """The estimate of a llama-server command line and the arguments it did not read (raises
-    UsageError). Shared by `llmctl estimate -- ...` and its fast path below."""
-    from llmctl.errors import UsageError
-    from llmctl.llama.argv import parse_llama_args
-    from llmctl.llama.gguf import read_gguf
-    from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
+def register(app: typer.Typer) -> None:
+    import typer
 
-    parsed = parse_llama_args(argv)
-    if not parsed.model:
-        raise UsageError(
-            "the llama-server command line has no -m/--model",
-            hint="llmctl estimate -- -m model.gguf -c 8192 ...",
-        )
-    try:
-        est = estimate(
-            ModelSource.from_gguf(read_gguf(parsed.model)),
-            parsed.options,
-            mmproj=source_for_path(parsed.mmproj),
-            draft=source_for_path(parsed.model_draft),
-        )
-    except MetadataError as err:
-        raise UsageError(f"{parsed.model}: {err}") from None
-    if parsed.rpc:
-        est.notes.append(
-            f"the offloaded layers are split over the RPC servers {', '.join(parsed.rpc)} and the"
-            " local GPUs (by free memory, or -ts): `llmctl estimate PROFILE` shows each device's"
-            " share, with the servers' budgets under gpu:"
-        )
-    if parsed.fit_may_change:
-        est.notes.append(
-            "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"
-            " and GPU layers to what is free; pass them (or --fit off) for this estimate to hold"
-        )
-    return est, parsed.ignored
+    from llmctl.cli.options import json_option
+    from llmctl.cli.output import run_command
 
+    @app.command()
+    def status(json_out: bool = json_option()) -> None:
+        """Show the running llama-server.
 
-def estimate_json(est: Any, ignored: list[str]) -> str:
-    import json
+        Profile, pid, url, health, uptime, log, and the memory it reported.
 
-    obj = est.to_json()
-    obj["ignored_args"] = ignored
-    return json.dumps([obj], indent=2, sort_keys=False) + "\n"
-
-
-def _fast_estimate(argv: list[str]) -> int | None:
-    """`llmctl estimate --json -- ARGS` without typer, rich or pydantic; None (typer takes it,
-    and renders any error) for other forms and for errors."""
-    if len(argv) < 3 or argv[0] != "estimate" or "--" not in argv:
-        return None
-    cut = argv.index("--")
-    if argv[1:cut] != ["--json"]:
-        return None
-    from llmctl.errors import LlmctlError
-
-    try:
-        est, ignored = estimate_for_argv(argv[cut + 1 :])
-    except LlmctlError:
-        return None
-    sys.stdout.write(estimate_json(est, ignored))
-    sys.stdout.flush()
-    return EXIT_OK
-
-
-def try_fast_path(argv: list[str]) -> int | None:
-    """Handle `status` / `status --json` and `estimate --json -- ARGS` here; None for anything
-    else (typer takes it)."""
-    json_out = _FAST.get(tuple(argv))
-    if json_out is None:
-        return _fast_estimate(argv)
-    return run_status(json_out)
+        Health is a live /health check. Exit 1 when the server runs but /health does not answer 200.
+        """
+        raise typer.Exit(run_command(json_out, lambda: run_status(json_out)))
 
 
 __all__ = [
     "NOT_RUNNING",
     "current_status",
-    "estimate_for_argv",
-    "estimate_json",
+    "fast",
     "kv_saved_text",
     "memory_text",
+    "register",
     "run_status",
     "status_exit_code",
     "status_json",
     "status_text",
-    "try_fast_path",
 ]

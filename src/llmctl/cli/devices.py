@@ -1,0 +1,65 @@
+"""`llmctl devices`: the devices profiles are placed on."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path  # typer reads the annotations at run time
+from typing import TYPE_CHECKING
+
+from llmctl.cli.output import print_json
+from llmctl.cli.placement import (
+    detect_devices,
+    handle_errors,
+    load_manifest_cli,
+    mib,
+    supervisor,
+)
+from llmctl.errors import EXIT_OK
+
+if TYPE_CHECKING:
+    import typer
+
+
+def register(app: typer.Typer) -> None:
+    import typer
+
+    from llmctl.cli.options import json_option, manifest_option
+
+    @app.command()
+    def devices(manifest: Path | None = manifest_option(), json_out: bool = json_option()) -> None:
+        """The devices profiles are placed on: budget, headroom, what is placed, what is free.
+
+        Figures from the manifest's gpu:, completed by nvidia-smi (GPUs) and /proc/meminfo (CPU);
+        configured values win.
+        """
+        m = load_manifest_cli(manifest, json_out=json_out)
+        with handle_errors(json_out):
+            report = detect_devices(m, json_out)
+            recs = supervisor(600.0).records()
+            rows = []
+            for d in report.devices:
+                placed = {
+                    name: int(rec.extra.get("usage", {}).get(d.name, 0))
+                    for name, rec in recs.items()
+                    if rec.extra.get("usage", {}).get(d.name)
+                }
+                row = d.to_json()
+                row["placed"] = placed
+                used = sum(placed.values())
+                row["available_bytes"] = (
+                    None if d.budget is None else max(0, d.budget - d.headroom - used)
+                )
+                rows.append(row)
+        if json_out:
+            print_json({"devices": rows, "warnings": report.warnings})
+            raise typer.Exit(EXIT_OK)
+        sys.stdout.write(
+            f"{'DEVICE':<10} {'BUDGET':>10} {'HEADROOM':>10} {'AVAILABLE':>10}  PLACED\n"
+        )
+        for r in rows:
+            placed_text = ", ".join(f"{k} {mib(v)}" for k, v in r["placed"].items()) or "-"
+            sys.stdout.write(
+                f"{r['name']:<10} {mib(r['budget_bytes']):>10} {mib(r['headroom_bytes']):>10} "
+                f"{mib(r['available_bytes']):>10}  {placed_text}  [{r['source']}]\n"
+            )
+        raise typer.Exit(EXIT_OK)

@@ -1,0 +1,462 @@
+"""`llmctl estimate`: GPU memory per profile, or per llama-server command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path  # typer reads the annotations at run time
+from typing import TYPE_CHECKING, Any
+
+from llmctl.cli.argv import parse
+from llmctl.cli.output import (
+    BOLD,
+    DIM,
+    GREEN,
+    RED,
+    YELLOW,
+    error_json,
+    error_lines,
+    print_json,
+    run_command,
+    style,
+    table,
+)
+from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
+
+if TYPE_CHECKING:
+    import typer
+
+    from llmctl.memory.calibration import Measurement
+    from llmctl.memory.estimate import Estimate
+    from llmctl.memory.plan import DevicePlan
+
+
+def size(n: int | None) -> str:
+    from llmctl.manifest.sizes import format_bytes
+
+    return "-" if n is None else format_bytes(n)
+
+
+def estimate_text(est: Estimate, ignored: list[str] | None = None) -> str:
+    title = est.profile or est.model
+    exact = "KV rules exact" if est.exact else "KV approximate (generic rules)"
+    lines = [f"{style(title, BOLD)}  {est.architecture}, {exact}"]
+    if est.profile:
+        lines.append(f"  model: {est.model}")
+    s = est.sizes
+    streams = (
+        f"{s.n_stream} streams" if s.n_stream > 1 else "unified" if s.kv_unified else "1 stream"
+    )
+    lines.append(
+        f"  context: n_ctx {s.n_ctx}, {s.n_ctx_seq} per sequence, {s.n_seq} slot(s), {streams}; "
+        f"flash_attn {est.flash_attn}; ubatch {s.n_ubatch}"
+    )
+    rows = [
+        [
+            f"KV {c.kind}",
+            str(c.cells),
+            str(c.layers),
+            f"{size(c.k_bytes)} {c.k_type}",
+            f"{size(c.v_bytes)} {c.v_type}",
+            size(c.bytes),
+        ]
+        for c in est.caches
+    ]
+    if not est.caches:
+        rows.append(["KV cache", "-", "-", "-", "-", "none"])
+    w = est.weights
+    rows.append(
+        ["weights", "", "", f"GPU {size(w.gpu_bytes)}", f"CPU {size(w.cpu_bytes)}", size(w.bytes)]
+    )
+    if w.overridden_cpu_bytes:
+        rows.append(["CPU by -ncmoe/-ot", "", "", "", "", size(w.overridden_cpu_bytes)])
+    where = f" ({est.compute.where})" if est.compute else ""
+    rows.append([f"compute{where}", "", "", "", "", size(est.compute_bytes)])
+    if est.mmproj is not None:
+        m = est.mmproj
+        rows.append(
+            ["mmproj", "", "", size(m.weights_bytes), f"compute {size(m.compute_bytes)}", ""]
+        )
+    if est.draft is not None:
+        d = est.draft
+        rows.append(
+            ["draft", "", "", f"GPU {size(d.gpu_total_bytes)}", "", size(d.host_total_bytes)]
+        )
+    if est.on_gpu:
+        rows.append(["CUDA overhead", "", "", "", "", size(est.overhead_bytes)])
+        rows.append(
+            [style("GPU total", BOLD), "", "", "", "", style(size(est.gpu_total_bytes), BOLD)]
+        )
+    rows.append(
+        [
+            style("host total", BOLD),
+            "",
+            "",
+            f"weights {size(est.host_weights_bytes)}",
+            f"KV {size(est.host_kv_bytes)}",
+            style(size(est.host_total_bytes), BOLD),
+        ]
+    )
+    lines += table(rows, header=["", "cells", "layers", "K / R", "V / S", "total"])
+    if est.budget_bytes is not None:
+        room = est.budget_bytes - est.gpu_total_bytes
+        if not est.fits:
+            verdict = f"{style('does not fit', RED)}: {size(-room)} over"
+        elif not est.within_headroom:
+            verdict = f"{style('fits, inside the headroom', YELLOW)}: {size(room)} free"
+        else:
+            verdict = f"{style('fits', GREEN)}: {size(room)} free"
+        lines.append(f"  budget {size(est.budget_bytes)}: {verdict}")
+    lines += [f"  {style(f'note: {note}', DIM)}" for note in est.notes]
+    if ignored:
+        lines.append(f"  {style('not taken into account: ' + ' '.join(ignored), DIM)}")
+    return "".join(line + "\n" for line in lines) + "\n"
+
+
+def explain_text(est: Estimate, measured: dict[str, Any] | None) -> str:
+    lines: list[str] = []
+    c = est.compute
+    if c is not None:
+        lines.append(
+            f"  compute = masks {size(c.masks)} + max(widest layer ({c.where}) {size(c.layer)}"
+            f" + recurrent states {size(c.states)}, logits {size(c.outputs)}) for {c.n_tokens} "
+            "tokens (from the graph's shapes; checked on the CPU backend)"
+        )
+    lines.append(
+        f"  weights: GPU {size(est.weights.gpu_bytes)}, host {size(est.host_weights_bytes)}"
+        f" (exact per tensor); KV {size(est.kv_bytes)} (exact); output buffer "
+        f"{size(est.output_bytes)} (exact)"
+    )
+    if measured is None:
+        lines.append(
+            "  "
+            + style(
+                "no measurement for this model, these arguments and this llama-server build;"
+                " `llmctl estimate PROFILE --measure` launches it once to measure",
+                DIM,
+            )
+        )
+    else:
+        lines.append(f"  {style('measured', BOLD)} (llama-server {measured['build']}):")
+        for part, d in measured["parts"].items():
+            lines.append(
+                f"    {part:8} measured {d['measured_mib']:10.2f} MiB   formula "
+                f"{d['formula_mib']:10.2f} MiB   {d['error']:+.1%}"
+            )
+    return "".join(line + "\n" for line in lines)
+
+
+def _repacked(buffer: str) -> bool:
+    return "REPACK" in buffer or buffer == "AMX"
+
+
+def _measured_json(est: Estimate, m: Measurement) -> dict[str, Any]:
+    """The measured figures (MiB as printed) beside the formula's, and their differences."""
+    from llmctl.memory.estimate import mib
+
+    r = m.reported
+    formula = {
+        "model": mib(est.weights.bytes),
+        "kv": mib(est.kv_bytes),
+        "output": mib(est.output_bytes),
+        "compute": mib(est.compute_bytes),
+    }
+    out: dict[str, Any] = {"build": m.build, "args": m.args, "buffers_mib": r.to_json()}
+    diffs: dict[str, Any] = {}
+    for part, value in formula.items():
+        got = r.total(part)
+        if part == "model":  # repacked copies (AMX, CPU_REPACK) are extra, not the weights
+            got = round(sum(v for k, v in r.model.items() if not _repacked(k)), 2)
+        if got:
+            diffs[part] = {"measured_mib": got, "formula_mib": value, "error": value / got - 1}
+    repacked = round(sum(v for k, v in r.model.items() if _repacked(k)), 2)
+    if repacked:
+        diffs["repacked"] = {"measured_mib": repacked, "formula_mib": 0.0, "error": -1.0}
+    out["parts"] = diffs
+    return out
+
+
+def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
+    """The estimate of a llama-server command line and the arguments it did not read (raises
+    UsageError)."""
+    from llmctl.llama.argv import parse_llama_args
+    from llmctl.llama.gguf import read_gguf
+    from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
+
+    parsed = parse_llama_args(argv)
+    if not parsed.model:
+        raise UsageError(
+            "the llama-server command line has no -m/--model",
+            hint="llmctl estimate -- -m model.gguf -c 8192 ...",
+        )
+    try:
+        est = estimate(
+            ModelSource.from_gguf(read_gguf(parsed.model)),
+            parsed.options,
+            mmproj=source_for_path(parsed.mmproj),
+            draft=source_for_path(parsed.model_draft),
+        )
+    except MetadataError as err:
+        raise UsageError(f"{parsed.model}: {err}") from None
+    if parsed.rpc:
+        est.notes.append(
+            f"the offloaded layers are split over the RPC servers {', '.join(parsed.rpc)} and the"
+            " local GPUs (by free memory, or -ts): `llmctl estimate PROFILE` shows each device's"
+            " share, with the servers' budgets under gpu:"
+        )
+    if parsed.fit_may_change:
+        est.notes.append(
+            "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"
+            " and GPU layers to what is free; pass them (or --fit off) for this estimate to hold"
+        )
+    return est, parsed.ignored
+
+
+def _estimate_argv(argv: list[str], json_out: bool) -> int:
+    est, ignored = estimate_for_argv(argv)
+    if json_out:
+        obj = est.to_json()
+        obj["ignored_args"] = ignored
+        print_json([obj])
+    else:
+        sys.stdout.write(estimate_text(est, ignored))
+    return EXIT_OK
+
+
+def _device_plans(manifest: Any, name: str) -> list[DevicePlan]:
+    """The profile's per-device plans, one per choice of devices (llmctl.memory.plan)."""
+    from llmctl.supervisor.devices import detect
+    from llmctl.supervisor.placer import placement_request
+
+    try:
+        report = detect(manifest.device_configs())
+        return placement_request(manifest, name, report.devices).plans
+    except LlmctlError:
+        return []
+
+
+def plans_text(plans: list[DevicePlan]) -> str:
+    lines: list[str] = []
+    for plan in plans:
+        parts = [
+            f"{s.device} {size(s.total_bytes)}"
+            + (
+                f" ({s.layers} layers{' + output' if s.output else ''})"
+                if s.layers
+                else " (output)"
+                if s.output
+                else ""
+            )
+            for s in plan.shares
+            if s.total_bytes
+        ]
+        lines.append(f"plan on {plan.label}: " + ", ".join(parts))
+        flags = plan.launch_args()
+        if flags:  # nothing to pass when one device takes it all by llama-server's defaults
+            lines.append("  " + style(f"flags: {' '.join(flags)}", DIM))
+    if plans:
+        lines.append("")
+    return "".join(line + "\n" for line in lines)
+
+
+def _calibration(
+    manifest: Any, name: str, est: Estimate, measure: bool, ask: bool
+) -> dict[str, Any] | None:
+    """The measurement of this profile (model file, arguments, build); with `measure`, a real
+    launch first (llama-server at -lv 4 on a free port, stopped once the model is loaded)."""
+    import socket
+
+    from llmctl.llama.flags import launch_spec
+    from llmctl.memory.calibration import CalibrationStore, calibration_key, measure_launch
+    from llmctl.paths import state_dir
+
+    store = CalibrationStore(state_dir() / "calibration.json")
+    if not (measure or ask or store.path.exists()):
+        return None
+    spec = launch_spec(manifest, name)
+    # the build is asked (llama-server --version) only when explaining or measuring
+    build = store.build(spec.argv[0], ask=ask)
+    if measure:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        argv = list(spec.argv)
+        if "--port" in argv:
+            argv[argv.index("--port") + 1] = str(port)
+        m = measure_launch(store, spec.model, argv, build, env=spec.env, unset_env=spec.unset_env)
+        if m is None:
+            raise LlmctlError(
+                f"llama-server did not report its buffers for {name}",
+                hint="run `llmctl switch` to see why it does not load",
+            )
+    found = store.get(calibration_key(spec.model, spec.argv, build))
+    return _measured_json(est, found) if found is not None else None
+
+
+def _estimate_profiles(
+    names: list[str],
+    all_: bool,
+    manifest_path: str | Path | None,
+    json_out: bool,
+    explain: bool = False,
+    measure: bool = False,
+) -> int:
+    from llmctl.manifest.cache import load_manifest
+    from llmctl.memory.estimate import (
+        MetadataError,
+        estimate,
+        extra_sources,
+        options_from_profile,
+        source_for_profile,
+    )
+
+    if not all_ and not names:
+        raise UsageError(
+            "name a profile, or give --all",
+            hint="llmctl estimate PROFILE, llmctl estimate --all, "
+            "or llmctl estimate -- -m model.gguf ...",
+        )
+    manifest = load_manifest(manifest_path)
+    chosen = list(manifest.profiles) if all_ else [manifest.resolve(n) for n in names]
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for name in chosen:
+        profile = manifest.profiles[name]
+        try:
+            source = source_for_profile(profile)
+            if source is None:
+                raise LlmctlError(
+                    f"model file {profile.model} is missing",
+                    hint="download it, or add a metadata: block to the profile for an estimate",
+                )
+            mmproj, draft = extra_sources(profile)
+            try:
+                est = estimate(
+                    source,
+                    options_from_profile(profile),
+                    profile=name,
+                    budget=manifest.gpu_budget.vram,
+                    headroom=manifest.gpu_budget.headroom,
+                    overhead=manifest.gpu_budget.overhead,
+                    # no GPU configured: the estimate is of RAM
+                    gpu=manifest.gpu_budget.vram is not None,
+                    mmproj=mmproj,
+                    draft=draft,
+                )
+            except MetadataError as err:
+                raise LlmctlError(str(err), hint="check the metadata block") from None
+        except LlmctlError as err:
+            # one profile that cannot be estimated does not hide the others
+            failed += 1
+            results.append(
+                {"profile": name, "model": profile.model, "ok": False, "error": error_json(err)}
+            )
+            if not json_out:
+                sys.stdout.write(f"{style(name, BOLD)}  {style('cannot estimate', RED)}\n")
+                sys.stdout.write("".join(f"{line}\n" for line in error_lines(err, indent="  ")))
+                sys.stdout.write("\n")
+            continue
+        measured = _calibration(manifest, name, est, measure, ask=explain or measure)
+        obj = est.to_json()
+        if measured is not None:
+            obj["measured"] = measured
+        plans = _device_plans(manifest, name)
+        obj["plans"] = [p.to_json() for p in plans]
+        results.append(obj)
+        if not json_out:
+            sys.stdout.write(estimate_text(est))
+            sys.stdout.write(plans_text(plans))
+            if explain or measure:
+                sys.stdout.write(explain_text(est, measured) + "\n")
+            elif measured is not None:
+                d = measured["parts"].get("compute")
+                if d:
+                    sys.stdout.write(
+                        f"  measured compute {d['measured_mib']:.2f} MiB (formula "
+                        f"{d['error']:+.1%}); `--explain` for every buffer\n\n"
+                    )
+    if json_out:
+        print_json(results)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def run(
+    args: list[str],
+    *,
+    all_: bool = False,
+    manifest: str | Path | None = None,
+    json_out: bool = False,
+    explain: bool = False,
+    measure: bool = False,
+) -> int:
+    def body() -> int:
+        if any(a.startswith("-") for a in args):
+            return _estimate_argv(args, json_out)
+        return _estimate_profiles(args, all_, manifest, json_out, explain, measure)
+
+    return run_command(json_out, body)
+
+
+def fast(args: list[str]) -> int | None:
+    """`estimate PROFILE ... [--all] [--manifest P] [--json]` and `estimate [--json] -- ARGS`."""
+    if "--" in args:
+        cut = args.index("--")
+        parsed = parse(args[:cut], flags={"--json": "json_out"})
+        return None if parsed is None else run(args[cut + 1 :], **parsed[1])
+    parsed = parse(
+        args,
+        flags={
+            "--json": "json_out",
+            "--all": "all_",
+            "--explain": "explain",
+            "--measure": "measure",
+        },
+        options={"--manifest": ("manifest", str)},
+        positional=(0, 1000),
+    )
+    return None if parsed is None else run(parsed[0], **parsed[1])
+
+
+def register(app: typer.Typer) -> None:
+    import typer
+
+    from llmctl.cli.options import json_option, manifest_option
+
+    @app.command(context_settings={"ignore_unknown_options": True})
+    def estimate(
+        args: list[str] | None = typer.Argument(
+            None,
+            help="Profile names or aliases; or, after --, a llama-server command line.",
+            metavar="PROFILE | -- ARGS",
+            show_default=False,
+        ),
+        all_: bool = typer.Option(False, "--all", help="Every profile of the manifest."),
+        manifest: Path | None = manifest_option(),
+        json_out: bool = json_option(),
+        explain: bool = typer.Option(
+            False,
+            "--explain",
+            help="How each figure is made, and the measured figures beside them.",
+        ),
+        measure: bool = typer.Option(
+            False,
+            "--measure",
+            help="Launch llama-server once (stopped when loaded) and keep what it reports.",
+        ),
+    ) -> None:
+        """Estimate GPU memory per profile or command line.
+
+        GPU and host memory: KV caches (exact), weights, compute, against gpu.vram.
+
+        llmctl estimate PROFILE ... | --all, or llmctl estimate -- -m model.gguf -c 32768 -ctk q8_0 ...
+        Exit status: 0 when every estimate was made, 1 when some profile could not be estimated.
+        """
+        raise typer.Exit(
+            run(
+                list(args or []),
+                all_=all_,
+                manifest=manifest,
+                json_out=json_out,
+                explain=explain,
+                measure=measure,
+            )
+        )

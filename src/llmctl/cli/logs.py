@@ -1,0 +1,104 @@
+"""`llmctl logs`: the log of the running llama-server, else of the latest launch."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from llmctl.cli.argv import non_negative_int, parse
+from llmctl.cli.output import run_command
+from llmctl.cli.switch import supervisor
+from llmctl.errors import EXIT_OK, LlmctlError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import typer
+
+    from llmctl.supervisor.lifecycle import Supervisor
+
+DEFAULT_LINES = 50
+
+
+def run(*, follow: bool = False, lines: int = DEFAULT_LINES, path_only: bool = False) -> int:
+    from llmctl.supervisor.logs import tail_lines
+
+    sup = supervisor(0.0)
+
+    def find() -> int:
+        path = sup.log_path()
+        if path is not None and not path.exists():
+            raise LlmctlError(
+                f"the log {path} was deleted",
+                hint=f"logs are kept in {sup.state_dir / 'logs'}",
+            )
+        if path is None:
+            raise LlmctlError(
+                "no llama-server log yet: nothing was started with `llmctl switch`",
+                hint=f"logs are kept in {sup.state_dir / 'logs'}",
+            )
+        if path_only:
+            sys.stdout.write(f"{path}\n")
+            return EXIT_OK
+        size = path.stat().st_size
+        for line in tail_lines(path, lines, end=size):
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        if follow:
+            with contextlib.suppress(KeyboardInterrupt):
+                _follow(sup, path, size)
+        return EXIT_OK
+
+    return run_command(False, find)
+
+
+def _follow(sup: Supervisor, path: Path, offset: int) -> None:
+    """Like `tail -F`: print what is appended; move to the next launch's log when there is one."""
+    last_check = time.monotonic()
+    while True:
+        with path.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        if chunk:
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        now = time.monotonic()
+        if now - last_check >= 0.5:
+            last_check = now
+            current = sup.log_path()
+            if current is not None and current != path and current.exists():
+                path, offset = current, 0
+                sys.stdout.write(f"\n==> {path} <==\n")
+        time.sleep(0.1)  # polling a file: a person reads along, 100 ms is immediate
+
+
+def fast(args: list[str]) -> int | None:
+    parsed = parse(
+        args,
+        flags={"--follow": "follow", "-f": "follow", "--path": "path_only"},
+        options={"-n": ("lines", non_negative_int), "--lines": ("lines", non_negative_int)},
+    )
+    return None if parsed is None else run(**parsed[1])
+
+
+def register(app: typer.Typer) -> None:
+    import typer
+
+    @app.command()
+    def logs(
+        follow: bool = typer.Option(
+            False, "--follow", "-f", help="Keep printing what is appended."
+        ),
+        lines: int = typer.Option(
+            DEFAULT_LINES, "-n", "--lines", help="How many last lines.", min=0, metavar="N"
+        ),
+        path_only: bool = typer.Option(False, "--path", help="Print the log's path only."),
+    ) -> None:
+        """Show llama-server's log.
+
+        The running server's log, else the latest launch's.
+        """
+        raise typer.Exit(run(follow=follow, lines=lines, path_only=path_only))

@@ -1,0 +1,86 @@
+"""`llmctl stop`: stop the running llama-server (or cancel a load another llmctl is doing)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from llmctl.cli.argv import non_negative_float, parse
+from llmctl.cli.output import print_json, run_command
+from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
+from llmctl.errors import EXIT_OK
+
+if TYPE_CHECKING:
+    import typer
+
+    from llmctl.supervisor.lifecycle import Event
+
+
+def run(
+    *,
+    json_out: bool = False,
+    quiet: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    forget: bool = False,
+) -> int:
+    def on_event(e: Event) -> None:
+        # say what was repaired or went wrong; the result line says the rest
+        if json_out or quiet:
+            return
+        plain_stop = e.message.startswith("stopped profile") and ";" not in e.message
+        waited = e.kind == "locked" and e.message.startswith("waited")
+        if e.kind in ("error", "kv") or waited or (e.kind == "stopped" and not plain_stop):
+            sys.stderr.write(f"{e.message}\n")
+
+    def body() -> int:
+        result = supervisor(lock_timeout).stop(on_event=on_event, forget=forget)
+        if json_out:
+            print_json(result.to_json())
+        elif result.stopped:
+            sys.stdout.write(
+                f"stopped profile {result.profile!r} (pid {result.pid}) "
+                f"in {result.elapsed_s:.2f} s\n"
+            )
+        elif not quiet:
+            sys.stdout.write("nothing was running\n")
+        return EXIT_OK
+
+    return run_command(json_out, body)
+
+
+def fast(args: list[str]) -> int | None:
+    parsed = parse(
+        args,
+        flags={"--json": "json_out", "--quiet": "quiet", "-q": "quiet", "--forget": "forget"},
+        options={"--lock-timeout": ("lock_timeout", non_negative_float)},
+    )
+    return None if parsed is None else run(**parsed[1])
+
+
+def register(app: typer.Typer) -> None:
+    import typer
+
+    from llmctl.cli.options import json_option, lock_timeout_option, quiet_option
+
+    @app.command()
+    def stop(
+        json_out: bool = json_option(),
+        quiet: bool = quiet_option(),
+        lock_timeout: float = lock_timeout_option(),
+        forget: bool = typer.Option(
+            False,
+            "--forget",
+            help="Drop every saved KV cache (keep_kv) instead of saving this one.",
+        ),
+    ) -> None:
+        """Stop the running llama-server.
+
+        Returns once its port is free.
+
+        SIGTERM to its process group, SIGKILL after its stop_timeout. Also cancels a load another
+        llmctl is doing. Nothing running is not an error. A keep_kv profile's slots are saved
+        first (restored on its next load) unless --forget.
+        """
+        raise typer.Exit(
+            run(json_out=json_out, quiet=quiet, lock_timeout=lock_timeout, forget=forget)
+        )

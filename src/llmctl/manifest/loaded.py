@@ -1,0 +1,230 @@
+"""What a loaded manifest answers: names, aliases, positions. Shared by the pydantic `Manifest` that
+validation builds and by `ManifestView`, the same data read back from the cache without pydantic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from llmctl.errors import ManifestError, Problem, UsageError
+from llmctl.manifest.source import Path_, Source
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from llmctl.manifest.model import DeviceConfig, GpuConfig, Manifest
+
+
+class ManifestOps:
+    """Lookups over `profiles`, `_path`, `_source` and `_profile_origin` (set by the subclasses)."""
+
+    if TYPE_CHECKING:
+        profiles: dict[str, Any]
+        _path: Path
+        _source: Source | None
+        _profile_origin: dict[str, dict[str, str]]
+        gpu: Any
+        server: Any
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def source(self) -> Source | None:
+        return self._source
+
+    @property
+    def devices_listed(self) -> bool:
+        """`gpu:` is a list of devices: launches pass --device and the plan's split."""
+        return isinstance(self.gpu, list)
+
+    def device_configs(self) -> list[DeviceConfig]:
+        """Every device, in manifest order, CPU last unless listed: the old single `gpu:` mapping
+        is one device named GPU (no --device is passed for it)."""
+        # plain records, not DeviceConfig: the cached manifest answers without importing pydantic
+        if isinstance(self.gpu, list):
+            out: list[DeviceConfig] = list(self.gpu)
+        else:
+            out = []
+            if self.gpu.vram is not None:
+                gpu = {
+                    "name": "GPU",
+                    "vram": self.gpu.vram,
+                    "headroom": self.gpu.headroom,
+                    "overhead": self.gpu.overhead,
+                    "rpc": None,
+                }
+                out.append(cast("DeviceConfig", Record(gpu, gpu)))
+        if not any(d.name.upper() == "CPU" for d in out):
+            cpu = {
+                "name": "CPU",
+                "vram": None,
+                "headroom": 512 * 1024**2,
+                "overhead": 0,
+                "rpc": None,
+            }
+            out.append(cast("DeviceConfig", Record(cpu, cpu)))
+        return out
+
+    @property
+    def gpu_budget(self) -> GpuConfig:
+        """The budget single-device estimates are judged against: the first GPU."""
+        if not isinstance(self.gpu, list):
+            return self.gpu  # type: ignore[no-any-return]
+        from llmctl.manifest.model import GpuConfig
+
+        for d in self.gpu:
+            if d.name.upper() != "CPU" and d.rpc is None:
+                overhead = d.overhead if d.overhead is not None else 400 * 1024**2
+                return GpuConfig(vram=d.vram, headroom=d.headroom, overhead=overhead)
+        return GpuConfig()
+
+    def profile_port(self, name: str) -> int:
+        """The port of a profile: its own, else its slot in server.ports, else server.port."""
+        profile = self.profiles[name]
+        if profile.port is not None:
+            return int(profile.port)
+        ports = self.server.ports
+        if ports is None:
+            return int(self.server.port)
+        own = {p.port for p in self.profiles.values() if p.port is not None}
+        port = int(ports[0])
+        for pname, p in self.profiles.items():
+            if p.port is not None:
+                continue
+            while port in own:
+                port += 1
+            if pname == name:
+                return port
+            port += 1
+        return port
+
+    def names(self) -> list[str]:
+        """Every profile name and alias."""
+        out: list[str] = []
+        for name, profile in self.profiles.items():
+            out.append(name)
+            out.extend(profile.aliases)
+        return out
+
+    def resolve(self, name: str) -> str:
+        """Profile name for a name or alias: exact first, then case-insensitive. UsageError otherwise."""
+        if name in self.profiles:
+            return name
+        for pname, profile in self.profiles.items():
+            if name in profile.aliases:
+                return pname
+        folded = name.casefold()
+        for pname, profile in self.profiles.items():
+            if pname.casefold() == folded or any(a.casefold() == folded for a in profile.aliases):
+                return pname
+        import difflib
+
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else None
+        available = ", ".join(self.profiles) or "(none)"
+        raise UsageError(
+            f"no profile or alias named {name!r} in {self._path}; profiles: {available}",
+            hint=hint or "llmctl lint shows the manifest's profiles",
+        )
+
+    def field_path(self, profile: str, field: str) -> Path_:
+        """Where a profile's field is written: under the profile, or under `defaults`."""
+        if self._profile_origin.get(profile, {}).get(field) == "defaults":
+            return ("defaults", field)
+        return ("profiles", profile, field)
+
+    def where(
+        self, profile: str, field: str | None = None, index: int | None = None
+    ) -> tuple[str, int | None, int | None]:
+        """file, line, column of a profile, one of its fields, or one item of a list field."""
+        path: Path_ = ("profiles", profile)
+        if field is not None:
+            path = self.field_path(profile, field)
+            if index is not None:
+                path = (*path, index)
+        if self._source is None:
+            return str(self._path), None, None
+        line, column = self._source.position(path)
+        return str(self._path), line, column
+
+
+# A section (server, gpu, a profile ...) in the cache: its validated values and which were written.
+_RECORD = "\x00record"
+
+
+class Record:
+    """A validated section as plain attributes, with `model_fields_set` like the model it copies."""
+
+    def __init__(self, values: dict[str, Any], fields_set: Iterable[str]) -> None:
+        self.__dict__.update(values)
+        self.model_fields_set = frozenset(fields_set)
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.__dict__.items() if k != "model_fields_set"}
+        return f"Record({shown!r})"
+
+
+def dump_value(value: Any) -> Any:
+    """A validated pydantic value as JSON data; nested models keep which fields were written."""
+    fields = getattr(type(value), "model_fields", None)
+    if fields is not None:
+        return {
+            _RECORD: {k: dump_value(getattr(value, k)) for k in fields},
+            "set": sorted(value.model_fields_set),
+        }
+    if isinstance(value, list):
+        return [dump_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: dump_value(v) for k, v in value.items()}
+    return value
+
+
+def load_value(data: Any) -> Any:
+    """The inverse of dump_value: records for models, plain data for the rest."""
+    if isinstance(data, dict):
+        if _RECORD in data:
+            values = {k: load_value(v) for k, v in data[_RECORD].items()}
+            return Record(values, data["set"])
+        return {k: load_value(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [load_value(v) for v in data]
+    return data
+
+
+class ManifestView(ManifestOps):
+    """A manifest read back from the cache: the attributes of `Manifest`, no pydantic."""
+
+    def __init__(
+        self,
+        sections: dict[str, Any],
+        path: Path,
+        source: Source | None,
+        origins: dict[str, dict[str, str]],
+        complete: bool,
+    ) -> None:
+        for key, value in sections.items():
+            setattr(self, key, load_value(value))
+        self._path = path
+        self._source = source
+        self._profile_origin = origins
+        self._complete = complete
+
+
+def usable(found: Path, manifest: Manifest, problems: list[Problem]) -> Manifest:
+    """The manifest, or ManifestError with its errors and those of the checks across profiles."""
+    from llmctl.lint.rules import cross_checks
+
+    problems = problems + cross_checks(manifest, include_environment=False)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ManifestError(
+            f"invalid manifest: {first.where()}: {first.message}{more}",
+            hint=f"run `llmctl lint --manifest {found}` for every problem and how to fix it",
+            problems=errors,
+        )
+    return manifest
