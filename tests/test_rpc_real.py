@@ -21,6 +21,7 @@ import pytest
 from llmctl.llama import rpc
 from llmctl.llama.gguf import read_gguf
 from llmctl.manifest.model import load_manifest
+from llmctl.memory.calibration import measure
 from llmctl.memory.estimate import mib
 from llmctl.memory.measured import Reported, parse_reported
 from llmctl.memory.plan import DevicePlan
@@ -109,29 +110,6 @@ def rpc_servers(rpc_build: Path) -> Iterator[list[str]]:
                 p.stdout.close()
 
 
-def run_llama_server(argv: list[str]) -> str:
-    """Start llama-server at -lv 4, read stderr until the model is loaded (or failed), stop it."""
-    proc = subprocess.Popen(
-        [*argv, "-lv", "4", "-nr"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "model loaded" in line or "exiting due to" in line:
-                break
-    finally:
-        stop_process(proc)
-        if proc.stderr is not None:
-            proc.stderr.close()
-    return "".join(lines)
-
-
 def plan_and_log(
     tmp: Path, build: Path, servers: list[str], port: int, profile: str
 ) -> tuple[DevicePlan, Reported, str]:
@@ -164,7 +142,7 @@ def plan_and_log(
     m = load_manifest(path)
     placed = placement_request(m, profile, detect(m.device_configs()).devices)
     plan, spec = placed.plans[0], placed.specs[0]
-    log = run_llama_server(list(spec.argv))
+    log = measure([*spec.argv, "-nr"])  # as `llmctl estimate --measure` runs it
     assert "model loaded" in log, log[-4000:]
     return plan, parse_reported(log), log
 
