@@ -58,6 +58,22 @@ def test_version() -> None:
     assert result.exit_code == 0 and result.stdout.startswith("llmctl ")
 
 
+def test_help_lists_the_commands_in_table_order_without_stray_types() -> None:
+    from llmctl.cli import COMMANDS
+
+    result = CliRunner().invoke(build_app(), ["--help"], terminal_width=100)
+    assert result.exit_code == 0
+    lines = result.stdout.split("Commands:")[1].splitlines()
+    listed = [line.split()[0] for line in lines if line.startswith("  ") and line.strip()]
+    assert listed == list(COMMANDS)  # lint (a group) in its place too
+    assert "<bool>" not in result.stdout
+    for name in COMMANDS:
+        sub = CliRunner().invoke(build_app(), [name, "--help"], terminal_width=100)
+        assert sub.exit_code == 0 and "<bool>" not in sub.stdout, name
+        summary = next(line for line in result.stdout.splitlines() if line.split()[:1] == [name])
+        assert not summary.endswith("..."), summary  # a first sentence short enough to show
+
+
 def test_unknown_command_and_bad_option_exit_2() -> None:
     result = CliRunner().invoke(build_app(), ["frobnicate"])
     assert result.exit_code == 2

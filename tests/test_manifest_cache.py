@@ -134,3 +134,34 @@ def test_unreadable_manifests_are_not_cached(tmp_path: Path) -> None:
     path.write_bytes(b"version: 1\n\xff\n")
     with pytest.raises(ManifestError, match="not UTF-8"):
         cache.load_manifest(path)
+
+
+def test_checks_across_profiles_are_kept_with_the_manifest(tmp_path: Path) -> None:
+    """A cache hit neither runs lint's rules (they import the `--help` reader and more) nor loses
+    what they found: an error across fields is reported from the cache as on the first read."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        "version: 1\nprofiles:\n"
+        "  a: {model: m.gguf, cache_type_v: q8_0, flash_attn: 'off'}\n"
+        "  b: {model: m.gguf}\n"
+    )
+    messages = []
+    for _ in range(2):
+        with pytest.raises(ManifestError) as info:
+            cache.load_manifest(path)
+        messages.append(info.value.message)
+    assert messages[0] == messages[1] and "flash attention" in messages[0]
+    path.write_text("version: 1\nprofiles:\n  a: {model: m.gguf}\n")
+    cache.load_manifest(path)  # validates and keeps the checks' result
+    probe = (
+        "import sys\nfrom llmctl.manifest import cache\n"
+        f"cache.load_manifest({str(path)!r})\n"
+        "print(sorted(m for m in ('llmctl.lint.rules', 'pydantic', 'yaml') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -117,6 +117,11 @@ def test_fast_path_imports_nothing_heavy(manifest: Path, tmp_path: Path) -> None
         ["estimate", "fast", *mf],
         ["fit", "fast", "--vram", "24GiB", *mf],
         ["logs", "-n", "5"],
+        ["ps"],
+        ["ps", "--json"],
+        ["load", "fast", *mf],  # already running: the no-op path
+        ["unload", "other", *mf],  # not running
+        ["devices", *mf],
     ):
         assert "HEAVY []" in _heavy_imports(*args), args
     gguf = tmp_path / "tiny.gguf"

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
+
+
+class _InTableOrder(TyperGroup):
+    """Commands listed as the command table orders them (typer puts groups such as `lint` last)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        from llmctl.cli import COMMANDS
+
+        order = list(COMMANDS)
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
 
 
 def _version(value: bool) -> None:
@@ -16,6 +30,7 @@ def _version(value: bool) -> None:
 def new_app() -> typer.Typer:
     app = typer.Typer(
         name="llmctl",
+        cls=_InTableOrder,
         help=(
             "Manage llama.cpp's llama-server: validated profiles, exact memory estimates, "
             "switching, and an OpenAI-compatible router."

@@ -68,3 +68,11 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:  # also NaN
         raise ValueError(text)
     return value
+
+
+# the spellings that the commands which change servers share (typer's options in cli/options.py)
+CHANGE_FLAGS = {"--json": "json_out", "--quiet": "quiet", "-q": "quiet"}
+CHANGE_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "--manifest": ("manifest", str),
+    "--lock-timeout": ("lock_timeout", non_negative_float),
+}

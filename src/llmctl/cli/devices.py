@@ -4,55 +4,42 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path  # typer reads the annotations at run time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.output import print_json
-from llmctl.cli.placement import (
-    detect_devices,
-    handle_errors,
-    load_manifest_cli,
-    mib,
-    supervisor,
-)
+from llmctl.cli.argv import parse
+from llmctl.cli.output import print_json, run_command
+from llmctl.cli.placement import detect_devices, mib
+from llmctl.cli.switch import supervisor
 from llmctl.errors import EXIT_OK
 
 if TYPE_CHECKING:
     import typer
 
 
-def register(app: typer.Typer) -> None:
-    import typer
+def run(*, manifest: str | Path | None = None, json_out: bool = False) -> int:
+    def body() -> int:
+        from llmctl.manifest.cache import load_manifest
 
-    from llmctl.cli.options import json_option, manifest_option
-
-    @app.command()
-    def devices(manifest: Path | None = manifest_option(), json_out: bool = json_option()) -> None:
-        """The devices profiles are placed on: budget, headroom, what is placed, what is free.
-
-        Figures from the manifest's gpu:, completed by nvidia-smi (GPUs) and /proc/meminfo (CPU);
-        configured values win.
-        """
-        m = load_manifest_cli(manifest, json_out=json_out)
-        with handle_errors(json_out):
-            report = detect_devices(m, json_out)
-            recs = supervisor(600.0).records()
-            rows = []
-            for d in report.devices:
-                placed = {
-                    name: int(rec.extra.get("usage", {}).get(d.name, 0))
-                    for name, rec in recs.items()
-                    if rec.extra.get("usage", {}).get(d.name)
-                }
-                row = d.to_json()
-                row["placed"] = placed
-                used = sum(placed.values())
-                row["available_bytes"] = (
-                    None if d.budget is None else max(0, d.budget - d.headroom - used)
-                )
-                rows.append(row)
+        m = load_manifest(manifest)
+        report = detect_devices(m, json_out)
+        recs = supervisor(600.0).records()
+        rows: list[dict[str, Any]] = []
+        for d in report.devices:
+            placed = {
+                name: int(rec.extra.get("usage", {}).get(d.name, 0))
+                for name, rec in recs.items()
+                if rec.extra.get("usage", {}).get(d.name)
+            }
+            row = d.to_json()
+            row["placed"] = placed
+            used = sum(placed.values())
+            row["available_bytes"] = (
+                None if d.budget is None else max(0, d.budget - d.headroom - used)
+            )
+            rows.append(row)
         if json_out:
             print_json({"devices": rows, "warnings": report.warnings})
-            raise typer.Exit(EXIT_OK)
+            return EXIT_OK
         w = max([10, *(len(r["name"]) for r in rows)])  # RPC[host:port] names are long
         sys.stdout.write(
             f"{'DEVICE':<{w}} {'BUDGET':>10} {'HEADROOM':>10} {'AVAILABLE':>10}  PLACED\n"
@@ -63,4 +50,26 @@ def register(app: typer.Typer) -> None:
                 f"{r['name']:<{w}} {mib(r['budget_bytes']):>10} {mib(r['headroom_bytes']):>10} "
                 f"{mib(r['available_bytes']):>10}  {placed_text}  [{r['source']}]\n"
             )
-        raise typer.Exit(EXIT_OK)
+        return EXIT_OK
+
+    return run_command(json_out, body)
+
+
+def fast(args: list[str]) -> int | None:
+    parsed = parse(args, flags={"--json": "json_out"}, options={"--manifest": ("manifest", str)})
+    return None if parsed is None else run(**parsed[1])
+
+
+def register(app: typer.Typer) -> None:
+    import typer
+
+    from llmctl.cli.options import json_option, manifest_option
+
+    @app.command()
+    def devices(manifest: Path | None = manifest_option(), json_out: bool = json_option()) -> None:
+        """Show the devices profiles are placed on.
+
+        Each with its budget, headroom, what is placed on it and what is free. Figures from the manifest's gpu:, completed by nvidia-smi (GPUs) and /proc/meminfo (CPU);
+        configured values win.
+        """
+        raise typer.Exit(run(manifest=manifest, json_out=json_out))

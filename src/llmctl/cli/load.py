@@ -7,15 +7,10 @@ import time
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.output import print_json, render_error
-from llmctl.cli.placement import (
-    detect_devices,
-    handle_errors,
-    load_manifest_cli,
-    print_decision,
-    supervisor,
-    usage_text,
-)
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
+from llmctl.cli.output import error_json, print_json, render_error, run_command
+from llmctl.cli.placement import detect_devices, print_decision, usage_text
+from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
 from llmctl.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -24,16 +19,111 @@ if TYPE_CHECKING:
     from llmctl.supervisor.lifecycle import Event
 
 
+def run(
+    profiles: list[str],
+    *,
+    manifest: str | Path | None = None,
+    json_out: bool = False,
+    dry_run: bool = False,
+    quiet: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> int:
+    results: list[dict[str, Any]] = []
+
+    def on_event(e: Event) -> None:
+        if json_out or quiet:
+            return
+        if e.kind in ("stopped", "starting", "error") or (
+            e.kind == "locked" and e.message.startswith("waited")
+        ):
+            sys.stderr.write(f"{e.message}\n")
+
+    def finish(code: int) -> int:
+        if json_out:
+            print_json({"ok": code == EXIT_OK, "profiles": results})
+        return code
+
+    def body() -> int:
+        from llmctl.manifest.cache import load_manifest
+        from llmctl.supervisor.placer import PlacementRefused, load_profile, plan_load
+
+        m = load_manifest(manifest)
+        if not profiles:
+            raise UsageError("name one or more profiles to load", hint="llmctl load PROFILE...")
+        names = [m.resolve(p) for p in profiles]
+        report = detect_devices(m, quiet or json_out)
+        sup = supervisor(lock_timeout)
+        code = EXIT_OK
+        for name in names:
+            if dry_run:
+                decision, placed = plan_load(m, name, sup.records(), report.devices)
+                item: dict[str, Any] = {
+                    "profile": name,
+                    "dry_run": True,
+                    "decision": decision.to_json(),
+                }
+                if decision.option is not None:
+                    item["argv"] = list(placed.specs[decision.option].argv)
+                    item["port"] = placed.specs[decision.option].port
+                results.append(item)
+                if decision.action == "refuse":
+                    code = EXIT_FAILED
+                if not json_out:
+                    print_decision(decision.to_json(), dry_run=True)
+                continue
+            t0 = time.monotonic()
+            try:
+                outcome = load_profile(sup, m, name, report.devices, on_event=on_event)
+            except PlacementRefused as err:
+                results.append({"profile": name, "ok": False, "error": error_json(err)})
+                if not json_out:
+                    render_error(err, json_out=False)
+                return finish(EXIT_FAILED)
+            res = outcome.result
+            results.append(
+                {
+                    "profile": name,
+                    "ok": res is not None and res.ready,
+                    "decision": outcome.decision.to_json() if outcome.decision else None,
+                    "result": res.to_json() if res else None,
+                }
+            )
+            if res is None or not res.ready:
+                if res is not None and res.error is not None and not json_out:
+                    render_error(res.error, json_out=False)
+                return finish(EXIT_FAILED)
+            if not json_out:
+                what = "already running" if res.noop else "ready"
+                devices = ""
+                if outcome.decision is not None and outcome.decision.usage:
+                    devices = f" on {usage_text(dict(outcome.decision.usage))}"
+                sys.stdout.write(
+                    f"{what}: profile {name!r} at {res.url} (pid {res.pid}){devices} "
+                    f"in {time.monotonic() - t0:.2f} s\n"
+                )
+        return finish(code)
+
+    return run_command(json_out, body)
+
+
+def fast(args: list[str]) -> int | None:
+    parsed = parse(
+        args,
+        flags={**CHANGE_FLAGS, "--dry-run": "dry_run"},
+        options=CHANGE_OPTIONS,
+        positional=(1, 1000),
+    )
+    if parsed is None:
+        return None
+    profiles, opts = parsed
+    return run(profiles, **opts)
+
+
 def register(app: typer.Typer) -> None:
     import typer
 
-    from llmctl.cli.options import json_option, manifest_option
-    from llmctl.cli.placement import (
-        dry_run_option,
-        lock_timeout_option,
-        profiles_argument,
-        quiet_option,
-    )
+    from llmctl.cli.options import json_option, lock_timeout_option, manifest_option, quiet_option
+    from llmctl.cli.placement import dry_run_option, profiles_argument
 
     @app.command()
     def load(
@@ -44,77 +134,19 @@ def register(app: typer.Typer) -> None:
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
     ) -> None:
-        """Start profiles beside those that run, unloading idle ones when memory is short.
+        """Start profiles beside those that run.
 
-        Each profile is placed by its estimate per device (gpu: in the manifest): it starts if it
+        Idle servers are unloaded when memory is short. Each profile is placed by its estimate per device (gpu: in the manifest): it starts if it
         fits beside what runs; otherwise the least costly unpinned servers go; a profile that
         cannot fit even alone is refused before anything is stopped.
         Exit status: 0 all loaded, 1 a load failed or was refused, 2 bad input, 3 locked.
         """
-        from llmctl.supervisor.placer import PlacementRefused, load_profile, plan_load
-
-        m = load_manifest_cli(manifest, json_out=json_out)
-        results: list[dict[str, Any]] = []
-        code = EXIT_OK
-        with handle_errors(json_out):
-            if not profiles:
-                raise UsageError("name one or more profiles to load", hint="llmctl load PROFILE...")
-            names = [m.resolve(p) for p in profiles]
-            report = detect_devices(m, quiet or json_out)
-            sup = supervisor(lock_timeout)
-            for name in names:
-                if dry_run:
-                    decision, placed = plan_load(m, name, sup.records(), report.devices)
-                    item = {"profile": name, "dry_run": True, "decision": decision.to_json()}
-                    if decision.option is not None:
-                        item["argv"] = list(placed.specs[decision.option].argv)
-                        item["port"] = placed.specs[decision.option].port
-                    results.append(item)
-                    if decision.action == "refuse":
-                        code = EXIT_FAILED
-                    if not json_out:
-                        print_decision(decision.to_json(), dry_run=True)
-                    continue
-
-                def on_event(e: Event) -> None:
-                    if json_out or quiet:
-                        return
-                    if e.kind in ("stopped", "starting", "error") or (
-                        e.kind == "locked" and e.message.startswith("waited")
-                    ):
-                        sys.stderr.write(f"{e.message}\n")
-
-                t0 = time.monotonic()
-                try:
-                    outcome = load_profile(sup, m, name, report.devices, on_event=on_event)
-                except PlacementRefused as err:
-                    code = EXIT_FAILED
-                    results.append({"profile": name, "ok": False, "error": err.to_json()})
-                    if not json_out:
-                        render_error(err, json_out=False)
-                    break
-                res = outcome.result
-                item = {
-                    "profile": name,
-                    "ok": res is not None and res.ready,
-                    "decision": outcome.decision.to_json() if outcome.decision else None,
-                    "result": res.to_json() if res else None,
-                }
-                results.append(item)
-                if res is None or not res.ready:
-                    code = EXIT_FAILED
-                    if res is not None and res.error is not None and not json_out:
-                        render_error(res.error, json_out=False)
-                    break
-                if not json_out:
-                    what = "already running" if res.noop else "ready"
-                    devices = ""
-                    if outcome.decision is not None and outcome.decision.usage:
-                        devices = f" on {usage_text(dict(outcome.decision.usage))}"
-                    sys.stdout.write(
-                        f"{what}: profile {name!r} at {res.url} (pid {res.pid}){devices} "
-                        f"in {time.monotonic() - t0:.2f} s\n"
-                    )
-        if json_out:
-            print_json({"ok": code == EXIT_OK, "profiles": results})
+        code = run(
+            profiles or [],
+            manifest=manifest,
+            json_out=json_out,
+            dry_run=dry_run,
+            quiet=quiet,
+            lock_timeout=lock_timeout,
+        )
         raise typer.Exit(code)

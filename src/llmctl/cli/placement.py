@@ -1,27 +1,23 @@
 """What `llmctl load`, `unload`, `ps` and `devices` share: several servers at once, placed by
-memory. Each command is its own module; this one holds their common parts."""
+memory. Each command is its own module; this one holds their common parts. No typer here at
+import time: the fast paths use it."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from llmctl.cli.output import render_error
-from llmctl.errors import LlmctlError
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
     from llmctl.supervisor.devices import DeviceReport
-    from llmctl.supervisor.lifecycle import Supervisor
 
 
 def profiles_argument() -> Any:
     import typer
 
-    return typer.Argument(None, help="Profile names or aliases.", show_default=False)
+    return typer.Argument(
+        None, help="Profile names or aliases.", metavar="PROFILE", show_default=False
+    )
 
 
 def dry_run_option() -> Any:
@@ -30,49 +26,6 @@ def dry_run_option() -> Any:
     return typer.Option(
         False, "--dry-run", help="Print the placement decision; start or stop nothing."
     )
-
-
-def quiet_option() -> Any:
-    import typer
-
-    return typer.Option(False, "--quiet", "-q", help="Only the result or the error.")
-
-
-def lock_timeout_option() -> Any:
-    import typer
-
-    return typer.Option(
-        600.0,
-        "--lock-timeout",
-        help="Seconds to wait for another llmctl that is changing the servers (then exit 3).",
-        min=0,
-    )
-
-
-@contextmanager
-def handle_errors(json_out: bool) -> Iterator[None]:
-    """An LlmctlError becomes its rendering (cli/output.py) and its exit status."""
-    import typer
-
-    try:
-        yield
-    except LlmctlError as err:
-        raise typer.Exit(render_error(err, json_out=json_out)) from None
-
-
-def load_manifest_cli(path: str | Path | None, *, json_out: bool = False) -> Manifest:
-    from llmctl.manifest.cache import load_manifest
-
-    with handle_errors(json_out):
-        return load_manifest(path)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def supervisor(lock_timeout: float) -> Supervisor:
-    from llmctl.paths import state_dir
-    from llmctl.supervisor.lifecycle import Supervisor
-
-    return Supervisor(state_dir(), lock_timeout=lock_timeout)
 
 
 def detect_devices(m: Manifest, quiet: bool = False) -> DeviceReport:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from llmctl.cli.argv import non_negative_float, parse
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
 from llmctl.cli.output import print_json, run_command
 from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
 from llmctl.errors import EXIT_OK
@@ -51,8 +51,8 @@ def run(
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags={"--json": "json_out", "--quiet": "quiet", "-q": "quiet", "--forget": "forget"},
-        options={"--lock-timeout": ("lock_timeout", non_negative_float)},
+        flags={**CHANGE_FLAGS, "--forget": "forget"},
+        options={"--lock-timeout": CHANGE_OPTIONS["--lock-timeout"]},
     )
     return None if parsed is None else run(**parsed[1])
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.argv import non_negative_float, parse
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
 from llmctl.cli.output import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -171,11 +171,8 @@ def _ready_line(result: SwitchResult) -> str:
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags={"--json": "json_out", "--quiet": "quiet", "-q": "quiet"},
-        options={
-            "--manifest": ("manifest", str),
-            "--lock-timeout": ("lock_timeout", non_negative_float),
-        },
+        flags=CHANGE_FLAGS,
+        options=CHANGE_OPTIONS,
         positional=(1, 1),
     )
     if parsed is None:

@@ -6,12 +6,9 @@ import sys
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.output import print_json
-from llmctl.cli.placement import (
-    handle_errors,
-    load_manifest_cli,
-    supervisor,
-)
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
+from llmctl.cli.output import print_json, run_command
+from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
 from llmctl.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -20,11 +17,74 @@ if TYPE_CHECKING:
     from llmctl.supervisor.lifecycle import Event
 
 
+def run(
+    profiles: list[str],
+    *,
+    all_: bool = False,
+    manifest: str | Path | None = None,
+    json_out: bool = False,
+    quiet: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> int:
+    def on_event(e: Event) -> None:
+        # say what was repaired or went wrong; the result line says the rest
+        if json_out or quiet:
+            return
+        plain = e.message.startswith("stopped profile") and ";" not in e.message
+        if e.kind == "error" or (e.kind == "stopped" and not plain):
+            sys.stderr.write(f"{e.message}\n")
+
+    def body() -> int:
+        if not profiles and not all_:
+            raise UsageError("name profiles to unload, or give --all", hint="llmctl unload --all")
+        sup = supervisor(lock_timeout)
+        targets: list[str | None] = [None] if all_ else []
+        if not all_:
+            running = sup.records()
+            for p in profiles:
+                if p in running:
+                    targets.append(p)
+                    continue
+                from llmctl.manifest.cache import load_manifest
+
+                targets.append(load_manifest(manifest).resolve(p))
+        stopped: list[dict[str, Any]] = []
+        for target in targets:
+            res = sup.stop(profile=target, on_event=on_event)
+            stopped.append(res.to_json())
+            if json_out or quiet:
+                continue
+            if res.stopped:
+                names = ", ".join(repr(p) for p in res.profiles)
+                sys.stdout.write(f"unloaded {names} in {res.elapsed_s:.2f} s\n")
+            else:
+                what = "nothing was running" if target is None else f"{target!r} was not running"
+                sys.stdout.write(f"{what}\n")
+        if json_out:
+            print_json({"ok": True, "unloaded": stopped})
+        return EXIT_OK
+
+    return run_command(json_out, body)
+
+
+def fast(args: list[str]) -> int | None:
+    parsed = parse(
+        args,
+        flags={**CHANGE_FLAGS, "--all": "all_"},
+        options=CHANGE_OPTIONS,
+        positional=(0, 1000),
+    )
+    if parsed is None:
+        return None
+    profiles, opts = parsed
+    return run(profiles, **opts)
+
+
 def register(app: typer.Typer) -> None:
     import typer
 
-    from llmctl.cli.options import json_option, manifest_option
-    from llmctl.cli.placement import lock_timeout_option, profiles_argument, quiet_option
+    from llmctl.cli.options import json_option, lock_timeout_option, manifest_option, quiet_option
+    from llmctl.cli.placement import profiles_argument
 
     @app.command()
     def unload(
@@ -35,51 +95,16 @@ def register(app: typer.Typer) -> None:
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
     ) -> None:
-        """Stop the servers of these profiles (or --all); the others keep running.
+        """Stop some profiles' servers; the others keep running.
 
-        A profile that does not run is not an error. Exit status: 0, 2 bad input, 3 locked.
+        Stops the servers of the profiles named (or every one with --all). A profile that does not run is not an error. Exit status: 0, 2 bad input, 3 locked.
         """
-        stopped: list[dict[str, Any]] = []
-        with handle_errors(json_out):
-            if not profiles and not all_:
-                raise UsageError(
-                    "name profiles to unload, or give --all", hint="llmctl unload --all"
-                )
-            sup = supervisor(lock_timeout)
-            if all_:
-                targets: list[str | None] = [None]
-            else:
-                running = sup.records()
-                targets = []
-                for p in profiles or []:
-                    if p in running:
-                        targets.append(p)
-                        continue
-                    m = load_manifest_cli(manifest, json_out=json_out)
-                    targets.append(m.resolve(p))
-
-            def on_event(e: Event) -> None:
-                # say what was repaired or went wrong; the result line says the rest
-                if json_out or quiet:
-                    return
-                plain = e.message.startswith("stopped profile") and ";" not in e.message
-                if e.kind == "error" or (e.kind == "stopped" and not plain):
-                    sys.stderr.write(f"{e.message}\n")
-
-            for target in targets:
-                res = sup.stop(profile=target, on_event=on_event)
-                stopped.append(res.to_json())
-                if not json_out and not quiet:
-                    if res.stopped:
-                        names = ", ".join(repr(p) for p in res.profiles)
-                        sys.stdout.write(f"unloaded {names} in {res.elapsed_s:.2f} s\n")
-                    else:
-                        what = (
-                            "nothing was running"
-                            if target is None
-                            else f"{target!r} was not running"
-                        )
-                        sys.stdout.write(f"{what}\n")
-        if json_out:
-            print_json({"ok": True, "unloaded": stopped})
-        raise typer.Exit(EXIT_OK)
+        code = run(
+            profiles or [],
+            all_=all_,
+            manifest=manifest,
+            json_out=json_out,
+            quiet=quiet,
+            lock_timeout=lock_timeout,
+        )
+        raise typer.Exit(code)

@@ -7,7 +7,6 @@ depend on llama-server's `--fit`, which otherwise rewrites the context and layer
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -157,6 +156,8 @@ def find_binary(manifest: Manifest | None = None) -> str | None:
         return os.path.expanduser(env)
     if manifest is not None and manifest.server.binary:
         return manifest.server.binary
+    import shutil  # not at the top: it pulls in bz2 and lzma, and most commands never get here
+
     return shutil.which("llama-server")
 
 

@@ -27,14 +27,17 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
-# the code whose output is cached: a change to any of them (an upgrade, an edit) is a miss
+# the code whose output is cached: a change to any of them (an upgrade, an edit) is a miss;
+# the checks across profiles (lint's rules without the environment) are kept with the manifest
 _CODE = (
     "model.py",
     "yamldoc.py",
     "sizes.py",
     "loaded.py",
     "cache.py",
-    os.path.join("..", "llama", "rpc.py"),  # validates `rpc` endpoints
+    "../lint/rules.py",
+    "../lint/placement.py",
+    "../llama/rpc.py",  # validates `rpc` endpoints
 )
 
 
@@ -61,7 +64,10 @@ def _entry_path(real: str) -> Path:
     return cache_dir() / "manifests" / f"{name}.json"
 
 
-def _read(path: Path, real: str, text: str) -> tuple[Manifest, list[Problem]] | None:
+_Checked = tuple["Manifest", list[Problem], list[Problem] | None]
+
+
+def _read(path: Path, real: str, text: str) -> _Checked | None:
     try:
         with open(_entry_path(real), "rb") as f:
             entry = json.loads(f.read())
@@ -76,15 +82,28 @@ def _read(path: Path, real: str, text: str) -> tuple[Manifest, list[Problem]] | 
         source = Source.from_json(data["source"]) if data["source"] is not None else None
         view = ManifestView(data["sections"], path, source, data["origins"], data["complete"])
         problems = [Problem(**p) for p in entry["problems"]]
+        cross = None if entry["cross"] is None else [Problem(**p) for p in entry["cross"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     # The view has every attribute of Manifest and its sections (a test compares them field by
     # field); it is not a pydantic model, so that pydantic stays out of the process.
-    return cast("Manifest", view), problems
+    return cast("Manifest", view), problems, cross
+
+
+def _cross(manifest: Manifest) -> list[Problem] | None:
+    """The checks across profiles that need nothing but the manifest; None if they fail (the
+    caller runs them again and sees the failure)."""
+    from llmctl.lint.rules import cross_checks
+
+    try:
+        return cross_checks(manifest, include_environment=False)
+    except Exception:
+        return None
 
 
 def _write(real: str, text: str, manifest: Manifest, problems: list[Problem]) -> None:
     try:
+        cross = _cross(manifest)
         names = sorted(set(_VAR.findall(text)) | {"HOME"})
         sections = {k: dump_value(getattr(manifest, k)) for k in type(manifest).model_fields}
         entry = {
@@ -99,6 +118,7 @@ def _write(real: str, text: str, manifest: Manifest, problems: list[Problem]) ->
                 "complete": manifest._complete,
             },
             "problems": [p.to_json() for p in problems],
+            "cross": None if cross is None else [p.to_json() for p in cross],
         }
         target = _entry_path(real)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +131,11 @@ def _write(real: str, text: str, manifest: Manifest, problems: list[Problem]) ->
 
 def check_manifest(path: Path) -> tuple[Manifest, list[Problem]]:
     """`llmctl.manifest.model.check_manifest`, from the cache while nothing it depends on changed."""
+    manifest, problems, _ = _checked(path)
+    return manifest, problems
+
+
+def _checked(path: Path) -> _Checked:
     real = os.path.realpath(path)
     try:
         with open(real, "rb") as f:
@@ -128,11 +153,10 @@ def check_manifest(path: Path) -> tuple[Manifest, list[Problem]]:
     manifest, problems = model.check_manifest(path, data if text is not None else None)
     if text is not None:
         _write(real, text, manifest, problems)
-    return manifest, problems
+    return manifest, problems, None
 
 
 def load_manifest(path: Path | str | None = None) -> Manifest:
     """`llmctl.manifest.model.load_manifest`, from the cache while the file is unchanged."""
     found = find_manifest(path)
-    manifest, problems = check_manifest(found)
-    return usable(found, manifest, problems)
+    return usable(found, *_checked(found))

@@ -213,11 +213,16 @@ class ManifestView(ManifestOps):
         self._complete = complete
 
 
-def usable(found: Path, manifest: Manifest, problems: list[Problem]) -> Manifest:
-    """The manifest, or ManifestError with its errors and those of the checks across profiles."""
-    from llmctl.lint.rules import cross_checks
+def usable(
+    found: Path, manifest: Manifest, problems: list[Problem], cross: list[Problem] | None = None
+) -> Manifest:
+    """The manifest, or ManifestError with its errors and those of the checks across profiles
+    (`cross`: their result already known, as the manifest cache keeps it)."""
+    if cross is None:
+        from llmctl.lint.rules import cross_checks
 
-    problems = problems + cross_checks(manifest, include_environment=False)
+        cross = cross_checks(manifest, include_environment=False)
+    problems = problems + cross
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         first = errors[0]

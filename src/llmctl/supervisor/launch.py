@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +49,8 @@ class LaunchSpec:
 
     def shell(self) -> str:
         """The command line to show: shell-quoted, environment assignments first, secrets masked."""
+        import shlex
+
         from llmctl.llama.secrets import mask_argv
 
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))

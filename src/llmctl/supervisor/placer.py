@@ -12,16 +12,19 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LlmctlError
-from llmctl.supervisor.devices import DeviceInfo
-from llmctl.supervisor.placement import Decision, Device, Option, Request, Running, decide
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
     from llmctl.memory.estimate import Estimate
     from llmctl.memory.plan import DevicePlan
+    from llmctl.supervisor.devices import DeviceInfo
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.lifecycle import Event, Supervisor, SwitchResult
+    from llmctl.supervisor.placement import Decision, Device, Request, Running
     from llmctl.supervisor.state import LaunchRecord
+
+# The policy (llmctl.supervisor.placement) is imported where it is used: `llmctl switch` and
+# `command` reach this module for `command_spec` and, without listed devices, need no policy.
 
 # Flags the plan sets when the manifest lists devices; the profile's own are replaced.
 PLAN_FLAGS = {
@@ -52,6 +55,8 @@ class Placement:
 
 
 def policy_devices(devices: Sequence[DeviceInfo]) -> list[Device]:
+    from llmctl.supervisor.placement import Device
+
     return [
         Device(d.name, d.budget if d.budget is not None else 0, d.headroom)
         for d in devices
@@ -65,6 +70,7 @@ def _gpu_choices(
     """The device sets a profile may use: [] means the CPU device alone. The devices of the
     profile's RPC servers are in every set, first (llama-server's order)."""
     from llmctl.llama.rpc import device_key
+    from llmctl.supervisor.devices import DeviceInfo
 
     profile = manifest.profiles[name]
     gpus = [d for d in devices if not d.is_cpu and d.rpc is None]
@@ -133,6 +139,8 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
         plan.flags = manifest.devices_listed
         plans.append(plan)
         specs.append(with_plan(base, plan) if manifest.devices_listed else base)
+    from llmctl.supervisor.placement import Option, Request
+
     options = [Option(p.usage(), p.label) for p in plans]
     specs = [
         replace(spec, placement=_placement_info(plan, est))
@@ -207,6 +215,8 @@ def running_servers(
 ) -> list[Running]:
     """The policy's view of the running servers. `activity`: profile -> (last used, in flight),
     from the router; else the time each became ready."""
+    from llmctl.supervisor.placement import Running
+
     out: list[Running] = []
     for name, rec in records.items():
         info = rec.extra or {}
@@ -271,6 +281,8 @@ def plan_load(
     placement: Placement | None = None,
 ) -> tuple[Decision, Placement]:
     """The decision for loading `name` now (pure apart from reading the model's header)."""
+    from llmctl.supervisor.placement import decide
+
     placed = placement or placement_request(manifest, name, devices)
     running = running_servers(manifest, records, activity)
     return decide(policy_devices(devices), running, placed.request), placed
