@@ -185,6 +185,10 @@ def test_several_servers_each_with_its_share_log_and_unload(
     manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
     base = free_port_range(4)
     text = manifest.read_text().replace("server:\n", f'server:\n  ports: "{base}-{base + 3}"\n', 1)
+    # tiny-a and tiny-a2 never run together: loading one would unload the other
+    text = text.replace("    aliases: [A]\n", "    aliases: [A]\n    group: g\n", 1)
+    a_model = models[0]
+    text += f"  tiny-a2:\n    model: {a_model}\n    ctx_size: 256\n    group: g\n"
     manifest.write_text(text)
     s = start_serve(manifest, free_port, tmp_path)
     try:
@@ -205,6 +209,9 @@ def test_several_servers_each_with_its_share_log_and_unload(
         gpu = next(d for d in state["devices"] if d["id"] == "gpu0")
         assert [x["profile"] for x in gpu["shares"]] == ["tiny-a"]  # all layers on the GPU
         assert "tiny-b" in [x["profile"] for x in ram["shares"]]
+        # what loading each profile now would unload, by the placer's decision
+        assert profiles["tiny-a2"]["evicts"] == ["tiny-a"]
+        assert profiles["broken"]["evicts"] == []
         # each server's own log
         with httpx.stream(
             "GET", s.url + "/ui/api/log?server=tiny-b&lines=5", headers=AUTH, timeout=30
@@ -220,6 +227,8 @@ def test_several_servers_each_with_its_share_log_and_unload(
         assert r.status_code == 200 and r.json()["stopped"] == "tiny-a"
         state = httpx.get(s.url + "/ui/api/state", headers=AUTH).json()
         assert [x["name"] for x in state["servers"]] == ["tiny-b"]
+        profiles = {p["name"]: p for p in state["profiles"]}
+        assert profiles["tiny-a"]["evicts"] == profiles["tiny-a2"]["evicts"] == []
         r = httpx.post(s.url + "/models/stop", json={"profile": "nope"}, headers=AUTH)
         assert r.status_code == 404
     finally:

@@ -169,3 +169,26 @@ def test_old_single_gpu_mapping_passes_no_device_flags(tmp_path: Path, model: Pa
     path.write_text(f"version: 1\ngpu: {{vram: 8GiB}}\nprofiles:\n  p:\n    model: {model}\n")
     argv = argv_of(path, "p")
     assert "--device" not in argv and flag(argv, "-ngl") == "-1"
+
+
+def test_experts_kept_on_the_cpu_are_on_the_host_side_of_the_plan(tmp_path: Path) -> None:
+    """--n-cpu-moe (and -ot ...=CPU) keep those expert tensors in host memory whatever device
+    their layer is on: the plan's CPU share holds them, and the GPUs' weights add up to the
+    estimate's GPU weights."""
+    moe = write_tiny_model(tmp_path / "moe.gguf", arch="qwen3moe", n_layer=4)
+    body = f"  p:\n    model: {moe}\n    device: [CUDA0, CUDA1]\n    n_cpu_moe: 2\n"
+    m = load_manifest(manifest(tmp_path, body, gpus=2))
+    plan = placement_request(m, "p", detect(m.device_configs()).devices).plans[0]
+    est = estimate(source_for_profile(m.profiles["p"]), options_from_profile(m.profiles["p"]))
+    assert est.weights.overridden_cpu_bytes > 0
+    gpus, cpu = plan.shares[:2], plan.shares[-1]
+    assert cpu.device == "CPU" and cpu.weights_bytes == est.weights.cpu_bytes
+    assert sum(s.weights_bytes for s in gpus) == est.weights.gpu_bytes
+    # without the option the same layers hold their experts on the GPUs
+    plain = load_manifest(manifest(tmp_path, body.replace("    n_cpu_moe: 2\n", ""), gpus=2))
+    whole = placement_request(plain, "p", detect(plain.device_configs()).devices).plans[0]
+    moved = sum(s.weights_bytes for s in whole.shares[:2]) - sum(s.weights_bytes for s in gpus)
+    assert (
+        moved > 0
+        and cpu.weights_bytes - whole.shares[-1].weights_bytes == est.weights.overridden_cpu_bytes
+    )

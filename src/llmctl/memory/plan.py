@@ -151,10 +151,21 @@ def parse_tensor_split(text: str | None, n: int) -> tuple[float, ...] | None:
 
 
 def _layer_weights(
-    source: ModelSource, n_layer: int, arch: str, total_bytes: int
+    source: ModelSource,
+    n_layer: int,
+    arch: str,
+    total_bytes: int,
+    overrides: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[int], int, int, list[int], int]:
-    """Per block and for the output layer: GPU bytes (CUDA padding) and host bytes; input bytes."""
+    """Per block and for the output layer: GPU bytes (CUDA padding) and host bytes; the bytes the
+    host keeps wherever the layers go (the input embeddings, and tensors that `overrides`, as
+    --n-cpu-moe and -ot give them, send to the CPU: the first matching pattern decides)."""
+    import re
+
+    from llmctl.llama.vocab import CPU_BUFFER
     from llmctl.memory.estimate import _tensor_layer
+
+    compiled = [(re.compile(p), b.upper() == CPU_BUFFER) for p, b in overrides]
 
     gpu_blocks = [0] * n_layer
     cpu_blocks = [0] * n_layer
@@ -172,7 +183,8 @@ def _layer_weights(
             has_output = True
         if t.name == "token_embd.weight":
             embd = t
-        if where == "input":
+        to_cpu = next((c for p, c in compiled if p.search(t.name)), False)
+        if where == "input" or to_cpu:
             input_bytes += t.nbytes
         elif where == "output":
             out_gpu += cuda_alloc_size(t)
@@ -199,8 +211,9 @@ def plan_devices(
     """Split `est` (made from `source`) over `gpus` (none: everything on the CPU device)."""
     hp = hparams_from_metadata(source.metadata)
     n_layer = hp.n_layer_all
+    overrides = est.options.tensor_overrides() if gpus else []
     gpu_blocks, out_gpu_bytes, out_cpu_bytes, cpu_blocks, input_bytes = _layer_weights(
-        source, n_layer, hp.arch, est.weights.bytes
+        source, n_layer, hp.arch, est.weights.bytes, overrides
     )
     kv_per_layer = [0] * (n_layer + 1)
     for cache in est.caches:

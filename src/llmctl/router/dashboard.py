@@ -107,8 +107,9 @@ async def state_endpoint(request: Request) -> Response:
     await router.refresh()
     statuses, _note = await run_in_threadpool(router.supervisor.ps, check_health=False)
     plans = await run_in_threadpool(_plans, router)
+    evicts = await run_in_threadpool(_evicts, router) if _several(router) else None
     rss = {st.pid: _rss(st.pid) for st in statuses if st.pid}
-    return JSONResponse(build_state(router, statuses, plans, _meminfo(), rss))
+    return JSONResponse(build_state(router, statuses, plans, _meminfo(), rss, evicts))
 
 
 def _several(router: Router) -> bool:
@@ -126,9 +127,11 @@ def build_state(
     plans: dict[str, dict[str, Any]],
     meminfo: dict[str, int],
     rss: dict[int, int | None],
+    evicts: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """The page's data from what the router knows (no I/O here). `statuses` are the running
-    servers (Supervisor.ps), `rss` their resident memory by pid."""
+    servers (Supervisor.ps), `rss` their resident memory by pid; `evicts` (several servers):
+    what loading each profile now would unload, by the placer's decision."""
     sched = router.scheduler
     active = sched.active
     loading = sched.loading
@@ -180,8 +183,11 @@ def build_state(
             state = "idle"
         plan = plans.get(name, {})
         # one server at a time: loading another profile stops the running one; with several,
-        # the placer decides at load time (llmctl load --dry-run shows it)
-        evicts = [active] if not several and active not in (None, name) else []
+        # what the placer would decide now (it decides again at load time)
+        if several:
+            unloads = (evicts or {}).get(name, [])
+        else:
+            unloads = [active] if active not in (None, name) else []
         profiles.append(
             {
                 "name": name,
@@ -202,7 +208,7 @@ def build_state(
                 "estimate": plan.get("estimate"),
                 "estimate_error": plan.get("error"),
                 "plan": plan.get("devices", {}),
-                "evicts": evicts,
+                "evicts": unloads,
             }
         )
     loaded = [s for s in servers if s["profile"] is not None]
@@ -320,6 +326,37 @@ def _reported_gpu(reported: dict[str, Any]) -> int | None:
 
 # estimates read each model's header: keep them per manifest (a reload brings a new one)
 _plans_for: tuple[int, dict[str, dict[str, Any]]] | None = None
+
+
+_placements_for: tuple[int, dict[str, Any]] | None = None
+
+
+def _evicts(router: Router) -> dict[str, list[str]]:
+    """Several servers: for each profile not loaded, the servers the placer would unload to load
+    it now (its placement, read from the model's header, is kept per manifest)."""
+    global _placements_for
+    from llmctl.supervisor.placer import placement_request, plan_load
+
+    manifest = router.manifest
+    if _placements_for is None or _placements_for[0] != id(manifest):
+        _placements_for = (id(manifest), {})
+    placements = _placements_for[1]
+    records = router.supervisor.records()
+    activity = router.scheduler.activity() if hasattr(router.scheduler, "activity") else {}
+    out: dict[str, list[str]] = {}
+    for name in router.index.profiles:
+        if name in records:
+            continue
+        try:
+            if name not in placements:
+                placements[name] = placement_request(manifest, name, router.devices)
+            decision, _ = plan_load(
+                manifest, name, records, router.devices, activity, placements[name]
+            )
+        except Exception:  # an unreadable model: the profile's card says so from its plan
+            continue
+        out[name] = list(decision.evict) if decision.action == "start" else []
+    return out
 
 
 def _plans(router: Router) -> dict[str, dict[str, Any]]:

@@ -163,6 +163,11 @@ def lean_capable(url: str) -> bool:
     return scheme == "http" and (host in ("localhost", "::1") or host.startswith("127."))
 
 
+# An upstream response once its headers are in: status, headers, the body's chunks (raising
+# StreamBroken), and how to close it. Each transport makes one; `open_reply` does the rest.
+_Opened = tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], Callable[[], Awaitable[None]]]
+
+
 async def open_reply(
     transport: httpx.AsyncClient | Pool,
     *,
@@ -176,11 +181,78 @@ async def open_reply(
     """Send the request; wait (at most `timeout`) for the headers and the first body chunk.
 
     Raises UpstreamFailure on a connect error, a timeout or a 5xx, so the caller can try the next
-    upstream; returns other statuses (4xx too) as they are.
+    upstream; returns other statuses (4xx too) as they are. The transport (the lean pool for
+    loopback, httpx elsewhere) only sends and maps its own errors; the classification is here.
     """
-    if isinstance(transport, Pool):
-        return await _open_lean(transport, upstream, url, method, headers, body, timeout)
-    return await _open_httpx(transport, upstream, url, method, headers, body, timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        async with asyncio.timeout(timeout):
+            if isinstance(transport, Pool):
+                opened = await _send_lean(transport, url, method, headers, body, timeout)
+            else:
+                opened = await _send_httpx(transport, url, method, headers, body, timeout)
+    except TimeoutError:
+        raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
+    status, raw, chunks, closer = opened
+    if server_failed(status):
+        raise await _failure_for_status(status, raw, chunks, deadline, closer)
+    first = await _first_or_fail(chunks, deadline, timeout, closer)
+    return Reply(upstream, status, raw, first, chunks, closer)
+
+
+async def _send_lean(
+    pool: Pool,
+    url: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> _Opened:
+    _, host, port, _ = _split(url)
+    target = url[url.index("/", url.index("//") + 2) :] if url.count("/") > 2 else "/"
+    try:
+        response = await pool.request(
+            host, port, method, target, headers, body,
+            connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+        )  # fmt: skip
+    except ConnectFailed as exc:
+        raise UpstreamFailure("connect", str(exc)) from None
+    except StreamBroken as exc:
+        raise UpstreamFailure("transport", str(exc)) from None
+    return response.status, response.headers, response.body(), response.aclose
+
+
+async def _send_httpx(
+    client: httpx.AsyncClient,
+    url: str,
+    method: str,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float,
+) -> _Opened:
+    request = client.build_request(
+        method,
+        url,
+        headers=headers,
+        content=body,
+        timeout=httpx.Timeout(
+            connect=min(timeout, 10.0), read=timeout, write=timeout, pool=timeout
+        ),
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except httpx.TimeoutException:
+        raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
+    except httpx.ConnectError as exc:
+        raise UpstreamFailure("connect", f"cannot connect: {exc or type(exc).__name__}") from None
+    except httpx.HTTPError as exc:
+        raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
+    return (
+        response.status_code,
+        list(response.headers.raw),
+        _httpx_chunks(response),
+        response.aclose,
+    )
 
 
 async def _first_or_fail(
@@ -226,83 +298,12 @@ async def _failure_for_status(
     )
 
 
-async def _open_lean(
-    pool: Pool,
-    upstream: str,
-    url: str,
-    method: str,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    timeout: float,
-) -> Reply:
-    deadline = time.monotonic() + timeout
-    _, host, port, _ = _split(url)
-    target = url[url.index("/", url.index("//") + 2) :] if url.count("/") > 2 else "/"
-    try:
-        async with asyncio.timeout(timeout):
-            response = await pool.request(
-                host, port, method, target, headers, body,
-                connect_timeout=min(timeout, 10.0), read_timeout=timeout,
-            )  # fmt: skip
-    except TimeoutError:
-        raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
-    except ConnectFailed as exc:
-        raise UpstreamFailure("connect", str(exc)) from None
-    except StreamBroken as exc:
-        raise UpstreamFailure("transport", str(exc)) from None
-    chunks = response.body()
-    if server_failed(response.status):
-        raise await _failure_for_status(
-            response.status, response.headers, chunks, deadline, response.aclose
-        )
-    first = await _first_or_fail(chunks, deadline, timeout, response.aclose)
-    return Reply(upstream, response.status, response.headers, first, chunks, response.aclose)
-
-
 async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     try:
         async for chunk in response.aiter_bytes():
             yield chunk
     except httpx.HTTPError as exc:
         raise StreamBroken(f"{type(exc).__name__}: {exc}") from exc
-
-
-async def _open_httpx(
-    client: httpx.AsyncClient,
-    upstream: str,
-    url: str,
-    method: str,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    timeout: float,
-) -> Reply:
-    deadline = time.monotonic() + timeout
-    request = client.build_request(
-        method,
-        url,
-        headers=headers,
-        content=body,
-        timeout=httpx.Timeout(
-            connect=min(timeout, 10.0), read=timeout, write=timeout, pool=timeout
-        ),
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            response = await client.send(request, stream=True)
-    except (TimeoutError, httpx.TimeoutException):
-        raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
-    except httpx.ConnectError as exc:
-        raise UpstreamFailure("connect", f"cannot connect: {exc or type(exc).__name__}") from None
-    except httpx.HTTPError as exc:
-        raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
-    chunks = _httpx_chunks(response)
-    raw = list(response.headers.raw)
-    if server_failed(response.status_code):
-        raise await _failure_for_status(
-            response.status_code, raw, chunks, deadline, response.aclose
-        )
-    first = await _first_or_fail(chunks, deadline, timeout, response.aclose)
-    return Reply(upstream, response.status_code, raw, first, chunks, response.aclose)
 
 
 def error_from_body(status: int, body: bytes, fallback: str) -> RouterError:
