@@ -284,7 +284,7 @@ def plan_devices(
         and mode == "layer"
         and act > n_layer
         and not kv_on_host
-        and not est.options.tensor_overrides()
+        and not overrides
     )
     flowing = 0  # bytes copied into each device's part of the graph, per copy
     if pipeline and est.compute is not None:
