@@ -36,13 +36,17 @@ def serve_argv(manifest: Path, port: int, *args: str) -> list[str]:
             "--port", str(port), *args]  # fmt: skip
 
 
-def start_serve(manifest: Path, port: int, tmp_path: Path, *args: str) -> Served:
+def start_serve(
+    manifest: Path, port: int, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> Served:
+    """`env`: the whole environment of the process (default: this one's)."""
     log = tmp_path / f"serve-{port}.log"
-    out = log.open("wb")
+    out = log.open("ab")  # a serve started again on the same port appends to its log
     proc = subprocess.Popen(
         serve_argv(manifest, port, *args),
         stdout=out,
         stderr=subprocess.STDOUT,
+        env=env,
     )
     out.close()
     url = f"http://127.0.0.1:{port}"

@@ -74,12 +74,121 @@ def fast(args: list[str]) -> int | None:
 def register(app: typer.Typer) -> None:
     import typer
 
-    from llmctl.cli.options import json_option
+    from llmctl.cli.options import json_option, manifest_option
 
     @app.command()
-    def ps(json_out: bool = json_option()) -> None:
+    def ps(
+        json_out: bool = json_option(),
+        hosts: bool = typer.Option(
+            False,
+            "--all-hosts",
+            help="Ask the running `llmctl serve` for its profiles and those of every host "
+            "(type: llmctl upstream) it knows.",
+        ),
+        router: str | None = typer.Option(
+            None,
+            "--router",
+            help="With --all-hosts: the router's URL (default: http://serve.host:serve.port).",
+            metavar="URL",
+        ),
+        manifest: str | None = manifest_option(),
+    ) -> None:
         """List the running profiles.
 
-        Each with its devices, planned and reported memory, port, url, uptime and health. Exit status: 0, or 1 when a server that is ready does not answer /health.
+        Each with its devices, planned and reported memory, port, url, uptime and health. Exit status: 0, or 1 when a server that is ready does not answer /health. With --all-hosts: every host's profiles and state, from the running router; exit status 1 when a host is down.
         """
+        if hosts:
+            raise typer.Exit(all_hosts(manifest, router, json_out))
         raise typer.Exit(run(json_out=json_out))
+
+
+def all_hosts(manifest_path: str | None, url: str | None, json_out: bool) -> int:
+    """`ps --all-hosts`: this router's profiles, then each host's, from GET /llmctl/v1/state."""
+    return run_command(json_out, lambda: _all_hosts(manifest_path, url, json_out))
+
+
+def _all_hosts(manifest_path: str | None, url: str | None, json_out: bool) -> int:
+    from llmctl.manifest.cache import load_manifest
+
+    m = load_manifest(manifest_path)
+    base = (url or _router_url(m.serve.host, m.serve.port)).rstrip("/")
+    data = _fetch_state(base, _router_key(m.serve.api_keys, m.serve.api_keys_env))
+    hosts = [
+        {"name": "local", "url": base, "up": True, "error": None, "profiles": data["profiles"]},
+        *data.get("hosts", []),
+    ]
+    code = EXIT_FAILED if any(not h.get("up") for h in hosts) else EXIT_OK
+    if json_out:
+        print_json({"router": base, "router_id": data.get("router_id"), "hosts": hosts})
+        return code
+    from llmctl.cli.output import table
+
+    rows: list[list[str]] = []
+    for h in hosts:
+        up = "up" if h.get("up") else "DOWN"
+        if not h.get("profiles"):
+            rows.append([h["name"], up, "-", "-", "-", "-"])
+        for p in h.get("profiles", []):
+            fits = {True: "yes", False: "no", None: "-"}[p.get("fits")]
+            rows.append([h["name"], up, p["name"], p["state"], fits, str(p.get("inflight", 0))])
+    header = ["HOST", "UP", "PROFILE", "STATE", "FITS", "INFLIGHT"]
+    sys.stdout.write("\n".join(table(rows, header=header)) + "\n")
+    for h in hosts:
+        if not h.get("up"):
+            sys.stderr.write(f"host {h['name']} ({h.get('url')}) is down: {h.get('error')}\n")
+        elif h.get("profiles_dropped"):
+            sys.stderr.write(
+                f"host {h['name']}: {h['profiles_dropped']} more profiles left out (too many)\n"
+            )
+    return code
+
+
+def _router_url(host: str, port: int) -> str:
+    """Where the router listens, as a client reaches it (a wildcard address means this machine)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _router_key(manifest_keys: list[str], env_var: str) -> str | None:
+    from llmctl.router.auth import collect_keys
+
+    keys = collect_keys(manifest_keys, env_var)
+    return keys[0] if keys else None
+
+
+def _fetch_state(base: str, key: str | None) -> dict[str, Any]:
+    import httpx
+
+    from llmctl.errors import LlmctlError
+
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        r = httpx.get(base + "/llmctl/v1/state", headers=headers, timeout=10, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise LlmctlError(
+            f"cannot reach llmctl serve at {base}: {exc or type(exc).__name__}",
+            hint="start it with `llmctl serve`, or name its URL with --router",
+        ) from None
+    if r.status_code == 401:
+        raise LlmctlError(
+            f"llmctl serve at {base} refused the key",
+            hint="put one of its keys in serve.api_keys or the variable serve.api_keys_env names",
+        )
+    if r.status_code != 200:
+        raise LlmctlError(
+            f"llmctl serve at {base} answered {r.status_code} to /llmctl/v1/state",
+            hint="is it an llmctl serve of this version? (see its log)",
+        )
+    try:
+        data = r.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("profiles"), list):
+        raise LlmctlError(
+            f"{base}/llmctl/v1/state did not answer llmctl state",
+            hint="is --router the URL of an llmctl serve?",
+        )
+    return data

@@ -230,14 +230,15 @@ def _serve(out: _Out) -> None:
                 path=("serve", "upstreams", i, "name"),
             )
         seen.add(up.name)
-        if up.type == "openai":
+        if up.type in ("openai", "llmctl"):
             if not up.url:
                 out.at(
                     "error",
                     "upstream",
                     f"upstream `{up.name}` has no url",
                     None,
-                    hint="set url: http://host:port/v1, or type: managed for the local server",
+                    hint="set url: http://host:port/v1 (type llmctl: http://host:port), "
+                    "or type: managed for the local server",
                     path=("serve", "upstreams", i),
                 )
             elif not up.url.startswith(("http://", "https://")):

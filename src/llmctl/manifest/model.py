@@ -299,9 +299,15 @@ class BreakerConfig(_Strict):
 
 class UpstreamConfig(_Strict):
     name: str
-    type: Literal["managed", "openai"] = "openai"
+    type: Literal["managed", "openai", "llmctl"] = Field(
+        "openai",
+        description="managed: this router's llama-server; openai: an OpenAI-compatible API; "
+        "llmctl: another `llmctl serve` (a host), whose profiles and state are learned from it.",
+    )
     url: str | None = Field(
-        None, description="Base URL of an OpenAI-compatible API, e.g. http://gpu:8080/v1."
+        None,
+        description="Base URL of an OpenAI-compatible API, e.g. http://gpu:8080/v1, or of "
+        "another llmctl serve, e.g. http://gpu:8080.",
     )
     api_key_env: str | None = Field(
         None, description="Environment variable that holds this upstream's key."
@@ -313,6 +319,12 @@ class UpstreamConfig(_Strict):
         default_factory=dict, description="Model name -> name sent upstream."
     )
     timeout: Duration = Field(600.0, description="Longest wait for the first byte of a response.")
+    poll_interval: Duration = Field(
+        2.0,
+        gt=0,
+        description="type llmctl: how often to learn the host's profiles and state (also right "
+        "after a failure); a host that does not answer within this (at least 1 s) is marked down.",
+    )
 
 
 class ServeConfig(_Strict):

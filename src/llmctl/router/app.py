@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -47,8 +48,20 @@ from llmctl.router.errors import (
     unauthorized,
 )
 from llmctl.router.exchange import COUNTED, Exchange
+from llmctl.router.host_watch import HostWatch
+from llmctl.router.hosts import (
+    HOPS_HEADER,
+    STATE_PATH,
+    STATE_VERSION,
+    HostProfile,
+    Standing,
+    loop_error,
+    order,
+    parse_hops,
+)
 from llmctl.router.models import (
     ModelIndex,
+    Target,
     detect,
     query_model,
     route_kind,
@@ -111,6 +124,10 @@ class Router:
         self.manifest_path = manifest_path
         self.environ = environ
         self.heartbeat = heartbeat
+        # names this process to other hosts: a request that comes back to it is a loop
+        self.router_id = uuid.uuid4().hex[:16]
+        self.hosts = HostWatch(self)
+        self._fits_cache: tuple[tuple[str, ...], dict[str, bool | None]] | None = None
         self._spec_for_factory = spec_for
         # set by whoever binds the socket: raises for settings that must not serve that address
         self.bind_check: Callable[[Settings], None] | None = None
@@ -181,6 +198,7 @@ class Router:
                 )
                 return False
         self.apply(manifest)
+        self.hosts.sync()
         log.info("manifest reloaded: %d profile(s)", len(self.index.profiles))
         await self.stop_removed_profile()
         return True
@@ -476,6 +494,132 @@ class Router:
             except RouterError as err:
                 log.warning("idle unload of %s skipped: %s", active, err.message)
 
+    # --- hosts (type: llmctl) ----------------------------------------------------------
+
+    def own_profiles(self) -> list[str]:
+        """The profiles this router's own llama-server serves (what it tells other hosts)."""
+        assert self.upstreams is not None
+        managed = self.upstreams.managed
+        return [
+            name
+            for name, aliases in self.index.profiles.items()
+            if managed is not None and managed.serves([name, *aliases])
+        ]
+
+    def _local_fits(self, profile: str | None) -> bool | None:
+        """Loading `profile` here would unload nothing (None: not known right now)."""
+        sched = self.scheduler
+        if profile is None:
+            return None
+        if sched.is_loaded(profile):
+            return True
+        if not isinstance(sched, PlacementScheduler):
+            return sched.active is None and not sched.switching
+        cached = self._fits_cache
+        if cached is not None and cached[0] == tuple(sorted(sched.loaded)):
+            return cached[1].get(profile)
+        return None
+
+    async def fits_without_evicting(self) -> dict[str, bool | None]:
+        """Each own profile: would loading it now unload nothing? With several servers the placer
+        decides (cached until what is loaded changes); with one, only when nothing runs."""
+        sched = self.scheduler
+        names = self.own_profiles()
+        if not isinstance(sched, PlacementScheduler):
+            return {n: self._local_fits(n) for n in names}
+        key = tuple(sorted(sched.loaded))
+        if self._fits_cache is not None and self._fits_cache[0] == key:
+            return {n: self._fits_cache[1].get(n) for n in names}
+        from llmctl.supervisor.placer import plan_load
+
+        manifest, devices, activity = self.manifest, self.devices, sched.activity()
+
+        def work() -> dict[str, bool | None]:
+            records = self.supervisor.records()
+            out: dict[str, bool | None] = {}
+            for name in names:
+                if name in key:
+                    out[name] = True
+                    continue
+                try:
+                    decision, _ = plan_load(manifest, name, records, devices, activity)
+                except Exception:  # an unreadable model: the host cannot tell
+                    out[name] = None
+                    continue
+                out[name] = decision.action != "refuse" and not decision.evict
+            return out
+
+        fits = await run_in_threadpool(work)
+        self._fits_cache = (key, fits)
+        return fits
+
+    def host_state(self, fits: Mapping[str, bool | None]) -> dict[str, Any]:
+        """This router's answer to `GET /llmctl/v1/state`: its own profiles for other hosts, and
+        what it learned from its own hosts (for `llmctl ps --all-hosts`)."""
+        sched = self.scheduler
+        several = isinstance(sched, PlacementScheduler)
+        profiles = []
+        for name in self.own_profiles():
+            load = self.activity.loads.get(name)
+            if sched.is_loaded(name):
+                state = "ready"
+            elif sched.loading == name:
+                state = "loading"
+            elif load is not None and load.state == "failed":
+                state = "failed"
+            else:
+                state = "idle"
+            if isinstance(sched, PlacementScheduler):
+                inflight = sched.inflight_of(name)
+            else:
+                inflight = sched.inflight if sched.active == name else 0
+            profiles.append(
+                HostProfile(
+                    name, tuple(self.index.aliases(name)), state, fits.get(name), inflight
+                ).to_json()
+            )
+        assert self.upstreams is not None
+        now = time.monotonic()
+        return {
+            "llmctl_state": STATE_VERSION,
+            "router_id": self.router_id,
+            "several_servers": several,
+            "queue_depth": sched.depth,
+            "profiles": profiles,
+            "hosts": [
+                {"name": u.name, "url": u.public()["url"], **u.host.to_json(now)}
+                for u in self.upstreams.hosts()
+                if u.host is not None
+            ],
+        }
+
+    def order_chain(self, chain: list[Upstream], target: Target) -> list[Upstream]:
+        """With hosts in the chain: the one that has the profile loaded first, else one where it
+        fits without unloading anything, else chain order (`hosts.order`)."""
+        if not any(u.host is not None for u in chain):
+            return chain
+        names = [n for n in (target.model, target.profile) if n]
+        if target.profile:
+            names.extend(self.index.aliases(target.profile))
+        standings: list[Standing] = []
+        for u in chain:
+            if u.managed:
+                standings.append(
+                    Standing(
+                        host=True,
+                        loaded=self.scheduler.is_loaded(target.profile),
+                        fits=self._local_fits(target.profile),
+                    )
+                )
+                continue
+            found = u.host_profile(names)
+            reported = u.host.profiles.get(found) if u.host is not None and found else None
+            if reported is None:
+                standings.append(Standing(host=False))
+            else:
+                standings.append(Standing(host=True, loaded=reported.loaded, fits=reported.fits))
+        return [chain[i] for i in order(standings)]
+
     # --- auth -------------------------------------------------------------------------
 
     def check_auth(self, request: Request) -> None:
@@ -554,7 +698,10 @@ def _upstream_request(request: Request, router: Router) -> tuple[Request, str]:
     name, rest = split
     profile = router.index.lookup(name)
     if profile is None:
-        raise model_not_found(name, router.index.names())
+        assert router.upstreams is not None
+        if not router.upstreams.find_explicit(name):  # a host's profile is named as it is
+            raise model_not_found(name, router.index.names())
+        profile = name
     inner = dict(scope, path=rest.decode("utf-8", "surrogateescape"), raw_path=rest)
     return Request(inner, request.receive), profile
 
@@ -600,6 +747,10 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
         raise RouterError(
             503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
         )
+    looped = loop_error(parse_hops(request.headers.get(HOPS_HEADER)), router.router_id)
+    if looped is not None:
+        router.metrics.count_rejected("loop")
+        raise RouterError(508, f"Request loop: {looped}.", type=SERVER, code="upstream_loop")
     path_profile: str | None = None
     if pinned:
         request, path_profile = _upstream_request(request, router)
@@ -619,7 +770,9 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
         default=router.settings.default_profile,
     )
     aliases = router.index.aliases(target.profile) if target.profile else []
-    chain = router.upstreams.chain(target.profile, target.model, aliases)
+    chain = router.order_chain(
+        router.upstreams.chain(target.profile, target.model, aliases), target
+    )
     if not chain:
         raise RouterError(
             503, "No upstream serves this model.", type=SERVER, code="upstream_unavailable"
@@ -708,6 +861,33 @@ async def _model_entries(router: Router) -> list[dict[str, Any]]:
             data.append({**entry, "id": alias, "aliases": []})
     assert router.upstreams is not None
     seen = {d["id"] for d in data}
+    # profiles of other llmctl hosts, named for their host; a name served here too says where else
+    elsewhere: dict[str, list[str]] = {}
+    for up in router.upstreams.hosts():
+        assert up.host is not None
+        for name in up.host_profiles():
+            reported = up.host.profiles[name]
+            for model in (name, *reported.aliases):
+                elsewhere.setdefault(model, []).append(up.name)
+                if model in seen:
+                    continue
+                seen.add(model)
+                data.append(
+                    {
+                        "id": model,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": up.name,
+                        "host": up.name,
+                        "host_up": up.host.up,
+                        "profile": name,
+                        "aliases": list(reported.aliases) if model == name else [],
+                        "loaded": reported.loaded,
+                    }
+                )
+    for entry in data:
+        if entry["id"] in elsewhere and "host" not in entry:
+            entry["hosts"] = elsewhere[entry["id"]]
     for model, up in router.upstreams.explicit_models():
         if model not in seen:
             seen.add(model)
@@ -824,6 +1004,15 @@ async def models_status(request: Request) -> Response:
             "kv_saved": status.kv_saved,
         }
     )
+
+
+async def host_state_endpoint(request: Request) -> Response:
+    """`GET /llmctl/v1/state`: what other llmctl hosts learn from this one (small, stable JSON)."""
+    router = _router(request)
+    router.check_auth(request)
+    await router.refresh()
+    fits = await router.fits_without_evicting()
+    return JSONResponse(router.host_state(fits))
 
 
 async def models_available(request: Request) -> Response:
@@ -1144,11 +1333,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await router.refresh(force=True)
+        router.hosts.sync()
         idle = asyncio.ensure_future(router.idle_loop()) if idle_unload else None
         try:
             yield
         finally:
             router.shutting_down = True
+            await router.hosts.aclose()
             if idle is not None:
                 idle.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -1169,6 +1360,7 @@ def create_app(
         Route("/models/status", models_status, methods=["GET"]),
         Route("/models/switch", models_switch, methods=["POST"]),
         Route("/models/stop", models_stop, methods=["POST"]),
+        Route(STATE_PATH, host_state_endpoint, methods=["GET"]),
         *dashboard.routes(),
     ]
     app = Starlette(

@@ -5,7 +5,9 @@ reached through the switch scheduler (a lease on the profile); a connect error, 
 before the first byte or a failed load moves on to the next upstream. A managed server found dead
 is started again once, when the state file agrees it is gone. A managed server cut off by an
 operator's switch or stop (another llmctl holds the lock, or the state names another launch) is
-no failure: the request waits for the change to end and goes to what runs then.
+no failure: the request waits for the change to end and goes to what runs then. A host (`type:
+llmctl`) that its last poll found down is skipped like an open breaker; a failure there asks for
+a new poll at once.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError
+from llmctl.router.hosts import HOPS_HEADER, parse_hops, with_hop
 from llmctl.router.models import Target
 from llmctl.router.proxy import (
     PROFILE_HEADER,
@@ -85,16 +89,31 @@ class Exchange:
         first = self.chain[0]
         return first.managed and self.router.scheduler.would_wait(self.target.profile)
 
-    def _body_for(self, upstream: Upstream) -> bytes:
-        if upstream.managed or self.payload is None:
-            return self.body
+    def _names(self) -> list[str]:
         names = [n for n in (self.target.model, self.target.profile) if n]
         if self.target.profile:
             names.extend(self.router.index.aliases(self.target.profile))
-        mapped = upstream.upstream_model(names)
+        return names
+
+    def _body_for(self, upstream: Upstream) -> bytes:
+        if upstream.managed or self.payload is None:
+            return self.body
+        mapped = upstream.upstream_model(self._names())
         if mapped is None or mapped == self.payload.get("model"):
             return self.body
         return json.dumps({**self.payload, "model": mapped}).encode()
+
+    def _host_request(self, up: Upstream) -> tuple[str, list[tuple[bytes, bytes]]]:
+        """A host gets `/upstream/{its profile}/...`, which names the profile even for a request
+        without a model (GET /props), and the hops header with this router added."""
+        profile = up.host_profile(self._names())
+        path = self.path
+        if profile is not None:
+            path = f"/upstream/{quote(profile, safe='')}{self.path}"
+        hops = parse_hops(_header(self.headers, HOPS_HEADER.encode()))
+        headers = request_headers(self.headers, up.api_key)
+        headers.append((HOPS_HEADER.encode(), with_hop(hops, self.router.router_id)))
+        return up.url_for(path), headers
 
     async def open(self, progress: ProgressFn | None) -> Reply:
         """The first good reply along the chain; RouterError when every upstream failed."""
@@ -108,6 +127,9 @@ class Exchange:
             up = queue.pop(0)
             has_next = bool(queue)
             breaker = up.breaker_for(self.target.profile)
+            if up.host is not None and not up.host.up:
+                failures.append(_Failure(up.name, "host_down", f"host down ({up.host.error})"))
+                continue
             if not breaker.allow():
                 failures.append(_Failure(up.name, "breaker_open", "circuit open"))
                 continue
@@ -131,14 +153,18 @@ class Exchange:
                         raise
                     used_pid = router.managed_pid
                     url = router.managed_base(self.target.profile) + self.path
+                    headers = request_headers(self.headers, up.api_key)
+                elif up.host is not None:
+                    url, headers = self._host_request(up)
                 else:
                     url = up.url_for(self.path)
+                    headers = request_headers(self.headers, up.api_key)
                 reply = await open_reply(
                     router.transport_for(up, url),
                     upstream=up.name,
                     url=url,
                     method=self.method,
-                    headers=request_headers(self.headers, up.api_key),
+                    headers=headers,
                     body=self._body_for(up),
                     timeout=up.timeout,
                 )
@@ -166,6 +192,8 @@ class Exchange:
                         continue
                 if counts_as_failure(fail.status) if fail.status is not None else True:
                     breaker.record_failure(f"{fail.reason}: {fail.message}")
+                    if up.host is not None:
+                        router.hosts.poke(up.name)  # learn now whether the host is gone
                 else:
                     breaker.record_success()  # alive: it answered (a 500 or 501 to this request)
                 router.metrics.count_fallback(up.name, fail.reason)
@@ -207,12 +235,18 @@ class Exchange:
             err.message = f"{err.message} (tried {summary})"
             err.extra["upstreams"] = names
             return err
-        if failures and all(f.reason == "breaker_open" for f in failures):
+        if failures and all(f.reason in ("breaker_open", "host_down") for f in failures):
             profile = self.target.profile
-            wait = min((u.breaker_for(profile).retry_in() for u in self.chain), default=1.0)
+            wait = min(
+                (
+                    u.poll_interval if u.host is not None else u.breaker_for(profile).retry_in()
+                    for u in self.chain
+                ),
+                default=1.0,
+            )
             return RouterError(
                 503,
-                f"Every upstream for this model is failing; circuit open ({summary}).",
+                f"Every upstream for this model is failing or down ({summary}).",
                 type=SERVER,
                 code="upstream_unavailable",
                 retry_after=max(1.0, wait),
@@ -267,3 +301,10 @@ class Exchange:
             time.monotonic() - self.started,
             tail,
         )
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return None

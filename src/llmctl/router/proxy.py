@@ -46,8 +46,17 @@ _HOP = {
     "host",
     "content-length",
 }
-_REQUEST_DROP = _HOP | {"authorization", "accept-encoding", "x-api-key", "cookie", "expect"}
-_RESPONSE_DROP = _HOP | {"server", "date", "content-encoding"}
+# the hops header is set anew for a host (type llmctl), and means nothing to anyone else
+_REQUEST_DROP = _HOP | {
+    "authorization",
+    "accept-encoding",
+    "x-api-key",
+    "cookie",
+    "expect",
+    "x-llmctl-hops",
+}
+# a host's (type llmctl) own x-llmctl-upstream names its upstream; this router names the host
+_RESPONSE_DROP = _HOP | {"server", "date", "content-encoding", "x-llmctl-upstream"}
 _REQUEST_DROP_B = frozenset(h.encode() for h in _REQUEST_DROP)
 _RESPONSE_DROP_B = frozenset(h.encode() for h in _RESPONSE_DROP)
 

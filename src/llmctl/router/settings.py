@@ -28,6 +28,7 @@ class UpstreamSettings:
     models: tuple[str, ...] = ("*",)
     model_map: dict[str, str] = field(default_factory=dict)
     timeout: float = 600.0
+    poll_interval: float = 2.0  # type llmctl: how often the host's state is learned
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,13 @@ class Settings:
             ups.append(
                 UpstreamSettings(
                     name=str(_get(raw, "name", f"upstream{i + 1}")),
-                    type="managed" if kind == "managed" or url is None else "openai",
+                    type="managed" if kind == "managed" or url is None else kind,
                     url=None if kind == "managed" else url,
                     api_key_env=_get(raw, "api_key_env", None),
                     models=tuple(_get(raw, "models", default_models) or default_models),
                     model_map=dict(_get(raw, "model_map", {}) or {}),
                     timeout=float(_get(raw, "timeout", 600.0)),
+                    poll_interval=float(_get(raw, "poll_interval", 2.0)),
                 )
             )
         return cls(

@@ -1,8 +1,10 @@
-"""The ordered fallback chain: the managed llama-server and other OpenAI-compatible endpoints.
+"""The ordered fallback chain: the managed llama-server, other OpenAI-compatible endpoints and
+other `llmctl serve` hosts.
 
-Each upstream lists the model names it serves (`*` = any) and may map names; a request goes to
-the first upstream in the chain that serves its model and whose breaker lets it through, and on
-a connect error, a 5xx or a timeout before the first byte, to the next one.
+Each upstream lists the model names it serves (`*` = any) and may map names; a host (`type:
+llmctl`) serves the profiles it reported, within its `models`. A request goes to the first
+upstream in the chain that serves its model and whose breaker lets it through, and on a connect
+error, a 5xx or a timeout before the first byte, to the next one.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from llmctl.router.breaker import CircuitBreaker
+from llmctl.router.hosts import HostState
 from llmctl.router.settings import Settings, UpstreamSettings
 
 MANAGED = "managed"
+HOST = "llmctl"
 
 
 def _base_url(url: str) -> str:
@@ -44,7 +48,7 @@ def public_url(url: str | None) -> str | None:
 @dataclass(eq=False)
 class Upstream:
     name: str
-    kind: Literal["managed", "openai"]
+    kind: Literal["managed", "openai", "llmctl"]
     url: str | None
     models: tuple[str, ...] = ("*",)
     model_map: dict[str, str] = field(default_factory=dict)
@@ -55,6 +59,9 @@ class Upstream:
     query: str = field(default="", repr=False)
     # the managed server: one breaker per profile, made from `breaker` (the template) on first use
     profile_breakers: dict[str, CircuitBreaker] = field(default_factory=dict, repr=False)
+    # type llmctl: what the host reported (kept across reloads, like the breaker)
+    host: HostState | None = field(default=None, repr=False)
+    poll_interval: float = 2.0
 
     def __post_init__(self) -> None:
         self._folded = {m.casefold() for m in self.models}
@@ -80,16 +87,46 @@ class Upstream:
         return {f"{self.name}/{p}": b for p, b in sorted(self.profile_breakers.items())}
 
     def serves(self, names: Iterable[str]) -> bool:
-        if "*" in self._folded:
+        if "*" in self._folded and self.host is None:
             return True
         return any(self.explicitly_serves(n) for n in names)
 
     def explicitly_serves(self, name: str) -> bool:
         folded = name.casefold()
+        if self.host is not None:
+            profile = self.host.lookup(name)
+            return profile is not None and self._allows(profile)
         return folded in self._folded or folded in self._map_folded
+
+    def _allows(self, profile: str) -> bool:
+        """A host's profile within this entry's `models` (a name or alias of it, or `*`)."""
+        assert self.host is not None
+        if "*" in self._folded:
+            return True
+        reported = self.host.profiles.get(profile)
+        names = (profile, *(reported.aliases if reported else ()))
+        return any(n.casefold() in self._folded for n in names)
+
+    def host_profile(self, names: Iterable[str]) -> str | None:
+        """The host's profile for the first of `names` it serves (type llmctl)."""
+        if self.host is None:
+            return None
+        for name in names:
+            profile = self.host.lookup(name)
+            if profile is not None and self._allows(profile):
+                return profile
+        return None
+
+    def host_profiles(self) -> list[str]:
+        """The host's profiles this entry serves (type llmctl)."""
+        if self.host is None:
+            return []
+        return [p for p in self.host.profiles if self._allows(p)]
 
     def upstream_model(self, names: Iterable[str]) -> str | None:
         """The name to send upstream for the first of `names` this upstream maps, if any."""
+        if self.host is not None:
+            return self.host_profile(names)
         for name in names:
             mapped = self.model_map.get(name) or self._map_folded.get(name.casefold())
             if mapped:
@@ -116,6 +153,7 @@ class Upstream:
             "api_key_set": self.api_key is not None,
             "breaker": self.breaker.snapshot(),
             "profile_breakers": {p: b.snapshot() for p, b in sorted(self.profile_breakers.items())},
+            **({"host": self.host.to_json()} if self.host is not None else {}),
         }
 
 
@@ -139,6 +177,7 @@ class Upstreams:
             configured.insert(0, UpstreamSettings(name="local", type=MANAGED))
         old = {u.name: u.breaker for u in previous.all} if previous else {}
         old_profiles = {u.name: u.profile_breakers for u in previous.all} if previous else {}
+        old_hosts = {u.name: u.host for u in previous.all if u.host} if previous else {}
         built: list[Upstream] = []
         for cfg in configured:
             breaker = old.get(cfg.name)
@@ -162,10 +201,11 @@ class Upstreams:
                     max_open_for=settings.breaker_max_open_for,
                 )
             key = env.get(cfg.api_key_env) if cfg.api_key_env else None
+            is_host = cfg.type == HOST and cfg.url is not None
             built.append(
                 Upstream(
                     name=cfg.name,
-                    kind="managed" if cfg.type == MANAGED else "openai",
+                    kind="managed" if cfg.type == MANAGED else "llmctl" if is_host else "openai",
                     url=None if cfg.type == MANAGED or cfg.url is None else _base_url(cfg.url),
                     query="" if cfg.url is None else _query(cfg.url),
                     models=cfg.models or ("*",),
@@ -175,6 +215,8 @@ class Upstreams:
                     api_key=key or None,
                     breaker=breaker,
                     profile_breakers=dict(per_profile) if cfg.type == MANAGED else {},
+                    host=(old_hosts.get(cfg.name) or HostState()) if is_host else None,
+                    poll_interval=cfg.poll_interval,
                 )
             )
         return cls(built)
@@ -199,9 +241,18 @@ class Upstreams:
         for u in self.all:
             if u.managed:
                 continue
+            if u.host is not None:
+                for p in u.host_profiles():
+                    out.append((p, u))
+                    out.extend((a, u) for a in u.host.profiles[p].aliases)
+                continue
             out.extend((m, u) for m in u.models if m != "*")
             out.extend((m, u) for m in u.model_map if m not in u.models)
         return out
 
     def find_explicit(self, name: str) -> bool:
         return any(not u.managed and u.explicitly_serves(name) for u in self.all)
+
+    def hosts(self) -> list[Upstream]:
+        """The `type: llmctl` entries, in chain order."""
+        return [u for u in self.all if u.host is not None]
