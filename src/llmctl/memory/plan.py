@@ -279,13 +279,7 @@ def plan_devices(
     used = [g for g in gpus if shares[g.name].layers or shares[g.name].output]
     if mode == "row" and n > 1:
         used = list(gpus)
-    pipeline = (
-        n > 1
-        and mode == "layer"
-        and act > n_layer
-        and not kv_on_host
-        and not overrides
-    )
+    pipeline = n > 1 and mode == "layer" and act > n_layer and not kv_on_host and not overrides
     flowing = 0  # bytes copied into each device's part of the graph, per copy
     if pipeline and est.compute is not None:
         flowing = 4 * est.compute.n_tokens * hp.n_embd + est.compute.masks
