@@ -25,3 +25,13 @@ def cache_dir() -> Path:
 
 def config_dir() -> Path:
     return _xdg("XDG_CONFIG_HOME", ".config") / "llmctl"
+
+
+def on_path(name: str) -> str | None:
+    """The executable `name` on $PATH, as `shutil.which` finds it, without importing shutil
+    (which brings bz2 and lzma along) into commands that only look for nvidia-smi."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None

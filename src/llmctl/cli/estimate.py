@@ -263,15 +263,17 @@ def _calibration(
 ) -> dict[str, Any] | None:
     """The measurement of this profile (model file, arguments, build); with `measure`, a real
     launch first (llama-server at -lv 4 on a free port, stopped once the model is loaded)."""
+    from llmctl.paths import state_dir
+
+    path = state_dir() / "calibration.json"
+    if not (measure or ask or path.exists()):
+        return None  # nothing measured: no need for the measuring code (subprocess, hashlib)
     import socket
 
     from llmctl.llama.flags import launch_spec
     from llmctl.memory.calibration import CalibrationStore, calibration_key, measure_launch
-    from llmctl.paths import state_dir
 
-    store = CalibrationStore(state_dir() / "calibration.json")
-    if not (measure or ask or store.path.exists()):
-        return None
+    store = CalibrationStore(path)
     spec = launch_spec(manifest, name)
     # the build is asked (llama-server --version) only when explaining or measuring
     build = store.build(spec.argv[0], ask=ask)

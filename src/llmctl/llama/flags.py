@@ -156,9 +156,9 @@ def find_binary(manifest: Manifest | None = None) -> str | None:
         return os.path.expanduser(env)
     if manifest is not None and manifest.server.binary:
         return manifest.server.binary
-    import shutil  # not at the top: it pulls in bz2 and lzma, and most commands never get here
+    from llmctl.paths import on_path
 
-    return shutil.which("llama-server")
+    return on_path("llama-server")
 
 
 def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:

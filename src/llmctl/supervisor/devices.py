@@ -8,9 +8,6 @@ The CPU device (system RAM) is always there.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +81,14 @@ def nvidia_smi(
 
     No nvidia-smi at all is not worth a warning (a machine without NVIDIA GPUs).
     """
-    exe = exe or os.environ.get("LLMCTL_NVIDIA_SMI") or shutil.which("nvidia-smi")
+    from llmctl.paths import on_path
+
+    exe = exe or os.environ.get("LLMCTL_NVIDIA_SMI") or on_path("nvidia-smi")
     if not exe:
         return {}, None
+    # imported here: `llmctl estimate` and the placement commands reach this module on every run
+    import subprocess
+
     try:
         out = subprocess.run(
             [exe, "--query-gpu=index,memory.total,memory.free", "--format=csv,noheader,nounits"],
@@ -161,6 +163,8 @@ def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> 
 
 def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
     """Device names `llama-server --list-devices` prints (CPU not included); None if it fails."""
+    import subprocess
+
     try:
         out = subprocess.run(
             [binary, "--list-devices"],
@@ -186,6 +190,8 @@ def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
 def probe_rpc(endpoint: str, timeout: float = 0.5) -> str | None:
     """None when a ggml-rpc-server could be listening at host:port (a TCP connection opens),
     else why not. The connection is closed at once; the server drops it and keeps serving."""
+    import socket
+
     host, _, port = endpoint.partition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
