@@ -193,7 +193,7 @@ def test_nothing_stops_when_the_state_cannot_be_written(
         assert first.ready
         real_check = lifecycle.check_writable
 
-        def full_disk(state_dir: Path, probe_bytes: int = 0) -> None:
+        def full_disk(state_dir: Path, probe_bytes: int = 0, *, sync: bool = True) -> None:
             raise state_dir_error(state_dir, OSError(errno.ENOSPC, "No space left"), "write")
 
         monkeypatch.setattr(lifecycle, "check_writable", full_disk)

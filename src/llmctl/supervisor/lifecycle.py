@@ -487,7 +487,7 @@ class Supervisor:
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
             # before anything is stopped: the new server's state and log must be writable
-            check_writable(self.state_dir)
+            check_writable(self.state_dir, sync=bool(others) or rec is not None)
             # exactly this profile runs afterwards: every other server goes
             for other in others:
                 self._stop_record(other, emit)
@@ -539,7 +539,7 @@ class Supervisor:
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
             # before anything is stopped: the new server's state and log must be writable
-            check_writable(self.state_dir)
+            check_writable(self.state_dir, sync=any(name in recs for name in victims))
             for name in victims:
                 if name in recs:
                     self._stop_record(recs[name], emit)
@@ -779,7 +779,6 @@ class Supervisor:
         result: Callable[..., SwitchResult],
     ) -> SwitchResult:
         import subprocess
-        import uuid
 
         from llmctl.supervisor.logs import HEADER, new_log
 
@@ -817,7 +816,7 @@ class Supervisor:
             raise state_dir_error(self.state_dir, oserr, "write the launch log") from None
         me = os.getpid()
         rec = LaunchRecord(
-            launch_id=uuid.uuid4().hex,
+            launch_id=os.urandom(16).hex(),  # as uuid4().hex, without importing uuid
             phase="starting",
             profile=spec.profile,
             config_hash=config_hash,

@@ -130,23 +130,24 @@ def state_dir_error(state_dir: Path, err: OSError, doing: str) -> StateDirError:
     )
 
 
-def check_writable(state_dir: Path, probe_bytes: int = PROBE_BYTES) -> None:
+def check_writable(state_dir: Path, probe_bytes: int = PROBE_BYTES, *, sync: bool = True) -> None:
     """StateDirError unless `probe_bytes` can be written (and a file removed) in `state_dir`.
 
     Checked before anything is stopped: a switch that could not record its new server must not
-    leave the machine with none.
+    leave the machine with none. `sync`: also push the bytes to the disk, which a full disk may
+    only refuse then (worth its cost when a running server is at stake).
     """
-    import tempfile
-
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=state_dir)
+        tmp = state_dir / f".probe.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 if probe_bytes:
                     f.write(b"\0" * probe_bytes)
                     f.flush()
-                    os.fsync(f.fileno())  # a full disk may only say so when the data goes out
+                    if sync:
+                        os.fsync(f.fileno())
         finally:
             os.unlink(tmp)
     except OSError as err:
