@@ -782,11 +782,13 @@ class Supervisor:
 
         from llmctl.supervisor.logs import HEADER, new_log
 
-        # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
-        from llmctl.supervisor.slotcache import prepare_launch
-
         config_hash = spec.config_hash
-        spec, keep_kv = prepare_launch(self.state_dir, spec)
+        keep_kv: dict[str, Any] | None = None
+        if spec.keep_kv is not None:
+            # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
+            from llmctl.supervisor.slotcache import prepare_launch
+
+            spec, keep_kv = prepare_launch(self.state_dir, spec)
         holder = procs.port_holder(spec.host, spec.port)
         if holder is not None:
             err = LaunchError(
