@@ -172,7 +172,10 @@ def test_a_server_that_dies_is_loaded_again_and_only_it(served: Served) -> None:
     assert chat(url, "a").status_code == 200
     assert chat(url, "b").status_code == 200
     before = servers()
-    os.kill(int(str(before["a"]["pid"])), signal.SIGKILL)
+    pid = int(str(before["a"]["pid"]))
+    os.kill(pid, signal.SIGKILL)
+    # a server that died: gone once its last thread has exited (it holds its port until then)
+    wait_until(lambda: not procs.is_alive(pid), timeout=30)
     assert chat(url, "a").status_code == 200  # relaunched by this request
     after = servers()
     assert after["a"]["pid"] != before["a"]["pid"] and after["a"]["healthy"]

@@ -72,6 +72,8 @@ class ChainRouter(Protocol):
 
 log = logging.getLogger("llmctl.router")
 
+# operators' switches and stops one request may wait out before it fails
+MAX_CHANGES = 20
 # scope key: this request's answer is counted in the metrics (by its exchange)
 COUNTED = "llmctl.counted"
 
@@ -202,7 +204,15 @@ class Exchange:
                     lease.release()
                 # 503: a server another llmctl is loading on the same port ("Loading model")
                 cut = fail.reason in ("connect", "transport") or fail.status == 503
-                if up.managed and cut and changes < 3:
+                # every operator's change is waited out (a shell script may switch and stop
+                # several times under one request), within the queue's deadline
+                waited = time.monotonic() - self.started
+                if (
+                    up.managed
+                    and cut
+                    and changes < MAX_CHANGES
+                    and waited < router.scheduler.timeout
+                ):
                     why = await run_in_threadpool(router.supervisor.deliberate_change, used_pid)
                     if why is not None:
                         # cut by an operator's switch or stop: wait for the new state, try again
