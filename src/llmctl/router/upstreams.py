@@ -177,7 +177,8 @@ class Upstreams:
             configured.insert(0, UpstreamSettings(name="local", type=MANAGED))
         old = {u.name: u.breaker for u in previous.all} if previous else {}
         old_profiles = {u.name: u.profile_breakers for u in previous.all} if previous else {}
-        old_hosts = {u.name: u.host for u in previous.all if u.host} if previous else {}
+        # what a host said is kept while its entry keeps its name and url
+        old_hosts = {(u.name, u.url): u.host for u in previous.all if u.host} if previous else {}
         built: list[Upstream] = []
         for cfg in configured:
             breaker = old.get(cfg.name)
@@ -202,11 +203,12 @@ class Upstreams:
                 )
             key = env.get(cfg.api_key_env) if cfg.api_key_env else None
             is_host = cfg.type == HOST and cfg.url is not None
+            url = None if cfg.type == MANAGED or cfg.url is None else _base_url(cfg.url)
             built.append(
                 Upstream(
                     name=cfg.name,
                     kind="managed" if cfg.type == MANAGED else "llmctl" if is_host else "openai",
-                    url=None if cfg.type == MANAGED or cfg.url is None else _base_url(cfg.url),
+                    url=url,
                     query="" if cfg.url is None else _query(cfg.url),
                     models=cfg.models or ("*",),
                     model_map=dict(cfg.model_map),
@@ -215,7 +217,7 @@ class Upstreams:
                     api_key=key or None,
                     breaker=breaker,
                     profile_breakers=dict(per_profile) if cfg.type == MANAGED else {},
-                    host=(old_hosts.get(cfg.name) or HostState()) if is_host else None,
+                    host=(old_hosts.get((cfg.name, url)) or HostState()) if is_host else None,
                     poll_interval=cfg.poll_interval,
                 )
             )
