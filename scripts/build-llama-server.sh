@@ -6,6 +6,8 @@
 #   LLMCTL_BUILD_CACHE=/some/dir scripts/build-llama-server.sh
 #
 # Needs cmake and a C++17 compiler; about 4 minutes on 2 cores. Set LLMCTL_CUDA=1 for -DGGML_CUDA=ON.
+# LLMCTL_RPC=1 builds with -DGGML_RPC=ON into its own folder (build-cpu-rpc, build-cuda-rpc), with
+# llama.cpp's rpc-server next to llama-server; the plain build's folder is left as it is.
 set -euo pipefail
 
 version="0.3.36"
@@ -16,10 +18,21 @@ if [ "${LLMCTL_CUDA:-0}" = "1" ]; then
   flavour="cuda"
   cmake_extra+=("-DGGML_CUDA=ON")
 fi
+targets=(llama-server)
+if [ "${LLMCTL_RPC:-0}" = "1" ]; then
+  flavour="$flavour-rpc"
+  cmake_extra+=("-DGGML_RPC=ON")
+  targets+=(ggml-rpc-server)
+fi
 bindir="$cache/build-$flavour/bin"
 binary="$bindir/llama-server"
 
-if [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1; then
+built() {
+  [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1 || return 1
+  if [ "${LLMCTL_RPC:-0}" = "1" ]; then [ -x "$bindir/ggml-rpc-server" ] || return 1; fi
+}
+
+if built; then
   echo "$binary"
   exit 0
 fi
@@ -30,7 +43,7 @@ log() { echo "build-llama-server: $*" >&2; }
 mkdir -p "$cache"
 exec 9>"$cache.lock"
 flock 9
-if [ -x "$binary" ] && "$binary" --version >/dev/null 2>&1; then
+if built; then
   echo "$binary"
   exit 0
 fi
@@ -72,7 +85,7 @@ log "configuring ($flavour)"
 cmake -S "$src" -B "$cache/build-$flavour" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
   "${cmake_extra[@]}" >&2
-log "building llama-server (a few minutes)"
-cmake --build "$cache/build-$flavour" --target llama-server -j "$(nproc)" >&2
+log "building ${targets[*]} (a few minutes)"
+cmake --build "$cache/build-$flavour" --target "${targets[@]}" -j "$(nproc)" >&2
 "$binary" --version >&2
 echo "$binary"

@@ -40,13 +40,14 @@ def run(*, manifest: str | Path | None = None, json_out: bool = False) -> int:
         if json_out:
             print_json({"devices": rows, "warnings": report.warnings})
             return EXIT_OK
+        w = max([10, *(len(r["name"]) for r in rows)])  # RPC[host:port] names are long
         sys.stdout.write(
-            f"{'DEVICE':<10} {'BUDGET':>10} {'HEADROOM':>10} {'AVAILABLE':>10}  PLACED\n"
+            f"{'DEVICE':<{w}} {'BUDGET':>10} {'HEADROOM':>10} {'AVAILABLE':>10}  PLACED\n"
         )
         for r in rows:
             placed_text = ", ".join(f"{k} {mib(v)}" for k, v in r["placed"].items()) or "-"
             sys.stdout.write(
-                f"{r['name']:<10} {mib(r['budget_bytes']):>10} {mib(r['headroom_bytes']):>10} "
+                f"{r['name']:<{w}} {mib(r['budget_bytes']):>10} {mib(r['headroom_bytes']):>10} "
                 f"{mib(r['available_bytes']):>10}  {placed_text}  [{r['source']}]\n"
             )
         return EXIT_OK

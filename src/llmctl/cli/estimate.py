@@ -197,6 +197,12 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
         )
     except MetadataError as err:
         raise UsageError(f"{parsed.model}: {err}") from None
+    if parsed.rpc:
+        est.notes.append(
+            f"the offloaded layers are split over the RPC servers {', '.join(parsed.rpc)} and the"
+            " local GPUs (by free memory, or -ts): `llmctl estimate PROFILE` shows each device's"
+            " share, with the servers' budgets under gpu:"
+        )
     if parsed.fit_may_change:
         est.notes.append(
             "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"
@@ -233,7 +239,13 @@ def plans_text(plans: list[DevicePlan]) -> str:
     for plan in plans:
         parts = [
             f"{s.device} {size(s.total_bytes)}"
-            + (f" ({s.layers} layers{' + output' if s.output else ''})" if s.layers else "")
+            + (
+                f" ({s.layers} layers{' + output' if s.output else ''})"
+                if s.layers
+                else " (output)"
+                if s.output
+                else ""
+            )
             for s in plan.shares
             if s.total_bytes
         ]

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from llmctl.errors import GGUFError, Problem, Severity
+from llmctl.errors import GGUFError, LlmctlError, Problem, Severity
 from llmctl.llama.vocab import (
     CACHE_TYPES,
     SPEC_VOCAB_MAX_SIZE_DIFFERENCE,
@@ -145,7 +145,13 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
                 f"use ctx_size: {hp.n_ctx_train} (or 0 for the trained context)",
             )
 
-        if vram is None or bad_type:
+        if bad_type:
+            continue
+        if profile.rpc:
+            # split over this machine and others: each device against its own budget
+            device_fit_problems(manifest, name, problem)
+            continue
+        if vram is None:
             continue
         try:
             est = estimate(
@@ -249,3 +255,66 @@ def placement_problems(
                 "override_tensor",
                 "anchor the pattern to the tensors meant, e.g. 'blk\\.[0-9]+\\.ffn_.*_exps=CPU'",
             )
+
+
+def device_fit_problems(
+    manifest: Manifest,
+    name: str,
+    problem: Callable[[Severity, str, str, str | None, str | None], None],
+) -> None:
+    """A profile split over several devices (RPC servers among them): its share on each device
+    against that device's budget, for the way of placing it that fits best."""
+    from llmctl.supervisor.devices import detect
+    from llmctl.supervisor.placer import placement_request
+
+    devices = {d.name: d for d in detect(manifest.device_configs()).devices}
+    try:
+        placed = placement_request(manifest, name, list(devices.values()))
+    except (LlmctlError, ValueError):
+        return
+    best: tuple[int, list[tuple[str, int, int, int]]] | None = None
+    for plan in placed.plans:
+        rows: list[tuple[str, int, int, int]] = []  # device, need, budget, headroom
+        for device, need in plan.usage().items():
+            d = devices.get(device)
+            if d is None or d.budget is None:
+                return  # an unknown budget has its own warning
+            rows.append((device, need, d.budget, d.headroom))
+        # 0: fits with headroom, 1: only inside the headroom, 2: over a budget
+        rank = max(
+            (2 if need > budget else 1 if need > budget - headroom else 0)
+            for _, need, budget, headroom in rows
+        )
+        if best is None or rank < best[0]:
+            best = (rank, rows)
+    if best is None or best[0] == 0:
+        return
+    rank, rows = best
+    if rank == 2:
+        over = [r for r in rows if r[1] > r[2]]
+        problem(
+            "error",
+            "over-budget",
+            "estimated memory exceeds the budget of "
+            + "; ".join(
+                f"{d} ({format_bytes(need)} of {format_bytes(budget)}, "
+                f"{format_bytes(need - budget)} over)"
+                for d, need, budget, _ in over
+            ),
+            None,
+            f"`llmctl estimate {name}` shows each device's share; add an RPC server, raise "
+            "tensor_split for the devices with room, or shrink the profile",
+        )
+    else:
+        tight = [r for r in rows if r[1] > r[2] - r[3]]
+        problem(
+            "warning",
+            "in-headroom",
+            "estimated memory leaves less than the headroom free on "
+            + "; ".join(
+                f"{d} ({format_bytes(budget - need)} free, headroom {format_bytes(headroom)})"
+                for d, need, budget, headroom in tight
+            ),
+            None,
+            f"`llmctl estimate {name}` shows each device's share",
+        )

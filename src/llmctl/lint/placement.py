@@ -55,6 +55,7 @@ def static_problems(m: Manifest) -> list[Problem]:
                     )
                 )
             seen.add(d.name)
+    out.extend(_rpc_problems(m))
     for name, p in m.profiles.items():
         for want in _wanted(p.device):
             if want not in names:
@@ -100,6 +101,69 @@ def static_problems(m: Manifest) -> list[Problem]:
     return out
 
 
+def _rpc_problems(m: Manifest) -> list[Problem]:
+    """Each RPC server a profile lists needs its device under gpu:, with a budget."""
+    from llmctl.llama.rpc import RPC_SERVER_BINARY
+
+    out: list[Problem] = []
+    listed = {d.rpc: i for i, d in enumerate(m.gpu) if d.rpc} if isinstance(m.gpu, list) else {}
+    if isinstance(m.gpu, list):
+        for i, d in enumerate(m.gpu):
+            if d.rpc is not None and d.vram is None:
+                out.append(
+                    _at(
+                        m,
+                        "warning",
+                        "rpc-budget",
+                        f"device {d.name} has no `vram`: llmctl cannot check what the profiles "
+                        "that use it put there",
+                        None,
+                        path=("gpu", i),
+                        hint="set vram: to the remote GPU's memory (or the remote RAM for a "
+                        "CPU-only ggml-rpc-server)",
+                    )
+                )
+    for name, p in m.profiles.items():
+        seen: set[str] = set()
+        for i, ep in enumerate(p.rpc):
+            path = (*m.field_path(name, "rpc"), i)
+            if ep in seen:
+                out.append(
+                    _at(
+                        m,
+                        "error",
+                        "rpc",
+                        f"RPC server {ep} is listed twice",
+                        name,
+                        path=path,
+                        hint="each server once: llama-server uses every device a server exposes",
+                    )
+                )
+            seen.add(ep)
+            if ep not in listed:
+                example = f"{{rpc: {ep}, vram: 24GiB}}"
+                where = (
+                    "to the gpu: list"
+                    if isinstance(m.gpu, list)
+                    else "under gpu:, written as a list of devices (see the README)"
+                )
+                out.append(
+                    _at(
+                        m,
+                        "error",
+                        "rpc-budget",
+                        f"RPC server {ep} has no device under gpu:, so its memory budget is "
+                        f"unknown and the layers it would take cannot be planned",
+                        name,
+                        path=path,
+                        hint=f"add `- {example}` {where}, with the remote GPU's memory (or its "
+                        f"RAM); on that machine: `{RPC_SERVER_BINARY} -H {ep.partition(':')[0]} -p "
+                        f"{ep.partition(':')[2]}`",
+                    )
+                )
+    return out
+
+
 def machine_problems(m: Manifest) -> list[Problem]:
     """Rules that read models and the llama-server binary (for `llmctl lint`)."""
     from llmctl.llama.flags import find_binary
@@ -112,7 +176,7 @@ def machine_problems(m: Manifest) -> list[Problem]:
         known = list_devices(binary)
         if known is not None:
             for i, d in enumerate(m.gpu):
-                if d.name.upper() != "CPU" and d.name not in known:
+                if d.name.upper() != "CPU" and d.rpc is None and d.name not in known:
                     out.append(
                         _at(
                             m,

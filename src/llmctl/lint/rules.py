@@ -73,6 +73,7 @@ def cross_checks(manifest: Manifest, *, include_environment: bool = True) -> lis
     if include_environment:
         _files(out)
         _binary(out)
+        _rpc_servers(out)
     return out.problems
 
 
@@ -354,3 +355,43 @@ def _binary(out: _Out) -> None:
                     field if any(f.field == field for f in FLAGS) else None,
                     hint="update llama-server, or remove the field",
                 )
+
+
+def _rpc_servers(out: _Out) -> None:
+    """The RPC servers profiles list: reachable now, and a llama-server that speaks RPC."""
+    from llmctl.llama.rpc import NOT_SUPPORTED, RPC_SERVER_BINARY, build_has_rpc
+    from llmctl.supervisor.devices import probe_rpc
+
+    users: dict[str, tuple[str, int]] = {}  # endpoint -> first profile and index listing it
+    for name, p in out.m.profiles.items():
+        for i, ep in enumerate(p.rpc):
+            users.setdefault(ep, (name, i))
+    if not users:
+        return
+    binary = find_binary(out.m)
+    if binary is not None and build_has_rpc(binary) is False:
+        name = next(iter(users.values()))[0]
+        out.at(
+            "warning",
+            "rpc-unsupported",
+            f"{binary} looks built without RPC (no libggml-rpc beside it): it refuses --rpc "
+            f"({NOT_SUPPORTED!r})",
+            name,
+            "rpc",
+            hint="build one with -DGGML_RPC=ON: LLMCTL_RPC=1 scripts/build-llama-server.sh",
+        )
+    for ep, (name, i) in users.items():
+        why = probe_rpc(ep)
+        if why is None:
+            continue
+        host, _, port = ep.partition(":")
+        out.at(
+            "warning",
+            "rpc-unreachable",
+            f"RPC server {ep} cannot be reached now ({why}); llama-server aborts at start "
+            "while it cannot",
+            name,
+            hint=f"on {host}: `{RPC_SERVER_BINARY} -H {host} -p {port}`; fine if it runs "
+            "only when the profile does",
+            path=(*out.m.field_path(name, "rpc"), i),
+        )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmctl.errors import UsageError
+from llmctl.llama.rpc import RPC_DEFAULT_PORT, RPC_FLAG, split_endpoints
 from llmctl.llama.vocab import CACHE_TYPES, FFN_EXPS_REGEX, FlashAttn, parse_overrides, tristate
 from llmctl.memory.estimate import LaunchOptions
 
@@ -46,6 +47,7 @@ _VALUED = {
     "-md": "model_draft",
     "--model-draft": "model_draft",
     "--spec-draft-model": "model_draft",
+    RPC_FLAG: "rpc",
 }
 _SWITCHES = {
     "-kvu": ("kv_unified", True),
@@ -70,6 +72,7 @@ class ParsedCommand:
     given: set[str] = field(default_factory=set)  # LaunchOptions fields set on the line
     mmproj: str | None = None
     model_draft: str | None = None
+    rpc: list[str] = field(default_factory=list)  # --rpc endpoints, in order
 
     @property
     def fit_may_change(self) -> bool:
@@ -104,6 +107,7 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
     ignored: list[str] = []
     given: set[str] = set()
     extras: dict[str, str] = {}
+    rpc: list[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -130,6 +134,14 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
             given.add(target)
             if target == "model":
                 model = value
+            elif target == "rpc":
+                try:
+                    rpc = split_endpoints(value)
+                except ValueError as err:
+                    raise UsageError(
+                        f"{flag}: {err}",
+                        hint=f"{flag} 192.168.1.20:{RPC_DEFAULT_PORT},192.168.1.21:{RPC_DEFAULT_PORT}",
+                    ) from None
             elif target in ("mmproj", "model_draft"):
                 extras[target] = value
             elif target == "override_tensor":
@@ -170,7 +182,7 @@ def parse_llama_args(argv: Sequence[str]) -> ParsedCommand:
             ignored.append(arg)
         i += 1
     return ParsedCommand(
-        model, opts, ignored, given, extras.get("mmproj"), extras.get("model_draft")
+        model, opts, ignored, given, extras.get("mmproj"), extras.get("model_draft"), rpc
     )
 
 

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from llmctl.llama.rpc import RPC_FLAG
 from llmctl.supervisor.launch import LaunchSpec
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 from llmctl.llama.vocab import CACHE_TYPES as CACHE_TYPES
 from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES as QUANTIZED_CACHE_TYPES
 
-Kind = Literal["value", "switch", "bool-pair", "tristate"]
+Kind = Literal["value", "list", "switch", "bool-pair", "tristate"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("ctx_size", "-c", "value", ("-c", "--ctx-size"), always=True),
     Flag("parallel", "-np", "value", ("-np", "--parallel"), always=True),
     Flag("n_gpu_layers", "-ngl", "value", ("-ngl", "--n-gpu-layers", "--gpu-layers"), always=True),
+    # before any --device (the plan's): llama-server names RPC devices only once --rpc is read
+    Flag("rpc", RPC_FLAG, "list", (RPC_FLAG,)),
     Flag(
         "kv_unified",
         "-kvu",
@@ -130,6 +133,9 @@ def profile_args(name: str, profile: Profile, host: str, port: int) -> list[str]
             continue
         if f.kind == "value":
             args += [f.flag, _value(value)]
+        elif f.kind == "list":
+            if value:
+                args += [f.flag, ",".join(_value(v) for v in value)]
         elif f.kind == "switch":
             if value:
                 args.append(f.flag)
@@ -206,6 +212,8 @@ def flags_table() -> str:
             flag = f"`{f.flag}` / `{f.off_flag}`"
         elif f.kind == "switch":
             flag = f"`{f.flag}` when true"
+        elif f.kind == "list":
+            flag = f"`{f.flag} A,B,...`"
         else:
             flag = f"`{f.flag} VALUE`"
         rows.append(f"| `{f.field}` | {flag} | {'always' if f.always else 'when set'} |")

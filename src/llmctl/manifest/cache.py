@@ -37,6 +37,7 @@ _CODE = (
     "cache.py",
     "../lint/rules.py",
     "../lint/placement.py",
+    "../llama/rpc.py",  # validates `rpc` endpoints
 )
 
 

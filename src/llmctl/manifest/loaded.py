@@ -54,10 +54,17 @@ class ManifestOps:
                     "vram": self.gpu.vram,
                     "headroom": self.gpu.headroom,
                     "overhead": self.gpu.overhead,
+                    "rpc": None,
                 }
                 out.append(cast("DeviceConfig", Record(gpu, gpu)))
         if not any(d.name.upper() == "CPU" for d in out):
-            cpu = {"name": "CPU", "vram": None, "headroom": 512 * 1024**2, "overhead": 0}
+            cpu = {
+                "name": "CPU",
+                "vram": None,
+                "headroom": 512 * 1024**2,
+                "overhead": 0,
+                "rpc": None,
+            }
             out.append(cast("DeviceConfig", Record(cpu, cpu)))
         return out
 
@@ -69,7 +76,7 @@ class ManifestOps:
         from llmctl.manifest.model import GpuConfig
 
         for d in self.gpu:
-            if d.name.upper() != "CPU":
+            if d.name.upper() != "CPU" and d.rpc is None:
                 overhead = d.overhead if d.overhead is not None else 400 * 1024**2
                 return GpuConfig(vram=d.vram, headroom=d.headroom, overhead=overhead)
         return GpuConfig()

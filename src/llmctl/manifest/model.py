@@ -22,9 +22,11 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from llmctl.errors import ManifestError, Problem
+from llmctl.llama import rpc as llama_rpc
 from llmctl.llama.vocab import CACHE_TYPES as CACHE_TYPES
 from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES as QUANTIZED_CACHE_TYPES
 from llmctl.llama.vocab import CacheType, tristate
@@ -158,6 +160,21 @@ DeviceName = Annotated[
     WithJsonSchema({"type": "string", "pattern": _DEVICE_NAME.pattern}),
 ]
 
+_ENDPOINT_SCHEMA = {
+    "type": "string",
+    "pattern": r"^\s*[A-Za-z0-9][A-Za-z0-9.\-_]*:[0-9]{1,5}\s*$",
+}
+RpcEndpoint = Annotated[
+    str, AfterValidator(llama_rpc.parse_endpoint), WithJsonSchema(_ENDPOINT_SCHEMA)
+]
+
+
+def _rpc_list(value: object) -> object:
+    """`rpc: a:1,b:2` (as llama-server's --rpc takes it) or one endpoint: a list."""
+    if isinstance(value, str):
+        return [p for p in value.split(",") if p.strip()] or [value]
+    return value
+
 
 KEEP_KV_DEFAULT_CAP = 8 * 1024**3
 
@@ -219,10 +236,25 @@ class GpuConfig(_Strict):
 
 
 class DeviceConfig(_Strict):
-    """One device llama-server can place a model on, with its memory budget."""
+    """One device llama-server can place a model on, with its memory budget: a local one by its
+    name, or the device of a llama.cpp RPC server (`ggml-rpc-server`) on another machine."""
 
-    name: DeviceName = Field(
-        description="The name llama-server lists (--list-devices): CUDA0, Vulkan0, Metal, or CPU."
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_default=False,
+        json_schema_extra={"anyOf": [{"required": ["name"]}, {"required": ["rpc"]}]},
+    )
+
+    name: Annotated[str, AfterValidator(lambda v: v and _device_name(v))] = Field(
+        "",
+        description="The name llama-server lists (--list-devices): CUDA0, Vulkan0, Metal, or CPU. "
+        "Left out for an `rpc` device (named RPC[host:port]).",
+        json_schema_extra={"pattern": _DEVICE_NAME.pattern},
+    )
+    rpc: RpcEndpoint | None = Field(
+        None,
+        description="host:port of a ggml-rpc-server: its device, for profiles that list it "
+        "under `rpc`. Give its budget as `vram` (the remote GPU's, or its RAM).",
     )
     vram: Size | None = Field(
         None,
@@ -234,6 +266,22 @@ class DeviceConfig(_Strict):
         None,
         description="Runtime context and pools per server on the device (GPU default 400MiB, CPU 0).",
     )
+
+    @model_validator(mode="after")
+    def _named(self) -> DeviceConfig:
+        if self.rpc is not None:
+            if self.name and self.name != llama_rpc.device_key(self.rpc):
+                raise ValueError(
+                    f"a device has either `name` (a local device) or `rpc` (a remote one), "
+                    f"not both; this one is named {llama_rpc.device_key(self.rpc)}"
+                )
+            self.name = llama_rpc.device_key(self.rpc)
+        elif not self.name:
+            raise ValueError(
+                "a device needs `name` (CUDA0, Vulkan0, Metal, CPU) or `rpc` (host:port of a "
+                "ggml-rpc-server)"
+            )
+        return self
 
 
 class QueueConfig(_Strict):
@@ -381,6 +429,18 @@ class Profile(_Strict):
     stall_timeout: Duration | None = Field(None, description="Overrides server.stall_timeout.")
     stop_timeout: Duration | None = Field(None, description="Overrides server.stop_timeout.")
     ttl: Duration | None = Field(None, description="serve: unload after this long idle.")
+    rpc: Annotated[
+        list[RpcEndpoint],
+        BeforeValidator(_rpc_list),
+        WithJsonSchema(
+            {"anyOf": [{"type": "array", "items": _ENDPOINT_SCHEMA}, {"type": "string"}]}
+        ),
+    ] = Field(
+        default_factory=list,
+        description="--rpc: llama.cpp RPC servers (host:port of each ggml-rpc-server) whose "
+        "devices take a share of the layers; each needs an `rpc` entry under gpu: with its "
+        "budget.",
+    )
     device: DeviceName | list[DeviceName] | None = Field(
         None,
         description="Where the model goes: a device name (CUDA1, CPU), a list (split over them), "
@@ -605,7 +665,7 @@ class _Checker:
         model: type[BaseModel],
         origin: dict[str, str] | None = None,
     ) -> None:
-        for e in err.errors(include_url=False):
+        for e in _one_branch(err.errors(include_url=False)):
             loc: tuple[str | int, ...] = tuple(e["loc"])
             where = (*path, *loc)
             if origin and loc and origin.get(str(loc[0])) == "defaults":
@@ -675,6 +735,45 @@ class _Checker:
                 )
             else:
                 self.add("error", "schema", f"`{_dotted(loc)}`: {msg}", where, profile, value=True)
+
+
+# `gpu:` is a mapping or a list of devices: pydantic reports each branch of the union, under
+# a tag (`gpu.GpuConfig`, `gpu.list[...]`). Only the branch of the shape written is meant.
+_UNION_FIELDS = frozenset({"gpu"})
+_SHAPE_ERRORS = frozenset({"model_type", "model_attributes_type", "list_type", "dict_type"})
+
+
+def _one_branch(errors: list[Any]) -> list[Any]:
+    """Errors with union tags taken out of their place, and the other shape's errors dropped."""
+    out: list[Any] = []
+    tagged = [e for e in errors if _tag(e["loc"]) is not None]
+    shape = [e for e in tagged if e["type"] in _SHAPE_ERRORS and len(e["loc"]) == 2]
+    if tagged and len(shape) == len(tagged):  # neither shape: one error says which are meant
+        field = tagged[0]["loc"][0]
+        errors = [e for e in errors if e not in tagged]
+        errors.append(
+            {
+                "loc": (field,),
+                "type": "value_error",
+                "msg": "must be a mapping (vram, headroom, overhead) or a list of devices",
+                "input": tagged[0].get("input"),
+            }
+        )
+    for e in errors:
+        loc = tuple(e["loc"])
+        if _tag(loc) is None:
+            out.append(e)
+            continue
+        if e["type"] in _SHAPE_ERRORS and len(loc) == 2 and len(tagged) > 1:
+            continue  # the input has the other branch's shape
+        out.append({**e, "loc": (loc[0], *loc[2:])})
+    return out
+
+
+def _tag(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    if len(loc) > 1 and loc[0] in _UNION_FIELDS and isinstance(loc[1], str):
+        return loc[1]
+    return None
 
 
 def _show(value: Any) -> str:

@@ -106,7 +106,7 @@ def parse_reported(text: str) -> Reported:
         elif m := _OUTPUT.search(line):
             _add(current.output, m[1], m[2])
         elif m := _COMPUTE.search(line):
-            if current.compute and current is main and main.draft is None:
-                continue  # a re-reservation of the same context
+            if m[1] in current.compute and current is main and main.draft is None:
+                continue  # a re-reservation of the same context (one line per device each time)
             _add(current.compute, m[1], m[2])
     return main

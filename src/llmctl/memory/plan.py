@@ -12,10 +12,21 @@ llama-server's rules (llama-model.cpp, `load_tensors`), stated here once:
 - `--split-mode row` splits each offloaded block's matrices over the GPUs by the same fractions;
   the KV cache and the intermediate results stay on `--main-gpu`.
 - `--split-mode none` puts every offloaded block on `--main-gpu`.
+- The devices of llama.cpp RPC servers (`--rpc`) are split over by the same rule, as GPUs: the
+  caller lists them first, as llama-server orders them (`llmctl.llama.rpc`), with their budgets
+  as their shares.
 
 Every GPU that holds a block gets a compute buffer and the runtime overhead (CUDA context, pools);
 the compute buffer is the single-device estimate on each (an upper bound: the logits live on the
 output device only). The host gets a compute buffer when any block stays on the CPU.
+
+Pipeline parallelism (llama_context): with several devices, every layer offloaded, `-sm layer`,
+the KV cache offloaded and no tensor overrides, ggml's scheduler keeps GGML_SCHED_MAX_COPIES (4)
+copies of every input it copies between devices, so that one micro-batch is copied in while the
+previous one runs. Each device then holds 3 more copies of what flows into its part of the graph
+(the hidden state, n_tokens x n_embd f32, and the attention masks), and the host 4 copies of the
+masks it builds (f32 before the cast flash attention needs) beside the token embeddings. Checked
+against llama-server's log with two RPC servers (tests/test_rpc_real.py).
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from llmctl.memory.estimate import (
 
 SplitMode = Literal["none", "layer", "row"]
 CPU = "CPU"
+PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml/CMakeLists.txt)
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class GpuTarget:
     name: str
     overhead: int = 400 * 1024**2
     weight: float = 1.0  # share of the layers under --tensor-split when the profile gives none
+    launch_name: str | None = None  # the name --device takes, when not `name` (RPC devices)
 
 
 @dataclass
@@ -86,6 +99,7 @@ class DevicePlan:
     shares: list[DeviceShare] = field(default_factory=list)
     # False for the old single `gpu:` mapping: the device has no llama-server name, no flags
     flags: bool = True
+    launch_names: tuple[str, ...] = ()  # --device names of `gpus` (default: the same)
 
     def usage(self) -> dict[str, int]:
         """Bytes per device (the placer's input)."""
@@ -101,7 +115,8 @@ class DevicePlan:
             return []
         if not self.gpus:
             return ["--device", "none", "-ngl", "0"]
-        args = ["--device", ",".join(self.gpus), "-ngl", str(self.n_gpu_layers)]
+        names = self.launch_names or self.gpus
+        args = ["--device", ",".join(names), "-ngl", str(self.n_gpu_layers)]
         if len(self.gpus) > 1:
             args += ["-sm", self.split_mode]
             args += ["-ts", ",".join(_num(x) for x in self.tensor_split)]
@@ -264,11 +279,18 @@ def plan_devices(
     used = [g for g in gpus if shares[g.name].layers or shares[g.name].output]
     if mode == "row" and n > 1:
         used = list(gpus)
+    pipeline = n > 1 and mode == "layer" and act > n_layer and not kv_on_host and not overrides
+    flowing = 0  # bytes copied into each device's part of the graph, per copy
+    if pipeline and est.compute is not None:
+        flowing = 4 * est.compute.n_tokens * hp.n_embd + est.compute.masks
     for g in used:
-        shares[g.name].compute_bytes = est.compute_bytes
+        shares[g.name].compute_bytes = est.compute_bytes + (PIPELINE_COPIES - 1) * flowing
         shares[g.name].overhead_bytes = g.overhead
     if host.layers or not used:
         host.compute_bytes = est.compute_bytes
+    elif pipeline and est.compute is not None:
+        masks_f32 = est.compute.masks * (2 if est.options.flash_attn != "off" else 1)
+        host.compute_bytes = PIPELINE_COPIES * masks_f32 + 4 * est.compute.n_tokens * hp.n_embd
     out = [shares[g.name] for g in gpus] + [host]
     return DevicePlan(
         gpus=tuple(g.name for g in gpus),
@@ -277,4 +299,5 @@ def plan_devices(
         main_gpu=mg,
         n_gpu_layers=(n_layer + 1 if ngl < 0 else ngl) if gpus else 0,
         shares=out,
+        launch_names=tuple(g.launch_name or g.name for g in gpus),
     )

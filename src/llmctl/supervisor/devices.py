@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ class DeviceInfo:
     free: int | None = None
     source: str = "manifest"  # where the budget came from
     listed: bool = True  # named in the manifest (else the implicit CPU or the old `gpu:` mapping)
+    rpc: str | None = None  # host:port of the ggml-rpc-server whose device this is
 
     @property
     def is_cpu(self) -> bool:
@@ -45,6 +47,7 @@ class DeviceInfo:
             "total_bytes": self.total,
             "free_bytes": self.free,
             "source": self.source,
+            "rpc": self.rpc,
         }
 
 
@@ -116,7 +119,7 @@ def nvidia_smi(
 def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> DeviceReport:
     """The devices of `configs` (Manifest.device_configs()) with this machine's figures."""
     warnings: list[str] = []
-    gpus = [c for c in configs if c.name.upper() != "CPU"]
+    gpus = [c for c in configs if c.name.upper() != "CPU" and c.rpc is None]
     smi: dict[str, tuple[int, int]] = {}
     if any(c.name.upper().startswith("CUDA") or c.name == "GPU" for c in gpus):
         smi, warning = nvidia_smi(smi_timeout)
@@ -126,7 +129,17 @@ def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> 
     for c in configs:
         is_cpu = c.name.upper() == "CPU"
         overhead = c.overhead if c.overhead is not None else (0 if is_cpu else GPU_OVERHEAD)
-        info = DeviceInfo(c.name, c.vram, c.headroom, overhead)
+        info = DeviceInfo(c.name, c.vram, c.headroom, overhead, rpc=c.rpc)
+        if c.rpc is not None:
+            # another machine's memory: only the manifest knows it
+            if info.budget is None:
+                info.source = "unknown"
+                warnings.append(
+                    f"device {c.name}: no budget in the manifest; set its `vram` under gpu: "
+                    "(the remote GPU's memory, or the remote RAM for a CPU server)"
+                )
+            out.append(info)
+            continue
         if is_cpu:
             info.total, info.free = meminfo()
         else:
@@ -168,3 +181,16 @@ def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
         if started and line.startswith("  ") and ":" in line:
             names.append(line.strip().split(":", 1)[0])
     return names if started else None
+
+
+def probe_rpc(endpoint: str, timeout: float = 0.5) -> str | None:
+    """None when a ggml-rpc-server could be listening at host:port (a TCP connection opens),
+    else why not. The connection is closed at once; the server drops it and keeps serving."""
+    host, _, port = endpoint.partition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as err:
+        return err.strerror or str(err)

@@ -67,10 +67,18 @@ def policy_devices(devices: Sequence[DeviceInfo]) -> list[Device]:
 def _gpu_choices(
     manifest: Manifest, name: str, devices: Sequence[DeviceInfo]
 ) -> list[list[DeviceInfo]]:
-    """The GPU sets a profile may use: [] means the CPU device alone."""
+    """The device sets a profile may use: [] means the CPU device alone. The devices of the
+    profile's RPC servers are in every set, first (llama-server's order)."""
+    from llmctl.llama.rpc import device_key
+    from llmctl.supervisor.devices import DeviceInfo
+
     profile = manifest.profiles[name]
-    gpus = [d for d in devices if not d.is_cpu]
+    gpus = [d for d in devices if not d.is_cpu and d.rpc is None]
     by_name = {d.name: d for d in devices}
+    remote = [
+        by_name.get(device_key(ep)) or DeviceInfo(device_key(ep), None, 0, 0, rpc=ep)
+        for ep in profile.rpc
+    ]
     wanted = profile.device
     if isinstance(wanted, str) and wanted.lower() != "auto":
         wanted = [wanted]
@@ -82,12 +90,12 @@ def _gpu_choices(
                 hint=f"devices: {', '.join(by_name)}; add it under gpu: or fix `device`",
             )
         chosen = [by_name[w] for w in wanted if not by_name[w].is_cpu]
-        return [chosen]
+        return [remote + chosen]
     if profile.n_gpu_layers == 0 or not gpus:
-        return [[]]
-    choices: list[list[DeviceInfo]] = [[g] for g in gpus]
+        return [remote]
+    choices: list[list[DeviceInfo]] = [[*remote, g] for g in gpus]
     if len(gpus) > 1:
-        choices.append(list(gpus))
+        choices.append(remote + list(gpus))
     return choices
 
 
@@ -114,7 +122,9 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
     plans: list[DevicePlan] = []
     specs: list[LaunchSpec] = []
     for gpus in _gpu_choices(manifest, name, devices):
-        targets = [GpuTarget(g.name, g.overhead, _share(g)) for g in gpus]
+        targets = [
+            GpuTarget(g.name, g.overhead, _share(g), _launch_name(g, profile.rpc)) for g in gpus
+        ]
         if est is not None and source is not None:
             plan = plan_devices(
                 est,
@@ -144,6 +154,13 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
         configs=tuple(sp.config_hash for sp in specs),
     )
     return Placement(name, plans, specs, est, request, notes)
+
+
+def _launch_name(device: DeviceInfo, rpc: Sequence[str]) -> str:
+    """The name --device takes: an RPC device's is its place in the profile's --rpc list."""
+    from llmctl.llama.rpc import device_name
+
+    return device.name if device.rpc is None else device_name(list(rpc).index(device.rpc))
 
 
 def _share(device: DeviceInfo) -> float:
