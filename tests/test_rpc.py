@@ -493,3 +493,14 @@ def test_lint_warns_when_the_binary_was_built_without_rpc(
     (build / "libggml-rpc.so").write_text("")
     assert problems(lint(path), "rpc-unsupported") == []
     assert rpc.build_has_rpc(str(tmp_path / "nowhere" / "llama-server")) is None
+
+
+def test_fit_of_a_split_profile_points_at_the_per_device_figures(
+    tmp_path: Path, model: Path
+) -> None:
+    path = two_machines(tmp_path, model)
+    result = runner.invoke(build_app(), ["fit", "big", "--manifest", str(path)])
+    assert result.exit_code == 2
+    assert "split over RPC servers" in result.output and "llmctl estimate big" in result.output
+    given = runner.invoke(build_app(), ["fit", "big", "--manifest", str(path), "--vram", "80GiB"])
+    assert given.exit_code == 0, given.output
