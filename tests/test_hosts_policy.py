@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from llmctl.manifest.model import ServeConfig, UpstreamConfig
 from llmctl.router.hosts import (
     MAX_HOPS,
     BadState,
@@ -18,7 +19,6 @@ from llmctl.router.hosts import (
     parse_state,
     with_hop,
 )
-from llmctl.router.settings import Settings, UpstreamSettings
 from llmctl.router.upstreams import Upstreams
 
 
@@ -106,13 +106,13 @@ def test_hops() -> None:
 
 
 def chain_of(models: tuple[str, ...] = ("*",)) -> Upstreams:
-    settings = Settings(
-        upstreams=(
-            UpstreamSettings(name="back", type="llmctl", url="http://h:1/", models=models),
-            UpstreamSettings(name="local", type="managed"),
-        )
+    serve = ServeConfig(
+        upstreams=[
+            UpstreamConfig(name="back", type="llmctl", url="http://h:1/", models=list(models)),
+            UpstreamConfig(name="local", type="managed"),
+        ]
     )
-    return Upstreams.from_settings(settings, environ={})
+    return Upstreams.from_serve(serve, environ={})
 
 
 def test_a_host_serves_what_it_reported_within_models() -> None:
@@ -136,6 +136,6 @@ def test_learned_state_survives_a_reload() -> None:
     first = chain_of()
     assert first.all[0].host is not None
     first.all[0].host.learn(parse_state(doc(prof("chat"))), now=0)
-    settings = Settings(upstreams=(UpstreamSettings(name="back", type="llmctl", url="http://h:2"),))
-    again = Upstreams.from_settings(settings, previous=first, environ={})
+    serve = ServeConfig(upstreams=[UpstreamConfig(name="back", type="llmctl", url="http://h:2")])
+    again = Upstreams.from_serve(serve, previous=first, environ={})
     assert again.all[1].host is first.all[0].host  # `local` is added first

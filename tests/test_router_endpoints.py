@@ -232,8 +232,11 @@ def test_model_from_body_then_query_then_upstream_path(both: tuple[Served, str])
     r = httpx.get(url + "/upstream/tiny/metrics", headers=AUTH)
     assert r.status_code == 200 and "llamacpp:" in r.text
     assert r.headers["content-type"] == httpx.get(direct + "/metrics").headers["content-type"]
+    # the router's /metrics: its own, then each loaded server's with the profile as a label
     r = httpx.get(url + "/metrics", headers=AUTH)
-    assert "llmctl_" in r.text and "llamacpp:" not in r.text
+    assert "llmctl_requests_total" in r.text
+    assert 'llamacpp:prompt_tokens_total{profile="tiny"} ' in r.text
+    assert r.text.count("# TYPE llamacpp:prompt_tokens_total counter") == 1
     r = httpx.get(url + "/upstream/nope/metrics", headers=AUTH)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert "tiny" in r.json()["error"]["message"]

@@ -274,7 +274,7 @@ def test_client_disconnect_cancels_upstream(tmp_path: Path) -> None:
             # the client is gone: the upstream generation is cancelled within a few tokens
             assert fake.cancelled.wait(3), "upstream stream was not cancelled"
             assert fake.streams_finished == 0
-            deadline = time.monotonic() + 3
+            deadline = time.monotonic() + 30
             while rt.scheduler.inflight and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert rt.scheduler.inflight == 0  # the lease was released
@@ -570,14 +570,14 @@ def test_default_profile_when_nothing_runs(tmp_path: Path, fake: FakeUpstream) -
 
 
 def test_full_queue_is_429_with_retry_after(tmp_path: Path, fake: FakeUpstream) -> None:
-    sup = FakeSupervisor(fake, running="alpha", load_time=1.0)
+    sup = FakeSupervisor(fake, running="alpha", load_time=3.0)
     with router(tmp_path, sup, "queue: {max_size: 2, timeout: 10s}") as (url, rt):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             waiting = [
                 pool.submit(httpx.post, url + "/v1/chat/completions", json=chat("beta"), timeout=10)
                 for _ in range(2)
             ]
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 30
             while rt.scheduler.depth < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             r = httpx.post(url + "/v1/chat/completions", json=chat("alpha"))
@@ -694,24 +694,39 @@ def test_many_concurrent_requests_across_switches_none_lost(tmp_path: Path) -> N
         assert rt.scheduler.inflight == 0 and rt.scheduler.depth == 0
 
 
+def answering_stream(
+    pool: concurrent.futures.ThreadPoolExecutor, url: str, body: dict[str, Any]
+) -> tuple[concurrent.futures.Future[str], threading.Event]:
+    """A streaming request in `pool`: its text when done, and an event set at its first data line
+    (the upstream is answering it), so a test orders what comes next without sleeping."""
+    started = threading.Event()
+
+    def run() -> str:
+        text = ""
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    started.set()
+                text += line + "\n"
+        started.set()
+        return text
+
+    return pool.submit(run), started
+
+
 def test_switch_waits_for_inflight_requests(tmp_path: Path) -> None:
     with FakeUpstream("local", tokens=10, token_delay=0.05) as fake:
         sup = FakeSupervisor(fake, running="alpha", load_time=0.0)
         with router(tmp_path, sup) as (url, _rt):
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                long = pool.submit(
-                    httpx.post,
-                    url + "/v1/chat/completions",
-                    json=chat("alpha", stream=True),
-                    timeout=10,
-                )
-                time.sleep(0.15)
+                long, started = answering_stream(pool, url, chat("alpha", stream=True))
+                assert started.wait(30)  # alpha is answering: beta must wait for it
                 other = pool.submit(
                     httpx.post, url + "/v1/chat/completions", json=chat("beta"), timeout=10
                 )
-                r_long = long.result()
+                text = long.result()
                 r_other = other.result()
-            data = sse_data(r_long.text)
+            data = sse_data(text)
             # the alpha stream finished on alpha: the switch waited for it
             assert data[-1] == "[DONE]"
             assert {d["model"] for d in data if isinstance(d, dict)} == {"alpha"}
@@ -725,19 +740,15 @@ def test_inflight_timeout_bounds_the_wait(tmp_path: Path) -> None:
             router(tmp_path, sup, "inflight_timeout: 0.3s") as (url, _rt),
             concurrent.futures.ThreadPoolExecutor(2) as pool,
         ):
-            long = pool.submit(
-                httpx.post,
-                url + "/v1/chat/completions",
-                json=chat("alpha", stream=True),
-                timeout=20,
-            )
-            time.sleep(0.15)
-            t0 = time.monotonic()
+            long, started = answering_stream(pool, url, chat("alpha", stream=True))
+            assert started.wait(30)  # alpha is answering: now ask for beta
             r = httpx.post(
                 url + "/v1/chat/completions", json=chat("beta", max_tokens=1), timeout=10
             )
             assert r.status_code == 200 and r.json()["model"] == "beta"
-            assert time.monotonic() - t0 < 2.0
+            # the switch waited inflight_timeout (0.3 s), not for the rest of the 5 s stream
+            assert not long.done()
+            long.result()
             long.result()
 
 
@@ -820,7 +831,7 @@ def test_idle_unload_after_ttl(tmp_path: Path, fake: FakeUpstream) -> None:
     with ServerThread(app) as st:
         r = httpx.post(st.url + "/v1/chat/completions", json=chat("beta"))
         assert r.status_code == 200 and sup.running == "beta"
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 30
         while sup.running is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sup.running is None and sup.stops == 1
@@ -878,18 +889,20 @@ def test_threads_do_not_leak(tmp_path: Path, fake: FakeUpstream) -> None:
     before = threading.active_count()
     with router(tmp_path, FakeSupervisor(fake, running="alpha")) as (url, _):
         httpx.post(url + "/v1/chat/completions", json=chat())
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10  # threads that end take their time on a loaded machine
+    while threading.active_count() > before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert threading.active_count() <= before + 1
 
 
 def test_waiting_clients_that_leave_free_their_place(tmp_path: Path, fake: FakeUpstream) -> None:
-    sup = FakeSupervisor(fake, running="alpha", load_time=1.0)
+    sup = FakeSupervisor(fake, running="alpha", load_time=3.0)
     with router(tmp_path, sup, heartbeat=0.1) as (url, rt):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             first = pool.submit(
                 httpx.post, url + "/v1/chat/completions", json=chat("beta"), timeout=10
             )
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 30
             while not rt.scheduler.switching and time.monotonic() < deadline:
                 time.sleep(0.01)
             # a streaming client and a plain one queue for alpha behind the beta load, then leave
@@ -899,7 +912,7 @@ def test_waiting_clients_that_leave_free_their_place(tmp_path: Path, fake: FakeU
                 assert next(r.iter_lines()).startswith(": queued")
             with pytest.raises(httpx.TimeoutException):
                 httpx.post(url + "/v1/chat/completions", json=chat("alpha"), timeout=0.3)
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 30
             while rt.scheduler.depth > 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert rt.scheduler.depth == 1  # only the beta request still waits

@@ -268,10 +268,12 @@ def test_sighup_reloads_the_manifest(served: Served, tiny_models: tuple[Path, Pa
     # a broken manifest is refused; the router keeps the last good one
     served.manifest.write_text("version: [")
     served.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while "manifest reload failed" not in served.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "manifest reload failed" in served.logs()
     assert served.proc.poll() is None
     assert "tiny-c" in {m["id"] for m in httpx.get(served.url + "/v1/models").json()["data"]}
-    assert "manifest reload failed" in served.logs()
 
 
 def test_refuses_to_listen_beyond_loopback_without_keys(tmp_path: Path, free_port: int) -> None:
@@ -400,7 +402,7 @@ def test_client_disconnect_stops_the_real_generation(served: Served) -> None:
                     break
     # the router closed its upstream connection; llama-server notices and frees the slot
     llama = httpx.get(served.url + "/models/status").json()["server"]["url"]
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30
     busy = True
     while busy and time.monotonic() < deadline:
         slots = httpx.get(llama + "/slots", timeout=5).json()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from llmctl.manifest.model import ServeConfig
 from llmctl.router import sse
 from llmctl.router.auth import bearer_token, collect_keys, key_allowed
 from llmctl.router.breaker import CircuitBreaker, counts_as_failure
@@ -18,7 +19,6 @@ from llmctl.router.metrics import Metrics
 from llmctl.router.models import ModelIndex, detect
 from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
 from llmctl.router.server import check_bind, is_loopback
-from llmctl.router.settings import Settings
 from llmctl.router.upstreams import Upstreams, public_url
 
 # --- breaker -------------------------------------------------------------------------------
@@ -128,14 +128,14 @@ def test_bind_check() -> None:
     assert (
         not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("gpu-box")
     )
-    open_settings = Settings()
-    check_bind("127.0.0.1", open_settings, allow_insecure=False)
+    serve = ServeConfig()
+    check_bind("127.0.0.1", serve, (), allow_insecure=False)
     with pytest.raises(Exception, match=r"refusing to listen on 0\.0\.0\.0") as info:
-        check_bind("0.0.0.0", open_settings, allow_insecure=False)
+        check_bind("0.0.0.0", serve, (), allow_insecure=False)
     assert getattr(info.value, "exit_code", None) == 2
-    check_bind("0.0.0.0", open_settings, allow_insecure=True)
-    check_bind("0.0.0.0", Settings(api_keys=("k",)), allow_insecure=False)
-    check_bind("0.0.0.0", Settings(allow_insecure_bind=True), allow_insecure=False)
+    check_bind("0.0.0.0", serve, (), allow_insecure=True)
+    check_bind("0.0.0.0", serve, ("k",), allow_insecure=False)
+    check_bind("0.0.0.0", ServeConfig(allow_insecure_bind=True), (), allow_insecure=False)
 
 
 # --- model detection -------------------------------------------------------------------------
@@ -149,14 +149,14 @@ def manifest(**serve: Any) -> Any:
             "qc": prof(aliases=[], description=None, ttl=60.0),
             "llama": prof(aliases=["Llama3"], description=None, ttl=None),
         },
-        serve=SimpleNamespace(**serve),
+        serve=ServeConfig.model_validate(serve),
     )
 
 
 def test_detection_exact_then_case_insensitive() -> None:
     m = manifest()
     index = ModelIndex(m)
-    ups = Upstreams.from_settings(Settings.from_manifest(m, {}))
+    ups = Upstreams.from_serve(m.serve, environ={})
 
     def d(model: object, running: str | None = None, default: str | None = None) -> Any:
         return detect(index, ups, model, running=running, default=default)
@@ -205,7 +205,7 @@ def test_upstream_chain_and_models() -> None:
         ]
     }
     m = manifest(**serve)
-    ups = Upstreams.from_settings(Settings.from_manifest(m, {}), environ={"K": "secret"})
+    ups = Upstreams.from_serve(m.serve, environ={"K": "secret"})
     assert [u.name for u in ups.all] == ["remote", "local", "any"]
     assert ups.all[0].url == "https://user:pw@api.example.com"
     assert (
@@ -226,31 +226,29 @@ def test_upstream_chain_and_models() -> None:
     assert "secret" not in json.dumps(pub) and "pw" not in json.dumps(pub)
     assert public_url(None) is None
     # no managed entry listed: the managed server is put first
-    only_remote = Upstreams.from_settings(
-        Settings.from_manifest(manifest(upstreams=[serve["upstreams"][0]]), {})
-    )
+    only_remote = Upstreams.from_serve(manifest(upstreams=[serve["upstreams"][0]]).serve)
     assert [u.name for u in only_remote.all] == ["local", "remote"]
     # breakers survive a reload by name
-    again = Upstreams.from_settings(Settings.from_manifest(m, {}), previous=ups)
+    again = Upstreams.from_serve(m.serve, previous=ups)
     assert again.all[0].breaker is ups.all[0].breaker
 
 
-def test_settings_defaults_and_values() -> None:
-    s = Settings.from_manifest(SimpleNamespace(profiles={}), {})
-    assert (s.host, s.port, s.queue_max_size, s.queue_timeout, s.max_body_size) == (
-        "127.0.0.1",
-        8080,
-        10,
-        120.0,
-        16 * 1024 * 1024,
-    )
-    assert s.api_keys == () and s.stop_server_on_exit is True and s.upstreams == ()
-    s = Settings.from_manifest(
-        manifest(api_keys=["sk-m"], queue={"max_size": 3}, breaker={"failures": 2}),
-        {"LLMCTL_API_KEYS": "sk-e"},
-    )
-    assert s.api_keys == ("sk-m", "sk-e") and s.queue_max_size == 3 and s.breaker_failures == 2
-    assert "sk-" not in repr(s)
+def test_the_router_reads_the_serve_section_and_its_keys() -> None:
+    """No restated defaults: the router's values are the validated manifest's."""
+    from llmctl.router.auth import serve_keys
+
+    serve = ServeConfig()
+    assert serve_keys(serve, {}) == ()
+    assert [u.kind for u in Upstreams.from_serve(serve, environ={}).all] == ["managed"]
+    serve = manifest(api_keys=["sk-m"], queue={"max_size": 3}, breaker={"failures": 2}).serve
+    assert serve_keys(serve, {"LLMCTL_API_KEYS": "sk-e"}) == ("sk-m", "sk-e")
+    local = Upstreams.from_serve(serve, environ={}).all[0]
+    assert local.breaker.threshold == 2
+    # an entry without a url is the managed server, whatever its type says
+    named = manifest(upstreams=[{"name": "gpu"}]).serve
+    assert [(u.name, u.kind) for u in Upstreams.from_serve(named, environ={}).all] == [
+        ("gpu", "managed")
+    ]
 
 
 # --- metrics and SSE ---------------------------------------------------------------------------
@@ -620,3 +618,26 @@ def test_a_load_cut_by_another_llmctl_is_loaded_again() -> None:
         assert out is mine and waits == [30.0]
 
     run(main)
+
+
+def test_servers_metrics_get_the_profile_label() -> None:
+    from llmctl.router.metrics import with_profile_label
+
+    a = (
+        "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n"
+        "# TYPE llamacpp:prompt_tokens_total counter\n"
+        "llamacpp:prompt_tokens_total 12\n"
+        'llamacpp:requests{slot="0"} 1\n'
+        "llamacpp:empty{} 3\n"
+    )
+    b = "# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 5\n"
+    text = with_profile_label([("a", a), ('b"x', b)])
+    assert text.splitlines() == [
+        "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.",
+        "# TYPE llamacpp:prompt_tokens_total counter",
+        'llamacpp:prompt_tokens_total{profile="a"} 12',
+        'llamacpp:requests{profile="a",slot="0"} 1',
+        'llamacpp:empty{profile="a"} 3',
+        'llamacpp:prompt_tokens_total{profile="b\\"x"} 5',
+    ]
+    assert with_profile_label([]) == ""

@@ -31,10 +31,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmctl.errors import LlmctlError, LoadCancelled
 from llmctl.llama.endpoints import api_key_of, cors_headers
+from llmctl.manifest.model import ServeConfig
 from llmctl.router import dashboard, sse
 from llmctl.router import metrics as metrics_mod
 from llmctl.router.activity import Activity
-from llmctl.router.auth import key_allowed
+from llmctl.router.auth import key_allowed, serve_keys
 from llmctl.router.breaker import STATE_VALUES
 from llmctl.router.client import Pool
 from llmctl.router.errors import (
@@ -76,10 +77,16 @@ from llmctl.router.proxy import (
 )
 from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
 from llmctl.router.safepath import unsafe_path
-from llmctl.router.settings import Settings
 from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Event, Supervisor
+
+
+def _serve_of(manifest: Any) -> ServeConfig:
+    """The manifest's validated `serve:` section (its defaults when a test's stand-in has none)."""
+    serve = getattr(manifest, "serve", None)
+    return serve if serve is not None else ServeConfig()
+
 
 _T = TypeVar("_T")
 log = logging.getLogger("llmctl.router")
@@ -130,7 +137,8 @@ class Router:
         self._fits_cache: tuple[tuple[str, ...], dict[str, bool | None]] | None = None
         self._spec_for_factory = spec_for
         # set by whoever binds the socket: raises for settings that must not serve that address
-        self.bind_check: Callable[[Settings], None] | None = None
+        # (serve section, its keys) -> raises when the bind that opened the socket must refuse it
+        self.bind_check: Callable[[ServeConfig, tuple[str, ...]], None] | None = None
         self.metrics = metrics_mod.Metrics()
         self.activity = Activity()
         self.upstreams: Upstreams | None = None
@@ -157,11 +165,10 @@ class Router:
     def apply(self, manifest: Any) -> None:
         """Take a (new) manifest: settings, names, upstream chain (breakers kept), queue limits."""
         self.manifest = manifest
-        self.settings = Settings.from_manifest(manifest, self.environ)
-        serve = getattr(manifest, "serve", None)
-        self.allow_cors_proxy = bool(getattr(serve, "allow_cors_proxy", False))
+        self.serve = _serve_of(manifest)
+        self.api_keys = serve_keys(self.serve, self.environ)
         self.index = ModelIndex(manifest)
-        self.upstreams = Upstreams.from_settings(self.settings, self.upstreams, self.environ)
+        self.upstreams = Upstreams.from_serve(self.serve, self.upstreams, self.environ)
         if self._spec_for_factory is None:
             self.spec_for = _default_spec_for(manifest)
         else:
@@ -174,9 +181,9 @@ class Router:
                 log.warning("%s", warning)
             self.devices = report.devices
         s = self.scheduler
-        s.max_size = self.settings.queue_max_size
-        s.timeout = self.settings.queue_timeout
-        s.inflight_timeout = self.settings.inflight_timeout
+        s.max_size = self.serve.queue.max_size
+        s.timeout = self.serve.queue.timeout
+        s.inflight_timeout = self.serve.inflight_timeout
 
     async def reload(self) -> bool:
         """Reload the manifest from its file (SIGHUP); keep the old one when the new one is broken."""
@@ -189,7 +196,8 @@ class Router:
             return False
         if self.bind_check is not None:
             try:
-                self.bind_check(Settings.from_manifest(manifest, self.environ))
+                serve = _serve_of(manifest)
+                self.bind_check(serve, serve_keys(serve, self.environ))
             except LlmctlError as err:
                 log.error(
                     "manifest reload refused, keeping the previous one: %s (%s)",
@@ -623,7 +631,7 @@ class Router:
     # --- auth -------------------------------------------------------------------------
 
     def check_auth(self, request: Request) -> None:
-        keys = self.settings.api_keys
+        keys = self.api_keys
         if not keys:
             return
         headers = request.headers
@@ -633,7 +641,7 @@ class Router:
             raise unauthorized()
 
     async def read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_size
+        limit = self.serve.max_body_size
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             self.metrics.count_rejected("too_large")
@@ -641,7 +649,7 @@ class Router:
         parts: list[bytes] = []
         size = 0
         try:
-            async with asyncio.timeout(self.settings.body_timeout):
+            async with asyncio.timeout(self.serve.body_timeout):
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
@@ -654,7 +662,7 @@ class Router:
             raise client_gone() from None
         except TimeoutError:
             self.metrics.count_rejected("body_timeout")
-            raise body_timeout(self.settings.body_timeout) from None
+            raise body_timeout(self.serve.body_timeout) from None
         return b"".join(parts)
 
 
@@ -767,7 +775,7 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
         router.upstreams,
         model,
         running=router.scheduler.active,
-        default=router.settings.default_profile,
+        default=router.serve.default_profile,
     )
     aliases = router.index.aliases(target.profile) if target.profile else []
     chain = router.order_chain(
@@ -941,7 +949,27 @@ async def metrics_endpoint(request: Request) -> Response:
         },
         breaker_opens={k: b.opens for u in router.upstreams.all for k, b in u.breakers().items()},
     )
+    text += await _servers_metrics(router)
     return PlainTextResponse(text, media_type=metrics_mod.CONTENT_TYPE)
+
+
+async def _servers_metrics(router: Router) -> str:
+    """Each loaded profile's llama-server metrics (those started with --metrics; the others
+    answer 501 and are left out), labelled with the profile, fetched side by side."""
+
+    def fetch(profile: str) -> tuple[str, str] | None:
+        import urllib.request
+
+        url = router.managed_base(profile) + "/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return profile, r.read(4 * 1024 * 1024).decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return None
+
+    profiles = [p for p in router.scheduler.loaded if p in router.index.profiles]
+    got = await asyncio.gather(*(run_in_threadpool(fetch, p) for p in profiles))
+    return metrics_mod.with_profile_label(g for g in got if g is not None)
 
 
 async def models_status(request: Request) -> Response:
@@ -996,8 +1024,8 @@ async def models_status(request: Request) -> Response:
                 "inflight": sched.inflight,
                 "last_switch_s": sched.last_switch_s,
                 "auth": {
-                    "enabled": bool(router.settings.api_keys),
-                    "keys": len(router.settings.api_keys),
+                    "enabled": bool(router.api_keys),
+                    "keys": len(router.api_keys),
                 },
             },
             "upstreams": [u.public() for u in router.upstreams.all],
@@ -1270,7 +1298,7 @@ class FastProxy:
                 return
             request = Request(scope, receive)
             try:
-                if kind == "cors_proxy" and not router.allow_cors_proxy:
+                if kind == "cors_proxy" and not router.serve.allow_cors_proxy:
                     router.check_auth(request)
                     raise RouterError(
                         403,
@@ -1345,7 +1373,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await idle
             await router.scheduler.aclose()
-            if router.settings.stop_server_on_exit:
+            if router.serve.stop_server_on_exit:
                 await router.stop_started_server()
             await router.aclose_clients()
 

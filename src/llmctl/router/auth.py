@@ -5,6 +5,10 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmctl.manifest.model import ServeConfig
 
 
 def collect_keys(
@@ -16,6 +20,11 @@ def collect_keys(
     raw = env.get(env_var, "") if env_var else ""
     keys.extend(k.strip() for k in raw.split(",") if k.strip())
     return tuple(dict.fromkeys(keys))
+
+
+def serve_keys(serve: ServeConfig, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The keys a `serve:` section accepts (its api_keys and its api_keys_env variable)."""
+    return collect_keys(serve.api_keys, serve.api_keys_env, environ)
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -95,7 +95,7 @@ async def asset(request: Request) -> Response:
 
 async def hello_endpoint(request: Request) -> Response:
     """Whether the page must ask for a key (any data request would say so with a 401 anyway)."""
-    return JSONResponse({"auth": bool(_router(request).settings.api_keys)})
+    return JSONResponse({"auth": bool(_router(request).api_keys)})
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def build_state(
         },
         "requests": [r.to_json() for r in reversed(router.activity.requests)][:50],
         "upstreams": [u.public() for u in router.upstreams.all],
-        "auth": bool(router.settings.api_keys),
+        "auth": bool(router.api_keys),
     }
 
 

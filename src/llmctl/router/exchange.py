@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
@@ -39,7 +39,36 @@ from llmctl.router.queue import Lease, ProgressFn
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:
-    from llmctl.router.app import Router
+    import httpx
+
+    from llmctl.router.activity import Activity
+    from llmctl.router.client import Pool
+    from llmctl.router.host_watch import HostWatch
+    from llmctl.router.metrics import Metrics
+    from llmctl.router.models import ModelIndex
+    from llmctl.router.placement_queue import PlacementScheduler
+    from llmctl.router.queue import Scheduler
+    from llmctl.supervisor.lifecycle import Supervisor
+
+
+class ChainRouter(Protocol):
+    """What a request's walk along the chain uses of the router, and nothing else: the
+    scheduler that leases the managed server, the supervisor (to tell an operator's change from
+    a crash), the hosts' watch, the transports, and where to count and record the outcome."""
+
+    scheduler: Scheduler | PlacementScheduler
+    supervisor: Supervisor
+    hosts: HostWatch
+    metrics: Metrics
+    activity: Activity
+    index: ModelIndex
+    router_id: str
+    managed_pid: int | None
+
+    def transport_for(self, upstream: Upstream, url: str) -> httpx.AsyncClient | Pool: ...
+    def managed_base(self, profile: str) -> str: ...
+    async def refresh(self, *, force: bool = False) -> None: ...
+
 
 log = logging.getLogger("llmctl.router")
 
@@ -59,7 +88,7 @@ class Exchange:
 
     def __init__(
         self,
-        router: Router,
+        router: ChainRouter,
         request: Request,
         target: Target,
         chain: list[Upstream],

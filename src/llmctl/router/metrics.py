@@ -114,3 +114,35 @@ class Metrics:
         for name, value in sorted(breaker_opens.items()):
             out.append(f"llmctl_breaker_opens_total{_labels([('upstream', name)])} {value}")
         return "\n".join(out) + "\n"
+
+
+def with_profile_label(servers: Iterable[tuple[str, str]]) -> str:
+    """The metrics of each profile's llama-server (its own text format), with `profile="..."`
+    added to every sample, so that one scrape of the router sees every server; HELP and TYPE
+    lines once per metric name."""
+    seen: set[tuple[str, str]] = set()
+    out: list[str] = []
+    for profile, text in servers:
+        label = f'profile="{_escape(profile)}"'
+        for line in text.splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                key = (parts[1], parts[2]) if len(parts) >= 3 else (line, "")
+                if key not in seen:
+                    seen.add(key)
+                    out.append(line)
+                continue
+            name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+            if name_end < 0:
+                continue  # not a sample
+            name, rest = line[:name_end], line[name_end:]
+            if rest.startswith("{"):
+                inner = rest[1:]
+                sep = "" if inner.startswith("}") else ","
+                out.append(f"{name}{{{label}{sep}{inner}")
+            else:
+                out.append(f"{name}{{{label}}}{rest}")
+    return "".join(line + "\n" for line in out)

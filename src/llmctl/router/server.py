@@ -31,8 +31,9 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmctl.errors import LlmctlError, UsageError
+from llmctl.manifest.model import ServeConfig
 from llmctl.router.app import Router, create_app
-from llmctl.router.settings import Settings
+from llmctl.router.auth import serve_keys
 
 log = logging.getLogger("llmctl.router")
 
@@ -46,9 +47,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, settings: Settings, *, allow_insecure: bool) -> None:
-    """Refuse to listen beyond loopback without API keys, unless told explicitly."""
-    if is_loopback(host) or settings.api_keys or allow_insecure or settings.allow_insecure_bind:
+def check_bind(
+    host: str, serve: ServeConfig, keys: tuple[str, ...], *, allow_insecure: bool
+) -> None:
+    """Refuse to listen beyond loopback without API keys (`keys`: those `serve` accepts), unless
+    told explicitly."""
+    if is_loopback(host) or keys or allow_insecure or serve.allow_insecure_bind:
         return
     raise UsageError(
         f"refusing to listen on {host} without API keys: anyone who can reach this machine could "
@@ -145,9 +149,9 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
-    limit = settings.max_connections or default_max_connections()
-    attrs = {"header_timeout": settings.header_timeout, "max_connections": limit}
+def guarded_protocol(serve: ServeConfig) -> type[GuardedH11Protocol]:
+    limit = serve.max_connections or default_max_connections()
+    attrs = {"header_timeout": serve.header_timeout, "max_connections": limit}
     return type("RouterH11Protocol", (GuardedH11Protocol,), attrs)
 
 
@@ -164,7 +168,7 @@ class RouterServer(uvicorn.Server):
             log.info(
                 "signal %s: draining (at most %g s)",
                 signal.Signals(sig).name,
-                self.router.settings.drain_timeout,
+                self.router.serve.drain_timeout,
             )
             self.router.shutting_down = True
             if self._loop is not None:
@@ -243,12 +247,13 @@ def run(
     _setup_logging(log_level)
     path = find_manifest(manifest_path)
     manifest = load_manifest(path)
-    settings = Settings.from_manifest(manifest)
-    host = host or settings.host
-    port = settings.port if port is None else port
-    check_bind(host, settings, allow_insecure=allow_insecure)
+    serve = manifest.serve
+    keys = serve_keys(serve)
+    host = host or serve.host
+    port = serve.port if port is None else port
+    check_bind(host, serve, keys, allow_insecure=allow_insecure)
     sock = bind_socket(host, port)
-    supervisor = Supervisor(paths.state_dir(), lock_timeout=max(30.0, settings.queue_timeout))
+    supervisor = Supervisor(paths.state_dir(), lock_timeout=max(30.0, serve.queue.timeout))
     app = create_app(manifest, supervisor, manifest_path=path)
     router: Router = app.state.router
     # every reload must keep the rule that opened this socket: no open bind without keys
@@ -257,14 +262,14 @@ def run(
         "lifespan": "on",
         "log_level": log_level,
         "access_log": access_log,
-        "timeout_graceful_shutdown": max(1, math.ceil(settings.drain_timeout)),
+        "timeout_graceful_shutdown": max(1, math.ceil(serve.drain_timeout)),
         "server_header": False,
-        "http": guarded_protocol(settings),
+        "http": guarded_protocol(serve),
         "log_config": None,  # uvicorn's lines go through the same handler and format as ours
     }
     config = uvicorn.Config(app, host=host, port=port, **config_kw)
     server = RouterServer(config, router)
-    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys"
+    auth = f"{len(keys)} API key(s)" if keys else "no API keys"
     shown = f"[{host}]" if ":" in host else host
     log.info(
         "llmctl serve on http://%s:%d/v1 (%s; manifest %s; %d profile(s); upstreams: %s)",

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from llmctl.router.breaker import CircuitBreaker
 from llmctl.router.hosts import HostState
-from llmctl.router.settings import Settings, UpstreamSettings
+
+if TYPE_CHECKING:
+    from llmctl.manifest.model import ServeConfig, UpstreamConfig
 
 MANAGED = "managed"
 HOST = "llmctl"
@@ -157,6 +159,11 @@ class Upstream:
         }
 
 
+def _is_managed(cfg: UpstreamConfig) -> bool:
+    """`type: managed`, or an entry without a url: this router's own llama-server."""
+    return cfg.type == MANAGED or cfg.url is None
+
+
 class Upstreams:
     """The chain in order; breakers survive a reload for upstreams that keep their name."""
 
@@ -165,56 +172,51 @@ class Upstreams:
         self.managed = next((u for u in upstreams if u.managed), None)
 
     @classmethod
-    def from_settings(
+    def from_serve(
         cls,
-        settings: Settings,
+        serve: ServeConfig,
         previous: Upstreams | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> Upstreams:
+        """The chain of a validated `serve:` section: its upstreams in order, the managed server
+        first when none is listed (an entry without a url is the managed server too)."""
+        from llmctl.manifest.model import UpstreamConfig
+
         env = os.environ if environ is None else environ
-        configured = list(settings.upstreams)
-        if not any(u.type == MANAGED for u in configured):
-            configured.insert(0, UpstreamSettings(name="local", type=MANAGED))
+        configured: list[UpstreamConfig] = list(serve.upstreams)
+        if not any(_is_managed(u) for u in configured):
+            configured.insert(0, UpstreamConfig(name="local", type=MANAGED))
+        lim = serve.breaker
+
+        def limited(b: CircuitBreaker) -> CircuitBreaker:
+            b.configure(failures=lim.failures, open_for=lim.open_for, max_open_for=lim.max_open_for)
+            return b
+
         old = {u.name: u.breaker for u in previous.all} if previous else {}
         old_profiles = {u.name: u.profile_breakers for u in previous.all} if previous else {}
         old_hosts = {u.name: u.host for u in previous.all if u.host} if previous else {}
         built: list[Upstream] = []
         for cfg in configured:
-            breaker = old.get(cfg.name)
             per_profile = old_profiles.get(cfg.name, {})
+            breaker = limited(old.get(cfg.name) or CircuitBreaker(open_for=lim.open_for))
             for b in per_profile.values():
-                b.configure(
-                    failures=settings.breaker_failures,
-                    open_for=settings.breaker_open_for,
-                    max_open_for=settings.breaker_max_open_for,
-                )
-            if breaker is None:
-                breaker = CircuitBreaker(
-                    failures=settings.breaker_failures,
-                    open_for=settings.breaker_open_for,
-                    max_open_for=settings.breaker_max_open_for,
-                )
-            else:
-                breaker.configure(
-                    failures=settings.breaker_failures,
-                    open_for=settings.breaker_open_for,
-                    max_open_for=settings.breaker_max_open_for,
-                )
+                limited(b)
             key = env.get(cfg.api_key_env) if cfg.api_key_env else None
+            managed = _is_managed(cfg)
             is_host = cfg.type == HOST and cfg.url is not None
             built.append(
                 Upstream(
                     name=cfg.name,
-                    kind="managed" if cfg.type == MANAGED else "llmctl" if is_host else "openai",
-                    url=None if cfg.type == MANAGED or cfg.url is None else _base_url(cfg.url),
+                    kind="managed" if managed else "llmctl" if is_host else "openai",
+                    url=None if managed or cfg.url is None else _base_url(cfg.url),
                     query="" if cfg.url is None else _query(cfg.url),
-                    models=cfg.models or ("*",),
+                    models=tuple(cfg.models) or ("*",),
                     model_map=dict(cfg.model_map),
                     timeout=cfg.timeout,
                     api_key_env=cfg.api_key_env,
                     api_key=key or None,
                     breaker=breaker,
-                    profile_breakers=dict(per_profile) if cfg.type == MANAGED else {},
+                    profile_breakers=dict(per_profile) if managed else {},
                     host=(old_hosts.get(cfg.name) or HostState()) if is_host else None,
                     poll_interval=cfg.poll_interval,
                 )
