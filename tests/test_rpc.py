@@ -413,27 +413,36 @@ def test_an_rpc_device_over_its_budget_is_refused_naming_it(tmp_path: Path, mode
     assert len(found) == 1 and f"RPC[{A}]" in found[0]["message"] and found[0]["profile"] == "big"
 
 
-def test_two_profiles_on_one_rpc_server_share_its_budget(tmp_path: Path, model: Path) -> None:
+def test_profiles_on_one_rpc_server_never_run_together(tmp_path: Path, model: Path) -> None:
+    """A ggml-rpc-server serves one client at a time: a second llama-server would wait for it
+    forever, so the first is unloaded even when the memory would hold both."""
     path = write(
         tmp_path,
         f"""\
         version: 1
         gpu:
-          - {{rpc: "{A}", vram: 700MiB, headroom: 0}}
+          - {{rpc: "{A}", vram: 64GiB, headroom: 0}}
+          - {{rpc: "{B}", vram: 64GiB, headroom: 0}}
         profiles:
           one: {{model: {model}, rpc: [{A}]}}
-          two: {{model: {model}, rpc: [{A}]}}
+          two: {{model: {model}, rpc: [{B}, {A}]}}
+          other: {{model: {model}, rpc: [{B}]}}
         """,
     )
     m = load_manifest(path)
     devices = detect(m.device_configs()).devices
-    one = placement_request(m, "one", devices)
-    assert 350 * 1024**2 < one.plans[0].usage()[f"RPC[{A}]"] < 700 * 1024**2
-    busy = Running("one", one.plans[0].usage(), reload_cost=1)
+    one = Running("one", placement_request(m, "one", devices).plans[0].usage(), reload_cost=1)
     two = placement_request(m, "two", devices).request
-    decision = decide(policy_devices(devices), [busy], two)
+    decision = decide(policy_devices(devices), [one], two)
     assert decision.action == "start" and decision.evict == ("one",)
-    assert "unloading 'one'" in decision.reason
+    # another server: no conflict
+    other = placement_request(m, "other", devices).request
+    assert decide(policy_devices(devices), [one], other).evict == ()
+    # a pinned user of the server refuses the load, saying why
+    pinned = Running("one", one.usage, pinned=True)
+    refused = decide(policy_devices(devices), [pinned], two)
+    assert refused.action == "refuse"
+    assert f"RPC[{A}], which serves one llama-server at a time" in refused.reason
 
 
 # --- lint on this machine: servers reachable, a llama-server that speaks RPC ------------------
@@ -493,3 +502,14 @@ def test_lint_warns_when_the_binary_was_built_without_rpc(
     (build / "libggml-rpc.so").write_text("")
     assert problems(lint(path), "rpc-unsupported") == []
     assert rpc.build_has_rpc(str(tmp_path / "nowhere" / "llama-server")) is None
+
+
+def test_fit_of_a_split_profile_points_at_the_per_device_figures(
+    tmp_path: Path, model: Path
+) -> None:
+    path = two_machines(tmp_path, model)
+    result = runner.invoke(build_app(), ["fit", "big", "--manifest", str(path)])
+    assert result.exit_code == 2
+    assert "split over RPC servers" in result.output and "llmctl estimate big" in result.output
+    given = runner.invoke(build_app(), ["fit", "big", "--manifest", str(path), "--vram", "80GiB"])
+    assert given.exit_code == 0, given.output

@@ -89,6 +89,15 @@ def run(
                 budget = parse_size(vram)
             except ValueError as err:
                 raise UsageError(f"--vram: {err}", hint="e.g. --vram 24GiB") from None
+        elif p.rpc:
+            # a budget per device: one figure would judge the whole split against one of them
+            raise UsageError(
+                f"profile {name} is split over RPC servers and this machine's devices; "
+                "`llmctl fit` judges one budget",
+                hint=f"`llmctl estimate {name}` shows each device's share and `llmctl lint` "
+                "checks it against that device's budget; or give --vram to judge the whole "
+                "offloaded part against one figure",
+            )
         elif m.gpu_budget.vram is not None:
             budget = m.gpu_budget.vram
         else:

@@ -320,6 +320,8 @@ class Exchange:
                 why = self.router.supervisor.deliberate_change(self.pid)
             if why is None:
                 self.breaker.record_failure("failed mid-stream")
+                if up.host is not None:
+                    self.router.hosts.poke(up.name)  # learn now whether the host is gone
             else:
                 log.info("a response from %s was cut by a deliberate change: %s", up.name, why)
         if outcome == "client_gone":

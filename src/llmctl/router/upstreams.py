@@ -194,7 +194,8 @@ class Upstreams:
 
         old = {u.name: u.breaker for u in previous.all} if previous else {}
         old_profiles = {u.name: u.profile_breakers for u in previous.all} if previous else {}
-        old_hosts = {u.name: u.host for u in previous.all if u.host} if previous else {}
+        # what a host said is kept while its entry keeps its name and url
+        old_hosts = {(u.name, u.url): u.host for u in previous.all if u.host} if previous else {}
         built: list[Upstream] = []
         for cfg in configured:
             per_profile = old_profiles.get(cfg.name, {})
@@ -204,11 +205,12 @@ class Upstreams:
             key = env.get(cfg.api_key_env) if cfg.api_key_env else None
             managed = _is_managed(cfg)
             is_host = cfg.type == HOST and cfg.url is not None
+            url = None if managed or cfg.url is None else _base_url(cfg.url)
             built.append(
                 Upstream(
                     name=cfg.name,
                     kind="managed" if managed else "llmctl" if is_host else "openai",
-                    url=None if managed or cfg.url is None else _base_url(cfg.url),
+                    url=url,
                     query="" if cfg.url is None else _query(cfg.url),
                     models=tuple(cfg.models) or ("*",),
                     model_map=dict(cfg.model_map),
@@ -217,7 +219,7 @@ class Upstreams:
                     api_key=key or None,
                     breaker=breaker,
                     profile_breakers=dict(per_profile) if managed else {},
-                    host=(old_hosts.get(cfg.name) or HostState()) if is_host else None,
+                    host=(old_hosts.get((cfg.name, url)) or HostState()) if is_host else None,
                     poll_interval=cfg.poll_interval,
                 )
             )

@@ -6,7 +6,9 @@ clock, no logging. The caller (the supervisor's `load`, the router) carries the 
 Rules, in order:
 1. A profile already running with the same configuration: nothing to do.
 2. Forced victims: a server of the same profile with another configuration, a server of the same
-   exclusive `group`, a server on the same port. A pinned one among them refuses the load.
+   exclusive `group`, a server on the same port, a server using one of the same llama.cpp RPC
+   servers (a ggml-rpc-server serves one client at a time: a second llama-server would wait for
+   it forever). A pinned one among them refuses the load.
 3. For each way the profile may be placed (its options, in order of preference), the servers to
    unload so that every device keeps its headroom: none if it fits beside what runs; otherwise
    the set of unpinned servers that frees enough with, in order, the fewest requests in flight,
@@ -127,11 +129,13 @@ def decide(devices: Sequence[Device], running: Sequence[Running], request: Reque
             return Decision("noop", name, reason=f"profile {name!r} already runs")
     forced: list[Running] = []
     others: list[Running] = []
+    remote = {d for o in request.options for d in _rpc_devices(o.usage)}
     for r in running:
         if (
             r.profile == name
             or (request.group is not None and r.group == request.group)
             or (request.port is not None and r.port == request.port)
+            or remote & _rpc_devices(r.usage)
         ):
             forced.append(r)
         else:
@@ -139,7 +143,13 @@ def decide(devices: Sequence[Device], running: Sequence[Running], request: Reque
     blocked = [r for r in forced if r.pinned and r.profile != name]
     if blocked:
         r = blocked[0]
-        why = "group " + repr(r.group) if r.group == request.group else f"port {r.port}"
+        shared = sorted(remote & _rpc_devices(r.usage))
+        if request.group is not None and r.group == request.group:
+            why = "group " + repr(r.group)
+        elif request.port is not None and r.port == request.port:
+            why = f"port {r.port}"
+        else:
+            why = f"{shared[0]}, which serves one llama-server at a time"
         return Decision(
             "refuse",
             name,
@@ -230,6 +240,13 @@ def decide(devices: Sequence[Device], running: Sequence[Running], request: Reque
         ),
         shortfall=short,
     )
+
+
+def _rpc_devices(usage: Mapping[str, int]) -> set[str]:
+    """The llama.cpp RPC servers' devices among a usage's keys."""
+    from llmctl.llama.rpc import endpoint_of
+
+    return {d for d in usage if endpoint_of(d) is not None}
 
 
 def _frees(victims: Sequence[Running], deficit: Mapping[str, int]) -> bool:
