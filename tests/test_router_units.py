@@ -641,3 +641,30 @@ def test_servers_metrics_get_the_profile_label() -> None:
         'llamacpp:prompt_tokens_total{profile="b\\"x"} 5',
     ]
     assert with_profile_label([]) == ""
+
+
+def test_the_routers_socket_gets_tcp_nodelay() -> None:
+    """asyncio sets TCP_NODELAY only on sockets whose proto says TCP; without it every keep-alive
+    response written in two parts (headers, body) waits out the client's delayed ACK (~40 ms)."""
+    import socket
+
+    from llmctl.router.server import bind_socket
+
+    async def main() -> None:
+        sock = bind_socket("127.0.0.1", 0)
+        seen: list[int] = []
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = writer.get_extra_info("socket")
+            seen.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            while not seen:
+                await asyncio.sleep(0.01)
+            writer.close()
+        assert seen == [1]
+
+    run(main)
