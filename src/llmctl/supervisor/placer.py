@@ -269,7 +269,7 @@ def refusal(decision: Decision) -> PlacementRefused:
 class LoadOutcome:
     decision: Decision | None
     result: SwitchResult | None
-    placement: Placement
+    placement: Placement | None  # None: the profile already ran, nothing was placed
 
 
 def plan_load(
@@ -305,10 +305,23 @@ def load_profile(
     `before_evict(decision)` runs under the lock before victims stop (the router waits there
     for their requests in flight).
     """
-    placed = placement_request(manifest, name, devices)
-    box: dict[str, Decision] = {}
+    box: dict[str, Any] = {}
+
+    def placement() -> Placement:
+        # the estimate and plans, made once and only when needed: a profile that already runs
+        # healthy is a no-op found before (unless listed devices give it several ways to run)
+        if "placed" not in box:
+            box["placed"] = placement_request(manifest, name, devices)
+        placed: Placement = box["placed"]
+        return placed
+
+    if manifest.devices_listed:
+        first, same_as = placement().specs[0], placement().specs[1:]
+    else:
+        first, same_as = command_spec(manifest, name), []
 
     def choose(records: dict[str, LaunchRecord]) -> tuple[list[str], LaunchSpec]:
+        placed = placement()
         decision, _ = plan_load(
             manifest, name, records, devices, activity() if activity else None, placed
         )
@@ -321,7 +334,5 @@ def load_profile(
             before_evict(decision)
         return list(decision.evict), placed.specs[decision.option]
 
-    result = sup.load(
-        placed.specs[0], choose=choose, same_as=placed.specs[1:], on_event=on_event, cancel=cancel
-    )
-    return LoadOutcome(box.get("decision"), result, placed)
+    result = sup.load(first, choose=choose, same_as=same_as, on_event=on_event, cancel=cancel)
+    return LoadOutcome(box.get("decision"), result, box.get("placed"))
