@@ -7,6 +7,7 @@ The downloads here are fakes (a wheel built on the spot) or refused at once: tes
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -126,3 +127,32 @@ def test_the_demo_manifest_names_what_the_model_needs(tmp_path: Path) -> None:
     write_manifest(path, "/bin/llama-server", 8099, tmp_path / "m.gguf", None)
     tiny = load_manifest(path).profiles["chat"]
     assert tiny.chat_template is None and tiny.extra_args == []
+
+
+def test_pip_is_found_past_an_environment_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `uv run` the first python3 on PATH is the environment's, which has no pip: the demo
+    looks further (the base interpreter, then every python3 on PATH)."""
+    import importlib.util
+    import sys
+
+    from llmctl.demo import model
+
+    no_pip, with_pip = tmp_path / "venv-bin", tmp_path / "system-bin"
+    for folder, code in ((no_pip, 1), (with_pip, 0)):
+        folder.mkdir()
+        script = folder / "python3"
+        script.write_text(f"#!/bin/sh\nexit {code}\n")
+        script.chmod(0o755)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pip" else real_find_spec(name, *a),
+    )
+    monkeypatch.setattr(sys, "_base_executable", str(tmp_path / "gone" / "python3"), raising=False)
+    monkeypatch.setenv("PATH", f"{no_pip}{os.pathsep}{with_pip}")
+    assert model._pip() == [str(with_pip / "python3"), "-m", "pip"]
+    monkeypatch.setenv("PATH", str(no_pip))
+    assert model._pip() is None

