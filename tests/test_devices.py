@@ -183,3 +183,20 @@ def test_nvidia_smi_missing_is_silent_and_the_cli_warns_on_stderr(
     assert data["devices"][0]["budget_bytes"] is None
     assert any("cannot run nvidia-smi" in w for w in data["warnings"])
     assert any("no budget" in w for w in data["warnings"])
+
+
+def test_gpu_release_asks_the_same_nvidia_smi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for GPU memory after a stop finds nvidia-smi as the device detection does
+    (LLMCTL_NVIDIA_SMI first), not by a lookup of its own."""
+    from llmctl.supervisor.gpu import gpu_pids
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 123\necho 456\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("LLMCTL_NVIDIA_SMI", str(fake))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gpu_pids() == {123, 456}
+    monkeypatch.delenv("LLMCTL_NVIDIA_SMI")
+    assert gpu_pids() is None

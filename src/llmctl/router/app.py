@@ -37,7 +37,7 @@ from llmctl.router import metrics as metrics_mod
 from llmctl.router.activity import Activity
 from llmctl.router.auth import key_allowed, serve_keys
 from llmctl.router.breaker import STATE_VALUES
-from llmctl.router.client import Pool
+from llmctl.router.client import Pool, StreamBroken
 from llmctl.router.errors import (
     SERVER,
     RouterError,
@@ -72,8 +72,10 @@ from llmctl.router.placement_queue import PlacementScheduler
 from llmctl.router.proxy import (
     RelayResponse,
     Reply,
+    UpstreamFailure,
     WaitingStreamResponse,
     lean_capable,
+    open_reply,
 )
 from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
 from llmctl.router.safepath import unsafe_path
@@ -955,20 +957,38 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def _servers_metrics(router: Router) -> str:
     """Each loaded profile's llama-server metrics (those started with --metrics; the others
-    answer 501 and are left out), labelled with the profile, fetched side by side."""
+    answer 501 and are left out), labelled with the profile, fetched side by side over the
+    router's own upstream transport."""
+    managed = router.upstreams.managed if router.upstreams is not None else None
+    if managed is None:
+        return ""
 
-    def fetch(profile: str) -> tuple[str, str] | None:
-        import urllib.request
-
+    async def fetch(profile: str) -> tuple[str, str] | None:
         url = router.managed_base(profile) + "/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return profile, r.read(4 * 1024 * 1024).decode("utf-8", "replace")
-        except (OSError, ValueError):
+            reply = await open_reply(
+                router.transport_for(managed, url),
+                upstream=managed.name,
+                url=url,
+                method="GET",
+                headers=[],
+                body=b"",
+                timeout=2.0,
+            )
+        except UpstreamFailure:
             return None
+        try:
+            if reply.status != 200:
+                return None
+            data = reply.first + b"".join([c async for c in reply.rest])
+        except StreamBroken:
+            return None
+        finally:
+            await reply.aclose()
+        return profile, data.decode("utf-8", "replace")
 
     profiles = [p for p in router.scheduler.loaded if p in router.index.profiles]
-    got = await asyncio.gather(*(run_in_threadpool(fetch, p) for p in profiles))
+    got = await asyncio.gather(*(fetch(p) for p in profiles))
     return metrics_mod.with_profile_label(g for g in got if g is not None)
 
 

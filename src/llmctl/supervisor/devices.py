@@ -74,6 +74,13 @@ def meminfo(path: str = "/proc/meminfo") -> tuple[int | None, int | None]:
     return total, avail
 
 
+def nvidia_smi_path() -> str | None:
+    """$LLMCTL_NVIDIA_SMI, else nvidia-smi on PATH (without importing shutil); None: no NVIDIA."""
+    from llmctl.paths import on_path
+
+    return os.environ.get("LLMCTL_NVIDIA_SMI") or on_path("nvidia-smi")
+
+
 def nvidia_smi(
     timeout: float = SMI_TIMEOUT, exe: str | None = None
 ) -> tuple[dict[str, tuple[int, int]], str | None]:
@@ -81,9 +88,7 @@ def nvidia_smi(
 
     No nvidia-smi at all is not worth a warning (a machine without NVIDIA GPUs).
     """
-    from llmctl.paths import on_path
-
-    exe = exe or os.environ.get("LLMCTL_NVIDIA_SMI") or on_path("nvidia-smi")
+    exe = exe or nvidia_smi_path()
     if not exe:
         return {}, None
     # imported here: `llmctl estimate` and the placement commands reach this module on every run

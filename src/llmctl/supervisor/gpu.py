@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterable
@@ -10,7 +9,9 @@ from collections.abc import Iterable
 
 def gpu_pids() -> set[int] | None:
     """Pids holding GPU memory per nvidia-smi; None when nvidia-smi is absent or fails."""
-    exe = shutil.which("nvidia-smi")
+    from llmctl.supervisor.devices import nvidia_smi_path
+
+    exe = nvidia_smi_path()
     if exe is None:
         return None
     try:
