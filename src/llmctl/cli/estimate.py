@@ -268,8 +268,6 @@ def _calibration(
     path = state_dir() / "calibration.json"
     if not (measure or ask or path.exists()):
         return None  # nothing measured: no need for the measuring code (subprocess, hashlib)
-    import socket
-
     from llmctl.llama.flags import launch_spec
     from llmctl.memory.calibration import CalibrationStore, calibration_key, measure_launch
 
@@ -278,13 +276,9 @@ def _calibration(
     # the build is asked (llama-server --version) only when explaining or measuring
     build = store.build(spec.argv[0], ask=ask)
     if measure:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        argv = list(spec.argv)
-        if "--port" in argv:
-            argv[argv.index("--port") + 1] = str(port)
-        m = measure_launch(store, spec.model, argv, build, env=spec.env, unset_env=spec.unset_env)
+        m = measure_launch(
+            store, spec.model, spec.argv, build, env=spec.env, unset_env=spec.unset_env
+        )
         if m is None:
             raise LlmctlError(
                 f"llama-server did not report its buffers for {name}",
