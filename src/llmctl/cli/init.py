@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
             None,
             help="Folders to search (default: ~/models, llama.cpp's and the Hugging Face cache, "
             "LM Studio's models).",
-            metavar="[FOLDER]...",
+            metavar="FOLDER",
             show_default=False,
         ),
         output: Path | None = typer.Option(
