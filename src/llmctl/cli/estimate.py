@@ -316,8 +316,6 @@ def _measurement(
     env: dict[str, str] | None = None,
     unset_env: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any] | None:
-    import socket
-
     from llmctl.memory.calibration import CalibrationStore, calibration_key, measure_launch
     from llmctl.paths import state_dir
 
@@ -325,15 +323,8 @@ def _measurement(
     # the build is asked (llama-server --version) only when explaining or measuring
     build = store.build(argv[0], ask=ask)
     if measure:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        run = list(argv)
-        if "--port" in run:
-            run[run.index("--port") + 1] = str(port)
-        else:
-            run += ["--port", str(port)]
-        m = measure_launch(store, model, run, build, env=env, unset_env=list(unset_env))
+        # measure() listens on a free port of its own, whatever --port says
+        m = measure_launch(store, model, argv, build, env=env, unset_env=list(unset_env))
         if m is None:
             raise LlmctlError(
                 f"llama-server did not report its buffers for {what}",
