@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from llmctl.cli import build_app
@@ -129,3 +130,47 @@ def test_measure_then_explain(tmp_path: Path, llama_server_bin: Path) -> None:
     # other arguments: no measurement applies
     write(4096)
     assert "measured" not in run()
+
+
+def test_measure_and_explain_a_command_line(
+    tmp_path: Path, llama_server_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`estimate --measure/--explain -- ARGS` measure and explain the command line itself (they
+    were ignored there), with the llama-server of $LLMCTL_LLAMA_SERVER."""
+    from llmctl.cli import estimate as estimate_cli
+
+    model = write_tiny_model(tmp_path / "m.gguf")
+    argv = ["-m", str(model), "-c", "2048", "-ngl", "0", "-nr", "--port", "1"]
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(llama_server_bin))
+
+    def run(*flags: str) -> dict[str, object]:
+        result = runner.invoke(build_app(), ["estimate", "--json", *flags, "--", *argv])
+        assert result.exit_code == 0, result.output
+        out: list[dict[str, object]] = json.loads(result.stdout)
+        return out[0]
+
+    assert "measured" not in run("--explain")
+    measured = run("--measure")["measured"]  # --port 1 replaced by a free port
+    assert isinstance(measured, dict)
+    assert abs(measured["parts"]["kv"]["error"]) < 0.01
+    assert run()["measured"] == measured
+    # the fast path (no typer) takes the same flags and prints the explanation
+    result = runner.invoke(build_app(), ["estimate", "--explain", "--", *argv])
+    assert "measured" in result.stdout and "compute =" in result.stdout
+    assert estimate_cli.fast(["--explain", "--", *argv]) == 0
+
+
+def test_measure_a_command_line_without_llama_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = write_tiny_model(tmp_path / "m.gguf")
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", "")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    result = runner.invoke(build_app(), ["estimate", "--measure", "--", "-m", str(model)])
+    assert result.exit_code != 0
+    assert "--measure needs llama-server" in result.output
+    assert "LLMCTL_LLAMA_SERVER" in result.output
+    assert "Traceback" not in result.output
+    # an estimate with --all and a command line is a usage error, not a silent choice
+    result = runner.invoke(build_app(), ["estimate", "--all", "--", "-m", str(model)])
+    assert result.exit_code == 2 and "--all" in result.output
