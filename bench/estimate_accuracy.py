@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readiness import find_llama_server, free_port, llmctl_cmd
+from readiness import find_llama_server, llmctl_cmd
 
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.llama.realshapes import PROJECTORS, SHAPES, write_projector, write_shaped_model
+from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import MiB, ModelSource, estimate
-from llmctl.memory.measured import Reported, parse_reported
+from llmctl.memory.measured import Reported
 from llmctl.paths import cache_dir
 
 OPTIONS = (
@@ -43,21 +44,10 @@ OPTIONS = (
 
 
 def reported(binary: str, model: Path, args: str, warmup: bool = False) -> Reported:
-    cmd = [binary, "-m", str(model), "--port", str(free_port()), "-lv", "4", "--fit", "off"]
-    # the projector reserves its compute buffer during its warm-up only
-    cmd += ["-nr", *([] if warmup else ["--no-warmup"]), *args.split()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "model loaded" in line or "exiting due to" in line:
-                break
-    finally:
-        proc.terminate()
-        proc.wait()
-    return parse_reported("".join(lines))
+    """llama-server as `llmctl estimate --measure` runs it (the projector reserves its compute
+    buffer during its warm-up only)."""
+    cmd = [binary, "-m", str(model), "--fit", "off", "-nr", *args.split()]
+    return measure_reported(cmd, warmup=warmup)[0]
 
 
 def accuracy(names: set[str] | None) -> Path | None:

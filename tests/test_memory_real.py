@@ -9,18 +9,17 @@ docstring of `llmctl.memory.estimate.compute_estimate` states.
 from __future__ import annotations
 
 import random
-import re
-import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llmctl.llama.gguf import read_gguf
+from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
+from llmctl.memory.measured import Reported
 from llmctl.testmodels import write_tiny_model
-from processes import stop_process
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("llama", {}),
@@ -40,28 +39,6 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-q4-weights": ("llama", {"weight_type": "q4_0", "n_layer": 2}),
 }
 
-KV_LINE = re.compile(
-    r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\), "
-    r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB"
-)
-RS_LINE = re.compile(
-    r"llama_memory_recurrent: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+) seqs.*?\), "
-    r"R \((\w+)\):\s*([\d.]+) MiB, S \((\w+)\):\s*([\d.]+) MiB"
-)
-MODEL_BUF = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s*([\d.]+) MiB")
-COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s*([\d.]+) MiB")
-N_CTX = re.compile(r"llama_context: n_ctx\s+= (\d+)")
-N_CTX_SEQ = re.compile(r"llama_context: n_ctx_seq\s+= (\d+)")
-
-
-@dataclass
-class Printed:
-    caches: list[dict[str, Any]]
-    model_mib: float
-    compute_mib: float
-    n_ctx: int
-    n_ctx_seq: int
-
 
 def to_args(o: LaunchOptions) -> list[str]:
     args = [
@@ -80,64 +57,10 @@ def to_args(o: LaunchOptions) -> list[str]:
     return args
 
 
-def run_server(binary: Path, model: Path, port: int, args: list[str]) -> str:
-    """Start llama-server at -lv 4, read stderr until the model is loaded (or failed), stop it."""
+def run_server(binary: Path, model: Path, args: list[str]) -> tuple[Reported, str]:
+    """llama-server as `llmctl estimate --measure` runs it, until the model is loaded (or failed)."""
     # -nr: no CPU weight repacking, whose extra host buffer is not VRAM and not estimated
-    cmd = [str(binary), "-m", str(model), "--port", str(port), "-lv", "4", "--fit", "off", "-nr"]
-    cmd += args
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "model loaded" in line or "exiting due to" in line:
-                break
-    finally:
-        stop_process(proc)
-        if proc.stderr is not None:
-            proc.stderr.close()
-    return "".join(lines)
-
-
-def parse(text: str) -> Printed:
-    caches: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        if m := KV_LINE.search(line):
-            caches.append(
-                {
-                    "kind": "attn",
-                    "mib": float(m[1]),
-                    "cells": int(m[2]),
-                    "layers": int(m[3]),
-                    "n_seq": int(m[4]),
-                    "n_stream": int(m[5]),
-                    "k_type": m[6],
-                    "k_mib": float(m[7]),
-                    "v_type": m[8],
-                    "v_mib": float(m[9]),
-                }
-            )
-        elif m := RS_LINE.search(line):
-            caches.append(
-                {
-                    "kind": "recurrent",
-                    "mib": float(m[1]),
-                    "cells": int(m[2]),
-                    "layers": int(m[3]),
-                    "n_seq": int(m[4]),
-                    "k_type": m[5],
-                    "k_mib": float(m[6]),
-                    "v_type": m[7],
-                    "v_mib": float(m[8]),
-                }
-            )
-    model = sum(float(m[2]) for m in MODEL_BUF.finditer(text))
-    compute = sum(float(m[2]) for m in COMPUTE.finditer(text))
-    n_ctx = N_CTX.search(text)
-    n_ctx_seq = N_CTX_SEQ.search(text)
-    assert n_ctx and n_ctx_seq, text[-3000:]
-    return Printed(caches, model, compute, int(n_ctx[1]), int(n_ctx_seq[1]))
+    return measure_reported([str(binary), "-m", str(model), "--fit", "off", "-nr", *args])
 
 
 def combinations(name: str, arch: str, n: int) -> list[LaunchOptions]:
@@ -196,41 +119,43 @@ COMPUTE_ERRORS: list[float] = []
 
 @pytest.mark.parametrize(("name", "index"), CASES)
 def test_estimate_matches_llama_server(
-    name: str, index: int, models: dict[str, Path], llama_server_bin: Path, free_port: int
+    name: str, index: int, models: dict[str, Path], llama_server_bin: Path
 ) -> None:
     arch = MODELS[name][0]
     opts = combinations(name, arch, 10)[index]
     path = models[name]
-    text = run_server(llama_server_bin, path, free_port, to_args(opts))
-    assert "model loaded" in text, text[-3000:]
-    printed = parse(text)
+    printed, text = run_server(llama_server_bin, path, to_args(opts))
+    assert printed.loaded, text[-3000:]
     est = estimate(ModelSource.from_gguf(read_gguf(path)), opts)
     assert est.exact
-    assert (est.sizes.n_ctx, est.sizes.n_ctx_seq) == (printed.n_ctx, printed.n_ctx_seq)
+    assert (est.sizes.n_ctx, est.sizes.n_ctx_seq) == (printed.n_ctx, printed.n_ctx_seq), text[
+        -3000:
+    ]
     assert len(est.caches) == len(printed.caches), (est.to_json(), printed)
     for ours, theirs in zip(est.caches, printed.caches, strict=True):
         where = f"{name} {opts} {ours.kind}"
-        assert ours.cells == theirs["cells"], where
-        assert ours.layers == theirs["layers"], where
-        assert ours.n_seq == theirs["n_seq"], where
+        assert ours.cells == theirs.cells, where
+        assert ours.layers == theirs.layers, where
+        assert ours.n_seq == theirs.n_seq, where
         if ours.kind != "recurrent":
-            assert ours.n_stream == theirs["n_stream"], where
-            assert (ours.k_type, ours.v_type) == (theirs["k_type"], theirs["v_type"]), where
-        assert abs(mib(ours.k_bytes) - theirs["k_mib"]) <= 0.011, where
-        assert abs(mib(ours.v_bytes) - theirs["v_mib"]) <= 0.011, where
-        assert abs(mib(ours.bytes) - theirs["mib"]) <= 0.011, where
+            assert ours.n_stream == theirs.n_stream, where
+            assert (ours.k_type, ours.v_type) == (theirs.k_type, theirs.v_type), where
+        assert abs(mib(ours.k_bytes) - theirs.k_mib) <= 0.011, where
+        assert abs(mib(ours.v_bytes) - theirs.v_mib) <= 0.011, where
+        assert abs(mib(ours.bytes) - theirs.mib) <= 0.011, where
     # CPU only: every weight is on the CPU, a tied output shares the embedding
-    assert abs(mib(est.weights.bytes) - printed.model_mib) <= 0.011, (name, printed.model_mib)
-    error = est.compute_bytes / (printed.compute_mib * 1024 * 1024) - 1
+    model_mib = printed.total("model")
+    assert abs(mib(est.weights.bytes) - model_mib) <= 0.011, (name, model_mib)
+    error = est.compute_bytes / (printed.total("compute") * 1024 * 1024) - 1
     COMPUTE_ERRORS.append(error)
     assert abs(error) <= 0.5, f"compute estimate off by {error:+.0%} ({name} {opts})"
 
 
 def test_unsupported_combinations_fail_as_llama_server_does(
-    models: dict[str, Path], llama_server_bin: Path, free_port: int
+    models: dict[str, Path], llama_server_bin: Path
 ) -> None:
     """A quantized V cache without flash attention is refused by llama-server (lint flags it too)."""
     opts = LaunchOptions(ctx_size=512, parallel=1, cache_type_v="q8_0", flash_attn="off")
-    text = run_server(llama_server_bin, models["llama"], free_port, to_args(opts))
-    assert "model loaded" not in text
+    printed, text = run_server(llama_server_bin, models["llama"], to_args(opts))
+    assert not printed.loaded
     assert "quantized V cache" in text

@@ -8,7 +8,6 @@ KV and output buffers exact to the printed precision, and the host total within 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,9 @@ import pytest
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.llama.realshapes import PROJECTORS, shape, write_projector, write_shaped_model
+from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import LaunchOptions, MiB, ModelSource, estimate, mib
-from llmctl.memory.measured import Reported, parse_reported
-from processes import stop_process
+from llmctl.memory.measured import Reported
 
 CASES = [
     ("gemma3-270m", "-c 4096"),
@@ -37,36 +36,21 @@ def shaped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("shaped")
 
 
-def run_reported(
-    binary: Path, model: Path, port: int, args: list[str], warmup: bool = False
-) -> Reported:
-    """llama-server at -lv 4 (the level that prints buffers) until the model is loaded."""
-    cmd = [str(binary), "-m", str(model), "--port", str(port), "-lv", "4", "--fit", "off"]
+def run_reported(binary: Path, model: Path, args: list[str], warmup: bool = False) -> Reported:
+    """llama-server as `llmctl estimate --measure` runs it, until the model is loaded."""
     # a projector reserves its compute buffer during its warm-up only
-    cmd += ["-nr", *([] if warmup else ["--no-warmup"]), "-ngl", "0", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "model loaded" in line or "exiting due to" in line:
-                break
-    finally:
-        stop_process(proc)
-        if proc.stderr is not None:
-            proc.stderr.close()
-    text = "".join(lines)
-    assert "model loaded" in text, text[-3000:]
-    return parse_reported(text)
+    cmd = [str(binary), "-m", str(model), "--fit", "off", "-nr", "-ngl", "0", *args]
+    reported, log = measure_reported(cmd, warmup=warmup)
+    assert reported.loaded, log[-3000:]
+    return reported
 
 
 @pytest.mark.parametrize(("name", "args"), CASES, ids=[f"{n} {a}" for n, a in CASES])
 def test_shaped_model_estimate_matches(
-    name: str, args: str, shaped: Path, llama_server_bin: Path, free_port: int
+    name: str, args: str, shaped: Path, llama_server_bin: Path
 ) -> None:
     path = write_shaped_model(shaped, shape(name))
-    reported = run_reported(llama_server_bin, path, free_port, args.split())
+    reported = run_reported(llama_server_bin, path, args.split())
     opts = parse_llama_args(args.split()).options
     est = estimate(ModelSource.from_gguf(read_gguf(path)), opts, gpu=False)
     assert est.gpu_total_bytes == 0
@@ -81,7 +65,7 @@ def test_shaped_model_estimate_matches(
 
 
 def test_projector_is_counted_as_llama_server_allocates_it(
-    shaped: Path, llama_server_bin: Path, free_port: int
+    shaped: Path, llama_server_bin: Path
 ) -> None:
     """Gemma-3-4B with its SigLIP projector: weights and the projector's compute buffer (reserved
     during its warm-up) match what llama-server reports."""
@@ -89,7 +73,7 @@ def test_projector_is_counted_as_llama_server_allocates_it(
     text = write_shaped_model(shaped, shape(proj.text_model))
     path = write_projector(shaped, proj)
     reported = run_reported(
-        llama_server_bin, text, free_port, ["-c", "4096", "--mmproj", str(path)], warmup=True
+        llama_server_bin, text, ["-c", "4096", "--mmproj", str(path)], warmup=True
     )
     src = ModelSource.from_gguf(read_gguf(text))
     est = estimate(

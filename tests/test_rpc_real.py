@@ -21,9 +21,9 @@ import pytest
 from llmctl.llama import rpc
 from llmctl.llama.gguf import read_gguf
 from llmctl.manifest.model import load_manifest
-from llmctl.memory.calibration import measure
+from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import mib
-from llmctl.memory.measured import Reported, parse_reported
+from llmctl.memory.measured import Reported
 from llmctl.memory.plan import DevicePlan
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placer import placement_request
@@ -142,9 +142,9 @@ def plan_and_log(
     m = load_manifest(path)
     placed = placement_request(m, profile, detect(m.device_configs()).devices)
     plan, spec = placed.plans[0], placed.specs[0]
-    log = measure([*spec.argv, "-nr"])  # as `llmctl estimate --measure` runs it
-    assert "model loaded" in log, log[-4000:]
-    return plan, parse_reported(log), log
+    reported, log = measure_reported([*spec.argv, "-nr"])  # as `llmctl estimate --measure`
+    assert reported.loaded, log[-4000:]
+    return plan, reported, log
 
 
 def side_by_side(plan: DevicePlan, reported: Reported) -> dict[str, dict[str, tuple[float, float]]]:

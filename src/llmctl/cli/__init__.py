@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 # command name -> module; `llmctl --help` lists them in this order
 COMMANDS: dict[str, str] = {
+    "init": "llmctl.cli.init",
     "lint": "llmctl.cli.lint",
     "command": "llmctl.cli.command",
     "schema": "llmctl.cli.schema",

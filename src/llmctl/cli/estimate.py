@@ -131,7 +131,7 @@ def explain_text(est: Estimate, measured: dict[str, Any] | None) -> str:
             "  "
             + style(
                 "no measurement for this model, these arguments and this llama-server build;"
-                " `llmctl estimate PROFILE --measure` launches it once to measure",
+                " `--measure` launches it once to measure",
                 DIM,
             )
         )
@@ -211,14 +211,21 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
     return est, parsed.ignored
 
 
-def _estimate_argv(argv: list[str], json_out: bool) -> int:
+def _estimate_argv(
+    argv: list[str], json_out: bool, explain: bool = False, measure: bool = False
+) -> int:
     est, ignored = estimate_for_argv(argv)
+    measured = _calibration_argv(argv, est, measure, ask=explain or measure)
     if json_out:
         obj = est.to_json()
         obj["ignored_args"] = ignored
+        if measured is not None:
+            obj["measured"] = measured
         print_json([obj])
     else:
         sys.stdout.write(estimate_text(est, ignored))
+        if explain or measure:
+            sys.stdout.write(explain_text(est, measured) + "\n")
     return EXIT_OK
 
 
@@ -263,34 +270,67 @@ def _calibration(
 ) -> dict[str, Any] | None:
     """The measurement of this profile (model file, arguments, build); with `measure`, a real
     launch first (llama-server at -lv 4 on a free port, stopped once the model is loaded)."""
+    if not _may_have_measurement(measure, ask):
+        return None  # nothing measured: no need for the measuring code (subprocess, hashlib)
+    from llmctl.llama.flags import launch_spec
+
+    spec = launch_spec(manifest, name)
+    return _measurement(
+        est, spec.model, list(spec.argv), measure, ask, name, spec.env, spec.unset_env
+    )
+
+
+def _calibration_argv(
+    argv: list[str], est: Estimate, measure: bool, ask: bool
+) -> dict[str, Any] | None:
+    """_calibration for `estimate -- ARGS`: the command line run by this machine's llama-server
+    ($LLMCTL_LLAMA_SERVER, else on PATH)."""
+    if not _may_have_measurement(measure, ask):
+        return None
+    from llmctl.llama.flags import find_binary
+
+    binary = find_binary()
+    if binary is None:
+        if not measure:
+            return None  # no llama-server here: nothing can have been measured with it
+        raise LlmctlError(
+            "--measure needs llama-server: none in $LLMCTL_LLAMA_SERVER or on PATH",
+            hint="set LLMCTL_LLAMA_SERVER to its path (`make llama-server` builds one)",
+        )
+    return _measurement(est, est.model, [binary, *argv], measure, ask, "this command line")
+
+
+def _may_have_measurement(measure: bool, ask: bool) -> bool:
     from llmctl.paths import state_dir
 
-    path = state_dir() / "calibration.json"
-    if not (measure or ask or path.exists()):
-        return None  # nothing measured: no need for the measuring code (subprocess, hashlib)
-    import socket
+    return measure or ask or (state_dir() / "calibration.json").exists()
 
-    from llmctl.llama.flags import launch_spec
+
+def _measurement(
+    est: Estimate,
+    model: str,
+    argv: list[str],
+    measure: bool,
+    ask: bool,
+    what: str,
+    env: dict[str, str] | None = None,
+    unset_env: tuple[str, ...] | list[str] = (),
+) -> dict[str, Any] | None:
     from llmctl.memory.calibration import CalibrationStore, calibration_key, measure_launch
+    from llmctl.paths import state_dir
 
-    store = CalibrationStore(path)
-    spec = launch_spec(manifest, name)
+    store = CalibrationStore(state_dir() / "calibration.json")
     # the build is asked (llama-server --version) only when explaining or measuring
-    build = store.build(spec.argv[0], ask=ask)
+    build = store.build(argv[0], ask=ask)
     if measure:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        argv = list(spec.argv)
-        if "--port" in argv:
-            argv[argv.index("--port") + 1] = str(port)
-        m = measure_launch(store, spec.model, argv, build, env=spec.env, unset_env=spec.unset_env)
+        # measure() listens on a free port of its own, whatever --port says
+        m = measure_launch(store, model, argv, build, env=env, unset_env=list(unset_env))
         if m is None:
             raise LlmctlError(
-                f"llama-server did not report its buffers for {name}",
-                hint="run `llmctl switch` to see why it does not load",
+                f"llama-server did not report its buffers for {what}",
+                hint="run it by hand (or `llmctl switch PROFILE`) to see why it does not load",
             )
-    found = store.get(calibration_key(spec.model, spec.argv, build))
+    found = store.get(calibration_key(model, argv, build))
     return _measured_json(est, found) if found is not None else None
 
 
@@ -392,7 +432,12 @@ def run(
 ) -> int:
     def body() -> int:
         if any(a.startswith("-") for a in args):
-            return _estimate_argv(args, json_out)
+            if all_:
+                raise UsageError(
+                    "--all estimates the manifest's profiles, not a command line",
+                    hint="llmctl estimate --all, or llmctl estimate -- -m model.gguf ...",
+                )
+            return _estimate_argv(args, json_out, explain, measure)
         return _estimate_profiles(args, all_, manifest, json_out, explain, measure)
 
     return run_command(json_out, body)
@@ -402,7 +447,10 @@ def fast(args: list[str]) -> int | None:
     """`estimate PROFILE ... [--all] [--manifest P] [--json]` and `estimate [--json] -- ARGS`."""
     if "--" in args:
         cut = args.index("--")
-        parsed = parse(args[:cut], flags={"--json": "json_out"})
+        parsed = parse(
+            args[:cut],
+            flags={"--json": "json_out", "--explain": "explain", "--measure": "measure"},
+        )
         return None if parsed is None else run(args[cut + 1 :], **parsed[1])
     parsed = parse(
         args,

@@ -25,8 +25,8 @@ def find_manifest(explicit: Path | str | None = None) -> Path:
     raise ManifestError(
         "no manifest found",
         hint=(
-            f"pass --manifest PATH, set LLMCTL_MANIFEST, or create ./profiles.yaml or {user} "
-            "(the README has an example)"
+            f"`llmctl init` writes {user} from the GGUF files on this machine; or pass "
+            "--manifest PATH, set LLMCTL_MANIFEST, or create ./profiles.yaml"
         ),
     )
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.memory.measured import Reported, parse_reported
+from llmctl.memory.measured import FAILED, LOADED, Reported, parse_reported
 
 # arguments that do not change memory: left out of the key
 _UNKEYED = {"--host": 1, "--port": 1, "--alias": 1, "-a": 1, "-lv": 1, "--verbosity": 1}
@@ -200,19 +201,53 @@ def measure_launch(
     return record_log(store, model, argv, build, measure(argv, env=env, unset_env=unset_env))
 
 
+def measure_reported(
+    argv: Sequence[str],
+    *,
+    warmup: bool = False,
+    env: dict[str, str] | None = None,
+    unset_env: Sequence[str] = (),
+) -> tuple[Reported, str]:
+    """A real launch of `argv` (see `measure`): what its log reports, and the log."""
+    log = measure(argv, warmup=warmup, env=env, unset_env=unset_env)
+    return parse_reported(log), log
+
+
+def on_free_port(argv: Sequence[str]) -> list[str]:
+    """`argv` listening on a free port of 127.0.0.1 (any --port it gives replaced): llama-server
+    binds before it loads, so two measurements at once must not share a port."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--port":
+            i += 2
+            continue
+        if not argv[i].startswith("--port="):
+            out.append(argv[i])
+        i += 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [*out, "--port", str(port)]
+
+
 def measure(
     argv: Sequence[str],
     *,
     timeout: float = 600.0,
+    warmup: bool = False,
     env: dict[str, str] | None = None,
     unset_env: Sequence[str] = (),
 ) -> str:
-    """Run llama-server (argv[0]) at -lv 4 until the model is loaded or it exits; return its log.
+    """Run llama-server (argv[0]) at -lv 4 on a free port until the model is loaded or it exits;
+    return its log.
 
+    Without `warmup`, --no-warmup: the buffers are reserved before the warm-up, except a
+    multimodal projector's compute buffer, reserved during its warm-up only.
     The process is stopped (SIGTERM, then SIGKILL) before returning, whatever happens. A process
     that neither loads nor exits is stopped after `timeout` seconds.
     """
-    cmd = [*argv, "-lv", "4", "--no-warmup"]
+    cmd = [*on_free_port(argv), "-lv", "4", *([] if warmup else ["--no-warmup"])]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -230,7 +265,7 @@ def measure(
         assert proc.stderr is not None
         for line in proc.stderr:
             lines.append(line)
-            if "model loaded" in line or "exiting due to" in line:
+            if LOADED in line or FAILED in line:
                 break
     finally:
         timer.cancel()

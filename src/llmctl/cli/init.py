@@ -1,0 +1,237 @@
+"""`llmctl init`: a first manifest from the GGUF files on this machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path  # typer reads the annotations at run time
+from typing import TYPE_CHECKING, Any
+
+from llmctl.cli.argv import parse
+from llmctl.cli.output import BOLD, DIM, GREEN, print_json, run_command, style, table
+from llmctl.errors import EXIT_INPUT, EXIT_OK, LlmctlError, UsageError
+
+if TYPE_CHECKING:
+    import typer
+
+    from llmctl.manifest.starter import FoundModel
+
+
+def default_output() -> Path:
+    from llmctl.paths import config_dir
+
+    return config_dir() / "profiles.yaml"
+
+
+def _gpus() -> tuple[list[tuple[str, int]], bool, str | None]:
+    """(name, total bytes) of each NVIDIA GPU nvidia-smi lists; whether llama-server may offload
+    at all (an NVIDIA GPU, Apple's Metal, or a device `llama-server --list-devices` names); and a
+    warning when nvidia-smi failed."""
+    from llmctl.llama.flags import find_binary
+    from llmctl.supervisor.devices import list_devices, nvidia_smi
+
+    found, warning = nvidia_smi()
+    gpus = sorted(((name, total) for name, (total, _free) in found.items()), key=lambda g: g[0])
+    offload = bool(gpus) or sys.platform == "darwin"
+    if not offload:
+        binary = find_binary()
+        offload = bool(binary and list_devices(binary))
+    return gpus, offload, warning
+
+
+def _write(output: Path, text: str, force: bool) -> Path | None:
+    """Write the manifest once it validates; the file it replaces (with --force) is kept as
+    .bak. Returns that backup's path."""
+    from llmctl.manifest.model import check_manifest
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise LlmctlError(
+            f"cannot write {output}: {err.strerror or err}",
+            hint="choose another file with --output PATH",
+        ) from None
+    try:
+        _, problems = check_manifest(tmp)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:  # a file llmctl itself cannot read is never left behind
+            raise LlmctlError(
+                f"the manifest written for these models does not validate: {errors[0].message}",
+                hint="please report this; pass folders one at a time to find the model",
+            )
+        backup = None
+        if output.exists() and force:
+            backup = output.with_name(output.name + ".bak")
+            os.replace(output, backup)
+        os.replace(tmp, output)
+        return backup
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _summary(models: list[FoundModel]) -> list[str]:
+    from llmctl.manifest.starter import size_text, start_ctx
+
+    rows = []
+    for m in models:
+        kind = "embedding" if m.embedding else "reranking" if m.reranking else ""
+        extra = ", ".join(x for x in (kind, "mmproj" if m.mmproj else "") if x)
+        rows.append(
+            [
+                m.name,
+                m.architecture,
+                size_text(m.size_bytes),
+                str(start_ctx(m)),
+                extra,
+            ]
+        )
+    return table(rows, header=["profile", "architecture", "file", "ctx", ""])
+
+
+def run(
+    folders: list[str],
+    *,
+    output: str | Path | None = None,
+    force: bool = False,
+    json_out: bool = False,
+) -> int:
+    def body() -> int:
+        from llmctl.manifest.starter import model_folders, render, scan
+
+        target = Path(output) if output is not None else default_output()
+        if target.is_dir():
+            raise UsageError(f"{target} is a folder", hint="--output names the file to write")
+        if target.exists() and not force:
+            raise UsageError(
+                f"{target} exists; llmctl init does not replace a manifest",
+                hint="--force replaces it (the old file is kept as "
+                f"{target.name}.bak), or --output PATH writes another one",
+            )
+        if folders:
+            roots = [Path(os.path.expanduser(f)).absolute() for f in folders]
+            missing = [str(r) for r in roots if not r.is_dir()]
+            if missing:
+                raise UsageError(
+                    f"no such folder: {', '.join(missing)}",
+                    hint="name folders that hold .gguf files, or none to search the usual places",
+                )
+        else:
+            roots = model_folders()
+        found = scan(roots)
+        if not found.models:
+            searched = ", ".join(str(r) for r in roots)
+            raise LlmctlError(
+                f"no GGUF model found in {searched}",
+                hint="llmctl init FOLDER names where your .gguf files are; `llmctl demo` "
+                "fetches a small model to try llmctl with",
+                exit_code=EXIT_INPUT if folders else 1,
+            )
+        gpus, offload, warning = _gpus()
+        if warning and not json_out:
+            sys.stderr.write(f"warning: {warning}; no gpu: section written\n")
+        from llmctl.llama.flags import find_binary
+
+        binary_found = find_binary() is not None
+        if not binary_found and not json_out:
+            sys.stderr.write(
+                "warning: llama-server is not on PATH; set server.binary in the manifest "
+                "or LLMCTL_LLAMA_SERVER\n"
+            )
+        text = render(
+            found.models, gpus, found.searched, offload=offload, binary_found=binary_found
+        )
+        backup = _write(target, text, force)
+        if json_out:
+            out: dict[str, Any] = {
+                "ok": True,
+                "manifest": str(target),
+                "backup": str(backup) if backup else None,
+                "searched": [str(p) for p in found.searched],
+                "skipped": found.skipped,
+                "gpus": [{"name": n, "total_bytes": t} for n, t in gpus],
+                "n_gpu_layers": "all" if offload else 0,
+                "profiles": [
+                    {
+                        "profile": m.name,
+                        "model": str(m.path),
+                        "architecture": m.architecture,
+                        "size_bytes": m.size_bytes,
+                        "trained_ctx": m.trained_ctx,
+                        "embedding": m.embedding,
+                        "reranking": m.reranking,
+                        "mmproj": str(m.mmproj) if m.mmproj else None,
+                    }
+                    for m in found.models
+                ],
+            }
+            print_json(out)
+            return EXIT_OK
+        lines = _summary(found.models)
+        for s in found.skipped:
+            lines.append(style(f"skipped {s}", DIM))
+        n = len(found.models)
+        lines.append("")
+        lines.append(
+            f"{style('wrote', GREEN)} {style(str(target), BOLD)}: {n} profile{'s' * (n != 1)}"
+            + (f" (the old file is {backup})" if backup else "")
+        )
+        first = found.models[0].name
+        manifest_arg = "" if output is None else f" --manifest {target}"
+        lines.append(
+            style(
+                f"next: llmctl estimate --all{manifest_arg}; llmctl switch {first}{manifest_arg};"
+                f" or llmctl serve{manifest_arg}",
+                DIM,
+            )
+        )
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        return EXIT_OK
+
+    return run_command(json_out, body)
+
+
+def fast(args: list[str]) -> int | None:
+    """`init [FOLDER...] [--output P] [--force] [--json]`."""
+    parsed = parse(
+        args,
+        flags={"--json": "json_out", "--force": "force"},
+        options={"--output": ("output", str), "-o": ("output", str)},
+        positional=(0, 100),
+    )
+    return None if parsed is None else run(parsed[0], **parsed[1])
+
+
+def register(app: typer.Typer) -> None:
+    import typer
+
+    from llmctl.cli.options import json_option
+
+    @app.command("init")
+    def init_cmd(
+        folders: list[str] | None = typer.Argument(
+            None,
+            help="Folders to search (default: ~/models, llama.cpp's and the Hugging Face cache, "
+            "LM Studio's models).",
+            metavar="FOLDER",
+            show_default=False,
+        ),
+        output: Path | None = typer.Option(
+            None,
+            "--output",
+            "-o",
+            help="The manifest to write (default: $XDG_CONFIG_HOME/llmctl/profiles.yaml).",
+        ),
+        force: bool = typer.Option(
+            False, "--force", help="Replace an existing manifest (kept as .bak)."
+        ),
+        json_out: bool = json_option(),
+    ) -> None:
+        """Write a first manifest from the GGUF files on this machine.
+
+        One profile per model, named after its file, at 8K context (or the trained context when
+        smaller); a matching mmproj in the same folder is attached; the GPU budget comes from
+        nvidia-smi. Refuses to replace an existing manifest without --force.
+        """
+        raise typer.Exit(run(list(folders or []), output=output, force=force, json_out=json_out))
