@@ -40,7 +40,10 @@ OPTIONS = (
     "-c 32768 -ub 2048 -b 2048",
     "-c 4096 -np 1 -ctk q8_0 -ctv q8_0 -ub 128",
     "-c 16384 -np 2 -fa off -ub 256",
+    "-c 8192 -np 4 -ctk q4_0 -ctv q4_0",
 )
+# options that only some families have a use for
+FAMILY_OPTIONS = {"swa": ("-c 8192 --swa-full", "-c 16384 -np 2 --swa-full -fa off")}
 
 
 def reported(binary: str, model: Path, args: str, warmup: bool = False) -> Reported:
@@ -69,7 +72,7 @@ def accuracy(names: set[str] | None) -> Path | None:
         path = write_shaped_model(folder, s)
         last = path
         src = ModelSource.from_gguf(read_gguf(path))
-        for args in OPTIONS:
+        for args in (*OPTIONS, *FAMILY_OPTIONS.get(s.family, ())):
             r = reported(binary, path, args)
             opts = parse_llama_args(args.split()).options
             est = estimate(src, opts, gpu=False)

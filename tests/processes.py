@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 
 
 def stop_process(
@@ -20,3 +21,18 @@ def stop_process(
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def llmctl(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`llmctl ARGS` as a user runs it: its own process, text output, any exit status; `env`
+    (else this one's) is its whole environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+    )

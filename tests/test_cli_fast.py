@@ -15,6 +15,7 @@ from llmctl.cli import COMMANDS, build_app, run_fast
 from llmctl.cli.argv import non_negative_float, non_negative_int, parse
 from llmctl.cli.output import error_json, error_lines, render_error
 from llmctl.errors import LaunchError, LlmctlError, ManifestError, Problem, UsageError
+from processes import llmctl
 
 
 def test_every_command_module_registers_and_is_named_for_its_command() -> None:
@@ -89,17 +90,6 @@ def test_anything_the_fast_path_does_not_know_goes_to_typer() -> None:
         assert run_fast(args) is None, args
 
 
-def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-
-
 def test_fast_and_typer_paths_agree_on_errors(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -116,7 +106,7 @@ def test_fast_and_typer_paths_agree_on_errors(tmp_path: Path) -> None:
         ["lint", "--manifest", str(tmp_path / "missing.yaml")],
         ["switch", "nope", "--manifest", str(path)],
     ):
-        fast = _cli(*args)
+        fast = llmctl(*args)
         typed = runner.invoke(build_app(), args)
         assert fast.returncode == typed.exit_code == 2, args
         assert fast.stdout == typed.stdout and fast.stderr == typed.stderr, args
@@ -126,11 +116,11 @@ def test_fast_and_typer_paths_agree_on_errors(tmp_path: Path) -> None:
 def test_switch_json_error_has_the_shape_of_every_json_error(tmp_path: Path) -> None:
     path = tmp_path / "profiles.yaml"
     path.write_text("version: 1\nprofiles:\n  chat: {model: m.gguf}\n")
-    res = _cli("switch", "nope", "--json", "--manifest", str(path))
+    res = llmctl("switch", "nope", "--json", "--manifest", str(path))
     out = json.loads(res.stdout)
     assert res.returncode == 2 and out["ok"] is False and out["ready"] is False
     assert out["error"]["type"] == "UsageError" and "nope" in out["error"]["message"]
-    plain = json.loads(_cli("command", "nope", "--json", "--manifest", str(path)).stdout)
+    plain = json.loads(llmctl("command", "nope", "--json", "--manifest", str(path)).stdout)
     assert plain == {"ok": False, "error": out["error"]}
 
 

@@ -29,6 +29,7 @@ import pytest
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.state import read_state
+from processes import llmctl
 from serving import Served, start_serve, stop_serve
 from test_router_real import llama_pids, write_manifest
 
@@ -93,12 +94,6 @@ def _clean_error(r: httpx.Response) -> bool:
 
 def _stream_ok(r: httpx.Response) -> bool:
     return r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
-
-
-def llmctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def orphans(binary: Path) -> int:

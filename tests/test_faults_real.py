@@ -17,6 +17,7 @@ import pytest
 
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor
+from processes import llmctl
 from serving import Served, start_serve, stop_serve
 from test_router_real import llama_pids, write_manifest
 
@@ -32,12 +33,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
         write_tiny_model(folder / "tiny-a.gguf", arch="llama"),
         write_tiny_model(folder / "tiny-b.gguf", arch="llama", seed=7),
         write_tiny_model(folder / "tiny-long.gguf", arch="llama", n_ctx_train=32768),
-    )
-
-
-def llmctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,11 @@ from llmctl.llama.gguf import read_gguf
 from llmctl.llama.gguf_writer import string, u32, write_gguf
 from llmctl.manifest.starter import model_folders, profile_name, render, scan
 from llmctl.testmodels import write_tiny_model
+from processes import llmctl as run_llmctl
 
 
 def llmctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    return run_llmctl(*args, env={**os.environ, **(env or {})})
 
 
 def _projector(path: Path, width: int) -> Path:

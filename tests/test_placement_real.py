@@ -8,8 +8,6 @@ import json
 import os
 import random
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from llmctl.supervisor import lifecycle, procs
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.state import state_dir_error
 from llmctl.testmodels import write_tiny_model
+from processes import llmctl
 from supervisor_helpers import fake_pids, fake_spec, kill_fakes
 
 # Planned CPU bytes of the tiny llama at these contexts: about a 16 MiB, b 24 MiB, c 40 MiB.
@@ -43,12 +42,6 @@ def free_port_range(n: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free port range")
-
-
-def llmctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def ps() -> dict[str, dict[str, object]]:

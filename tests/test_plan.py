@@ -7,8 +7,6 @@ llama.cpp's (cumulative --tensor-split fractions, output layer last, KV with its
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,14 +17,9 @@ from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placer import placement_request
 from llmctl.testmodels import write_tiny_model
+from processes import llmctl
 
 N_LAYER = 7  # + the output layer: 8 units to split
-
-
-def llmctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 @pytest.fixture

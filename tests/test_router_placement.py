@@ -7,8 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,15 +16,10 @@ import pytest
 
 from llmctl.supervisor import procs
 from llmctl.testmodels import write_tiny_model
+from processes import llmctl
 from serving import Served, start_serve, stop_serve
 from supervisor_helpers import wait_until
 from test_placement_real import free_port_range
-
-
-def llmctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def chat(url: str, model: str, timeout: float = 120) -> httpx.Response:

@@ -19,19 +19,10 @@ from llmctl import paths
 from llmctl.supervisor.lifecycle import Status, Supervisor, procs
 from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.state import read_state
+from processes import llmctl
 from supervisor_helpers import FAKE, fake_pids, kill_fakes, wait_until
 
 SWITCH_KEYS = {"profile", "pid", "port", "url", "ready", "elapsed_s", "log", "ok", "error"}
-
-
-def llmctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture
