@@ -734,7 +734,8 @@ def test_switch_waits_for_inflight_requests(tmp_path: Path) -> None:
 
 
 def test_inflight_timeout_bounds_the_wait(tmp_path: Path) -> None:
-    with FakeUpstream("local", tokens=100, token_delay=0.05) as fake:
+    with FakeUpstream("local", tokens=3) as fake:
+        fake.hold = threading.Event()  # alpha's stream stays open until the test ends it
         sup = FakeSupervisor(fake, running="alpha")
         with (
             router(tmp_path, sup, "inflight_timeout: 0.3s") as (url, _rt),
@@ -746,10 +747,10 @@ def test_inflight_timeout_bounds_the_wait(tmp_path: Path) -> None:
                 url + "/v1/chat/completions", json=chat("beta", max_tokens=1), timeout=10
             )
             assert r.status_code == 200 and r.json()["model"] == "beta"
-            # the switch waited inflight_timeout (0.3 s), not for the rest of the 5 s stream
+            # the switch waited inflight_timeout (0.3 s), not for alpha's stream, still open
             assert not long.done()
-            long.result()
-            long.result()
+            fake.hold.set()
+            assert "[DONE]" in long.result()
 
 
 # --- sidecar API ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import RouterError
 from llmctl.router.metrics import Metrics
 from llmctl.router.models import ModelIndex, detect
-from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
+from llmctl.router.scheduler import Progress, ProgressFn, SwitchFailed, switching
 from llmctl.router.server import check_bind, is_loopback
 from llmctl.router.upstreams import Upstreams, public_url
 
@@ -333,7 +333,7 @@ def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
 def test_running_profile_proceeds_concurrently() -> None:
     async def main() -> None:
         sw = FakeSwitch()
-        s = Scheduler(sw, active="a")
+        s = switching(sw, active="a")
         leases = [await s.acquire("a") for _ in range(5)]
         assert s.inflight == 5 and sw.calls == [] and not s.would_wait("a") and s.would_wait("b")
         for lease in leases:
@@ -347,7 +347,7 @@ def test_running_profile_proceeds_concurrently() -> None:
 def test_fifo_grouping_and_join() -> None:
     async def main() -> None:
         sw = FakeSwitch(delay=0.05)
-        s = Scheduler(sw, active="a")
+        s = switching(sw, active="a")
         order: list[str] = []
 
         async def req(p: str) -> None:
@@ -370,7 +370,7 @@ def test_fifo_grouping_and_join() -> None:
 def test_switch_waits_for_inflight_then_proceeds() -> None:
     async def main() -> None:
         sw = FakeSwitch()
-        s = Scheduler(sw, active="a", inflight_timeout=5)
+        s = switching(sw, active="a", inflight_timeout=5)
         held = await s.acquire("a")
         waiter = asyncio.ensure_future(s.acquire("b"))
         await asyncio.sleep(0.05)
@@ -392,7 +392,7 @@ def test_switch_waits_for_inflight_then_proceeds() -> None:
 def test_inflight_timeout_bounds_the_drain() -> None:
     async def main() -> None:
         sw = FakeSwitch()
-        s = Scheduler(sw, active="a", inflight_timeout=0.05)
+        s = switching(sw, active="a", inflight_timeout=0.05)
         held = await s.acquire("a")
         lease = await asyncio.wait_for(s.acquire("b"), 2)
         assert s.active == "b" and s.inflight == 1
@@ -408,7 +408,7 @@ def test_full_queue_and_deadline() -> None:
     async def main() -> None:
         sw = FakeSwitch()
         sw.gate = asyncio.Event()
-        s = Scheduler(sw, active="a", max_size=2, timeout=0.1)
+        s = switching(sw, active="a", max_size=2, timeout=0.1)
         w1 = asyncio.ensure_future(s.acquire("b"))
         w2 = asyncio.ensure_future(s.acquire("c"))
         await asyncio.sleep(0.01)
@@ -437,7 +437,7 @@ def test_failed_load_fails_every_waiter_then_recovers() -> None:
     async def main() -> None:
         sw = FakeSwitch(delay=0.02)
         sw.fail.add("b")
-        s = Scheduler(sw, active="a")
+        s = switching(sw, active="a")
         seen: list[str] = []
         results = await asyncio.gather(
             *(s.acquire("b", on_progress=lambda p: seen.append(p.kind)) for _ in range(3)),
@@ -460,7 +460,7 @@ def test_unexpected_switch_exception_is_a_503() -> None:
         async def broken(target: str | None, progress: ProgressFn) -> None:
             raise RuntimeError("bug")
 
-        s = Scheduler(broken, active=None)
+        s = switching(broken, active=None)
         with pytest.raises(RouterError) as info:
             await s.acquire("a")
         assert info.value.status == 503 and "RuntimeError: bug" in info.value.message
@@ -472,7 +472,7 @@ def test_cancelled_waiter_leaves_the_queue() -> None:
     async def main() -> None:
         sw = FakeSwitch()
         sw.gate = asyncio.Event()
-        s = Scheduler(sw, active="a")
+        s = switching(sw, active="a")
         w = asyncio.ensure_future(s.acquire("b"))
         await asyncio.sleep(0.01)
         assert s.depth == 1
@@ -492,7 +492,7 @@ def test_stop_idle_unload_observe_and_close() -> None:
     async def main() -> None:
         clock = Clock()
         sw = FakeSwitch()
-        s = Scheduler(sw, active="a", clock=clock)
+        s = switching(sw, active="a", clock=clock)
         lease = await s.acquire("a")
         assert s.idle_seconds() is None  # busy
         lease.release()
@@ -518,6 +518,57 @@ def test_stop_idle_unload_observe_and_close() -> None:
         assert info.value.status == 503 and info.value.code == "shutting_down"
         with pytest.raises(RouterError):
             await s.acquire("c")
+
+    run(main)
+
+
+def test_waiters_that_join_a_load_go_through_when_its_first_waiter_left() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        sw.gate = asyncio.Event()
+        s = switching(sw, active="a")
+        first = asyncio.ensure_future(s.acquire("b"))
+        while sw.calls != ["b"]:  # the switch to b is under way, held by the gate
+            await asyncio.sleep(0)
+        other = asyncio.ensure_future(s.acquire("c"))
+        joined = asyncio.ensure_future(s.acquire("b"))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        sw.gate.set()
+        # c is at the head now, yet b's other waiter goes through as soon as b is ready
+        lease = await joined
+        assert lease.profile == "b" and sw.calls == ["b"] and s.active == "b"
+        lease.release()
+        (await other).release()
+        assert sw.calls == ["b", "c"]
+
+    run(main)
+
+
+def test_stop_of_nothing_and_an_unload_of_a_replaced_profile_are_no_ops() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        done: list[tuple[str | None, bool]] = []
+        s = switching(sw, active=None)
+        s.on_switch_done = lambda target, ok, seconds: done.append((target, ok))
+        await s.stop()
+        assert sw.calls == [] and done == []
+        (await s.acquire("a")).release()
+        sw.gate = asyncio.Event()
+        loading = asyncio.ensure_future(s.acquire("b"))
+        # `POST /models/stop {"profile": "a"}` in turn after the switch: a is gone by then
+        unload = asyncio.ensure_future(s.unload("a"))
+        while sw.calls != ["a", "b"]:
+            await asyncio.sleep(0)
+        sw.gate.set()
+        (await loading).release()
+        await unload
+        assert sw.calls == ["a", "b"] and s.active == "b"
+        await s.stop()  # a stop is a switch to nothing, timed like one
+        assert sw.calls == ["a", "b", None] and done == [("a", True), ("b", True), (None, True)]
+        assert s.active is None and s.last_switch_s is not None
 
     run(main)
 

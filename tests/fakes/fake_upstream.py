@@ -112,6 +112,8 @@ class FakeUpstream:
         self.streams_finished = 0
         self.streams_cancelled = 0
         self.cancelled = threading.Event()
+        # set to an unset event: every stream holds after its first chunk until the test sets it
+        self.hold: threading.Event | None = None
         self.active = 0
         self._thread = ServerThread(self.app(), port=port, lifespan="off")
 
@@ -238,6 +240,8 @@ class FakeUpstream:
                     ],
                 }
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
+                while self.hold is not None and not self.hold.is_set():
+                    await asyncio.sleep(0.01)
                 if self.token_delay:
                     await asyncio.sleep(self.token_delay)
             end = {

@@ -156,7 +156,7 @@ class Activity:
         )
 
     def load_step(self, step: Any) -> None:
-        """One step of a switch (a queue.Progress: starting, loading lines, ready, error)."""
+        """One step of a switch (a scheduler.Progress: starting, loading lines, ready, error)."""
         profile, kind, message, elapsed_s = step.profile, step.kind, step.message, step.elapsed_s
         if profile is None or kind not in ("starting", "loading", "ready"):
             return

@@ -2,7 +2,7 @@
 
 `create_app(manifest, supervisor)` builds it; tests call it without a port. Everything that
 changes what the managed llama-server runs goes through the supervisor (same state file and
-lock as the CLI), serialized by the switch scheduler.
+lock as the CLI), serialized by the scheduler (router/scheduler.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ from llmctl.router.models import (
     route_kind,
     split_upstream_path,
 )
-from llmctl.router.placement_queue import PlacementScheduler
 from llmctl.router.proxy import (
     RelayResponse,
     Reply,
@@ -77,8 +76,8 @@ from llmctl.router.proxy import (
     lean_capable,
     open_reply,
 )
-from llmctl.router.queue import Progress, ProgressFn, Scheduler, SwitchFailed
 from llmctl.router.safepath import unsafe_path
+from llmctl.router.scheduler import Progress, ProgressFn, Scheduler, SwitchFailed, switching
 from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Event, Supervisor
@@ -153,12 +152,14 @@ class Router:
         self._remote: httpx.AsyncClient | None = None
         self.managed_urls: dict[str, str] = {}
         self.devices: list[Any] = []
-        self.scheduler: Scheduler | PlacementScheduler
-        if _several_servers(manifest):
-            # server.ports: several servers at once, each profile loaded with the placer
-            self.scheduler = PlacementScheduler(self._plan, self._load, self._stop_servers)
+        # server.ports: several servers at once, each profile loaded with the placer; else one
+        # server, switched (fixed for the router's life: a reload does not change it)
+        self.several = _several_servers(manifest)
+        self.scheduler: Scheduler
+        if self.several:
+            self.scheduler = Scheduler(self._plan, self._load, self._stop_servers)
         else:
-            self.scheduler = Scheduler(self._switch)
+            self.scheduler = switching(self._switch)
         self.scheduler.on_switch_done = self.metrics.observe_switch
         self.apply(manifest)
 
@@ -175,7 +176,7 @@ class Router:
             self.spec_for = _default_spec_for(manifest)
         else:
             self.spec_for = partial(self._spec_for_factory, manifest)
-        if isinstance(self.scheduler, PlacementScheduler):
+        if self.several:
             from llmctl.supervisor.devices import detect
 
             report = detect(manifest.device_configs())
@@ -309,7 +310,6 @@ class Router:
         """The servers the placer would unload to load `target`; SwitchFailed if it is refused."""
         from llmctl.supervisor.placer import plan_load, refusal
 
-        assert isinstance(self.scheduler, PlacementScheduler)
         activity = self.scheduler.activity()
 
         def work() -> list[str]:
@@ -358,7 +358,6 @@ class Router:
         """Load `target` beside the running servers; the profiles the placer unloaded."""
         from llmctl.supervisor.placer import PlacementRefused, load_profile
 
-        assert isinstance(self.scheduler, PlacementScheduler)
         loop = asyncio.get_running_loop()
         activity = self.scheduler.load_activity()
 
@@ -429,7 +428,7 @@ class Router:
             return
         self._last_refresh = now
         generation = sched.generation
-        if isinstance(sched, PlacementScheduler):
+        if self.several:
             try:
                 # live servers only: one that died is repaired out of the state and loads again
                 statuses, _ = await run_in_threadpool(self.supervisor.ps, check_health=False)
@@ -457,7 +456,7 @@ class Router:
             self.managed_pid = status.pid
 
     def managed_base(self, profile: str) -> str:
-        if isinstance(self.scheduler, PlacementScheduler):
+        if self.several:
             return self.managed_urls.get(profile) or self.spec_for(profile).url
         if self.managed_url:
             return self.managed_url
@@ -467,7 +466,7 @@ class Router:
         """On exit: stop the llama-server this router started, unless it was replaced since."""
         if not self.started_pids:
             return
-        if isinstance(self.scheduler, PlacementScheduler):
+        if self.several:
             try:
                 records = await run_in_threadpool(self.supervisor.records)
                 for name, rec in records.items():
@@ -490,7 +489,7 @@ class Router:
         while True:
             ttls = [t for t in self.index.ttls.values() if t]
             await asyncio.sleep(max(0.05, min(ttls) / 4) if ttls else 1.0)
-            if isinstance(self.scheduler, PlacementScheduler):
+            if self.several:
                 try:
                     await self.scheduler.unload_idle(self.index.ttls)
                 except RouterError as err:
@@ -523,7 +522,7 @@ class Router:
             return None
         if sched.is_loaded(profile):
             return True
-        if not isinstance(sched, PlacementScheduler):
+        if not self.several:
             return sched.active is None and not sched.switching
         cached = self._fits_cache
         if cached is not None and cached[0] == tuple(sorted(sched.loaded)):
@@ -535,7 +534,7 @@ class Router:
         decides (cached until what is loaded changes); with one, only when nothing runs."""
         sched = self.scheduler
         names = self.own_profiles()
-        if not isinstance(sched, PlacementScheduler):
+        if not self.several:
             return {n: self._local_fits(n) for n in names}
         key = tuple(sorted(sched.loaded))
         if self._fits_cache is not None and self._fits_cache[0] == key:
@@ -567,7 +566,7 @@ class Router:
         """This router's answer to `GET /llmctl/v1/state`: its own profiles for other hosts, and
         what it learned from its own hosts (for `llmctl ps --all-hosts`)."""
         sched = self.scheduler
-        several = isinstance(sched, PlacementScheduler)
+        several = self.several
         profiles = []
         for name in self.own_profiles():
             load = self.activity.loads.get(name)
@@ -579,10 +578,7 @@ class Router:
                 state = "failed"
             else:
                 state = "idle"
-            if isinstance(sched, PlacementScheduler):
-                inflight = sched.inflight_of(name)
-            else:
-                inflight = sched.inflight if sched.active == name else 0
+            inflight = sched.inflight_of(name)
             profiles.append(
                 HostProfile(
                     name, tuple(self.index.aliases(name)), state, fits.get(name), inflight
@@ -917,7 +913,7 @@ async def _model_entries(router: Router) -> list[dict[str, Any]]:
 
 async def _loaded_devices(router: Router) -> dict[str, list[str]]:
     """profile -> the devices its server was placed on (several servers only)."""
-    if not isinstance(router.scheduler, PlacementScheduler):
+    if not router.several:
         return {}
     records = await run_in_threadpool(router.supervisor.records)
     return {name: list(rec.extra.get("devices", [])) for name, rec in records.items()}
@@ -1008,7 +1004,7 @@ async def models_status(request: Request) -> Response:
         "log": status.log,
     }
     servers = []
-    if isinstance(sched, PlacementScheduler):
+    if router.several:
         statuses, _ = await run_in_threadpool(router.supervisor.ps, check_health=True, timeout=0.5)
         records = await run_in_threadpool(router.supervisor.records)
         for st in statuses:
@@ -1176,7 +1172,7 @@ async def models_stop(request: Request) -> Response:
         profile = router.index.lookup(name) if isinstance(name, str) else None
         if profile is None:
             raise model_not_found(str(name), router.index.names())
-        if isinstance(sched, PlacementScheduler):
+        if router.several:
             stopped = profile if sched.is_loaded(profile) else None
             if stopped:
                 await sched.unload(profile)

@@ -136,7 +136,7 @@ def build_state(
     active = sched.active
     loading = sched.loading
     several = _several(router)
-    activity = sched.activity() if several and hasattr(sched, "activity") else {}
+    activity = sched.activity() if several else {}
     now = time.time()
 
     def inflight_of(profile: str | None) -> int:
@@ -342,7 +342,7 @@ def _evicts(router: Router) -> dict[str, list[str]]:
         _placements_for = (id(manifest), {})
     placements = _placements_for[1]
     records = router.supervisor.records()
-    activity = router.scheduler.activity() if hasattr(router.scheduler, "activity") else {}
+    activity = router.scheduler.activity()
     out: dict[str, list[str]] = {}
     for name in router.index.profiles:
         if name in records:

@@ -35,7 +35,7 @@ from llmctl.router.proxy import (
     open_reply,
     request_headers,
 )
-from llmctl.router.queue import Lease, ProgressFn
+from llmctl.router.scheduler import Lease, ProgressFn
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:
@@ -46,8 +46,7 @@ if TYPE_CHECKING:
     from llmctl.router.host_watch import HostWatch
     from llmctl.router.metrics import Metrics
     from llmctl.router.models import ModelIndex
-    from llmctl.router.placement_queue import PlacementScheduler
-    from llmctl.router.queue import Scheduler
+    from llmctl.router.scheduler import Scheduler
     from llmctl.supervisor.lifecycle import Supervisor
 
 
@@ -56,7 +55,7 @@ class ChainRouter(Protocol):
     scheduler that leases the managed server, the supervisor (to tell an operator's change from
     a crash), the hosts' watch, the transports, and where to count and record the outcome."""
 
-    scheduler: Scheduler | PlacementScheduler
+    scheduler: Scheduler
     supervisor: Supervisor
     hosts: HostWatch
     metrics: Metrics

@@ -27,7 +27,7 @@ from llmctl.router import sse
 from llmctl.router.breaker import server_failed
 from llmctl.router.client import ConnectFailed, Pool, StreamBroken
 from llmctl.router.errors import SERVER, RouterError
-from llmctl.router.queue import Progress
+from llmctl.router.scheduler import Progress
 
 log = logging.getLogger("llmctl.router")
 

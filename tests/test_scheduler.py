@@ -1,4 +1,4 @@
-"""The router's scheduler for several servers, with fake loads ordered by events (no processes)."""
+"""The router's scheduler placing several servers, with fake loads ordered by events (no processes)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import asyncio
 import pytest
 
 from llmctl.router.errors import RouterError
-from llmctl.router.placement_queue import PlacementScheduler
-from llmctl.router.queue import ProgressFn, SwitchFailed
+from llmctl.router.scheduler import ProgressFn, Scheduler, SwitchFailed
 
 
 class FakePlacer:
@@ -43,11 +42,11 @@ class FakePlacer:
         self.stops.append(target)
 
 
-def scheduler(fake: FakePlacer, **kw: float) -> PlacementScheduler:
-    return PlacementScheduler(fake.plan, fake.load, fake.stop, **kw)  # type: ignore[arg-type]
+def scheduler(fake: FakePlacer, **kw: float) -> Scheduler:
+    return Scheduler(fake.plan, fake.load, fake.stop, **kw)  # type: ignore[arg-type]
 
 
-async def _loaded(s: PlacementScheduler, fake: FakePlacer, name: str) -> None:
+async def _loaded(s: Scheduler, fake: FakePlacer, name: str) -> None:
     fake.gate(name).set()
     (await s.acquire(name)).release()
 

@@ -1,13 +1,23 @@
-"""The scheduler for several servers at once (`server.ports` set): loads placed by memory.
+"""The router's scheduler: which profiles the managed servers run, and who waits for which.
 
-Requests for a loaded profile proceed at once, whatever else loads. A request for a profile that
-is not loaded waits in that profile's bounded queue (full: 429) with a deadline (504) while the
-profile is loaded with the placer, one load at a time. The placer names the servers to unload
-first; new requests for them queue from that moment, and their requests in flight may finish
-(bounded by `inflight_timeout`) before they stop. A failed or refused load fails only that
-profile's waiters, with the reason. `ttl` unloads each profile on its own.
+One scheduler, two policies (`Policy`):
 
-Same interface as `Scheduler` (llmctl.router.queue), which keeps the one-server behaviour.
+One server, switched (`switching()`, no `server.ports`): capacity one, a load replaces whatever
+runs. Requests for the running profile proceed at once, concurrently. A request for another
+profile waits in one bounded FIFO (full: 429) with a deadline (504). The head of the queue
+decides the next profile; the switch starts once the running profile's in-flight requests have
+finished (bounded by `inflight_timeout`), and every waiter for that profile, including those that
+arrive during the load, is let through together when it is ready. A failed load fails each of
+them with the reason. While a switch is pending, new requests for the old profile queue behind
+it, so a busy profile cannot starve the others.
+
+Several servers (`server.ports`): loads placed by memory. Requests for a loaded profile proceed
+at once, whatever else loads. A request for a profile that is not loaded waits in that profile's
+bounded queue (full: 429) with a deadline (504) while the profile is loaded with the placer, one
+load at a time. The placer names the servers to unload first; new requests for them queue from
+that moment, and their requests in flight may finish (bounded by `inflight_timeout`) before they
+stop. A failed or refused load fails only that profile's waiters, with the reason. `ttl` unloads
+each profile on its own.
 """
 
 from __future__ import annotations
@@ -20,28 +30,76 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from llmctl.router import queue
 from llmctl.router.errors import RATE_LIMIT, SERVER, TIMEOUT, RouterError
-from llmctl.router.queue import Progress, ProgressFn, SwitchFailed
 
 log = logging.getLogger("llmctl.router")
 
-# Victims the placer would unload to load `target` (raises SwitchFailed when it is refused).
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a switch as a waiting client sees it."""
+
+    kind: str  # queued, stopping, stopped, starting, loading, ready, error
+    message: str
+    profile: str | None
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": self.kind,
+            "message": self.message,
+            "profile": self.profile,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+class SwitchFailed(Exception):
+    """The load or stop could not be done; `message` says why, for every waiter."""
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+# The profiles to unload before `target` loads (raises SwitchFailed when the load is refused).
 PlanFn = Callable[[str], Awaitable[list[str]]]
-# Load `target` (the placer decides again under the lock); the profiles it unloaded.
+# Load `target` (the placer may decide again); the profiles it unloaded.
 LoadFn = Callable[[str, ProgressFn], Awaitable[list[str]]]
-# Stop these profiles (None: every server).
+# Stop this profile's server (None: every server).
 StopFn = Callable[[str | None, ProgressFn], Awaitable[None]]
+# Switch the one managed server to `target` (None: stop it); raise SwitchFailed on failure.
+SwitchFn = Callable[[str | None, ProgressFn], Awaitable[None]]
 
 
-class Lease(queue.Lease):
+@dataclass(frozen=True)
+class Policy:
+    """How the scheduler shares the machine between profiles."""
+
+    # Capacity one: every load replaces what runs (one server on one port). What runs is gone
+    # from the moment the switch starts; a waiting request means it will be replaced, so the
+    # queue is one FIFO whose head decides; a stop is timed like a switch to nothing.
+    exclusive: bool = False
+    # `max_size` bounds every waiter together rather than each profile's own queue.
+    shared_queue: bool = False
+
+
+SWITCH = Policy(exclusive=True, shared_queue=True)
+PLACEMENT = Policy()
+
+
+class Lease:
     """Permission to use a loaded profile; release it when the response is finished."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_epoch", "_released", "_scheduler", "profile")
 
-    def __init__(self, scheduler: PlacementScheduler, profile: str, epoch: int) -> None:
-        self._owner = scheduler
+    def __init__(self, scheduler: Scheduler, profile: str, epoch: int) -> None:
+        self._scheduler = scheduler
         self.profile = profile
         self._epoch = epoch
         self._released = False
@@ -49,8 +107,7 @@ class Lease(queue.Lease):
     def release(self) -> None:
         if not self._released:
             self._released = True
-            assert self.profile is not None
-            self._owner._release(self.profile, self._epoch)
+            self._scheduler._release(self.profile, self._epoch)
 
 
 @dataclass
@@ -61,22 +118,27 @@ class _Slot:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+Op = Literal["load", "stop", "unload"]  # stop: every server; unload: one
+
+
 @dataclass(eq=False)
 class _Waiter:
-    op: str  # "load", "stop" (every server), "unload" (one)
+    op: Op
     target: str | None
     future: asyncio.Future[Lease | None]
     on_progress: ProgressFn | None
     since: float
 
 
-class PlacementScheduler:
+class Scheduler:
     def __init__(
         self,
         plan: PlanFn,
         load: LoadFn,
         stop: StopFn,
         *,
+        policy: Policy = PLACEMENT,
+        loaded: Iterable[str] = (),
         max_size: int = 10,
         timeout: float = 120.0,
         inflight_timeout: float = 60.0,
@@ -85,6 +147,7 @@ class PlacementScheduler:
         self._plan = plan
         self._load = load
         self._stop = stop
+        self.policy = policy
         self.max_size = max_size
         self.timeout = timeout
         self.inflight_timeout = inflight_timeout
@@ -102,6 +165,8 @@ class PlacementScheduler:
         self._waiters: deque[_Waiter] = deque()
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
+        for profile in loaded:
+            self._add(profile)
 
     # --- what callers see -------------------------------------------------------------
 
@@ -127,6 +192,7 @@ class PlacementScheduler:
 
     @property
     def depth(self) -> int:
+        """Requests waiting (not yet let through)."""
         return len(self._waiters)
 
     @property
@@ -151,11 +217,13 @@ class PlacementScheduler:
         return not self._fast_path(profile)
 
     def check_room(self, profile: str | None = None) -> None:
+        """Raise the 429 a request that must wait would get now (before a stream is started)."""
         self._refuse_if_full(profile)
 
     async def acquire(
         self, profile: str, *, on_progress: ProgressFn | None = None, timeout: float | None = None
     ) -> Lease:
+        """A lease on `profile` once it is loaded; raises RouterError (429/503/504)."""
         if self._fast_path(profile):
             slot = self._slots[profile]
             slot.inflight += 1
@@ -188,11 +256,15 @@ class PlacementScheduler:
         self.generation += 1
 
     def observe(self, running: str | None, generation: int) -> None:
-        """The one-server form of observe_loaded (kept for callers of Scheduler)."""
+        """What the state file says the one server runs, read when `generation` was current."""
         if generation == self.generation:
             self.observe_loaded([running] if running else [])
 
     def idle_seconds(self) -> float | None:
+        """How long a loaded profile has had nothing to do (the longest); None when none is
+        idle, or while a load or stop is under way or requests wait (what runs may change)."""
+        if self._busy or self._waiters:
+            return None
         idle = [
             self._clock() - s.last_used
             for p, s in self._slots.items()
@@ -217,22 +289,27 @@ class PlacementScheduler:
         return done
 
     async def unload_if_idle(self, ttl: float | None) -> bool:
+        """Unload the running profile once idle for longer than `ttl` (the one-server view)."""
+        idle = self.idle_seconds()
         active = self.active
-        if active is None:
+        if ttl is None or ttl <= 0 or idle is None or idle < ttl or active is None:
             return False
-        return bool(await self.unload_idle({active: ttl}))
+        log.info("unloading %s after %.0f s idle (ttl %.0f s)", active, idle, ttl)
+        # exclusive: it is the stop, which answers every stop waiting with it
+        await (self.stop() if self.policy.exclusive else self.unload(active))
+        return True
 
     def close(self) -> None:
+        """Refuse new requests and fail the waiting ones (a load in progress goes on)."""
         self._closed = True
-        err = RouterError(
-            503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
-        )
+        err = _shutting_down()
         while self._waiters:
             w = self._waiters.popleft()
             if not w.future.done():
                 w.future.set_exception(err)
 
     async def aclose(self) -> None:
+        """close(), and end a load in progress (the supervisor cancels it)."""
         self.close()
         if self._driver is not None and not self._driver.done():
             self._driver.cancel()
@@ -241,13 +318,18 @@ class PlacementScheduler:
 
     # --- internals --------------------------------------------------------------------
 
-    def _fast_path(self, profile: str | None) -> bool:
+    def _ready(self, profile: str | None) -> bool:
+        """Loaded and staying: its requests may go through."""
         return (
             not self._closed
             and profile is not None
             and profile in self._slots
             and profile not in self._evicting
         )
+
+    def _fast_path(self, profile: str | None) -> bool:
+        # exclusive: anything waiting will replace what runs, or waits behind what will
+        return self._ready(profile) and not (self.policy.exclusive and self._waiters)
 
     def _add(self, profile: str) -> None:
         self._epoch += 1
@@ -269,8 +351,18 @@ class PlacementScheduler:
         return max(1.0, self.last_switch_s or 1.0)
 
     def _refuse_if_full(self, profile: str | None) -> None:
-        queued = sum(1 for w in self._waiters if w.target == profile)
-        if queued >= self.max_size:
+        if self.policy.shared_queue:
+            if len(self._waiters) >= self.max_size:
+                raise RouterError(
+                    429,
+                    f"The switch queue is full ({self.max_size} requests waiting for a model to "
+                    "load); retry later.",
+                    type=RATE_LIMIT,
+                    code="queue_full",
+                    retry_after=self._retry_after(),
+                )
+            return
+        if sum(1 for w in self._waiters if w.target == profile) >= self.max_size:
             raise RouterError(
                 429,
                 f"The queue for {profile} is full ({self.max_size} requests waiting for it to "
@@ -280,28 +372,25 @@ class PlacementScheduler:
                 retry_after=self._retry_after(),
             )
 
+    def _queued_message(self, op: Op, target: str | None) -> str:
+        if op != "load":
+            return f"waiting to stop the server (position {len(self._waiters)})"
+        if self.loading == target:
+            return f"joining the load of {target}"
+        if self.policy.exclusive:  # one FIFO: the position says how many switches come first
+            return f"waiting for {target} (position {len(self._waiters)} in the queue)"
+        return f"waiting for {target} to load"
+
     async def _wait_for(
-        self, op: str, target: str | None, on_progress: ProgressFn | None, timeout: float | None
+        self, op: Op, target: str | None, on_progress: ProgressFn | None, timeout: float | None
     ) -> Lease | None:
         if self._closed:
-            raise RouterError(
-                503,
-                "The router is shutting down.",
-                type=SERVER,
-                code="shutting_down",
-                retry_after=5,
-            )
+            raise _shutting_down()
         self._refuse_if_full(target)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(op, target, loop.create_future(), on_progress, self._clock())
         self._waiters.append(waiter)
-        if op == "load":
-            msg = (
-                f"joining the load of {target}"
-                if self.loading == target
-                else f"waiting for {target} to load"
-            )
-            self._notify(waiter, Progress("queued", msg, target))
+        self._notify(waiter, Progress("queued", self._queued_message(op, target), target))
         self._kick()
         limit = self.timeout if timeout is None else timeout
         try:
@@ -340,10 +429,13 @@ class PlacementScheduler:
         except Exception:  # a waiter's callback must not break the load
             log.exception("progress callback failed")
 
-    def _broadcast(self, target: str | None, progress: Progress) -> None:
+    def _broadcast(self, op: Op, target: str | None, progress: Progress) -> None:
         for waiter in list(self._waiters):
-            if waiter.target == target and waiter.op == "load":
+            if waiter.op == op and waiter.target == target:
                 self._notify(waiter, progress)
+
+    def _wanted(self, op: Op, target: str | None) -> bool:
+        return any(w.op == op and w.target == target for w in self._waiters)
 
     def _kick(self) -> None:
         if self._driver is None or self._driver.done():
@@ -352,26 +444,34 @@ class PlacementScheduler:
     def _release(self, profile: str, epoch: int) -> None:
         slot = self._slots.get(profile)
         if slot is None or slot.epoch != epoch:
-            return
+            return  # a lease from before that server was replaced no longer counts
         slot.inflight = max(0, slot.inflight - 1)
         slot.last_used = self._clock()
         if slot.inflight == 0:
             slot.drained.set()
 
-    def _admit_loaded(self) -> None:
-        """Let through every load waiter whose profile is loaded now."""
-        for waiter in list(self._waiters):
-            if waiter.op != "load" or not self._fast_path(waiter.target):
-                continue
+    def _admit(self, ready: Callable[[str | None], bool]) -> None:
+        """Let through, in queue order, every load waiter whose profile is `ready`."""
+        for waiter in [w for w in self._waiters if w.op == "load" and ready(w.target)]:
             self._waiters.remove(waiter)
             if waiter.future.done():
                 continue
             assert waiter.target is not None
             slot = self._slots[waiter.target]
             slot.inflight += 1
+            slot.last_used = self._clock()
             waiter.future.set_result(Lease(self, waiter.target, slot.epoch))
 
-    def _finish(self, op: str, target: str | None, error: RouterError | None = None) -> None:
+    def _admit_loaded(self) -> None:
+        """Let through the load waiters whose profile is loaded now; exclusive: only once the
+        head's is, since a head that needs a load replaces whatever else they wait for."""
+        if self.policy.exclusive:
+            head = self._waiters[0] if self._waiters else None
+            if head is None or head.op != "load" or not self._ready(head.target):
+                return
+        self._admit(self._ready)
+
+    def _finish(self, op: Op, target: str | None, error: RouterError | None = None) -> None:
         for waiter in [w for w in self._waiters if w.op == op and w.target == target]:
             self._waiters.remove(waiter)
             if waiter.future.done():
@@ -400,6 +500,20 @@ class PlacementScheduler:
                 left,
             )
 
+    def _replace(self, profiles: Iterable[str]) -> float:
+        """Exclusive: the one server is replaced from now on, so what it ran is gone (its
+        leases no longer count, it stays gone if the switch fails); the switch is timed from
+        here."""
+        for p in profiles:
+            self._drop(p)
+        self.generation += 1
+        return self._clock()
+
+    def _timed(self, target: str | None, ok: bool, started: float) -> None:
+        self.last_switch_s = self._clock() - started
+        if self.on_switch_done is not None:
+            self.on_switch_done(target, ok, self.last_switch_s)
+
     async def _drive(self) -> None:
         while not self._closed:
             self._admit_loaded()
@@ -411,65 +525,87 @@ class PlacementScheduler:
                 if head.op == "load":
                     assert head.target is not None
                     await self._do_load(head.target)
-                elif head.op == "unload":
-                    assert head.target is not None
-                    await self._do_stop("unload", head.target, [head.target])
                 else:
-                    await self._do_stop("stop", None, list(self._slots))
+                    await self._do_stop(head.op, head.target)
             finally:
                 self._busy = False
                 self._evicting.clear()
                 self.loading = None
 
-    async def _do_stop(self, op: str, target: str | None, profiles: list[str]) -> None:
+    async def _do_stop(self, op: Op, target: str | None) -> None:
+        exclusive = self.policy.exclusive
+        profiles = (
+            list(self._slots) if target is None else [target] if target in self._slots else []
+        )
+        # an unloaded profile has nothing to stop (with one server, its stop would stop whatever
+        # replaced it); stopping every server with several also stops those not seen yet
+        if not profiles and (target is not None or exclusive):
+            self._finish(op, target)
+            return
         self._evicting.update(profiles)
         await self._drain(profiles)
+        if not self._wanted(op, target):
+            return  # everyone who wanted it left while we drained
+        started = self._replace(profiles) if exclusive else self._clock()
+        ok = False
         try:
-            await self._stop(target, functools.partial(self._broadcast, target))
+            await self._stop(target, functools.partial(self._broadcast, op, target))
         except Exception as exc:
-            reason = (
-                exc.message if isinstance(exc, SwitchFailed) else f"{type(exc).__name__}: {exc}"
-            )
+            reason = _reason(exc)
             if not isinstance(exc, SwitchFailed):
                 log.exception("stopping %s failed", target or "the servers")
-            self._finish(
-                op,
-                target,
-                RouterError(503, f"Stopping failed: {reason}", type=SERVER, code="stop_failed"),
+            err = (
+                RouterError(
+                    503,
+                    f"Stopping the server failed: {reason}",
+                    type=SERVER,
+                    code="stop_failed",
+                    retry_after=self._retry_after(),
+                )
+                if exclusive
+                else RouterError(503, f"Stopping failed: {reason}", type=SERVER, code="stop_failed")
             )
-            return
-        for p in profiles:
-            self._drop(p)
-        self.generation += 1
-        self._finish(op, target)
+            self._broadcast(op, target, Progress("error", err.message, target))
+            self._finish(op, target, err)
+        else:
+            ok = True
+            for p in profiles:
+                self._drop(p)
+            self.generation += 1
+            self._finish(op, target)
+        finally:
+            if exclusive:  # with one server a stop is a switch to nothing, timed like one
+                self._timed(None, ok, started)
 
     async def _do_load(self, target: str) -> None:
+        exclusive = self.policy.exclusive
         self.loading = target
         started = self._clock()
+        # several servers: the whole step is timed; one: the switch, from the replacement on
+        timed = not exclusive
         ok = False
         try:
             victims = await self._plan(target)
             self._evicting.update(victims)
             await self._drain(victims)
-            if not any(w.target == target and w.op == "load" for w in self._waiters):
+            if not self._wanted("load", target):
                 return  # everyone who wanted it left while we drained
-            evicted = await self._load(target, functools.partial(self._broadcast, target))
+            if exclusive:
+                started, timed = self._replace(victims), True
+            evicted = await self._load(target, functools.partial(self._broadcast, "load", target))
         except Exception as exc:
-            reason = (
-                exc.message if isinstance(exc, SwitchFailed) else f"{type(exc).__name__}: {exc}"
-            )
-            details = exc.details if isinstance(exc, SwitchFailed) else {}
             if not isinstance(exc, SwitchFailed):
                 log.exception("loading %s failed", target)
+            details = exc.details if isinstance(exc, SwitchFailed) else {}
             err = RouterError(
                 503,
-                f"Loading {target} failed: {reason}",
+                f"Loading {target} failed: {_reason(exc)}",
                 type=SERVER,
                 code="model_load_failed",
                 retry_after=self._retry_after(),
                 extra=dict(details),
             )
-            self._broadcast(target, Progress("error", err.message, target))
+            self._broadcast("load", target, Progress("error", err.message, target))
             self._finish("load", target, err)
         else:
             ok = True
@@ -478,8 +614,55 @@ class PlacementScheduler:
                 self._drop(p)
             self._add(target)
             self.generation += 1
+            # every waiter for it, including those that came during the load, goes through now,
+            # whatever is at the head of the queue
+            self._admit(lambda p: p == target)
         finally:
-            if self.loading == target:
-                self.last_switch_s = self._clock() - started
-                if self.on_switch_done is not None:
-                    self.on_switch_done(target, ok, self.last_switch_s)
+            if timed:
+                self._timed(target, ok, started)
+
+
+def switching(
+    switch: SwitchFn,
+    *,
+    active: str | None = None,
+    max_size: int = 10,
+    timeout: float = 120.0,
+    inflight_timeout: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> Scheduler:
+    """The scheduler of one managed server, switched between profiles: every load unloads every
+    other profile (the switch), a stop is a switch to nothing, one FIFO bounded at `max_size`."""
+
+    async def plan(target: str) -> list[str]:
+        return [p for p in scheduler.loaded if p != target]
+
+    async def load(target: str, progress: ProgressFn) -> list[str]:
+        await switch(target, progress)
+        return []  # what ran left when the switch started
+
+    async def stop(target: str | None, progress: ProgressFn) -> None:
+        await switch(None, progress)
+
+    scheduler = Scheduler(
+        plan,
+        load,
+        stop,
+        policy=SWITCH,
+        loaded=[active] if active else [],
+        max_size=max_size,
+        timeout=timeout,
+        inflight_timeout=inflight_timeout,
+        clock=clock,
+    )
+    return scheduler
+
+
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, SwitchFailed) else f"{type(exc).__name__}: {exc}"
+
+
+def _shutting_down() -> RouterError:
+    return RouterError(
+        503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
+    )
