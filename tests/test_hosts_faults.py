@@ -53,7 +53,9 @@ def host(url: str, name: str) -> dict[str, Any]:
 
 
 def ask(url: str, model: str, **kw: Any) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    # a few tokens: a random-weight model may never say EOS and would write until its context
+    # is full, which a loaded machine can take longer than the timeout to do
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     return httpx.post(url + "/v1/chat/completions", json=body, timeout=30, **kw)
 
 
