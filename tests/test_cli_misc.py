@@ -96,3 +96,31 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
+
+
+@pytest.mark.parametrize("args", [["estimate", "--all"], ["schema"], ["--help"]])
+def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`llmctl estimate --all | head`: the reader has gone before llmctl writes (its end of the
+    pipe is closed first, so every write fails), on the fast path and through typer alike."""
+    from llmctl.testmodels import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "m.gguf")
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(f"version: 1\nprofiles:\n  a:\n    model: {model}\n")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmctl", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    # 141 (128 + SIGPIPE) on the fast path; click ends its own commands with 1
+    assert proc.returncode in (1, 141)

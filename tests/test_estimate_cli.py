@@ -231,3 +231,35 @@ def test_lint_rules_from_the_model(tmp_path: Path) -> None:
     }
     for p in found:
         assert p.file.endswith("profiles.yaml") and p.line is not None and p.hint
+
+
+def test_a_command_line_on_a_machine_without_a_gpu_says_what_ram_it_takes(
+    tiny: Path, llama_server_bin: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """This machine's llama-server lists no device: the GPU figures stand (the command line may be
+    meant for another machine), and a note gives the RAM llama-server takes here."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(llama_server_bin))
+    code, out, _ = cli("estimate", "--json", "--", "-m", str(tiny), "-c", "512", "-ngl", "99")
+    assert code == 0
+    (obj,) = json.loads(out)
+    ram = estimate(
+        ModelSource.from_gguf(read_gguf(tiny)),
+        parse_llama_args(["-m", str(tiny), "-c", "512"]).options,
+        gpu=False,
+    )
+    [note] = [n for n in obj["notes"] if "no GPU" in n]
+    assert "RAM" in note and obj["gpu_total_bytes"] > 0
+    from llmctl.manifest.sizes import format_bytes
+
+    assert format_bytes(ram.host_total_bytes) in note
+    # an NVIDIA driver (nvidia-smi present, not even run) or no llama-server to ask: no note
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nexit 9\n")
+    smi.chmod(0o755)
+    for env in ({"LLMCTL_NVIDIA_SMI": str(smi)}, {"LLMCTL_LLAMA_SERVER": ""}):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            code, out, _ = cli("estimate", "--json", "--", "-m", str(tiny), "-c", "512")
+            assert code == 0 and not any("no GPU" in n for n in json.loads(out)[0]["notes"])

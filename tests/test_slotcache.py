@@ -11,8 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from llmctl import paths
+from llmctl.cli import build_app
 from llmctl.cli.status import NOT_RUNNING, current_status, status_text
 from llmctl.supervisor.lifecycle import Event, Status, Supervisor
 from llmctl.supervisor.slotcache import (
@@ -298,6 +300,39 @@ def test_cli_stop_forget_drops_saved_caches() -> None:
     assert saved(state) == [] and current_status() == NOT_RUNNING
     result = CliRunner().invoke(build_app(), ["stop", "--forget"])
     assert result.exit_code == 0 and "nothing was running" in result.stdout
+
+
+def test_unload_forget_drops_only_that_profiles_caches_and_ps_lists_them(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from llmctl.cli.ps import run as ps_run
+    from llmctl.cli.unload import fast as unload_fast
+
+    state = paths.state_dir()
+    _write_saved(state, "chat", 5000, 2048, time.time())
+    _write_saved(state, "coder", 7000, 4096, time.time())
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        "version: 1\nprofiles:\n  chat: {model: /m/chat.gguf}\n  coder: {model: /m/c.gguf}\n"
+    )
+    result = CliRunner().invoke(build_app(), ["ps", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [k["profile"] for k in json.loads(result.stdout)["kv_saved"]] == ["chat", "coder"]
+    result = CliRunner().invoke(build_app(), ["ps"])
+    assert "nothing runs" in result.stdout and "coder  slot 0  7000 tokens" in result.stdout
+    # typer and the fast path take --forget; only the named profile's caches go
+    result = CliRunner().invoke(
+        build_app(), ["unload", "chat", "--forget", "--json", "--manifest", str(manifest)]
+    )
+    assert result.exit_code == 0, result.output
+    [one] = json.loads(result.stdout)["unloaded"]
+    assert one["kv_forgotten"] == {"files": 1, "bytes": 2048}
+    assert [k["profile"] for k in saved(state)] == ["coder"]
+    assert unload_fast(["--all", "--forget", "--quiet"]) == 0
+    assert saved(state) == []
+    assert ps_run(json_out=True) == 0
 
 
 def test_a_server_that_dies_while_restoring_fails_the_load_and_loses_the_file(

@@ -67,9 +67,19 @@ def run_fast(args: list[str]) -> int | None:
     return None if code is None else int(code)
 
 
+EXIT_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
+
+
 def main() -> None:
-    code = run_fast(sys.argv[1:])
-    if code is not None:
-        sys.stdout.flush()
-        sys.exit(code)
-    build_app()(prog_name="llmctl")
+    try:
+        code = run_fast(sys.argv[1:])
+        if code is not None:
+            sys.stdout.flush()
+            sys.exit(code)
+        build_app()(prog_name="llmctl")
+    except BrokenPipeError:
+        # the reader left (`llmctl estimate --all | head`): stop quietly, as cat or grep do;
+        # stdout goes to /dev/null so the interpreter's final flush has nowhere to fail
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(EXIT_PIPE)

@@ -203,6 +203,22 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
             " local GPUs (by free memory, or -ts): `llmctl estimate PROFILE` shows each device's"
             " share, with the servers' budgets under gpu:"
         )
+    if est.gpu_total_bytes:
+        from llmctl.llama.flags import find_binary
+        from llmctl.supervisor.devices import can_offload
+
+        if can_offload(find_binary()) is False:
+            ram = estimate(
+                ModelSource.from_gguf(read_gguf(parsed.model)),
+                parsed.options,
+                gpu=False,
+                mmproj=source_for_path(parsed.mmproj),
+                draft=source_for_path(parsed.model_draft),
+            )
+            est.notes.append(
+                "this machine's llama-server has no GPU to offload to (--list-devices lists"
+                f" none): it keeps everything in RAM, {size(ram.host_total_bytes)} in all"
+            )
     if parsed.fit_may_change:
         est.notes.append(
             "without both -c and -ngl, llama-server's --fit (on by default) may lower the context"

@@ -25,17 +25,13 @@ def default_output() -> Path:
 
 def _gpus() -> tuple[list[tuple[str, int]], bool, str | None]:
     """(name, total bytes) of each NVIDIA GPU nvidia-smi lists; whether llama-server may offload
-    at all (an NVIDIA GPU, Apple's Metal, or a device `llama-server --list-devices` names); and a
-    warning when nvidia-smi failed."""
+    at all (supervisor.devices.can_offload); and a warning when nvidia-smi failed."""
     from llmctl.llama.flags import find_binary
-    from llmctl.supervisor.devices import list_devices, nvidia_smi
+    from llmctl.supervisor.devices import can_offload, nvidia_smi
 
     found, warning = nvidia_smi()
     gpus = sorted(((name, total) for name, (total, _free) in found.items()), key=lambda g: g[0])
-    offload = bool(gpus) or sys.platform == "darwin"
-    if not offload:
-        binary = find_binary()
-        offload = bool(binary and list_devices(binary))
+    offload = bool(gpus) or bool(can_offload(find_binary()))
     return gpus, offload, warning
 
 

@@ -36,18 +36,23 @@ def _ps(json_out: bool) -> int:
         row["devices"] = extra.get("devices", [])
         row["planned"] = extra.get("usage", {})
         rows.append(row)
+    from llmctl.cli.status import kv_saved_text
+    from llmctl.supervisor.slotcache import saved
+
+    kv = saved(sup.state_dir)
     code = (
         EXIT_FAILED
         if any(r["phase"] == "ready" and r["healthy"] is False for r in rows)
         else EXIT_OK
     )
     if json_out:
-        print_json({"servers": rows, "note": note})
+        print_json({"servers": rows, "note": note, "kv_saved": kv})
         return code
     if note:
         sys.stderr.write(f"{note}\n")
     if not rows:
         sys.stdout.write("nothing runs\n")
+        sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
         return code
     head = (
         f"{'PROFILE':<16} {'PHASE':<8} {'HEALTH':<7} {'PID':>7} {'URL':<24} {'UPTIME':>8}  MEMORY"
@@ -63,6 +68,7 @@ def _ps(json_out: bool) -> int:
             f"{r['profile']:<16} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
             f"{r['url'] or '-':<24} {uptime:>8}  {mem}\n"
         )
+    sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
     return code
 
 

@@ -25,13 +25,14 @@ def run(
     json_out: bool = False,
     quiet: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    forget: bool = False,
 ) -> int:
     def on_event(e: Event) -> None:
         # say what was repaired or went wrong; the result line says the rest
         if json_out or quiet:
             return
         plain = e.message.startswith("stopped profile") and ";" not in e.message
-        if e.kind == "error" or (e.kind == "stopped" and not plain):
+        if e.kind in ("error", "kv") or (e.kind == "stopped" and not plain):
             sys.stderr.write(f"{e.message}\n")
 
     def body() -> int:
@@ -50,7 +51,7 @@ def run(
                 targets.append(load_manifest(manifest).resolve(p))
         stopped: list[dict[str, Any]] = []
         for target in targets:
-            res = sup.stop(profile=target, on_event=on_event)
+            res = sup.stop(profile=target, on_event=on_event, forget=forget)
             stopped.append(res.to_json())
             if json_out or quiet:
                 continue
@@ -70,7 +71,7 @@ def run(
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags={**CHANGE_FLAGS, "--all": "all_"},
+        flags={**CHANGE_FLAGS, "--all": "all_", "--forget": "forget"},
         options=CHANGE_OPTIONS,
         positional=(0, 1000),
     )
@@ -94,10 +95,15 @@ def register(app: typer.Typer) -> None:
         json_out: bool = json_option(),
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
+        forget: bool = typer.Option(
+            False,
+            "--forget",
+            help="Drop these profiles' saved KV caches (keep_kv) instead of saving them.",
+        ),
     ) -> None:
         """Stop some profiles' servers; the others keep running.
 
-        Stops the servers of the profiles named (or every one with --all). A profile that does not run is not an error. Exit status: 0, 2 bad input, 3 locked.
+        Stops the servers of the profiles named (or every one with --all). A profile with keep_kv saves its slots first (restored on its next load) unless --forget, which drops its saved caches, running or not. A profile that does not run is not an error. Exit status: 0, 2 bad input, 3 locked.
         """
         code = run(
             profiles or [],
@@ -106,5 +112,6 @@ def register(app: typer.Typer) -> None:
             json_out=json_out,
             quiet=quiet,
             lock_timeout=lock_timeout,
+            forget=forget,
         )
         raise typer.Exit(code)

@@ -166,6 +166,20 @@ def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> 
     return DeviceReport(out, warnings)
 
 
+def can_offload(binary: str | None) -> bool | None:
+    """Whether llama-server has a device to put layers on here: True with an NVIDIA driver
+    (nvidia-smi present: not run, so GPU machines pay nothing) or on a Mac (Metal), else what
+    `binary --list-devices` names; None when nothing says (no binary to ask)."""
+    import sys
+
+    if nvidia_smi_path() or sys.platform == "darwin":
+        return True
+    if binary is None:
+        return None
+    names = list_devices(binary)
+    return None if names is None else bool(names)
+
+
 def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
     """Device names `llama-server --list-devices` prints (CPU not included); None if it fails."""
     import subprocess

@@ -391,8 +391,8 @@ class Supervisor:
         folder cannot be written.
 
         A load in progress in another llmctl is cancelled (`cancel_loading=False`: wait for it
-        to finish, then stop what it started). `forget`: drop every saved KV cache instead of
-        saving the server's.
+        to finish, then stop what it started). `forget`: drop the saved KV caches (of `profile`
+        only, when one is named) instead of saving the server's.
         """
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0)
@@ -408,7 +408,7 @@ class Supervisor:
                     check_writable(self.state_dir, 0)  # the state must be clearable first
                 for rec in chosen:
                     self._stop_record(rec, emit, save_kv=not forget)
-                forgotten = self._forget_kv(emit) if forget else (0, 0)
+                forgotten = self._forget_kv(emit, profile) if forget else (0, 0)
                 if not chosen:
                     return StopResult(False, None, None, time.monotonic() - t0, forgotten=forgotten)
                 first = chosen[0]
@@ -425,10 +425,10 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     request.unlink()
 
-    def _forget_kv(self, emit: _Emitter) -> tuple[int, int]:
+    def _forget_kv(self, emit: _Emitter, profile: str | None = None) -> tuple[int, int]:
         from llmctl.supervisor.slotcache import forget
 
-        files, size = forget(self.state_dir)
+        files, size = forget(self.state_dir, profile)
         if files:
             emit("kv", f"dropped {files} saved KV cache file(s), {size / 1024**2:.1f} MiB")
         return files, size
