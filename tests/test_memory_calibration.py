@@ -44,8 +44,16 @@ def test_buffer_lines_are_read_per_model() -> None:
     assert not r.loaded
 
 
-# a hybrid model's context: an attention cache and a recurrent state, each summed up
+# a hybrid model's context: an attention cache and a recurrent state, each summed up; at -v,
+# --fit's probe load prints its buffers first
 CONTEXT_LOG = """\
+0.00 I load_tensors:          CPU model buffer size =     0.00 MiB
+0.00 I llama_kv_cache:        CPU KV buffer size =     0.00 MiB
+0.00 I llama_kv_cache: size =    6.00 MiB (  1536 cells,   2 layers,  2/2 seqs), K (q8_0):    2.00 MiB, V (f16):    4.00 MiB
+0.00 I sched_reserve:        CPU compute buffer size =    10.02 MiB
+0.00 I common_params_fit_impl: will leave 24091 >= 1024 MiB of system memory, no changes needed
+0.00 I common_fit_params: successfully fit params to free device memory
+0.00 I load_tensors:   CPU_Mapped model buffer size =     7.09 MiB
 0.00 I llama_context: n_ctx                 = 3072
 0.00 I llama_context: n_ctx_seq             = 1536
 0.00 I llama_kv_cache:        CPU KV buffer size =     6.00 MiB
@@ -65,7 +73,7 @@ def test_caches_and_context_sizes_are_read_as_printed() -> None:
         CacheReport("attn", 6.0, 1536, 2, 2, 2, "q8_0", 2.0, "f16", 4.0),
         CacheReport("recurrent", 0.42, 3, 4, 3, None, "f32", 0.04, "f32", 0.38),
     ]
-    assert r.kv == {"CPU": 6.42}
+    assert r.kv == {"CPU": 6.42} and r.model == {"CPU_Mapped": 7.09} and r.draft is None
 
 
 def test_a_measurement_listens_on_a_free_port() -> None:

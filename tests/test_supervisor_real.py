@@ -235,6 +235,28 @@ def test_status_reports_memory_at_verbosity_4(
     )
 
 
+def test_status_memory_counts_each_cache_once_beside_a_draft(
+    sup: Supervisor, llama_server_bin: Path, tmp_path: Path
+) -> None:
+    """A sliding-window model (two caches on the CPU), its own draft, at -v: --fit's probe loads
+    print their buffers first, and the draft's come after the main model's."""
+    from llmctl.llama.gguf import read_gguf
+    from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
+    from llmctl.testmodels import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "swa.gguf", arch="gemma3")
+    spec = real_spec(llama_server_bin, model, _port(), "swa", "-v", "-md", str(model))
+    assert sup.switch(spec).ready
+    mem = sup.status().memory
+    est = estimate(ModelSource.from_gguf(read_gguf(model)), LaunchOptions(ctx_size=512, parallel=1))
+    assert len(est.caches) == 2
+    assert mem["kv_mib"] == pytest.approx(mib(est.kv_bytes), abs=0.02)
+    assert mem["kv_by_device_mib"] == {"CPU": pytest.approx(mem["kv_mib"], abs=0.02)}
+    draft = mem["draft_mib"]
+    assert draft == pytest.approx(mem["model_mib"] + mem["kv_mib"] + mem["compute_mib"], abs=0.1)
+    assert mem["total_mib"] == pytest.approx(2 * draft, abs=0.1)
+
+
 def _wait(cond: object, timeout: float = 30.0) -> bool:
     import time
 

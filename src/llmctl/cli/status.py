@@ -90,6 +90,8 @@ def memory_text(memory: dict[str, Any]) -> str:
         ("kv_mib", "KV cache"),
         ("recurrent_mib", "recurrent state"),
         ("compute_mib", "compute"),
+        ("draft_mib", "draft model"),
+        ("mmproj_mib", "projector"),
     ):
         if key in memory:
             parts.append(f"{label} {_mib(float(memory[key]))}")

@@ -42,6 +42,8 @@ _RS_SUMMARY = re.compile(
     r"(?P<layers>\d+) layers,\s*(?P<n_seq>\d+) seqs.*?\), R \((?P<k_type>\w+)\):\s*"
     r"(?P<k_mib>[\d.]+) MiB, S \((?P<v_type>\w+)\):\s*(?P<v_mib>[\d.]+) MiB"
 )
+# --fit's lines: at -v its probe loads print their buffers before these, and the real load after
+_FIT = re.compile(r"\bcommon_(?:params_)?fit\w*:")
 _N_CTX = re.compile(r"llama_context: n_ctx\s+= (\d+)")
 _N_CTX_SEQ = re.compile(r"llama_context: n_ctx_seq\s+= (\d+)")
 # the lines that end a launch: loaded, or given up
@@ -150,7 +152,9 @@ def parse_reported(text: str) -> Reported:
     current = main
     models_seen = 0
     for line in text.splitlines():
-        if LOADED in line:
+        if _FIT.search(line):
+            main = current = Reported()
+        elif LOADED in line:
             main.loaded = True
         elif m := _CLIP_MODEL.search(line):
             _add(main.mmproj_model, m[1], m[2])

@@ -190,45 +190,46 @@ def error_tail(lines: list[str], n: int = 15) -> tuple[str | None, list[str]]:
     return err, tail
 
 
-_MODEL_BUF = re.compile(r"(\S+) model buffer size\s*=\s*([\d.]+) MiB")
-_KV_BUF = re.compile(r"(\S+) KV buffer size\s*=\s*([\d.]+) MiB")
-_KV_TOTAL = re.compile(r"llama_kv_cache: size\s*=\s*([\d.]+) MiB")
-_COMPUTE_BUF = re.compile(r"(\S+) compute buffer size\s*=\s*([\d.]+) MiB")
-_RECURRENT = re.compile(r"llama_memory_recurrent: size\s*=\s*([\d.]+) MiB")
+_PARTS = ("model", "kv", "output", "compute")
 
 
 def parse_memory(path: Path, *, max_bytes: int = 1 << 20) -> dict[str, Any]:
     """What llama-server reported about its memory in the log (MiB); {} when it said nothing.
 
-    The size lines appear at verbosity 4 (`-lv 4`); the last value per device wins, so the fit
-    probes printed before the real allocation do not count twice.
+    The size lines appear at verbosity 4 (`-lv 4`), read by `llmctl.memory.measured`: the main
+    model's buffers per device (`*_by_device_mib`; the KV figures include recurrent states), the
+    attention caches (`kv_mib`) and recurrent states (`recurrent_mib`) as each sums itself up;
+    a draft model (`draft_mib`) and a multimodal projector (`mmproj_mib`) apart.
     """
+    from llmctl.memory.measured import LOADED, parse_reported
+
     try:
         with path.open("rb") as f:
             text = f.read(max_bytes).decode(errors="replace")
     except OSError:
         return {}
-    end = text.find("model loaded")
+    end = text.find(LOADED)
     if end >= 0:  # what follows is request logs
         text = text[:end]
-    kinds: dict[str, dict[str, float]] = {"model": {}, "kv": {}, "compute": {}}
-    for m in _MODEL_BUF.finditer(text):
-        kinds["model"][m.group(1)] = float(m.group(2))
-    for m in _KV_BUF.finditer(text):
-        kinds["kv"][m.group(1)] = float(m.group(2))
-    for m in _COMPUTE_BUF.finditer(text):
-        kinds["compute"][m.group(1)] = float(m.group(2))
+    r = parse_reported(text)
+    attn = [c.mib for c in r.caches if c.kind == "attn"]
+    recurrent = [c.mib for c in r.caches if c.kind == "recurrent"]
     out: dict[str, Any] = {}
-    kv_total = [float(m.group(1)) for m in _KV_TOTAL.finditer(text)]
-    recurrent = [float(m.group(1)) for m in _RECURRENT.finditer(text)]
-    for kind, per_dev in kinds.items():
-        if per_dev:
-            out[f"{kind}_mib"] = round(sum(per_dev.values()), 2)
-            out[f"{kind}_by_device_mib"] = per_dev
-    if "kv_mib" not in out and kv_total:
-        out["kv_mib"] = kv_total[-1]
+    if r.model:
+        out["model_mib"] = r.total("model")
+    if attn or (r.kv and not recurrent):  # without the caches' own sums, their buffers
+        out["kv_mib"] = round(sum(attn), 2) if attn else r.total("kv")
     if recurrent:
-        out["recurrent_mib"] = recurrent[-1]
+        out["recurrent_mib"] = round(sum(recurrent), 2)
+    if r.compute:
+        out["compute_mib"] = r.total("compute")
+    if r.draft is not None:  # the draft model's own buffers, all parts
+        out["draft_mib"] = round(sum(r.draft.total(p) for p in _PARTS), 2)
+    if r.mmproj_model or r.mmproj_compute:
+        out["mmproj_mib"] = round(r.total("mmproj_model") + r.total("mmproj_compute"), 2)
+    for kind, per_dev in (("model", r.model), ("kv", r.kv), ("compute", r.compute)):
+        if per_dev:
+            out[f"{kind}_by_device_mib"] = per_dev
     if out:
         out["total_mib"] = round(
             sum(v for k, v in out.items() if k.endswith("_mib") and not k.endswith("device_mib")),
