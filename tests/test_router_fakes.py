@@ -570,7 +570,8 @@ def test_default_profile_when_nothing_runs(tmp_path: Path, fake: FakeUpstream) -
 
 
 def test_full_queue_is_429_with_retry_after(tmp_path: Path, fake: FakeUpstream) -> None:
-    sup = FakeSupervisor(fake, running="alpha", load_time=3.0)
+    sup = FakeSupervisor(fake, running="alpha")
+    sup.gate = threading.Event()  # the load of beta lasts until the test is done with the queue
     with router(tmp_path, sup, "queue: {max_size: 2, timeout: 10s}") as (url, rt):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             waiting = [
@@ -588,17 +589,17 @@ def test_full_queue_is_429_with_retry_after(tmp_path: Path, fake: FakeUpstream) 
             # streaming clients get the 429 too (before any stream starts)
             r = httpx.post(url + "/v1/chat/completions", json=chat("alpha", stream=True))
             assert r.status_code == 429
+            sup.gate.set()
             assert [f.result().status_code for f in waiting] == [200, 200]
         assert sup.switches == ["beta"]
 
 
 def test_queue_deadline_is_504(tmp_path: Path, fake: FakeUpstream) -> None:
-    sup = FakeSupervisor(fake, running="alpha", load_time=1.5)
+    sup = FakeSupervisor(fake, running="alpha")
+    sup.gate = threading.Event()  # the load of beta never ends: only the deadline answers
     with router(tmp_path, sup, "queue: {max_size: 5, timeout: 0.3s}") as (url, _rt):
-        t0 = time.monotonic()
         r = httpx.post(url + "/v1/chat/completions", json=chat("beta"), timeout=10)
         assert r.status_code == 504
-        assert time.monotonic() - t0 < 1.2
         err = r.json()["error"]
         assert err["code"] == "queue_timeout" and err["type"] == "timeout_error"
         assert int(r.headers["retry-after"]) >= 1
@@ -607,17 +608,23 @@ def test_queue_deadline_is_504(tmp_path: Path, fake: FakeUpstream) -> None:
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "queue_timeout"
         assert int(r.headers["retry-after"]) >= 1
+        sup.gate.set()
 
 
 def test_failed_load_fails_every_waiter_with_reason(tmp_path: Path, fake: FakeUpstream) -> None:
-    sup = FakeSupervisor(fake, running="alpha", load_time=0.3)
+    sup = FakeSupervisor(fake, running="alpha")
     sup.fail["beta"] = "error: exiting due to model loading error"
-    with router(tmp_path, sup) as (url, _rt):
+    sup.gate = threading.Event()  # the load fails once all three wait for it
+    with router(tmp_path, sup) as (url, rt):
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             futs = [
                 pool.submit(httpx.post, url + "/v1/chat/completions", json=chat("beta"), timeout=10)
                 for _ in range(3)
             ]
+            deadline = time.monotonic() + 30
+            while rt.scheduler.depth < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            sup.gate.set()
             results = [f.result() for f in futs]
         assert [r.status_code for r in results] == [503, 503, 503]
         for r in results:
@@ -632,13 +639,18 @@ def test_failed_load_fails_every_waiter_with_reason(tmp_path: Path, fake: FakeUp
 
 
 def test_waiting_stream_gets_progress_comments(tmp_path: Path, fake: FakeUpstream) -> None:
-    sup = FakeSupervisor(fake, running="alpha", load_time=0.6)
+    sup = FakeSupervisor(fake, running="alpha")
+    sup.gate = threading.Event()  # the load ends once a heartbeat came
     with router(tmp_path, sup, heartbeat=0.1) as (url, _):
         with httpx.stream(
             "POST", url + "/v1/chat/completions", json=chat("beta", stream=True)
         ) as r:
             assert r.status_code == 200
-            lines = list(r.iter_lines())
+            lines = []
+            for line in r.iter_lines():
+                lines.append(line)
+                if line.startswith(": loading ..."):
+                    sup.gate.set()
         comments = [ln for ln in lines if ln.startswith(":")]
         assert comments[0].startswith(": queued waiting for beta")
         assert any("loading load_tensors" in c for c in comments)

@@ -1,7 +1,8 @@
 """A FAKE supervisor with the real one's interface, for router tests that need control over loads.
 
-Switching "loads" a profile by pointing a FakeUpstream at it after `load_time` seconds, emitting
-the same events as the real supervisor; profiles in `fail` fail to load with a LaunchError.
+Switching "loads" a profile by pointing a FakeUpstream at it after `load_time` seconds (and once
+`gate`, when given, is set), emitting the same events as the real supervisor; profiles in `fail`
+fail to load with a LaunchError.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class FakeSupervisor:
         self._running = running
         self._pid = 1000
         self.changed_by_operator: str | None = None
+        # set to an unset event: each load holds after "starting" until the test sets it (or
+        # the load is cancelled), so a test orders what happens during a load without timing
+        self.gate: threading.Event | None = None
         upstream.loaded_model = running
 
     @property
@@ -74,6 +78,9 @@ class FakeSupervisor:
                 self.upstream.loaded_model = None
                 emit(Event("stopped", "stopped", 0.0, None))
             emit(Event("starting", f"starting {spec.profile}", 0.0, spec.profile))
+            while self.gate is not None and not self.gate.wait(0.01):
+                if cancel is not None and cancel.is_set():
+                    break
             steps = 4
             for i in range(steps):
                 if cancel is not None and cancel.is_set():
