@@ -150,7 +150,6 @@ def parse_reported(text: str) -> Reported:
     first one's compute buffer go to `draft`; lines llama-server did not print stay empty."""
     main = Reported()
     current = main
-    models_seen = 0
     for line in text.splitlines():
         if _FIT.search(line):
             main = current = Reported()
@@ -164,7 +163,6 @@ def parse_reported(text: str) -> Reported:
             if main.compute and current is main:
                 # a second model after the main context: the draft
                 current = main.draft = Reported()
-            models_seen += 1
             _add(current.model, m[1], m[2])
         elif m := _KV.search(line) or _RS.search(line):
             _add(current.kv, m[1], m[2])
