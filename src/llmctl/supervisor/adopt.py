@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmctl.supervisor import procs
-from llmctl.supervisor.state import LaunchRecord
+from llmctl.supervisor.state import LAUNCH_ID_ENV, LaunchRecord
 
-LAUNCH_ID_ENV = "LLMCTL_LAUNCH_ID"
 _PREFIX = (LAUNCH_ID_ENV + "=").encode()
 
 
@@ -26,6 +25,11 @@ class Orphan:
     launch_id: str
     log: Path
     argv: list[str]
+
+    @property
+    def marker(self) -> str:
+        """Its environment entry, as LaunchRecord.marker."""
+        return f"{LAUNCH_ID_ENV}={self.launch_id}"
 
     def record(self) -> LaunchRecord | None:
         """Its launch record, rebuilt from the log's header and the command line; None if unknown."""

@@ -60,6 +60,7 @@ from llmctl.llama.secrets import mask_argv
 from llmctl.supervisor import procs
 from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.state import (
+    LAUNCH_ID_ENV,
     CorruptState,
     LaunchRecord,
     check_writable,
@@ -75,7 +76,6 @@ if TYPE_CHECKING:
 
 EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
 
-LAUNCH_ID_ENV = "LLMCTL_LAUNCH_ID"
 # The state folder a server belongs to, in its environment: finds our servers when the state
 # file is lost, without touching those of another state folder.
 STATE_DIR_ENV = "LLMCTL_SERVER_STATE"
@@ -700,7 +700,7 @@ class Supervisor:
                     "launch id and adopted it"
                 )
                 continue
-            members = procs.session_members(orphan.pid, f"{LAUNCH_ID_ENV}={orphan.launch_id}")
+            members = procs.session_members(orphan.pid, orphan.marker)
             procs.terminate(members or [orphan.pid], pgid=orphan.pid, timeout=10.0, reap=_reap)
             notes.append(f"stopped llama-server pid {orphan.pid}, which no state recorded")
         if adopted:

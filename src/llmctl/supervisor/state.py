@@ -22,6 +22,9 @@ FILE_FORMAT = 2
 
 Phase = Literal["starting", "ready"]
 
+# Every llama-server llmctl starts carries its launch id in this environment variable.
+LAUNCH_ID_ENV = "LLMCTL_LAUNCH_ID"
+
 
 @dataclass
 class LaunchRecord:
@@ -50,7 +53,7 @@ class LaunchRecord:
 
     @property
     def marker(self) -> str:
-        return f"LLMCTL_LAUNCH_ID={self.launch_id}"
+        return f"{LAUNCH_ID_ENV}={self.launch_id}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
