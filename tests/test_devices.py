@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from llmctl.lint.run import lint_manifest
+from llmctl.llama.help import list_devices
 from llmctl.manifest.model import load_manifest
-from llmctl.supervisor.devices import detect, list_devices, meminfo, nvidia_smi
+from llmctl.supervisor.devices import detect, meminfo, nvidia_smi
 from llmctl.testmodels import write_tiny_model
 
 MiB = 1024**2
@@ -200,3 +201,29 @@ def test_gpu_release_asks_the_same_nvidia_smi(
     assert gpu_pids() == {123, 456}
     monkeypatch.delenv("LLMCTL_NVIDIA_SMI")
     assert gpu_pids() is None
+
+
+def test_list_devices_is_read_once_per_binary(tmp_path: Path) -> None:
+    """`--list-devices` is asked once and kept per binary (path, mtime, size) and boot: commands
+    that check for a GPU do not start llama-server every time; a replaced binary is asked again."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "llama-server"
+    script = (
+        "#!/bin/sh\necho x >> {calls}\necho 'Available devices:'\n"
+        "echo '  Vulkan0: AMD Radeon (16368 MiB, 16000 MiB free)'\n"
+    )
+    fake.write_text(script.format(calls=calls))
+    fake.chmod(0o755)
+    assert list_devices(str(fake)) == ["Vulkan0"]
+    assert list_devices(str(fake)) == ["Vulkan0"]
+    assert calls.read_text().count("x") == 1
+    fake.write_text(script.format(calls=calls) + "echo '  Vulkan1: second (8 MiB, 8 MiB free)'\n")
+    assert list_devices(str(fake)) == ["Vulkan0", "Vulkan1"]
+    assert calls.read_text().count("x") == 2
+    # output that is not the list is not kept, and says nothing
+    other = tmp_path / "other"
+    other.write_text(f"#!/bin/sh\necho x >> {calls}\necho usage\n")
+    other.chmod(0o755)
+    assert list_devices(str(other)) is None and list_devices(str(other)) is None
+    assert calls.read_text().count("x") == 4
+    assert list_devices(str(tmp_path / "missing")) is None

@@ -68,7 +68,8 @@ def _write(output: Path, text: str, force: bool) -> Path | None:
 
 
 def _summary(models: list[FoundModel]) -> list[str]:
-    from llmctl.manifest.starter import size_text, start_ctx
+    from llmctl.manifest.sizes import format_bytes
+    from llmctl.manifest.starter import start_ctx
 
     rows = []
     for m in models:
@@ -78,7 +79,7 @@ def _summary(models: list[FoundModel]) -> list[str]:
             [
                 m.name,
                 m.architecture,
-                size_text(m.size_bytes),
+                format_bytes(m.size_bytes),
                 str(start_ctx(m)),
                 extra,
             ]

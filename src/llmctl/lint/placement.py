@@ -167,7 +167,8 @@ def _rpc_problems(m: Manifest) -> list[Problem]:
 def machine_problems(m: Manifest) -> list[Problem]:
     """Rules that read models and the llama-server binary (for `llmctl lint`)."""
     from llmctl.llama.flags import find_binary
-    from llmctl.supervisor.devices import detect, list_devices
+    from llmctl.llama.help import list_devices
+    from llmctl.supervisor.devices import detect
     from llmctl.supervisor.placement import Device
 
     out: list[Problem] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llmctl.errors import GGUFError
 from llmctl.llama.gguf import GGUFFile, read_gguf
+from llmctl.manifest.sizes import format_bytes
 
 START_CTX = 8192
 MAX_DEPTH = 8
@@ -174,11 +175,6 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def size_text(n: int) -> str:
-    gib = n / 1024**3
-    return f"{gib:.1f} GiB" if gib >= 1 else f"{n / 1024**2:.0f} MiB"
-
-
 def render(
     models: list[FoundModel],
     gpus: list[tuple[str, int]],
@@ -218,7 +214,7 @@ def render(
     if len(gpus) == 1:
         name, total = gpus[0]
         lines += [
-            f"gpu:                    # {name}: {size_text(total)} (nvidia-smi)",
+            f"gpu:                    # {name}: {format_bytes(total)} (nvidia-smi)",
             f"  vram: {total // 1024**2}MiB",
             "  headroom: 1GiB        # the desktop, the browser, a second program",
             "",
@@ -250,7 +246,7 @@ def render(
         trained = f", trained for {_ctx_text(m.trained_ctx)}" if m.trained_ctx else ""
         lines += [
             f"  {m.name}:",
-            f"    description: {_quote(f'{m.title} ({m.architecture}, {size_text(m.size_bytes)})')}",
+            f"    description: {_quote(f'{m.title} ({m.architecture}, {format_bytes(m.size_bytes)})')}",
             f"    model: {_quote(shown(m.path))}",
             f"    ctx_size: {_ctx_text(ctx)}"
             + (f"           # {trained[2:]}" if m.trained_ctx and m.trained_ctx > ctx else ""),

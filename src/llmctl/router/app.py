@@ -845,21 +845,40 @@ async def retrieve_model(request: Request) -> Response:
     raise model_not_found(wanted, [e["id"] for e in entries])
 
 
+def _model_entry(
+    model: str,
+    owner: str,
+    profile: str | None,
+    aliases: list[str],
+    loaded: bool,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One entry of /v1/models: OpenAI's fields, then llmctl's."""
+    return {
+        "id": model,
+        "object": "model",
+        "created": 0,
+        "owned_by": owner,
+        "profile": profile,
+        "aliases": aliases,
+        "loaded": loaded,
+        **extra,
+    }
+
+
 async def _model_entries(router: Router) -> list[dict[str, Any]]:
     await router.refresh()
     devices = await _loaded_devices(router)
     data: list[dict[str, Any]] = []
     for name, aliases in router.index.profiles.items():
-        entry = {
-            "id": name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "llmctl",
-            "profile": name,
-            "aliases": aliases,
-            "description": router.index.descriptions.get(name),
-            "loaded": router.scheduler.is_loaded(name),
-        }
+        entry = _model_entry(
+            name,
+            "llmctl",
+            name,
+            aliases,
+            router.scheduler.is_loaded(name),
+            description=router.index.descriptions.get(name),
+        )
         if name in devices:
             entry["devices"] = devices[name]
         data.append(entry)
@@ -878,18 +897,17 @@ async def _model_entries(router: Router) -> list[dict[str, Any]]:
                 if model in seen:
                     continue
                 seen.add(model)
+                aliases = list(reported.aliases) if model == name else []
                 data.append(
-                    {
-                        "id": model,
-                        "object": "model",
-                        "created": 0,
-                        "owned_by": up.name,
-                        "host": up.name,
-                        "host_up": up.host.up,
-                        "profile": name,
-                        "aliases": list(reported.aliases) if model == name else [],
-                        "loaded": reported.loaded,
-                    }
+                    _model_entry(
+                        model,
+                        up.name,
+                        name,
+                        aliases,
+                        reported.loaded,
+                        host=up.name,
+                        host_up=up.host.up,
+                    )
                 )
     for entry in data:
         if entry["id"] in elsewhere and "host" not in entry:
@@ -897,17 +915,7 @@ async def _model_entries(router: Router) -> list[dict[str, Any]]:
     for model, up in router.upstreams.explicit_models():
         if model not in seen:
             seen.add(model)
-            data.append(
-                {
-                    "id": model,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": up.name,
-                    "profile": None,
-                    "aliases": [],
-                    "loaded": False,
-                }
-            )
+            data.append(_model_entry(model, up.name, None, [], False))
     return data
 
 

@@ -176,34 +176,10 @@ def can_offload(binary: str | None) -> bool | None:
         return True
     if binary is None:
         return None
+    from llmctl.llama.help import list_devices
+
     names = list_devices(binary)
     return None if names is None else bool(names)
-
-
-def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
-    """Device names `llama-server --list-devices` prints (CPU not included); None if it fails."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            [binary, "--list-devices"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    names: list[str] = []
-    started = False
-    for line in (out.stdout + out.stderr).splitlines():
-        if line.startswith("Available devices"):
-            started = True
-            continue
-        if started and line.startswith("  ") and ":" in line:
-            names.append(line.strip().split(":", 1)[0])
-    return names if started else None
 
 
 def probe_rpc(endpoint: str, timeout: float = 0.5) -> str | None:
