@@ -727,15 +727,21 @@ def answering_stream(
 
 
 def test_switch_waits_for_inflight_requests(tmp_path: Path) -> None:
-    with FakeUpstream("local", tokens=10, token_delay=0.05) as fake:
+    with FakeUpstream("local", tokens=10) as fake:
+        fake.hold = threading.Event()  # alpha's stream stays open until beta is seen waiting
         sup = FakeSupervisor(fake, running="alpha", load_time=0.0)
-        with router(tmp_path, sup) as (url, _rt):
+        with router(tmp_path, sup) as (url, rt):
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 long, started = answering_stream(pool, url, chat("alpha", stream=True))
                 assert started.wait(30)  # alpha is answering: beta must wait for it
                 other = pool.submit(
-                    httpx.post, url + "/v1/chat/completions", json=chat("beta"), timeout=10
+                    httpx.post, url + "/v1/chat/completions", json=chat("beta"), timeout=30
                 )
+                deadline = time.monotonic() + 30
+                while rt.scheduler.depth < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert rt.scheduler.depth == 1 and sup.switches == []  # beta waits
+                fake.hold.set()
                 text = long.result()
                 r_other = other.result()
             data = sse_data(text)
@@ -909,7 +915,8 @@ def test_threads_do_not_leak(tmp_path: Path, fake: FakeUpstream) -> None:
 
 
 def test_waiting_clients_that_leave_free_their_place(tmp_path: Path, fake: FakeUpstream) -> None:
-    sup = FakeSupervisor(fake, running="alpha", load_time=3.0)
+    sup = FakeSupervisor(fake, running="alpha")
+    sup.gate = threading.Event()  # the beta load lasts until both alpha clients have left
     with router(tmp_path, sup, heartbeat=0.1) as (url, rt):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             first = pool.submit(
@@ -929,8 +936,11 @@ def test_waiting_clients_that_leave_free_their_place(tmp_path: Path, fake: FakeU
             while rt.scheduler.depth > 1 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert rt.scheduler.depth == 1  # only the beta request still waits
+            sup.gate.set()
             assert first.result().status_code == 200
-        time.sleep(0.2)
-        assert sup.switches == ["beta"]  # nobody is left who wants alpha: no switch back
+        # beta's waiters were let through when its load ended; no waiter is left for alpha, so
+        # nothing is queued or loading (a switch back would show here first)
+        assert rt.scheduler.depth == 0 and not rt.scheduler.switching
+        assert sup.switches == ["beta"]
         m = httpx.get(url + "/metrics").text
         assert 'llmctl_requests_total{profile="alpha",upstream="",status="499"} 2' in m

@@ -312,7 +312,7 @@ class FakeSwitch:
     def __init__(self, delay: float = 0.01) -> None:
         self.delay = delay
         self.calls: list[str | None] = []
-        self.fail: set[str] = set()
+        self.fail: set[str | None] = set()  # None: the stop fails
         self.gate: asyncio.Event | None = None
 
     async def __call__(self, target: str | None, progress: ProgressFn) -> None:
@@ -451,6 +451,21 @@ def test_failed_load_fails_every_waiter_then_recovers() -> None:
         assert seen.count("queued") == 3 and seen.count("error") == 3
         (await s.acquire("a")).release()
         assert sw.calls == ["b", "a"]
+
+    run(main)
+
+
+def test_a_failed_stop_fails_its_waiters_with_retry_after() -> None:
+    async def main() -> None:
+        sw = FakeSwitch()
+        sw.fail.add(None)
+        s = switching(sw, active="a")
+        with pytest.raises(RouterError) as info:
+            await s.stop()
+        err = info.value
+        assert err.status == 503 and err.body()["error"]["code"] == "stop_failed"
+        assert err.message == "Stopping the server failed: None is broken"
+        assert err.retry_after is not None and err.retry_after >= 1
 
     run(main)
 

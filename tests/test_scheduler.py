@@ -40,6 +40,8 @@ class FakePlacer:
 
     async def stop(self, target: str | None, progress: ProgressFn) -> None:
         self.stops.append(target)
+        if target is not None and target in self.fail:
+            raise SwitchFailed(self.fail[target])
 
 
 def scheduler(fake: FakePlacer, **kw: float) -> Scheduler:
@@ -162,5 +164,21 @@ def test_a_load_counts_every_server_it_did_not_drain_as_busy() -> None:
         assert s.activity()["b"][1] == 0
         fake.gate("c").set()
         (await waiting).release()
+
+    asyncio.run(main())
+
+
+def test_a_failed_unload_names_its_profile_and_keeps_it_loaded() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        await _loaded(s, fake, "a")
+        fake.fail["a"] = "a would not stop"
+        with pytest.raises(RouterError) as info:
+            await s.unload("a")
+        err = info.value
+        assert err.status == 503 and err.body()["error"]["code"] == "stop_failed"
+        assert err.message == "Stopping a failed: a would not stop"
+        assert err.retry_after is not None and s.is_loaded("a")
 
     asyncio.run(main())

@@ -135,7 +135,8 @@ class Router:
         # names this process to other hosts: a request that comes back to it is a loop
         self.router_id = uuid.uuid4().hex[:16]
         self.hosts = HostWatch(self)
-        self._fits_cache: tuple[tuple[str, ...], dict[str, bool | None]] | None = None
+        # (manifest, loaded profiles, fits): the placer's answers while neither changes
+        self._fits_cache: tuple[Any, tuple[str, ...], dict[str, bool | None]] | None = None
         self._spec_for_factory = spec_for
         # set by whoever binds the socket: raises for settings that must not serve that address
         # (serve section, its keys) -> raises when the bind that opened the socket must refuse it
@@ -168,6 +169,7 @@ class Router:
     def apply(self, manifest: Any) -> None:
         """Take a (new) manifest: settings, names, upstream chain (breakers kept), queue limits."""
         self.manifest = manifest
+        self._fits_cache = None  # what fits depends on the profiles' settings
         self.serve = _serve_of(manifest)
         self.api_keys = serve_keys(self.serve, self.environ)
         self.index = ModelIndex(manifest)
@@ -524,10 +526,8 @@ class Router:
             return True
         if not self.several:
             return sched.active is None and not sched.switching
-        cached = self._fits_cache
-        if cached is not None and cached[0] == tuple(sorted(sched.loaded)):
-            return cached[1].get(profile)
-        return None
+        hit = self._cached_fits(tuple(sorted(sched.loaded)))
+        return None if hit is None else hit.get(profile)
 
     async def fits_without_evicting(self) -> dict[str, bool | None]:
         """Each own profile: would loading it now unload nothing? With several servers the placer
@@ -537,8 +537,8 @@ class Router:
         if not self.several:
             return {n: self._local_fits(n) for n in names}
         key = tuple(sorted(sched.loaded))
-        if self._fits_cache is not None and self._fits_cache[0] == key:
-            return {n: self._fits_cache[1].get(n) for n in names}
+        if (hit := self._cached_fits(key)) is not None:
+            return {n: hit.get(n) for n in names}
         from llmctl.supervisor.placer import plan_load
 
         manifest, devices, activity = self.manifest, self.devices, sched.activity()
@@ -559,8 +559,14 @@ class Router:
             return out
 
         fits = await run_in_threadpool(work)
-        self._fits_cache = (key, fits)
+        self._fits_cache = (manifest, key, fits)  # the manifest it was decided with
         return fits
+
+    def _cached_fits(self, key: tuple[str, ...]) -> dict[str, bool | None] | None:
+        cached = self._fits_cache
+        if cached is not None and cached[0] is self.manifest and cached[1] == key:
+            return cached[2]
+        return None
 
     def host_state(self, fits: Mapping[str, bool | None]) -> dict[str, Any]:
         """This router's answer to `GET /llmctl/v1/state`: its own profiles for other hosts, and

@@ -554,16 +554,13 @@ class Scheduler:
             reason = _reason(exc)
             if not isinstance(exc, SwitchFailed):
                 log.exception("stopping %s failed", target or "the servers")
-            err = (
-                RouterError(
-                    503,
-                    f"Stopping the server failed: {reason}",
-                    type=SERVER,
-                    code="stop_failed",
-                    retry_after=self._retry_after(),
-                )
-                if exclusive
-                else RouterError(503, f"Stopping failed: {reason}", type=SERVER, code="stop_failed")
+            what = "the server" if target is None or exclusive else target
+            err = RouterError(
+                503,
+                f"Stopping {what} failed: {reason}",
+                type=SERVER,
+                code="stop_failed",
+                retry_after=self._retry_after(),
             )
             self._broadcast(op, target, Progress("error", err.message, target))
             self._finish(op, target, err)
