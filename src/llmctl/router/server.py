@@ -275,6 +275,7 @@ def run(
         len(router.index.profiles),
         ", ".join(u.name for u in router.upstreams.all) if router.upstreams else "-",
     )
+    log.info("dashboard: http://%s:%d/ui", shown, port)
     try:
         server.run(sockets=[sock])
     finally:
