@@ -234,3 +234,37 @@ def test_several_servers_each_with_its_share_log_and_unload(
     finally:
         stop_serve(s)
         Supervisor(paths.state_dir(), lock_timeout=30).stop()
+
+
+def test_state_and_available_with_gpu_as_a_device_list(
+    tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path, Path], free_port: int
+) -> None:
+    """`gpu:` as a list of devices (the form placement needs): the dashboard and
+    /models/available judge profiles against its first GPU instead of answering 500."""
+    from fakes.fake_upstream import free_port as another_port
+    from test_placement_real import free_port_range
+
+    manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
+    base = free_port_range(3)
+    text = manifest.read_text().replace("server:\n", f'server:\n  ports: "{base}-{base + 2}"\n', 1)
+    text = text.replace(
+        "gpu:\n  vram: 2GiB\n", "gpu:\n  - {name: CUDA0, vram: 2GiB, headroom: 256MiB}\n"
+    )
+    manifest.write_text(text)
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        r = httpx.get(s.url + "/ui/api/state", headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        state = r.json()
+        gpu = next(d for d in state["devices"] if d["kind"] == "gpu")
+        assert gpu["total_bytes"] == 2 * 1024**3 and gpu["headroom_bytes"] == 256 * 1024**2
+        profiles = {p["name"]: p for p in state["profiles"]}
+        assert profiles["tiny-a"]["estimate"]["fits"] is True
+        r = httpx.get(s.url + "/models/available", headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        available = {p["profile"]: p for p in r.json()["profiles"]}
+        assert available["tiny-a"]["fits"] is True
+        assert "Traceback" not in s.logs()
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()

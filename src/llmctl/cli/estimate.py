@@ -359,13 +359,8 @@ def _estimate_profiles(
     measure: bool = False,
 ) -> int:
     from llmctl.manifest.cache import load_manifest
-    from llmctl.memory.estimate import (
-        MetadataError,
-        estimate,
-        extra_sources,
-        options_from_profile,
-        source_for_profile,
-    )
+    from llmctl.memory.estimate import MetadataError
+    from llmctl.memory.profile import estimate_profile
 
     if not all_ and not names:
         raise UsageError(
@@ -380,28 +375,16 @@ def _estimate_profiles(
     for name in chosen:
         profile = manifest.profiles[name]
         try:
-            source = source_for_profile(profile)
-            if source is None:
+            try:
+                found = estimate_profile(manifest, name)
+            except MetadataError as err:
+                raise LlmctlError(str(err), hint="check the metadata block") from None
+            if found is None:
                 raise LlmctlError(
                     f"model file {profile.model} is missing",
                     hint="download it, or add a metadata: block to the profile for an estimate",
                 )
-            mmproj, draft = extra_sources(profile)
-            try:
-                est = estimate(
-                    source,
-                    options_from_profile(profile),
-                    profile=name,
-                    budget=manifest.gpu_budget.vram,
-                    headroom=manifest.gpu_budget.headroom,
-                    overhead=manifest.gpu_budget.overhead,
-                    # no GPU configured: the estimate is of RAM
-                    gpu=manifest.gpu_budget.vram is not None,
-                    mmproj=mmproj,
-                    draft=draft,
-                )
-            except MetadataError as err:
-                raise LlmctlError(str(err), hint="check the metadata block") from None
+            est = found
         except LlmctlError as err:
             # one profile that cannot be estimated does not hide the others
             failed += 1

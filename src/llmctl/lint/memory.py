@@ -22,13 +22,12 @@ from llmctl.memory.estimate import (
     HParams,
     MetadataError,
     ModelSource,
-    estimate,
     extra_sources,
     hparams_from_metadata,
-    options_from_profile,
     source_for_profile,
     vocab_size,
 )
+from llmctl.memory.profile import estimate_profile
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
@@ -39,7 +38,6 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
     out: list[Problem] = []
     vram = manifest.gpu_budget.vram
     headroom = manifest.gpu_budget.headroom
-    overhead = manifest.gpu_budget.overhead
 
     for name, profile in manifest.profiles.items():
 
@@ -154,14 +152,9 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
         if vram is None:
             continue
         try:
-            est = estimate(
-                source,
-                options_from_profile(profile),
-                profile=name,
-                budget=vram,
-                headroom=headroom,
-                overhead=overhead,
-            )
+            found = estimate_profile(manifest, name, source=source)
+            assert found is not None  # a source was given
+            est = found
         except (MetadataError, KeyError) as err:
             problem("error", "model-metadata", str(err), "model", None)
             continue

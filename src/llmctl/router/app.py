@@ -1103,24 +1103,12 @@ async def models_available(request: Request) -> Response:
 
 def _estimate(manifest: Any, name: str) -> dict[str, Any]:
     """The memory estimate and whether it fits the GPU budget, when llmctl.memory.estimate can tell."""
+    from llmctl.memory.profile import estimate_profile
+
     try:
-        from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
-    except ImportError:
-        return {"estimate": None, "fits": None}
-    profile = manifest.profiles[name]
-    gpu = getattr(manifest, "gpu", None)
-    try:
-        source = source_for_profile(profile)
-        if source is None:
+        est = estimate_profile(manifest, name)
+        if est is None:
             return {"estimate": None, "fits": None, "estimate_error": "the model file is missing"}
-        est = estimate(
-            source,
-            options_from_profile(profile),
-            profile=name,
-            budget=getattr(gpu, "vram", None),
-            headroom=getattr(gpu, "headroom", 0) or 0,
-            overhead=getattr(gpu, "overhead", 0) or 0,
-        )
     except Exception as exc:  # an unreadable model is reported per profile, not fatal
         return {"estimate": None, "fits": None, "estimate_error": str(exc)}
     return {

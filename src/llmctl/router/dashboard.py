@@ -245,7 +245,7 @@ def devices(
     """One entry per device: its size, each loaded profile's planned share and reported use.
     `loaded` are server entries (profile, reported buffers, rss_bytes)."""
     out: list[dict[str, Any]] = []
-    gpu = router.manifest.gpu
+    gpu = router.manifest.gpu_budget  # a device list: its first GPU
     if gpu.vram is not None:
         shares = []
         for srv in loaded:
@@ -371,22 +371,14 @@ def _plans(router: Router) -> dict[str, dict[str, Any]]:
 
 def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
     """Where a profile's memory goes by its estimate: bytes per device and kind."""
-    from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
+    from llmctl.memory.profile import estimate_profile
 
     profile = manifest.profiles[name]
-    gpu = manifest.gpu
+    gpu = manifest.gpu_budget
     try:
-        source = source_for_profile(profile)
-        if source is None:
+        est = estimate_profile(manifest, name)
+        if est is None:
             return {"error": "the model file is missing"}
-        est = estimate(
-            source,
-            options_from_profile(profile),
-            profile=name,
-            budget=gpu.vram,
-            headroom=gpu.headroom or 0,
-            overhead=gpu.overhead or 0,
-        )
     except Exception as exc:  # an unreadable model is reported per profile, not fatal
         return {"error": str(exc)}
     w = est.weights

@@ -106,18 +106,21 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
     memory (its launch will fail and say why).
     """
     from llmctl.llama.flags import launch_spec
-    from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
+    from llmctl.memory.estimate import source_for_profile
     from llmctl.memory.plan import DevicePlan, GpuTarget, plan_devices
+    from llmctl.memory.profile import estimate_profile
 
     name = manifest.resolve(name)
     profile = manifest.profiles[name]
     base = launch_spec(manifest, name)
     notes: list[str] = []
     source = source_for_profile(profile)
-    est = None
-    if source is not None:
-        est = estimate(source, options_from_profile(profile), profile=name, overhead=0)
-    else:
+    est = (
+        estimate_profile(manifest, name, budget=False, source=source)
+        if source is not None
+        else None
+    )
+    if est is None:
         notes.append(f"no model file or metadata for {name!r}: its memory is unknown")
     plans: list[DevicePlan] = []
     specs: list[LaunchSpec] = []
