@@ -126,3 +126,31 @@ def test_greedy_beyond_exhaustive_limit_still_frees_enough() -> None:
     devices = [Device("CUDA0", n * GiB, 0)]
     d = decide(devices, running, req("x", {"CUDA0": 3 * GiB}))
     assert d.action == "start" and set(d.evict) == {"s0", "s1", "s2"}
+
+
+def test_a_set_is_placed_together_or_refused_at_the_first_that_cannot_join() -> None:
+    from llmctl.supervisor.placement import decide_set
+
+    fits = decide_set(ONE, [], [req("a", {"CUDA0": 10 * GiB}), req("b", {"CUDA0": 10 * GiB})])
+    assert [(d.action, d.evict) for d in fits] == [("start", ()), ("start", ())]
+    # c fits only without a: a member is never unloaded for another one
+    over = decide_set(
+        ONE,
+        [],
+        [
+            req("a", {"CUDA0": 10 * GiB}),
+            req("b", {"CUDA0": 10 * GiB}),
+            req("c", {"CUDA0": 5 * GiB}),
+        ],
+    )
+    assert [d.action for d in over] == ["start", "start", "refuse"]
+    assert "'a', 'b' named in the same command" in over[-1].reason
+    assert "pinned" not in over[-1].reason
+    # what runs outside the set may still be unloaded for it
+    evicts = decide_set(ONE, [run("old", {"CUDA0": 20 * GiB})], [req("a", {"CUDA0": 10 * GiB})])
+    assert evicts[0].evict == ("old",)
+    # two members on one port cannot both run
+    port = decide_set(
+        ONE, [], [req("a", {"CUDA0": GiB}, port=8081), req("b", {"CUDA0": GiB}, port=8081)]
+    )
+    assert port[-1].action == "refuse" and "port 8081" in port[-1].reason

@@ -205,3 +205,21 @@ def test_nothing_stops_when_the_state_cannot_be_written(
         assert fake_pids() == []
     finally:
         kill_fakes()
+
+
+def test_profiles_named_together_are_one_set(placed: Path) -> None:
+    """`load a b c` where c fits only without a: refused before anything loads, and the dry
+    run says the same; before, c unloaded a, the command exited 0 and said all were ready."""
+    dry = llmctl("load", "a", "b", "c", "--dry-run", "--json")
+    assert dry.returncode == 1, dry.stdout
+    decisions = [p["decision"] for p in json.loads(dry.stdout)["profiles"]]
+    assert [d["action"] for d in decisions] == ["start", "start", "refuse"]
+    assert "named in the same command" in decisions[-1]["reason"]
+    out = llmctl("load", "a", "b", "c")
+    assert out.returncode == 1
+    assert "profile 'c'" in out.stderr and "'a', 'b' named in the same command" in out.stderr
+    assert ps() == {}  # nothing loaded, nothing stopped
+    # a set that fits runs together, and each member stays
+    out = llmctl("load", "b", "c", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert set(ps()) == {"b", "c"}

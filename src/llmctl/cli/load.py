@@ -45,7 +45,7 @@ def run(
 
     def body() -> int:
         from llmctl.manifest.cache import load_manifest
-        from llmctl.supervisor.placer import PlacementRefused, load_profile, plan_load
+        from llmctl.supervisor.placer import PlacementRefused, load_profile, plan_set, refusal
 
         m = load_manifest(manifest)
         if not profiles:
@@ -53,12 +53,15 @@ def run(
         names = [m.resolve(p) for p in profiles]
         report = detect_devices(m, quiet or json_out)
         sup = supervisor(lock_timeout)
-        code = EXIT_OK
-        for name in names:
-            if dry_run:
-                decision, placed = plan_load(m, name, sup.records(), report.devices)
+        names = list(dict.fromkeys(names))  # `load a A` names one profile
+        # the profiles of one command are one set: placed together, or refused before any loads
+        planned = (
+            plan_set(m, names, sup.records(), report.devices) if len(names) > 1 or dry_run else []
+        )
+        if dry_run:
+            for decision, placed in planned:
                 item: dict[str, Any] = {
-                    "profile": name,
+                    "profile": decision.profile,
                     "dry_run": True,
                     "decision": decision.to_json(),
                 }
@@ -66,14 +69,25 @@ def run(
                     item["argv"] = list(placed.specs[decision.option].argv)
                     item["port"] = placed.specs[decision.option].port
                 results.append(item)
-                if decision.action == "refuse":
-                    code = EXIT_FAILED
                 if not json_out:
                     print_decision(decision.to_json(), dry_run=True)
-                continue
+            refused = any(d.action == "refuse" for d, _ in planned)
+            return finish(EXIT_FAILED if refused else EXIT_OK)
+        if planned and planned[-1][0].action == "refuse":
+            err = refusal(planned[-1][0])
+            results.append(
+                {"profile": planned[-1][0].profile, "ok": False, "error": error_json(err)}
+            )
+            if not json_out:
+                render_error(err, json_out=False)
+            return finish(EXIT_FAILED)
+        code = EXIT_OK
+        for i, name in enumerate(names):
             t0 = time.monotonic()
             try:
-                outcome = load_profile(sup, m, name, report.devices, on_event=on_event)
+                outcome = load_profile(
+                    sup, m, name, report.devices, on_event=on_event, keep=names[:i]
+                )
             except PlacementRefused as err:
                 results.append({"profile": name, "ok": False, "error": error_json(err)})
                 if not json_out:

@@ -14,12 +14,15 @@ Rules, in order:
    the set of unpinned servers that frees enough with, in order, the fewest requests in flight,
    the least reload cost (weights bytes), and the longest idle time.
 4. An option that cannot fit even on empty devices is refused, naming the device and the shortfall.
+
+Several profiles named in one command are one set (`decide_set`): each is placed beside what
+runs with the members before it kept loaded, so the set runs together or is refused as a whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 # Exhaustive search over victim sets up to this many candidates; greedy beyond.
@@ -317,3 +320,45 @@ def _cheapest(deficit: Mapping[str, int], useful: Sequence[Running]) -> list[Run
 
     visit(0, [], (0, 0, 0.0))
     return best
+
+
+def decide_set(
+    devices: Sequence[Device], running: Sequence[Running], requests: Sequence[Request]
+) -> list[Decision]:
+    """The decisions for loading `requests` in order as one set: no member unloads another.
+
+    Each request is decided beside `running` as the earlier decisions leave it, with the members
+    placed so far held as if pinned. Stops at the first refusal (the last decision returned), whose
+    reason names the members it could not run beside.
+    """
+    state = list(running)
+    members: list[str] = []
+    out: list[Decision] = []
+    for request in requests:
+        view = [replace(r, pinned=True) if r.profile in members else r for r in state]
+        decision = decide(devices, view, request)
+        if decision.action == "refuse" and members and not decision.alone:
+            together = ", ".join(repr(m) for m in members)
+            reason = decision.reason.replace("the pinned profiles", "the profiles before it")
+            reason = reason.replace("pinned profile", "profile")
+            decision = replace(
+                decision,
+                reason=f"{reason} (with {together} named in the same command and kept: "
+                "the profiles of one command run together or not at all)",
+            )
+        out.append(decision)
+        if decision.action == "refuse":
+            break
+        if decision.action == "start":
+            state = [r for r in state if r.profile not in decision.evict]
+            state.append(
+                Running(
+                    profile=request.profile,
+                    usage=dict(decision.usage),
+                    group=request.group,
+                    port=request.port,
+                    config=request.configs[0] if request.configs else "",
+                )
+            )
+        members.append(request.profile)
+    return out

@@ -7,7 +7,7 @@ launch spec that runs it); `running_servers` turns the state's records into the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -282,13 +282,36 @@ def plan_load(
     devices: Sequence[DeviceInfo],
     activity: Mapping[str, tuple[float, int]] | None = None,
     placement: Placement | None = None,
+    keep: Collection[str] = (),
 ) -> tuple[Decision, Placement]:
-    """The decision for loading `name` now (pure apart from reading the model's header)."""
+    """The decision for loading `name` now (pure apart from reading the model's header);
+    the profiles in `keep` are held as if pinned."""
+    from dataclasses import replace
+
     from llmctl.supervisor.placement import decide
 
     placed = placement or placement_request(manifest, name, devices)
-    running = running_servers(manifest, records, activity)
+    running = [
+        replace(r, pinned=True) if r.profile in keep else r
+        for r in running_servers(manifest, records, activity)
+    ]
     return decide(policy_devices(devices), running, placed.request), placed
+
+
+def plan_set(
+    manifest: Manifest,
+    names: Sequence[str],
+    records: Mapping[str, LaunchRecord],
+    devices: Sequence[DeviceInfo],
+) -> list[tuple[Decision, Placement]]:
+    """The decisions for loading `names` as one set (see placement.decide_set); stops at the
+    first refusal."""
+    from llmctl.supervisor.placement import decide_set
+
+    placed = [placement_request(manifest, name, devices) for name in names]
+    running = running_servers(manifest, records)
+    decisions = decide_set(policy_devices(devices), running, [p.request for p in placed])
+    return list(zip(decisions, placed, strict=False))
 
 
 def load_profile(
@@ -301,12 +324,14 @@ def load_profile(
     before_evict: Callable[[Decision], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
     cancel: Any = None,
+    keep: Collection[str] = (),
 ) -> LoadOutcome:
     """Load profile `name` beside what runs, unloading what the policy says (under the lock).
 
     Raises PlacementRefused before anything is stopped when it cannot be placed.
     `before_evict(decision)` runs under the lock before victims stop (the router waits there
-    for their requests in flight).
+    for their requests in flight). The profiles in `keep` (loaded by the same command) are
+    held as if pinned.
     """
     box: dict[str, Any] = {}
 
@@ -326,7 +351,7 @@ def load_profile(
     def choose(records: dict[str, LaunchRecord]) -> tuple[list[str], LaunchSpec]:
         placed = placement()
         decision, _ = plan_load(
-            manifest, name, records, devices, activity() if activity else None, placed
+            manifest, name, records, devices, activity() if activity else None, placed, keep
         )
         box["decision"] = decision
         if decision.action == "refuse":
