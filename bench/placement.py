@@ -56,7 +56,7 @@ def free_port_range(n: int) -> int:
 
 def bench_decisions(tmp: Path) -> None:
     from llmctl.supervisor.placement import Device, Option, Request, Running, decide
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     rng = random.Random(7)
     devices = [Device(f"CUDA{i}", 24 * GiB, GiB) for i in range(4)] + [
@@ -189,7 +189,7 @@ def pct(values: list[float], q: float) -> float:
 def bench_router(tmp: Path, clients: int, rounds: int) -> None:
     import httpx
 
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     binary = find_llama_server()
     model = write_tiny_model(tmp / "tiny.gguf")

@@ -61,7 +61,7 @@ def main() -> None:
     from llmctl.llama.flags import launch_spec
     from llmctl.manifest.model import load_manifest
     from llmctl.supervisor.lifecycle import Supervisor
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     binary = find_llama_server()
     with tempfile.TemporaryDirectory() as tmp:

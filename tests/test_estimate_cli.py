@@ -17,7 +17,7 @@ from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.manifest.model import load_manifest
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 runner = CliRunner()
 PATTERN = [il % 6 != 5 for il in range(30)]

@@ -12,7 +12,7 @@ import pytest
 from llmctl.llama.gguf import read_gguf
 from llmctl.llama.gguf_writer import string, u32, write_gguf
 from llmctl.manifest.starter import model_folders, profile_name, render, scan
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl as run_llmctl
 
 

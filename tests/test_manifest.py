@@ -16,7 +16,7 @@ from llmctl.cli import build_app
 from llmctl.errors import ManifestError
 from llmctl.llama.flags import FLAGS, launch_spec
 from llmctl.manifest.model import find_manifest, load_manifest
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -16,7 +16,7 @@ from llmctl.memory.estimate import estimate, options_from_profile, source_for_pr
 from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placer import placement_request
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl
 
 N_LAYER = 7  # + the output layer: 8 units to split

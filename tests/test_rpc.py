@@ -24,7 +24,7 @@ from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placement import Running, decide
 from llmctl.supervisor.placer import placement_request, plan_load, policy_devices
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 N_LAYER = 7  # + the output layer: 8 units to split
 A = "192.168.1.20:50052"

@@ -27,7 +27,7 @@ from llmctl.memory.measured import Reported
 from llmctl.memory.plan import DevicePlan
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placer import placement_request
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent

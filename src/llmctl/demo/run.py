@@ -97,7 +97,7 @@ def demo_model(folder: Path, model: PackagedModel = SMOLLM2) -> tuple[Path, Pack
                 YELLOW,
             )
         )
-        from llmctl.testmodels import write_tiny_model
+        from llmctl.testing.testmodels import write_tiny_model
 
         return write_tiny_model(folder / "tiny-llama.gguf", arch="llama"), None
 
