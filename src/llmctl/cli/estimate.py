@@ -7,20 +7,9 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
 from llmctl.cli.argv import parse
-from llmctl.cli.output import (
-    BOLD,
-    DIM,
-    GREEN,
-    RED,
-    YELLOW,
-    error_json,
-    error_lines,
-    print_json,
-    run_command,
-    style,
-    table,
-)
+from llmctl.cli.output import error_json, error_lines, print_json, run_command, table
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
+from llmctl.term import BOLD, DIM, GREEN, RED, YELLOW, style
 
 if TYPE_CHECKING:
     import typer
@@ -31,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def size(n: int | None) -> str:
-    from llmctl.manifest.sizes import format_bytes
+    from llmctl.term import format_bytes
 
     return "-" if n is None else format_bytes(n)
 

@@ -8,8 +8,9 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
 from llmctl.cli.argv import parse
-from llmctl.cli.output import BOLD, DIM, GREEN, print_json, run_command, style, table
+from llmctl.cli.output import print_json, run_command, table
 from llmctl.errors import EXIT_INPUT, EXIT_OK, LlmctlError, UsageError
+from llmctl.term import BOLD, DIM, GREEN, style
 
 if TYPE_CHECKING:
     import typer
@@ -68,8 +69,8 @@ def _write(output: Path, text: str, force: bool) -> Path | None:
 
 
 def _summary(models: list[FoundModel]) -> list[str]:
-    from llmctl.manifest.sizes import format_bytes
     from llmctl.manifest.starter import start_ctx
+    from llmctl.term import format_bytes
 
     rows = []
     for m in models:

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from llmctl.cli.output import BOLD, CYAN, GREEN, YELLOW, style
 from llmctl.demo.model import SMOLLM2, FetchError, PackagedModel, fetch
 from llmctl.errors import EXIT_OK, LlmctlError
+from llmctl.term import BOLD, CYAN, GREEN, YELLOW, style
 
 PROMPT = "Write one sentence about the sea."
 MAX_TOKENS = 40

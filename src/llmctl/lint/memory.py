@@ -17,7 +17,6 @@ from llmctl.llama.vocab import (
     cache_block_size,
     parse_overrides,
 )
-from llmctl.manifest.sizes import format_bytes
 from llmctl.memory.estimate import (
     HParams,
     MetadataError,
@@ -29,6 +28,7 @@ from llmctl.memory.estimate import (
     source_for_profile,
     vocab_size,
 )
+from llmctl.term import format_bytes
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
