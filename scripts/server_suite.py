@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def suite_python(tests: Path) -> Path:
     venv = tests.parents[3] / "server-tests-venv"
     python = venv / "bin" / "python"
     if not python.exists():
-        uv = [sys.executable, "-m", "uv"]
+        # uv on PATH (how `make` found it), else the module of whichever python has it
+        found = shutil.which("uv")
+        uv = [found] if found else [sys.executable, "-m", "uv"]
         subprocess.run([*uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
         subprocess.run(
             [*uv, "pip", "install", "--quiet", "--python", str(python),

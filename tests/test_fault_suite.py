@@ -295,7 +295,7 @@ def _run_faults(
     conns = []
     for _ in range(200):
         c = socket.create_connection(("127.0.0.1", port))
-        c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         conns.append(c)
     for _ in range(10):
         t.send(lambda: httpx.get(served.url + "/health", timeout=10))
@@ -323,7 +323,9 @@ def _run_faults(
     for path in ("/v1/../health", "/v1/%2e%2e/admin", "/v1/chat%2fcompletions",
                  "/v1/./models", "/v1/%252e%252e/x", "/v1/a%5c..%5cb"):  # fmt: skip
         with socket.create_connection(("127.0.0.1", port)) as c:
-            c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            c.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+            )
             head = c.recv(100)
         t.count(
             "ok" if head.startswith(b"HTTP/1.1 400 ") else "lost", head.decode(errors="replace")
@@ -336,17 +338,52 @@ def _run_faults(
                               headers={"content-type": "application/json"}), ok=(400,))  # fmt: skip
     for _ in range(20):
         with socket.create_connection(("127.0.0.1", port)) as c:
-            c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                       b"Content-Type: application/json\r\nContent-Length: 9999\r\n\r\n{")  # fmt: skip
         t.count("ok")  # the client left; what matters is what the router does next
     with socket.create_connection(("127.0.0.1", port)) as c:
-        c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                   b"Content-Type: application/json\r\nContent-Length: 99\r\n\r\n{")  # fmt: skip
         c.settimeout(30)
         head = c.recv(100)
     t.count("ok" if head.startswith(b"HTTP/1.1 408 ") else "lost", head.decode(errors="replace"))
     t.send(lambda: httpx.get(served.url + "/health", timeout=10))
     done(t)
+    # 11. a foreign web page: DNS rebinding (foreign Host) and cross-site forms (foreign Origin)
+    t = fault("rebinding and cross-site pages")
+    before = llmctl("status", "--json").stdout
+    attacks: list[tuple[str, str, dict[str, str], bytes]] = [
+        ("GET", "/models/status", {"host": f"evil.test:{port}"}, b""),
+        ("GET", "/ui/api/log?server=managed", {"host": f"rebind.example:{port}"}, b""),
+        (
+            "POST",
+            "/models/stop",
+            {"origin": "https://evil.test", "content-type": "text/plain"},
+            b"{}",
+        ),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"origin": "https://evil.test", "content-type": "text/plain"},
+            json.dumps({**CHAT, "model": "A"}).encode(),
+        ),
+        (
+            "POST",
+            "/models/switch",
+            {"sec-fetch-site": "cross-site", "content-type": "text/plain"},
+            b'{"profile": "tiny-b"}',
+        ),
+    ]
+    for method, path, headers, body in attacks:
+        r = httpx.request(method, served.url + path, headers=headers, content=body, timeout=30)
+        refused = r.status_code == 403 and "access-control-allow-origin" not in r.headers
+        t.count("refused" if refused else "lost", f"{method} {path}: {r.status_code}")
+    after = llmctl("status", "--json").stdout
+    if json.loads(before).get("profile") != json.loads(after).get("profile"):
+        t.count("lost", "a foreign page changed what runs")
+    t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "A"}, timeout=120))
+    done(t)
+
     logs = served.logs()
     if "internal error" in logs or "Traceback" in logs:
         rows[-1].lost += 1

@@ -380,7 +380,7 @@ def test_slow_clients_are_cut_and_health_keeps_answering(tmp_path: Path, free_po
         # three times the connection limit, each with half a request header (slowloris)
         for _ in range(60):
             conn = socket.create_connection(("127.0.0.1", free_port))
-            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             half_open.append(conn)
         for _ in range(5):
             assert httpx.get(s.url + "/health", timeout=10).status_code == 200
@@ -392,7 +392,7 @@ def test_slow_clients_are_cut_and_health_keeps_answering(tmp_path: Path, free_po
         # a body that stops coming: 408 after body_timeout
         conn = socket.create_connection(("127.0.0.1", free_port))
         conn.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100\r\n\r\n{"
         )
         conn.settimeout(30)
@@ -423,7 +423,7 @@ def test_deep_json_and_aborted_uploads_are_no_internal_errors(
         for _ in range(20):
             conn = socket.create_connection(("127.0.0.1", free_port))
             conn.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"model":'
             )
             conn.close()

@@ -181,11 +181,65 @@ def test_init_then_switch_runs_the_real_server(
     env = {"LLMCTL_LLAMA_SERVER": str(llama_server_bin)}
     out = tmp_path / "profiles.yaml"
     assert llmctl("init", str(root), "-o", str(out), env=env).returncode == 0
-    text = out.read_text().replace("port: 8081", f"port: {free_port}")
+    text = out.read_text()
+    assert "ports: 8100-8199" in text  # several profiles can run at once from the first manifest
+    text = text.replace("ports: 8100-8199", f"ports: {free_port}-{free_port}")
     out.write_text(text)
     try:
         res = llmctl("switch", "tiny", "--json", env=env)
         assert res.returncode == 0, res.stdout + res.stderr
         assert json.loads(res.stdout)["ready"] is True
+    finally:
+        assert llmctl("stop", env=env).returncode == 0
+
+
+def _free_range(n: int) -> int:
+    """The first port of `n` consecutive free ports on loopback."""
+    import socket
+
+    for _ in range(50):
+        base = _free_port_any()
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def _free_port_any() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_init_manifest_loads_two_models_side_by_side(
+    tmp_path: Path, llama_server_bin: Path
+) -> None:
+    """The README's quick start: `init`, then `load A B` runs both, each on its own port."""
+    root = tmp_path / "models"
+    root.mkdir()
+    write_tiny_model(root / "Alpha.gguf")
+    write_tiny_model(root / "Beta.gguf")
+    env = {"LLMCTL_LLAMA_SERVER": str(llama_server_bin)}
+    out = tmp_path / "profiles.yaml"
+    assert llmctl("init", str(root), "-o", str(out), env=env).returncode == 0
+    base = _free_range(2)
+    out.write_text(out.read_text().replace("ports: 8100-8199", f"ports: {base}-{base + 1}"))
+    try:
+        res = llmctl("load", "alpha", "beta", "--json", env=env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        ps = json.loads(llmctl("ps", "--json", env=env).stdout)
+        running = sorted(s["profile"] for s in ps["servers"])
+        assert running == ["alpha", "beta"], ps
     finally:
         assert llmctl("stop", env=env).returncode == 0

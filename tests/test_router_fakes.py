@@ -188,9 +188,9 @@ def test_api_keys_required_and_compared(tmp_path: Path, fake: FakeUpstream) -> N
         assert r.status_code == 401
         # /v1/health is as open as /health; CORS preflights need no key
         assert httpx.get(url + "/v1/health").status_code == 200
-        r = httpx.options(url + "/v1/chat/completions", headers={"origin": "http://ui.test"})
+        r = httpx.options(url + "/v1/chat/completions", headers={"origin": "http://localhost:3000"})
         assert r.status_code == 200 and r.text == ""
-        assert r.headers["access-control-allow-origin"] == "http://ui.test"
+        assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
         for path in ("/v1/models", "/metrics", "/models/status", "/models/available"):
             assert httpx.get(url + path).status_code == 401, path
         assert httpx.post(url + "/models/switch", json={"profile": "beta"}).status_code == 401
@@ -898,7 +898,7 @@ def test_router_socket_is_closed_cleanly(tmp_path: Path, fake: FakeUpstream) -> 
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"
             )
         r = httpx.post(url + "/v1/chat/completions", json=chat())
         assert r.status_code == 200

@@ -45,6 +45,9 @@ def lint_manifest(path: Path) -> LintResult:
     from llmctl.lint.placement import machine_problems
 
     problems = problems + machine_problems(manifest)
+    from llmctl.lint.template import template_problems
+
+    problems = problems + template_problems(manifest)
     order = {name: i for i, name in enumerate(manifest.profiles)}
     problems.sort(
         key=lambda p: (

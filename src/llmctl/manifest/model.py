@@ -195,6 +195,38 @@ KeepKvCap = Annotated[
 ]
 
 
+def _allowed_host(value: str) -> str:
+    """A `serve.allowed_hosts` entry: a host name, `*.suffix`, or `*` (any)."""
+    text = value.strip()
+    if not text:
+        raise ValueError("an empty host name")
+    if "://" in text or "/" in text:
+        raise ValueError(f"{value!r} is a URL; give the host name alone, e.g. llm.example.com")
+    if any(c.isspace() for c in text):
+        raise ValueError(f"{value!r} contains a space")
+    return text
+
+
+def _cors_origin(value: str) -> str:
+    """A `serve.cors_origins` entry: scheme://host[:port] (with `*` globs), `*` or `null`."""
+    text = value.strip().rstrip("/")
+    if text in ("*", "null"):
+        return text
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme or not rest:
+        raise ValueError(
+            f"{value!r} is not an origin; write scheme://host[:port], e.g. "
+            "https://chat.example.com or http://192.168.1.20:3000 (or * for any)"
+        )
+    if "/" in rest:
+        raise ValueError(f"{value!r} has a path; an origin is scheme://host[:port] alone")
+    return text
+
+
+AllowedHost = Annotated[str, AfterValidator(_allowed_host)]
+CorsOrigin = Annotated[str, AfterValidator(_cors_origin)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=False)
 
@@ -352,6 +384,17 @@ class ServeConfig(_Strict):
     drain_timeout: Duration = 30.0
     inflight_timeout: Duration = 60.0
     stop_server_on_exit: bool = True
+    allowed_hosts: list[AllowedHost] = Field(
+        default_factory=list,
+        description="Host names the router answers to besides loopback ones (a reverse proxy's, "
+        "a LAN name); `*.example.com` globs, `*` for any. On a loopback bind every other Host is "
+        "refused (DNS rebinding); beyond loopback the Host is checked only when this is set.",
+    )
+    cors_origins: list[CorsOrigin] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port], `*` globs) whose pages may use the "
+        "router, besides its own and loopback ones; `*` allows any web page (unsafe).",
+    )
     allow_cors_proxy: bool = Field(
         False,
         description="Pass llama-server's /cors-proxy through (it fetches any URL a client names).",

@@ -204,7 +204,7 @@ def render(
         "",
         "server:",
         "  host: 127.0.0.1",
-        "  port: 8081            # llama-server; the router (llmctl serve) takes 8080",
+        "  ports: 8100-8199       # one port per profile, so several run at once (llmctl load A B)",
     ]
     if not binary_found:
         lines.append(

@@ -68,6 +68,7 @@ from llmctl.router.models import (
     route_kind,
     split_upstream_path,
 )
+from llmctl.router.origins import OriginPolicy
 from llmctl.router.proxy import (
     RelayResponse,
     Reply,
@@ -148,6 +149,8 @@ class Router:
         self.managed_pid: int | None = None
         self.started_pids: set[int] = set()
         self.shutting_down = False
+        # the address the socket listens on (set by whoever binds it): the Host rules depend on it
+        self.bind_host: str | None = None
         self._last_refresh = 0.0
         self._pool: Pool | None = None
         self._remote: httpx.AsyncClient | None = None
@@ -172,6 +175,7 @@ class Router:
         self._fits_cache = None  # what fits depends on the profiles' settings
         self.serve = _serve_of(manifest)
         self.api_keys = serve_keys(self.serve, self.environ)
+        self.origins = OriginPolicy.from_serve(self.serve, self.bind_host or self.serve.host)
         self.index = ModelIndex(manifest)
         self.upstreams = Upstreams.from_serve(self.serve, self.upstreams, self.environ)
         if self._spec_for_factory is None:
@@ -189,6 +193,11 @@ class Router:
         s.max_size = self.serve.queue.max_size
         s.timeout = self.serve.queue.timeout
         s.inflight_timeout = self.serve.inflight_timeout
+
+    def bound_to(self, host: str) -> None:
+        """The socket listens on `host`: the Host and Origin rules follow from it."""
+        self.bind_host = host
+        self.origins = OriginPolicy.from_serve(self.serve, host)
 
     async def reload(self) -> bool:
         """Reload the manifest from its file (SIGHUP); keep the old one when the new one is broken."""
@@ -1246,31 +1255,44 @@ class ProgressStream:
                     await task
 
 
-def _origin(scope: Scope) -> bytes | None:
+def _browser_headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | None]:
+    """Host, Origin, Sec-Fetch-Site and Sec-Fetch-Mode of a request (None when absent)."""
+    host = origin = site = mode = None
     for key, value in scope.get("headers", ()):
-        if key == b"origin":
-            return bytes(value)
-    return None
+        if key == b"host":
+            host = value.decode("latin-1")
+        elif key == b"origin":
+            origin = value.decode("latin-1")
+        elif key == b"sec-fetch-site":
+            site = value.decode("latin-1").lower()
+        elif key == b"sec-fetch-mode":
+            mode = value.decode("latin-1").lower()
+    return host, origin, site, mode
 
 
-def _with_cors(send: Send, origin: bytes) -> Send:
-    """Add llama-server's `Access-Control-Allow-Origin` to responses the router writes itself."""
-    allow = cors_headers(origin.decode("latin-1"), preflight=False)
+def _with_cors(send: Send, origin: str) -> Send:
+    """Add llama-server's `Access-Control-Allow-Origin` to answers for an allowed origin."""
+    allow = [*cors_headers(origin, preflight=False), (b"Vary", b"Origin")]
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = list(message.get("headers", ()))
-            if not any(k.lower() == b"access-control-allow-origin" for k, _ in headers):
-                message = {**message, "headers": headers + allow}
+            headers = [
+                (k, v)
+                for k, v in message.get("headers", ())
+                if k.lower() not in (b"access-control-allow-origin", b"vary")
+            ]
+            message = {**message, "headers": headers + allow}
         await send(message)
 
     return wrapped
 
 
-async def _preflight(scope: Scope, send: Send, origin: bytes) -> None:
-    """A CORS preflight, answered as llama-server answers it: before any key check, empty body."""
+async def _preflight(scope: Scope, send: Send, origin: str) -> None:
+    """A CORS preflight from an allowed origin, answered as llama-server answers it: before any
+    key check, empty body."""
     headers = [
-        *cors_headers(origin.decode("latin-1"), preflight=True),
+        *cors_headers(origin, preflight=True),
+        (b"Vary", b"Origin"),
         (b"Content-Type", b"text/html"),
         (b"Content-Length", b"0"),
     ]
@@ -1304,9 +1326,16 @@ class FastProxy:
             ).response()
             await response(scope, receive, send)
             return
-        origin = _origin(scope)
+        host, origin, site, mode = _browser_headers(scope)
+        refused = router.origins.refusal(host, origin, site, mode == "navigate")
+        if refused is not None:
+            router.metrics.count_rejected(refused.code)
+            router.metrics.count_request(None, None, 403)
+            response = RouterError(403, refused.message, code=refused.code).response()
+            await response(scope, receive, send)
+            return
         if scope["method"] == "OPTIONS":
-            await _preflight(scope, send, origin or b"")
+            await _preflight(scope, send, origin or "")
             return
         if origin is not None:
             send = _with_cors(send, origin)

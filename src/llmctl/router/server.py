@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import re
@@ -34,17 +33,9 @@ from llmctl.errors import LlmctlError, UsageError
 from llmctl.manifest.model import ServeConfig
 from llmctl.router.app import Router, create_app
 from llmctl.router.auth import serve_keys
+from llmctl.router.origins import is_loopback_name
 
 log = logging.getLogger("llmctl.router")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(
@@ -52,7 +43,7 @@ def check_bind(
 ) -> None:
     """Refuse to listen beyond loopback without API keys (`keys`: those `serve` accepts), unless
     told explicitly."""
-    if is_loopback(host) or keys or allow_insecure or serve.allow_insecure_bind:
+    if is_loopback_name(host) or keys or allow_insecure or serve.allow_insecure_bind:
         return
     raise UsageError(
         f"refusing to listen on {host} without API keys: anyone who can reach this machine could "
@@ -261,6 +252,7 @@ def run(
     router: Router = app.state.router
     # every reload must keep the rule that opened this socket: no open bind without keys
     router.bind_check = partial(check_bind, host, allow_insecure=allow_insecure)
+    router.bound_to(host)
     config_kw: dict[str, Any] = {
         "lifespan": "on",
         "log_level": log_level,
