@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmctl.testmodels import write_tiny_model
+
 from llmctl.lint.run import lint_manifest
 from llmctl.llama.gguf_writer import string, u32, write_gguf
-from llmctl.testmodels import write_tiny_model
 
 
 def _base_model(path: Path) -> Path:

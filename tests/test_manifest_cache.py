@@ -49,7 +49,7 @@ def test_the_view_has_every_field_of_the_model() -> None:
 
 
 def test_launch_specs_from_the_cache_are_the_same() -> None:
-    from llmctl.llama.flags import launch_spec
+    from llmctl.supervisor.launch import launch_spec
 
     path = ROOT / "profiles.yaml"
     fresh = model.load_manifest(path)

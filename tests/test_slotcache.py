@@ -173,8 +173,8 @@ def test_profile_folders_are_safe_and_distinct(tmp_path: Path) -> None:
 
 
 def test_keep_kv_in_the_manifest(tmp_path: Path) -> None:
-    from llmctl.llama.flags import launch_spec
     from llmctl.manifest.model import load_manifest
+    from llmctl.supervisor.launch import launch_spec
 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")

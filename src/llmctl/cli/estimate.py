@@ -193,7 +193,7 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
             " share, with the servers' budgets under gpu:"
         )
     if est.gpu_total_bytes:
-        from llmctl.llama.flags import find_binary
+        from llmctl.llama.binary import find_binary
         from llmctl.supervisor.devices import can_offload
 
         if can_offload(find_binary()) is False:
@@ -277,7 +277,7 @@ def _calibration(
     launch first (llama-server at -lv 4 on a free port, stopped once the model is loaded)."""
     if not _may_have_measurement(measure, ask):
         return None  # nothing measured: no need for the measuring code (subprocess, hashlib)
-    from llmctl.llama.flags import launch_spec
+    from llmctl.supervisor.launch import launch_spec
 
     spec = launch_spec(manifest, name)
     return _measurement(
@@ -292,7 +292,7 @@ def _calibration_argv(
     ($LLMCTL_LLAMA_SERVER, else on PATH)."""
     if not _may_have_measurement(measure, ask):
         return None
-    from llmctl.llama.flags import find_binary
+    from llmctl.llama.binary import find_binary
 
     binary = find_binary()
     if binary is None:

@@ -27,7 +27,7 @@ def default_output() -> Path:
 def _gpus() -> tuple[list[tuple[str, int]], bool, str | None]:
     """(name, total bytes) of each NVIDIA GPU nvidia-smi lists; whether llama-server may offload
     at all (supervisor.devices.can_offload); and a warning when nvidia-smi failed."""
-    from llmctl.llama.flags import find_binary
+    from llmctl.llama.binary import find_binary
     from llmctl.supervisor.devices import can_offload, nvidia_smi
 
     found, warning = nvidia_smi()
@@ -129,7 +129,7 @@ def run(
         gpus, offload, warning = _gpus()
         if warning and not json_out:
             sys.stderr.write(f"warning: {warning}; no gpu: section written\n")
-        from llmctl.llama.flags import find_binary
+        from llmctl.llama.binary import find_binary
 
         binary_found = find_binary() is not None
         if not binary_found and not json_out:

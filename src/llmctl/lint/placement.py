@@ -166,13 +166,12 @@ def _rpc_problems(m: Manifest) -> list[Problem]:
 
 def machine_problems(m: Manifest) -> list[Problem]:
     """Rules that read models and the llama-server binary (for `llmctl lint`)."""
-    from llmctl.llama.flags import find_binary
-    from llmctl.llama.help import list_devices
+    from llmctl.llama.binary import find_binary, list_devices
     from llmctl.supervisor.devices import detect
     from llmctl.supervisor.placement import Device
 
     out: list[Problem] = []
-    binary = find_binary(m)
+    binary = find_binary(m.server.binary)
     if isinstance(m.gpu, list) and binary is not None:
         known = list_devices(binary)
         if known is not None:

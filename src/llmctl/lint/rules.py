@@ -9,15 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from llmctl.errors import Problem
-from llmctl.llama.flags import (
-    FLAGS,
-    MANAGED,
-    QUANTIZED_CACHE_TYPES,
-    find_binary,
-    flag_owner,
-    profile_args,
-)
-from llmctl.llama.help import is_gguf, known_flags
+from llmctl.llama.binary import find_binary, is_gguf, known_flags
+from llmctl.llama.flags import FLAGS, MANAGED, QUANTIZED_CACHE_TYPES, flag_owner
+from llmctl.supervisor.launch import profile_args
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
@@ -291,7 +285,7 @@ def _files(out: _Out) -> None:
 
 
 def _binary(out: _Out) -> None:
-    binary = find_binary(out.m)
+    binary = find_binary(out.m.server.binary)
     env = os.environ.get("LLMCTL_LLAMA_SERVER")
     source = "LLMCTL_LLAMA_SERVER" if env else "server.binary" if out.m.server.binary else None
     if binary is None:
@@ -368,7 +362,7 @@ def _rpc_servers(out: _Out) -> None:
             users.setdefault(ep, (name, i))
     if not users:
         return
-    binary = find_binary(out.m)
+    binary = find_binary(out.m.server.binary)
     if binary is not None and build_has_rpc(binary) is False:
         name = next(iter(users.values()))[0]
         out.at(

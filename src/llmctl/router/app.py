@@ -111,7 +111,7 @@ def _several_servers(manifest: Any) -> bool:
 
 
 def _default_spec_for(manifest: Any) -> Callable[[str], LaunchSpec]:
-    from llmctl.llama.flags import launch_spec
+    from llmctl.supervisor.launch import launch_spec
 
     return partial(launch_spec, manifest)
 

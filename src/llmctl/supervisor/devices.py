@@ -176,7 +176,7 @@ def can_offload(binary: str | None) -> bool | None:
         return True
     if binary is None:
         return None
-    from llmctl.llama.help import list_devices
+    from llmctl.llama.binary import list_devices
 
     names = list_devices(binary)
     return None if names is None else bool(names)

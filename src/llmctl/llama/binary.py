@@ -167,3 +167,16 @@ def is_gguf(path: Path) -> bool | None:
             return f.read(4) == b"GGUF"
     except OSError:
         return None
+
+
+def find_binary(configured: str | None = None) -> str | None:
+    """$LLMCTL_LLAMA_SERVER, then `configured` (server.binary), then llama-server on PATH; None when
+    none is found."""
+    env = os.environ.get("LLMCTL_LLAMA_SERVER")
+    if env:
+        return os.path.expanduser(env)
+    if configured:
+        return configured
+    from llmctl.paths import on_path
+
+    return on_path("llama-server")
