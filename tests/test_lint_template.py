@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 from llmctl.lint.run import lint_manifest
 from llmctl.llama.gguf_writer import string, u32, write_gguf

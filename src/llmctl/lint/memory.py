@@ -17,6 +17,7 @@ from llmctl.llama.vocab import (
     cache_block_size,
     parse_overrides,
 )
+from llmctl.manifest.problems import problem as positioned
 from llmctl.memory.estimate import (
     HParams,
     MetadataError,
@@ -51,8 +52,7 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
             hint: str | None,
             name: str = name,
         ) -> None:
-            file, line, column = manifest.where(name, field)
-            out.append(Problem(severity, rule, message, name, file, line, column, hint))
+            out.append(positioned(manifest, severity, rule, message, name, field, hint))
 
         try:
             source = source_for_profile(profile)

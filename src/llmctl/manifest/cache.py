@@ -28,15 +28,16 @@ if TYPE_CHECKING:
 FORMAT = 1
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 # the code whose output is cached: a change to any of them (an upgrade, an edit) is a miss;
-# the checks across profiles (lint's rules without the environment) are kept with the manifest
+# the checks across profiles (manifest/rules.py) are kept with the manifest
 _CODE = (
     "model.py",
     "yamldoc.py",
     "sizes.py",
     "loaded.py",
     "cache.py",
-    "../lint/rules.py",
-    "../lint/placement.py",
+    "rules.py",
+    "problems.py",
+    "../llama/flags.py",  # the managed flags the rules check
     "../llama/rpc.py",  # validates `rpc` endpoints
 )
 
@@ -93,10 +94,10 @@ def _read(path: Path, real: str, text: str) -> _Checked | None:
 def _cross(manifest: Manifest) -> list[Problem] | None:
     """The checks across profiles that need nothing but the manifest; None if they fail (the
     caller runs them again and sees the failure)."""
-    from llmctl.lint.rules import cross_checks
+    from llmctl.manifest.rules import manifest_rules
 
     try:
-        return cross_checks(manifest, include_environment=False)
+        return manifest_rules(manifest)
     except Exception:
         return None
 

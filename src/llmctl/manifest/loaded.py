@@ -219,9 +219,9 @@ def usable(
     """The manifest, or ManifestError with its errors and those of the checks across profiles
     (`cross`: their result already known, as the manifest cache keeps it)."""
     if cross is None:
-        from llmctl.lint.rules import cross_checks
+        from llmctl.manifest.rules import manifest_rules
 
-        cross = cross_checks(manifest, include_environment=False)
+        cross = manifest_rules(manifest)
     problems = problems + cross
     errors = [p for p in problems if p.severity == "error"]
     if errors:
