@@ -104,7 +104,7 @@ def bench_decisions(tmp: Path) -> None:
             capture_output=True,
         )
         runs.append(time.perf_counter() - t)
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.devices import detect
     from llmctl.supervisor.placer import placement_request
 
@@ -201,7 +201,7 @@ def bench_router(tmp: Path, clients: int, rounds: int) -> None:
         f"  c: {{model: {model}, ctx_size: 16384, parallel: 4}}\n"
     )
     # the budget: any two fit together, all three do not
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.devices import detect
     from llmctl.supervisor.placer import placement_request
 

@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from llmctl.llama.flags import launch_spec
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.testing.testmodels import write_tiny_model
 

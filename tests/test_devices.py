@@ -12,7 +12,7 @@ import pytest
 
 from llmctl.lint.run import lint_manifest
 from llmctl.llama.binary import list_devices
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.supervisor.devices import detect, meminfo, nvidia_smi
 from llmctl.testing.testmodels import write_tiny_model
 

@@ -15,7 +15,7 @@ from llmctl.errors import UsageError
 from llmctl.lint.memory import memory_problems
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
 from llmctl.testing.testmodels import write_tiny_model
 

@@ -103,7 +103,7 @@ def test_model_folders_follow_the_tools_variables(tmp_path: Path) -> None:
 
 
 def test_the_manifest_written_validates_and_shows_its_sources(models: Path, tmp_path: Path) -> None:
-    from llmctl.manifest.model import check_manifest
+    from llmctl.manifest.validate import check_manifest
 
     found = scan([models])
     text = render(found.models, [("CUDA0", 24 * 1024**3)], found.searched, offload=True)

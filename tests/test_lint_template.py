@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmctl.testing.testmodels import write_tiny_model
-
 from llmctl.lint.run import lint_manifest
 from llmctl.llama.gguf_writer import string, u32, write_gguf
+from llmctl.testing.testmodels import write_tiny_model
 
 
 def _base_model(path: Path) -> Path:

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from llmctl.cli import build_app
 from llmctl.errors import ManifestError
 from llmctl.llama.flags import FLAGS
-from llmctl.manifest.model import find_manifest, load_manifest
+from llmctl.manifest.discover import find_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.supervisor.launch import launch_spec
 from llmctl.testing.testmodels import write_tiny_model
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
 from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect

@@ -183,7 +183,7 @@ def test_configured_hosts_and_origins(
 
 def test_a_bad_setting_is_a_positioned_manifest_error(tmp_path: Path) -> None:
     from llmctl.errors import LlmctlError
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
 
     path = tmp_path / "profiles.yaml"
     path.write_text(

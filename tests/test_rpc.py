@@ -17,7 +17,7 @@ from llmctl.errors import ManifestError, UsageError
 from llmctl.llama import rpc
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect

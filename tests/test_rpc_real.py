@@ -20,7 +20,7 @@ import pytest
 
 from llmctl.llama import rpc
 from llmctl.llama.gguf import read_gguf
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import mib
 from llmctl.memory.measured import Reported

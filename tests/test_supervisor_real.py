@@ -298,7 +298,7 @@ def test_cli_style_kill_of_switcher_then_recovery(
 def test_api_keys_never_reach_llama_servers_environment(
     tmp_path: Path, llama_server_bin: Path, free_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.launch import launch_spec
     from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.supervisor.procs import environ_has

@@ -39,7 +39,7 @@ def _gpus() -> tuple[list[tuple[str, int]], bool, str | None]:
 def _write(output: Path, text: str, force: bool) -> Path | None:
     """Write the manifest once it validates; the file it replaces (with --force) is kept as
     .bak. Returns that backup's path."""
-    from llmctl.manifest.model import check_manifest
+    from llmctl.manifest.validate import check_manifest
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llmctl.manifest.model import DeviceConfig
+    from llmctl.manifest.view import Device
 
 MiB = 1024**2
 GPU_OVERHEAD = 400 * MiB
@@ -123,7 +123,7 @@ def nvidia_smi(
     return found, None
 
 
-def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> DeviceReport:
+def detect(configs: list[Device], *, smi_timeout: float = SMI_TIMEOUT) -> DeviceReport:
     """The devices of `configs` (Manifest.device_configs()) with this machine's figures."""
     warnings: list[str] = []
     gpus = [c for c in configs if c.name.upper() != "CPU" and c.rpc is None]
