@@ -58,8 +58,8 @@ def main() -> None:
     ap.add_argument("-n", "--runs", type=int, default=15)
     args = ap.parse_args()
 
-    from llmctl.supervisor.launch import launch_spec
     from llmctl.manifest.validate import load_manifest
+    from llmctl.supervisor.launch import launch_spec
     from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.testing.testmodels import write_tiny_model
 
