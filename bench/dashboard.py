@@ -41,7 +41,7 @@ def free_port() -> int:
 
 
 def start_serve(folder: Path, binary: str) -> tuple[subprocess.Popen[bytes], str]:
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     model = write_tiny_model(folder / "tiny.gguf", arch="llama")
     manifest = folder / "profiles.yaml"

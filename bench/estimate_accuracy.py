@@ -2,7 +2,7 @@
 
     uv run python bench/estimate_accuracy.py [--shapes a,b] [--runs N]
 
-For each real-shaped model (llmctl.llama.realshapes: dense with 128k-152k vocabularies,
+For each real-shaped model (llmctl.testing.realshapes: dense with 128k-152k vocabularies,
 gemma3-style sliding window with 262k, MLA, MoE with 8 and 128 experts, a Mamba-2 hybrid, and
 Gemma-3-4B with its vision projector) and
 each launch option set, llama-server (CPU backend, `-lv 4 -nr --no-warmup`) is started until the
@@ -28,11 +28,11 @@ from readiness import find_llama_server, llmctl_cmd
 
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.realshapes import PROJECTORS, SHAPES, write_projector, write_shaped_model
 from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import MiB, ModelSource, estimate
 from llmctl.memory.measured import Reported
 from llmctl.paths import cache_dir
+from llmctl.testing.realshapes import PROJECTORS, SHAPES, write_projector, write_shaped_model
 
 OPTIONS = (
     "-c 8192",

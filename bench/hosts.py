@@ -314,7 +314,7 @@ def main() -> int:
     n = 100 if args.quick else args.requests
     rounds = 1 if args.quick else args.rounds
     binary = find_llama_server()
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="llmctl-bench-hosts-") as tmp:
         root = Path(tmp)

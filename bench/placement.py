@@ -56,7 +56,7 @@ def free_port_range(n: int) -> int:
 
 def bench_decisions(tmp: Path) -> None:
     from llmctl.supervisor.placement import Device, Option, Request, Running, decide
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     rng = random.Random(7)
     devices = [Device(f"CUDA{i}", 24 * GiB, GiB) for i in range(4)] + [
@@ -104,7 +104,7 @@ def bench_decisions(tmp: Path) -> None:
             capture_output=True,
         )
         runs.append(time.perf_counter() - t)
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.devices import detect
     from llmctl.supervisor.placer import placement_request
 
@@ -189,7 +189,7 @@ def pct(values: list[float], q: float) -> float:
 def bench_router(tmp: Path, clients: int, rounds: int) -> None:
     import httpx
 
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     binary = find_llama_server()
     model = write_tiny_model(tmp / "tiny.gguf")
@@ -201,7 +201,7 @@ def bench_router(tmp: Path, clients: int, rounds: int) -> None:
         f"  c: {{model: {model}, ctx_size: 16384, parallel: 4}}\n"
     )
     # the budget: any two fit together, all three do not
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.devices import detect
     from llmctl.supervisor.placer import placement_request
 

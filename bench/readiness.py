@@ -58,10 +58,10 @@ def main() -> None:
     ap.add_argument("-n", "--runs", type=int, default=15)
     args = ap.parse_args()
 
-    from llmctl.llama.flags import launch_spec
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
+    from llmctl.supervisor.launch import launch_spec
     from llmctl.supervisor.lifecycle import Supervisor
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     binary = find_llama_server()
     with tempfile.TemporaryDirectory() as tmp:

@@ -141,7 +141,7 @@ def run_upstream(port: int, work_ms: float) -> None:
 def run_router(port: int, upstream_url: str, workdir: Path) -> None:
     import uvicorn
 
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.router.app import create_app
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.lifecycle import Status

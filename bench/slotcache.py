@@ -68,7 +68,7 @@ def main() -> int:
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.lifecycle import Event, Supervisor
     from llmctl.supervisor.slotcache import KeepKv, saved
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     binary = find_llama_server()
     work = Path(tempfile.mkdtemp(prefix="llmctl-bench-kv-"))

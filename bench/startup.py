@@ -56,7 +56,7 @@ def main() -> None:
     from support import find_llama_server, free_port
 
     from llmctl.supervisor.lifecycle import Supervisor
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     binary = find_llama_server()
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -150,7 +150,7 @@ def main() -> int:
     python = suite_python(tests)
     select = ["-k", args.expr] if args.expr else []
 
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

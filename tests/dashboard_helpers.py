@@ -13,7 +13,7 @@ KEY = "dashboard-test-key"
 
 def write_models(folder: Path) -> tuple[Path, Path, Path]:
     """Two tiny models and a truncated copy of one (its header reads, llama-server refuses it)."""
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     a = write_tiny_model(folder / "tiny-a.gguf", arch="llama")
     b = write_tiny_model(folder / "tiny-b.gguf", arch="llama", seed=7)

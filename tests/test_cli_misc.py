@@ -102,7 +102,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path, args: list[str]) -> None:
     """`llmctl estimate --all | head`: the reader has gone before llmctl writes (its end of the
     pipe is closed first, so every write fails), on the fast path and through typer alike."""
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     model = write_tiny_model(tmp_path / "m.gguf")
     manifest = tmp_path / "profiles.yaml"

@@ -114,7 +114,7 @@ def test_no_pip_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_demo_manifest_names_what_the_model_needs(tmp_path: Path) -> None:
     from llmctl.demo.run import write_manifest
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
 
     path = tmp_path / "profiles.yaml"
     spec = replace(SMOLLM2, chat_template="chatml")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from llmctl.lint.run import lint_manifest
-from llmctl.llama.help import list_devices
-from llmctl.manifest.model import load_manifest
+from llmctl.llama.binary import list_devices
+from llmctl.manifest.validate import load_manifest
 from llmctl.supervisor.devices import detect, meminfo, nvidia_smi
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 MiB = 1024**2
 

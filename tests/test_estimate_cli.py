@@ -15,9 +15,9 @@ from llmctl.errors import UsageError
 from llmctl.lint.memory import memory_problems
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 runner = CliRunner()
 PATTERN = [il % 6 != 5 for il in range(30)]
@@ -250,7 +250,7 @@ def test_a_command_line_on_a_machine_without_a_gpu_says_what_ram_it_takes(
     )
     [note] = [n for n in obj["notes"] if "no GPU" in n]
     assert "RAM" in note and obj["gpu_total_bytes"] > 0
-    from llmctl.manifest.sizes import format_bytes
+    from llmctl.term import format_bytes
 
     assert format_bytes(ram.host_total_bytes) in note
     # an NVIDIA driver (nvidia-smi present, not even run) or no llama-server to ask: no note

@@ -26,7 +26,7 @@ CHAT = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     return (

@@ -8,7 +8,7 @@ from typing import Any
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
 from llmctl.memory.fit import advise
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 GiB = 1024**3
 MiB = 1024**2

@@ -31,7 +31,7 @@ from llmctl.llama.gguf import (
     split_paths,
 )
 from llmctl.llama.gguf_writer import Tensor, Value, array, string, u32, write_gguf
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 EVERY_TYPE = [
     ("t.u8", Value(T_UINT8, 200)),

@@ -19,7 +19,7 @@ from fakes.fake_supervisor import FakeSupervisor, fake_spec
 from fakes.fake_upstream import FakeUpstream, ServerThread
 from fakes.fake_upstream import free_port as another_port
 from hosts_helpers import host_manifest, make_host, stop_llama_servers, wait_until
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.router.app import Router, create_app
 from llmctl.router.hosts import MAX_PROFILES
 
@@ -209,7 +209,7 @@ def test_two_real_hosts_listing_each_other_do_not_ping_pong(
 ) -> None:
     """Both serve `tiny` and list each other first: a request goes A -> B -> A, which A refuses
     (508, the loop); B then falls back to its own server, which answers."""
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
     port_a, port_b = another_port(), another_port()

@@ -30,7 +30,7 @@ BACK_KEY = "back-secret"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf", arch="llama")
 

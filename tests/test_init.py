@@ -12,7 +12,7 @@ import pytest
 from llmctl.llama.gguf import read_gguf
 from llmctl.llama.gguf_writer import string, u32, write_gguf
 from llmctl.manifest.starter import model_folders, profile_name, render, scan
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl as run_llmctl
 
 
@@ -103,7 +103,7 @@ def test_model_folders_follow_the_tools_variables(tmp_path: Path) -> None:
 
 
 def test_the_manifest_written_validates_and_shows_its_sources(models: Path, tmp_path: Path) -> None:
-    from llmctl.manifest.model import check_manifest
+    from llmctl.manifest.validate import check_manifest
 
     found = scan([models])
     text = render(found.models, [("CUDA0", 24 * 1024**3)], found.searched, offload=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from llmctl.lint.run import lint_manifest
 from llmctl.llama.gguf_writer import string, u32, write_gguf
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 
 def _base_model(path: Path) -> Path:

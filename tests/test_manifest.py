@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 
 from llmctl.cli import build_app
 from llmctl.errors import ManifestError
-from llmctl.llama.flags import FLAGS, launch_spec
-from llmctl.manifest.model import find_manifest, load_manifest
-from llmctl.testmodels import write_tiny_model
+from llmctl.llama.flags import FLAGS
+from llmctl.manifest.discover import find_manifest
+from llmctl.manifest.validate import load_manifest
+from llmctl.supervisor.launch import launch_spec
+from llmctl.testing.testmodels import write_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -86,7 +88,7 @@ def test_bundled_example_flags_are_known_to_the_real_binary(
 
 
 def test_every_table_flag_is_known_to_the_real_binary(llama_server_bin: Path) -> None:
-    from llmctl.llama.help import known_flags
+    from llmctl.llama.binary import known_flags
 
     known = known_flags(str(llama_server_bin))
     assert known is not None
@@ -465,7 +467,7 @@ def test_flags_the_installed_binary_does_not_know(
 
 
 def test_help_cache_is_used_and_keyed_by_mtime(tmp_path: Path) -> None:
-    from llmctl.llama.help import known_flags
+    from llmctl.llama.binary import known_flags
 
     fake = tmp_path / "llama-server"
     fake.write_text(

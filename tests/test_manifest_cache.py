@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from llmctl.errors import ManifestError
-from llmctl.manifest import cache, model
-from llmctl.manifest.loaded import ManifestView
+from llmctl.manifest import cache, validate
+from llmctl.manifest.view import ManifestView
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def _fields(obj: Any) -> Any:
 
 def test_the_view_has_every_field_of_the_model() -> None:
     path = ROOT / "profiles.yaml"
-    fresh, problems = model.check_manifest(path)
+    fresh, problems = validate.check_manifest(path)
     first, first_problems = cache.check_manifest(path)  # validates, writes the entry
     view, view_problems = cache.check_manifest(path)  # reads it back
     assert not isinstance(first, ManifestView) and isinstance(view, ManifestView)
@@ -49,10 +49,10 @@ def test_the_view_has_every_field_of_the_model() -> None:
 
 
 def test_launch_specs_from_the_cache_are_the_same() -> None:
-    from llmctl.llama.flags import launch_spec
+    from llmctl.supervisor.launch import launch_spec
 
     path = ROOT / "profiles.yaml"
-    fresh = model.load_manifest(path)
+    fresh = validate.load_manifest(path)
     cache.load_manifest(path)
     view = cache.load_manifest(path)
     assert isinstance(view, ManifestView)
@@ -114,7 +114,7 @@ def test_errors_are_the_same_from_the_cache(tmp_path: Path) -> None:
     path = tmp_path / "profiles.yaml"
     path.write_text("version: 1\nprofiles:\n  a: {model: m.gguf, ctx_size: -4, ngl: 3}\n")
     with pytest.raises(ManifestError) as fresh:
-        model.load_manifest(path)
+        validate.load_manifest(path)
     for _ in range(2):  # validated, then from the cache
         with pytest.raises(ManifestError) as cached:
             cache.load_manifest(path)

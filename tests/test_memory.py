@@ -19,7 +19,7 @@ from llmctl.memory.estimate import (
     hparams_from_metadata,
     weights_estimate,
 )
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 LLAMA_8B = {
     "general.architecture": "llama",

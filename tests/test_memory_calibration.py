@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from llmctl.cli import build_app
-from llmctl.memory.calibration import calibration_key, memory_args, on_free_port, parse_version
+from llmctl.llama.binary import parse_version
+from llmctl.memory.calibration import calibration_key, memory_args, on_free_port
 from llmctl.memory.measured import CacheReport, parse_reported
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 runner = CliRunner()
 

@@ -9,9 +9,9 @@ from llmctl.lint.memory import memory_problems
 from llmctl.llama.gguf import ggml_type, read_gguf
 from llmctl.llama.gguf_writer import Tensor, string, u32, write_gguf
 from llmctl.llama.vocab import parse_overrides
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 
 def _moe(tmp: Path) -> Path:

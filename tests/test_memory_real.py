@@ -19,7 +19,7 @@ from llmctl.llama.gguf import read_gguf
 from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
 from llmctl.memory.measured import Reported
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("llama", {}),

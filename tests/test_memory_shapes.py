@@ -14,10 +14,10 @@ import pytest
 
 from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
-from llmctl.llama.realshapes import PROJECTORS, shape, write_projector, write_shaped_model
 from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import LaunchOptions, MiB, ModelSource, estimate, mib
 from llmctl.memory.measured import Reported
+from llmctl.testing.realshapes import PROJECTORS, shape, write_projector, write_shaped_model
 
 CASES = [
     ("gemma3-270m", "-c 4096"),

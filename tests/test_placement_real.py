@@ -17,7 +17,7 @@ from llmctl.errors import StateDirError
 from llmctl.supervisor import lifecycle, procs
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.state import state_dir_error
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl
 from supervisor_helpers import fake_pids, fake_spec, kill_fakes
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
 from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placer import placement_request
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl
 
 N_LAYER = 7  # + the output layer: 8 units to split

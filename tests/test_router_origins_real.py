@@ -49,7 +49,7 @@ profiles:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf", arch="llama")
 
@@ -183,7 +183,7 @@ def test_configured_hosts_and_origins(
 
 def test_a_bad_setting_is_a_positioned_manifest_error(tmp_path: Path) -> None:
     from llmctl.errors import LlmctlError
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
 
     path = tmp_path / "profiles.yaml"
     path.write_text(

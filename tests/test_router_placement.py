@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from llmctl.supervisor import procs
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl
 from serving import Served, start_serve, stop_serve
 from supervisor_helpers import wait_until

@@ -24,7 +24,7 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     return (

@@ -16,15 +16,15 @@ from llmctl.cli import build_app
 from llmctl.errors import ManifestError, UsageError
 from llmctl.llama import rpc
 from llmctl.llama.argv import parse_llama_args
-from llmctl.llama.flags import launch_spec
 from llmctl.llama.gguf import read_gguf
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.memory.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect
+from llmctl.supervisor.launch import launch_spec
 from llmctl.supervisor.placement import Running, decide
 from llmctl.supervisor.placer import placement_request, plan_load, policy_devices
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 
 N_LAYER = 7  # + the output layer: 8 units to split
 A = "192.168.1.20:50052"

@@ -20,14 +20,14 @@ import pytest
 
 from llmctl.llama import rpc
 from llmctl.llama.gguf import read_gguf
-from llmctl.manifest.model import load_manifest
+from llmctl.manifest.validate import load_manifest
 from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import mib
 from llmctl.memory.measured import Reported
 from llmctl.memory.plan import DevicePlan
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.placer import placement_request
-from llmctl.testmodels import write_tiny_model
+from llmctl.testing.testmodels import write_tiny_model
 from processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent

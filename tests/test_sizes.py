@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmctl.manifest.sizes import format_bytes, parse_duration, parse_size
+from llmctl.manifest.sizes import parse_duration, parse_size
+from llmctl.term import format_bytes
 
 
 @pytest.mark.parametrize(

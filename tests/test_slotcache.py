@@ -173,8 +173,8 @@ def test_profile_folders_are_safe_and_distinct(tmp_path: Path) -> None:
 
 
 def test_keep_kv_in_the_manifest(tmp_path: Path) -> None:
-    from llmctl.llama.flags import launch_spec
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
+    from llmctl.supervisor.launch import launch_spec
 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
@@ -200,7 +200,7 @@ def test_keep_kv_in_the_manifest(tmp_path: Path) -> None:
 
 def test_a_bad_keep_kv_value_names_its_line(tmp_path: Path) -> None:
     from llmctl.errors import ManifestError
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
 
     path = tmp_path / "profiles.yaml"
     path.write_text("version: 1\nprofiles:\n  a:\n    model: m.gguf\n    keep_kv: lots\n")

@@ -25,7 +25,7 @@ PROMPT = "The quick brown fox jumps over the lazy dog. " * 12  # ~540 byte token
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     folder = tmp_path_factory.mktemp("kv-models")
     a = write_tiny_model(folder / "a.gguf", arch="llama")

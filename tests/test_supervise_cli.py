@@ -116,7 +116,7 @@ def test_fast_path_imports_nothing_heavy(manifest: Path, tmp_path: Path) -> None
     ):
         assert "HEAVY []" in _heavy_imports(*args), args
     gguf = tmp_path / "tiny.gguf"
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     write_tiny_model(gguf)
     assert "HEAVY []" in _heavy_imports("estimate", "--", "-m", str(gguf), "-c", "512")

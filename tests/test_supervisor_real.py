@@ -24,7 +24,7 @@ from llmctl.supervisor.state import read_state
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     folder = tmp_path_factory.mktemp("models")
     a = write_tiny_model(folder / "tiny-a.gguf", arch="llama")
@@ -242,7 +242,7 @@ def test_status_memory_counts_each_cache_once_beside_a_draft(
     print their buffers first, and the draft's come after the main model's."""
     from llmctl.llama.gguf import read_gguf
     from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     model = write_tiny_model(tmp_path / "swa.gguf", arch="gemma3")
     spec = real_spec(llama_server_bin, model, _port(), "swa", "-v", "-md", str(model))
@@ -298,11 +298,11 @@ def test_cli_style_kill_of_switcher_then_recovery(
 def test_api_keys_never_reach_llama_servers_environment(
     tmp_path: Path, llama_server_bin: Path, free_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmctl.llama.flags import launch_spec
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
+    from llmctl.supervisor.launch import launch_spec
     from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.supervisor.procs import environ_has
-    from llmctl.testmodels import write_tiny_model
+    from llmctl.testing.testmodels import write_tiny_model
 
     model = write_tiny_model(tmp_path / "m.gguf")
     manifest = tmp_path / "profiles.yaml"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmctl.llama.gguf import read_gguf
-from llmctl.testmodels import ARCHITECTURES, write_tiny_model
+from llmctl.testing.testmodels import ARCHITECTURES, write_tiny_model
 from processes import stop_process
 
 

@@ -1,4 +1,28 @@
-"""Error families. Each carries what went wrong, where, and what to do; the CLI renders them.
+"""Error families. Each carries what went wrong, where, and what to do (message, hint, exit code).
+
+The tree, and the surface that renders each. CLI: `cli/output.render_error` (and the `error` object
+of --json), with the class's exit code. Router: an error met while switching or loading becomes
+`SwitchFailed`, answered as an OpenAI-shaped error reply (`router/errors.py`); one met on a manifest
+reload is logged and the previous manifest kept.
+
+  Exception
+  ├── LlmctlError              message, hint, exit code
+  │   ├── ManifestError        profiles.yaml unusable; .problems       CLI (exit 2); router: reload log
+  │   ├── UsageError           unknown profile, bad flag value          CLI (exit 2); `serve` start-up
+  │   ├── GGUFError            a model file that is not GGUF            CLI (exit 2); lint: a Problem
+  │   ├── LaunchError          llama-server did not start; stderr tail  CLI (exit 1, the tail); router
+  │   │   └── LoadCancelled    a newer switch or unload took over       CLI; router (quiet when it
+  │   │                                                                 was another request's doing)
+  │   ├── LockTimeout          another llmctl holds the lock            CLI (exit 3); router
+  │   ├── StateDirError        the state folder cannot be written       CLI (exit 4); router
+  │   ├── MetadataError        GGUF metadata the estimator lacks        CLI; lint: a Problem
+  │   │                        (memory/estimate.py; also a ValueError)
+  │   ├── PlacementRefused     nothing fits; .decision                  CLI; router (with the decision)
+  │   │                        (supervisor/placer.py)
+  │   └── FetchError           the demo model cannot be fetched         CLI (`llmctl demo`)
+  └── internal, never shown as such: YamlLoadError (manifest/yamldoc.py, becomes a Problem),
+      CorruptState (supervisor/state.py), SlotError (supervisor/slotcache.py), and the router's
+      own RouterError, UpstreamFailure, ConnectFailed, StreamBroken, SwitchFailed and BadState.
 
 Exit codes (stable, documented in the README):
   0  success

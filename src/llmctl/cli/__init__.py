@@ -48,7 +48,7 @@ def build_app(names: list[str] | None = None) -> typer.Typer:
     """The typer app with the given commands registered (all by default)."""
     from llmctl.cli.app import new_app
 
-    app = new_app()
+    app = new_app(list(COMMANDS))
     for name in names or list(COMMANDS):
         _module(name).register(app)  # type: ignore[attr-defined]
     return app

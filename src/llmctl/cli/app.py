@@ -1,22 +1,25 @@
-"""The typer application (root options only); command modules register on it."""
+"""The typer application (root options only); command modules register on it. Given the order
+to list the commands in, so it needs nothing from the command table (cli/__init__.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
 
-class _InTableOrder(TyperGroup):
-    """Commands listed as the command table orders them (typer puts groups such as `lint` last)."""
+def _in_order(order: Sequence[str]) -> type[TyperGroup]:
+    """A group listing its commands in `order` (typer puts groups such as `lint` last)."""
+    ranks = {name: i for i, name in enumerate(order)}
 
-    def list_commands(self, ctx: Any) -> list[str]:
-        from llmctl.cli import COMMANDS
+    class InOrder(TyperGroup):
+        def list_commands(self, ctx: Any) -> list[str]:
+            names = super().list_commands(ctx)
+            return sorted(names, key=lambda n: ranks.get(n, len(ranks)))
 
-        order = list(COMMANDS)
-        names = super().list_commands(ctx)
-        return sorted(names, key=lambda n: order.index(n) if n in order else len(order))
+    return InOrder
 
 
 def _version(value: bool) -> None:
@@ -27,10 +30,11 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-def new_app() -> typer.Typer:
+def new_app(order: Sequence[str] = ()) -> typer.Typer:
+    """The root app; `--help` lists its commands in `order` (the command table's)."""
     app = typer.Typer(
         name="llmctl",
-        cls=_InTableOrder,
+        cls=_in_order(order),
         help=(
             "Manage llama.cpp's llama-server: validated profiles, exact memory estimates, "
             "switching, and an OpenAI-compatible router."

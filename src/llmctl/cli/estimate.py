@@ -7,20 +7,9 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
 from llmctl.cli.argv import parse
-from llmctl.cli.output import (
-    BOLD,
-    DIM,
-    GREEN,
-    RED,
-    YELLOW,
-    error_json,
-    error_lines,
-    print_json,
-    run_command,
-    style,
-    table,
-)
+from llmctl.cli.output import error_json, error_lines, print_json, run_command, table
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
+from llmctl.term import BOLD, DIM, GREEN, RED, YELLOW, style
 
 if TYPE_CHECKING:
     import typer
@@ -31,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def size(n: int | None) -> str:
-    from llmctl.manifest.sizes import format_bytes
+    from llmctl.term import format_bytes
 
     return "-" if n is None else format_bytes(n)
 
@@ -204,7 +193,7 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
             " share, with the servers' budgets under gpu:"
         )
     if est.gpu_total_bytes:
-        from llmctl.llama.flags import find_binary
+        from llmctl.llama.binary import find_binary
         from llmctl.supervisor.devices import can_offload
 
         if can_offload(find_binary()) is False:
@@ -288,7 +277,7 @@ def _calibration(
     launch first (llama-server at -lv 4 on a free port, stopped once the model is loaded)."""
     if not _may_have_measurement(measure, ask):
         return None  # nothing measured: no need for the measuring code (subprocess, hashlib)
-    from llmctl.llama.flags import launch_spec
+    from llmctl.supervisor.launch import launch_spec
 
     spec = launch_spec(manifest, name)
     return _measurement(
@@ -303,7 +292,7 @@ def _calibration_argv(
     ($LLMCTL_LLAMA_SERVER, else on PATH)."""
     if not _may_have_measurement(measure, ask):
         return None
-    from llmctl.llama.flags import find_binary
+    from llmctl.llama.binary import find_binary
 
     binary = find_binary()
     if binary is None:

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 from llmctl.cli.argv import parse
 from llmctl.cli.estimate import size
-from llmctl.cli.output import BOLD, GREEN, RED, print_json, run_command, style, table
+from llmctl.cli.output import print_json, run_command, table
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
+from llmctl.term import BOLD, GREEN, RED, style
 
 if TYPE_CHECKING:
     import typer

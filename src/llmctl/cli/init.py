@@ -8,8 +8,9 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
 from llmctl.cli.argv import parse
-from llmctl.cli.output import BOLD, DIM, GREEN, print_json, run_command, style, table
+from llmctl.cli.output import print_json, run_command, table
 from llmctl.errors import EXIT_INPUT, EXIT_OK, LlmctlError, UsageError
+from llmctl.term import BOLD, DIM, GREEN, style
 
 if TYPE_CHECKING:
     import typer
@@ -26,7 +27,7 @@ def default_output() -> Path:
 def _gpus() -> tuple[list[tuple[str, int]], bool, str | None]:
     """(name, total bytes) of each NVIDIA GPU nvidia-smi lists; whether llama-server may offload
     at all (supervisor.devices.can_offload); and a warning when nvidia-smi failed."""
-    from llmctl.llama.flags import find_binary
+    from llmctl.llama.binary import find_binary
     from llmctl.supervisor.devices import can_offload, nvidia_smi
 
     found, warning = nvidia_smi()
@@ -38,7 +39,7 @@ def _gpus() -> tuple[list[tuple[str, int]], bool, str | None]:
 def _write(output: Path, text: str, force: bool) -> Path | None:
     """Write the manifest once it validates; the file it replaces (with --force) is kept as
     .bak. Returns that backup's path."""
-    from llmctl.manifest.model import check_manifest
+    from llmctl.manifest.validate import check_manifest
 
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -68,8 +69,8 @@ def _write(output: Path, text: str, force: bool) -> Path | None:
 
 
 def _summary(models: list[FoundModel]) -> list[str]:
-    from llmctl.manifest.sizes import format_bytes
     from llmctl.manifest.starter import start_ctx
+    from llmctl.term import format_bytes
 
     rows = []
     for m in models:
@@ -128,7 +129,7 @@ def run(
         gpus, offload, warning = _gpus()
         if warning and not json_out:
             sys.stderr.write(f"warning: {warning}; no gpu: section written\n")
-        from llmctl.llama.flags import find_binary
+        from llmctl.llama.binary import find_binary
 
         binary_found = find_binary() is not None
         if not binary_found and not json_out:

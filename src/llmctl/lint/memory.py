@@ -17,7 +17,7 @@ from llmctl.llama.vocab import (
     cache_block_size,
     parse_overrides,
 )
-from llmctl.manifest.sizes import format_bytes
+from llmctl.manifest.problems import problem as positioned
 from llmctl.memory.estimate import (
     HParams,
     MetadataError,
@@ -28,6 +28,7 @@ from llmctl.memory.estimate import (
     vocab_size,
 )
 from llmctl.memory.profile import estimate_profile
+from llmctl.term import format_bytes
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
@@ -49,8 +50,7 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
             hint: str | None,
             name: str = name,
         ) -> None:
-            file, line, column = manifest.where(name, field)
-            out.append(Problem(severity, rule, message, name, file, line, column, hint))
+            out.append(positioned(manifest, severity, rule, message, name, field, hint))
 
         try:
             source = source_for_profile(profile)

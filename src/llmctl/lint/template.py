@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llmctl.errors import GGUFError, Problem
+from llmctl.manifest.problems import problem
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
@@ -34,17 +35,15 @@ def template_problems(manifest: Manifest) -> list[Problem]:
             continue  # the memory rules report an unreadable file
         if source is None or TEMPLATE_KEY in source.metadata:
             continue
-        file, line, column = manifest.where(name, "model")
         out.append(
-            Problem(
+            problem(
+                manifest,
                 "warning",
                 "chat-template",
                 "the model has no chat template (a base model?): chat requests get llama-server's "
                 "generic template and the answers read as noise",
                 name,
-                file,
-                line,
-                column,
+                "model",
                 "use /completion or /infill for a base model, or name a template: "
                 "chat_template: chatml (or chat_template_file: PATH)",
             )

@@ -1,4 +1,6 @@
-"""Profile -> llama-server command line. FLAGS is the one table of field -> flag (the README shows it).
+"""The one table of profile field -> llama-server flag (FLAGS; the README shows it), the flags llmctl
+manages itself (MANAGED), and every spelling of each. A table only: supervisor/launch.py composes a
+profile's command line from it. Imports nothing of llmctl above llama/.
 
 `-m`, `-c`, `-np`, `-ngl`, `--host`, `--port` and `--alias` are always passed, so memory use does not
 depend on llama-server's `--fit`, which otherwise rewrites the context and layer count.
@@ -6,16 +8,10 @@ depend on llama-server's `--fit`, which otherwise rewrites the context and layer
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from llmctl.llama.rpc import RPC_FLAG
-from llmctl.supervisor.launch import LaunchSpec
-
-if TYPE_CHECKING:
-    from llmctl.manifest.model import Manifest, Profile, ServerConfig
-    from llmctl.supervisor.slotcache import KeepKv
 
 # The KV cache types llama-server accepts (-ctk/-ctv), and those that are quantized.
 from llmctl.llama.vocab import CACHE_TYPES as CACHE_TYPES
@@ -102,106 +98,6 @@ def flag_owner(arg: str) -> str | None:
         if name in f.spellings:
             return f.field
     return MANAGED.get(name)
-
-
-def _value(v: object) -> str:
-    if isinstance(v, bool):
-        return "on" if v else "off"
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v)
-
-
-def _load_mode(profile: Profile) -> str | None:
-    if profile.mlock is None and profile.mmap is None:
-        return None
-    mmap = profile.mmap is not False
-    if profile.mlock:
-        return "mmap+mlock" if mmap else "mlock"
-    return "mmap" if mmap else "none"
-
-
-def profile_args(name: str, profile: Profile, host: str, port: int) -> list[str]:
-    """The llama-server arguments (without the binary) for a profile, in table order."""
-    args: list[str] = []
-    explicit = profile.model_fields_set
-    for f in FLAGS:
-        if not f.always and f.field not in explicit:
-            continue
-        value = getattr(profile, f.field)
-        if value is None:
-            continue
-        if f.kind == "value":
-            args += [f.flag, _value(value)]
-        elif f.kind == "list":
-            if value:
-                args += [f.flag, ",".join(_value(v) for v in value)]
-        elif f.kind == "switch":
-            if value:
-                args.append(f.flag)
-        elif f.kind == "bool-pair":
-            args.append(f.flag if value else (f.off_flag or f.flag))
-    mode = _load_mode(profile)
-    if mode is not None:
-        args += ["--load-mode", mode]
-    args += ["--host", host, "--port", str(port), "--alias", ",".join([name, *profile.aliases])]
-    args += profile.extra_args
-    return args
-
-
-def find_binary(manifest: Manifest | None = None) -> str | None:
-    """$LLMCTL_LLAMA_SERVER, then server.binary, then llama-server on PATH; None when none is found."""
-    env = os.environ.get("LLMCTL_LLAMA_SERVER")
-    if env:
-        return os.path.expanduser(env)
-    if manifest is not None and manifest.server.binary:
-        return manifest.server.binary
-    from llmctl.paths import on_path
-
-    return on_path("llama-server")
-
-
-def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
-    """Everything the supervisor needs to run profile `name` (a name or alias)."""
-    pname = manifest.resolve(name)
-    profile = manifest.profiles[pname]
-    server = manifest.server
-    host = profile.host or server.host
-    port = manifest.profile_port(pname)
-    binary = find_binary(manifest) or "llama-server"
-    return LaunchSpec(
-        profile=pname,
-        argv=(binary, *profile_args(pname, profile, host, port)),
-        env=dict(profile.env),
-        host=host,
-        port=port,
-        ready_timeout=profile.ready_timeout or server.ready_timeout,
-        stall_timeout=profile.stall_timeout or server.stall_timeout,
-        stop_timeout=profile.stop_timeout or server.stop_timeout,
-        model=profile.model,
-        unset_env=secret_env_names(manifest),
-        keep_kv=_keep_kv(profile, server),
-    )
-
-
-def _keep_kv(profile: Profile, server: ServerConfig) -> KeepKv | None:
-    if not profile.keep_kv:
-        return None
-    from llmctl.supervisor.slotcache import KeepKv
-
-    return KeepKv(
-        max_bytes=profile.keep_kv,
-        total_bytes=server.keep_kv_total,
-        max_age_s=server.keep_kv_max_age,
-        timeout_s=server.keep_kv_timeout,
-    )
-
-
-def secret_env_names(manifest: Manifest) -> tuple[str, ...]:
-    """Environment variables that hold keys (router and upstreams): never passed to llama-server."""
-    names = {manifest.serve.api_keys_env, "LLMCTL_API_KEYS"}
-    names.update(u.api_key_env for u in manifest.serve.upstreams if u.api_key_env)
-    return tuple(sorted(names))
 
 
 def flags_table() -> str:

@@ -1,7 +1,7 @@
 """GGUF writer: metadata and tensors to a file llama-server loads (the reader is llama/gguf.py).
 
 Written by hand with `struct`, no numpy and no `gguf` package. Tensor data is random (or given);
-`llmctl.testmodels` builds whole tiny models with it.
+`llmctl.testing.testmodels` builds whole tiny models with it.
 """
 
 from __future__ import annotations

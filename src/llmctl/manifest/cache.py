@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from llmctl.errors import Problem
 from llmctl.manifest.discover import find_manifest
-from llmctl.manifest.loaded import ManifestView, dump_value, usable
+from llmctl.manifest.problems import usable
 from llmctl.manifest.source import Source
+from llmctl.manifest.view import ManifestView, dump_value
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
@@ -28,15 +29,18 @@ if TYPE_CHECKING:
 FORMAT = 1
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 # the code whose output is cached: a change to any of them (an upgrade, an edit) is a miss;
-# the checks across profiles (lint's rules without the environment) are kept with the manifest
+# the checks across profiles (manifest/rules.py) are kept with the manifest
 _CODE = (
     "model.py",
     "yamldoc.py",
     "sizes.py",
-    "loaded.py",
+    "view.py",
+    "types.py",
+    "validate.py",
     "cache.py",
-    "../lint/rules.py",
-    "../lint/placement.py",
+    "rules.py",
+    "problems.py",
+    "../llama/flags.py",  # the managed flags the rules check
     "../llama/rpc.py",  # validates `rpc` endpoints
 )
 
@@ -93,10 +97,10 @@ def _read(path: Path, real: str, text: str) -> _Checked | None:
 def _cross(manifest: Manifest) -> list[Problem] | None:
     """The checks across profiles that need nothing but the manifest; None if they fail (the
     caller runs them again and sees the failure)."""
-    from llmctl.lint.rules import cross_checks
+    from llmctl.manifest.rules import manifest_rules
 
     try:
-        return cross_checks(manifest, include_environment=False)
+        return manifest_rules(manifest)
     except Exception:
         return None
 
@@ -130,7 +134,7 @@ def _write(real: str, text: str, manifest: Manifest, problems: list[Problem]) ->
 
 
 def check_manifest(path: Path) -> tuple[Manifest, list[Problem]]:
-    """`llmctl.manifest.model.check_manifest`, from the cache while nothing it depends on changed."""
+    """`llmctl.manifest.validate.check_manifest`, from the cache while nothing it depends on changed."""
     manifest, problems, _ = _checked(path)
     return manifest, problems
 
@@ -147,16 +151,21 @@ def _checked(path: Path) -> _Checked:
         hit = _read(path, real, text)
         if hit is not None:
             return hit
-    from llmctl.manifest import model
+    from llmctl.manifest import validate
 
     # the bytes read above, so that the entry holds what was validated
-    manifest, problems = model.check_manifest(path, data if text is not None else None)
+    manifest, problems = validate.check_manifest(path, data if text is not None else None)
     if text is not None:
         _write(real, text, manifest, problems)
     return manifest, problems, None
 
 
 def load_manifest(path: Path | str | None = None) -> Manifest:
-    """`llmctl.manifest.model.load_manifest`, from the cache while the file is unchanged."""
+    """`llmctl.manifest.validate.load_manifest`, from the cache while the file is unchanged."""
     found = find_manifest(path)
-    return usable(found, *_checked(found))
+    manifest, problems, cross = _checked(found)
+    if cross is None:
+        from llmctl.manifest.rules import manifest_rules
+
+        cross = manifest_rules(manifest)
+    return usable(found, manifest, problems, cross)

@@ -67,13 +67,3 @@ def parse_duration(value: object) -> float:
     if not math.isfinite(seconds):
         raise ValueError(f"{value!r} is too long to be a duration")
     return seconds
-
-
-def format_bytes(n: int | float) -> str:
-    """`1.50 GiB`, `512.00 MiB`: binary units, two decimals, as llama-server prints MiB."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.2f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.2f} GiB"  # pragma: no cover

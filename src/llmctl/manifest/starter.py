@@ -18,7 +18,7 @@ from pathlib import Path
 
 from llmctl.errors import GGUFError
 from llmctl.llama.gguf import GGUFFile, read_gguf
-from llmctl.manifest.sizes import format_bytes
+from llmctl.term import format_bytes
 
 START_CTX = 8192
 MAX_DEPTH = 8

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -22,43 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmctl.llama.binary import LlamaBuild, llama_build
 from llmctl.memory.measured import FAILED, LOADED, Reported, parse_reported
 
 # arguments that do not change memory: left out of the key
 _UNKEYED = {"--host": 1, "--port": 1, "--alias": 1, "-a": 1, "-lv": 1, "--verbosity": 1}
 _UNKEYED_SWITCHES = {"--no-warmup", "-v", "--verbose"}
-_VERSION = re.compile(r"version:\s*(\S+)\s*\(build\s*(\d+)(?:,\s*commit\s*(\S+?))?\)")
-
-
-@dataclass(frozen=True)
-class LlamaBuild:
-    """llama-server's `--version`: the release, its build number and commit."""
-
-    version: str
-    build: int
-    commit: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.version} (build {self.build}, commit {self.commit})"
-
-
-def parse_version(text: str) -> LlamaBuild | None:
-    m = _VERSION.search(text)
-    if not m:
-        return None
-    return LlamaBuild(m[1], int(m[2]), m[3] or "unknown")
-
-
-def llama_build(binary: str) -> LlamaBuild | None:
-    """Ask the binary for its version (None when it cannot say)."""
-    try:
-        done = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_version(done.stdout + done.stderr)
 
 
 def memory_args(argv: Sequence[str]) -> list[str]:

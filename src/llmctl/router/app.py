@@ -111,7 +111,7 @@ def _several_servers(manifest: Any) -> bool:
 
 
 def _default_spec_for(manifest: Any) -> Callable[[str], LaunchSpec]:
-    from llmctl.llama.flags import launch_spec
+    from llmctl.supervisor.launch import launch_spec
 
     return partial(launch_spec, manifest)
 
@@ -201,7 +201,7 @@ class Router:
 
     async def reload(self) -> bool:
         """Reload the manifest from its file (SIGHUP); keep the old one when the new one is broken."""
-        from llmctl.manifest.model import load_manifest
+        from llmctl.manifest.validate import load_manifest
 
         try:
             manifest = await run_in_threadpool(load_manifest, self.manifest_path)

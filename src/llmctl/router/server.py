@@ -235,7 +235,8 @@ def run(
 ) -> None:
     """Serve until a signal says stop. Raises LlmctlError for what a user can fix."""
     from llmctl import paths
-    from llmctl.manifest.model import find_manifest, load_manifest
+    from llmctl.manifest.discover import find_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.lifecycle import Supervisor
 
     _setup_logging(log_level)

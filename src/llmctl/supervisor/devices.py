@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llmctl.manifest.model import DeviceConfig
+    from llmctl.manifest.view import Device
 
 MiB = 1024**2
 GPU_OVERHEAD = 400 * MiB
@@ -123,7 +123,7 @@ def nvidia_smi(
     return found, None
 
 
-def detect(configs: list[DeviceConfig], *, smi_timeout: float = SMI_TIMEOUT) -> DeviceReport:
+def detect(configs: list[Device], *, smi_timeout: float = SMI_TIMEOUT) -> DeviceReport:
     """The devices of `configs` (Manifest.device_configs()) with this machine's figures."""
     warnings: list[str] = []
     gpus = [c for c in configs if c.name.upper() != "CPU" and c.rpc is None]
@@ -176,7 +176,7 @@ def can_offload(binary: str | None) -> bool | None:
         return True
     if binary is None:
         return None
-    from llmctl.llama.help import list_devices
+    from llmctl.llama.binary import list_devices
 
     names = list_devices(binary)
     return None if names is None else bool(names)

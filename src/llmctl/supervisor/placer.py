@@ -105,10 +105,10 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
     A profile whose model can be neither read nor described (`metadata:`) is placed with no
     memory (its launch will fail and say why).
     """
-    from llmctl.llama.flags import launch_spec
     from llmctl.memory.estimate import source_for_profile
     from llmctl.memory.plan import DevicePlan, GpuTarget, plan_devices
     from llmctl.memory.profile import estimate_profile
+    from llmctl.supervisor.launch import launch_spec
 
     name = manifest.resolve(name)
     profile = manifest.profiles[name]
@@ -174,7 +174,7 @@ def _share(device: DeviceInfo) -> float:
 
 def command_spec(manifest: Manifest, name: str) -> LaunchSpec:
     """The launch `llmctl switch`/`command` use: the plan's first choice when devices are listed."""
-    from llmctl.llama.flags import launch_spec
+    from llmctl.supervisor.launch import launch_spec
 
     if not manifest.devices_listed:
         return launch_spec(manifest, name)

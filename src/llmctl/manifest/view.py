@@ -1,19 +1,48 @@
-"""What a loaded manifest answers: names, aliases, positions. Shared by the pydantic `Manifest` that
-validation builds and by `ManifestView`, the same data read back from the cache without pydantic.
+"""What a loaded manifest answers: names, aliases, ports, devices, the GPU budget, positions. Shared
+by the pydantic `Manifest` that validation builds (manifest/model.py) and by `ManifestView`, the same
+data read back from the cache without pydantic. Typed against the few members it reads (Device, a
+Protocol), so this module imports nothing of manifest/model.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from llmctl.errors import ManifestError, Problem, UsageError
+from llmctl.errors import UsageError
 from llmctl.manifest.source import Path_, Source
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from llmctl.manifest.model import DeviceConfig, GpuConfig, Manifest
+# the defaults of a `gpu:` device (manifest/model.py's GpuConfig and DeviceConfig say the same)
+_HEADROOM = 512 * 1024**2
+_OVERHEAD = 400 * 1024**2
+
+
+class Device(Protocol):
+    """One device under `gpu:` as a manifest answers it (a DeviceConfig, or a cached Record)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def vram(self) -> int | None: ...
+    @property
+    def headroom(self) -> int: ...
+    @property
+    def overhead(self) -> int | None: ...
+    @property
+    def rpc(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class GpuBudget:
+    """The budget single-device estimates are judged against (`Manifest.gpu_budget`)."""
+
+    vram: int | None = None
+    headroom: int = _HEADROOM
+    overhead: int = _OVERHEAD
 
 
 class ManifestOps:
@@ -40,12 +69,12 @@ class ManifestOps:
         """`gpu:` is a list of devices: launches pass --device and the plan's split."""
         return isinstance(self.gpu, list)
 
-    def device_configs(self) -> list[DeviceConfig]:
+    def device_configs(self) -> list[Device]:
         """Every device, in manifest order, CPU last unless listed: the old single `gpu:` mapping
         is one device named GPU (no --device is passed for it)."""
         # plain records, not DeviceConfig: the cached manifest answers without importing pydantic
         if isinstance(self.gpu, list):
-            out: list[DeviceConfig] = list(self.gpu)
+            out: list[Device] = list(self.gpu)
         else:
             out = []
             if self.gpu.vram is not None:
@@ -56,30 +85,28 @@ class ManifestOps:
                     "overhead": self.gpu.overhead,
                     "rpc": None,
                 }
-                out.append(cast("DeviceConfig", Record(gpu, gpu)))
+                out.append(cast("Device", Record(gpu, gpu)))
         if not any(d.name.upper() == "CPU" for d in out):
             cpu = {
                 "name": "CPU",
                 "vram": None,
-                "headroom": 512 * 1024**2,
+                "headroom": _HEADROOM,
                 "overhead": 0,
                 "rpc": None,
             }
-            out.append(cast("DeviceConfig", Record(cpu, cpu)))
+            out.append(cast("Device", Record(cpu, cpu)))
         return out
 
     @property
-    def gpu_budget(self) -> GpuConfig:
+    def gpu_budget(self) -> GpuBudget:
         """The budget single-device estimates are judged against: the first GPU."""
         if not isinstance(self.gpu, list):
-            return self.gpu  # type: ignore[no-any-return]
-        from llmctl.manifest.model import GpuConfig
-
+            return GpuBudget(self.gpu.vram, self.gpu.headroom, self.gpu.overhead)
         for d in self.gpu:
             if d.name.upper() != "CPU" and d.rpc is None:
-                overhead = d.overhead if d.overhead is not None else 400 * 1024**2
-                return GpuConfig(vram=d.vram, headroom=d.headroom, overhead=overhead)
-        return GpuConfig()
+                overhead = d.overhead if d.overhead is not None else _OVERHEAD
+                return GpuBudget(d.vram, d.headroom, overhead)
+        return GpuBudget()
 
     def profile_port(self, name: str) -> int:
         """The port of a profile: its own, else its slot in server.ports, else server.port."""
@@ -211,25 +238,3 @@ class ManifestView(ManifestOps):
         self._source = source
         self._profile_origin = origins
         self._complete = complete
-
-
-def usable(
-    found: Path, manifest: Manifest, problems: list[Problem], cross: list[Problem] | None = None
-) -> Manifest:
-    """The manifest, or ManifestError with its errors and those of the checks across profiles
-    (`cross`: their result already known, as the manifest cache keeps it)."""
-    if cross is None:
-        from llmctl.lint.rules import cross_checks
-
-        cross = cross_checks(manifest, include_environment=False)
-    problems = problems + cross
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        first = errors[0]
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ManifestError(
-            f"invalid manifest: {first.where()}: {first.message}{more}",
-            hint=f"run `llmctl lint --manifest {found}` for every problem and how to fix it",
-            problems=errors,
-        )
-    return manifest

@@ -1,5 +1,7 @@
-"""What an installed llama-server says of itself: its flags (`--help`), devices
-(`--list-devices`) and version, the first two cached by path, mtime and size."""
+"""Which llama-server runs, and what it says of itself: `find_binary`; its flags (`--help`), devices
+(`--list-devices`) and build (`--version`), each cached by the file identity of the binary and the
+llama/ggml libraries beside it (`file_identity`), so a rebuilt or replaced llama-server is asked
+again and an unchanged one is never started twice for the same question."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +40,42 @@ def parse_help(text: str) -> frozenset[str]:
     return frozenset(flags)
 
 
-def _cache_file(binary: str, kind: str, *extra: str) -> Path | None:
-    """Where `kind` (help, devices) of `binary` is cached: keyed by its path, mtime and size, so a
-    rebuilt or replaced llama-server is asked again; None when the binary does not exist."""
+def _file_id(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_identity(binary: str) -> list[str] | None:
+    """The binary and the llama/ggml libraries beside it (a rebuild may change only those), each
+    as path, size and mtime; None when the binary does not exist."""
+    import shutil
+
+    exe = binary if os.sep in binary else (shutil.which(binary) or binary)
     try:
-        st = os.stat(binary)
+        ids = [_file_id(exe)]
     except OSError:
         return None
-    parts = [str(_PARSER_VERSION), kind, os.path.realpath(binary), str(st.st_mtime_ns)]
-    key = hashlib.sha256("\0".join([*parts, str(st.st_size), *extra]).encode())
+    folder = os.path.dirname(os.path.realpath(exe))
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        names = []
+    for name in names:
+        if name.startswith(("libllama", "libggml", "libmtmd")) and ".so" in name:
+            try:
+                ids.append(_file_id(os.path.join(folder, name)))
+            except OSError:
+                continue
+    return ids
+
+
+def _cache_file(binary: str, kind: str, *extra: str) -> Path | None:
+    """Where `kind` (help, devices, version) of `binary` is cached, keyed by its file identity;
+    None when the binary does not exist."""
+    ident = file_identity(binary)
+    if ident is None:
+        return None
+    key = hashlib.sha256("\0".join([str(_PARSER_VERSION), kind, *ident, *extra]).encode())
     return cache_dir() / f"{kind}-{key.hexdigest()[:20]}.json"
 
 
@@ -142,22 +172,40 @@ def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
     return names
 
 
-def binary_version(binary: str) -> str | None:
-    try:
-        proc = subprocess.run(
-            [binary, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            errors="replace",
-        )
-    except (OSError, subprocess.SubprocessError):
+_VERSION = re.compile(r"version:\s*(\S+)\s*\(build\s*(\d+)(?:,\s*commit\s*(\S+?))?\)")
+
+
+@dataclass(frozen=True)
+class LlamaBuild:
+    """llama-server's `--version`: the release, its build number and commit."""
+
+    version: str
+    build: int
+    commit: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.version} (build {self.build}, commit {self.commit})"
+
+
+def parse_version(text: str) -> LlamaBuild | None:
+    m = _VERSION.search(text)
+    if not m:
         return None
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if line.startswith("version:"):
-            return line.split(":", 1)[1].strip()
-    return None
+    return LlamaBuild(m[1], int(m[2]), m[3] or "unknown")
+
+
+def llama_build(binary: str, timeout: float = 30.0) -> LlamaBuild | None:
+    """Ask the binary for its version, cached by file identity (None when it cannot say)."""
+    cache = _cache_file(binary, "version")
+    known = _cached(cache)
+    if isinstance(known, list) and len(known) == 3:
+        return LlamaBuild(str(known[0]), int(known[1]), str(known[2]))
+    text = _run(binary, "--version", timeout)
+    found = parse_version(text) if text is not None else None
+    if found is not None:
+        _keep(cache, [found.version, found.build, found.commit])
+    return found
 
 
 def is_gguf(path: Path) -> bool | None:
@@ -167,3 +215,16 @@ def is_gguf(path: Path) -> bool | None:
             return f.read(4) == b"GGUF"
     except OSError:
         return None
+
+
+def find_binary(configured: str | None = None) -> str | None:
+    """$LLMCTL_LLAMA_SERVER, then `configured` (server.binary), then llama-server on PATH; None when
+    none is found."""
+    env = os.environ.get("LLMCTL_LLAMA_SERVER")
+    if env:
+        return os.path.expanduser(env)
+    if configured:
+        return configured
+    from llmctl.paths import on_path
+
+    return on_path("llama-server")

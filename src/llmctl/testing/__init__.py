@@ -1,0 +1,1 @@
+"""GGUF models the project writes itself, shipped in the wheel: tests, benchmarks and the demo use them."""
