@@ -32,7 +32,7 @@ from llmctl.router import sse
 from llmctl.router.errors import RouterError, bad_request
 
 if TYPE_CHECKING:
-    from llmctl.router.app import Router
+    from llmctl.router.runtime import Router
 
 UI_DIR = Path(__file__).parent / "ui"
 _ASSETS = {

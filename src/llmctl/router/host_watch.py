@@ -20,7 +20,7 @@ from llmctl.router.proxy import UpstreamFailure, open_reply
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:
-    from llmctl.router.app import Router
+    from llmctl.router.runtime import Router
 
 log = logging.getLogger("llmctl.router")
 
