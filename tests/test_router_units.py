@@ -654,7 +654,7 @@ def test_a_load_cut_by_another_llmctl_is_loaded_again() -> None:
     import threading
 
     from llmctl.errors import LoadCancelled
-    from llmctl.router.runtime import Router
+    from llmctl.router.backends import SwitchingBackend as Router
 
     results = [
         SimpleNamespace(error=LoadCancelled("cancelled by `llmctl stop`", by_another=True)),
