@@ -39,14 +39,12 @@ from llmctl.router.scheduler import Lease, ProgressFn
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:
-    import httpx
-
     from llmctl.router.activity import Activity
-    from llmctl.router.client import Pool
     from llmctl.router.host_watch import HostWatch
     from llmctl.router.metrics import Metrics
     from llmctl.router.models import ModelIndex
     from llmctl.router.scheduler import Scheduler
+    from llmctl.router.transport.base import Transport
     from llmctl.supervisor.lifecycle import Supervisor
 
 
@@ -65,7 +63,7 @@ class ChainRouter(Protocol):
 
     @property
     def managed_pid(self) -> int | None: ...
-    def transport_for(self, upstream: Upstream, url: str) -> httpx.AsyncClient | Pool: ...
+    def transport_for(self, upstream: Upstream, url: str) -> Transport: ...
     def managed_base(self, profile: str) -> str: ...
     async def refresh(self, *, force: bool = False) -> None: ...
 

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import anyio
-import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from llmctl.router import sse
 from llmctl.router.breaker import server_failed
-from llmctl.router.client import ConnectFailed, Pool, StreamBroken
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.scheduler import Progress
+from llmctl.router.transport.base import StreamBroken, Transport
+from llmctl.router.transport.base import UpstreamFailure as UpstreamFailure
+from llmctl.router.transport.base import lean_capable as lean_capable  # the runtime's choice
 
 log = logging.getLogger("llmctl.router")
 
@@ -61,26 +60,6 @@ _REQUEST_DROP_B = frozenset(h.encode() for h in _REQUEST_DROP)
 _RESPONSE_DROP_B = frozenset(h.encode() for h in _RESPONSE_DROP)
 
 Outcome = Literal["ok", "upstream_error", "client_gone"]
-
-
-class UpstreamFailure(Exception):
-    """This upstream cannot serve the request; the next one in the chain may."""
-
-    def __init__(
-        self,
-        reason: str,
-        message: str,
-        *,
-        status: int | None = None,
-        body: bytes = b"",
-        content_type: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.status = status
-        self.body = body
-        self.content_type = content_type
 
 
 def request_headers(
@@ -159,26 +138,8 @@ class Reply:
         await self._closer()
 
 
-@functools.lru_cache(maxsize=256)
-def _split(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname or "127.0.0.1", port, parts.path.rstrip("/")
-
-
-def lean_capable(url: str) -> bool:
-    """Plain http to loopback: served by the lean client."""
-    scheme, host, _, _ = _split(url)
-    return scheme == "http" and (host in ("localhost", "::1") or host.startswith("127."))
-
-
-# An upstream response once its headers are in: status, headers, the body's chunks (raising
-# StreamBroken), and how to close it. Each transport makes one; `open_reply` does the rest.
-_Opened = tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], Callable[[], Awaitable[None]]]
-
-
 async def open_reply(
-    transport: httpx.AsyncClient | Pool,
+    transport: Transport,
     *,
     upstream: str,
     url: str,
@@ -196,10 +157,7 @@ async def open_reply(
     deadline = time.monotonic() + timeout
     try:
         async with asyncio.timeout(timeout):
-            if isinstance(transport, Pool):
-                opened = await _send_lean(transport, url, method, headers, body, timeout)
-            else:
-                opened = await _send_httpx(transport, url, method, headers, body, timeout)
+            opened = await transport.send(url, method, headers, body, timeout)
     except TimeoutError:
         raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
     status, raw, chunks, closer = opened
@@ -207,61 +165,6 @@ async def open_reply(
         raise await _failure_for_status(status, raw, chunks, deadline, closer)
     first = await _first_or_fail(chunks, deadline, timeout, closer)
     return Reply(upstream, status, raw, first, chunks, closer)
-
-
-async def _send_lean(
-    pool: Pool,
-    url: str,
-    method: str,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    timeout: float,
-) -> _Opened:
-    _, host, port, _ = _split(url)
-    target = url[url.index("/", url.index("//") + 2) :] if url.count("/") > 2 else "/"
-    try:
-        response = await pool.request(
-            host, port, method, target, headers, body,
-            connect_timeout=min(timeout, 10.0), read_timeout=timeout,
-        )  # fmt: skip
-    except ConnectFailed as exc:
-        raise UpstreamFailure("connect", str(exc)) from None
-    except StreamBroken as exc:
-        raise UpstreamFailure("transport", str(exc)) from None
-    return response.status, response.headers, response.body(), response.aclose
-
-
-async def _send_httpx(
-    client: httpx.AsyncClient,
-    url: str,
-    method: str,
-    headers: list[tuple[bytes, bytes]],
-    body: bytes,
-    timeout: float,
-) -> _Opened:
-    request = client.build_request(
-        method,
-        url,
-        headers=headers,
-        content=body,
-        timeout=httpx.Timeout(
-            connect=min(timeout, 10.0), read=timeout, write=timeout, pool=timeout
-        ),
-    )
-    try:
-        response = await client.send(request, stream=True)
-    except httpx.TimeoutException:
-        raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
-    except httpx.ConnectError as exc:
-        raise UpstreamFailure("connect", f"cannot connect: {exc or type(exc).__name__}") from None
-    except httpx.HTTPError as exc:
-        raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
-    return (
-        response.status_code,
-        list(response.headers.raw),
-        _httpx_chunks(response),
-        response.aclose,
-    )
 
 
 async def _first_or_fail(
@@ -305,14 +208,6 @@ async def _failure_for_status(
     return UpstreamFailure(
         "status", f"answered {status}", status=status, body=data[:65536], content_type=content_type
     )
-
-
-async def _httpx_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in response.aiter_bytes():
-            yield chunk
-    except httpx.HTTPError as exc:
-        raise StreamBroken(f"{type(exc).__name__}: {exc}") from exc
 
 
 def error_from_body(status: int, body: bytes, fallback: str) -> RouterError:

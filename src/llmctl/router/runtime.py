@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
@@ -24,7 +23,6 @@ from llmctl.router import metrics as metrics_mod
 from llmctl.router.activity import Activity
 from llmctl.router.auth import key_allowed, serve_keys
 from llmctl.router.backends import backend_for
-from llmctl.router.client import Pool
 from llmctl.router.errors import (
     RouterError,
     body_timeout,
@@ -44,9 +42,9 @@ from llmctl.router.models import (
     Target,
 )
 from llmctl.router.origins import OriginPolicy
-from llmctl.router.proxy import (
-    lean_capable,
-)
+from llmctl.router.transport.base import Transport, lean_capable
+from llmctl.router.transport.loopback import Pool
+from llmctl.router.transport.remote import RemoteTransport
 from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Supervisor
@@ -103,7 +101,7 @@ class Router:
         self.bind_host: str | None = None
         self._last_refresh = 0.0
         self._pool: Pool | None = None
-        self._remote: httpx.AsyncClient | None = None
+        self._remote: RemoteTransport | None = None
         # server.ports: several servers at once, each profile loaded with the placer; else one
         # server, switched (fixed for the router's life: a reload does not change it)
         self.backend = backend_for(manifest, supervisor, self.activity)
@@ -181,21 +179,21 @@ class Router:
 
     # --- HTTP clients -----------------------------------------------------------------
 
-    def transport_for(self, upstream: Upstream, url: str) -> httpx.AsyncClient | Pool:
+    def transport_for(self, upstream: Upstream, url: str) -> Transport:
         """Loopback plain http: the lean pool. Elsewhere httpx, which may use a proxy from the environment."""
         if lean_capable(url):
             if self._pool is None:
                 self._pool = Pool()
             return self._pool
         if self._remote is None:
-            self._remote = _new_client(trust_env=True)
+            self._remote = RemoteTransport()
         return self._remote
 
     async def aclose_clients(self) -> None:
         if self._remote is not None:
             await self._remote.aclose()
         if self._pool is not None:
-            self._pool.close()
+            await self._pool.aclose()
         self._pool = None
         self._remote = None
 
@@ -360,17 +358,6 @@ class Router:
             self.metrics.count_rejected("body_timeout")
             raise body_timeout(self.serve.body_timeout) from None
         return b"".join(parts)
-
-
-def _new_client(*, trust_env: bool) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        trust_env=trust_env,
-        timeout=httpx.Timeout(600.0, connect=10.0),
-        limits=httpx.Limits(
-            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
-        ),
-        follow_redirects=False,
-    )
 
 
 def router_of(request: Request) -> Router:
