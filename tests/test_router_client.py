@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llmctl.router.proxy import UpstreamFailure, lean_capable, open_reply
-from llmctl.router.transport.base import StreamBroken
+from llmctl.router.proxy import open_reply
+from llmctl.router.transport.base import StreamBroken, UpstreamFailure, lean_capable
 from llmctl.router.transport.loopback import ConnectFailed, Pool
 from llmctl.router.transport.remote import RemoteTransport
 

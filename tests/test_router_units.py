@@ -613,7 +613,7 @@ def test_relay_records_the_answer_before_its_end_goes_out() -> None:
     """A client that has read the whole answer finds it recorded, token counts included, even
     when the usage came in the first chunk and the rest was only `data: [DONE]`."""
     from llmctl.router.activity import usage_from
-    from llmctl.router.proxy import RelayResponse, Reply
+    from llmctl.router.relay import RelayResponse, Reply
 
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
 

@@ -26,16 +26,10 @@ from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.hosts import HOPS_HEADER, parse_hops, with_hop
 from llmctl.router.models import Target
-from llmctl.router.proxy import (
-    PROFILE_HEADER,
-    Outcome,
-    Reply,
-    UpstreamFailure,
-    error_from_body,
-    open_reply,
-    request_headers,
-)
+from llmctl.router.proxy import open_reply
+from llmctl.router.relay import PROFILE_HEADER, Outcome, Reply, error_from_body, request_headers
 from llmctl.router.scheduler import Lease, ProgressFn
+from llmctl.router.transport.base import UpstreamFailure
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:

@@ -16,7 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 from llmctl.router.hosts import MAX_STATE_BYTES, STATE_PATH, BadState, HostState, parse_state
-from llmctl.router.proxy import UpstreamFailure, open_reply
+from llmctl.router.proxy import open_reply
+from llmctl.router.transport.base import UpstreamFailure
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:

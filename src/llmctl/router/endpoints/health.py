@@ -9,12 +9,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from llmctl.router import metrics as metrics_mod
 from llmctl.router.breaker import STATE_VALUES
-from llmctl.router.proxy import (
-    UpstreamFailure,
-    open_reply,
-)
+from llmctl.router.proxy import open_reply
 from llmctl.router.runtime import Router, router_of
-from llmctl.router.transport.base import StreamBroken
+from llmctl.router.transport.base import StreamBroken, UpstreamFailure
 
 
 async def health(request: Request) -> Response:

@@ -30,11 +30,7 @@ from llmctl.router.models import (
     query_model,
     split_upstream_path,
 )
-from llmctl.router.proxy import (
-    RelayResponse,
-    Reply,
-    WaitingStreamResponse,
-)
+from llmctl.router.relay import RelayResponse, Reply, WaitingStreamResponse
 from llmctl.router.runtime import JSON_ENDPOINTS, Router, router_of
 
 
