@@ -16,8 +16,8 @@ from llmctl.router.auth import bearer_token, collect_keys, key_allowed
 from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import RouterError
 from llmctl.router.metrics import Metrics
-from llmctl.router.models import ModelIndex, detect
 from llmctl.router.origins import is_loopback_name as is_loopback
+from llmctl.router.routing import ModelIndex, detect
 from llmctl.router.scheduler import Progress, ProgressFn, SwitchFailed, switching
 from llmctl.router.server import check_bind
 from llmctl.router.upstreams import Upstreams, public_url

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from llmctl.errors import LlmctlError, LoadCancelled
 from llmctl.router.activity import Activity
 from llmctl.router.errors import RouterError, failed_start, router_error_for
-from llmctl.router.models import ModelIndex
+from llmctl.router.routing import ModelIndex
 from llmctl.router.scheduler import Progress, ProgressFn, Scheduler, switching
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Event, Supervisor

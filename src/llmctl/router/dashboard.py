@@ -33,7 +33,7 @@ from llmctl.router.errors import RouterError, bad_request
 
 if TYPE_CHECKING:
     from llmctl.router.activity import Activity
-    from llmctl.router.models import ModelIndex
+    from llmctl.router.routing import ModelIndex
     from llmctl.router.scheduler import Scheduler
     from llmctl.router.upstreams import Upstreams
     from llmctl.supervisor.lifecycle import Supervisor

@@ -16,7 +16,7 @@ from llmctl.router.errors import (
     bad_request,
 )
 from llmctl.router.exchange import COUNTED
-from llmctl.router.models import (
+from llmctl.router.routing import (
     route_kind,
 )
 from llmctl.router.runtime import Router

@@ -25,9 +25,9 @@ from starlette.requests import Request
 from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.hosts import HOPS_HEADER, parse_hops, with_hop
-from llmctl.router.models import Target
 from llmctl.router.proxy import open_reply
 from llmctl.router.relay import PROFILE_HEADER, Outcome, Reply, error_from_body, request_headers
+from llmctl.router.routing import Target
 from llmctl.router.scheduler import Lease, ProgressFn
 from llmctl.router.transport.base import UpstreamFailure
 from llmctl.router.upstreams import Upstream
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from llmctl.router.activity import Activity
     from llmctl.router.host_watch import HostWatch
     from llmctl.router.metrics import Metrics
-    from llmctl.router.models import ModelIndex
+    from llmctl.router.routing import ModelIndex
     from llmctl.router.scheduler import Scheduler
     from llmctl.router.transport.base import Transport
     from llmctl.supervisor.lifecycle import Supervisor

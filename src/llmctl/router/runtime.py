@@ -35,13 +35,13 @@ from llmctl.router.hosts import (
     STATE_VERSION,
     HostProfile,
     Standing,
-    order,
-)
-from llmctl.router.models import (
-    ModelIndex,
-    Target,
 )
 from llmctl.router.origins import OriginPolicy
+from llmctl.router.routing import (
+    ModelIndex,
+    Target,
+    order_chain,
+)
 from llmctl.router.transport.base import Transport, lean_capable
 from llmctl.router.transport.loopback import Pool
 from llmctl.router.transport.remote import RemoteTransport
@@ -296,31 +296,13 @@ class Router:
         }
 
     def order_chain(self, chain: list[Upstream], target: Target) -> list[Upstream]:
-        """With hosts in the chain: the one that has the profile loaded first, else one where it
-        fits without unloading anything, else chain order (`hosts.order`)."""
-        if not any(u.host is not None for u in chain):
-            return chain
-        names = [n for n in (target.model, target.profile) if n]
-        if target.profile:
-            names.extend(self.index.aliases(target.profile))
-        standings: list[Standing] = []
-        for u in chain:
-            if u.managed:
-                standings.append(
-                    Standing(
-                        host=True,
-                        loaded=self.scheduler.is_loaded(target.profile),
-                        fits=self._local_fits(target.profile),
-                    )
-                )
-                continue
-            found = u.host_profile(names)
-            reported = u.host.profiles.get(found) if u.host is not None and found else None
-            if reported is None:
-                standings.append(Standing(host=False))
-            else:
-                standings.append(Standing(host=True, loaded=reported.loaded, fits=reported.fits))
-        return [chain[i] for i in order(standings)]
+        """The chain in the order to try it (`routing.order_chain`)."""
+        return order_chain(chain, target, self.index, self._local_standing)
+
+    def _local_standing(self, profile: str | None) -> Standing:
+        return Standing(
+            host=True, loaded=self.scheduler.is_loaded(profile), fits=self._local_fits(profile)
+        )
 
     # --- auth -------------------------------------------------------------------------
 

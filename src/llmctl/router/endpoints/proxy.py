@@ -25,12 +25,12 @@ from llmctl.router.hosts import (
     loop_error,
     parse_hops,
 )
-from llmctl.router.models import (
+from llmctl.router.relay import RelayResponse, Reply, WaitingStreamResponse
+from llmctl.router.routing import (
     detect,
     query_model,
     split_upstream_path,
 )
-from llmctl.router.relay import RelayResponse, Reply, WaitingStreamResponse
 from llmctl.router.runtime import JSON_ENDPOINTS, Router, router_of
 
 
