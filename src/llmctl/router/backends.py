@@ -79,6 +79,12 @@ class Backend(Protocol):
 
     async def fits_without_evicting(self, names: list[str]) -> dict[str, bool | None]: ...
 
+    async def stop_profile(self, profile: str) -> str | None: ...
+
+    async def servers(self, one: dict[str, Any], running: bool) -> list[dict[str, Any]]: ...
+
+    async def loaded_devices(self) -> dict[str, list[str]]: ...
+
 
 class _Base:
     places = False
@@ -230,6 +236,20 @@ class SwitchingBackend(_Base):
     async def fits_without_evicting(self, names: list[str]) -> dict[str, bool | None]:
         """Only when nothing runs: loading any profile stops the one server's current one."""
         return {n: self.local_fits(n) for n in names}
+
+    async def stop_profile(self, profile: str) -> str | None:
+        """Stop the server when it runs `profile`; the profile stopped, if any."""
+        stopped = profile if self.scheduler.active == profile else None
+        if stopped:
+            await self.scheduler.stop()
+        return stopped
+
+    async def servers(self, one: dict[str, Any], running: bool) -> list[dict[str, Any]]:
+        """`/models/status`'s servers: the one server (`one`, as the status describes it)."""
+        return [one] if running else []
+
+    async def loaded_devices(self) -> dict[str, list[str]]:
+        return {}  # the one server is not placed
 
 
 class PlacingBackend(_Base):
@@ -397,6 +417,43 @@ class PlacingBackend(_Base):
         fits = await run_in_threadpool(work)
         self._fits_cache = (manifest, key, fits)  # the manifest it was decided with
         return fits
+
+    async def stop_profile(self, profile: str) -> str | None:
+        """Unload `profile` and keep the others; the profile stopped, if it was loaded."""
+        stopped = profile if self.scheduler.is_loaded(profile) else None
+        if stopped:
+            await self.scheduler.unload(profile)
+        return stopped
+
+    async def servers(self, one: dict[str, Any], running: bool) -> list[dict[str, Any]]:
+        """`/models/status`'s servers: each live one, with its placement and requests in flight."""
+        sched = self.scheduler
+        statuses, _ = await run_in_threadpool(self.supervisor.ps, check_health=True, timeout=0.5)
+        records = await run_in_threadpool(self.supervisor.records)
+        out = []
+        for st in statuses:
+            rec = records.get(st.profile or "")
+            extra = rec.extra if rec is not None else {}
+            out.append(
+                {
+                    "profile": st.profile,
+                    "phase": st.phase,
+                    "pid": st.pid,
+                    "url": st.url,
+                    "healthy": st.healthy,
+                    "uptime_s": st.uptime_s,
+                    "devices": extra.get("devices", []),
+                    "planned_bytes": extra.get("usage", {}),
+                    "inflight": sched.inflight_of(st.profile or ""),
+                    "log": st.log,
+                }
+            )
+        return out
+
+    async def loaded_devices(self) -> dict[str, list[str]]:
+        """profile -> the devices its server was placed on."""
+        records = await run_in_threadpool(self.supervisor.records)
+        return {name: list(rec.extra.get("devices", [])) for name, rec in records.items()}
 
     def _cached_fits(self, key: tuple[str, ...]) -> dict[str, bool | None] | None:
         cached = self._fits_cache

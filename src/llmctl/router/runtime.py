@@ -211,11 +211,6 @@ class Router:
         await self.backend.refresh()
 
     @property
-    def several(self) -> bool:
-        """Several servers placed by memory (`server.ports`), else one switched server."""
-        return self.backend.places
-
-    @property
     def devices(self) -> list[Any]:
         return self.backend.devices
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -112,7 +111,4 @@ async def _model_entries(router: Router) -> list[dict[str, Any]]:
 
 async def _loaded_devices(router: Router) -> dict[str, list[str]]:
     """profile -> the devices its server was placed on (several servers only)."""
-    if not router.several:
-        return {}
-    records = await run_in_threadpool(router.supervisor.records)
-    return {name: list(rec.extra.get("devices", [])) for name, rec in records.items()}
+    return await router.backend.loaded_devices()

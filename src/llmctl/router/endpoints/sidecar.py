@@ -36,29 +36,7 @@ async def models_status(request: Request) -> Response:
         "uptime_s": status.uptime_s,
         "log": status.log,
     }
-    servers = []
-    if router.several:
-        statuses, _ = await run_in_threadpool(router.supervisor.ps, check_health=True, timeout=0.5)
-        records = await run_in_threadpool(router.supervisor.records)
-        for st in statuses:
-            rec = records.get(st.profile or "")
-            extra = rec.extra if rec is not None else {}
-            servers.append(
-                {
-                    "profile": st.profile,
-                    "phase": st.phase,
-                    "pid": st.pid,
-                    "url": st.url,
-                    "healthy": st.healthy,
-                    "uptime_s": st.uptime_s,
-                    "devices": extra.get("devices", []),
-                    "planned_bytes": extra.get("usage", {}),
-                    "inflight": sched.inflight_of(st.profile or ""),
-                    "log": st.log,
-                }
-            )
-    else:
-        servers = [server] if status.running else []
+    servers = await router.backend.servers(server, status.running)
     return JSONResponse(
         {
             "server": server,
@@ -205,14 +183,7 @@ async def models_stop(request: Request) -> Response:
         profile = router.index.lookup(name) if isinstance(name, str) else None
         if profile is None:
             raise model_not_found(str(name), router.index.names())
-        if router.several:
-            stopped = profile if sched.is_loaded(profile) else None
-            if stopped:
-                await sched.unload(profile)
-        else:
-            stopped = profile if sched.active == profile else None
-            if stopped:
-                await sched.stop()
+        stopped = await router.backend.stop_profile(profile)
         return JSONResponse(
             {"ok": True, "stopped": stopped, "elapsed_s": round(time.monotonic() - started, 3)}
         )
