@@ -20,8 +20,9 @@ from fakes.fake_upstream import FakeUpstream, ServerThread
 from fakes.fake_upstream import free_port as another_port
 from hosts_helpers import host_manifest, make_host, stop_llama_servers, wait_until
 from llmctl.manifest.validate import load_manifest
-from llmctl.router.app import Router, create_app
+from llmctl.router.app import create_app
 from llmctl.router.hosts import MAX_PROFILES
+from llmctl.router.runtime import Router
 
 CLIENT_KEY = "client-key"
 

@@ -29,10 +29,6 @@ LAYERS: tuple[frozenset[str], ...] = (
 # entry goes when that change lands; the test fails when an entry is no longer needed.
 KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
     {
-        # router/: dashboard and host_watch type against Router in app.py (router/runtime.py and
-        # a HostWatch Protocol break it).
-        ("llmctl.router.dashboard", "llmctl.router.app"),
-        ("llmctl.router.host_watch", "llmctl.router.app"),
         # llama/argv.py reads a command line into memory's LaunchOptions (memory/cmdline.py takes it).
         ("llmctl.llama.argv", "llmctl.memory.estimate"),
         # supervisor/: LaunchSpec.keep_kv is typed with slotcache.KeepKv, and slotcache builds on

@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from llmctl.router.client import ConnectFailed, Pool, StreamBroken
-from llmctl.router.proxy import UpstreamFailure, lean_capable, open_reply
+from llmctl.router.proxy import open_reply
+from llmctl.router.transport.base import StreamBroken, UpstreamFailure, lean_capable
+from llmctl.router.transport.loopback import ConnectFailed, Pool
+from llmctl.router.transport.remote import RemoteTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -259,7 +261,7 @@ def sse_handler(mode: str) -> Handler:
 def test_open_reply_behaviour(kind: str) -> None:
     async def main() -> None:
         async def transport() -> Any:
-            return Pool() if kind == "lean" else httpx.AsyncClient(trust_env=False)
+            return Pool() if kind == "lean" else RemoteTransport(httpx.AsyncClient(trust_env=False))
 
         async def open_(port: int, timeout: float = 2.0) -> Any:
             t = await transport()

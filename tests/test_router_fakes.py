@@ -23,7 +23,8 @@ import pytest
 from fakes.fake_supervisor import FakeSupervisor, fake_spec
 from fakes.fake_upstream import FakeUpstream, ServerThread, free_port
 from llmctl.manifest.validate import load_manifest
-from llmctl.router.app import Router, create_app
+from llmctl.router.app import create_app
+from llmctl.router.runtime import Router
 
 PROFILES = """
 profiles:

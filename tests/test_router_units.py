@@ -16,8 +16,8 @@ from llmctl.router.auth import bearer_token, collect_keys, key_allowed
 from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import RouterError
 from llmctl.router.metrics import Metrics
-from llmctl.router.models import ModelIndex, detect
 from llmctl.router.origins import is_loopback_name as is_loopback
+from llmctl.router.routing import ModelIndex, detect
 from llmctl.router.scheduler import Progress, ProgressFn, SwitchFailed, switching
 from llmctl.router.server import check_bind
 from llmctl.router.upstreams import Upstreams, public_url
@@ -613,7 +613,7 @@ def test_relay_records_the_answer_before_its_end_goes_out() -> None:
     """A client that has read the whole answer finds it recorded, token counts included, even
     when the usage came in the first chunk and the rest was only `data: [DONE]`."""
     from llmctl.router.activity import usage_from
-    from llmctl.router.proxy import RelayResponse, Reply
+    from llmctl.router.relay import RelayResponse, Reply
 
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
 
@@ -654,7 +654,7 @@ def test_a_load_cut_by_another_llmctl_is_loaded_again() -> None:
     import threading
 
     from llmctl.errors import LoadCancelled
-    from llmctl.router.app import Router
+    from llmctl.router.backends import SwitchingBackend as Router
 
     results = [
         SimpleNamespace(error=LoadCancelled("cancelled by `llmctl stop`", by_another=True)),

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +32,32 @@ from llmctl.router import sse
 from llmctl.router.errors import RouterError, bad_request
 
 if TYPE_CHECKING:
-    from llmctl.router.app import Router
+    from llmctl.router.activity import Activity
+    from llmctl.router.routing import ModelIndex
+    from llmctl.router.scheduler import Scheduler
+    from llmctl.router.upstreams import Upstreams
+    from llmctl.supervisor.lifecycle import Supervisor
+
+
+class Router(Protocol):
+    """What the dashboard uses of the router's runtime (`runtime.Router` is one), and no more."""
+
+    manifest: Any
+    supervisor: Supervisor
+    scheduler: Scheduler
+    activity: Activity
+    index: ModelIndex
+    upstreams: Upstreams | None
+    api_keys: tuple[str, ...]
+    shutting_down: bool
+
+    @property
+    def devices(self) -> list[Any]: ...
+
+    def check_auth(self, request: Request) -> None: ...
+
+    async def refresh(self, *, force: bool = False) -> None: ...
+
 
 UI_DIR = Path(__file__).parent / "ui"
 _ASSETS = {

@@ -105,3 +105,40 @@ def body_timeout(seconds: float) -> RouterError:
         type=TIMEOUT,
         code="body_timeout",
     )
+
+
+class SwitchFailed(Exception):
+    """The load or stop could not be done; `message` says why, for every waiter (the scheduler
+    answers it as a RouterError)."""
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+def router_error_for(exc: Exception) -> SwitchFailed:
+    """The one translation of a supervisor's or placer's error (an LlmctlError) into the failure
+    every waiter of a load or stop gets: its message, the placer's hint and decision when it
+    refused, the tail of the server's stderr when it failed to start."""
+    message = getattr(exc, "message", None) or str(exc)
+    details: dict[str, Any] = {}
+    decision = getattr(exc, "decision", None)
+    if hasattr(exc, "decision"):  # PlacementRefused: the hint says what to change
+        message = f"{message} ({getattr(exc, 'hint', '')})"
+        if decision is not None:
+            details["decision"] = decision.to_json()
+    tail = getattr(exc, "stderr_tail", None)
+    if tail:
+        details["stderr_tail"] = list(tail)[-20:]
+    return SwitchFailed(message, details=details)
+
+
+def failed_start(failure: Any) -> SwitchFailed:
+    """A server that did not become ready (`failure`: the supervisor's record of why, or None)."""
+    if failure is None:
+        return SwitchFailed("the server did not become ready")
+    return SwitchFailed(
+        failure.message,
+        details={"exit_code": failure.exit_status, "stderr_tail": list(failure.stderr_tail)[-20:]},
+    )

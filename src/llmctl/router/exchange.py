@@ -25,28 +25,20 @@ from starlette.requests import Request
 from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.hosts import HOPS_HEADER, parse_hops, with_hop
-from llmctl.router.models import Target
-from llmctl.router.proxy import (
-    PROFILE_HEADER,
-    Outcome,
-    Reply,
-    UpstreamFailure,
-    error_from_body,
-    open_reply,
-    request_headers,
-)
+from llmctl.router.proxy import open_reply
+from llmctl.router.relay import PROFILE_HEADER, Outcome, Reply, error_from_body, request_headers
+from llmctl.router.routing import Target
 from llmctl.router.scheduler import Lease, ProgressFn
+from llmctl.router.transport.base import UpstreamFailure
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:
-    import httpx
-
     from llmctl.router.activity import Activity
-    from llmctl.router.client import Pool
     from llmctl.router.host_watch import HostWatch
     from llmctl.router.metrics import Metrics
-    from llmctl.router.models import ModelIndex
+    from llmctl.router.routing import ModelIndex
     from llmctl.router.scheduler import Scheduler
+    from llmctl.router.transport.base import Transport
     from llmctl.supervisor.lifecycle import Supervisor
 
 
@@ -62,9 +54,10 @@ class ChainRouter(Protocol):
     activity: Activity
     index: ModelIndex
     router_id: str
-    managed_pid: int | None
 
-    def transport_for(self, upstream: Upstream, url: str) -> httpx.AsyncClient | Pool: ...
+    @property
+    def managed_pid(self) -> int | None: ...
+    def transport_for(self, upstream: Upstream, url: str) -> Transport: ...
     def managed_base(self, profile: str) -> str: ...
     async def refresh(self, *, force: bool = False) -> None: ...
 

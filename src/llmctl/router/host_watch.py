@@ -13,14 +13,27 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from llmctl.router.hosts import MAX_STATE_BYTES, STATE_PATH, BadState, HostState, parse_state
-from llmctl.router.proxy import UpstreamFailure, open_reply
+from llmctl.router.proxy import open_reply
+from llmctl.router.transport.base import UpstreamFailure
 from llmctl.router.upstreams import Upstream
 
 if TYPE_CHECKING:
-    from llmctl.router.app import Router
+    from llmctl.router.transport.base import Transport
+    from llmctl.router.upstreams import Upstreams
+
+
+class Router(Protocol):
+    """What the host watch uses of the router's runtime (`runtime.Router` is one): the chain, the
+    id it sends along, and the transports."""
+
+    upstreams: Upstreams | None
+    router_id: str
+
+    def transport_for(self, upstream: Upstream, url: str) -> Transport: ...
+
 
 log = logging.getLogger("llmctl.router")
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmctl.router.errors import RATE_LIMIT, SERVER, TIMEOUT, RouterError
+from llmctl.router.errors import SwitchFailed as SwitchFailed  # the effects raise it
 
 log = logging.getLogger("llmctl.router")
 
@@ -56,15 +57,6 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
-
-
-class SwitchFailed(Exception):
-    """The load or stop could not be done; `message` says why, for every waiter."""
-
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details or {}
 
 
 # The profiles to unload before `target` loads (raises SwitchFailed when the load is refused).

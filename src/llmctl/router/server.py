@@ -31,9 +31,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmctl.errors import LlmctlError, UsageError
 from llmctl.manifest.model import ServeConfig
-from llmctl.router.app import Router, create_app
+from llmctl.router.app import create_app
 from llmctl.router.auth import serve_keys
 from llmctl.router.origins import is_loopback_name
+from llmctl.router.runtime import Router
 
 log = logging.getLogger("llmctl.router")
 

@@ -14,16 +14,14 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from llmctl.router.transport.base import Opened, StreamBroken, UpstreamFailure, split_url
+
 _MAX_HEAD = 64 * 1024
 _READ = 64 * 1024
 
 
 class ConnectFailed(Exception):
     """No connection could be made (refused, unreachable, DNS)."""
-
-
-class StreamBroken(Exception):
-    """The upstream closed or broke the connection before the response was complete."""
 
 
 class _Conn:
@@ -284,6 +282,31 @@ class Pool:
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             length, chunked = 0, False
         return Response(status, headers, conn, self, key, length, chunked, keep, read_timeout)
+
+    async def send(
+        self,
+        url: str,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,
+    ) -> Opened:
+        """The `Transport` contract: this pool's errors become UpstreamFailure here."""
+        _, host, port, _ = split_url(url)
+        target = url[url.index("/", url.index("//") + 2) :] if url.count("/") > 2 else "/"
+        try:
+            response = await self.request(
+                host, port, method, target, headers, body,
+                connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+            )  # fmt: skip
+        except ConnectFailed as exc:
+            raise UpstreamFailure("connect", str(exc)) from None
+        except StreamBroken as exc:
+            raise UpstreamFailure("transport", str(exc)) from None
+        return response.status, response.headers, response.body(), response.aclose
+
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         for idle in self._idle.values():

@@ -1,4 +1,5 @@
-"""Request detection: which paths go upstream, and which profile (or other upstream) a request names.
+"""Request detection and routing: which paths go upstream, which profile (or other upstream) a
+request names, and in which order its chain is tried.
 
 The model comes from the JSON body's `model`, else the `model` query parameter, else the path form
 `/upstream/{profile}/{path}`, else the profile that runs (or `serve.default_profile`).
@@ -6,13 +7,15 @@ The model comes from the JSON body's `model`, else the `model` query parameter, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
 from llmctl.llama.endpoints import CORS_PROXY, ROUTES
 from llmctl.router.errors import bad_request, model_not_found
-from llmctl.router.upstreams import Upstreams
+from llmctl.router.hosts import Standing, order
+from llmctl.router.upstreams import Upstream, Upstreams
 
 UPSTREAM_PREFIX = "/upstream/"
 
@@ -127,3 +130,31 @@ def detect(
             code="model_required",
         )
     return Target(profile, None)
+
+
+def order_chain(
+    chain: list[Upstream],
+    target: Target,
+    index: ModelIndex,
+    local: Callable[[str | None], Standing],
+) -> list[Upstream]:
+    """With hosts in the chain: the one that has the profile loaded first, else one where it
+    fits without unloading anything, else chain order (`hosts.order`). `local` is this router's
+    own standing for a profile (loaded here, fits here)."""
+    if not any(u.host is not None for u in chain):
+        return chain
+    names = [n for n in (target.model, target.profile) if n]
+    if target.profile:
+        names.extend(index.aliases(target.profile))
+    standings: list[Standing] = []
+    for u in chain:
+        if u.managed:
+            standings.append(local(target.profile))
+            continue
+        found = u.host_profile(names)
+        reported = u.host.profiles.get(found) if u.host is not None and found else None
+        if reported is None:
+            standings.append(Standing(host=False))
+        else:
+            standings.append(Standing(host=True, loaded=reported.loaded, fits=reported.fits))
+    return [chain[i] for i in order(standings)]

@@ -1,0 +1,342 @@
+"""The router's runtime state: `Router` applies and reloads the manifest, refreshes what runs,
+holds the scheduler, the clients and the host watch. Endpoints reach it through `router_of(request)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+
+from llmctl.errors import LlmctlError
+from llmctl.llama.endpoints import api_key_of
+from llmctl.manifest.model import ServeConfig
+from llmctl.router import metrics as metrics_mod
+from llmctl.router.activity import Activity
+from llmctl.router.auth import key_allowed, serve_keys
+from llmctl.router.backends import backend_for
+from llmctl.router.errors import (
+    RouterError,
+    body_timeout,
+    client_gone,
+    too_large,
+    unauthorized,
+)
+from llmctl.router.host_watch import HostWatch
+from llmctl.router.hosts import (
+    STATE_VERSION,
+    HostProfile,
+    Standing,
+)
+from llmctl.router.origins import OriginPolicy
+from llmctl.router.routing import (
+    ModelIndex,
+    Target,
+    order_chain,
+)
+from llmctl.router.transport.base import Transport, lean_capable
+from llmctl.router.transport.loopback import Pool
+from llmctl.router.transport.remote import RemoteTransport
+from llmctl.router.upstreams import Upstream, Upstreams
+from llmctl.supervisor.launch import LaunchSpec
+from llmctl.supervisor.lifecycle import Supervisor
+
+
+def _serve_of(manifest: Any) -> ServeConfig:
+    """The manifest's validated `serve:` section (its defaults when a test's stand-in has none)."""
+    serve = getattr(manifest, "serve", None)
+    return serve if serve is not None else ServeConfig()
+
+
+_T = TypeVar("_T")
+log = logging.getLogger("llmctl.router")
+
+JSON_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+_REFRESH_EVERY = 1.0
+
+
+def _default_spec_for(manifest: Any) -> Callable[[str], LaunchSpec]:
+    from llmctl.supervisor.launch import launch_spec
+
+    return partial(launch_spec, manifest)
+
+
+class Router:
+    """The state behind the app: manifest view, upstreams, scheduler, metrics, HTTP clients."""
+
+    def __init__(
+        self,
+        manifest: Any,
+        supervisor: Supervisor,
+        *,
+        spec_for: Callable[[Any, str], LaunchSpec] | None = None,
+        manifest_path: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        heartbeat: float = 5.0,
+    ) -> None:
+        self.supervisor = supervisor
+        self.manifest_path = manifest_path
+        self.environ = environ
+        self.heartbeat = heartbeat
+        # names this process to other hosts: a request that comes back to it is a loop
+        self.router_id = uuid.uuid4().hex[:16]
+        self.hosts = HostWatch(self)
+        self._spec_for_factory = spec_for
+        # set by whoever binds the socket: raises for settings that must not serve that address
+        # (serve section, its keys) -> raises when the bind that opened the socket must refuse it
+        self.bind_check: Callable[[ServeConfig, tuple[str, ...]], None] | None = None
+        self.metrics = metrics_mod.Metrics()
+        self.activity = Activity()
+        self.upstreams: Upstreams | None = None
+        self.shutting_down = False
+        # the address the socket listens on (set by whoever binds it): the Host rules depend on it
+        self.bind_host: str | None = None
+        self._last_refresh = 0.0
+        self._pool: Pool | None = None
+        self._remote: RemoteTransport | None = None
+        # server.ports: several servers at once, each profile loaded with the placer; else one
+        # server, switched (fixed for the router's life: a reload does not change it)
+        self.backend = backend_for(manifest, supervisor, self.activity)
+        self.scheduler = self.backend.scheduler
+        self.scheduler.on_switch_done = self.metrics.observe_switch
+        self.apply(manifest)
+
+    # --- configuration ----------------------------------------------------------------
+
+    def apply(self, manifest: Any) -> None:
+        """Take a (new) manifest: settings, names, upstream chain (breakers kept), queue limits."""
+        self.manifest = manifest
+        self.serve = _serve_of(manifest)
+        self.api_keys = serve_keys(self.serve, self.environ)
+        self.origins = OriginPolicy.from_serve(self.serve, self.bind_host or self.serve.host)
+        self.index = ModelIndex(manifest)
+        self.upstreams = Upstreams.from_serve(self.serve, self.upstreams, self.environ)
+        if self._spec_for_factory is None:
+            self.spec_for = _default_spec_for(manifest)
+        else:
+            self.spec_for = partial(self._spec_for_factory, manifest)
+        self.backend.configure(manifest, self.spec_for, self.index)
+        s = self.scheduler
+        s.max_size = self.serve.queue.max_size
+        s.timeout = self.serve.queue.timeout
+        s.inflight_timeout = self.serve.inflight_timeout
+
+    def bound_to(self, host: str) -> None:
+        """The socket listens on `host`: the Host and Origin rules follow from it."""
+        self.bind_host = host
+        self.origins = OriginPolicy.from_serve(self.serve, host)
+
+    async def reload(self) -> bool:
+        """Reload the manifest from its file (SIGHUP); keep the old one when the new one is broken."""
+        from llmctl.manifest.validate import load_manifest
+
+        try:
+            manifest = await run_in_threadpool(load_manifest, self.manifest_path)
+        except LlmctlError as err:
+            log.error("manifest reload failed, keeping the previous one: %s", err.message)
+            return False
+        if self.bind_check is not None:
+            try:
+                serve = _serve_of(manifest)
+                self.bind_check(serve, serve_keys(serve, self.environ))
+            except LlmctlError as err:
+                log.error(
+                    "manifest reload refused, keeping the previous one: %s (%s)",
+                    err.message,
+                    err.hint,
+                )
+                return False
+        self.apply(manifest)
+        self.hosts.sync()
+        log.info("manifest reloaded: %d profile(s)", len(self.index.profiles))
+        await self.stop_removed_profile()
+        return True
+
+    async def stop_removed_profile(self) -> None:
+        """The running profile left the manifest: stop its server once its requests are done."""
+        active = self.scheduler.active
+        if active is None or active in self.index.profiles:
+            return
+        log.warning(
+            "profile %s, which the managed server runs, is no longer in the manifest: "
+            "stopping it once its requests in flight are done",
+            active,
+        )
+        try:
+            await self.scheduler.stop()
+        except RouterError as err:
+            log.error("could not stop the server of removed profile %s: %s", active, err.message)
+        else:
+            log.info("stopped the server of removed profile %s", active)
+
+    # --- HTTP clients -----------------------------------------------------------------
+
+    def transport_for(self, upstream: Upstream, url: str) -> Transport:
+        """Loopback plain http: the lean pool. Elsewhere httpx, which may use a proxy from the environment."""
+        if lean_capable(url):
+            if self._pool is None:
+                self._pool = Pool()
+            return self._pool
+        if self._remote is None:
+            self._remote = RemoteTransport()
+        return self._remote
+
+    async def aclose_clients(self) -> None:
+        if self._remote is not None:
+            await self._remote.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        self._pool = None
+        self._remote = None
+
+    # --- managed server ---------------------------------------------------------------
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Learn what the state file says runs (a shell `llmctl switch` may have changed it)."""
+        now = time.monotonic()
+        sched = self.scheduler
+        if not force and (
+            now - self._last_refresh < _REFRESH_EVERY or sched.switching or sched.depth
+        ):
+            return
+        self._last_refresh = now
+        await self.backend.refresh()
+
+    @property
+    def devices(self) -> list[Any]:
+        return self.backend.devices
+
+    @property
+    def managed_pid(self) -> int | None:
+        return self.backend.managed_pid
+
+    def managed_base(self, profile: str) -> str:
+        return self.backend.base_url(profile)
+
+    async def stop_started_server(self) -> None:
+        """On exit: stop the llama-server this router started, unless it was replaced since."""
+        if self.backend.started_pids:
+            await self.backend.stop_started()
+
+    async def idle_loop(self) -> None:
+        """Unload a profile idle for longer than its `ttl`."""
+        while True:
+            ttls = [t for t in self.index.ttls.values() if t]
+            await asyncio.sleep(max(0.05, min(ttls) / 4) if ttls else 1.0)
+            await self.backend.unload_idle(self.index.ttls)
+
+    # --- hosts (type: llmctl) ----------------------------------------------------------
+
+    def own_profiles(self) -> list[str]:
+        """The profiles this router's own llama-server serves (what it tells other hosts)."""
+        assert self.upstreams is not None
+        managed = self.upstreams.managed
+        return [
+            name
+            for name, aliases in self.index.profiles.items()
+            if managed is not None and managed.serves([name, *aliases])
+        ]
+
+    def _local_fits(self, profile: str | None) -> bool | None:
+        """Loading `profile` here would unload nothing (None: not known right now)."""
+        return None if profile is None else self.backend.local_fits(profile)
+
+    async def fits_without_evicting(self) -> dict[str, bool | None]:
+        """Each own profile: would loading it now unload nothing? With several servers the placer
+        decides (cached until what is loaded changes); with one, only when nothing runs."""
+        return await self.backend.fits_without_evicting(self.own_profiles())
+
+    def host_state(self, fits: Mapping[str, bool | None]) -> dict[str, Any]:
+        """This router's answer to `GET /llmctl/v1/state`: its own profiles for other hosts, and
+        what it learned from its own hosts (for `llmctl ps --all-hosts`)."""
+        sched = self.scheduler
+        profiles = []
+        for name in self.own_profiles():
+            load = self.activity.loads.get(name)
+            if sched.is_loaded(name):
+                state = "ready"
+            elif sched.loading == name:
+                state = "loading"
+            elif load is not None and load.state == "failed":
+                state = "failed"
+            else:
+                state = "idle"
+            inflight = sched.inflight_of(name)
+            profiles.append(
+                HostProfile(
+                    name, tuple(self.index.aliases(name)), state, fits.get(name), inflight
+                ).to_json()
+            )
+        assert self.upstreams is not None
+        now = time.monotonic()
+        return {
+            "llmctl_state": STATE_VERSION,
+            "router_id": self.router_id,
+            "several_servers": self.backend.places,
+            "queue_depth": sched.depth,
+            "profiles": profiles,
+            "hosts": [
+                {"name": u.name, "url": u.public()["url"], **u.host.to_json(now)}
+                for u in self.upstreams.hosts()
+                if u.host is not None
+            ],
+        }
+
+    def order_chain(self, chain: list[Upstream], target: Target) -> list[Upstream]:
+        """The chain in the order to try it (`routing.order_chain`)."""
+        return order_chain(chain, target, self.index, self._local_standing)
+
+    def _local_standing(self, profile: str | None) -> Standing:
+        return Standing(
+            host=True, loaded=self.scheduler.is_loaded(profile), fits=self._local_fits(profile)
+        )
+
+    # --- auth -------------------------------------------------------------------------
+
+    def check_auth(self, request: Request) -> None:
+        keys = self.api_keys
+        if not keys:
+            return
+        headers = request.headers
+        given = api_key_of(headers.get("authorization"), headers.get("x-api-key"))
+        if not key_allowed(given, keys):
+            self.metrics.count_rejected("unauthorized")
+            raise unauthorized()
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.serve.max_body_size
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            self.metrics.count_rejected("too_large")
+            raise too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.serve.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        self.metrics.count_rejected("too_large")
+                        raise too_large(limit)
+                    parts.append(chunk)
+        except ClientDisconnect:
+            # the client left during its upload: nothing to answer, nothing went wrong here
+            self.metrics.count_rejected("client_gone")
+            raise client_gone() from None
+        except TimeoutError:
+            self.metrics.count_rejected("body_timeout")
+            raise body_timeout(self.serve.body_timeout) from None
+        return b"".join(parts)
+
+
+def router_of(request: Request) -> Router:
+    router: Router = request.app.state.router
+    return router

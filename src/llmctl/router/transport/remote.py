@@ -1,0 +1,73 @@
+"""The httpx transport, for upstreams that are not plain http on this machine (TLS, other hosts,
+an HTTP proxy from the environment). httpx's errors are mapped here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+
+from llmctl.router.transport.base import Opened, StreamBroken, UpstreamFailure
+
+
+def new_client(*, trust_env: bool) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        trust_env=trust_env,
+        timeout=httpx.Timeout(600.0, connect=10.0),
+        limits=httpx.Limits(
+            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0
+        ),
+        follow_redirects=False,
+    )
+
+
+class RemoteTransport:
+    """A `Transport` over one httpx client (its own unless given one)."""
+
+    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        self.client = client if client is not None else new_client(trust_env=True)
+
+    async def send(
+        self,
+        url: str,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,
+    ) -> Opened:
+        request = self.client.build_request(
+            method,
+            url,
+            headers=headers,
+            content=body,
+            timeout=httpx.Timeout(
+                connect=min(timeout, 10.0), read=timeout, write=timeout, pool=timeout
+            ),
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
+        except httpx.ConnectError as exc:
+            raise UpstreamFailure(
+                "connect", f"cannot connect: {exc or type(exc).__name__}"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
+        return (
+            response.status_code,
+            list(response.headers.raw),
+            _chunks(response),
+            response.aclose,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        raise StreamBroken(f"{type(exc).__name__}: {exc}") from exc
