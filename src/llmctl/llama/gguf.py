@@ -3,7 +3,8 @@
 Large arrays (the tokenizer's tokens, scores, merges) are walked past, not decoded: they come back
 as `SkippedArray(item_type, length)`. Every length field is checked against the bytes that are left
 before anything is allocated, so a hostile or truncated file gives a `GGUFError`, never a huge
-allocation. GGUF v2 and v3, little- and big-endian, split models (`-00001-of-0000N.gguf`).
+allocation. A file whose tensor table reaches past its end (an interrupted download) gives a
+`GGUFTruncated`. GGUF v2 and v3, little- and big-endian, split models (`-00001-of-0000N.gguf`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import GGUFError
+
+
+class GGUFTruncated(GGUFError):
+    """The header reads, but the tensor data it describes is not all in the file."""
+
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -405,6 +411,7 @@ def _parse(buf: Any, size: int, path: Path, split: int) -> GGUFFile:
             )
         tensors.append(TensorInfo(name, tuple(int(d) for d in shape), ttype, offset, split))
     data_offset = (r.pos + alignment - 1) // alignment * alignment
+    _check_extent(path, tensors, data_offset, size)
     return GGUFFile(
         path=path,
         version=version,
@@ -416,6 +423,20 @@ def _parse(buf: Any, size: int, path: Path, split: int) -> GGUFFile:
         byte_order=order,
         paths=[path],
     )
+
+
+def _check_extent(path: Path, tensors: list[TensorInfo], data_offset: int, size: int) -> None:
+    """The tensor data the table describes must lie within the file (llama.cpp's loader checks
+    each tensor's offset + size against the file size; the last one needs no padding)."""
+    if not tensors:
+        return
+    end = data_offset + max(t.offset + t.nbytes for t in tensors)
+    if end > size:
+        raise GGUFTruncated(
+            f"{path}: the file is cut short: its tensor data ends at byte {end} but the file has "
+            f"{size} bytes ({end - size} missing; an interrupted download?)",
+            hint="download the model again (and compare its size or checksum with the source)",
+        )
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
