@@ -28,6 +28,9 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 # Arrays longer than this are not decoded (per-layer arrays are at most a few hundred long).
 MAX_DECODED_ARRAY = 4096
+# Items of nested arrays (arrays of arrays) in one file, at most: llama.cpp reads no nested arrays,
+# and each costs a Python object, so a file of millions of empty ones is refused before it is walked.
+MAX_NESTED_ITEMS = 65536
 
 # GGUF metadata value types
 T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32 = 0, 1, 2, 3, 4, 5, 6
@@ -199,7 +202,7 @@ class GGUFFile:
 class _Reader:
     """Bounds-checked cursor over a buffer; every failure names the file and what was being read."""
 
-    __slots__ = ("buf", "e", "path", "pos", "size")
+    __slots__ = ("buf", "e", "nested_left", "path", "pos", "size")
 
     def __init__(self, buf: Any, size: int, path: Path, endian: str) -> None:
         self.buf = buf
@@ -207,6 +210,7 @@ class _Reader:
         self.path = path
         self.pos = 0
         self.e = endian
+        self.nested_left = MAX_NESTED_ITEMS
 
     def fail(self, what: str) -> GGUFError:
         return GGUFError(
@@ -256,6 +260,12 @@ class _Reader:
             raise self.fail(f"arrays nested too deep in {key!r}")
         item_type = self.u32(f"the array type of {key!r}")
         n = self.u64(f"the array length of {key!r}")
+        if depth > 0 or item_type == T_ARRAY:
+            self.nested_left -= n
+            if self.nested_left < 0:
+                raise self.fail(
+                    f"nested arrays in {key!r} hold more than {MAX_NESTED_ITEMS} items in all"
+                )
         fmt = SCALAR_FORMATS.get(item_type)
         if fmt is not None:
             size = _SCALAR_SIZES[item_type]
