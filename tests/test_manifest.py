@@ -773,3 +773,25 @@ def test_a_truncated_gguf_is_a_lint_error_and_switch_refuses_it(tmp_path: Path) 
     code, out, err = cli("switch", "small", "--manifest", str(path))
     assert code == 2, (out, err)
     assert "cut short" in err and str(model) in err and "download" in err
+
+
+def test_a_manifest_that_is_a_device_fifo_or_huge_is_refused_naming_it(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # nobody writes to it: reading it would block forever
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: no disk used
+    for path, words in (
+        (Path("/dev/zero"), "not a regular file"),
+        (fifo, "not a regular file"),
+        (huge, "more than a manifest may have"),
+    ):
+        for args in (
+            ("lint", "manifest", str(path)),
+            ("command", "small", "--manifest", str(path)),
+        ):
+            code, out, err = cli(*args)
+            assert code == 2, (args, out, err)
+            assert str(path) in err and words in err and "Traceback" not in err

@@ -33,6 +33,7 @@ from llmctl.llama.vocab import CacheType, tristate
 from llmctl.manifest.discover import expand_path as expand_path
 from llmctl.manifest.discover import find_manifest as find_manifest
 from llmctl.manifest.loaded import ManifestOps, usable
+from llmctl.manifest.readfile import read_manifest_bytes
 from llmctl.manifest.sizes import parse_duration, parse_size
 from llmctl.manifest.yamldoc import Path_, Source, YamlLoadError, load_yaml
 
@@ -849,7 +850,7 @@ def check_manifest(path: Path, content: bytes | None = None) -> tuple[Manifest, 
     """
     file = str(path)
     try:
-        data_bytes = path.read_bytes() if content is None else content
+        data_bytes = read_manifest_bytes(path) if content is None else content
     except FileNotFoundError:
         raise ManifestError(
             f"{file}: no such file", hint="pass --manifest PATH or set LLMCTL_MANIFEST"
