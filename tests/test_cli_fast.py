@@ -198,3 +198,19 @@ def test_profile_completion_in_every_shell(tmp_path: Path) -> None:
     # options and commands are typer's to complete
     assert "--json" in _complete("bash", "llmctl switch --j", tmp_path).stdout
     assert "switch" in _complete("bash", "llmctl swi", tmp_path).stdout
+
+
+@pytest.mark.parametrize("command", ["status", "stop", "logs"])
+def test_state_commands_accept_manifest_like_every_command(tmp_path: Path, command: str) -> None:
+    """README: every command takes --manifest; those that read only the state accept it too,
+    on the fast path and through typer."""
+    from typer.testing import CliRunner
+
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text("version: 1\nprofiles:\n  a:\n    model: /models/a.gguf\n")
+    for spelling in (["--manifest", str(manifest)], [f"--manifest={manifest}"]):
+        out = llmctl(command, *spelling)
+        assert out.returncode in (0, 1) and "No such option" not in out.stderr, out.stderr
+        typer_out = CliRunner().invoke(build_app(), [command, *spelling])
+        assert typer_out.exit_code in (0, 1), typer_out.output
+        assert "No such option" not in typer_out.output

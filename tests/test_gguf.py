@@ -225,6 +225,42 @@ def test_hostile_headers_give_clear_errors(tmp_path: Path, data: bytes, message:
     assert str(path) in info.value.message
 
 
+def test_millions_of_nested_empty_arrays_are_refused_before_they_are_walked(
+    tmp_path: Path,
+) -> None:
+    n = 1_000_000
+    empty = struct.pack("<IQ", T_UINT8, 0)
+    data = _header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", T_ARRAY, T_ARRAY, n)
+    path = tmp_path / "nested.gguf"
+    path.write_bytes(data + empty * n)
+    with pytest.raises(GGUFError, match="nested arrays in 'k' hold more than 65536 items"):
+        read_gguf(path)
+    inner = struct.pack("<IQ", T_UINT8, 70_000) + b"\0" * 70_000  # one inner array, many items
+    path.write_bytes(
+        _header(0, 1)
+        + struct.pack("<Q", 1)
+        + b"k"
+        + struct.pack("<IIQ", T_ARRAY, T_ARRAY, 1)
+        + inner
+    )
+    with pytest.raises(GGUFError, match="more than 65536 items"):
+        read_gguf(path)
+
+
+def test_tensor_data_cut_short_is_gguf_truncated(tmp_path: Path) -> None:
+    from llmctl.llama.gguf import GGUFTruncated
+
+    good = _small(tmp_path / "good.gguf").read_bytes()
+    g = read_gguf(tmp_path / "good.gguf")
+    path = tmp_path / "cut.gguf"
+    end = g.data_offset + max(t.offset + t.nbytes for t in g.tensors)
+    for cut in (g.data_offset, end - 1):
+        path.write_bytes(good[:cut])
+        with pytest.raises(GGUFTruncated, match="cut short") as info:
+            read_gguf(path)
+        assert str(path) in info.value.message and f"the file has {cut} bytes" in info.value.message
+
+
 def test_every_truncation_and_random_corruption_is_a_gguf_error(tmp_path: Path) -> None:
     good = _small(tmp_path / "good.gguf").read_bytes()
     g = read_gguf(tmp_path / "good.gguf")

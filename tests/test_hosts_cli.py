@@ -54,3 +54,15 @@ def test_a_router_with_hosts(tmp_path: Path) -> None:
         ["local", "up", "alpha", "idle", "yes", "0"],
         ["local", "up", "beta", "idle", "yes", "0"],
     ]
+
+
+def test_names_a_host_supplies_are_printed_escaped(tmp_path: Path) -> None:
+    """A terminal escape in a name from a host (here: set the window title, then a bidi override)
+    reaches the terminal as visible text, never as the escape itself."""
+    evil = "ev\x1b]0;pwned\x07il\u202e\x9b31m"
+    with FakeHost("router", profiles=(evil,)) as fake:
+        out = ps_all_hosts(tmp_path, fake.url)
+    assert out.returncode == 0, out.stderr
+    for ch in ("\x1b", "\x07", "\u202e", "\x9b"):
+        assert ch not in out.stdout and ch not in out.stderr
+    assert "ev\\x1b]0;pwned\\x07il\\u202e\\x9b31m" in out.stdout

@@ -757,3 +757,43 @@ def test_where_places_list_items_wherever_they_are_written(tmp_path: Path) -> No
     assert m.where("a", "extra_args", 1) == (str(path), 3, 29)
     assert m.where("a", "aliases", 1) == (str(path), 5, 35)
     assert m.where("a") == (str(path), 5, 3)
+
+
+def test_a_truncated_gguf_is_a_lint_error_and_switch_refuses_it(tmp_path: Path) -> None:
+    """An interrupted download (header intact, tensor data missing) is named by lint and refused
+    by switch before anything runs, with what to do."""
+    model = gguf(tmp_path)
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) - 4096])
+    path = write(tmp_path, BASE)
+    code, report = lint(path)
+    assert code != 0
+    p = find(report, "gguf")
+    assert p["severity"] == "error" and p["profile"] == "small"
+    assert str(model) in p["message"] and "cut short" in p["message"]
+    assert "download" in p["hint"]
+    code, out, err = cli("switch", "small", "--manifest", str(path))
+    assert code == 2, (out, err)
+    assert "cut short" in err and str(model) in err and "download" in err
+
+
+def test_a_manifest_that_is_a_device_fifo_or_huge_is_refused_naming_it(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # nobody writes to it: reading it would block forever
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: no disk used
+    for path, words in (
+        (Path("/dev/zero"), "not a regular file"),
+        (fifo, "not a regular file"),
+        (huge, "more than a manifest may have"),
+    ):
+        for args in (
+            ("lint", "manifest", str(path)),
+            ("command", "small", "--manifest", str(path)),
+        ):
+            code, out, err = cli(*args)
+            assert code == 2, (args, out, err)
+            assert str(path) in err and words in err and "Traceback" not in err

@@ -589,10 +589,19 @@ def test_stop_of_nothing_and_an_unload_of_a_replaced_profile_are_no_ops() -> Non
     run(main)
 
 
+def test_unknown_model_name_is_echoed_truncated() -> None:
+    from llmctl.router.errors import model_not_found
+
+    err = model_not_found("x" * (10 * 1024 * 1024), ["a"])
+    message = err.body()["error"]["message"]
+    assert len(message) < 400 and "x" * 200 + "\u2026" in message
+    assert "'short'" in model_not_found("short", ["a"]).body()["error"]["message"]
+
+
 def test_unsafe_path_rules() -> None:
     from llmctl.router.safepath import unsafe_path
 
-    for ok in (b"/v1/chat/completions", b"/health", b"/v1/models/a%3Ab", b"/v1/x%20y", b"/"):
+    for ok in (b"/v1/chat/completions", b"/health", b"/v1/models/a%3Ab", b"/v1/x%20y", b"/", b"/v1/a;b"):
         assert unsafe_path(ok) is None, ok
     for bad in (
         b"/v1/../x",
@@ -605,6 +614,10 @@ def test_unsafe_path_rules() -> None:
         b"/v1/x/..",
         b"/v1/a%00b",
         b"/v1/%25252e%25252e/x",
+        b"/v1/..;/x",
+        b"/v1/..;jsessionid=1/x",
+        b"/v1/.;x/y",
+        b"/v1/%2e%2e%3b/x",
     ):
         assert unsafe_path(bad) is not None, bad
 

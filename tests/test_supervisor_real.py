@@ -11,6 +11,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,30 @@ def test_api_keys_never_reach_llama_servers_environment(
         assert environ_has(result.pid, "KEEP=yes") is True
     finally:
         sup.stop()
+
+
+def test_switch_to_a_truncated_model_stops_nothing(
+    sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A GGUF cut short (header intact, tensor data missing) is refused before the healthy
+    server is stopped, by switch and by load."""
+    from llmctl.llama.gguf import GGUFTruncated
+
+    healthy = replace(
+        real_spec(llama_server_bin, tiny_models[0], _port(), "tiny-a"), model=str(tiny_models[0])
+    )
+    cut = tmp_path / "cut.gguf"
+    data = tiny_models[1].read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    bad = replace(real_spec(llama_server_bin, cut, _port(), "cut"), model=str(cut))
+
+    a = sup.switch(healthy)
+    assert a.ready, a.error
+    for attempt in (sup.switch, sup.load):
+        with pytest.raises(GGUFTruncated) as info:
+            attempt(bad)
+        err = info.value
+        assert str(cut) in err.message and "'cut'" in err.message and "cut short" in err.message
+        assert err.hint is not None and "download" in err.hint and err.exit_code == 2
+        assert health_status(a.url) == 200
+        assert llama_pids(llama_server_bin) == [a.pid]

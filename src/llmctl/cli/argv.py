@@ -76,3 +76,18 @@ CHANGE_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--manifest": ("manifest", str),
     "--lock-timeout": ("lock_timeout", non_negative_float),
 }
+
+
+def drop_manifest(args: list[str]) -> list[str]:
+    """`args` without `--manifest PATH` / `--manifest=PATH`: for the commands that read only the
+    state (status, stop, logs), which accept the option like every command and need nothing of it."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--manifest" and i + 1 < len(args):
+            i += 2
+            continue
+        if not args[i].startswith("--manifest="):
+            out.append(args[i])
+        i += 1
+    return out

@@ -76,6 +76,9 @@ def _follow(sup: Supervisor, path: Path, offset: int) -> None:
 
 
 def fast(args: list[str]) -> int | None:
+    from llmctl.cli.argv import drop_manifest
+
+    args = drop_manifest(args)
     parsed = parse(
         args,
         flags={"--follow": "follow", "-f": "follow", "--path": "path_only"},
@@ -87,8 +90,11 @@ def fast(args: list[str]) -> int | None:
 def register(app: typer.Typer) -> None:
     import typer
 
+    from llmctl.cli.options import manifest_option
+
     @app.command()
     def logs(
+        manifest: str | None = manifest_option(),
         follow: bool = typer.Option(
             False, "--follow", "-f", help="Keep printing what is appended."
         ),

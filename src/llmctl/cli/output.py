@@ -32,6 +32,22 @@ def _style(text: str, code: str) -> str:
     return style(text, code, stderr=True)
 
 
+def printable(value: object) -> str:
+    """Text another machine supplied, safe to print: control characters (C0, DEL, C1, so no
+    terminal escape sequence) and bidirectional overrides shown as `\\xNN`/`\\uNNNN` escapes."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
+
+
 def table(rows: list[list[str]], *, header: list[str] | None = None) -> list[str]:
     """Columns two spaces apart: the first left-aligned, the others right-aligned (figures)."""
     body = [header, *rows] if header else rows

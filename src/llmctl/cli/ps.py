@@ -127,24 +127,30 @@ def _all_hosts(manifest_path: str | None, url: str | None, json_out: bool) -> in
     if json_out:
         print_json({"router": base, "router_id": data.get("router_id"), "hosts": hosts})
         return code
+    from llmctl.cli.output import printable as pr
     from llmctl.cli.output import table
 
+    # everything below but the column words comes from the router and its hosts: escaped
     rows: list[list[str]] = []
     for h in hosts:
         up = "up" if h.get("up") else "DOWN"
         if not h.get("profiles"):
-            rows.append([h["name"], up, "-", "-", "-", "-"])
+            rows.append([pr(h["name"]), up, "-", "-", "-", "-"])
         for p in h.get("profiles", []):
-            fits = {True: "yes", False: "no", None: "-"}[p.get("fits")]
-            rows.append([h["name"], up, p["name"], p["state"], fits, str(p.get("inflight", 0))])
+            fits = {True: "yes", False: "no"}.get(p.get("fits"), "-")
+            row = [h["name"], up, p["name"], p["state"], fits, p.get("inflight", 0)]
+            rows.append([pr(cell) for cell in row])
     header = ["HOST", "UP", "PROFILE", "STATE", "FITS", "INFLIGHT"]
     sys.stdout.write("\n".join(table(rows, header=header)) + "\n")
     for h in hosts:
         if not h.get("up"):
-            sys.stderr.write(f"host {h['name']} ({h.get('url')}) is down: {h.get('error')}\n")
+            sys.stderr.write(
+                f"host {pr(h['name'])} ({pr(h.get('url'))}) is down: {pr(h.get('error'))}\n"
+            )
         elif h.get("profiles_dropped"):
             sys.stderr.write(
-                f"host {h['name']}: {h['profiles_dropped']} more profiles left out (too many)\n"
+                f"host {pr(h['name'])}: {pr(h['profiles_dropped'])} more profiles left out "
+                "(too many)\n"
             )
     return code
 

@@ -184,6 +184,9 @@ def run_status(json_out: bool) -> int:
 
 def fast(args: list[str]) -> int | None:
     """`status` and `status --json` (every other spelling goes to typer)."""
+    from llmctl.cli.argv import drop_manifest
+
+    args = drop_manifest(args)
     if args == ["--json"]:
         return run_status(True)
     if not args:
@@ -194,11 +197,11 @@ def fast(args: list[str]) -> int | None:
 def register(app: typer.Typer) -> None:
     import typer
 
-    from llmctl.cli.options import json_option
+    from llmctl.cli.options import json_option, manifest_option
     from llmctl.cli.output import run_command
 
     @app.command()
-    def status(json_out: bool = json_option()) -> None:
+    def status(json_out: bool = json_option(), manifest: str | None = manifest_option()) -> None:
         """Show the running llama-server.
 
         Profile, pid, url, health, uptime, log, and the memory it reported.

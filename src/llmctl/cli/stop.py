@@ -49,6 +49,9 @@ def run(
 
 
 def fast(args: list[str]) -> int | None:
+    from llmctl.cli.argv import drop_manifest
+
+    args = drop_manifest(args)
     parsed = parse(
         args,
         flags={**CHANGE_FLAGS, "--forget": "forget"},
@@ -60,10 +63,11 @@ def fast(args: list[str]) -> int | None:
 def register(app: typer.Typer) -> None:
     import typer
 
-    from llmctl.cli.options import json_option, lock_timeout_option, quiet_option
+    from llmctl.cli.options import json_option, lock_timeout_option, manifest_option, quiet_option
 
     @app.command()
     def stop(
+        manifest: str | None = manifest_option(),
         json_out: bool = json_option(),
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),

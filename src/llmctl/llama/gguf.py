@@ -3,7 +3,8 @@
 Large arrays (the tokenizer's tokens, scores, merges) are walked past, not decoded: they come back
 as `SkippedArray(item_type, length)`. Every length field is checked against the bytes that are left
 before anything is allocated, so a hostile or truncated file gives a `GGUFError`, never a huge
-allocation. GGUF v2 and v3, little- and big-endian, split models (`-00001-of-0000N.gguf`).
+allocation. A file whose tensor table reaches past its end (an interrupted download) gives a
+`GGUFTruncated`. GGUF v2 and v3, little- and big-endian, split models (`-00001-of-0000N.gguf`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from typing import Any
 
 from llmctl.errors import GGUFError
 
+
+class GGUFTruncated(GGUFError):
+    """The header reads, but the tensor data it describes is not all in the file."""
+
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 # Arrays longer than this are not decoded (per-layer arrays are at most a few hundred long).
 MAX_DECODED_ARRAY = 4096
+# Items of nested arrays (arrays of arrays) in one file, at most: llama.cpp reads no nested arrays,
+# and each costs a Python object, so a file of millions of empty ones is refused before it is walked.
+MAX_NESTED_ITEMS = 65536
 
 # GGUF metadata value types
 T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32 = 0, 1, 2, 3, 4, 5, 6
@@ -193,7 +202,7 @@ class GGUFFile:
 class _Reader:
     """Bounds-checked cursor over a buffer; every failure names the file and what was being read."""
 
-    __slots__ = ("buf", "e", "path", "pos", "size")
+    __slots__ = ("buf", "e", "nested_left", "path", "pos", "size")
 
     def __init__(self, buf: Any, size: int, path: Path, endian: str) -> None:
         self.buf = buf
@@ -201,6 +210,7 @@ class _Reader:
         self.path = path
         self.pos = 0
         self.e = endian
+        self.nested_left = MAX_NESTED_ITEMS
 
     def fail(self, what: str) -> GGUFError:
         return GGUFError(
@@ -250,6 +260,12 @@ class _Reader:
             raise self.fail(f"arrays nested too deep in {key!r}")
         item_type = self.u32(f"the array type of {key!r}")
         n = self.u64(f"the array length of {key!r}")
+        if depth > 0 or item_type == T_ARRAY:
+            self.nested_left -= n
+            if self.nested_left < 0:
+                raise self.fail(
+                    f"nested arrays in {key!r} hold more than {MAX_NESTED_ITEMS} items in all"
+                )
         fmt = SCALAR_FORMATS.get(item_type)
         if fmt is not None:
             size = _SCALAR_SIZES[item_type]
@@ -405,6 +421,7 @@ def _parse(buf: Any, size: int, path: Path, split: int) -> GGUFFile:
             )
         tensors.append(TensorInfo(name, tuple(int(d) for d in shape), ttype, offset, split))
     data_offset = (r.pos + alignment - 1) // alignment * alignment
+    _check_extent(path, tensors, data_offset, size)
     return GGUFFile(
         path=path,
         version=version,
@@ -416,6 +433,20 @@ def _parse(buf: Any, size: int, path: Path, split: int) -> GGUFFile:
         byte_order=order,
         paths=[path],
     )
+
+
+def _check_extent(path: Path, tensors: list[TensorInfo], data_offset: int, size: int) -> None:
+    """The tensor data the table describes must lie within the file (llama.cpp's loader checks
+    each tensor's offset + size against the file size; the last one needs no padding)."""
+    if not tensors:
+        return
+    end = data_offset + max(t.offset + t.nbytes for t in tensors)
+    if end > size:
+        raise GGUFTruncated(
+            f"{path}: the file is cut short: its tensor data ends at byte {end} but the file has "
+            f"{size} bytes ({end - size} missing; an interrupted download?)",
+            hint="download the model again (and compare its size or checksum with the source)",
+        )
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from llmctl.errors import Problem
 from llmctl.manifest.discover import find_manifest
 from llmctl.manifest.problems import usable
+from llmctl.manifest.readfile import read_manifest_bytes
 from llmctl.manifest.source import Source
 from llmctl.manifest.view import ManifestView, dump_value
 
@@ -142,8 +143,7 @@ def check_manifest(path: Path) -> tuple[Manifest, list[Problem]]:
 def _checked(path: Path) -> _Checked:
     real = os.path.realpath(path)
     try:
-        with open(real, "rb") as f:
-            data = f.read()
+        data = read_manifest_bytes(real, path)  # ManifestError for a device, FIFO or huge file
         text: str | None = data.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         text = None  # the validation says what is wrong

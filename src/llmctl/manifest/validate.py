@@ -18,6 +18,7 @@ from llmctl.llama.vocab import CACHE_TYPES
 from llmctl.manifest.discover import expand_path, find_manifest
 from llmctl.manifest.model import PATH_FIELDS, TRISTATE_FIELDS, Manifest, ManifestModel, Profile
 from llmctl.manifest.problems import usable
+from llmctl.manifest.readfile import read_manifest_bytes
 from llmctl.manifest.rules import manifest_rules
 from llmctl.manifest.yamldoc import Path_, Source, YamlLoadError, load_yaml
 
@@ -336,7 +337,7 @@ def check_manifest(path: Path, content: bytes | None = None) -> tuple[Manifest, 
     """
     file = str(path)
     try:
-        data_bytes = path.read_bytes() if content is None else content
+        data_bytes = read_manifest_bytes(path) if content is None else content
     except FileNotFoundError:
         raise ManifestError(
             f"{file}: no such file", hint="pass --manifest PATH or set LLMCTL_MANIFEST"

@@ -64,11 +64,18 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
     return RouterError(400, message, param=param, code=code)
 
 
+_MAX_ECHOED_NAME = 200  # a client's unknown model name is echoed this far, not whole
+
+
+def _echoed_name(name: str) -> str:
+    return name if len(name) <= _MAX_ECHOED_NAME else name[:_MAX_ECHOED_NAME] + "\u2026"
+
+
 def model_not_found(model: str, available: list[str]) -> RouterError:
     listing = ", ".join(available) if available else "(none)"
     return RouterError(
         404,
-        f"The model {model!r} does not exist on this server. Available: {listing}.",
+        f"The model {_echoed_name(model)!r} does not exist on this server. Available: {listing}.",
         type=INVALID_REQUEST,
         code="model_not_found",
         param="model",

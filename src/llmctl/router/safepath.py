@@ -3,7 +3,8 @@
 A path with a dot segment (`..`, `.`, also percent-encoded) or an encoded slash or backslash could
 leave an upstream's path prefix once the upstream (or a proxy before it) normalises it, and the
 request would carry that upstream's key. Such paths are refused, for every endpoint, rather than
-normalised: no client of an OpenAI-compatible or llama-server API sends them.
+normalised: no client of an OpenAI-compatible or llama-server API sends them. A segment is compared
+with its `;params` cut off (`..;x`), since servlet containers and some proxies drop them first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def unsafe_path(raw_path: bytes) -> str | None:
         if any(c < 0x20 or c == 0x7F for c in decoded):
             return "a control character in the path"
         segments = decoded.split(b"/")
-        if any(s in (b".", b"..") for s in segments):
+        if any(s.split(b";", 1)[0] in (b".", b"..") for s in segments):
             return "a dot segment ('.' or '..') in the path"
         if b"%" not in decoded:
             return None

@@ -59,6 +59,7 @@ from llmctl.llama.secrets import mask_argv
 # (subprocess, http.client, log parsing) is imported where it is used.
 from llmctl.supervisor import procs
 from llmctl.supervisor.lock import StateLock
+from llmctl.supervisor.modelfile import check_model_file
 from llmctl.supervisor.state import (
     LAUNCH_ID_ENV,
     CorruptState,
@@ -488,6 +489,7 @@ class Supervisor:
                 return result(ready=False, pid=None, log=None, error=err)
             # before anything is stopped: the new server's state and log must be writable
             check_writable(self.state_dir, sync=bool(others) or rec is not None)
+            check_model_file(spec)
             # exactly this profile runs afterwards: every other server goes
             for other in others:
                 self._stop_record(other, emit)
@@ -540,6 +542,7 @@ class Supervisor:
                 return result(ready=False, pid=None, log=None, error=err)
             # before anything is stopped: the new server's state and log must be writable
             check_writable(self.state_dir, sync=any(name in recs for name in victims))
+            check_model_file(spec)
             for name in victims:
                 if name in recs:
                     self._stop_record(recs[name], emit)
