@@ -81,7 +81,8 @@ from llmctl.router.safepath import unsafe_path
 from llmctl.router.scheduler import Progress, ProgressFn, Scheduler, SwitchFailed, switching
 from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
-from llmctl.supervisor.lifecycle import Event, Supervisor
+from llmctl.supervisor.lifecycle import Supervisor
+from llmctl.supervisor.results import Event
 
 
 def _serve_of(manifest: Any) -> ServeConfig:

@@ -1,44 +1,43 @@
-"""Process lifecycle of the managed llama-server: switch, stop, status, logs.
+"""The supervisor: this machine's llama-server processes, one LaunchRecord per profile.
 
-CONTRACT (stable names used by the CLI and the router; the implementation may add more):
+CONTRACT (the names the CLI and the router use):
 
-    sup = Supervisor(state_dir=paths.state_dir(), lock_timeout=...)
-    sup.status(check_health=True, timeout=0.5) -> Status
-    sup.switch(spec: LaunchSpec, on_event=callback, cancel=threading.Event()) -> SwitchResult
-    sup.stop(on_event=callback) -> StopResult
-    sup.logs path: Status.log / SwitchResult.log
+    sup = Supervisor(state_dir=paths.state_dir(), lock_timeout=..., keep_logs=...)
+    sup.status(check_health=True, timeout=0.5) -> Status   the newest server; all in Status.servers
+    sup.ps() -> list[Status]                                every server, oldest first
+    sup.records() -> dict[str, LaunchRecord]                the records, read without repair
+    sup.switch(spec, on_event=..., cancel=...) -> SwitchResult   leaves exactly `spec` running
+    sup.load(spec, choose=..., on_event=...) -> SwitchResult     starts `spec` beside the others;
+                                                            `choose` (the placement) runs under the lock
+    sup.stop(profile=None, forget=False, cancel_loading=True) -> StopResult   one profile, or all
+    sup.log_path() -> Path | None
 
-`on_event` receives Event objects in order: "locked", "stopping", "stopped", "starting",
-"log" (one per stderr line while loading), "ready" or "error". The callback runs in the
-switching thread and must be quick.
+Every method is synchronous and safe from several threads and processes at once: a file lock
+in the state folder serializes every change. A change first checks that the folder can be
+written (StateDirError), so nothing is stopped that cannot be recorded. Launch failures (exit
+while loading, time-out, stall, port taken, binary missing, cancelled) come back in
+`SwitchResult.error` with `ready=False` and nothing left running; `switch`/`load` raise only
+LockTimeout (and re-raise KeyboardInterrupt/SystemExit after cleaning up).
 
-Every method is synchronous and safe to call from several threads and processes at once:
-a file lock in the state directory serializes every change of state.
+`on_event` receives Event objects in order: "locked", "stopping", "stopped", "starting", "log"
+(one per stderr line while loading), "kv" (a keep_kv cache saved, restored or dropped), then
+"ready" or "error". It runs in the calling thread and must be quick.
 
-Failures of the launch itself (the process exits while loading, the load times out or
-stalls, the port is taken, the binary is missing, the load is cancelled) come back in
-`SwitchResult.error` with `ready=False` and nothing left running; `switch` raises only
-LockTimeout (and re-raises KeyboardInterrupt/SystemExit after cleaning up).
+STATE TABLE of one profile's server (Status.phase):
 
-Added to the contract (backward compatible): `Status.phase` ("ready", or "starting" while
-another llmctl loads it) and `Status.note` (a repair that status made or saw);
-`to_json()` on Status, SwitchResult (the `switch --json` object) and StopResult;
-`SwitchResult.raise_for_error()`; `Supervisor.log_path()`; keyword arguments `keep_logs`,
-`port_timeout`, `gpu_timeout`. Event kind "kv": the saved KV cache of a `keep_kv` profile (saved
-before a stop, restored after a load, or a file dropped); `stop(forget=True)` drops every saved
-cache instead of saving; `Status.kv_saved` lists them. `stop()` cancels a load in progress in another llmctl
-instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
+    phase      record                   what a call does
+    ---------  -----------------------  ---------------------------------------------------------
+    stopped    none                     switch/load: write the record (phase starting), spawn, wait
+    starting   launch_id, cancel file   status: "starting"; stop: touch the cancel file, the loader
+               free to touch            kills its launch and drops the record (cancel_loading=False
+                                        waits for it instead); switch/load of it: wait on the lock
+    ready      pid, port, config hash   switch/load with the same config: noop; another config:
+                                        stop (save keep_kv) then start; stop: SIGTERM, wait, SIGKILL
+    dead       pid gone or not ours     any call: repair (drop the record, note it in Status.note)
 
-Several servers (added, backward compatible): the state holds one LaunchRecord per profile.
-`sup.load(spec, choose=...)` starts a server beside the others (`choose` is the placement
-policy, run under the lock: llmctl.supervisor.placer.load_profile); `sup.stop(profile=NAME)`
-stops one; `sup.ps()` lists every server; `sup.records()` reads the records without repair.
-`switch` leaves exactly its profile running; `stop()` stops them all; `status()` describes the
-newest, with every server in `Status.servers`. Changes check first that the state folder can be
-written (StateDirError), so nothing is stopped that cannot be recorded.
-
-State folder: `state.json` (LaunchRecords by profile, see llmctl.supervisor.state), `lock`
-(flock), `logs/` (one log per launch, the newest `keep_logs` kept).
+Orphans (our servers with no record, found by STATE_DIR_ENV in their environment) are adopted
+or stopped by repair.py. State folder: `state.json` (llmctl.supervisor.state), `lock` (flock),
+`logs/` (one log per launch, the newest `keep_logs` kept), `kv/` (keep_kv caches).
 """
 
 from __future__ import annotations
@@ -48,17 +47,16 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LaunchError, LlmctlError, LoadCancelled
-from llmctl.llama.secrets import mask_argv
 
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
 # (subprocess, http.client, log parsing) is imported where it is used.
 from llmctl.supervisor import procs
 from llmctl.supervisor.lock import StateLock
+from llmctl.supervisor.results import Event, EventKind, Status, StopResult, SwitchResult
 from llmctl.supervisor.state import (
     LAUNCH_ID_ENV,
     CorruptState,
@@ -74,129 +72,9 @@ if TYPE_CHECKING:
 
     from llmctl.supervisor.launch import LaunchSpec
 
-EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
-
 # The state folder a server belongs to, in its environment: finds our servers when the state
 # file is lost, without touching those of another state folder.
 STATE_DIR_ENV = "LLMCTL_SERVER_STATE"
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: EventKind
-    message: str
-    elapsed_s: float
-    profile: str | None = None
-
-
-@dataclass
-class Status:
-    running: bool
-    profile: str | None = None
-    pid: int | None = None
-    host: str | None = None
-    port: int | None = None
-    url: str | None = None
-    started_at: float | None = None
-    uptime_s: float | None = None
-    healthy: bool | None = None
-    log: str | None = None
-    config_hash: str | None = None
-    argv: list[str] = field(default_factory=list)
-    memory: dict[str, Any] = field(default_factory=dict)
-    # added: "ready", "starting" (another llmctl is loading it) or None when nothing runs
-    phase: str | None = None
-    # added: what status noticed and repaired (a server that died, a switch that was killed)
-    note: str | None = None
-    # added: every running server (several run with `llmctl load`), brief, oldest first
-    servers: list[dict[str, Any]] = field(default_factory=list)
-    # added: saved KV caches of keep_kv profiles (slotcache.saved)
-    kv_saved: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "running": self.running,
-            "phase": self.phase,
-            "profile": self.profile,
-            "pid": self.pid,
-            "host": self.host,
-            "port": self.port,
-            "url": self.url,
-            "started_at": self.started_at,
-            "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 3),
-            "healthy": self.healthy,
-            "log": self.log,
-            "config_hash": self.config_hash,
-            "argv": mask_argv(self.argv),
-            "memory": dict(self.memory),
-            "note": self.note,
-            "servers": list(self.servers),
-            "kv_saved": list(self.kv_saved),
-        }
-
-
-@dataclass
-class SwitchResult:
-    profile: str
-    pid: int | None
-    port: int
-    url: str
-    ready: bool
-    elapsed_s: float
-    log: str | None
-    noop: bool = False
-    error: LaunchError | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The `llmctl switch --json` object."""
-        err = None
-        if self.error is not None:
-            message = self.error.message
-            if self.error.hint:
-                message = f"{message} ({self.error.hint})"
-            err = {
-                "message": message,
-                "exit_code": self.error.exit_status,
-                "stderr_tail": list(self.error.stderr_tail),
-            }
-        return {
-            "profile": self.profile,
-            "pid": self.pid,
-            "port": self.port,
-            "url": self.url,
-            "ready": self.ready,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "log": self.log,
-            "error": err,
-        }
-
-    def raise_for_error(self) -> SwitchResult:
-        """Raise the LaunchError, if any; return self otherwise."""
-        if self.error is not None:
-            raise self.error
-        return self
-
-
-@dataclass
-class StopResult:
-    stopped: bool
-    profile: str | None
-    pid: int | None
-    elapsed_s: float
-    # added: every profile stopped (several servers may run)
-    profiles: list[str] = field(default_factory=list)
-    # stop(forget=True): saved KV cache files and bytes dropped
-    forgotten: tuple[int, int] = (0, 0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stopped": self.stopped,
-            "profile": self.profile,
-            "pid": self.pid,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "profiles": list(self.profiles),
-            "kv_forgotten": {"files": self.forgotten[0], "bytes": self.forgotten[1]},
-        }
 
 
 # Children started by this process, kept so they can be reaped (no zombies in a long-lived router).
