@@ -144,7 +144,7 @@ def run_router(port: int, upstream_url: str, workdir: Path) -> None:
     from llmctl.manifest.validate import load_manifest
     from llmctl.router.app import create_app
     from llmctl.supervisor.launch import LaunchSpec
-    from llmctl.supervisor.lifecycle import Status
+    from llmctl.supervisor.results import Status
 
     class StubSupervisor:
         """The FAKE upstream stands for a llama-server already running profile `bench`."""

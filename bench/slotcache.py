@@ -66,7 +66,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from llmctl.supervisor.launch import LaunchSpec
-    from llmctl.supervisor.lifecycle import Event, Supervisor
+    from llmctl.supervisor.lifecycle import Supervisor
+    from llmctl.supervisor.results import Event
     from llmctl.supervisor.slotcache import KeepKv, saved
     from llmctl.testing.testmodels import write_tiny_model
 

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from llmctl import paths
 from llmctl.cli import build_app
 from llmctl.cli.status import NOT_RUNNING, current_status, status_text
-from llmctl.supervisor.lifecycle import Event, Status, Supervisor
+from llmctl.supervisor.lifecycle import Supervisor
+from llmctl.supervisor.results import Event, Status
 from llmctl.supervisor.slotcache import (
     Index,
     KeepKv,

@@ -15,7 +15,8 @@ import pytest
 
 from llmctl import paths
 from llmctl.supervisor.launch import LaunchSpec
-from llmctl.supervisor.lifecycle import Event, Supervisor
+from llmctl.supervisor.lifecycle import Supervisor
+from llmctl.supervisor.results import Event
 from llmctl.supervisor.slotcache import KeepKv, profile_folder, read_index, saved
 from test_supervisor_real import _port, llama_pids
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from llmctl import paths
-from llmctl.supervisor.lifecycle import Status, Supervisor, procs
+from llmctl.supervisor.lifecycle import Supervisor, procs
 from llmctl.supervisor.lock import StateLock
+from llmctl.supervisor.results import Status
 from llmctl.supervisor.state import read_state
 from processes import llmctl
 from supervisor_helpers import FAKE, fake_pids, kill_fakes, wait_until

@@ -23,8 +23,9 @@ from llmctl import paths
 from llmctl.errors import EXIT_LOCKED, LockTimeout
 from llmctl.supervisor.health import health_status
 from llmctl.supervisor.launch import LaunchSpec
-from llmctl.supervisor.lifecycle import Event, Supervisor, SwitchResult, procs
+from llmctl.supervisor.lifecycle import Supervisor, procs
 from llmctl.supervisor.lock import StateLock
+from llmctl.supervisor.results import Event, SwitchResult
 from llmctl.supervisor.state import LaunchRecord, read_state, write_state
 from supervisor_helpers import FAKE, fake_pids, fake_spec, kill_fakes, wait_until
 

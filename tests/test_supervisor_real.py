@@ -19,7 +19,8 @@ import pytest
 from llmctl import paths
 from llmctl.supervisor.health import health_status
 from llmctl.supervisor.launch import LaunchSpec
-from llmctl.supervisor.lifecycle import Event, Supervisor, procs
+from llmctl.supervisor.lifecycle import Supervisor, procs
+from llmctl.supervisor.results import Event
 from llmctl.supervisor.state import read_state
 
 

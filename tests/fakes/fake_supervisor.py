@@ -15,7 +15,7 @@ from pathlib import Path
 from fakes.fake_upstream import FakeUpstream
 from llmctl.errors import LaunchError
 from llmctl.supervisor.launch import LaunchSpec
-from llmctl.supervisor.lifecycle import Event, Status, StopResult, SwitchResult
+from llmctl.supervisor.results import Event, Status, StopResult, SwitchResult
 
 
 def fake_spec(manifest: object, name: str) -> LaunchSpec:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console, ConsoleOptions, RenderResult
 
-    from llmctl.supervisor.lifecycle import Event
+    from llmctl.supervisor.results import Event
 
 
 def _err_console() -> Any:

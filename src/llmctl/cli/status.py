@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     import typer
 
-    from llmctl.supervisor.lifecycle import Status
+    from llmctl.supervisor.results import Status
 
 EXIT_OK = 0
 EXIT_FAILED = 1

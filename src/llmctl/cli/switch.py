@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import typer
 
     from llmctl.supervisor.launch import LaunchSpec
-    from llmctl.supervisor.lifecycle import Event, Supervisor, SwitchResult
+    from llmctl.supervisor.lifecycle import Supervisor
+    from llmctl.supervisor.results import Event, SwitchResult
 
 DEFAULT_LOCK_TIMEOUT = 600.0
 

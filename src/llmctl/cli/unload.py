@@ -14,7 +14,7 @@ from llmctl.errors import EXIT_OK, UsageError
 if TYPE_CHECKING:
     import typer
 
-    from llmctl.supervisor.lifecycle import Event
+    from llmctl.supervisor.results import Event
 
 
 def run(

@@ -28,7 +28,8 @@ from llmctl.router.errors import RouterError, failed_start, router_error_for
 from llmctl.router.routing import ModelIndex
 from llmctl.router.scheduler import Progress, ProgressFn, Scheduler, switching
 from llmctl.supervisor.launch import LaunchSpec
-from llmctl.supervisor.lifecycle import Event, Supervisor
+from llmctl.supervisor.lifecycle import Supervisor
+from llmctl.supervisor.results import Event
 
 _T = TypeVar("_T")
 log = logging.getLogger("llmctl.router")

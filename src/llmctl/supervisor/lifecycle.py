@@ -1,72 +1,68 @@
-"""Process lifecycle of the managed llama-server: switch, stop, status, logs.
+"""The supervisor: this machine's llama-server processes, one LaunchRecord per profile.
 
-CONTRACT (stable names used by the CLI and the router; the implementation may add more):
+CONTRACT (the names the CLI and the router use):
 
-    sup = Supervisor(state_dir=paths.state_dir(), lock_timeout=...)
-    sup.status(check_health=True, timeout=0.5) -> Status
-    sup.switch(spec: LaunchSpec, on_event=callback, cancel=threading.Event()) -> SwitchResult
-    sup.stop(on_event=callback) -> StopResult
-    sup.logs path: Status.log / SwitchResult.log
+    sup = Supervisor(state_dir=paths.state_dir(), lock_timeout=..., keep_logs=...)
+    sup.status(check_health=True, timeout=0.5) -> Status   the newest server; all in Status.servers
+    sup.ps() -> list[Status]                                every server, oldest first
+    sup.records() -> dict[str, LaunchRecord]                the records, read without repair
+    sup.switch(spec, on_event=..., cancel=...) -> SwitchResult   leaves exactly `spec` running
+    sup.load(spec, choose=..., on_event=...) -> SwitchResult     starts `spec` beside the others;
+                                                            `choose` (the placement) runs under the lock
+    sup.stop(profile=None, forget=False, cancel_loading=True) -> StopResult   one profile, or all
+    sup.log_path() -> Path | None
 
-`on_event` receives Event objects in order: "locked", "stopping", "stopped", "starting",
-"log" (one per stderr line while loading), "ready" or "error". The callback runs in the
-switching thread and must be quick.
+Every method is synchronous and safe from several threads and processes at once: a file lock
+in the state folder serializes every change. A change first checks that the folder can be
+written (StateDirError), so nothing is stopped that cannot be recorded. Launch failures (exit
+while loading, time-out, stall, port taken, binary missing, cancelled) come back in
+`SwitchResult.error` with `ready=False` and nothing left running; `switch`/`load` raise only
+LockTimeout (and re-raise KeyboardInterrupt/SystemExit after cleaning up).
 
-Every method is synchronous and safe to call from several threads and processes at once:
-a file lock in the state directory serializes every change of state.
+`on_event` receives Event objects in order: "locked", "stopping", "stopped", "starting", "log"
+(one per stderr line while loading), "kv" (a keep_kv cache saved, restored or dropped), then
+"ready" or "error". It runs in the calling thread and must be quick.
 
-Failures of the launch itself (the process exits while loading, the load times out or
-stalls, the port is taken, the binary is missing, the load is cancelled) come back in
-`SwitchResult.error` with `ready=False` and nothing left running; `switch` raises only
-LockTimeout (and re-raises KeyboardInterrupt/SystemExit after cleaning up).
+STATE TABLE of one profile's server (Status.phase):
 
-Added to the contract (backward compatible): `Status.phase` ("ready", or "starting" while
-another llmctl loads it) and `Status.note` (a repair that status made or saw);
-`to_json()` on Status, SwitchResult (the `switch --json` object) and StopResult;
-`SwitchResult.raise_for_error()`; `Supervisor.log_path()`; keyword arguments `keep_logs`,
-`port_timeout`, `gpu_timeout`. Event kind "kv": the saved KV cache of a `keep_kv` profile (saved
-before a stop, restored after a load, or a file dropped); `stop(forget=True)` drops every saved
-cache instead of saving; `Status.kv_saved` lists them. `stop()` cancels a load in progress in another llmctl
-instead of waiting for it to finish (`stop(cancel_loading=False)` waits).
+    phase      record                   what a call does
+    ---------  -----------------------  ---------------------------------------------------------
+    stopped    none                     switch/load: write the record (phase starting), spawn, wait
+    starting   launch_id, cancel file   status: "starting"; stop: touch the cancel file, the loader
+               free to touch            kills its launch and drops the record (cancel_loading=False
+                                        waits for it instead); switch/load of it: wait on the lock
+    ready      pid, port, config hash   switch/load with the same config: noop; another config:
+                                        stop (save keep_kv) then start; stop: SIGTERM, wait, SIGKILL
+    dead       pid gone or not ours     any call: repair (drop the record, note it in Status.note)
 
-Several servers (added, backward compatible): the state holds one LaunchRecord per profile.
-`sup.load(spec, choose=...)` starts a server beside the others (`choose` is the placement
-policy, run under the lock: llmctl.supervisor.placer.load_profile); `sup.stop(profile=NAME)`
-stops one; `sup.ps()` lists every server; `sup.records()` reads the records without repair.
-`switch` leaves exactly its profile running; `stop()` stops them all; `status()` describes the
-newest, with every server in `Status.servers`. Changes check first that the state folder can be
-written (StateDirError), so nothing is stopped that cannot be recorded.
-
-State folder: `state.json` (LaunchRecords by profile, see llmctl.supervisor.state), `lock`
-(flock), `logs/` (one log per launch, the newest `keep_logs` kept).
+Orphans (our servers with no record, found by STATE_DIR_ENV in their environment) are adopted
+or stopped by repair.py. State folder: `state.json` (llmctl.supervisor.state), `lock` (flock),
+`logs/` (one log per launch, the newest `keep_logs` kept), `kv/` (keep_kv caches).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from llmctl.errors import LaunchError, LlmctlError, LoadCancelled
-from llmctl.llama.secrets import mask_argv
+from llmctl.errors import LaunchError, LlmctlError
 
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
 # (subprocess, http.client, log parsing) is imported where it is used.
 from llmctl.supervisor import procs
 from llmctl.supervisor.lock import StateLock
-from llmctl.supervisor.modelfile import check_model_file
+from llmctl.supervisor.results import Event, EventKind, Status, StopResult, SwitchResult
 from llmctl.supervisor.state import (
-    LAUNCH_ID_ENV,
     CorruptState,
     LaunchRecord,
     check_writable,
     read_servers,
-    set_aside_corrupt,
     write_servers,
 )
 
@@ -75,141 +71,13 @@ if TYPE_CHECKING:
 
     from llmctl.supervisor.launch import LaunchSpec
 
-EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
-
-# The state folder a server belongs to, in its environment: finds our servers when the state
-# file is lost, without touching those of another state folder.
-STATE_DIR_ENV = "LLMCTL_SERVER_STATE"
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: EventKind
-    message: str
-    elapsed_s: float
-    profile: str | None = None
-
-
-@dataclass
-class Status:
-    running: bool
-    profile: str | None = None
-    pid: int | None = None
-    host: str | None = None
-    port: int | None = None
-    url: str | None = None
-    started_at: float | None = None
-    uptime_s: float | None = None
-    healthy: bool | None = None
-    log: str | None = None
-    config_hash: str | None = None
-    argv: list[str] = field(default_factory=list)
-    memory: dict[str, Any] = field(default_factory=dict)
-    # added: "ready", "starting" (another llmctl is loading it) or None when nothing runs
-    phase: str | None = None
-    # added: what status noticed and repaired (a server that died, a switch that was killed)
-    note: str | None = None
-    # added: every running server (several run with `llmctl load`), brief, oldest first
-    servers: list[dict[str, Any]] = field(default_factory=list)
-    # added: saved KV caches of keep_kv profiles (slotcache.saved)
-    kv_saved: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "running": self.running,
-            "phase": self.phase,
-            "profile": self.profile,
-            "pid": self.pid,
-            "host": self.host,
-            "port": self.port,
-            "url": self.url,
-            "started_at": self.started_at,
-            "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 3),
-            "healthy": self.healthy,
-            "log": self.log,
-            "config_hash": self.config_hash,
-            "argv": mask_argv(self.argv),
-            "memory": dict(self.memory),
-            "note": self.note,
-            "servers": list(self.servers),
-            "kv_saved": list(self.kv_saved),
-        }
-
-
-@dataclass
-class SwitchResult:
-    profile: str
-    pid: int | None
-    port: int
-    url: str
-    ready: bool
-    elapsed_s: float
-    log: str | None
-    noop: bool = False
-    error: LaunchError | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The `llmctl switch --json` object."""
-        err = None
-        if self.error is not None:
-            message = self.error.message
-            if self.error.hint:
-                message = f"{message} ({self.error.hint})"
-            err = {
-                "message": message,
-                "exit_code": self.error.exit_status,
-                "stderr_tail": list(self.error.stderr_tail),
-            }
-        return {
-            "profile": self.profile,
-            "pid": self.pid,
-            "port": self.port,
-            "url": self.url,
-            "ready": self.ready,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "log": self.log,
-            "error": err,
-        }
-
-    def raise_for_error(self) -> SwitchResult:
-        """Raise the LaunchError, if any; return self otherwise."""
-        if self.error is not None:
-            raise self.error
-        return self
-
-
-@dataclass
-class StopResult:
-    stopped: bool
-    profile: str | None
-    pid: int | None
-    elapsed_s: float
-    # added: every profile stopped (several servers may run)
-    profiles: list[str] = field(default_factory=list)
-    # stop(forget=True): saved KV cache files and bytes dropped
-    forgotten: tuple[int, int] = (0, 0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stopped": self.stopped,
-            "profile": self.profile,
-            "pid": self.pid,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "profiles": list(self.profiles),
-            "kv_forgotten": {"files": self.forgotten[0], "bytes": self.forgotten[1]},
-        }
-
-
-# Children started by this process, kept so they can be reaped (no zombies in a long-lived router).
-_children: dict[int, subprocess.Popen[bytes]] = {}
-_children_lock = threading.Lock()
-
 
 def _reap() -> None:
-    with _children_lock:
-        for pid, proc in list(_children.items()):
-            if proc.poll() is not None:
-                del _children[pid]
+    # Only this process's children need reaping, and only a process that spawned one has
+    # imported spawn: `status` stays free of it.
+    spawn = sys.modules.get("llmctl.supervisor.spawn")
+    if spawn is not None:
+        spawn.reap()
 
 
 class _Cancelled(Exception):
@@ -403,7 +271,9 @@ class Supervisor:
         try:
             with self._lock("stop" if profile is None else f"unload {profile}") as lock:
                 emit("locked", _locked_message(lock))
-                recs = self._load_for_change(emit)
+                from llmctl.supervisor import repair
+
+                recs = repair.load_for_change(self.state_dir, self.port_timeout, emit)
                 chosen = [r for p, r in recs.items() if profile is None or p == profile]
                 if chosen:
                     check_writable(self.state_dir, 0)  # the state must be clearable first
@@ -477,7 +347,9 @@ class Supervisor:
 
         with self._lock(f"switch {spec.profile}") as lock:
             emit("locked", _locked_message(lock))
-            recs = self._load_for_change(emit)
+            from llmctl.supervisor import repair
+
+            recs = repair.load_for_change(self.state_dir, self.port_timeout, emit)
             others = [r for p, r in recs.items() if p != spec.profile]
             rec = recs.get(spec.profile)
             keep = rec is not None and self._healthy_same(rec, spec, emit)
@@ -489,6 +361,8 @@ class Supervisor:
                 return result(ready=False, pid=None, log=None, error=err)
             # before anything is stopped: the new server's state and log must be writable
             check_writable(self.state_dir, sync=bool(others) or rec is not None)
+            from llmctl.supervisor.modelfile import check_model_file
+
             check_model_file(spec)
             # exactly this profile runs afterwards: every other server goes
             for other in others:
@@ -522,7 +396,9 @@ class Supervisor:
 
         with self._lock(f"load {spec.profile}") as lock:
             emit("locked", _locked_message(lock))
-            recs = self._load_for_change(emit)
+            from llmctl.supervisor import repair
+
+            recs = repair.load_for_change(self.state_dir, self.port_timeout, emit)
             rec = recs.get(spec.profile)
             if rec is not None:
                 match = next((s for s in (spec, *same_as) if self._same_config(rec, s)), spec)
@@ -542,6 +418,8 @@ class Supervisor:
                 return result(ready=False, pid=None, log=None, error=err)
             # before anything is stopped: the new server's state and log must be writable
             check_writable(self.state_dir, sync=any(name in recs for name in victims))
+            from llmctl.supervisor.modelfile import check_model_file
+
             check_model_file(spec)
             for name in victims:
                 if name in recs:
@@ -621,117 +499,16 @@ class Supervisor:
             return err.message
         try:
             notes: list[str] = []
-            self._load_for_change(lambda kind, msg: notes.append(msg))
+            from llmctl.supervisor import repair
+
+            repair.load_for_change(
+                self.state_dir, self.port_timeout, lambda kind, msg: notes.append(msg)
+            )
             return "; ".join(notes) or "the state changed meanwhile"
         except LlmctlError as err:
             return err.message
         finally:
             lock.release()
-
-    def _load_for_change(self, emit: Callable[[EventKind, str], None]) -> dict[str, LaunchRecord]:
-        """Under the lock: the live records, after repairing stale ones (and saying so)."""
-        try:
-            recs = read_servers(self.state_dir)
-        except CorruptState as err:
-            where = set_aside_corrupt(self.state_dir)
-            return self._recover_orphans(
-                f"{err}; set aside as {where}" if where else str(err), emit
-            )
-        if not recs:
-            return self._recover_orphans(None, emit)
-        live: dict[str, LaunchRecord] = {}
-        changed = False
-        for name, rec in recs.items():
-            kept = self._repair_record(rec, emit)
-            if kept is None:
-                changed = True
-            else:
-                live[name] = kept
-        if changed:
-            write_servers(self.state_dir, live)
-        return live
-
-    def _repair_record(
-        self, rec: LaunchRecord, emit: Callable[[EventKind, str], None]
-    ) -> LaunchRecord | None:
-        """The record if its server is live and ready; else repaired (leftovers stopped), None."""
-        if rec.phase == "ready" and rec.pid is not None and procs.is_alive(rec.pid, rec.start_time):
-            return rec
-        # Stale: the server exited, its pid was reused, or the llmctl that started it died
-        # mid-switch (any llmctl alive would still hold the lock we now hold).
-        leftovers = self._members(rec)
-        if leftovers:
-            procs.terminate(leftovers, pgid=self._pgid(rec), timeout=rec.stop_timeout, reap=_reap)
-            procs.wait_port_free(rec.host, rec.port, self.port_timeout)
-            what = f"stopped the half-started server of profile {rec.profile!r} (pid {rec.pid}) left by an interrupted switch"
-            if rec.phase == "ready":
-                what = f"stopped processes left by the server of profile {rec.profile!r} (pid {rec.pid})"
-        elif rec.phase == "ready":
-            what = f"the server of profile {rec.profile!r} (pid {rec.pid}) had exited"
-        else:
-            what = f"an interrupted switch to profile {rec.profile!r} left a state; nothing was running"
-        emit("stopped", f"{what}; state repaired")
-        return None
-
-    def _recover_orphans(
-        self, note: str | None, emit: Callable[[EventKind, str], None]
-    ) -> dict[str, LaunchRecord]:
-        """No usable state: servers this folder started are found by their launch id, each
-        healthy one adopted (its record rebuilt, one per profile), any other stopped. Says what
-        was repaired."""
-        from llmctl.supervisor.adopt import find_orphans
-
-        orphans = find_orphans(self.state_dir)
-        if not orphans:
-            if note:
-                emit("stopped", note)
-            return {}
-        from llmctl.supervisor.health import health_status
-
-        notes = [note] if note else []
-        adopted: dict[str, LaunchRecord] = {}
-        for orphan in orphans:
-            rec = orphan.record()
-            if (
-                rec is not None
-                and rec.profile not in adopted
-                and health_status(rec.url, 1.0) == 200
-            ):
-                adopted[rec.profile] = rec
-                notes.append(
-                    f"found the llama-server of profile {rec.profile!r} (pid {orphan.pid}) by its "
-                    "launch id and adopted it"
-                )
-                continue
-            members = procs.session_members(orphan.pid, orphan.marker)
-            procs.terminate(members or [orphan.pid], pgid=orphan.pid, timeout=10.0, reap=_reap)
-            notes.append(f"stopped llama-server pid {orphan.pid}, which no state recorded")
-        if adopted:
-            write_servers(self.state_dir, adopted)
-        emit("stopped", "; ".join(notes) + "; state repaired")
-        return adopted
-
-    def _members(self, rec: LaunchRecord) -> list[int]:
-        """Live processes of this launch: its session (marker-checked), else any marked process."""
-        if rec.pid is not None:
-            members = procs.session_members(rec.pid, rec.marker)
-            leader_ok = rec.start_time is not None and procs.is_alive(rec.pid, rec.start_time)
-            if leader_ok and rec.pid not in members:
-                members.append(rec.pid)
-            if members:
-                return members
-        if rec.phase == "starting":
-            return procs.marked_processes(rec.marker)
-        return []
-
-    def _pgid(self, rec: LaunchRecord) -> int | None:
-        if rec.pid is None:
-            return None
-        for pid in procs.session_members(rec.pid, rec.marker):
-            st = procs.stat(pid)
-            if st is not None and st.pgrp == rec.pid:
-                return rec.pid
-        return None
 
     def _same_config(self, rec: LaunchRecord, spec: LaunchSpec) -> bool:
         return (
@@ -752,9 +529,11 @@ class Supervisor:
                 rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
             )
         emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
-        members = self._members(rec)
+        from llmctl.supervisor import repair
+
+        members = repair.members(rec)
         outcome = procs.terminate(
-            members, pgid=self._pgid(rec), timeout=rec.stop_timeout, reap=_reap
+            members, pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap
         )
         self._drop(rec)
         if outcome == "survived":
@@ -783,105 +562,38 @@ class Supervisor:
     ) -> SwitchResult:
         import subprocess
 
-        from llmctl.supervisor.logs import HEADER, new_log
+        from llmctl.supervisor import spawn
+        from llmctl.supervisor.readiness import LoadWatcher
 
-        config_hash = spec.config_hash
         keep_kv: dict[str, Any] | None = None
         if spec.keep_kv is not None:
             # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
             from llmctl.supervisor.slotcache import prepare_launch
 
             spec, keep_kv = prepare_launch(self.state_dir, spec)
-        holder = procs.port_holder(spec.host, spec.port)
-        if holder is not None:
-            err = LaunchError(
-                f"port {spec.port} on {spec.host} is in use by {holder.describe()}",
-                hint=f"stop that program or give profile {spec.profile!r} another port",
-            )
-            emit("error", err.message)
-            return result(ready=False, pid=None, log=None, error=err)
-
-        running_logs: set[str] = set()
-        with contextlib.suppress(CorruptState):
-            running_logs = {r.log for r in read_servers(self.state_dir).values()}
-        header = (
-            f"{HEADER} profile={spec.profile} config={config_hash}\n{HEADER} $ {spec.shell()}\n"
-        )
-        try:
-            log_path = new_log(
-                self.state_dir,
-                spec.profile,
-                keep=self.keep_logs,
-                protect=running_logs,
-            )
-            log_path.write_text(header)
-        except OSError as oserr:
-            from llmctl.supervisor.state import state_dir_error
-
-            raise state_dir_error(self.state_dir, oserr, "write the launch log") from None
-        me = os.getpid()
-        rec = LaunchRecord(
-            launch_id=os.urandom(16).hex(),  # as uuid4().hex, without importing uuid
-            phase="starting",
-            profile=spec.profile,
-            config_hash=config_hash,
-            argv=list(spec.argv),
-            host=spec.host,
-            port=spec.port,
-            url=spec.url,
-            log=str(log_path),
-            started_at=time.time(),
-            owner_pid=me,
-            owner_start_time=procs.start_time(me),
-            stop_timeout=spec.stop_timeout,
-            model=spec.model,
-            extra={**spec.placement, **({"keep_kv": keep_kv} if keep_kv else {})},
-        )
+        port_err = spawn.port_error(spec)
+        if port_err is not None:
+            emit("error", port_err.message)
+            return result(ready=False, pid=None, log=None, error=port_err)
+        log_path, offset = spawn.launch_log(self.state_dir, spec, self.keep_logs)
+        rec = spawn.starting_record(spec, log_path, keep_kv)
         # Written before the spawn: an llmctl killed right after the spawn leaves a record
         # whose launch_id finds the orphan through its environment.
         self._put(rec)
         emit("starting", f"starting profile {spec.profile!r}: {spec.shell()}")
-        env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
-        env.update(spec.env)
-        env[LAUNCH_ID_ENV] = rec.launch_id
-        env[STATE_DIR_ENV] = str(self.state_dir)
+        watcher = LoadWatcher(spec, log_path, emit)
         proc: subprocess.Popen[bytes] | None = None
         try:
-            with log_path.open("ab") as log_file:
-                try:
-                    proc = subprocess.Popen(
-                        list(spec.argv),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        start_new_session=True,
-                        close_fds=True,
-                    )
-                except OSError as err:
-                    self._drop(rec)
-                    exe = spec.argv[0] if spec.argv else "?"
-                    lerr = LaunchError(
-                        f"cannot run {exe}: {err.strerror or err}",
-                        hint="set server.binary in the manifest or LLMCTL_LLAMA_SERVER to "
-                        "llama-server's path (scripts/build-llama-server.sh builds one)",
-                    )
-                    emit("error", lerr.message)
-                    return result(ready=False, pid=None, log=str(log_path), error=lerr)
-            with _children_lock:
-                _children[proc.pid] = proc
+            try:
+                proc = spawn.popen(spec, rec, log_path, self.state_dir)
+            except LaunchError as lerr:
+                self._drop(rec)
+                emit("error", lerr.message)
+                return result(ready=False, pid=None, log=str(log_path), error=lerr)
             rec.pid = proc.pid
             rec.start_time = procs.start_time(proc.pid)
             self._put(rec)
-            error = self._wait_ready(
-                proc,
-                spec,
-                log_path,
-                len(header.encode()),
-                emit,
-                cancel,
-                self._cancel_path(rec.launch_id),
-            )
+            error = watcher.wait_ready(proc, offset, cancel, self._cancel_path(rec.launch_id))
             if error is None and keep_kv:
                 # hook: restore slots after the server is ready, before the first request
                 from llmctl.supervisor.slotcache import restore_slots
@@ -892,7 +604,7 @@ class Supervisor:
                         proc.wait(timeout=spec.stop_timeout)
                     code = proc.poll()
                     error = (
-                        self._exit_error(spec, code, [], log_path)
+                        watcher.exit_error(code, [])
                         if code is not None
                         else LaunchError(
                             f"llama-server for profile {spec.profile!r} stopped answering while "
@@ -919,119 +631,11 @@ class Supervisor:
         return result(ready=True, pid=proc.pid, log=str(log_path))
 
     def _kill_launch(self, rec: LaunchRecord) -> None:
-        members = self._members(rec)
-        procs.terminate(members, pgid=self._pgid(rec), timeout=rec.stop_timeout, reap=_reap)
+        from llmctl.supervisor import repair
+
+        members = repair.members(rec)
+        procs.terminate(members, pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap)
         procs.wait_port_free(rec.host, rec.port, self.port_timeout)
-
-    def _wait_ready(
-        self,
-        proc: subprocess.Popen[bytes],
-        spec: LaunchSpec,
-        log_path: Path,
-        offset: int,
-        emit: _Emitter,
-        cancel: threading.Event | None,
-        cancel_file: Path,
-    ) -> LaunchError | None:
-        """Poll the log (every 1-20 ms) and /health; None once /health answers 200.
-
-        A load ends early when the process exits, at ready_timeout, after stall_timeout without
-        log output, or when cancelled (`cancel`, or `cancel_file` created by another stop).
-        """
-        from llmctl.supervisor.health import health_status
-        from llmctl.supervisor.logs import READY_LINE, LogFollower
-
-        follower = LogFollower(log_path, offset)
-        lines: list[str] = []
-        t0 = time.monotonic()
-        last_progress = t0
-        saw_ready_line = False
-        health_every = 0.02
-        next_health = t0 + health_every
-        nap = 0.001
-        try:
-            while True:
-                new, grew = follower.poll()
-                now = time.monotonic()
-                if grew:
-                    last_progress = now
-                    nap = 0.001
-                for line in new:
-                    lines.append(line)
-                    emit("log", line)
-                    if READY_LINE.search(line):
-                        saw_ready_line = True
-                if len(lines) > 2000:
-                    del lines[:1000]
-                if saw_ready_line or now >= next_health:
-                    if health_status(spec.url, 1.0) == 200:
-                        for line in follower.poll()[0]:
-                            emit("log", line)
-                        return None
-                    if not saw_ready_line:
-                        health_every = min(health_every * 1.5, 0.5)
-                        next_health = time.monotonic() + health_every
-                code = proc.poll()
-                if code is not None:
-                    more, _ = follower.poll()
-                    more += follower.flush()
-                    for line in more:
-                        lines.append(line)
-                        emit("log", line)
-                    return self._exit_error(spec, code, lines, log_path)
-                if cancel is not None and cancel.is_set():
-                    return LoadCancelled(
-                        f"the load of profile {spec.profile!r} was cancelled; nothing is left running"
-                    )
-                if cancel_file.exists():
-                    return LoadCancelled(
-                        f"the load of profile {spec.profile!r} was cancelled by `llmctl stop` "
-                        "from another process; nothing is left running",
-                        by_another=True,
-                    )
-                if now - t0 > spec.ready_timeout:
-                    return self._load_error(
-                        spec,
-                        f"profile {spec.profile!r} was not ready after {spec.ready_timeout:g} s (ready_timeout); killed",
-                        lines,
-                        "raise ready_timeout for big models",
-                    )
-                if now - last_progress > spec.stall_timeout:
-                    return self._load_error(
-                        spec,
-                        f"profile {spec.profile!r} stalled: no log output for {spec.stall_timeout:g} s "
-                        "while loading; killed",
-                        lines,
-                        "raise stall_timeout if the load is just slow",
-                    )
-                time.sleep(nap)
-                nap = min(nap * 1.5, 0.002 if saw_ready_line else 0.02)
-        finally:
-            follower.close()
-
-    def _exit_error(
-        self, spec: LaunchSpec, code: int, lines: list[str], log_path: Path
-    ) -> LaunchError:
-        from llmctl.supervisor.logs import error_tail, strip_prefix, tail_lines
-
-        if not lines:
-            lines = tail_lines(log_path, 50)
-        err_line, tail = error_tail(lines)
-        how = f"exited with code {code}" if code >= 0 else f"was killed by signal {-code}"
-        message = f"llama-server for profile {spec.profile!r} {how} while loading"
-        if err_line:
-            message += f": {strip_prefix(err_line)}"
-        return LaunchError(
-            message, hint=f"full log: {log_path}", exit_status=code, stderr_tail=tail
-        )
-
-    def _load_error(
-        self, spec: LaunchSpec, message: str, lines: list[str], hint: str
-    ) -> LaunchError:
-        from llmctl.supervisor.logs import error_tail
-
-        _, tail = error_tail(lines)
-        return LaunchError(message, hint=hint, stderr_tail=tail)
 
 
 class _Emitter:

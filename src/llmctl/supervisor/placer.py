@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from llmctl.memory.plan import DevicePlan
     from llmctl.supervisor.devices import DeviceInfo
     from llmctl.supervisor.launch import LaunchSpec
-    from llmctl.supervisor.lifecycle import Event, Supervisor, SwitchResult
+    from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.supervisor.placement import Decision, Device, Request, Running
+    from llmctl.supervisor.results import Event, SwitchResult
     from llmctl.supervisor.state import LaunchRecord
 
 # The policy (llmctl.supervisor.placement) is imported where it is used: `llmctl switch` and

@@ -1,0 +1,133 @@
+"""What the supervisor reports: progress events and the results of status, switch/load and stop.
+
+Plain dataclasses with `to_json()` (the `--json` objects of the CLI). Imports nothing heavy:
+`llmctl status` loads this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llmctl.errors import LaunchError
+from llmctl.llama.secrets import mask_argv
+
+EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: EventKind
+    message: str
+    elapsed_s: float
+    profile: str | None = None
+
+
+@dataclass
+class Status:
+    running: bool
+    profile: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    port: int | None = None
+    url: str | None = None
+    started_at: float | None = None
+    uptime_s: float | None = None
+    healthy: bool | None = None
+    log: str | None = None
+    config_hash: str | None = None
+    argv: list[str] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    # added: "ready", "starting" (another llmctl is loading it) or None when nothing runs
+    phase: str | None = None
+    # added: what status noticed and repaired (a server that died, a switch that was killed)
+    note: str | None = None
+    # added: every running server (several run with `llmctl load`), brief, oldest first
+    servers: list[dict[str, Any]] = field(default_factory=list)
+    # added: saved KV caches of keep_kv profiles (slotcache.saved)
+    kv_saved: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "phase": self.phase,
+            "profile": self.profile,
+            "pid": self.pid,
+            "host": self.host,
+            "port": self.port,
+            "url": self.url,
+            "started_at": self.started_at,
+            "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 3),
+            "healthy": self.healthy,
+            "log": self.log,
+            "config_hash": self.config_hash,
+            "argv": mask_argv(self.argv),
+            "memory": dict(self.memory),
+            "note": self.note,
+            "servers": list(self.servers),
+            "kv_saved": list(self.kv_saved),
+        }
+
+
+@dataclass
+class SwitchResult:
+    profile: str
+    pid: int | None
+    port: int
+    url: str
+    ready: bool
+    elapsed_s: float
+    log: str | None
+    noop: bool = False
+    error: LaunchError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `llmctl switch --json` object."""
+        err = None
+        if self.error is not None:
+            message = self.error.message
+            if self.error.hint:
+                message = f"{message} ({self.error.hint})"
+            err = {
+                "message": message,
+                "exit_code": self.error.exit_status,
+                "stderr_tail": list(self.error.stderr_tail),
+            }
+        return {
+            "profile": self.profile,
+            "pid": self.pid,
+            "port": self.port,
+            "url": self.url,
+            "ready": self.ready,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "log": self.log,
+            "error": err,
+        }
+
+    def raise_for_error(self) -> SwitchResult:
+        """Raise the LaunchError, if any; return self otherwise."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+@dataclass
+class StopResult:
+    stopped: bool
+    profile: str | None
+    pid: int | None
+    elapsed_s: float
+    # added: every profile stopped (several servers may run)
+    profiles: list[str] = field(default_factory=list)
+    # stop(forget=True): saved KV cache files and bytes dropped
+    forgotten: tuple[int, int] = (0, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stopped": self.stopped,
+            "profile": self.profile,
+            "pid": self.pid,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "profiles": list(self.profiles),
+            "kv_forgotten": {"files": self.forgotten[0], "bytes": self.forgotten[1]},
+        }
