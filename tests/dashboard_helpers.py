@@ -12,14 +12,18 @@ KEY = "dashboard-test-key"
 
 
 def write_models(folder: Path) -> tuple[Path, Path, Path]:
-    """Two tiny models and a truncated copy of one (its header reads, llama-server refuses it)."""
+    """Two tiny models and a broken copy of one: whole, but its header names a layer its
+    tensors lack, so llmctl's checks pass and llama-server refuses it while reading the model."""
     from llmctl.testing.testmodels import write_tiny_model
 
     a = write_tiny_model(folder / "tiny-a.gguf", arch="llama")
     b = write_tiny_model(folder / "tiny-b.gguf", arch="llama", seed=7)
     broken = folder / "broken.gguf"
-    data = a.read_bytes()
-    broken.write_bytes(data[: len(data) // 2])
+    data = bytearray(a.read_bytes())
+    key = b"llama.block_count"
+    at = data.index(key) + len(key) + 4  # the key, its value type (u32), then the value
+    data[at : at + 4] = (int.from_bytes(data[at : at + 4], "little") + 1).to_bytes(4, "little")
+    broken.write_bytes(bytes(data))
     return a, b, broken
 
 

@@ -175,3 +175,13 @@ def test_measure_a_command_line_without_llama_server(
     # an estimate with --all and a command line is a usage error, not a silent choice
     result = runner.invoke(build_app(), ["estimate", "--all", "--", "-m", str(model)])
     assert result.exit_code == 2 and "--all" in result.output
+
+
+def test_every_version_format_seen_in_2026_is_read() -> None:
+    sdist = parse_version("version: 0.5.0-dev (build 0, commit unknown)\nbuilt with GNU 12.2.0")
+    assert sdist is not None and (sdist.build, sdist.commit) == (0, "unknown")
+    tag = parse_version("version: 9093 (b9093)\nbuilt with cc (Debian 12.2.0-14) for x86_64")
+    assert tag is not None and (tag.version, tag.build, tag.commit) == ("b9093", 9093, "unknown")
+    commit = parse_version("version: 11312 (1a2b3c4d)")
+    assert commit is not None and (commit.build, commit.commit) == (11312, "1a2b3c4d")
+    assert parse_version("llama-server, no version here") is None

@@ -339,6 +339,52 @@ def _measurement(
     return _measured_json(est, found) if found is not None else None
 
 
+def _engine(manifest: Any, name: str, est: Estimate) -> dict[str, Any]:
+    """The engine's own plan for this profile beside the formula's terms (a probe here)."""
+    from llmctl.memory.engine import compare, warnings
+    from llmctl.supervisor.probe import probe_profile
+
+    res = probe_profile(manifest, name)
+    out: dict[str, Any] = {
+        "source": "engine plan" if res.plan is not None else "formula",
+        "build": res.build,
+        "seconds": round(res.seconds, 3),
+    }
+    if res.plan is None:
+        out["reason"] = res.reason
+        return out
+    diffs = compare(est, res.plan)
+    out["plan"] = res.plan.to_json()
+    out["terms"] = [d.to_json() for d in diffs]
+    out["warnings"] = warnings(diffs, res.build)
+    return out
+
+
+def engine_text(engine: dict[str, Any]) -> str:
+    """The engine's figures per row and term, then the formula's beside their sum."""
+    if engine.get("plan") is None:
+        return f"  engine plan: none ({engine.get('reason')}); the formula stands\n\n"
+    mib = 1024**2
+    lines = [
+        f"  {style('engine plan', BOLD)} (llama-server {engine.get('build') or 'unknown build'},"
+        f" asked in {engine['seconds']:.2f} s; MiB as it states them):"
+    ]
+    for row in engine["plan"]["rows"]:
+        if row["kind"] not in ("device", "host"):
+            continue
+        parts = "  ".join(
+            f"{t} {row.get(f'{t}_bytes', 0) / mib:.0f}" for t in ("model", "context", "compute")
+        )
+        lines.append(f"    {row['name']:10} {parts}")
+    for t in engine["terms"]:
+        lines.append(
+            f"    {t['term']:8} engine {t['engine_bytes'] / mib:9.1f} MiB   formula "
+            f"{t['formula_bytes'] / mib:9.1f} MiB"
+        )
+    lines += [f"  {style('warning', YELLOW)}: {w}" for w in engine["warnings"]]
+    return "\n".join(lines) + "\n\n"
+
+
 def _estimate_profiles(
     names: list[str],
     all_: bool,
@@ -346,6 +392,7 @@ def _estimate_profiles(
     json_out: bool,
     explain: bool = False,
     measure: bool = False,
+    engine: bool = False,
 ) -> int:
     from llmctl.manifest.cache import load_manifest
     from llmctl.memory.estimate import MetadataError
@@ -391,10 +438,15 @@ def _estimate_profiles(
             obj["measured"] = measured
         plans = _device_plans(manifest, name)
         obj["plans"] = [p.to_json() for p in plans]
+        engine_obj = _engine(manifest, name, est) if engine else None
+        if engine_obj is not None:
+            obj["engine"] = engine_obj
         results.append(obj)
         if not json_out:
             sys.stdout.write(estimate_text(est))
             sys.stdout.write(plans_text(plans))
+            if engine_obj is not None:
+                sys.stdout.write(engine_text(engine_obj))
             if explain or measure:
                 sys.stdout.write(explain_text(est, measured) + "\n")
             elif measured is not None:
@@ -417,6 +469,7 @@ def run(
     json_out: bool = False,
     explain: bool = False,
     measure: bool = False,
+    engine: bool = False,
 ) -> int:
     def body() -> int:
         if any(a.startswith("-") for a in args):
@@ -425,8 +478,14 @@ def run(
                     "--all estimates the manifest's profiles, not a command line",
                     hint="llmctl estimate --all, or llmctl estimate -- -m model.gguf ...",
                 )
+            if engine:
+                raise UsageError(
+                    "--engine asks this machine's llama-server about a profile; a command line "
+                    "given after -- may be meant for another machine",
+                    hint="put the command line in a profile, or use --measure to launch it here",
+                )
             return _estimate_argv(args, json_out, explain, measure)
-        return _estimate_profiles(args, all_, manifest, json_out, explain, measure)
+        return _estimate_profiles(args, all_, manifest, json_out, explain, measure, engine)
 
     return run_command(json_out, body)
 
@@ -437,7 +496,12 @@ def fast(args: list[str]) -> int | None:
         cut = args.index("--")
         parsed = parse(
             args[:cut],
-            flags={"--json": "json_out", "--explain": "explain", "--measure": "measure"},
+            flags={
+                "--json": "json_out",
+                "--explain": "explain",
+                "--measure": "measure",
+                "--engine": "engine",
+            },
         )
         return None if parsed is None else run(args[cut + 1 :], **parsed[1])
     parsed = parse(
@@ -447,6 +511,7 @@ def fast(args: list[str]) -> int | None:
             "--all": "all_",
             "--explain": "explain",
             "--measure": "measure",
+            "--engine": "engine",
         },
         options={"--manifest": ("manifest", str)},
         positional=(0, 1000),
@@ -480,6 +545,12 @@ def register(app: typer.Typer) -> None:
             "--measure",
             help="Launch llama-server once (stopped when loaded) and keep what it reports.",
         ),
+        engine: bool = typer.Option(
+            False,
+            "--engine",
+            help="Ask llama-server for its own memory plan (--log-jsonl; stopped before the "
+            "weights load) and show it beside the formula.",
+        ),
     ) -> None:
         """Estimate GPU memory per profile or command line.
 
@@ -496,5 +567,6 @@ def register(app: typer.Typer) -> None:
                 json_out=json_out,
                 explain=explain,
                 measure=measure,
+                engine=engine,
             )
         )

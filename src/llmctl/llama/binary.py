@@ -188,11 +188,22 @@ class LlamaBuild:
         return f"{self.version} (build {self.build}, commit {self.commit})"
 
 
+# llama.cpp's own builds: `version: 9093 (b9093)`, `version: 11312 (1a2b3c4d)`
+_VERSION_TAG = re.compile(r"version:\s*(\d+)\s*\(([^)\s]+)\)")
+
+
 def parse_version(text: str) -> LlamaBuild | None:
+    """The build in `--version` output: the sdist form (`version: 0.5.0-dev (build 7, commit
+    abc123)`) and llama.cpp's own (`version: 9093 (b9093)`, `version: 11312 (1a2b3c4)`)."""
     m = _VERSION.search(text)
-    if not m:
-        return None
-    return LlamaBuild(m[1], int(m[2]), m[3] or "unknown")
+    if m:
+        return LlamaBuild(m[1], int(m[2]), m[3] or "unknown")
+    t = _VERSION_TAG.search(text)
+    if t:
+        number, inner = t[1], t[2]
+        commit = "unknown" if inner.lstrip("b") == number else inner
+        return LlamaBuild(f"b{number}", int(number), commit)
+    return None
 
 
 def llama_build(binary: str, timeout: float = 30.0) -> LlamaBuild | None:

@@ -1,0 +1,109 @@
+"""Ask llama-server for a profile's memory plan before launching it (`llmctl estimate --engine`,
+and the placer for a profile it has no figure for).
+
+The probe runs the profile's exact launch command, on a free port of 127.0.0.1 and with
+`--log-jsonl`, until the `fit_memory_breakdown` event, then stops it: no weight is read, and
+nothing is left running. It runs only on this machine (the plan names this machine's devices),
+and only where the configured llama-server lists `--log-jsonl`. A plan is kept under the
+calibration key (model file, memory arguments, build), so a later decision reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmctl.llama.engineplan import EnginePlan
+    from llmctl.manifest.model import Manifest
+    from llmctl.memory.engine import EngineStore
+    from llmctl.supervisor.launch import LaunchSpec
+
+PROBE_TIMEOUT = 60.0
+
+
+@dataclass
+class ProbeResult:
+    """The engine's plan for a profile, or why there is none (then the formula stands)."""
+
+    profile: str
+    plan: EnginePlan | None
+    reason: str | None
+    seconds: float
+    key: str | None = None
+    build: str | None = None
+    cached: bool = False
+
+
+def engine_store() -> EngineStore:
+    from llmctl.memory.engine import EngineStore
+    from llmctl.paths import state_dir
+
+    return EngineStore(state_dir() / "engine-plans.json")
+
+
+def _key(spec: LaunchSpec) -> tuple[str, str | None]:
+    from llmctl.llama.binary import llama_build
+    from llmctl.memory.calibration import calibration_key
+
+    build = llama_build(spec.argv[0])
+    return calibration_key(spec.model, spec.argv, build), build.label if build else None
+
+
+def known_plan(manifest: Manifest, name: str) -> EnginePlan | None:
+    """The plan kept for this profile's exact launch, without running anything new."""
+    from llmctl.supervisor.launch import launch_spec
+
+    spec = launch_spec(manifest, name)
+    if not os.access(shutil.which(spec.argv[0]) or spec.argv[0], os.X_OK):
+        return None
+    key, _ = _key(spec)
+    return engine_store().get(key)
+
+
+def probe_profile(manifest: Manifest, name: str, *, reuse: bool = False) -> ProbeResult:
+    """The engine's plan for profile `name` on this machine (see the module docstring).
+
+    With `reuse`, a plan kept for the same launch key is returned without a probe.
+    """
+    from llmctl.llama.binary import known_flags
+    from llmctl.llama.engineplan import FLAG, probe
+    from llmctl.memory.calibration import on_free_port
+    from llmctl.supervisor.launch import launch_spec
+
+    name = manifest.resolve(name)
+    spec = launch_spec(manifest, name)
+    binary = shutil.which(spec.argv[0]) or spec.argv[0]
+    if not os.access(binary, os.X_OK):
+        return ProbeResult(
+            name,
+            None,
+            f"{binary} is not an executable here (server.binary, $LLMCTL_LLAMA_SERVER or PATH)",
+            0.0,
+        )
+    flags = known_flags(binary)
+    if flags is None:
+        return ProbeResult(name, None, f"{binary} --help did not answer", 0.0)
+    if FLAG not in flags:
+        return ProbeResult(
+            name,
+            None,
+            f"this llama-server has no {FLAG} (an older build): the formula decides",
+            0.0,
+        )
+    key, build = _key(spec)
+    store = engine_store()
+    if reuse:
+        kept = store.get(key)
+        if kept is not None:
+            return ProbeResult(name, kept, None, 0.0, key, build, cached=True)
+    env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
+    env.update(spec.env)
+    outcome = probe(
+        on_free_port(spec.argv), env=env, timeout=min(PROBE_TIMEOUT, spec.ready_timeout)
+    )
+    if outcome.plan is not None:
+        store.put(key, outcome.plan, model=spec.model, build=build)
+    return ProbeResult(name, outcome.plan, outcome.reason, outcome.seconds, key, build)
