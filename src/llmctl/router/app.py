@@ -79,6 +79,7 @@ from llmctl.router.proxy import (
 )
 from llmctl.router.safepath import unsafe_path
 from llmctl.router.scheduler import Progress, ProgressFn, Scheduler, SwitchFailed, switching
+from llmctl.router.scheduler import configure as configure_order
 from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Event, Supervisor
@@ -193,6 +194,7 @@ class Router:
         s.max_size = self.serve.queue.max_size
         s.timeout = self.serve.queue.timeout
         s.inflight_timeout = self.serve.inflight_timeout
+        configure_order(s, manifest)
 
     def bound_to(self, host: str) -> None:
         """The socket listens on `host`: the Host and Origin rules follow from it."""
@@ -969,6 +971,9 @@ async def metrics_endpoint(request: Request) -> Response:
             k: STATE_VALUES[b.state] for u in router.upstreams.all for k, b in u.breakers().items()
         },
         breaker_opens={k: b.opens for u in router.upstreams.all for k, b in u.breakers().items()},
+    )
+    text += metrics_mod.render_order(
+        sched.depth_of(), sched.passed_over_s, sched.loads_avoided, sched.swaps
     )
     text += await _servers_metrics(router)
     return PlainTextResponse(text, media_type=metrics_mod.CONTENT_TYPE)
