@@ -70,7 +70,8 @@ def expired(w: Waiting, bound: Bound, now: float) -> bool:
         return True  # no bound: arrival order
     if bound.max_passes is not None and w.passed >= bound.max_passes:
         return True
-    return now - w.since >= bound.max_wait
+    # compared as the wake-up time is computed, so a wake at that moment sees it expired
+    return now >= w.since + bound.max_wait
 
 
 def next_profile(
@@ -88,7 +89,7 @@ def next_profile(
 
 
 def _busy(r: Resident, now: float) -> bool:
-    return r.inflight > 0 or now - r.last_used < IDLE_GRACE_S
+    return r.inflight > 0 or now < r.last_used + IDLE_GRACE_S
 
 
 def swap_verdict(
@@ -107,7 +108,7 @@ def swap_verdict(
     # the grace of a victim with nothing in flight ends by the clock alone
     wakes = [r.last_used + IDLE_GRACE_S for r in busy if not r.inflight]
     protected = [
-        r for r in busy if now - r.loaded_at < settings.get(r.profile, _DEFAULT).min_residency
+        r for r in busy if now < r.loaded_at + settings.get(r.profile, _DEFAULT).min_residency
     ]
     if protected:
         ends = [r.loaded_at + settings.get(r.profile, _DEFAULT).min_residency for r in protected]
