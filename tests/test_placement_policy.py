@@ -126,3 +126,13 @@ def test_greedy_beyond_exhaustive_limit_still_frees_enough() -> None:
     devices = [Device("CUDA0", n * GiB, 0)]
     d = decide(devices, running, req("x", {"CUDA0": 3 * GiB}))
     assert d.action == "start" and set(d.evict) == {"s0", "s1", "s2"}
+
+
+def test_a_resident_server_goes_only_when_nothing_else_frees_enough() -> None:
+    running = [
+        run("young", {"CUDA0": 8 * GiB}, last_used=1.0, resident=True),
+        run("old", {"CUDA0": 8 * GiB}, last_used=9.0, reload_cost=50),
+    ]
+    assert decide(ONE, running, req("x", {"CUDA0": 10 * GiB})).evict == ("old",)
+    both = decide(ONE, running, req("x", {"CUDA0": 20 * GiB}))
+    assert both.action == "start" and set(both.evict) == {"young", "old"}
