@@ -258,11 +258,15 @@ def test_the_scheduler_answers_every_request_and_bounds_its_loads(s: Scenario) -
     # profile, another profile was loaded or a load failed
     for first, second in itertools.pairwise(loads):
         assert first != second or failed, loads
-    # loads_bounded_by_bound_expiries_plus_profile_changes: never more loads than the profile
-    # changes in the requests' arrival order (arrival order's own count) plus the failed ones
+    # loads_bounded_by_bound_expiries_plus_profile_changes: with equal priorities never more
+    # loads than the profile changes in the requests' arrival order (arrival order's own count)
+    # plus the failed ones
     arrivals = [o.profile for o in sorted(outcomes, key=lambda o: o.arrived)]
     changes = sum(1 for i, p in enumerate(arrivals) if i == 0 or arrivals[i - 1] != p)
-    assert len(loads) <= changes + failed, (loads, arrivals)
+    if len(set(s.priority.values())) == 1:
+        assert len(loads) <= changes + failed, (loads, arrivals)
+    else:  # priorities reorder, which may cost loads: each load still serves a waiting request
+        assert len(loads) <= len(arrivals) + failed, (loads, arrivals)
     if s.capacity >= len(s.names) and not s.exclusive:
         # profiles that fit together: each loads once, again only after a failure
         assert len(loads) <= len(set(loads)) + failed, loads
