@@ -154,3 +154,11 @@ def test_a_set_is_placed_together_or_refused_at_the_first_that_cannot_join() -> 
         ONE, [], [req("a", {"CUDA0": GiB}, port=8081), req("b", {"CUDA0": GiB}, port=8081)]
     )
     assert port[-1].action == "refuse" and "port 8081" in port[-1].reason
+def test_a_resident_server_goes_only_when_nothing_else_frees_enough() -> None:
+    running = [
+        run("young", {"CUDA0": 8 * GiB}, last_used=1.0, resident=True),
+        run("old", {"CUDA0": 8 * GiB}, last_used=9.0, reload_cost=50),
+    ]
+    assert decide(ONE, running, req("x", {"CUDA0": 10 * GiB})).evict == ("old",)
+    both = decide(ONE, running, req("x", {"CUDA0": 20 * GiB}))
+    assert both.action == "start" and set(both.evict) == {"young", "old"}

@@ -182,3 +182,20 @@ def test_a_failed_unload_names_its_profile_and_keeps_it_loaded() -> None:
         assert err.retry_after is not None and s.is_loaded("a")
 
     asyncio.run(main())
+
+
+def test_max_concurrency_refuses_with_429_and_retry_after() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        await _loaded(s, fake, "a")
+        s.max_concurrency = {"a": 1}
+        held = await s.acquire("a")
+        with pytest.raises(RouterError) as err:
+            await s.acquire("a")
+        assert err.value.status == 429 and err.value.retry_after
+        assert "max_concurrency" in err.value.message
+        held.release()
+        (await s.acquire("a")).release()
+
+    asyncio.run(main())

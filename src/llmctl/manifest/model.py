@@ -216,6 +216,17 @@ class ServeConfig(_Strict):
         description="Pass llama-server's /cors-proxy through (it fetches any URL a client names).",
     )
     queue: QueueConfig = Field(default_factory=lambda: QueueConfig())
+    max_wait: Duration = Field(
+        0.0,
+        description="While a load would evict a busy profile, its requests go first for at most "
+        "this long before the swap (fewer loads for agents on several models); 0 = arrival order.",
+    )
+    max_passes: int | None = Field(
+        None,
+        ge=1,
+        description="With max_wait: a waiting request is passed over by at most this many "
+        "requests for the loaded profile.",
+    )
     breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
@@ -306,6 +317,16 @@ class Profile(_Strict):
         "or auto (the placer chooses; the default).",
     )
     pinned: bool = Field(False, description="Never unloaded to make room for another profile.")
+    priority: int = Field(
+        0, description="serve: when requests for several profiles wait, higher loads first."
+    )
+    min_residency: Duration | None = Field(
+        None,
+        description="serve: not evicted sooner than this after its load while it has requests.",
+    )
+    max_concurrency: int | None = Field(
+        None, ge=1, description="serve: requests in flight and waiting at most; beyond, 429."
+    )
     group: str | None = Field(
         None, description="Profiles of one group never run at the same time (exclusive set)."
     )

@@ -146,3 +146,30 @@ def with_profile_label(servers: Iterable[tuple[str, str]]) -> str:
             else:
                 out.append(f"{name}{{{label}}}{rest}")
     return "".join(line + "\n" for line in out)
+
+
+def render_order(
+    depth: Mapping[str, int], passed_over_s: float, loads_avoided: int, swaps: Mapping[str, int]
+) -> str:
+    """The scheduler's order: requests waiting per profile, time passed over, loads avoided,
+    swaps by reason."""
+    out = [
+        "# HELP llmctl_queue_depth_profile Requests waiting, by the profile they wait for.",
+        "# TYPE llmctl_queue_depth_profile gauge",
+    ]
+    out += [
+        f"llmctl_queue_depth_profile{_labels([('profile', p)])} {n}"
+        for p, n in sorted(depth.items())
+    ]
+    out += [
+        "# HELP llmctl_passed_over_seconds_total Time swaps waited while a loaded profile served.",
+        "# TYPE llmctl_passed_over_seconds_total counter",
+        f"llmctl_passed_over_seconds_total {passed_over_s:.6f}",
+        "# HELP llmctl_loads_avoided_total Requests a loaded profile served while a swap waited.",
+        "# TYPE llmctl_loads_avoided_total counter",
+        f"llmctl_loads_avoided_total {loads_avoided}",
+        "# HELP llmctl_swaps_total Loads that evicted a profile, by reason.",
+        "# TYPE llmctl_swaps_total counter",
+    ]
+    out += [f"llmctl_swaps_total{_labels([('reason', r)])} {n}" for r, n in sorted(swaps.items())]
+    return "\n".join(out) + "\n"

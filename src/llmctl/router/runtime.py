@@ -128,6 +128,10 @@ class Router:
         s.max_size = self.serve.queue.max_size
         s.timeout = self.serve.queue.timeout
         s.inflight_timeout = self.serve.inflight_timeout
+        from llmctl.router.scheduler import configure as configure_order
+
+        configure_order(s, manifest)
+        configure_order(s, manifest)
 
     def bound_to(self, host: str) -> None:
         """The socket listens on `host`: the Host and Origin rules follow from it."""

@@ -18,6 +18,10 @@ load at a time. The placer names the servers to unload first; new requests for t
 that moment, and their requests in flight may finish (bounded by `inflight_timeout`) before they
 stop. A failed or refused load fails only that profile's waiters, with the reason. `ttl` unloads
 each profile on its own.
+
+The order of the waiting (both policies) is router/order.py's: while a load would evict a busy
+profile, its requests (and new ones for it) go first, up to `bound`; then the swap happens, its
+reason logged. `max_concurrency` caps a profile's requests in flight and waiting (429).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llmctl.router import order
 from llmctl.router.errors import RATE_LIMIT, SERVER, TIMEOUT, RouterError
 from llmctl.router.errors import SwitchFailed as SwitchFailed  # the effects raise it
 
@@ -65,6 +70,8 @@ PlanFn = Callable[[str], Awaitable[list[str]]]
 LoadFn = Callable[[str, ProgressFn], Awaitable[list[str]]]
 # Stop this profile's server (None: every server).
 StopFn = Callable[[str | None, ProgressFn], Awaitable[None]]
+# Wait until `event` is set or `seconds` (on the scheduler's clock) pass.
+WaitFn = Callable[[asyncio.Event, float], Awaitable[None]]
 # Switch the one managed server to `target` (None: stop it); raise SwitchFailed on failure.
 SwitchFn = Callable[[str | None, ProgressFn], Awaitable[None]]
 
@@ -106,6 +113,7 @@ class Lease:
 class _Slot:
     epoch: int
     last_used: float
+    loaded_at: float
     inflight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -120,6 +128,7 @@ class _Waiter:
     future: asyncio.Future[Lease | None]
     on_progress: ProgressFn | None
     since: float
+    passes_at: int = 0  # the scheduler's pass count when it arrived
 
 
 class Scheduler:
@@ -135,6 +144,7 @@ class Scheduler:
         timeout: float = 120.0,
         inflight_timeout: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        wait: WaitFn | None = None,
     ) -> None:
         self._plan = plan
         self._load = load
@@ -149,6 +159,18 @@ class Scheduler:
         self.on_switch_done: Callable[[str | None, bool, float], None] | None = None
         self.loads = 0
         self._clock = clock
+        self._wait = wait or _wait_event
+        self.bound = order.Bound()
+        self.settings: dict[str, order.Settings] = {}
+        self.max_concurrency: dict[str, int] = {}
+        # what /metrics shows of the order
+        self.swaps: dict[str, int] = {}  # reason -> swaps
+        self.passed_over_s = 0.0  # seconds requests waited while their swap was deferred
+        self.loads_avoided = 0  # requests served by a loaded profile while a swap was deferred
+        self._passes = 0
+        self._deferring = False
+        self._deferred_since: float | None = None
+        self._wake = asyncio.Event()
         self._slots: dict[str, _Slot] = {}
         self._order: list[str] = []  # loaded profiles, oldest load first
         self._evicting: set[str] = set()
@@ -187,6 +209,18 @@ class Scheduler:
         """Requests waiting (not yet let through)."""
         return len(self._waiters)
 
+    def depth_of(self) -> dict[str, int]:
+        """Requests waiting, per profile (a stop counts under "")."""
+        out: dict[str, int] = {}
+        for w in self._waiters:
+            out[w.target or ""] = out.get(w.target or "", 0) + 1
+        return out
+
+    @property
+    def deferring(self) -> bool:
+        """A swap waits while the loaded profiles serve their requests."""
+        return self._deferring
+
     @property
     def switching(self) -> bool:
         return self._busy
@@ -209,16 +243,23 @@ class Scheduler:
         return not self._fast_path(profile)
 
     def check_room(self, profile: str | None = None) -> None:
-        """Raise the 429 a request that must wait would get now (before a stream is started)."""
-        self._refuse_if_full(profile)
+        """Raise the 429 a request would get now (before a stream is started)."""
+        self._refuse_if_busy(profile)
+        if not self._fast_path(profile):
+            self._refuse_if_full(profile)
 
     async def acquire(
         self, profile: str, *, on_progress: ProgressFn | None = None, timeout: float | None = None
     ) -> Lease:
         """A lease on `profile` once it is loaded; raises RouterError (429/503/504)."""
+        self._refuse_if_busy(profile)
         if self._fast_path(profile):
             slot = self._slots[profile]
             slot.inflight += 1
+            slot.last_used = self._clock()
+            if self._deferring:
+                self._passes += 1
+                self.loads_avoided += 1
             return Lease(self, profile, slot.epoch)
         lease = await self._wait_for("load", profile, on_progress, timeout)
         assert lease is not None
@@ -320,12 +361,15 @@ class Scheduler:
         )
 
     def _fast_path(self, profile: str | None) -> bool:
-        # exclusive: anything waiting will replace what runs, or waits behind what will
-        return self._ready(profile) and not (self.policy.exclusive and self._waiters)
+        # exclusive: anything waiting will replace what runs, or waits behind what will, unless
+        # that swap is deferred while what runs serves its requests
+        return self._ready(profile) and not (
+            self.policy.exclusive and self._waiters and not self._deferring
+        )
 
     def _add(self, profile: str) -> None:
         self._epoch += 1
-        slot = _Slot(self._epoch, self._clock())
+        slot = _Slot(self._epoch, self._clock(), self._clock())
         slot.drained.set()
         self._slots[profile] = slot
         if profile in self._order:
@@ -341,6 +385,21 @@ class Scheduler:
 
     def _retry_after(self) -> float:
         return max(1.0, self.last_switch_s or 1.0)
+
+    def _refuse_if_busy(self, profile: str | None) -> None:
+        limit = self.max_concurrency.get(profile or "")
+        if not limit or profile is None:
+            return
+        waiting = sum(1 for w in self._waiters if w.target == profile and w.op == "load")
+        if self.inflight_of(profile) + waiting >= limit:
+            raise RouterError(
+                429,
+                f"{profile} already has {limit} requests in flight or waiting (its "
+                "max_concurrency); retry later.",
+                type=RATE_LIMIT,
+                code="concurrency_limit",
+                retry_after=1.0,
+            )
 
     def _refuse_if_full(self, profile: str | None) -> None:
         if self.policy.shared_queue:
@@ -380,8 +439,9 @@ class Scheduler:
             raise _shutting_down()
         self._refuse_if_full(target)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(op, target, loop.create_future(), on_progress, self._clock())
+        waiter = _Waiter(op, target, loop.create_future(), on_progress, self._clock(), self._passes)
         self._waiters.append(waiter)
+        self._wake.set()
         self._notify(waiter, Progress("queued", self._queued_message(op, target), target))
         self._kick()
         limit = self.timeout if timeout is None else timeout
@@ -403,6 +463,7 @@ class Scheduler:
         return waiter.future.result()
 
     def _abandon(self, waiter: _Waiter) -> None:
+        self._wake.set()
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
         fut = waiter.future
@@ -441,6 +502,7 @@ class Scheduler:
         slot.last_used = self._clock()
         if slot.inflight == 0:
             slot.drained.set()
+            self._wake.set()
 
     def _admit(self, ready: Callable[[str | None], bool]) -> None:
         """Let through, in queue order, every load waiter whose profile is `ready`."""
@@ -506,17 +568,93 @@ class Scheduler:
         if self.on_switch_done is not None:
             self.on_switch_done(target, ok, self.last_switch_s)
 
+    def _waiting(self) -> list[order.Waiting]:
+        """The load waiters ahead of the first stop, grouped by profile, for the order."""
+        oldest: dict[str, _Waiter] = {}
+        for w in self._waiters:
+            if w.op != "load":
+                break
+            assert w.target is not None
+            if w.target not in oldest:
+                oldest[w.target] = w
+        return [order.Waiting(p, w.since, self._passes - w.passes_at) for p, w in oldest.items()]
+
+    def _resident(self, victims: Iterable[str]) -> list[order.Resident]:
+        return [
+            order.Resident(p, s.loaded_at, s.last_used, s.inflight)
+            for p in victims
+            if (s := self._slots.get(p)) is not None
+        ]
+
+    async def _choose(self) -> tuple[str, list[str]] | None:
+        """The profile to load next and its victims, once the order lets its swap start; None
+        when nothing waits for a load any more. Deferred, it waits for a request to finish or
+        arrive, or for the clock (the bound, a grace, a residency) to change the verdict."""
+        try:
+            while not self._closed:
+                self._wake.clear()
+                self._admit_loaded()
+                now = self._clock()
+                pick = order.next_profile(self._waiting(), self.settings, self.bound, now)
+                if pick is None:
+                    return None
+                try:
+                    victims = await self._plan(pick.profile)
+                except Exception as exc:  # refused: only its waiters fail
+                    self._load_failed(pick.profile, exc)
+                    continue
+                if not self._wanted("load", pick.profile):
+                    continue
+                verdict = order.swap_verdict(
+                    pick, self._resident(victims), self.settings, self.bound, now
+                )
+                if verdict.go:
+                    if victims:
+                        self.swaps[verdict.reason] = self.swaps.get(verdict.reason, 0) + 1
+                        log.info(
+                            "swapping %s for %s: %s",
+                            ", ".join(victims),
+                            pick.profile,
+                            verdict.reason,
+                        )
+                    return pick.profile, victims
+                if not self._deferring:
+                    self._deferring, self._deferred_since = True, now
+                    self._broadcast(
+                        "load",
+                        pick.profile,
+                        Progress(
+                            "queued",
+                            f"waiting for {pick.profile}: {', '.join(victims)} serves its "
+                            f"requests first ({verdict.reason})",
+                            pick.profile,
+                        ),
+                    )
+                    if self.policy.exclusive:
+                        self._admit(self._ready)
+                assert verdict.wake_at is not None
+                await self._wait(self._wake, max(0.0, verdict.wake_at - now))
+            return None
+        finally:
+            if self._deferring and self._deferred_since is not None:
+                self.passed_over_s += self._clock() - self._deferred_since
+            self._deferring, self._deferred_since = False, None
+
     async def _drive(self) -> None:
         while not self._closed:
             self._admit_loaded()
             if not self._waiters:
                 return
             head = self._waiters[0]
+            chosen: tuple[str, list[str]] | None = None
+            if head.op == "load":
+                chosen = await self._choose()
+                if chosen is None:
+                    continue
             self._busy = True
             try:
-                if head.op == "load":
-                    assert head.target is not None
-                    await self._do_load(head.target)
+                if chosen is not None:
+                    await self._do_load(*chosen)
                 else:
                     await self._do_stop(head.op, head.target)
             finally:
@@ -566,7 +704,22 @@ class Scheduler:
             if exclusive:  # with one server a stop is a switch to nothing, timed like one
                 self._timed(None, ok, started)
 
-    async def _do_load(self, target: str) -> None:
+    def _load_failed(self, target: str, exc: Exception) -> None:
+        if not isinstance(exc, SwitchFailed):
+            log.exception("loading %s failed", target)
+        details = exc.details if isinstance(exc, SwitchFailed) else {}
+        err = RouterError(
+            503,
+            f"Loading {target} failed: {_reason(exc)}",
+            type=SERVER,
+            code="model_load_failed",
+            retry_after=self._retry_after(),
+            extra=dict(details),
+        )
+        self._broadcast("load", target, Progress("error", err.message, target))
+        self._finish("load", target, err)
+
+    async def _do_load(self, target: str, victims: list[str]) -> None:
         exclusive = self.policy.exclusive
         self.loading = target
         started = self._clock()
@@ -574,7 +727,6 @@ class Scheduler:
         timed = not exclusive
         ok = False
         try:
-            victims = await self._plan(target)
             self._evicting.update(victims)
             await self._drain(victims)
             if not self._wanted("load", target):
@@ -583,19 +735,7 @@ class Scheduler:
                 started, timed = self._replace(victims), True
             evicted = await self._load(target, functools.partial(self._broadcast, "load", target))
         except Exception as exc:
-            if not isinstance(exc, SwitchFailed):
-                log.exception("loading %s failed", target)
-            details = exc.details if isinstance(exc, SwitchFailed) else {}
-            err = RouterError(
-                503,
-                f"Loading {target} failed: {_reason(exc)}",
-                type=SERVER,
-                code="model_load_failed",
-                retry_after=self._retry_after(),
-                extra=dict(details),
-            )
-            self._broadcast("load", target, Progress("error", err.message, target))
-            self._finish("load", target, err)
+            self._load_failed(target, exc)
         else:
             ok = True
             self.loads += 1
@@ -619,6 +759,7 @@ def switching(
     timeout: float = 120.0,
     inflight_timeout: float = 60.0,
     clock: Callable[[], float] = time.monotonic,
+    wait: WaitFn | None = None,
 ) -> Scheduler:
     """The scheduler of one managed server, switched between profiles: every load unloads every
     other profile (the switch), a stop is a switch to nothing, one FIFO bounded at `max_size`."""
@@ -643,8 +784,14 @@ def switching(
         timeout=timeout,
         inflight_timeout=inflight_timeout,
         clock=clock,
+        wait=wait,
     )
     return scheduler
+
+
+async def _wait_event(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
 
 
 def _reason(exc: Exception) -> str:
@@ -655,3 +802,23 @@ def _shutting_down() -> RouterError:
     return RouterError(
         503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
     )
+
+
+def configure(scheduler: Scheduler, manifest: Any) -> None:
+    """Take the order's settings from a manifest: serve.max_wait and max_passes, each profile's
+    priority, min_residency and max_concurrency."""
+    serve = getattr(manifest, "serve", None)
+    scheduler.bound = order.Bound(
+        float(getattr(serve, "max_wait", 0.0) or 0.0), getattr(serve, "max_passes", None)
+    )
+    settings: dict[str, order.Settings] = {}
+    limits: dict[str, int] = {}
+    for name, prof in getattr(manifest, "profiles", {}).items():
+        prio = int(getattr(prof, "priority", 0) or 0)
+        residency = float(getattr(prof, "min_residency", None) or 0.0)
+        if prio or residency:
+            settings[name] = order.Settings(prio, residency)
+        limit = getattr(prof, "max_concurrency", None)
+        if limit:
+            limits[name] = int(limit)
+    scheduler.settings, scheduler.max_concurrency = settings, limits

@@ -12,7 +12,8 @@ Rules, in order:
 3. For each way the profile may be placed (its options, in order of preference), the servers to
    unload so that every device keeps its headroom: none if it fits beside what runs; otherwise
    the set of unpinned servers that frees enough with, in order, the fewest requests in flight,
-   the least reload cost (weights bytes), and the longest idle time.
+   the least reload cost (weights bytes), and the longest idle time; servers still within their
+   `min_residency` (`resident`) only when no set without them frees enough.
 4. An option that cannot fit even on empty devices is refused, naming the device and the shortfall.
 
 Several profiles named in one command are one set (`decide_set`): each is placed beside what
@@ -50,6 +51,7 @@ class Running:
     last_used: float = 0.0  # any monotonic scale; smaller = longer idle
     inflight: int = 0
     pinned: bool = False
+    resident: bool = False  # loaded less than its min_residency ago
     group: str | None = None
     port: int | None = None
     config: str = ""
@@ -181,7 +183,10 @@ def decide(devices: Sequence[Device], running: Sequence[Running], request: Reque
                 if d in free:
                     free[d] -= b
         deficit = {d: need - free[d] for d, need in option.usage.items() if need > free[d]}
-        victims = _victims(deficit, [r for r in others if not r.pinned])
+        # a server within its min_residency goes only when no other set frees enough
+        victims = _victims(deficit, [r for r in others if not r.pinned and not r.resident])
+        if victims is None:
+            victims = _victims(deficit, [r for r in others if not r.pinned])
         if victims is None:
             pinned_blocks.append(
                 tuple(Shortfall(d, option.usage[d], free[d]) for d in sorted(deficit))

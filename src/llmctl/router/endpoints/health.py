@@ -42,6 +42,9 @@ async def metrics_endpoint(request: Request) -> Response:
         },
         breaker_opens={k: b.opens for u in router.upstreams.all for k, b in u.breakers().items()},
     )
+    text += metrics_mod.render_order(
+        sched.depth_of(), sched.passed_over_s, sched.loads_avoided, sched.swaps
+    )
     text += await _servers_metrics(router)
     return PlainTextResponse(text, media_type=metrics_mod.CONTENT_TYPE)
 

@@ -1,0 +1,163 @@
+"""Swap-aware order: agents on profiles that do not fit together, arrival order against
+`serve.max_wait` at two bounds, and the same with profiles that fit together.
+
+    uv run python bench/swap_order.py [--requests 100] [--bounds 1,3]
+
+`llmctl serve` with `server.ports`, the real llama-server and tiny profiles on the CPU device with a
+budget that holds one of them (from their estimates). 2 and 3 agents, agent i sending its requests
+for profile i one after another, all at once. For each setting: loads (llama-server starts) after a
+warm-up that loaded one, the requests' p50 and p99 latency, and throughput.
+
+Measured (2 shared cores, --requests 15):
+    agents  order          loads  p50 ms  p99 ms  req/s
+    2       arrival order     27   968.6  3553.5   1.45
+    2       max_wait 1s        1     9.7  2901.2   5.60
+    2       max_wait 3s        1     8.3  3196.7   8.84
+    2       fit together       0     3.7  1224.8  11.86
+    3       arrival order     45  1183.9  5038.9   1.88
+    3       max_wait 1s        5    11.9  2098.6  10.62
+    3       max_wait 3s        3    12.6  3318.1   8.63
+    3       fit together       0    20.0  1684.8  21.11
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from placement import MiB, free_port_range, loads_from_metrics, pct
+from support import find_llama_server, llmctl_cmd
+
+
+def agents(url: str, models: list[str], n: int) -> tuple[list[float], int, float]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    start = threading.Barrier(len(models))
+
+    def agent(model: str) -> None:
+        nonlocal errors
+        with httpx.Client(timeout=600) as c:
+            start.wait()
+            for _ in range(n):
+                t = time.perf_counter()
+                resp = c.post(
+                    url + "/v1/chat/completions",
+                    json={
+                        "model": model,
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "max_tokens": 4,
+                    },
+                )
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                    errors += resp.status_code != 200
+
+    threads = [threading.Thread(target=agent, args=(m,)) for m in models]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors, time.perf_counter() - began
+
+
+def run(tmp: Path, budget: int, profiles: str, max_wait: float, models: list[str], n: int) -> str:
+    import httpx
+
+    base = free_port_range(6)
+    manifest = tmp / f"m-{base}.yaml"
+    manifest.write_text(
+        f"version: 1\nserver:\n  binary: {find_llama_server()}\n  port: {base + 1}\n"
+        f"  ports: {base + 1}-{base + 5}\n"
+        f"gpu:\n  - {{name: CPU, vram: {budget}, headroom: 0}}\n"
+        f"serve:\n  max_wait: {max_wait}\n  queue: {{max_size: 64, timeout: 600}}\n" + profiles
+    )
+    env = dict(os.environ, LLMCTL_STATE_DIR=str(tmp / f"state-{base}"))
+    log = (tmp / f"serve-{base}.log").open("wb")
+    proc = subprocess.Popen(
+        [*llmctl_cmd(), "serve", "--manifest", str(manifest), "--port", str(base)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{base}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("serve did not start")
+            time.sleep(0.05)
+        for m in models:  # warm-up: every profile loaded once (what fits stays)
+            agents(url, [m], 1)
+        before = loads_from_metrics(url)
+        lat, errors, wall = agents(url, models, n)
+        loads = loads_from_metrics(url) - before
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run([*llmctl_cmd(), "unload", "--all"], env=env, capture_output=True)
+    return (
+        f"{loads:>6} {statistics.median(lat) * 1e3:>9.1f} {pct(lat, 0.99) * 1e3:>9.1f} "
+        f"{len(lat) / wall:>8.2f} {errors:>6}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--bounds", default="1,3", help="serve.max_wait values, seconds")
+    args = parser.parse_args()
+    from llmctl.manifest.model import load_manifest
+    from llmctl.supervisor.devices import detect
+    from llmctl.supervisor.placer import placement_request
+    from llmctl.testmodels import write_tiny_model
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        model = write_tiny_model(tmp / "tiny.gguf")
+        profiles = "profiles:\n" + "".join(
+            f"  {p}: {{model: {model}, ctx_size: {4096 * (i + 1)}, parallel: 1}}\n"
+            for i, p in enumerate("abc")
+        )
+        probe = tmp / "probe.yaml"
+        probe.write_text("version: 1\ngpu:\n  - {name: CPU, headroom: 0}\n" + profiles)
+        m = load_manifest(probe)
+        devices = detect(m.device_configs()).devices
+        need = {p: placement_request(m, p, devices).plans[0].usage()["CPU"] for p in "abc"}
+        one, every = max(need.values()) + MiB, sum(need.values()) + MiB
+        print(f"## {args.requests} requests per agent; CPU budget {one / MiB:.1f} MiB holds one")
+        print(
+            f"{'agents':<7} {'order':<22} {'loads':>6} {'p50 ms':>9} {'p99 ms':>9} "
+            f"{'req/s':>8} {'errors':>6}"
+        )
+        bounds = [float(b) for b in args.bounds.split(",")]
+        for k in (2, 3):
+            models = list("abc"[:k])
+            settings = [("arrival order", one, 0.0)]
+            settings += [(f"max_wait {b:g}s", one, b) for b in bounds]
+            settings += [("fit together", every, 0.0)]
+            for label, budget, wait in settings:
+                line = run(tmp, budget, profiles, wait, models, args.requests)
+                print(f"{k:<7} {label:<22} {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
