@@ -154,6 +154,8 @@ def test_a_set_is_placed_together_or_refused_at_the_first_that_cannot_join() -> 
         ONE, [], [req("a", {"CUDA0": GiB}, port=8081), req("b", {"CUDA0": GiB}, port=8081)]
     )
     assert port[-1].action == "refuse" and "port 8081" in port[-1].reason
+
+
 def test_a_resident_server_goes_only_when_nothing_else_frees_enough() -> None:
     running = [
         run("young", {"CUDA0": 8 * GiB}, last_used=1.0, resident=True),

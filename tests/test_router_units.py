@@ -601,7 +601,14 @@ def test_unknown_model_name_is_echoed_truncated() -> None:
 def test_unsafe_path_rules() -> None:
     from llmctl.router.safepath import unsafe_path
 
-    for ok in (b"/v1/chat/completions", b"/health", b"/v1/models/a%3Ab", b"/v1/x%20y", b"/", b"/v1/a;b"):
+    for ok in (
+        b"/v1/chat/completions",
+        b"/health",
+        b"/v1/models/a%3Ab",
+        b"/v1/x%20y",
+        b"/",
+        b"/v1/a;b",
+    ):
         assert unsafe_path(ok) is None, ok
     for bad in (
         b"/v1/../x",

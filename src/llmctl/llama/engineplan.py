@@ -184,12 +184,13 @@ def probe(
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     max_output: int = MAX_OUTPUT,
+    grace: float = 5.0,
 ) -> ProbeOutcome:
     """Run `argv` (a llama-server command line) with `--log-jsonl` until its memory plan.
 
     The process is stopped as soon as the plan arrives (before the weights load), when it ends,
     after `timeout` seconds, or after `max_output` bytes, whichever comes first; it is always
-    waited for before this returns.
+    waited for before this returns (SIGTERM, then SIGKILL after `grace` seconds).
     """
     t0 = time.monotonic()
     cmd = [*argv] if FLAG in argv else [*argv, FLAG]
@@ -208,7 +209,7 @@ def probe(
     try:
         plan, reason = _read_until_plan(proc, t0 + timeout, max_output, tail)
     finally:
-        _stop(proc)
+        _stop(proc, grace)
     return ProbeOutcome(plan, reason, time.monotonic() - t0, tail[-20:])
 
 

@@ -1,0 +1,227 @@
+"""llama-server's own memory plan: the event read, bounded probes, the formula set beside it.
+
+The real llama-server (pinned build) for the event and the agreement with what it then
+allocates; a FAKE server (tests/fakes/fake_engine_server.py) for what a real one does not do on
+demand: no --log-jsonl, garbage, a hang, a crash, a flood, a server that ignores SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmctl.llama.engineplan import MAX_LINE, PlanFormatError, parse_line, probe
+from llmctl.llama.gguf import read_gguf
+from llmctl.memory.engine import TermDiff, best_figure, compare, warnings
+from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
+from llmctl.testing.testmodels import write_tiny_model
+
+FAKE = Path(__file__).parent / "fakes" / "fake_engine_server.py"
+MiB = 1024**2
+
+
+def _event(rows: object, unit: str = "MiB") -> str:
+    return json.dumps({"type": "fit_memory_breakdown", "data": {"unit": unit, "rows": rows}})
+
+
+def test_the_event_is_read_in_bytes_and_other_lines_are_not_plans() -> None:
+    plan = parse_line(
+        _event(
+            [
+                {
+                    "kind": "device",
+                    "name": "CUDA0",
+                    "total": 24576,
+                    "free": 23000,
+                    "model": 1000,
+                    "context": 200,
+                    "compute": 100,
+                },
+                {"kind": "host", "name": "Host", "model": 50, "context": 0, "compute": 10},
+                {"kind": "buffer_type", "name": "CUDA_Host", "compute": 10},
+            ]
+        )
+    )
+    assert plan is not None and plan.resolution == MiB
+    cuda = plan.row("CUDA0")
+    assert cuda is not None and (cuda.model, cuda.total) == (1000 * MiB, 24576 * MiB)
+    assert [r.name for r in plan.memory_rows()] == ["CUDA0", "Host"]  # buffer types are parts
+    assert plan.row("CUDA_Host") is None
+    assert parse_line('{"type":"log","msg":"fit_memory_breakdown is a word here"}') is None
+    assert parse_line("not json at all fit_memory_breakdown") is None
+    assert parse_line("x" * (MAX_LINE + 1)) is None
+    again = parse_line(json.dumps({"type": "fit_memory_breakdown", "data": plan.to_json()}))
+    assert again is None or again.rows  # its own JSON form is not the engine's
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        _event([{"kind": "host", "name": "Host", "model": 1}], unit="furlongs"),
+        _event(["not a row"]),
+        _event([]),
+        _event([{"kind": "host", "name": "Host", "model": "12"}]),
+        _event([{"kind": "host", "name": "Host", "model": -1}]),
+        json.dumps({"type": "fit_memory_breakdown", "data": None}),
+    ],
+)
+def test_a_malformed_event_is_refused_with_a_reason(line: str) -> None:
+    with pytest.raises(PlanFormatError):
+        parse_line(line)
+
+
+def test_best_figure_prefers_measured_then_engine_then_formula() -> None:
+    assert best_figure(100, 120, 130) == (130, "measured")
+    assert best_figure(100, 120) == (120, "engine plan")
+    assert best_figure(100) == (100, "formula")
+
+
+def test_a_difference_beyond_ten_percent_and_the_rounding_is_a_warning_naming_term_and_build() -> (
+    None
+):
+    small = TermDiff("compute", 9 * MiB, 8 * MiB, MiB)  # within the engine's MiB rounding
+    assert not small.off
+    low = TermDiff("compute", 100 * MiB, 200 * MiB, MiB)
+    assert low.off
+    (line,) = warnings([small, low], "b9093")
+    assert "compute" in line and "lower" in line and "50%" in line and "b9093" in line
+
+
+def _fake(mode: str, tmp: Path, **kw: object) -> tuple[object, int | None]:
+    pidfile = tmp / f"{mode}.pid"
+    env = {**os.environ, "FAKE_ENGINE_MODE": mode, "FAKE_ENGINE_PIDFILE": str(pidfile)}
+    outcome = probe([sys.executable, str(FAKE)], env=env, **kw)  # type: ignore[arg-type]
+    pid = int(pidfile.read_text()) if pidfile.exists() else None
+    return outcome, pid
+
+
+def _gone(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_probe_of_a_fake_reads_the_plan_and_stops_it(tmp_path: Path) -> None:
+    outcome, pid = _fake("plan", tmp_path)
+    assert outcome.plan is not None and outcome.reason is None  # type: ignore[attr-defined]
+    assert _gone(pid)
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("garbage", "cannot be read"),
+        ("unit", "unknown unit"),
+        ("crash", "exited with 3"),
+        ("hang", "within the time limit"),
+        ("flood", "without a memory plan"),
+    ],
+)
+def test_every_bad_probe_falls_back_with_a_reason_and_leaves_nothing(
+    tmp_path: Path, mode: str, says: str
+) -> None:
+    outcome, pid = _fake(mode, tmp_path, timeout=2.0, max_output=4 * MiB)
+    assert outcome.plan is None  # type: ignore[attr-defined]
+    assert says in outcome.reason  # type: ignore[attr-defined]
+    assert _gone(pid)
+
+
+def test_a_huge_line_is_skipped_and_the_plan_after_it_read(tmp_path: Path) -> None:
+    outcome, pid = _fake("huge", tmp_path)
+    assert outcome.plan is not None  # type: ignore[attr-defined]
+    assert _gone(pid)
+
+
+def test_a_probe_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
+    outcome, pid = _fake("ignore-term", tmp_path, grace=0.2)
+    assert outcome.plan is not None  # type: ignore[attr-defined]
+    assert pid is not None and _gone(pid)
+
+
+def test_a_binary_that_cannot_start_is_a_reason(tmp_path: Path) -> None:
+    outcome = probe([str(tmp_path / "no-such-llama-server")])
+    assert outcome.plan is None and outcome.reason is not None
+    assert "cannot start" in outcome.reason
+
+
+def test_the_real_engine_plan_equals_what_llama_server_then_allocates(
+    tmp_path: Path, llama_server_bin: Path
+) -> None:
+    """The probe's figures are the ones the same command line then allocates (to the MiB the
+    event states), and the formula is within the engine's rounding of them."""
+    from llmctl.memory.calibration import measure, on_free_port
+    from llmctl.memory.measured import parse_reported
+
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    argv = [str(llama_server_bin), "-m", str(model), "-c", "8192", "-np", "2"]
+    outcome = probe(on_free_port(argv))
+    assert outcome.plan is not None, outcome.reason
+    assert outcome.seconds < 10
+    host = outcome.plan.row("Host")
+    assert host is not None
+    reported = parse_reported(measure(on_free_port(argv)))
+    assert reported.loaded
+    # llama-server's own buffer lines after the full load (MiB, two decimals); the event
+    # states whole MiB, rounded down
+    for planned, allocated in (
+        (host.model, reported.total("model")),
+        (host.context, reported.total("kv") + reported.total("output")),
+        (host.compute, reported.total("compute")),
+    ):
+        assert planned is not None
+        assert -0.02 * MiB <= allocated * MiB - planned < 1.02 * MiB, (planned, allocated)
+    est = estimate(
+        ModelSource.from_gguf(read_gguf(model)), LaunchOptions(ctx_size=8192, parallel=2), gpu=False
+    )
+    for d in compare(est, outcome.plan):
+        assert not d.off, d
+
+
+def test_estimate_engine_on_the_cli_and_its_fallbacks(
+    tmp_path: Path, llama_server_bin: Path
+) -> None:
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    manifest = tmp_path / "profiles.yaml"
+
+    def run(binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+        manifest.write_text(
+            f"version: 1\nserver:\n  binary: {binary}\nprofiles:\n"
+            f"  tiny:\n    model: {model}\n    ctx_size: 4096\n"
+        )
+        return subprocess.run(
+            [sys.executable, "-m", "llmctl", "estimate", "tiny", "--engine", "--manifest",
+             str(manifest), *args],
+            capture_output=True, text=True, timeout=120,
+        )
+
+    out = run(str(llama_server_bin), "--json")
+    assert out.returncode == 0, out.stderr
+    engine = json.loads(out.stdout)[0]["engine"]
+    assert engine["source"] == "engine plan" and engine["warnings"] == []
+    assert {t["term"] for t in engine["terms"]} == {"model", "context", "compute"}
+    text = run(str(llama_server_bin)).stdout
+    assert "engine plan" in text and "Host" in text
+    # a build without --log-jsonl: the formula stands, and the estimate says why
+    old = tmp_path / "old-llama-server"
+    old.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE=old exec {sys.executable} {FAKE} "$@"\n')
+    old.chmod(0o755)
+    out = run(str(old), "--json")
+    assert out.returncode == 0, out.stderr
+    engine = json.loads(out.stdout)[0]["engine"]
+    assert engine["source"] == "formula" and "--log-jsonl" in engine["reason"]
+    # a command line for another machine is not probed here
+    refused = subprocess.run(
+        [sys.executable, "-m", "llmctl", "estimate", "--engine", "--", "-m", str(model)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "--engine" in refused.stderr
+    assert "Traceback" not in refused.stderr
