@@ -198,9 +198,20 @@ def test_estimate_engine_on_the_cli_and_its_fallbacks(
             f"  tiny:\n    model: {model}\n    ctx_size: 4096\n"
         )
         return subprocess.run(
-            [sys.executable, "-m", "llmctl", "estimate", "tiny", "--engine", "--manifest",
-             str(manifest), *args],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "llmctl",
+                "estimate",
+                "tiny",
+                "--engine",
+                "--manifest",
+                str(manifest),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     out = run(str(llama_server_bin), "--json")
@@ -225,3 +236,38 @@ def test_estimate_engine_on_the_cli_and_its_fallbacks(
     )  # fmt: skip
     assert refused.returncode == 2 and "--engine" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_the_placer_decides_by_the_engine_plan_once_one_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A budget between the engine's figure and the formula's: refused by the formula alone,
+    placed once the engine's plan of that very launch is known. The FAKE server states a plan
+    of 16 MiB for a profile the formula puts at over 100 MiB."""
+    from llmctl.manifest.validate import load_manifest
+    from llmctl.supervisor.placer import command_spec, plan_load
+    from llmctl.supervisor.probe import probe_profile
+
+    model = write_tiny_model(tmp_path / "tiny.gguf")
+    fake = tmp_path / "llama-server"
+    fake.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE=host exec {sys.executable} {FAKE} "$@"\n')
+    fake.chmod(0o755)
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        f"version: 1\nserver:\n  binary: {fake}\n  ports: 18100-18101\n"
+        "gpu:\n  - {name: CPU, vram: 40MiB, headroom: 0}\n"
+        f"profiles:\n  big:\n    model: {model}\n    ctx_size: 65536\n    parallel: 1\n"
+    )
+    m = load_manifest(manifest)
+    from llmctl.supervisor.devices import detect
+
+    devices = detect(m.device_configs()).devices
+    before, _ = plan_load(m, "big", {}, devices)
+    assert before.action == "refuse" and "does not fit even alone" in before.reason
+    res = probe_profile(m, "big", spec=command_spec(m, "big"))
+    assert res.plan is not None, res.reason
+    after, placed = plan_load(m, "big", {}, devices)
+    assert after.action == "start", after.reason
+    assert after.usage["CPU"] == (10 + 4 + 2 + 3) * MiB  # each term rounded up to the next MiB
+    assert placed.specs[0].placement["memory_source"] == "engine plan"
+    assert any("own plan" in n for n in placed.notes)

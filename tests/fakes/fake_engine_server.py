@@ -4,6 +4,7 @@
 `--help` lists `--log-jsonl` (mode `old`: it does not); `--version` prints a version line.
 Otherwise it behaves as $FAKE_ENGINE_MODE says:
   plan         a log line, then a well-formed fit_memory_breakdown event, then waits to be stopped
+  host         the same with one host row: model 10, context 4, compute 2 MiB
   garbage      the event with a row that is not an object
   unit         the event in an unknown unit
   huge         a 2 MiB line first, then the event
@@ -20,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import time
 
 MODE = os.environ.get("FAKE_ENGINE_MODE", "plan")
 ROWS = [
@@ -70,6 +70,10 @@ def main() -> int:
     out({"type": "log", "time": 1, "level": "info", "msg": "srv  llama_server: initializing\n"})
     if MODE in ("plan", "ignore-term"):
         event(ROWS)
+    elif MODE == "host":
+        event(
+            [{"kind": "host", "name": "Host", "self": 16, "model": 10, "context": 4, "compute": 2}]
+        )
     elif MODE == "garbage":
         event([ROWS[0], "not a row"])
     elif MODE == "unit":

@@ -342,9 +342,11 @@ def _measurement(
 def _engine(manifest: Any, name: str, est: Estimate) -> dict[str, Any]:
     """The engine's own plan for this profile beside the formula's terms (a probe here)."""
     from llmctl.memory.engine import compare, warnings
+    from llmctl.supervisor.placer import command_spec
     from llmctl.supervisor.probe import probe_profile
 
-    res = probe_profile(manifest, name)
+    # the launch `switch` and `load` make: with listed devices, the placer's first choice
+    res = probe_profile(manifest, name, spec=command_spec(manifest, name))
     out: dict[str, Any] = {
         "source": "engine plan" if res.plan is not None else "formula",
         "build": res.build,

@@ -145,10 +145,18 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
         specs.append(with_plan(base, plan) if manifest.devices_listed else base)
     from llmctl.supervisor.placement import Option, Request
 
-    options = [Option(p.usage(), p.label) for p in plans]
+    usages: list[dict[str, int]] = []
+    sources: list[str] = []
+    for spec, plan in zip(specs, plans, strict=True):
+        engine = _engine_usage(spec, plan)
+        usages.append(engine if engine is not None else plan.usage())
+        sources.append("engine plan" if engine is not None else "formula")
+    if "engine plan" in sources:
+        notes.append(f"memory of {name!r} from llama-server's own plan of this launch")
+    options = [Option(u, p.label) for u, p in zip(usages, plans, strict=True)]
     specs = [
-        replace(spec, placement=_placement_info(plan, est))
-        for spec, plan in zip(specs, plans, strict=True)
+        replace(spec, placement={**_placement_info(plan, est), "usage": u, "memory_source": src})
+        for spec, plan, u, src in zip(specs, plans, usages, sources, strict=True)
     ]
     request = Request(
         profile=name,
@@ -201,6 +209,26 @@ def with_plan(spec: LaunchSpec, plan: DevicePlan) -> LaunchSpec:
     at = out.index("--host") if "--host" in out else len(out)
     out[at:at] = plan.launch_args()
     return replace(spec, argv=tuple(out))
+
+
+def _engine_usage(spec: LaunchSpec, plan: DevicePlan) -> dict[str, int] | None:
+    """Bytes per device from llama-server's own plan of exactly this launch, when one is kept
+    (`llmctl estimate --engine`): its device rows by name, the host as CPU, each term rounded up
+    to the plan's resolution (it states whole MiB, rounded down), and each GPU's backend overhead
+    (which the plan does not state) added as the formula adds it."""
+    from llmctl.supervisor.probe import known_plan_for
+
+    found = known_plan_for(spec)
+    if found is None:
+        return None
+    overhead = {s.device: s.overhead_bytes for s in plan.shares}
+    usage: dict[str, int] = {}
+    for row in found.memory_rows():
+        device = "CPU" if row.kind == "host" else row.name
+        terms = [v for v in (row.model, row.context, row.compute) if v]
+        upper = sum(terms) + found.resolution * len(terms)
+        usage[device] = usage.get(device, 0) + upper + overhead.get(device, 0)
+    return {d: b for d, b in usage.items() if b > 0}
 
 
 def _placement_info(plan: DevicePlan, est: Estimate | None) -> dict[str, Any]:

@@ -56,15 +56,26 @@ def known_plan(manifest: Manifest, name: str) -> EnginePlan | None:
     """The plan kept for this profile's exact launch, without running anything new."""
     from llmctl.supervisor.launch import launch_spec
 
-    spec = launch_spec(manifest, name)
+    return known_plan_for(launch_spec(manifest, name))
+
+
+def known_plan_for(spec: LaunchSpec) -> EnginePlan | None:
+    """The plan kept for this launch, if any (nothing is run; the store is read only when it
+    exists, and the build is asked only then)."""
+    store = engine_store()
+    if not store.path.exists():
+        return None
     if not os.access(shutil.which(spec.argv[0]) or spec.argv[0], os.X_OK):
         return None
     key, _ = _key(spec)
-    return engine_store().get(key)
+    return store.get(key)
 
 
-def probe_profile(manifest: Manifest, name: str, *, reuse: bool = False) -> ProbeResult:
-    """The engine's plan for profile `name` on this machine (see the module docstring).
+def probe_profile(
+    manifest: Manifest, name: str, *, spec: LaunchSpec | None = None, reuse: bool = False
+) -> ProbeResult:
+    """The engine's plan for profile `name` on this machine (see the module docstring): of
+    `spec` when given (the placer's launch, with its device flags), else of its launch_spec.
 
     With `reuse`, a plan kept for the same launch key is returned without a probe.
     """
@@ -74,7 +85,7 @@ def probe_profile(manifest: Manifest, name: str, *, reuse: bool = False) -> Prob
     from llmctl.supervisor.launch import launch_spec
 
     name = manifest.resolve(name)
-    spec = launch_spec(manifest, name)
+    spec = spec or launch_spec(manifest, name)
     binary = shutil.which(spec.argv[0]) or spec.argv[0]
     if not os.access(binary, os.X_OK):
         return ProbeResult(
