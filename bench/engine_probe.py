@@ -59,7 +59,8 @@ def main() -> None:
         path = write_shaped_model(folder, s)
         src = ModelSource.from_gguf(read_gguf(path))
         for args in OPTIONS[: a.options]:
-            argv = [binary, "-m", str(path), "--fit", "off", "-nr", *args.split()]
+            # `--fit off` would skip the plan: the launch as llmctl makes it (-c, -np given)
+            argv = [binary, "-m", str(path), "-nr", *args.split()]
             outcome = probe(on_free_port(argv))
             t0 = time.monotonic()
             reported = measure_reported(argv)[0]

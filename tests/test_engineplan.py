@@ -123,6 +123,7 @@ def test_probe_of_a_fake_reads_the_plan_and_stops_it(tmp_path: Path) -> None:
         ("unit", "unknown unit"),
         ("crash", "exited with 3"),
         ("hang", "within the time limit"),
+        ("loaded", "without stating its plan first"),
         ("flood", "without a memory plan"),
     ],
 )

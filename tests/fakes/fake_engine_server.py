@@ -10,6 +10,7 @@ Otherwise it behaves as $FAKE_ENGINE_MODE says:
   huge         a 2 MiB line first, then the event
   flood        log lines without end, no event
   hang         one log line, then nothing (waits for SIGTERM)
+  loaded       a "model loaded" line and no event (as with `--fit off`)
   crash        one log line, then exits 3
   ignore-term  the event, then ignores SIGTERM (only SIGKILL stops it)
 Every mode that waits writes its pid to $FAKE_ENGINE_PIDFILE when set.
@@ -85,6 +86,8 @@ def main() -> int:
         line = json.dumps({"type": "log", "level": "info", "msg": "y" * 1000}) + "\n"
         while True:
             sys.stdout.write(line)
+    elif MODE == "loaded":
+        out({"type": "log", "level": "info", "msg": "srv  llama_server: model loaded\n"})
     elif MODE == "crash":
         print("error: something went wrong", file=sys.stderr)
         return 3

@@ -28,7 +28,9 @@ FLAG = "--log-jsonl"
 MAX_LINE = 1024 * 1024  # one JSON line; beyond it the line is garbage, not a plan
 MAX_OUTPUT = 16 * 1024 * 1024  # all the output a probe reads before it gives up
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
-TERMS = ("model", "context", "compute")  # weights, KV cache (and recurrent state), compute buffer
+TERMS = ("model", "context", "compute")
+# a load that got this far stated no plan before it (the plan comes before any weight is read)
+LOADED_MARKS = ("llama_server: model loaded", "main: model loaded", "server is listening on")  # weights, KV cache (and recurrent state), compute buffer
 
 
 def supports_log_jsonl(help_text: str) -> bool:
@@ -247,7 +249,13 @@ def _read_until_plan(
                     return None, f"llama-server's memory plan cannot be read: {err}"
                 if plan is not None:
                     return plan, None
-                tail.append(_text(line))
+                text = _text(line)
+                if any(mark in text for mark in LOADED_MARKS):
+                    return None, (
+                        "llama-server loaded the model without stating its plan first "
+                        "(`--fit off` skips it)"
+                    )
+                tail.append(text)
                 del tail[:-40]
             if len(buf) > MAX_LINE:
                 buf = b""  # a line this long is garbage; keep reading for the plan
