@@ -53,6 +53,10 @@ def test_activity_keeps_a_bounded_ring_of_requests() -> None:
 def test_page_files_are_served_without_a_key_and_data_needs_one(served: Served) -> None:
     r = httpx.get(served.url + "/ui")
     assert r.status_code == 308 and r.headers["location"] == "/ui/"
+    root = httpx.get(served.url + "/")  # the router's own URL leads to its page
+    assert root.status_code == 307 and root.headers["location"] == "/ui/"
+    # the terminal says where the page is
+    assert f"dashboard: {served.url}/ui" in served.logs()
     page = httpx.get(served.url + "/ui/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]

@@ -86,6 +86,7 @@ MAX_LOG_LINES = 2000
 
 def routes() -> list[Route]:
     return [
+        Route("/", _to_slash, methods=["GET"]),  # the router's own page is the dashboard
         Route("/ui", _to_slash, methods=["GET"]),
         Route("/ui/", asset, methods=["GET"]),
         Route("/ui/api/hello", hello_endpoint, methods=["GET"]),
@@ -101,7 +102,7 @@ def _router(request: Request) -> Router:
 
 
 async def _to_slash(request: Request) -> Response:
-    return RedirectResponse("/ui/", status_code=308)
+    return RedirectResponse("/ui/", status_code=307 if request.url.path == "/" else 308)
 
 
 _cache: dict[str, bytes] = {}
