@@ -695,3 +695,19 @@ def test_stop_can_wait_for_a_load_in_progress(sup: Supervisor, free_port: int) -
     assert res.ready  # the load finished ...
     assert out.stopped and out.pid == res.pid  # ... and was then stopped
     assert fake_pids() == []
+
+
+def test_mmap_and_mlock_are_spelled_as_the_build_spells_them() -> None:
+    """2026 builds take --load-mode; older ones (b9093) --no-mmap / --mlock, read from --help."""
+    from llmctl.manifest.model import Profile
+    from llmctl.supervisor.launch import profile_args
+
+    p = Profile.model_validate({"model": "m.gguf", "mmap": False, "mlock": True})
+    new = frozenset({"--load-mode", "--no-mmap", "--mlock", "-m"})
+    old = frozenset({"--no-mmap", "--mlock", "--mmap", "-m"})
+    assert "--load-mode" in profile_args("p", p, "127.0.0.1", 1, new)
+    args = profile_args("p", p, "127.0.0.1", 1, old)
+    assert "--load-mode" not in args and "--no-mmap" in args and "--mlock" in args
+    assert "--load-mode" in profile_args("p", p, "127.0.0.1", 1, None)  # --help unknown
+    keep = Profile.model_validate({"model": "m.gguf", "mmap": True})
+    assert "--no-mmap" not in profile_args("p", keep, "127.0.0.1", 1, old)

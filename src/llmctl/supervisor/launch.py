@@ -83,8 +83,23 @@ def _load_mode(profile: Profile) -> str | None:
     return "mmap" if mmap else "none"
 
 
-def profile_args(name: str, profile: Profile, host: str, port: int) -> list[str]:
-    """The llama-server arguments (without the binary) for a profile, in table order."""
+def _load_mode_args(profile: Profile, known: frozenset[str] | None) -> list[str]:
+    """mlock/mmap as the build spells them: `--load-mode` (2026 builds), else the older
+    `--no-mmap` / `--mlock` switches when the binary's --help lists those and not --load-mode."""
+    mode = _load_mode(profile)
+    if mode is None:
+        return []
+    if known is None or "--load-mode" in known or "--no-mmap" not in known:
+        return ["--load-mode", mode]
+    out = [] if profile.mmap is not False else ["--no-mmap"]
+    return out + (["--mlock"] if profile.mlock else [])
+
+
+def profile_args(
+    name: str, profile: Profile, host: str, port: int, known: frozenset[str] | None = None
+) -> list[str]:
+    """The llama-server arguments (without the binary) for a profile, in table order; `known`,
+    the flags of the binary (its --help), picks the spelling of flags that changed."""
     from llmctl.llama.flags import FLAGS
 
     args: list[str] = []
@@ -105,9 +120,7 @@ def profile_args(name: str, profile: Profile, host: str, port: int) -> list[str]
                 args.append(f.flag)
         elif f.kind == "bool-pair":
             args.append(f.flag if value else (f.off_flag or f.flag))
-    mode = _load_mode(profile)
-    if mode is not None:
-        args += ["--load-mode", mode]
+    args += _load_mode_args(profile, known)
     args += ["--host", host, "--port", str(port), "--alias", ",".join([name, *profile.aliases])]
     args += profile.extra_args
     return args
@@ -123,9 +136,14 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
     host = profile.host or server.host
     port = manifest.profile_port(pname)
     binary = find_binary(manifest.server.binary) or "llama-server"
+    known = None
+    if profile.mlock is not None or profile.mmap is not None:
+        from llmctl.llama.binary import known_flags
+
+        known = known_flags(binary)  # cached per binary; asked only for a flag that changed
     return LaunchSpec(
         profile=pname,
-        argv=(binary, *profile_args(pname, profile, host, port)),
+        argv=(binary, *profile_args(pname, profile, host, port, known)),
         env=dict(profile.env),
         host=host,
         port=port,
