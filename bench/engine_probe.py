@@ -3,7 +3,7 @@
     uv run python bench/engine_probe.py [--shapes a,b] [--options N]
 
 For each real-shaped model (llmctl.testing.realshapes) and launch option set, three figures per
-term (weights, KV cache with the output buffer, compute): the formula (`llmctl estimate`), the
+term (weights, KV cache, compute; the output buffer is not in the engine's plan): the formula (`llmctl estimate`), the
 engine's plan (`fit_memory_breakdown` of `--log-jsonl`, asked by `llmctl estimate --engine`,
 stopped before the weights load), and the buffers llama-server reports after a full load
 (`-lv 4`). The plan states whole MiB (rounded down), so it is "exact" within 1 MiB. Then the
@@ -31,7 +31,8 @@ from llmctl.memory.estimate import MiB, ModelSource, estimate
 from llmctl.paths import cache_dir
 from llmctl.testing.realshapes import SHAPES, write_shaped_model
 
-TERMS = (("model", ("model",)), ("context", ("kv", "output")), ("compute", ("compute",)))
+# the engine's `context` is the KV cache alone; the output buffer is not in its plan
+TERMS = (("model", ("model",)), ("context", ("kv",)), ("compute", ("compute",)))
 
 
 def main() -> None:

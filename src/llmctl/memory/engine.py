@@ -98,10 +98,11 @@ def engine_terms(plan: EnginePlan) -> dict[str, int]:
 
 def formula_terms(est: Estimate) -> dict[str, int]:
     """The formula's bytes per term, summed over GPU and host as the engine sums them: weights,
-    KV cache with the output (logits) buffer, compute buffers."""
+    KV cache, compute buffers. The output (logits) buffer is not in the engine's plan (its
+    `context` is the KV cache alone: checked against the loaded buffers of the pinned build)."""
     return {
         "model": est.weights.bytes,
-        "context": est.kv_bytes + est.output_bytes,
+        "context": est.kv_bytes,
         "compute": (est.compute_bytes if est.on_gpu else 0) + est.host_compute_bytes,
     }
 

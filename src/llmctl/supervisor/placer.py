@@ -148,7 +148,7 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
     usages: list[dict[str, int]] = []
     sources: list[str] = []
     for spec, plan in zip(specs, plans, strict=True):
-        engine = _engine_usage(spec, plan)
+        engine = _engine_usage(spec, plan, est)
         usages.append(engine if engine is not None else plan.usage())
         sources.append("engine plan" if engine is not None else "formula")
     if "engine plan" in sources:
@@ -211,11 +211,13 @@ def with_plan(spec: LaunchSpec, plan: DevicePlan) -> LaunchSpec:
     return replace(spec, argv=tuple(out))
 
 
-def _engine_usage(spec: LaunchSpec, plan: DevicePlan) -> dict[str, int] | None:
+def _engine_usage(
+    spec: LaunchSpec, plan: DevicePlan, est: Estimate | None
+) -> dict[str, int] | None:
     """Bytes per device from llama-server's own plan of exactly this launch, when one is kept
     (`llmctl estimate --engine`): its device rows by name, the host as CPU, each term rounded up
-    to the plan's resolution (it states whole MiB, rounded down), and each GPU's backend overhead
-    (which the plan does not state) added as the formula adds it."""
+    to the plan's resolution (it states whole MiB, rounded down), and what the plan does not
+    state added as the formula has it: each GPU's backend overhead, the host's output buffer."""
     from llmctl.supervisor.probe import known_plan_for
 
     found = known_plan_for(spec)
@@ -228,6 +230,8 @@ def _engine_usage(spec: LaunchSpec, plan: DevicePlan) -> dict[str, int] | None:
         terms = [v for v in (row.model, row.context, row.compute) if v]
         upper = sum(terms) + found.resolution * len(terms)
         usage[device] = usage.get(device, 0) + upper + overhead.get(device, 0)
+    if est is not None:
+        usage["CPU"] = usage.get("CPU", 0) + est.output_bytes
     return {d: b for d, b in usage.items() if b > 0}
 
 
