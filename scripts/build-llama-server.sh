@@ -11,6 +11,7 @@
 set -euo pipefail
 
 version="0.3.36"
+llama_tag="11312"  # the llama.cpp tag vendored in that sdist, reported by --version
 cache="${LLMCTL_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llmctl/llama-server-$version}"
 flavour="cpu"
 cmake_extra=()
@@ -84,6 +85,7 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 log "configuring ($flavour)"
 cmake -S "$src" -B "$cache/build-$flavour" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_BUILD_NUMBER="$llama_tag" -DLLAMA_BUILD_COMMIT="b$llama_tag" \
   "${cmake_extra[@]}" >&2
 log "building ${targets[*]} (a few minutes)"
 cmake --build "$cache/build-$flavour" --target "${targets[@]}" -j "$(nproc)" >&2
