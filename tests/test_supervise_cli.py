@@ -556,3 +556,21 @@ def test_live_view_on_a_terminal(manifest: Path) -> None:
     assert "\x1b[" in out  # drawn, then cleared
     assert "paced" in out and "loading ..." in out  # profile and the last log lines shown
     assert "Traceback" not in out
+
+
+def test_logs_of_a_profile_by_name_or_alias(manifest: Path) -> None:
+    """`llmctl logs PROFILE`: that profile's log, after another profile's launch too."""
+    assert llmctl("switch", "fast", "--manifest", str(manifest)).returncode == 0
+    fast_log = llmctl("logs", "--path").stdout.strip()
+    assert llmctl("switch", "other", "--manifest", str(manifest)).returncode == 0
+    other_log = llmctl("logs", "--path").stdout.strip()
+    assert other_log != fast_log
+    assert llmctl("logs", "fast", "--path").stdout.strip() == fast_log  # stopped: its last log
+    assert llmctl("logs", "other", "--path").stdout.strip() == other_log  # running
+    alias = llmctl("logs", "quick", "--path", "--manifest", str(manifest))
+    assert alias.returncode == 0 and alias.stdout.strip() == fast_log
+    shown = llmctl("logs", "fast", "-n", "50")
+    assert shown.returncode == 0 and "listening on" in shown.stdout
+    never = llmctl("logs", "slow", "--manifest", str(manifest))
+    assert never.returncode == 1 and "no log of profile 'slow'" in never.stderr
+    assert "Traceback" not in never.stderr

@@ -22,13 +22,26 @@ if TYPE_CHECKING:
 DEFAULT_LINES = 50
 
 
-def run(*, follow: bool = False, lines: int = DEFAULT_LINES, path_only: bool = False) -> int:
+def run(
+    profile: str | None = None,
+    *,
+    follow: bool = False,
+    lines: int = DEFAULT_LINES,
+    path_only: bool = False,
+    manifest: str | None = None,
+) -> int:
     from llmctl.supervisor.logs import tail_lines
 
     sup = supervisor(0.0)
 
     def find() -> int:
-        path = sup.log_path()
+        name = _profile_name(sup, profile, manifest) if profile else None
+        path = sup.log_path(name)
+        if path is None and name is not None:
+            raise LlmctlError(
+                f"no log of profile {name!r}: it was never started here",
+                hint="`llmctl ps` lists what runs; `llmctl logs` shows the newest log",
+            )
         if path is not None and not path.exists():
             raise LlmctlError(
                 f"the log {path} was deleted",
@@ -48,13 +61,28 @@ def run(*, follow: bool = False, lines: int = DEFAULT_LINES, path_only: bool = F
         sys.stdout.flush()
         if follow:
             with contextlib.suppress(KeyboardInterrupt):
-                _follow(sup, path, size)
+                _follow(sup, path, size, name)
         return EXIT_OK
 
     return run_command(False, find)
 
 
-def _follow(sup: Supervisor, path: Path, offset: int) -> None:
+def _profile_name(sup: Supervisor, given: str, manifest: str | None) -> str:
+    """`given` as a profile name: itself when a server or log of it exists, else resolved as an
+    alias by the manifest (read only then)."""
+    from llmctl.supervisor.logs import latest_log
+
+    if sup.log_path(given) is not None or latest_log(sup.state_dir, given) is not None:
+        return given
+    from llmctl.manifest.cache import load_manifest
+
+    try:
+        return load_manifest(manifest).resolve(given)
+    except LlmctlError:
+        return given  # no manifest to ask: the "no log" error names it as given
+
+
+def _follow(sup: Supervisor, path: Path, offset: int, profile: str | None = None) -> None:
     """Like `tail -F`: print what is appended; move to the next launch's log when there is one."""
     last_check = time.monotonic()
     while True:
@@ -68,7 +96,7 @@ def _follow(sup: Supervisor, path: Path, offset: int) -> None:
         now = time.monotonic()
         if now - last_check >= 0.5:
             last_check = now
-            current = sup.log_path()
+            current = sup.log_path(profile)
             if current is not None and current != path and current.exists():
                 path, offset = current, 0
                 sys.stdout.write(f"\n==> {path} <==\n")
@@ -76,15 +104,17 @@ def _follow(sup: Supervisor, path: Path, offset: int) -> None:
 
 
 def fast(args: list[str]) -> int | None:
-    from llmctl.cli.argv import drop_manifest
-
-    args = drop_manifest(args)
     parsed = parse(
         args,
         flags={"--follow": "follow", "-f": "follow", "--path": "path_only"},
-        options={"-n": ("lines", non_negative_int), "--lines": ("lines", non_negative_int)},
+        options={
+            "-n": ("lines", non_negative_int),
+            "--lines": ("lines", non_negative_int),
+            "--manifest": ("manifest", str),
+        },
+        positional=(0, 1),
     )
-    return None if parsed is None else run(**parsed[1])
+    return None if parsed is None else run(*parsed[0], **parsed[1])
 
 
 def register(app: typer.Typer) -> None:
@@ -94,6 +124,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def logs(
+        profile: str | None = typer.Argument(
+            None, help="A profile (or alias): its server's log, else its latest launch's."
+        ),
         manifest: str | None = manifest_option(),
         follow: bool = typer.Option(
             False, "--follow", "-f", help="Keep printing what is appended."
@@ -105,6 +138,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Show llama-server's log.
 
-        The running server's log, else the latest launch's.
+        The running server's log (the newest, with several), else the latest launch's; or the
+        log of PROFILE.
         """
-        raise typer.Exit(run(follow=follow, lines=lines, path_only=path_only))
+        raise typer.Exit(
+            run(
+                profile,
+                follow=follow,
+                lines=lines,
+                path_only=path_only,
+                manifest=str(manifest) if manifest else None,
+            )
+        )

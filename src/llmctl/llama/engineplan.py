@@ -30,7 +30,11 @@ MAX_OUTPUT = 16 * 1024 * 1024  # all the output a probe reads before it gives up
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 TERMS = ("model", "context", "compute")
 # a load that got this far stated no plan before it (the plan comes before any weight is read)
-LOADED_MARKS = ("llama_server: model loaded", "main: model loaded", "server is listening on")  # weights, KV cache (and recurrent state), compute buffer
+LOADED_MARKS = (
+    "llama_server: model loaded",
+    "main: model loaded",
+    "server is listening on",
+)  # weights, KV cache (and recurrent state), compute buffer
 
 
 def supports_log_jsonl(help_text: str) -> bool:

@@ -227,12 +227,15 @@ class Supervisor:
 
         return saved(self.state_dir)
 
-    def log_path(self) -> Path | None:
-        """The log of the running server, else of the latest launch."""
+    def log_path(self, profile: str | None = None) -> Path | None:
+        """The log of the running server (the newest one), else of the latest launch; with
+        `profile`, that profile's server's log, else its latest launch's."""
         from llmctl.supervisor.logs import latest_log
 
         with contextlib.suppress(CorruptState):
             recs = read_servers(self.state_dir)
+            if profile is not None:
+                recs = {k: r for k, r in recs.items() if k == profile}
             if recs:
                 rec = max(recs.values(), key=lambda r: r.started_at)
                 path = Path(rec.log)
@@ -243,7 +246,7 @@ class Supervisor:
                         if os.readlink(live) == f"{path} (deleted)":
                             return live
                 return path
-        return latest_log(self.state_dir)
+        return latest_log(self.state_dir, profile)
 
     # ------------------------------------------------------------------ stop
 

@@ -40,13 +40,32 @@ def new_log(
     return path
 
 
-def latest_log(state_dir: Path) -> Path | None:
+def latest_log(state_dir: Path, profile: str | None = None) -> Path | None:
+    """The newest launch log, or the newest of `profile` (by the header a launch writes)."""
     folder = logs_dir(state_dir)
     try:
         names = sorted(p.name for p in folder.iterdir() if p.suffix == ".log")
     except OSError:
         return None
-    return folder / names[-1] if names else None
+    if profile is None:
+        return folder / names[-1] if names else None
+    for name in reversed(names):
+        if log_profile(folder / name) == profile:
+            return folder / name
+    return None
+
+
+def log_profile(path: Path) -> str | None:
+    """The profile a launch log belongs to, from its first header line."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(4096).decode(errors="replace")
+    except OSError:
+        return None
+    for word in first.split():
+        if word.startswith("profile="):
+            return word[len("profile=") :]
+    return None
 
 
 def rotate(state_dir: Path, *, keep: int, protect: set[str]) -> None:
