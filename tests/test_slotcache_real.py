@@ -231,3 +231,49 @@ def test_router_saves_on_ttl_unload_and_on_sigterm_and_restores_on_demand(
             stop_serve(served)
         Supervisor(paths.state_dir(), lock_timeout=30).stop(forget=True)
     assert served_pids(llama_server_bin) == []
+
+
+def test_clients_cannot_save_or_restore_the_slot_files_of_a_keep_kv_profile(
+    tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path], free_port: int
+) -> None:
+    """300 client saves through the router leave llmctl's slot folder as it was (before: 161 MB
+    written past keep_kv_total, index.json overwritten); erase still works; a profile without
+    keep_kv keeps llama-server's own slot actions."""
+    import httpx
+
+    from fakes.fake_upstream import free_port as another_port
+    from test_router_real import start_serve, stop_serve
+
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {another_port()},"
+        " keep_kv_total: 1MiB}\n"
+        f"profiles:\n  kept:\n    model: {models[0]}\n    ctx_size: 1024\n    parallel: 1\n"
+        "    keep_kv: 64KiB\n"
+    )
+    served = start_serve(manifest, free_port, tmp_path)
+    try:
+        with httpx.Client(base_url=served.url, timeout=60) as client:
+            body = {"model": "kept", "prompt": PROMPT, "max_tokens": 2, "temperature": 0}
+            assert client.post("/v1/completions", json=body).status_code == 200
+            folder = paths.state_dir()
+            before = sorted(p.name for p in folder.rglob("*") if p.is_file())
+            for i in range(300):
+                r = client.post(
+                    "/slots/0?action=save&model=kept",
+                    json={"model": "kept", "filename": "index.json" if i % 2 else f"x{i}.bin"},
+                )
+                assert r.status_code == 403, r.text
+                assert r.json()["error"]["code"] == "slot_action_refused"
+                assert "keep_kv" in r.json()["error"]["message"]
+            r = client.post("/slots/0?action=restore", json={"model": "kept", "filename": "a"})
+            assert r.status_code == 403
+            r = client.post("/slots/0?action=SAVE", json={"model": "kept", "filename": "a"})
+            assert r.status_code == 403
+            after = sorted(p.name for p in folder.rglob("*") if p.is_file())
+            assert after == before
+            erase = client.post("/slots/0?action=erase", json={"model": "kept"})
+            assert erase.status_code == 200, erase.text
+    finally:
+        stop_serve(served)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop(forget=True)

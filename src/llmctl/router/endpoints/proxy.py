@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -86,6 +88,31 @@ def _parse_body(router: Router, request: Request, path: str, body: bytes) -> dic
     return None
 
 
+_SLOT_PATH = re.compile(r"^/slots/\d+$")
+_FILE_ACTIONS = {"save", "restore"}
+
+
+def _refuse_client_slot_files(router: Router, path: str, query: bytes, profile: str | None) -> None:
+    """On a `keep_kv` profile the slot folder is llmctl's own, capped by keep_kv and
+    keep_kv_total: a client's save would bypass the caps (and could overwrite its index) and a
+    restore could load any file there. Erasing a slot stays allowed."""
+    if profile is None or not _SLOT_PATH.match(path):
+        return
+    p = router.manifest.profiles.get(profile)
+    if p is None or not getattr(p, "keep_kv", None):
+        return
+    actions = parse_qs(query.decode("latin-1")).get("action", [])
+    if _FILE_ACTIONS & {a.lower() for a in actions}:
+        router.metrics.count_rejected("slot_action")
+        raise RouterError(
+            403,
+            f"Profile {profile!r} keeps its KV cache across swaps (keep_kv): its slot files are "
+            "llmctl's own, so a client may not save or restore them (erase is allowed). Serve "
+            "client slot saves from a profile without keep_kv and with its own --slot-save-path.",
+            code="slot_action_refused",
+        )
+
+
 async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
     """Any llama-server (or OpenAI-compatible) path, sent along the chain of the request's profile.
 
@@ -120,6 +147,7 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
         running=router.scheduler.active,
         default=router.serve.default_profile,
     )
+    _refuse_client_slot_files(router, path, request.scope.get("query_string", b""), target.profile)
     aliases = router.index.aliases(target.profile) if target.profile else []
     chain = router.order_chain(
         router.upstreams.chain(target.profile, target.model, aliases), target
