@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "schema": "llmctl.cli.schema",
     "estimate": "llmctl.cli.estimate",
     "fit": "llmctl.cli.fit",
+    "pull": "llmctl.cli.pull",
     "switch": "llmctl.cli.switch",
     "status": "llmctl.cli.status",
     "stop": "llmctl.cli.stop",

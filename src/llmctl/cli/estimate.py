@@ -472,8 +472,26 @@ def run(
     explain: bool = False,
     measure: bool = False,
     engine: bool = False,
+    vram: str | None = None,
 ) -> int:
     def body() -> int:
+        refs = [a for a in args if a.startswith("hf://")]
+        if refs:
+            from llmctl.cli.hub import estimate_hub
+
+            rest = [a for a in args if not a.startswith("hf://")]
+            return estimate_hub(
+                refs,
+                rest,
+                json_out=json_out,
+                vram=vram,
+                manifest=str(manifest) if manifest else None,
+            )
+        if vram is not None:
+            raise UsageError(
+                "--vram judges a hub model (hf://...); a profile is judged by gpu: in the manifest",
+                hint="llmctl fit PROFILE --vram 24GiB",
+            )
         if any(a.startswith("-") for a in args):
             if all_:
                 raise UsageError(
@@ -504,8 +522,12 @@ def fast(args: list[str]) -> int | None:
                 "--measure": "measure",
                 "--engine": "engine",
             },
+            options={"--vram": ("vram", str), "--manifest": ("manifest", str)},
+            positional=(0, 1000),
         )
-        return None if parsed is None else run(args[cut + 1 :], **parsed[1])
+        if parsed is None or not all(a.startswith("hf://") for a in parsed[0]):
+            return None  # profile names before -- are not a command line: typer says so
+        return run([*parsed[0], *args[cut + 1 :]], **parsed[1])
     parsed = parse(
         args,
         flags={
@@ -515,7 +537,7 @@ def fast(args: list[str]) -> int | None:
             "--measure": "measure",
             "--engine": "engine",
         },
-        options={"--manifest": ("manifest", str)},
+        options={"--manifest": ("manifest", str), "--vram": ("vram", str)},
         positional=(0, 1000),
     )
     return None if parsed is None else run(parsed[0], **parsed[1])
@@ -553,6 +575,12 @@ def register(app: typer.Typer) -> None:
             help="Ask llama-server for its own memory plan (--log-jsonl; stopped before the "
             "weights load) and show it beside the formula.",
         ),
+        vram: str | None = typer.Option(
+            None,
+            "--vram",
+            help="For hf:// models: the budget to judge them against.",
+            metavar="SIZE",
+        ),
     ) -> None:
         """Estimate GPU memory per profile or command line.
 
@@ -570,5 +598,6 @@ def register(app: typer.Typer) -> None:
                 explain=explain,
                 measure=measure,
                 engine=engine,
+                vram=vram,
             )
         )

@@ -15,7 +15,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llmctl.errors import GGUFError
 
@@ -199,14 +199,27 @@ class GGUFFile:
         return sum(t.nbytes for t in self.tensors)
 
 
+class _Short(Exception):
+    """The buffer holds only a prefix of the file and the header goes on past it."""
+
+    def __init__(self, want: int) -> None:
+        super().__init__(want)
+        self.want = want
+
+
 class _Reader:
-    """Bounds-checked cursor over a buffer; every failure names the file and what was being read."""
+    """Bounds-checked cursor over a buffer; every failure names the file and what was being read.
 
-    __slots__ = ("buf", "e", "nested_left", "path", "pos", "size")
+    `avail` is how much of the file's `size` bytes the buffer holds (all of it for a mapped file);
+    reading past it raises _Short, so a caller with a prefix can fetch more and parse again.
+    """
 
-    def __init__(self, buf: Any, size: int, path: Path, endian: str) -> None:
+    __slots__ = ("avail", "buf", "e", "nested_left", "path", "pos", "size")
+
+    def __init__(self, buf: Any, size: int, path: Path, endian: str, avail: int) -> None:
         self.buf = buf
         self.size = size
+        self.avail = avail
         self.path = path
         self.pos = 0
         self.e = endian
@@ -221,6 +234,8 @@ class _Reader:
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
             raise self.fail(f"truncated while reading {what} ({n} bytes needed)")
+        if self.pos + n > self.avail:
+            raise _Short(self.pos + n)
 
     def u32(self, what: str) -> int:
         self.need(4, what)
@@ -272,9 +287,11 @@ class _Reader:
             if n > (self.size - self.pos) // size:
                 raise self.fail(f"array {key!r} claims {n} items, more than the file holds")
             start = self.pos
-            self.pos += n * size
             if n > MAX_DECODED_ARRAY:
+                self.pos += n * size
                 return SkippedArray(item_type, n)
+            self.need(n * size, f"the items of {key!r}")
+            self.pos += n * size
             return list(struct.unpack_from(f"{self.e}{n}{fmt}", self.buf, start))
         if item_type == T_STRING:
             # each string takes at least its 8-byte length
@@ -298,7 +315,7 @@ class _Reader:
         unpack = struct.Struct(self.e + "Q").unpack_from
         buf = self.buf
         pos = self.pos
-        end = self.size - 8
+        end = self.avail - 8
         try:
             for _ in range(n):
                 if pos > end:
@@ -310,6 +327,8 @@ class _Reader:
                     return
         except struct.error:  # pragma: no cover - guarded by the bound above
             pass
+        if self.avail < self.size and pos + 8 <= self.size:
+            raise _Short(pos + 8)
         self.pos = min(pos, self.size)
         raise self.fail(f"truncated inside the string array {key!r}")
 
@@ -363,7 +382,10 @@ def _read_one(path: Path, split: int = 0) -> GGUFFile:
             closer.close()
 
 
-def _parse(buf: Any, size: int, path: Path, split: int) -> GGUFFile:
+def _parse(buf: Any, size: int, path: Path, split: int, avail: int | None = None) -> GGUFFile:
+    avail = size if avail is None else avail
+    if avail < min(size, 24):
+        raise _Short(24)
     if size < 4 or bytes(buf[:4]) != GGUF_MAGIC:
         got = bytes(buf[:4])
         raise GGUFError(
@@ -383,7 +405,7 @@ def _parse(buf: Any, size: int, path: Path, split: int) -> GGUFFile:
             f"{path}: unsupported GGUF version {version} (llmctl reads versions 2 and 3)",
             hint="convert the model again with a current llama.cpp",
         )
-    r = _Reader(buf, size, path, endian)
+    r = _Reader(buf, size, path, endian, avail)
     r.pos = 8
     n_tensors = r.u64("the tensor count")
     n_kv = r.u64("the metadata count")
@@ -447,6 +469,45 @@ def _check_extent(path: Path, tensors: list[TensorInfo], data_offset: int, size:
             f"{size} bytes ({end - size} missing; an interrupted download?)",
             hint="download the model again (and compare its size or checksum with the source)",
         )
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+# A header past this is not a header: refuse it rather than read the weights.
+MAX_HEADER_BYTES = 256 * 1024 * 1024
+
+
+def read_gguf_stream(
+    fh: Readable, size: int, name: str | Path, *, first: int = 1 << 20, split: int = 0
+) -> GGUFFile:
+    """Read a GGUF header from a binary file-like positioned at the file's start, reading no more
+    than the header needs: `first` bytes, then twice what was read until the header parses.
+
+    `size` is the whole file's size (from a directory listing or Content-Length); `name` is what
+    errors call the file. For remote files (llmctl.hub.remote) and pipes.
+    """
+    path = Path(name)
+    buf = bytearray()
+    want = min(size, first)
+    while True:
+        while len(buf) < want:
+            chunk = fh.read(want - len(buf))
+            if not chunk:
+                raise GGUFError(
+                    f"{path}: not a readable GGUF file: the stream ended at byte {len(buf)} of {size}"
+                )
+            buf += chunk
+        try:
+            return _parse(buf, size, path, split, avail=len(buf))
+        except _Short as short:
+            if len(buf) >= MAX_HEADER_BYTES:
+                raise GGUFError(
+                    f"{path}: the GGUF header goes on past {MAX_HEADER_BYTES >> 20} MiB",
+                    hint="this is not a model header llmctl reads without the whole file",
+                ) from None
+            want = min(size, MAX_HEADER_BYTES, max(short.want, 2 * len(buf)))
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:

@@ -138,11 +138,14 @@ def write_gguf(
     alignment: int = DEFAULT_ALIGNMENT,
     version: int = 3,
     big_endian: bool = False,
+    sparse: bool = False,
 ) -> Path:
     """Write a GGUF file (v3 by default) with the given metadata and random tensor data.
 
     Nested arrays are `array(T_ARRAY, [array(...), ...])`. Big-endian files get big-endian
-    headers; their tensor data is written as is (it is never read by the tests).
+    headers; their tensor data is written as is (it is never read by the tests). `sparse`
+    writes the header only and extends the file to its full size with a hole (zero weights,
+    no disk used, any tensor type): a multi-GB file for reading headers, not for loading.
     """
     e = ">" if big_endian else "<"
     meta = list(metadata)
@@ -167,7 +170,9 @@ def write_gguf(
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         fh.write(head)
-        for t in tensors:
+        if sparse:
+            fh.truncate(len(head) + offset)
+        for t in [] if sparse else tensors:
             data = pool.data(t)
             fh.write(data)
             fh.write(b"\0" * ((-len(data)) % alignment))

@@ -484,7 +484,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def write_tiny_model(path: Path, arch: str = "llama", **overrides: Any) -> Path:
+def write_tiny_model(
+    path: Path, arch: str = "llama", *, sparse: bool = False, **overrides: Any
+) -> Path:
     """Write a tiny random-weight GGUF of `arch` that llama-server loads; returns `path`.
 
     Architectures: llama, gemma2, gemma3, gemma4, cohere2 (sliding windows), deepseek2 (MLA),
@@ -496,7 +498,8 @@ def write_tiny_model(path: Path, arch: str = "llama", **overrides: Any) -> Path:
     head_count_kv_full/_swa (gemma4), q_lora_rank, kv_lora_rank, rope_dim, key_length_mla,
     value_length_mla (deepseek2), l_cache (lfm2), d_conv, d_state, dt_rank (mamba),
     n_group, n_ssm_head (granitehybrid), expert_count, expert_used_count (qwen3moe; `n_ff` is
-    then the width of one expert).
+    then the width of one expert). `sparse`: header only, weights a hole (any weight_type; see
+    write_gguf).
     """
     builder = ARCHITECTURES.get(arch)
     if builder is None:
@@ -509,4 +512,28 @@ def write_tiny_model(path: Path, arch: str = "llama", **overrides: Any) -> Path:
     cfg = _Cfg(arch=arch, **{**_DEFAULTS.get(arch, {}), **overrides})
     meta, tensors = builder(cfg)
     meta = meta + _vocab(cfg.n_vocab_extra)
-    return write_gguf(Path(path), meta, tensors, seed=cfg.seed)
+    return write_gguf(Path(path), meta, tensors, seed=cfg.seed, sparse=sparse)
+
+
+def write_split_model(
+    folder: Path, prefix: str, parts: int, arch: str = "llama", **overrides: Any
+) -> list[Path]:
+    """A tiny model as llama.cpp's gguf-split writes it: `prefix-0000N-of-0000M.gguf`, the
+    metadata in the first part, the tensors spread over all, `split.*` keys in each."""
+    from llmctl.llama.gguf import T_UINT16
+
+    cfg = _Cfg(arch=arch, **{**_DEFAULTS.get(arch, {}), **overrides})
+    meta, tensors = ARCHITECTURES[arch](cfg)
+    meta = meta + _vocab(cfg.n_vocab_extra)
+    per = -(-len(tensors) // parts)
+    out = []
+    for i in range(parts):
+        split_meta = [
+            ("split.no", Value(T_UINT16, i)),
+            ("split.count", Value(T_UINT16, parts)),
+            ("split.tensors.count", Value(T_INT32, len(tensors))),
+        ]
+        path = Path(folder) / f"{prefix}-{i + 1:05d}-of-{parts:05d}.gguf"
+        head = meta + split_meta if i == 0 else split_meta
+        out.append(write_gguf(path, head, tensors[i * per : (i + 1) * per], seed=cfg.seed))
+    return out

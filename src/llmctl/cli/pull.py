@@ -1,0 +1,99 @@
+"""`llmctl pull hf://org/repo[:QUANT]`: download a hub model once, into llama.cpp's own cache.
+
+Every split part and the mmproj sibling, with a progress bar, resumed after an interruption,
+checked against the SHA-256 the hub lists (llmctl.hub.pull). A file already there is not
+fetched again, whoever fetched it (`llama-server -hf`, huggingface-cli, an earlier pull).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+from llmctl.cli.argv import parse
+from llmctl.cli.output import print_json, run_command
+from llmctl.errors import EXIT_OK
+
+if TYPE_CHECKING:
+    import typer
+
+
+def run(ref: str, *, json_out: bool = False, mmproj: bool = True) -> int:
+    def body() -> int:
+        from llmctl.hub.pull import llama_cache_dir, pull
+        from llmctl.hub.refs import parse_ref
+        from llmctl.term import format_bytes
+
+        hub_ref = parse_ref(ref)
+
+        def on_file(file: str, size: int, cached: bool) -> None:
+            if not json_out:
+                what = "already here" if cached else "downloading"
+                sys.stderr.write(f"{file} ({format_bytes(size)}): {what}\n")
+
+        got = pull(
+            hub_ref,
+            with_mmproj=mmproj,
+            on_file=on_file,
+            tqdm_class=_quiet_tqdm() if json_out else None,
+        )
+        if json_out:
+            files: list[dict[str, Any]] = [
+                {
+                    "file": p.file,
+                    "path": str(p.path),
+                    "bytes": p.size,
+                    "sha256": p.sha256,
+                    "downloaded": p.downloaded,
+                }
+                for p in got
+            ]
+            print_json({"ref": ref, "cache": str(llama_cache_dir()), "files": files})
+        else:
+            for p in got:
+                sys.stdout.write(f"{p.path}\n")
+        return EXIT_OK
+
+    return run_command(json_out, body)
+
+
+def _quiet_tqdm() -> Any:
+    from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]
+
+    class Quiet(tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    return Quiet
+
+
+def fast(args: list[str]) -> int | None:
+    parsed = parse(
+        args,
+        flags={"--json": "json_out", "--no-mmproj": "no_mmproj"},
+        positional=(1, 1),
+    )
+    if parsed is None:
+        return None
+    opts = parsed[1]
+    return run(parsed[0][0], json_out=opts.get("json_out", False), mmproj=not opts.get("no_mmproj"))
+
+
+def register(app: typer.Typer) -> None:
+    import typer
+
+    from llmctl.cli.options import json_option
+
+    @app.command()
+    def pull(
+        ref: str = typer.Argument(..., help="hf://org/repo[:QUANT] or hf://org/repo/file.gguf"),
+        json_out: bool = json_option(),
+        no_mmproj: bool = typer.Option(False, "--no-mmproj", help="Not the mmproj sibling."),
+    ) -> None:
+        """Download a Hugging Face model once, into llama.cpp's cache.
+
+        Every split part and the mmproj sibling; resumed after an interruption; checked
+        against the hub's SHA-256. HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are honoured.
+        """
+        raise typer.Exit(run(ref, json_out=json_out, mmproj=not no_mmproj))
