@@ -37,9 +37,22 @@ def serve_argv(manifest: Path, port: int, *args: str) -> list[str]:
 
 
 def start_serve(
-    manifest: Path, port: int, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    manifest: Path,
+    port: int,
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
 ) -> Served:
-    """`env`: the whole environment of the process (default: this one's)."""
+    """`env`: the whole environment of the process (default: this one's); `nofile`: its
+    open-file limit (RLIMIT_NOFILE)."""
+
+    def limit() -> None:
+        if nofile is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     log = tmp_path / f"serve-{port}.log"
     out = log.open("ab")  # a serve started again on the same port appends to its log
     proc = subprocess.Popen(
@@ -47,6 +60,7 @@ def start_serve(
         stdout=out,
         stderr=subprocess.STDOUT,
         env=env,
+        preexec_fn=limit if nofile is not None else None,
     )
     out.close()
     url = f"http://127.0.0.1:{port}"

@@ -272,3 +272,61 @@ def test_state_and_available_with_gpu_as_a_device_list(
     finally:
         stop_serve(s)
         Supervisor(paths.state_dir(), lock_timeout=30).stop()
+
+
+def test_log_streams_cannot_exhaust_file_descriptors(
+    tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path, Path], free_port: int
+) -> None:
+    """Under a 256-file limit, 120 log streams from one client: the first few stream, the rest
+    get 429 with Retry-After, no stream holds its log file open between polls, and /health and
+    the API keep answering (before: every request failed, with thousands of tracebacks)."""
+    import os
+    import socket
+    import time
+
+    from fakes.fake_upstream import free_port as another_port
+
+    manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
+    s = start_serve(manifest, free_port, tmp_path, nofile=256)
+    conns: list[socket.socket] = []
+    try:
+        r = httpx.post(
+            s.url + "/models/switch", json={"profile": "tiny-b"}, headers=AUTH, timeout=90
+        )
+        assert r.status_code == 200, r.text
+        statuses: list[int] = []
+        request = (
+            f"GET /ui/api/log?server=managed&lines=5 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {KEY}\r\n\r\n"
+        ).encode()
+        for _ in range(120):
+            c = socket.create_connection(("127.0.0.1", free_port))
+            c.settimeout(30)
+            c.sendall(request)
+            statuses.append(int(c.recv(64).split(b" ")[1]))
+            conns.append(c)
+        assert statuses.count(200) == 4 and statuses.count(429) == 116, statuses
+        fds = os.listdir(f"/proc/{s.proc.pid}/fd")
+        logs = [f for f in fds if os.readlink(f"/proc/{s.proc.pid}/fd/{f}").endswith(".log")]
+        # a poll reads one at a time; none is kept open (fds 0-2 are the process's own output)
+        assert len([f for f in logs if int(f) > 2]) <= 1, logs
+        assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+        assert httpx.get(s.url + "/ui/api/state", headers=AUTH, timeout=10).status_code == 200
+        for c in conns:
+            c.close()
+        conns.clear()
+        # the streams' slots come back once their clients leave
+        deadline = time.monotonic() + 10
+        while True:
+            with httpx.stream(
+                "GET", s.url + "/ui/api/log?lines=1", headers=AUTH, timeout=10
+            ) as again:
+                if again.status_code == 200 or time.monotonic() > deadline:
+                    break
+        assert again.status_code == 200
+        assert "Traceback" not in s.logs()
+    finally:
+        for c in conns:
+            c.close()
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()

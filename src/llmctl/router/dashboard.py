@@ -50,6 +50,8 @@ class Router(Protocol):
     upstreams: Upstreams | None
     api_keys: tuple[str, ...]
     shutting_down: bool
+    log_streams: dict[str, int]
+    metrics: Any
 
     @property
     def devices(self) -> list[Any]: ...
@@ -82,6 +84,10 @@ LOG_POLL_S = 0.25
 LOG_FILE_CHECK_S = 1.0
 LOG_HEARTBEAT_S = 15.0
 MAX_LOG_LINES = 2000
+# log streams are long-lived connections: a few per client and a bound in all, so that streams
+# can never take the connections (and file descriptors) the API needs
+MAX_LOG_STREAMS_PER_CLIENT = 4
+MAX_LOG_STREAMS = 32
 
 
 def routes() -> list[Route]:
@@ -483,7 +489,22 @@ async def log_endpoint(request: Request) -> Response:
         raise bad_request(
             f"lines must be a whole number from 0 to {MAX_LOG_LINES}, not {raw!r}.", param="lines"
         )
-    return LogStream(router, int(raw), None if server == MANAGED else server)  # type: ignore[return-value]
+    client = request.client.host if request.client else "?"
+    open_streams = router.log_streams
+    mine = open_streams.get(client, 0)
+    if mine >= MAX_LOG_STREAMS_PER_CLIENT or sum(open_streams.values()) >= MAX_LOG_STREAMS:
+        router.metrics.count_rejected("log_streams")
+        whose = "this client" if mine >= MAX_LOG_STREAMS_PER_CLIENT else "all clients"
+        limit = (
+            MAX_LOG_STREAMS_PER_CLIENT if mine >= MAX_LOG_STREAMS_PER_CLIENT else MAX_LOG_STREAMS
+        )
+        raise RouterError(
+            429,
+            f"Too many log streams open for {whose} ({limit}); close one (a dashboard tab) first.",
+            code="too_many_log_streams",
+            retry_after=5,
+        )
+    return LogStream(router, int(raw), None if server == MANAGED else server, client)  # type: ignore[return-value]
 
 
 class LogStream:
@@ -491,10 +512,14 @@ class LogStream:
     followed as it appears (a `file` event names it). Ends when the client leaves or the router
     shuts down."""
 
-    def __init__(self, router: Router, lines: int, profile: str | None = None) -> None:
+    def __init__(
+        self, router: Router, lines: int, profile: str | None = None, client: str = "?"
+    ) -> None:
         self.router = router
         self.lines = lines
         self.profile = profile  # None: the newest server's log (or the latest launch's)
+        self.client = client
+        router.log_streams[client] = router.log_streams.get(client, 0) + 1  # counted from now
 
     def _log_path(self) -> Path | None:
         if self.profile is None:
@@ -507,6 +532,18 @@ class LogStream:
             (b"content-type", b"text/event-stream; charset=utf-8"),
             *((k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()),
         ]
+        try:
+            await self._stream(headers, receive, send)
+        finally:
+            left = self.router.log_streams.get(self.client, 1) - 1
+            if left > 0:
+                self.router.log_streams[self.client] = left
+            else:
+                self.router.log_streams.pop(self.client, None)
+
+    async def _stream(
+        self, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
+    ) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async with anyio.create_task_group() as tg:
 
@@ -552,7 +589,7 @@ class LogStream:
                         head = tail_lines(path, back, end=size)
                         if head:
                             await emit(sse.event(json.dumps(head), name="lines"))
-                        follower = LogFollower(path, size)
+                        follower = LogFollower(path, size, keep_open=False)
                         last_sent = now
                 if follower is not None:
                     lines, _grew = follower.poll()

@@ -106,6 +106,7 @@ class Router:
         # server, switched (fixed for the router's life: a reload does not change it)
         self.backend = backend_for(manifest, supervisor, self.activity)
         self.scheduler = self.backend.scheduler
+        self.log_streams: dict[str, int] = {}  # open dashboard log streams, by client address
         self.scheduler.on_switch_done = self.metrics.observe_switch
         self.apply(manifest)
 

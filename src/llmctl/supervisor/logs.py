@@ -90,9 +90,10 @@ class LogFollower:
     """Reads what a running process appends to its log: whole lines, and whether it grew at all
     (llama.cpp prints progress dots without a newline while loading big models)."""
 
-    def __init__(self, path: Path, offset: int = 0) -> None:
+    def __init__(self, path: Path, offset: int = 0, *, keep_open: bool = True) -> None:
         self.path = path
         self.offset = offset
+        self.keep_open = keep_open  # False: the file is open only while a poll reads it
         self._partial = b""
         self._fd: int | None = None
 
@@ -103,12 +104,16 @@ class LogFollower:
             except OSError:
                 return [], False
         chunks = []
-        while True:
-            chunk = os.pread(self._fd, 1 << 16, self.offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            self.offset += len(chunk)
+        try:
+            while True:
+                chunk = os.pread(self._fd, 1 << 16, self.offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                self.offset += len(chunk)
+        finally:
+            if not self.keep_open:
+                self.close()
         if not chunks:
             return [], False
         data = self._partial + b"".join(chunks)
