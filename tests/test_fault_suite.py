@@ -169,12 +169,17 @@ def test_fault_suite(
 
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
+    cut = tmp_path / "cut-short.gguf"  # an interrupted download: header whole, data missing
+    data = tiny_models[0].read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
     manifest = write_manifest(
         tmp_path / "profiles.yaml",
         llama_server_bin,
         tiny_models,
         another_port(),
-        f"  broken:\n    model: {broken}\n    ctx_size: 512\n",
+        f"  broken:\n    model: {broken}\n    ctx_size: 512\n"
+        f"  cut:\n    model: {cut}\n    ctx_size: 512\n"
+        f"  kept:\n    model: {tiny_models[0]}\n    ctx_size: 512\n    keep_kv: 64KiB\n",
     )
     manifest.write_text(
         manifest.read_text().replace(
@@ -382,6 +387,48 @@ def _run_faults(
     if json.loads(before).get("profile") != json.loads(after).get("profile"):
         t.count("lost", "a foreign page changed what runs")
     t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "A"}, timeout=120))
+    done(t)
+
+    # 12. a truncated GGUF: refused before anything stops, the running server untouched
+    t = fault("truncated GGUF (interrupted download)")
+    running = llama_pids(binary)
+    out = llmctl("switch", "cut", "--manifest", str(manifest), "--json")
+    t.count("refused" if out.returncode == 2 and "cut short" in out.stdout + out.stderr
+            else "lost", out.stdout + out.stderr)  # fmt: skip
+    if llama_pids(binary) != running:
+        t.count("lost", "a running server stopped for a broken file")
+    t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "A"}, timeout=120))
+    done(t)
+
+    # 13. slot flood: clients saving the slots of a keep_kv profile, whose folder is llmctl's
+    t = fault("slot flood on a keep_kv profile")
+    t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "kept"}, timeout=120))
+    for i in range(50):
+        r = httpx.post(served.url + "/slots/0?action=save",
+                       json={"model": "kept", "filename": f"s{i}.bin"}, timeout=30)  # fmt: skip
+        t.count("refused" if r.status_code == 403 else "lost", f"save: {r.status_code}")
+    kv = paths.state_dir() / "kv"
+    written = sum(f.stat().st_size for f in kv.rglob("*") if f.is_file()) if kv.exists() else 0
+    if written > 64 * 1024:
+        t.count("lost", f"{written} bytes in the slot folder past keep_kv")
+    done(t)
+
+    # 14. fd exhaustion by log streams: many dashboard log streams, /health keeps answering
+    t = fault("log streams (fd exhaustion)")
+    streams = []
+    for _ in range(60):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.settimeout(30)
+        c.sendall(b"GET /ui/api/log?lines=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status = c.recv(64).split(b" ")[1]
+        t.count("ok" if status == b"200" else "refused" if status == b"429" else "lost",
+                status.decode())  # fmt: skip
+        streams.append(c)
+    for _ in range(5):
+        t.send(lambda: httpx.get(served.url + "/health", timeout=10))
+    t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "A"}, timeout=120))
+    for c in streams:
+        c.close()
     done(t)
 
     logs = served.logs()
