@@ -20,6 +20,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"manifest"}),
     frozenset({"memory"}),
     frozenset({"supervisor"}),
+    frozenset({"placement"}),  # plan, policy and placer: above the supervisor they drive
     frozenset({"lint"}),
     frozenset({"router"}),
     frozenset({"cli", "demo", "__main__"}),
