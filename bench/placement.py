@@ -3,7 +3,7 @@ placement against one server at a time, side by side in one run.
 
     uv run python bench/placement.py [--clients 32] [--rounds 6]
 
-1. Decisions: the pure policy (llmctl.supervisor.placement.decide) for 50 profiles over 4 GPUs
+1. Decisions: the pure policy (llmctl.placement.policy.decide) for 50 profiles over 4 GPUs
    and the CPU device, 8 servers running, against one `llmctl estimate --all` of 50 profiles
    (the CLI, wall time) and the in-process estimate + per-device plan of one profile.
 2. Router: `llmctl serve` with the real llama-server and three tiny profiles on the CPU device
@@ -55,7 +55,7 @@ def free_port_range(n: int) -> int:
 
 
 def bench_decisions(tmp: Path) -> None:
-    from llmctl.supervisor.placement import Device, Option, Request, Running, decide
+    from llmctl.placement.policy import Device, Option, Request, Running, decide
     from llmctl.testing.testmodels import write_tiny_model
 
     rng = random.Random(7)
@@ -105,8 +105,8 @@ def bench_decisions(tmp: Path) -> None:
         )
         runs.append(time.perf_counter() - t)
     from llmctl.manifest.validate import load_manifest
+    from llmctl.placement.placer import placement_request
     from llmctl.supervisor.devices import detect
-    from llmctl.supervisor.placer import placement_request
 
     m = load_manifest(manifest)
     report = detect(m.device_configs())
@@ -202,8 +202,8 @@ def bench_router(tmp: Path, clients: int, rounds: int) -> None:
     )
     # the budget: any two fit together, all three do not
     from llmctl.manifest.validate import load_manifest
+    from llmctl.placement.placer import placement_request
     from llmctl.supervisor.devices import detect
-    from llmctl.supervisor.placer import placement_request
 
     probe = tmp / "probe.yaml"
     probe.write_text("version: 1\ngpu:\n  - {name: CPU, headroom: 0}\n" + profiles)

@@ -128,8 +128,8 @@ def main() -> None:
     from llmctl.testmodels import write_tiny_model
 
     from llmctl.manifest.model import load_manifest
+    from llmctl.placement.placer import placement_request
     from llmctl.supervisor.devices import detect
-    from llmctl.supervisor.placer import placement_request
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

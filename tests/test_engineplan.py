@@ -246,7 +246,7 @@ def test_the_placer_decides_by_the_engine_plan_once_one_is_kept(
     placed once the engine's plan of that very launch is known. The FAKE server states a plan
     of 16 MiB for a profile the formula puts at over 100 MiB."""
     from llmctl.manifest.validate import load_manifest
-    from llmctl.supervisor.placer import command_spec, plan_load
+    from llmctl.placement.placer import command_spec, plan_load
     from llmctl.supervisor.probe import probe_profile
 
     model = write_tiny_model(tmp_path / "tiny.gguf")

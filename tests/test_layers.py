@@ -17,9 +17,11 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "errors", "paths", "term"}),  # __init__: llmctl itself, __version__
     frozenset({"llama"}),
     frozenset({"testing"}),  # the shipped test models: written with llama/gguf_writer
+    frozenset({"hub"}),  # Hugging Face repos: listings, range-read headers, downloads
     frozenset({"manifest"}),
     frozenset({"memory"}),
     frozenset({"supervisor"}),
+    frozenset({"placement"}),  # plan, policy and placer: above the supervisor they drive
     frozenset({"lint"}),
     frozenset({"router"}),
     frozenset({"cli", "demo", "__main__"}),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmctl.supervisor.placement import (
+from llmctl.placement.policy import (
     EXHAUSTIVE_LIMIT,
     Device,
     Option,
@@ -129,7 +129,7 @@ def test_greedy_beyond_exhaustive_limit_still_frees_enough() -> None:
 
 
 def test_a_set_is_placed_together_or_refused_at_the_first_that_cannot_join() -> None:
-    from llmctl.supervisor.placement import decide_set
+    from llmctl.placement.policy import decide_set
 
     fits = decide_set(ONE, [], [req("a", {"CUDA0": 10 * GiB}), req("b", {"CUDA0": 10 * GiB})])
     assert [(d.action, d.evict) for d in fits] == [("start", ()), ("start", ())]

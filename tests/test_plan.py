@@ -13,9 +13,9 @@ import pytest
 
 from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import estimate, options_from_profile, source_for_profile
-from llmctl.memory.plan import GpuTarget, plan_devices
+from llmctl.placement.placer import placement_request
+from llmctl.placement.plan import GpuTarget, plan_devices
 from llmctl.supervisor.devices import detect
-from llmctl.supervisor.placer import placement_request
 from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl
 

@@ -19,11 +19,11 @@ from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.manifest.validate import load_manifest
 from llmctl.memory.estimate import ModelSource, estimate
-from llmctl.memory.plan import GpuTarget, plan_devices
+from llmctl.placement.placer import placement_request, plan_load, policy_devices
+from llmctl.placement.plan import GpuTarget, plan_devices
+from llmctl.placement.policy import Running, decide
 from llmctl.supervisor.devices import detect
 from llmctl.supervisor.launch import launch_spec
-from llmctl.supervisor.placement import Running, decide
-from llmctl.supervisor.placer import placement_request, plan_load, policy_devices
 from llmctl.testing.testmodels import write_tiny_model
 
 N_LAYER = 7  # + the output layer: 8 units to split

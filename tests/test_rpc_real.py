@@ -24,9 +24,9 @@ from llmctl.manifest.validate import load_manifest
 from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import mib
 from llmctl.memory.measured import Reported
-from llmctl.memory.plan import DevicePlan
+from llmctl.placement.placer import placement_request
+from llmctl.placement.plan import DevicePlan
 from llmctl.supervisor.devices import detect
-from llmctl.supervisor.placer import placement_request
 from llmctl.testing.testmodels import write_tiny_model
 from processes import stop_process
 

@@ -18,7 +18,7 @@ reload is logged and the previous manifest kept.
   │   ├── MetadataError        GGUF metadata the estimator lacks        CLI; lint: a Problem
   │   │                        (memory/estimate.py; also a ValueError)
   │   ├── PlacementRefused     nothing fits; .decision                  CLI; router (with the decision)
-  │   │                        (supervisor/placer.py)
+  │   │                        (placement/placer.py)
   │   └── FetchError           the demo model cannot be fetched         CLI (`llmctl demo`)
   └── internal, never shown as such: YamlLoadError (manifest/yamldoc.py, becomes a Problem),
       CorruptState (supervisor/state.py), SlotError (supervisor/slotcache.py), and the router's

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def run(profile: str, manifest: str | Path | None = None, *, json_out: bool = False) -> int:
     def body() -> int:
         from llmctl.manifest.cache import load_manifest
-        from llmctl.supervisor.placer import command_spec
+        from llmctl.placement.placer import command_spec
 
         spec = command_spec(load_manifest(manifest), profile)
         if json_out:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from llmctl.memory.calibration import Measurement
     from llmctl.memory.estimate import Estimate
-    from llmctl.memory.plan import DevicePlan
+    from llmctl.placement.plan import DevicePlan
 
 
 def size(n: int | None) -> str:
@@ -235,9 +235,9 @@ def _estimate_argv(
 
 
 def _device_plans(manifest: Any, name: str) -> list[DevicePlan]:
-    """The profile's per-device plans, one per choice of devices (llmctl.memory.plan)."""
+    """The profile's per-device plans, one per choice of devices (llmctl.placement.plan)."""
+    from llmctl.placement.placer import placement_request
     from llmctl.supervisor.devices import detect
-    from llmctl.supervisor.placer import placement_request
 
     try:
         report = detect(manifest.device_configs())
@@ -342,7 +342,7 @@ def _measurement(
 def _engine(manifest: Any, name: str, est: Estimate) -> dict[str, Any]:
     """The engine's own plan for this profile beside the formula's terms (a probe here)."""
     from llmctl.memory.engine import compare, warnings
-    from llmctl.supervisor.placer import command_spec
+    from llmctl.placement.placer import command_spec
     from llmctl.supervisor.probe import probe_profile
 
     # the launch `switch` and `load` make: with listed devices, the placer's first choice

@@ -45,7 +45,7 @@ def run(
 
     def body() -> int:
         from llmctl.manifest.cache import load_manifest
-        from llmctl.supervisor.placer import PlacementRefused, load_profile, plan_set, refusal
+        from llmctl.placement.placer import PlacementRefused, load_profile, plan_set, refusal
 
         m = load_manifest(manifest)
         if not profiles:

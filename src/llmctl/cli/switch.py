@@ -59,7 +59,7 @@ def run(
     t0 = time.monotonic()
     try:
         from llmctl.manifest.cache import load_manifest
-        from llmctl.supervisor.placer import command_spec
+        from llmctl.placement.placer import command_spec
 
         spec = command_spec(load_manifest(manifest), profile)
         return _run_switch(spec, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout)

@@ -257,8 +257,8 @@ def device_fit_problems(
 ) -> None:
     """A profile split over several devices (RPC servers among them): its share on each device
     against that device's budget, for the way of placing it that fits best."""
+    from llmctl.placement.placer import placement_request
     from llmctl.supervisor.devices import detect
-    from llmctl.supervisor.placer import placement_request
 
     devices = {d.name: d for d in detect(manifest.device_configs()).devices}
     try:

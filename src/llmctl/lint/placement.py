@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 def machine_problems(m: Manifest) -> list[Problem]:
     """Rules that read models and the llama-server binary (for `llmctl lint`)."""
     from llmctl.llama.binary import find_binary, list_devices
+    from llmctl.placement.policy import Device
     from llmctl.supervisor.devices import detect
-    from llmctl.supervisor.placement import Device
 
     out: list[Problem] = []
     binary = find_binary(m.server.binary)
@@ -40,7 +40,7 @@ def machine_problems(m: Manifest) -> list[Problem]:
     report = detect(m.device_configs())
     devices = {d.name: Device(d.name, d.budget or 0, d.headroom) for d in report.devices}
     # pinned profiles with one explicit device: all of them must fit there together
-    from llmctl.supervisor.placer import placement_request
+    from llmctl.placement.placer import placement_request
 
     by_device: dict[str, list[tuple[str, int]]] = {}
     for name, p in m.profiles.items():

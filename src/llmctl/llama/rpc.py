@@ -14,7 +14,7 @@ common/arg.cpp, src/llama.cpp):
   network transfers"); with `--device`, the order given. `--device` is read when it is met on the
   command line, so `--rpc` must come before it, or the RPC names are unknown.
 - The layers are split over all of them by one rule (proportional to each device's free memory,
-  or to `--tensor-split`); see `llmctl.memory.plan`.
+  or to `--tensor-split`); see `llmctl.placement.plan`.
 - A build without `-DGGML_RPC=ON` knows the flag but refuses it: "RPC not supported in this build".
 """
 

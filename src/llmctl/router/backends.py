@@ -279,7 +279,7 @@ class PlacingBackend(_Base):
 
     async def _plan(self, target: str) -> list[str]:
         """The servers the placer would unload to load `target`; SwitchFailed if it is refused."""
-        from llmctl.supervisor.placer import plan_load, refusal
+        from llmctl.placement.placer import plan_load, refusal
 
         activity = self.scheduler.activity()
 
@@ -298,7 +298,7 @@ class PlacingBackend(_Base):
 
     async def _load(self, target: str, progress: ProgressFn) -> list[str]:
         """Load `target` beside the running servers; the profiles the placer unloaded."""
-        from llmctl.supervisor.placer import load_profile
+        from llmctl.placement.placer import load_profile
 
         loop = asyncio.get_running_loop()
         activity = self.scheduler.load_activity()
@@ -396,7 +396,7 @@ class PlacingBackend(_Base):
         key = tuple(sorted(sched.loaded))
         if (hit := self._cached_fits(key)) is not None:
             return {n: hit.get(n) for n in names}
-        from llmctl.supervisor.placer import plan_load
+        from llmctl.placement.placer import plan_load
 
         manifest, devices, activity = self.manifest, self.devices, sched.activity()
 

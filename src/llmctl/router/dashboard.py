@@ -367,7 +367,7 @@ def _evicts(router: Router) -> dict[str, list[str]]:
     """Several servers: for each profile not loaded, the servers the placer would unload to load
     it now (its placement, read from the model's header, is kept per manifest)."""
     global _placements_for
-    from llmctl.supervisor.placer import placement_request, plan_load
+    from llmctl.placement.placer import placement_request, plan_load
 
     manifest = router.manifest
     if _placements_for is None or _placements_for[0] != id(manifest):

@@ -2,7 +2,7 @@
 
 `placement_request` turns a profile into its ways of running (one DevicePlan per option, with the
 launch spec that runs it); `running_servers` turns the state's records into the policy's view;
-`decide` (llmctl.supervisor.placement) chooses.
+`decide` (llmctl.placement.policy) chooses.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from llmctl.errors import LlmctlError
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
     from llmctl.memory.estimate import Estimate
-    from llmctl.memory.plan import DevicePlan
+    from llmctl.placement.plan import DevicePlan
+    from llmctl.placement.policy import Decision, Device, Request, Running
     from llmctl.supervisor.devices import DeviceInfo
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.lifecycle import Supervisor
-    from llmctl.supervisor.placement import Decision, Device, Request, Running
     from llmctl.supervisor.results import Event, SwitchResult
     from llmctl.supervisor.state import LaunchRecord
 
-# The policy (llmctl.supervisor.placement) is imported where it is used: `llmctl switch` and
+# The policy (llmctl.placement.policy) is imported where it is used: `llmctl switch` and
 # `command` reach this module for `command_spec` and, without listed devices, need no policy.
 
 # Flags the plan sets when the manifest lists devices; the profile's own are replaced.
@@ -56,7 +56,7 @@ class Placement:
 
 
 def policy_devices(devices: Sequence[DeviceInfo]) -> list[Device]:
-    from llmctl.supervisor.placement import Device
+    from llmctl.placement.policy import Device
 
     return [
         Device(d.name, d.budget if d.budget is not None else 0, d.headroom)
@@ -107,8 +107,8 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
     memory (its launch will fail and say why).
     """
     from llmctl.memory.estimate import source_for_profile
-    from llmctl.memory.plan import DevicePlan, GpuTarget, plan_devices
     from llmctl.memory.profile import estimate_profile
+    from llmctl.placement.plan import DevicePlan, GpuTarget, plan_devices
     from llmctl.supervisor.launch import launch_spec
 
     name = manifest.resolve(name)
@@ -143,7 +143,7 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
         plan.flags = manifest.devices_listed
         plans.append(plan)
         specs.append(with_plan(base, plan) if manifest.devices_listed else base)
-    from llmctl.supervisor.placement import Option, Request
+    from llmctl.placement.policy import Option, Request
 
     usages: list[dict[str, int]] = []
     sources: list[str] = []
@@ -251,7 +251,7 @@ def running_servers(
 ) -> list[Running]:
     """The policy's view of the running servers. `activity`: profile -> (last used, in flight),
     from the router; else the time each became ready."""
-    from llmctl.supervisor.placement import Running
+    from llmctl.placement.policy import Running
 
     out: list[Running] = []
     for name, rec in records.items():
@@ -321,7 +321,7 @@ def plan_load(
     the profiles in `keep` are held as if pinned."""
     from dataclasses import replace
 
-    from llmctl.supervisor.placement import decide
+    from llmctl.placement.policy import decide
 
     placed = placement or placement_request(manifest, name, devices)
     running = [
@@ -339,7 +339,7 @@ def plan_set(
 ) -> list[tuple[Decision, Placement]]:
     """The decisions for loading `names` as one set (see placement.decide_set); stops at the
     first refusal."""
-    from llmctl.supervisor.placement import decide_set
+    from llmctl.placement.policy import decide_set
 
     placed = [placement_request(manifest, name, devices) for name in names]
     running = running_servers(manifest, records)
