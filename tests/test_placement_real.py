@@ -223,3 +223,19 @@ def test_profiles_named_together_are_one_set(placed: Path) -> None:
     out = llmctl("load", "b", "c", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     assert set(ps()) == {"b", "c"}
+
+
+def test_stop_signals_every_server_before_waiting_for_any(placed: Path) -> None:
+    """Several servers stop together: one grace period, not one per server (the order of the
+    events shows it: every "stopping" comes before the first "stopped")."""
+    from llmctl import paths
+    from llmctl.supervisor.lifecycle import Supervisor
+    from llmctl.supervisor.results import Event
+
+    assert llmctl("load", "a", "b").returncode == 0
+    events: list[Event] = []
+    result = Supervisor(paths.state_dir(), lock_timeout=30).stop(on_event=events.append)
+    assert result.stopped and sorted(result.profiles) == ["a", "b"]
+    kinds = [e.kind for e in events if e.kind in ("stopping", "stopped")]
+    assert kinds == ["stopping", "stopping", "stopped", "stopped"], events
+    assert ps() == {}

@@ -280,8 +280,10 @@ class Supervisor:
                 chosen = [r for p, r in recs.items() if profile is None or p == profile]
                 if chosen:
                     check_writable(self.state_dir, 0)  # the state must be clearable first
-                for rec in chosen:
-                    self._stop_record(rec, emit, save_kv=not forget)
+                if len(chosen) == 1:
+                    self._stop_record(chosen[0], emit, save_kv=not forget)
+                elif chosen:
+                    self._stop_all(chosen, emit, save_kv=not forget)
                 forgotten = self._forget_kv(emit, profile) if forget else (0, 0)
                 if not chosen:
                     return StopResult(False, None, None, time.monotonic() - t0, forgotten=forgotten)
@@ -521,9 +523,54 @@ class Supervisor:
             and rec.port == spec.port
         )
 
+    def _stop_all(self, recs: list[LaunchRecord], emit: _Emitter, *, save_kv: bool) -> None:
+        """Several servers at once: their KV caches saved first (each needs its server), then
+        every one signalled and waited for together, so the stop takes one grace period rather
+        than one per server; the state is then cleared one record after another."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from llmctl.supervisor import repair
+
+        for rec in recs:
+            if save_kv:
+                self._save_kv(rec, emit)
+            emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
+
+        members = [repair.members(rec) for rec in recs]  # before they exit: the GPU wait uses them
+
+        def term(i: int) -> str:
+            rec = recs[i]
+            return procs.terminate(
+                members[i], pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap
+            )
+
+        with ThreadPoolExecutor(max_workers=len(recs)) as pool:
+            outcomes = list(pool.map(term, range(len(recs))))
+        for rec, outcome, mine in zip(recs, outcomes, members, strict=True):
+            self._stop_record(rec, emit, outcome=outcome, members=mine)
+
+    def _save_kv(self, rec: LaunchRecord, emit: _Emitter | Callable[..., None]) -> None:
+        if rec.extra.get("keep_kv"):
+            # hook: save slots before stopping a server
+            from llmctl.supervisor.slotcache import save_slots
+
+            save_slots(
+                rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
+            )
+
     def _stop_record(
-        self, rec: LaunchRecord, emit: _Emitter | Callable[..., None], *, save_kv: bool = True
+        self,
+        rec: LaunchRecord,
+        emit: _Emitter | Callable[..., None],
+        *,
+        save_kv: bool = True,
+        outcome: str | None = None,
+        members: list[int] | None = None,
     ) -> None:
+        """Stop one server and clear its record; `outcome`: it was already signalled and waited
+        for (by _stop_all), only the record, port and GPU are left to settle."""
+        if outcome is not None:
+            save_kv = False
         if save_kv and rec.extra.get("keep_kv"):
             # hook: save slots before stopping a server
             from llmctl.supervisor.slotcache import save_slots
@@ -531,13 +578,15 @@ class Supervisor:
             save_slots(
                 rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
             )
-        emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
         from llmctl.supervisor import repair
 
-        members = repair.members(rec)
-        outcome = procs.terminate(
-            members, pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap
-        )
+        if members is None:
+            members = repair.members(rec)
+        if outcome is None:
+            emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
+            outcome = procs.terminate(
+                members, pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap
+            )
         self._drop(rec)
         if outcome == "survived":
             emit("error", f"pid {rec.pid} survived SIGKILL; state cleared anyway", rec.profile)
