@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmctl.llama.engineplan import EnginePlan
-
 if TYPE_CHECKING:
+    from llmctl.llama.engineplan import EnginePlan
     from llmctl.memory.estimate import Estimate
 
 Source = Literal["measured", "engine plan", "formula"]
@@ -44,6 +43,8 @@ class EngineStore:
         item = self._load().get(key)
         if not isinstance(item, dict) or not isinstance(item.get("plan"), dict):
             return None
+        from llmctl.llama.engineplan import EnginePlan
+
         return EnginePlan.from_json(item["plan"])
 
     def put(self, key: str, plan: EnginePlan, *, model: str, build: str | None) -> None:

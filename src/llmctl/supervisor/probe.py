@@ -62,9 +62,11 @@ def known_plan(manifest: Manifest, name: str) -> EnginePlan | None:
 def known_plan_for(spec: LaunchSpec) -> EnginePlan | None:
     """The plan kept for this launch, if any (nothing is run; the store is read only when it
     exists, and the build is asked only then)."""
+    from llmctl.paths import state_dir
+
+    if not (state_dir() / "engine-plans.json").exists():
+        return None  # nothing probed yet: no import of the plan code on the everyday paths
     store = engine_store()
-    if not store.path.exists():
-        return None
     if not os.access(shutil.which(spec.argv[0]) or spec.argv[0], os.X_OK):
         return None
     key, _ = _key(spec)
