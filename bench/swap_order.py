@@ -125,11 +125,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--bounds", default="1,3", help="serve.max_wait values, seconds")
     args = parser.parse_args()
-    from llmctl.testmodels import write_tiny_model
-
-    from llmctl.manifest.model import load_manifest
+    from llmctl.manifest.validate import load_manifest
     from llmctl.placement.placer import placement_request
     from llmctl.supervisor.devices import detect
+    from llmctl.testing.testmodels import write_tiny_model
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
