@@ -47,6 +47,7 @@ class Row:
     lost: int = 0
     orphans: int = 0
     notes: list[str] = field(default_factory=list)
+    codes: dict[str, int] = field(default_factory=dict)  # the refusals' error codes
 
 
 class Tally:
@@ -73,6 +74,9 @@ class Tally:
             self.count("ok")
         elif r.status_code != 500 and _clean_error(r):
             self.count("refused", f"{r.status_code} {r.text}")
+            code = _code(r)
+            with self._lock:
+                self.row.codes[code] = self.row.codes.get(code, 0) + 1
         else:
             self.count("lost", f"{r.status_code} {r.text}")
 
@@ -90,6 +94,13 @@ def _clean_error(r: httpx.Response) -> bool:
         return isinstance(r.json().get("error"), dict)
     except ValueError:
         return False
+
+
+def _code(r: httpx.Response) -> str:
+    try:
+        return str(r.json()["error"].get("code"))
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return "?"
 
 
 def _stream_ok(r: httpx.Response) -> bool:
@@ -217,16 +228,20 @@ def _run_faults(
     def done(t: Tally) -> None:
         t.row.orphans = orphans(binary)
 
-    # 1. an operator switches and stops from a shell while clients keep sending
+    # 1. an operator switches and stops from a shell while clients keep sending: a switch
+    # fails no request; a stop wins over the requests that waited before it (503 model_stopped,
+    # supervisor/stops.py) and the next requests load the profile again
     t = fault("switch/stop from a shell under load")
     t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "A"}, timeout=120))
     with traffic(served, t, streams=True):
         for step in [["stop"], ["switch", "tiny-b", "--manifest", str(manifest)]] * 2:
             assert llmctl(*step).returncode == 0
-    if t.row.refused:
-        t.row.lost += t.row.refused  # an operator's change must not fail a single request
-        t.row.notes.append(f"{t.row.refused} refused during an operator's change")
-        t.row.refused = 0
+    other = t.row.refused - t.row.codes.get("model_stopped", 0)
+    if other:
+        t.row.lost += other  # nothing but the stop's own 503 may fail a request
+        t.row.refused -= other
+        t.row.notes.append(f"{other} refused during an operator's change: {t.row.codes}")
+    t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "A"}, timeout=120))
     done(t)
 
     # 2. kill -9 of llama-server while clients send; the next requests bring it back
@@ -429,6 +444,38 @@ def _run_faults(
     t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "A"}, timeout=120))
     for c in streams:
         c.close()
+    done(t)
+
+    # 15. a stop from a shell while the router loads for a request: the stop wins at once, the
+    # request is answered (200 if its load won the race, else 503 model_stopped), and nothing
+    # runs afterwards until a new request comes
+    t = fault("stop from a shell during a router load")
+    assert llmctl("stop").returncode == 0
+    answers: list[httpx.Response] = []
+
+    def waiting() -> None:
+        answers.append(httpx.post(chat_url, json={**CHAT, "model": "tiny-long"}, timeout=120))
+
+    client = threading.Thread(target=waiting)
+    client.start()
+
+    def loading() -> bool:
+        with contextlib.suppress(Exception):
+            rec = read_state(paths.state_dir())
+            return rec is not None or bool(answers)
+        return False
+
+    while not loading():
+        client.join(0.005)
+    stop = llmctl("stop", "--json")
+    client.join(120)
+    t.count("ok" if stop.returncode == 0 else "lost", stop.stdout + stop.stderr)
+    for r in answers:
+        ok = r.status_code == 200 or _code(r) == "model_stopped"
+        t.count("ok" if r.status_code == 200 else "refused" if ok else "lost", r.text)
+    if llama_pids(binary):
+        t.count("lost", "a llama-server runs after the stop with no request after it")
+    t.send(lambda: httpx.post(chat_url, json={**CHAT, "model": "tiny-long"}, timeout=120))
     done(t)
 
     logs = served.logs()

@@ -199,3 +199,53 @@ def test_max_concurrency_refuses_with_429_and_retry_after() -> None:
         (await s.acquire("a")).release()
 
     asyncio.run(main())
+
+
+def test_a_stop_from_a_shell_refuses_the_requests_before_it_and_loads_for_the_later() -> None:
+    """Pure: the waiters that arrived before the stop get 503 model_stopped; one that came
+    after gets its load. The effects' refusal (a stop seen under the lock) acts the same."""
+
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        marks: list[tuple[float, str]] = []
+        s.stopped_after = lambda profile, since: next(
+            ((at, why) for at, why in marks if at > since), None
+        )
+        fake.gate("a").set()
+        marks.append((150.0, "profile 'a' was stopped from a shell"))
+        early = asyncio.ensure_future(s.acquire("a", since=100.0))
+        with pytest.raises(RouterError) as refused:
+            await early
+        assert refused.value.status == 503 and refused.value.code == "model_stopped"
+        assert "stopped from a shell" in refused.value.message
+        assert fake.loads == []  # nothing loaded for it
+        late = await s.acquire("a", since=200.0)
+        assert fake.loads == ["a"] and late.profile == "a"
+        late.release()
+
+    asyncio.run(main())
+
+
+def test_a_load_refused_by_a_stop_under_the_lock_keeps_the_later_waiters() -> None:
+    async def main() -> None:
+        fake = FakePlacer()
+        s = scheduler(fake)
+        calls: list[float | None] = []
+
+        async def load(target: str, progress: ProgressFn) -> list[str]:
+            calls.append(s.loading_since)
+            if len(calls) == 1:
+                raise SwitchFailed("every server was stopped from a shell", stopped_at=150.0)
+            return []
+
+        s._load = load
+        early = asyncio.ensure_future(s.acquire("a", since=100.0))
+        late = asyncio.ensure_future(s.acquire("a", since=200.0))
+        with pytest.raises(RouterError) as refused:
+            await early
+        assert refused.value.code == "model_stopped"
+        (await late).release()
+        assert calls == [100.0, 200.0]  # the second load is for the request after the stop
+
+    asyncio.run(main())

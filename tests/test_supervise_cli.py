@@ -203,6 +203,7 @@ def test_switch_status_stop(manifest: Path) -> None:
     assert nothing.returncode == 0
     assert json.loads(nothing.stdout) == {
         "stopped": False,
+        "cancelled": [],
         "profile": None,
         "pid": None,
         "elapsed_s": json.loads(nothing.stdout)["elapsed_s"],

@@ -12,7 +12,9 @@ reload is logged and the previous manifest kept.
   │   ├── GGUFError            a model file that is not GGUF            CLI (exit 2); lint: a Problem
   │   ├── LaunchError          llama-server did not start; stderr tail  CLI (exit 1, the tail); router
   │   │   └── LoadCancelled    a newer switch or unload took over       CLI; router (quiet when it
-  │   │                                                                 was another request's doing)
+  │   │       │                                                         was another request's doing)
+  │   │       └── OperatorStopped  a stop from a shell came after the   router: 503 model_stopped to
+  │   │                            request a load was for               the requests before it
   │   ├── LockTimeout          another llmctl holds the lock            CLI (exit 3); router
   │   ├── StateDirError        the state folder cannot be written       CLI (exit 4); router
   │   ├── MetadataError        GGUF metadata the estimator lacks        CLI; lint: a Problem
@@ -138,6 +140,15 @@ class LoadCancelled(LaunchError):
     """
 
     by_another: bool = False
+
+
+@dataclass
+class OperatorStopped(LoadCancelled):
+    """A stop from a shell (`llmctl stop`/`unload`) came after the request a router loads for;
+    nothing was loaded (supervisor/stops.py). `stopped_at`: that stop's wall time; requests
+    that came later may load the profile again."""
+
+    stopped_at: float = 0.0
 
 
 @dataclass

@@ -18,6 +18,9 @@ Modes (--mode):
                      writes half a file under --slot-save-path, then the process dies unanswered
   save-hang          like save-crash, but the save never answers (the process stays)
   restore-crash      like ok, but dies on POST /slots/N?action=restore
+
+--started-file PATH: touched once the fake is loading. --ready-file PATH: keep loading (ok
+mode) until PATH exists, whatever --load-time says: a test decides when the load ends.
 """
 
 from __future__ import annotations
@@ -122,6 +125,8 @@ def main() -> int:
     ap.add_argument("--exit-delay", type=float, default=0.05)
     ap.add_argument("-m", "--model", default="")
     ap.add_argument("--slot-save-path", default="")
+    ap.add_argument("--started-file", default="")
+    ap.add_argument("--ready-file", default="")
     args, _ = ap.parse_known_args()
     OPTS.update(mode=args.mode, slot_save_path=args.slot_save_path)
 
@@ -148,16 +153,26 @@ def main() -> int:
         while True:
             time.sleep(3600)
 
+    if args.started_file:
+        with open(args.started_file, "a"):
+            pass
     deadline = time.monotonic() + args.load_time
+
+    def loading() -> bool:
+        if args.ready_file:
+            return not os.path.exists(args.ready_file)
+        return time.monotonic() < deadline
+
     next_progress = time.monotonic()
-    while time.monotonic() < deadline:
+    while loading():
         if args.mode == "dots":
             sys.stderr.write(".")
             sys.stderr.flush()
         elif time.monotonic() >= next_progress:
             log("I", f"load_tensors: loading ... {time.monotonic() - T0:.2f} s")
             next_progress += args.progress_every
-        time.sleep(min(args.progress_every, max(0.0, deadline - time.monotonic())))
+        pause = args.progress_every if args.ready_file else deadline - time.monotonic()
+        time.sleep(min(args.progress_every, max(0.0, pause)))
     if args.mode == "dots":
         sys.stderr.write("\n")
     log("I", "load_tensors:          CPU model buffer size =     1.50 MiB")

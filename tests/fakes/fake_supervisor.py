@@ -62,6 +62,7 @@ class FakeSupervisor:
         *,
         on_event: Callable[[Event], None] | None = None,
         cancel: threading.Event | None = None,
+        admitted_at: float | None = None,  # no stops from a shell here (supervisor/stops.py)
     ) -> SwitchResult:
         emit = on_event or (lambda e: None)
         started = time.monotonic()

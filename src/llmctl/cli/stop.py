@@ -33,7 +33,7 @@ def run(
             sys.stderr.write(f"{e.message}\n")
 
     def body() -> int:
-        result = supervisor(lock_timeout).stop(on_event=on_event, forget=forget)
+        result = supervisor(lock_timeout).stop(on_event=on_event, forget=forget, operator=True)
         if json_out:
             print_json(result.to_json())
         elif result.stopped:
@@ -41,6 +41,9 @@ def run(
                 f"stopped profile {result.profile!r} (pid {result.pid}) "
                 f"in {result.elapsed_s:.2f} s\n"
             )
+        elif result.cancelled and not quiet:
+            names = ", ".join(repr(p) for p in result.cancelled)
+            sys.stdout.write(f"cancelled the load of {names}; nothing else was running\n")
         elif not quiet:
             sys.stdout.write("nothing was running\n")
         return EXIT_OK

@@ -51,13 +51,16 @@ def run(
                 targets.append(load_manifest(manifest).resolve(p))
         stopped: list[dict[str, Any]] = []
         for target in targets:
-            res = sup.stop(profile=target, on_event=on_event, forget=forget)
+            res = sup.stop(profile=target, on_event=on_event, forget=forget, operator=True)
             stopped.append(res.to_json())
             if json_out or quiet:
                 continue
             if res.stopped:
                 names = ", ".join(repr(p) for p in res.profiles)
                 sys.stdout.write(f"unloaded {names} in {res.elapsed_s:.2f} s\n")
+            elif res.cancelled:
+                names = ", ".join(repr(p) for p in res.cancelled)
+                sys.stdout.write(f"cancelled the load of {names}\n")
             else:
                 what = "nothing was running" if target is None else f"{target!r} was not running"
                 sys.stdout.write(f"{what}\n")

@@ -358,13 +358,14 @@ def load_profile(
     on_event: Callable[[Event], None] | None = None,
     cancel: Any = None,
     keep: Collection[str] = (),
+    admitted_at: float | None = None,
 ) -> LoadOutcome:
     """Load profile `name` beside what runs, unloading what the policy says (under the lock).
 
     Raises PlacementRefused before anything is stopped when it cannot be placed.
     `before_evict(decision)` runs under the lock before victims stop (the router waits there
     for their requests in flight). The profiles in `keep` (loaded by the same command) are
-    held as if pinned.
+    held as if pinned. `admitted_at`: the router's request time (Supervisor.load).
     """
     box: dict[str, Any] = {}
 
@@ -395,5 +396,12 @@ def load_profile(
             before_evict(decision)
         return list(decision.evict), placed.specs[decision.option]
 
-    result = sup.load(first, choose=choose, same_as=same_as, on_event=on_event, cancel=cancel)
+    result = sup.load(
+        first,
+        choose=choose,
+        same_as=same_as,
+        on_event=on_event,
+        cancel=cancel,
+        admitted_at=admitted_at,
+    )
     return LoadOutcome(box.get("decision"), result, box.get("placed"))

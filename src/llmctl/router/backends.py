@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from llmctl.errors import LlmctlError, LoadCancelled
+from llmctl.errors import LlmctlError, LoadCancelled, OperatorStopped
 from llmctl.router.activity import Activity
 from llmctl.router.errors import RouterError, failed_start, router_error_for
 from llmctl.router.routing import ModelIndex
@@ -99,6 +99,18 @@ class _Base:
         self.manifest: Any = None
         self.scheduler: Scheduler
 
+    def _watch_stops(self) -> None:
+        """The scheduler asks, before a load, for the newest stop from a shell (stops.py)."""
+        from llmctl.supervisor.stops import stopped_after
+
+        state_dir = self.supervisor.state_dir
+
+        def newest(profile: str, since: float) -> tuple[float, str] | None:
+            mark = stopped_after(state_dir, profile, since)
+            return None if mark is None else (mark.at, mark.describe())
+
+        self.scheduler.stopped_after = newest
+
     def configure(
         self, manifest: Any, spec_for: Callable[[str], LaunchSpec], index: ModelIndex
     ) -> None:
@@ -110,9 +122,9 @@ class _Base:
         self, call: Callable[[], _T], cancel: threading.Event, error_of: Callable[[_T], Any]
     ) -> _T:
         """Run a supervisor's switch or load in a thread; cancelled, it ends the load and leaves
-        nothing half-started. A load that an operator's stop or switch from a shell cut short is
-        not a failure of the profile: once that change is done, it is loaded again (twice at
-        most) for the requests that wait for it."""
+        nothing half-started. A load that an operator's switch from a shell cut short is not a
+        failure of the profile: once that change is done, it is loaded again (twice at most) for
+        the requests that wait for it. A stop from a shell is not undone (OperatorStopped)."""
         loop = asyncio.get_running_loop()
         for _ in range(3):
             fut = loop.run_in_executor(None, call)
@@ -125,6 +137,8 @@ class _Base:
                 raise
             err = error_of(out)
             if not (isinstance(err, LoadCancelled) and err.by_another):
+                break
+            if isinstance(err, OperatorStopped):
                 break
             log.info("a load was cancelled by another llmctl (%s); loading again", err.message)
             await loop.run_in_executor(
@@ -142,6 +156,7 @@ class SwitchingBackend(_Base):
         super().__init__(supervisor, activity)
         self.managed_url: str | None = None
         self.scheduler = switching(self._switch)
+        self._watch_stops()
 
     async def _switch(self, target: str | None, progress: ProgressFn) -> None:
         loop = asyncio.get_running_loop()
@@ -165,7 +180,13 @@ class SwitchingBackend(_Base):
             except LlmctlError as err:
                 self.activity.load_failed(target, err.message, [])
                 raise router_error_for(err) from None
-            call = partial(self.supervisor.switch, spec, on_event=on_event, cancel=cancel)
+            call = partial(
+                self.supervisor.switch,
+                spec,
+                on_event=on_event,
+                cancel=cancel,
+                admitted_at=self.scheduler.loading_since,
+            )
         try:
             # a stop has no error to look at: only a load may be cut short by another llmctl
             result = await self._carry_out(call, cancel, lambda r: getattr(r, "error", None))
@@ -182,7 +203,10 @@ class SwitchingBackend(_Base):
             return
         if not result.ready or result.error is not None:
             failed = failed_start(result.error)
-            self.activity.load_failed(target, failed.message, failed.details.get("stderr_tail", []))
+            if failed.stopped_at is None:  # a stop from a shell is no failure of the profile
+                self.activity.load_failed(
+                    target, failed.message, failed.details.get("stderr_tail", [])
+                )
             raise failed
         self.managed_url = result.url
         self.managed_pid = result.pid
@@ -264,6 +288,7 @@ class PlacingBackend(_Base):
         # (manifest, loaded profiles, fits): the placer's answers while neither changes
         self._fits_cache: tuple[Any, tuple[str, ...], dict[str, bool | None]] | None = None
         self.scheduler = Scheduler(self._plan, self._load, self._stop_servers)
+        self._watch_stops()
 
     def configure(
         self, manifest: Any, spec_for: Callable[[str], LaunchSpec], index: ModelIndex
@@ -321,6 +346,7 @@ class PlacingBackend(_Base):
             activity=lambda: activity,
             on_event=on_event,
             cancel=cancel,
+            admitted_at=self.scheduler.loading_since,
         )
         try:
             outcome = await self._carry_out(

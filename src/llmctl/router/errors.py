@@ -118,10 +118,18 @@ class SwitchFailed(Exception):
     """The load or stop could not be done; `message` says why, for every waiter (the scheduler
     answers it as a RouterError)."""
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        stopped_at: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        # a stop from a shell refused the load (errors.OperatorStopped): its wall time
+        self.stopped_at = stopped_at
 
 
 def router_error_for(exc: Exception) -> SwitchFailed:
@@ -145,6 +153,9 @@ def failed_start(failure: Any) -> SwitchFailed:
     """A server that did not become ready (`failure`: the supervisor's record of why, or None)."""
     if failure is None:
         return SwitchFailed("the server did not become ready")
+    stopped_at = getattr(failure, "stopped_at", None)
+    if stopped_at:  # errors.OperatorStopped
+        return SwitchFailed(failure.message, stopped_at=stopped_at)
     return SwitchFailed(
         failure.message,
         details={"exit_code": failure.exit_status, "stderr_tail": list(failure.stderr_tail)[-20:]},

@@ -107,6 +107,7 @@ class Exchange:
         self.breaker: CircuitBreaker | None = None
         self.pid: int | None = None  # the managed server's pid the request went to
         self.started = time.monotonic()
+        self.arrived = time.time()  # against stops from a shell (scheduler.stopped_after)
 
     def will_wait(self) -> bool:
         first = self.chain[0]
@@ -163,13 +164,17 @@ class Exchange:
                     assert self.target.profile is not None
                     try:
                         lease = await router.scheduler.acquire(
-                            self.target.profile, on_progress=progress
+                            self.target.profile, on_progress=progress, since=self.arrived
                         )
                     except RouterError as err:
                         # a profile that cannot load is answered with its load error; no breaker
                         # counts it (the server of every other profile is fine)
                         breaker.release()
-                        if has_next and err.code in ("model_load_failed", "queue_full"):
+                        if has_next and err.code in (
+                            "model_load_failed",
+                            "model_stopped",
+                            "queue_full",
+                        ):
                             router.metrics.count_fallback(up.name, err.code or "error")
                             failures.append(_Failure(up.name, err.code or "error", err.message))
                             continue

@@ -19,6 +19,10 @@ that moment, and their requests in flight may finish (bounded by `inflight_timeo
 stop. A failed or refused load fails only that profile's waiters, with the reason. `ttl` unloads
 each profile on its own.
 
+A stop from a shell (`llmctl stop`/`unload`, supervisor/stops.py) wins: before a load, the
+waiters that arrived before the newest such stop of that profile are answered 503
+(`model_stopped`) and the load goes on only for those that came after it (`stopped_after`).
+
 The order of the waiting (both policies) is router/order.py's: while a load would evict a busy
 profile, its requests (and new ones for it) go first, up to `bound`; then the swap happens, its
 reason logged. `max_concurrency` caps a profile's requests in flight and waiting (429).
@@ -74,6 +78,8 @@ StopFn = Callable[[str | None, ProgressFn], Awaitable[None]]
 WaitFn = Callable[[asyncio.Event, float], Awaitable[None]]
 # Switch the one managed server to `target` (None: stop it); raise SwitchFailed on failure.
 SwitchFn = Callable[[str | None, ProgressFn], Awaitable[None]]
+# The newest stop from a shell of `profile` after a wall time: (its wall time, what it was).
+StoppedFn = Callable[[str, float], tuple[float, str] | None]
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class _Waiter:
     on_progress: ProgressFn | None
     since: float
     passes_at: int = 0  # the scheduler's pass count when it arrived
+    wall: float = 0.0  # when its request arrived (wall clock), against stops from a shell
 
 
 class Scheduler:
@@ -163,6 +170,10 @@ class Scheduler:
         self.bound = order.Bound()
         self.settings: dict[str, order.Settings] = {}
         self.max_concurrency: dict[str, int] = {}
+        self.stopped_after: StoppedFn | None = None  # set by the backend that has a state folder
+        self.loading_since: float | None = (
+            None  # the wall time of the oldest waiter being loaded for
+        )
         # what /metrics shows of the order
         self.swaps: dict[str, int] = {}  # reason -> swaps
         self.passed_over_s = 0.0  # seconds requests waited while their swap was deferred
@@ -249,9 +260,17 @@ class Scheduler:
             self._refuse_if_full(profile)
 
     async def acquire(
-        self, profile: str, *, on_progress: ProgressFn | None = None, timeout: float | None = None
+        self,
+        profile: str,
+        *,
+        on_progress: ProgressFn | None = None,
+        timeout: float | None = None,
+        since: float | None = None,
     ) -> Lease:
-        """A lease on `profile` once it is loaded; raises RouterError (429/503/504)."""
+        """A lease on `profile` once it is loaded; raises RouterError (429/503/504).
+
+        `since`: when the request arrived (wall clock; default now), so that a retry after a
+        stop from a shell is not taken for a request that came after it."""
         self._refuse_if_busy(profile)
         if self._fast_path(profile):
             slot = self._slots[profile]
@@ -261,7 +280,7 @@ class Scheduler:
                 self._passes += 1
                 self.loads_avoided += 1
             return Lease(self, profile, slot.epoch)
-        lease = await self._wait_for("load", profile, on_progress, timeout)
+        lease = await self._wait_for("load", profile, on_progress, timeout, since)
         assert lease is not None
         return lease
 
@@ -433,13 +452,21 @@ class Scheduler:
         return f"waiting for {target} to load"
 
     async def _wait_for(
-        self, op: Op, target: str | None, on_progress: ProgressFn | None, timeout: float | None
+        self,
+        op: Op,
+        target: str | None,
+        on_progress: ProgressFn | None,
+        timeout: float | None,
+        since: float | None = None,
     ) -> Lease | None:
         if self._closed:
             raise _shutting_down()
         self._refuse_if_full(target)
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(op, target, loop.create_future(), on_progress, self._clock(), self._passes)
+        wall = time.time() if since is None else since
+        waiter = _Waiter(
+            op, target, loop.create_future(), on_progress, self._clock(), self._passes, wall
+        )
         self._waiters.append(waiter)
         self._wake.set()
         self._notify(waiter, Progress("queued", self._queued_message(op, target), target))
@@ -704,7 +731,46 @@ class Scheduler:
             if exclusive:  # with one server a stop is a switch to nothing, timed like one
                 self._timed(None, ok, started)
 
+    def _refuse_stopped(self, target: str) -> bool:
+        """Answer 503 to the waiters for `target` that came before a stop of it from a shell;
+        True when none is left to load it for. Sets `loading_since` for the effects."""
+        waiters = [w for w in self._waiters if w.op == "load" and w.target == target]
+        if not waiters:
+            return True
+        since = min(w.wall for w in waiters)
+        mark = self.stopped_after(target, since) if self.stopped_after is not None else None
+        if mark is not None:
+            self._fail_before(target, *mark)
+            waiters = [w for w in self._waiters if w.op == "load" and w.target == target]
+            if not waiters:
+                return True
+            since = min(w.wall for w in waiters)
+        self.loading_since = since
+        return False
+
+    def _fail_before(self, target: str, at: float, why: str) -> None:
+        """The waiters for `target` that arrived before the stop at `at` get its 503."""
+        err = RouterError(
+            503,
+            f"{why}. Send the request again to load {target}.",
+            type=SERVER,
+            code="model_stopped",
+            retry_after=1,
+        )
+        for waiter in [
+            w for w in self._waiters if w.op == "load" and w.target == target and w.wall <= at
+        ]:
+            self._waiters.remove(waiter)
+            if waiter.future.done():
+                continue
+            self._notify(waiter, Progress("error", err.message, target))
+            waiter.future.set_exception(err)
+        log.info("%s: requests that waited for %s before it were answered 503", why, target)
+
     def _load_failed(self, target: str, exc: Exception) -> None:
+        if isinstance(exc, SwitchFailed) and exc.stopped_at is not None:
+            self._fail_before(target, exc.stopped_at, exc.message)
+            return  # those that came after the stop still wait: the next pass loads for them
         if not isinstance(exc, SwitchFailed):
             log.exception("loading %s failed", target)
         details = exc.details if isinstance(exc, SwitchFailed) else {}
@@ -727,6 +793,8 @@ class Scheduler:
         timed = not exclusive
         ok = False
         try:
+            if self._refuse_stopped(target):
+                return  # stopped from a shell after every request that waited for it
             self._evicting.update(victims)
             await self._drain(victims)
             if not self._wanted("load", target):
@@ -747,6 +815,7 @@ class Scheduler:
             # whatever is at the head of the queue
             self._admit(lambda p: p == target)
         finally:
+            self.loading_since = None
             if timed:
                 self._timed(target, ok, started)
 

@@ -51,7 +51,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmctl.errors import LaunchError, LlmctlError
+from llmctl.errors import LaunchError, LlmctlError, LoadCancelled, OperatorStopped
 
 # Only what `status` needs is imported here: `llmctl status` must start fast. The rest
 # (subprocess, http.client, log parsing) is imported where it is used.
@@ -257,6 +257,7 @@ class Supervisor:
         cancel_loading: bool = True,
         profile: str | None = None,
         forget: bool = False,
+        operator: bool = False,
     ) -> StopResult:
         """Stop every managed server, or only `profile`'s (SIGTERM to its group, then SIGKILL);
         no-op when none runs. Raises StateDirError (before stopping anything) when the state
@@ -264,10 +265,16 @@ class Supervisor:
 
         A load in progress in another llmctl is cancelled (`cancel_loading=False`: wait for it
         to finish, then stop what it started). `forget`: drop the saved KV caches (of `profile`
-        only, when one is named) instead of saving the server's.
+        only, when one is named) instead of saving the server's. `operator`: a stop from a
+        shell, recorded first (supervisor/stops.py) so that a router does not load the profile
+        again for the requests that waited before it.
         """
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0)
+        if operator:
+            from llmctl.supervisor.stops import record_stop
+
+            record_stop(self.state_dir, profile)
         # That load holds the lock until it ends: ask it to cancel (it polls for this file)
         # rather than wait for a big model to finish loading.
         requests = self._request_cancel(emit, profile) if cancel_loading else []
@@ -285,8 +292,16 @@ class Supervisor:
                 elif chosen:
                     self._stop_all(chosen, emit, save_kv=not forget)
                 forgotten = self._forget_kv(emit, profile) if forget else (0, 0)
+                cancelled = sorted({name for name, _ in requests})
                 if not chosen:
-                    return StopResult(False, None, None, time.monotonic() - t0, forgotten=forgotten)
+                    return StopResult(
+                        False,
+                        None,
+                        None,
+                        time.monotonic() - t0,
+                        forgotten=forgotten,
+                        cancelled=cancelled,
+                    )
                 first = chosen[0]
                 return StopResult(
                     True,
@@ -295,9 +310,10 @@ class Supervisor:
                     time.monotonic() - t0,
                     profiles=[r.profile for r in chosen],
                     forgotten=forgotten,
+                    cancelled=cancelled,
                 )
         finally:
-            for request in requests:
+            for _, request in requests:
                 with contextlib.suppress(OSError):
                     request.unlink()
 
@@ -312,7 +328,7 @@ class Supervisor:
     def _cancel_path(self, launch_id: str) -> Path:
         return self.state_dir / f"cancel-{launch_id}"
 
-    def _request_cancel(self, emit: _Emitter, profile: str | None = None) -> list[Path]:
+    def _request_cancel(self, emit: _Emitter, profile: str | None = None) -> list[tuple[str, Path]]:
         try:
             recs = read_servers(self.state_dir)
         except CorruptState:
@@ -333,7 +349,7 @@ class Supervisor:
                 f"cancelling the load of profile {rec.profile!r} in progress (llmctl pid {rec.owner_pid})",
                 rec.profile,
             )
-            paths.append(path)
+            paths.append((rec.profile, path))
         return paths
 
     # ------------------------------------------------------------------ switch
@@ -344,8 +360,12 @@ class Supervisor:
         *,
         on_event: Callable[[Event], None] | None = None,
         cancel: threading.Event | None = None,
+        admitted_at: float | None = None,
     ) -> SwitchResult:
-        """Make `spec` the running server: no-op if it already runs healthy with the same config."""
+        """Make `spec` the running server: no-op if it already runs healthy with the same config.
+
+        `admitted_at` (a router's request, wall clock): refused with OperatorStopped, before
+        anything starts, when a stop from a shell covering the profile came after it."""
         t0 = time.monotonic()
         emit = _Emitter(on_event, t0, spec.profile)
         result = _result_for(spec, t0)
@@ -364,6 +384,10 @@ class Supervisor:
                 err = LaunchError("the switch was cancelled before it started anything")
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
+            refused = self._stopped_after(spec.profile, admitted_at)
+            if refused is not None:
+                emit("error", refused.message)
+                return result(ready=False, pid=None, log=None, error=refused)
             # before anything is stopped: the new server's state and log must be writable
             check_writable(self.state_dir, sync=bool(others) or rec is not None)
             from llmctl.supervisor.modelfile import check_model_file
@@ -376,7 +400,7 @@ class Supervisor:
                 return result(ready=True, pid=rec.pid, log=rec.log)
             if rec is not None:
                 self._stop_record(rec, emit)
-            return self._start(spec, emit, cancel, result)
+            return self._start(spec, emit, cancel, result, admitted_at)
 
     def load(
         self,
@@ -386,9 +410,10 @@ class Supervisor:
         same_as: Sequence[LaunchSpec] = (),
         on_event: Callable[[Event], None] | None = None,
         cancel: threading.Event | None = None,
+        admitted_at: float | None = None,
     ) -> SwitchResult:
         """Start `spec` beside the servers that run; no-op if it (or one of `same_as`, other
-        ways of running the profile) already runs healthy.
+        ways of running the profile) already runs healthy. `admitted_at`: as for `switch`.
 
         `choose(records)` runs under the lock with the live servers and returns those to stop
         first and the spec to start (the placement policy); it may raise an LlmctlError to
@@ -421,6 +446,10 @@ class Supervisor:
                 err = LaunchError("the load was cancelled before it started anything")
                 emit("error", err.message)
                 return result(ready=False, pid=None, log=None, error=err)
+            refused = self._stopped_after(spec.profile, admitted_at)
+            if refused is not None:
+                emit("error", refused.message)
+                return result(ready=False, pid=None, log=None, error=refused)
             # before anything is stopped: the new server's state and log must be writable
             check_writable(self.state_dir, sync=any(name in recs for name in victims))
             from llmctl.supervisor.modelfile import check_model_file
@@ -429,7 +458,7 @@ class Supervisor:
             for name in victims:
                 if name in recs:
                     self._stop_record(recs[name], emit)
-            return self._start(spec, emit, cancel, result)
+            return self._start(spec, emit, cancel, result, admitted_at)
 
     # ------------------------------------------------------------------ changes by others
 
@@ -446,6 +475,24 @@ class Supervisor:
         return wait_for_change(self.state_dir, timeout)
 
     # ------------------------------------------------------------------ internals
+
+    def _stopped_after(self, profile: str, admitted_at: float | None) -> OperatorStopped | None:
+        """The refusal of a router's load when a stop from a shell came after its request."""
+        if admitted_at is None:
+            return None
+        from llmctl.supervisor.stops import stopped_after
+
+        mark = stopped_after(self.state_dir, profile, admitted_at)
+        if mark is None:
+            return None
+        err = OperatorStopped(
+            f"{mark.describe()}, after this request arrived; profile {profile!r} was not "
+            "loaded again",
+            hint="send the request again to load it",
+            by_another=True,
+            stopped_at=mark.at,
+        )
+        return err
 
     def _healthy_same(self, rec: LaunchRecord, spec: LaunchSpec, emit: _Emitter) -> bool:
         if not self._same_config(rec, spec):
@@ -611,6 +658,7 @@ class Supervisor:
         emit: _Emitter,
         cancel: threading.Event | None,
         result: Callable[..., SwitchResult],
+        admitted_at: float | None = None,
     ) -> SwitchResult:
         import subprocess
 
@@ -632,6 +680,13 @@ class Supervisor:
         # Written before the spawn: an llmctl killed right after the spawn leaves a record
         # whose launch_id finds the orphan through its environment.
         self._put(rec)
+        # A stop that read the state before this record was written cannot cancel this load:
+        # its mark, written before that read, is seen here instead.
+        refused = self._stopped_after(spec.profile, admitted_at)
+        if refused is not None:
+            self._drop(rec)
+            emit("error", refused.message)
+            return result(ready=False, pid=None, log=None, error=refused)
         emit("starting", f"starting profile {spec.profile!r}: {spec.shell()}")
         watcher = LoadWatcher(spec, log_path, emit)
         proc: subprocess.Popen[bytes] | None = None
@@ -672,6 +727,8 @@ class Supervisor:
         if error is not None:
             self._kill_launch(rec)
             self._drop(rec)
+            if isinstance(error, LoadCancelled) and error.by_another:
+                error = self._stopped_after(spec.profile, admitted_at) or error
             emit("error", error.message)
             return result(ready=False, pid=proc.pid, log=str(log_path), error=error)
         rec.phase = "ready"

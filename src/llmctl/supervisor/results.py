@@ -121,10 +121,13 @@ class StopResult:
     profiles: list[str] = field(default_factory=list)
     # stop(forget=True): saved KV cache files and bytes dropped
     forgotten: tuple[int, int] = (0, 0)
+    # loads in progress (another llmctl's) that the stop cancelled
+    cancelled: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "stopped": self.stopped,
+            "cancelled": list(self.cancelled),
             "profile": self.profile,
             "pid": self.pid,
             "elapsed_s": round(self.elapsed_s, 3),
