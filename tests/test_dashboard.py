@@ -226,6 +226,14 @@ def test_several_servers_each_with_its_share_log_and_unload(
             assert "tiny-b" in next(lines)
         bad = httpx.get(s.url + "/ui/api/log?server=nope", headers=AUTH)
         assert bad.status_code == 404 and "'tiny-a'" in bad.json()["error"]["message"]
+        # a failed load shows on its card (error line, log tail) until the next attempt
+        body = {"model": "broken", "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(s.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=90)
+        assert r.status_code == 503, r.text
+        state = httpx.get(s.url + "/ui/api/state", headers=AUTH).json()
+        broken = {p["name"]: p for p in state["profiles"]}["broken"]
+        assert broken["state"] == "failed", broken
+        assert broken["load"]["error"] and broken["load"]["tail"], broken
         # unload one profile, keep the other
         r = httpx.post(s.url + "/models/stop", json={"profile": "A"}, headers=AUTH, timeout=60)
         assert r.status_code == 200 and r.json()["stopped"] == "tiny-a"

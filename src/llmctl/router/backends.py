@@ -335,6 +335,7 @@ class PlacingBackend(_Base):
             item = Progress(kind, ev.message, ev.profile or target, ev.elapsed_s)
             with contextlib.suppress(RuntimeError):  # the loop may be closing
                 loop.call_soon_threadsafe(progress, item)
+                loop.call_soon_threadsafe(self.activity.load_step, item)
 
         cancel = threading.Event()
         call = partial(
@@ -353,10 +354,17 @@ class PlacingBackend(_Base):
                 call, cancel, lambda o: o.result.error if o.result is not None else None
             )
         except LlmctlError as err:
-            raise router_error_for(err) from None
+            failed = router_error_for(err)
+            self.activity.load_failed(target, failed.message, failed.details.get("stderr_tail", []))
+            raise failed from None
         result = outcome.result
         if result is None or not result.ready or result.error is not None:
-            raise failed_start(result.error if result is not None else None)
+            failed = failed_start(result.error if result is not None else None)
+            if failed.stopped_at is None:  # a stop from a shell is no failure of the profile
+                self.activity.load_failed(
+                    target, failed.message, failed.details.get("stderr_tail", [])
+                )
+            raise failed
         self.managed_urls[target] = result.url
         if not result.noop and result.pid:
             self.started_pids.add(result.pid)
