@@ -455,15 +455,47 @@ def test_removing_the_running_profile_stops_its_server(
     end = text.index("  tiny-long:")
     served.manifest.write_text(text[:start] + text[end:])
     served.proc.send_signal(signal.SIGHUP)
+    done = "stopped the server of profile tiny-b (is no longer in the manifest)"
     for _ in range(1200):
-        if "stopped the server of removed profile tiny-b" in served.logs():
+        if done in served.logs():
             break
         threading.Event().wait(0.05)
-    assert "is no longer in the manifest" in served.logs(), served.logs()
-    assert "stopped the server of removed profile tiny-b" in served.logs()
+    assert done in served.logs(), served.logs()
     assert llama_pids(llama_server_bin) == []
     models = httpx.get(served.url + "/v1/models").json()["data"]
     assert not any(m["loaded"] for m in models)
+
+
+def test_a_changed_running_profile_restarts_with_its_new_flags(
+    served: Served, llama_server_bin: Path
+) -> None:
+    """A SIGHUP that changes the running profile's launch: its server stops once idle, and
+    the next request loads the new flags; before, it ran on with the old ones, nothing said."""
+    import signal
+
+    assert chat(served, "B").status_code == 200
+    (old_pid,) = llama_pids(llama_server_bin)
+    text = served.manifest.read_text()
+    start = text.index("  tiny-b:")
+    end = text.index("  tiny-long:")
+    block = text[start:end]
+    assert "ctx_size: 512" in block
+    served.manifest.write_text(
+        text[:start] + block.replace("ctx_size: 512", "ctx_size: 640") + text[end:]
+    )
+    served.proc.send_signal(signal.SIGHUP)
+    done = "stopped the server of profile tiny-b (changed in the manifest)"
+    for _ in range(1200):
+        if done in served.logs():
+            break
+        threading.Event().wait(0.05)
+    assert done in served.logs(), served.logs()
+    assert llama_pids(llama_server_bin) == []
+    assert chat(served, "B").status_code == 200
+    (new_pid,) = llama_pids(llama_server_bin)
+    assert new_pid != old_pid
+    rec = Supervisor(paths.state_dir()).records()["tiny-b"]
+    assert "640" in rec.argv, rec.argv
 
 
 def test_access_log_masks_keys_in_the_query(tmp_path: Path, free_port: int) -> None:

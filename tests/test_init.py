@@ -229,17 +229,23 @@ def test_init_manifest_loads_two_models_side_by_side(
     root = tmp_path / "models"
     root.mkdir()
     write_tiny_model(root / "Alpha.gguf")
-    write_tiny_model(root / "Beta.gguf")
+    write_tiny_model(root / "Beta-Coder-Instruct-Long.gguf")  # a name past 16 characters
     env = {"LLMCTL_LLAMA_SERVER": str(llama_server_bin)}
     out = tmp_path / "profiles.yaml"
     assert llmctl("init", str(root), "-o", str(out), env=env).returncode == 0
     base = _free_range(2)
     out.write_text(out.read_text().replace("ports: 8100-8199", f"ports: {base}-{base + 1}"))
+    long_name = "beta-coder-instruct-long"
+    assert f"  {long_name}:" in out.read_text()
     try:
-        res = llmctl("load", "alpha", "beta", "--json", env=env)
+        res = llmctl("load", "alpha", long_name, "--json", env=env)
         assert res.returncode == 0, res.stdout + res.stderr
         ps = json.loads(llmctl("ps", "--json", env=env).stdout)
         running = sorted(s["profile"] for s in ps["servers"])
-        assert running == ["alpha", "beta"], ps
+        assert running == ["alpha", long_name], ps
+        # the text table keeps its columns whatever the names' lengths
+        lines = llmctl("ps", env=env).stdout.splitlines()
+        at = lines[0].index("PHASE")
+        assert all(line[at:].startswith("ready") for line in lines[1:3]), lines
     finally:
         assert llmctl("stop", env=env).returncode == 0

@@ -54,8 +54,12 @@ def _ps(json_out: bool) -> int:
         sys.stdout.write("nothing runs\n")
         sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
         return code
+    # columns as wide as their longest value (init's own profile names pass 16 characters)
+    name_w = max(16, *(len(str(r["profile"])) for r in rows))
+    url_w = max(24, *(len(str(r["url"] or "-")) for r in rows))
     head = (
-        f"{'PROFILE':<16} {'PHASE':<8} {'HEALTH':<7} {'PID':>7} {'URL':<24} {'UPTIME':>8}  MEMORY"
+        f"{'PROFILE':<{name_w}} {'PHASE':<8} {'HEALTH':<7} {'PID':>7} {'URL':<{url_w}} "
+        f"{'UPTIME':>8}  MEMORY"
     )
     sys.stdout.write(head + "\n")
     for r in rows:
@@ -65,8 +69,8 @@ def _ps(json_out: bool) -> int:
         mem = planned + (f" (reported {reported:.0f} MiB)" if reported else "")
         uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
         sys.stdout.write(
-            f"{r['profile']:<16} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
-            f"{r['url'] or '-':<24} {uptime:>8}  {mem}\n"
+            f"{r['profile']:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
+            f"{r['url'] or '-':<{url_w}} {uptime:>8}  {mem}\n"
         )
     sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
     return code

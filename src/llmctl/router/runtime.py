@@ -132,7 +132,6 @@ class Router:
         from llmctl.router.scheduler import configure as configure_order
 
         configure_order(s, manifest)
-        configure_order(s, manifest)
 
     def bound_to(self, host: str) -> None:
         """The socket listens on `host`: the Host and Origin rules follow from it."""
@@ -159,28 +158,49 @@ class Router:
                     err.hint,
                 )
                 return False
+        before = self._launches(self.scheduler.loaded)
         self.apply(manifest)
         self.hosts.sync()
         log.info("manifest reloaded: %d profile(s)", len(self.index.profiles))
-        await self.stop_removed_profile()
+        await self.retire_outdated(before)
         return True
 
-    async def stop_removed_profile(self) -> None:
-        """The running profile left the manifest: stop its server once its requests are done."""
-        active = self.scheduler.active
-        if active is None or active in self.index.profiles:
-            return
-        log.warning(
-            "profile %s, which the managed server runs, is no longer in the manifest: "
-            "stopping it once its requests in flight are done",
-            active,
-        )
-        try:
-            await self.scheduler.stop()
-        except RouterError as err:
-            log.error("could not stop the server of removed profile %s: %s", active, err.message)
-        else:
-            log.info("stopped the server of removed profile %s", active)
+    def _launches(self, profiles: list[str]) -> dict[str, str | None]:
+        """Each profile's launch identity under the current manifest (None: not in it)."""
+        out: dict[str, str | None] = {}
+        for p in profiles:
+            try:
+                out[p] = self.spec_for(p).config_hash if p in self.index.profiles else None
+            except LlmctlError:
+                out[p] = None
+        return out
+
+    async def retire_outdated(self, before: Mapping[str, str | None]) -> None:
+        """After a reload: the servers of profiles that left the manifest, or whose launch it
+        changed (flags, model, environment), stop once their requests in flight are done; the
+        next request loads the profile with the new flags (as llama-swap restarts changed
+        models)."""
+        now = self._launches(list(before))
+        for profile, old in before.items():
+            new = now.get(profile)
+            if new is not None and new == old:
+                continue
+            why = "is no longer in the manifest" if new is None else "changed in the manifest"
+            log.warning(
+                "profile %s %s: its server runs the old launch; stopping it once its requests in "
+                "flight are done (the next request loads it anew)",
+                profile,
+                why,
+            )
+            try:
+                if self.backend.places:
+                    await self.scheduler.unload(profile)
+                elif self.scheduler.active == profile:
+                    await self.scheduler.stop()
+            except RouterError as err:
+                log.error("could not stop the server of profile %s: %s", profile, err.message)
+            else:
+                log.info("stopped the server of profile %s (%s)", profile, why)
 
     # --- HTTP clients -----------------------------------------------------------------
 
