@@ -96,6 +96,8 @@ def test_answers_of_a_live_server_do_not_trip_its_breaker(served: Served) -> Non
 
 
 def test_switches_and_stops_from_a_shell_lose_no_router_request(served: Served) -> None:
+    """A switch from a shell fails no router request; a stop wins over the requests that
+    waited before it (503 model_stopped, nothing else), and later requests load again."""
     assert chat(served, "A").status_code == 200
     statuses: list[int] = []
     bodies: list[str] = []
@@ -104,6 +106,9 @@ def test_switches_and_stops_from_a_shell_lose_no_router_request(served: Served) 
     def traffic() -> None:
         while not done.is_set():
             r = chat(served, "A")
+            if r.status_code == 503 and r.json()["error"]["code"] == "model_stopped":
+                assert "stopped from a shell" in r.json()["error"]["message"]
+                continue
             statuses.append(r.status_code)
             if r.status_code != 200:
                 bodies.append(r.text)
@@ -559,3 +564,26 @@ def test_logs_of_a_running_server_whose_log_was_deleted(
         assert out.stdout.strip() and "nothing was started" not in out.stdout + out.stderr
     finally:
         assert llmctl("stop").returncode == 0
+
+
+def test_a_restarted_serve_stops_on_exit_what_the_killed_one_started(
+    served: Served, llama_server_bin: Path, tmp_path: Path
+) -> None:
+    """kill -9 of serve leaves its server running; the next serve adopts it and, on SIGTERM,
+    stops it as the first would have. A server started from a shell is left running."""
+    assert chat(served, "B").status_code == 200
+    served.proc.kill()
+    served.proc.wait()
+    assert len(llama_pids(llama_server_bin)) == 1  # outlived the killed router
+    port = int(served.url.rsplit(":", 1)[1])
+    again = start_serve(served.manifest, port, tmp_path)
+    assert chat(again, "B").status_code == 200  # adopted, not started again
+    stop_serve(again)
+    assert llama_pids(llama_server_bin) == [], again.logs()
+    # a server started from a shell outlives the router (as before)
+    assert llmctl("switch", "B", "--manifest", str(served.manifest)).returncode == 0
+    third = start_serve(served.manifest, port, tmp_path)
+    assert chat(third, "B").status_code == 200
+    stop_serve(third)
+    assert len(llama_pids(llama_server_bin)) == 1
+    assert llmctl("stop").returncode == 0

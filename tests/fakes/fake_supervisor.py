@@ -45,6 +45,9 @@ class FakeSupervisor:
     def running(self) -> str | None:
         return self._running
 
+    def records(self) -> dict[str, object]:
+        return {}  # no launch records: nothing a router that died started
+
     def status(self, *, check_health: bool = True, timeout: float = 0.5) -> Status:
         if self._running is None:
             return Status(running=False)

@@ -49,6 +49,17 @@ def places_servers(manifest: Any) -> bool:
     return getattr(getattr(manifest, "server", None), "ports", None) is not None
 
 
+LAUNCHER = "llmctl serve"  # Supervisor.started_by of the router's launches
+
+
+def started_here(rec: Any, started_pids: set[int]) -> bool:
+    """A server this router stops on exit: it started it, or a router that died did (a
+    restarted serve takes over the servers of the one killed before it)."""
+    from llmctl.supervisor.spawn import launcher_gone
+
+    return rec.pid in started_pids or launcher_gone(rec, LAUNCHER)
+
+
 def log_kv(ev: Event) -> None:
     """Saved KV cache events (keep_kv profiles) go to the router's log."""
     if ev.kind == "kv":
@@ -237,7 +248,13 @@ class SwitchingBackend(_Base):
     async def stop_started(self) -> None:
         try:
             status = await run_in_threadpool(self.supervisor.status, check_health=False)
-            if status.running and status.pid in self.started_pids:
+            if not status.running:
+                return
+            ours = status.pid in self.started_pids
+            if not ours:
+                records = await run_in_threadpool(self.supervisor.records)
+                ours = any(started_here(rec, self.started_pids) for rec in records.values())
+            if ours:
                 log.info("stopping llama-server (pid %s, %s)", status.pid, status.profile)
                 await run_in_threadpool(self.supervisor.stop, on_event=log_kv)
         except Exception as exc:
@@ -405,7 +422,7 @@ class PlacingBackend(_Base):
         try:
             records = await run_in_threadpool(self.supervisor.records)
             for name, rec in records.items():
-                if rec.pid in self.started_pids:
+                if started_here(rec, self.started_pids):
                     log.info("stopping llama-server (pid %s, %s)", rec.pid, name)
                     await run_in_threadpool(self.supervisor.stop, profile=name)
         except Exception as exc:

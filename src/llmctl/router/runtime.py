@@ -247,9 +247,9 @@ class Router:
         return self.backend.base_url(profile)
 
     async def stop_started_server(self) -> None:
-        """On exit: stop the llama-server this router started, unless it was replaced since."""
-        if self.backend.started_pids:
-            await self.backend.stop_started()
+        """On exit: stop the llama-servers this router started (or took over from a router that
+        died), unless they were replaced since."""
+        await self.backend.stop_started()
 
     async def idle_loop(self) -> None:
         """Unload a profile idle for longer than its `ttl`."""

@@ -33,6 +33,7 @@ from llmctl.errors import LlmctlError, UsageError
 from llmctl.manifest.model import ServeConfig
 from llmctl.router.app import create_app
 from llmctl.router.auth import serve_keys
+from llmctl.router.backends import LAUNCHER
 from llmctl.router.origins import is_loopback_name
 from llmctl.router.runtime import Router
 
@@ -249,7 +250,9 @@ def run(
     port = serve.port if port is None else port
     check_bind(host, serve, keys, allow_insecure=allow_insecure)
     sock = bind_socket(host, port)
-    supervisor = Supervisor(paths.state_dir(), lock_timeout=max(30.0, serve.queue.timeout))
+    supervisor = Supervisor(
+        paths.state_dir(), lock_timeout=max(30.0, serve.queue.timeout), started_by=LAUNCHER
+    )
     app = create_app(manifest, supervisor, manifest_path=path)
     router: Router = app.state.router
     # every reload must keep the rule that opened this socket: no open bind without keys

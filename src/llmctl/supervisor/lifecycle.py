@@ -119,12 +119,16 @@ class Supervisor:
         keep_logs: int = 20,
         port_timeout: float = 10.0,
         gpu_timeout: float = 10.0,
+        started_by: str | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.lock_timeout = lock_timeout
         self.keep_logs = keep_logs
         self.port_timeout = port_timeout
         self.gpu_timeout = gpu_timeout
+        # "llmctl serve": each record names this process as its launcher (records.started_by),
+        # so that the next router takes over the servers of one that died
+        self.started_by = started_by
 
     # ------------------------------------------------------------------ status
 
@@ -676,7 +680,7 @@ class Supervisor:
             emit("error", port_err.message)
             return result(ready=False, pid=None, log=None, error=port_err)
         log_path, offset = spawn.launch_log(self.state_dir, spec, self.keep_logs)
-        rec = spawn.starting_record(spec, log_path, keep_kv)
+        rec = spawn.starting_record(spec, log_path, keep_kv, self.started_by)
         # Written before the spawn: an llmctl killed right after the spawn leaves a record
         # whose launch_id finds the orphan through its environment.
         self._put(rec)

@@ -72,10 +72,15 @@ def launch_log(state_dir: Path, spec: LaunchSpec, keep_logs: int) -> tuple[Path,
 
 
 def starting_record(
-    spec: LaunchSpec, log_path: Path, keep_kv: dict[str, Any] | None
+    spec: LaunchSpec,
+    log_path: Path,
+    keep_kv: dict[str, Any] | None,
+    started_by: str | None = None,
 ) -> LaunchRecord:
-    """The record of a launch about to start, owned by this process until it is ready."""
+    """The record of a launch about to start, owned by this process until it is ready;
+    `started_by` ("llmctl serve"): the launcher kept in the record for good (launcher_gone)."""
     me = os.getpid()
+    by = {"what": started_by, "pid": me, "start_time": procs.start_time(me)} if started_by else None
     return LaunchRecord(
         launch_id=os.urandom(16).hex(),  # as uuid4().hex, without importing uuid
         phase="starting",
@@ -91,8 +96,23 @@ def starting_record(
         owner_start_time=procs.start_time(me),
         stop_timeout=spec.stop_timeout,
         model=spec.model,
-        extra={**spec.placement, **({"keep_kv": keep_kv} if keep_kv else {})},
+        extra={
+            **spec.placement,
+            **({"keep_kv": keep_kv} if keep_kv else {}),
+            **({"started_by": by} if by else {}),
+        },
     )
+
+
+def launcher_gone(rec: LaunchRecord, what: str) -> bool:
+    """The record's server was started by a `what` (e.g. "llmctl serve") that no longer runs."""
+    by = rec.extra.get("started_by")
+    if not isinstance(by, dict) or by.get("what") != what:
+        return False
+    pid, start = by.get("pid"), by.get("start_time")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    return not procs.is_alive(pid, start if isinstance(start, int) else None)
 
 
 def popen(
