@@ -41,7 +41,10 @@ def fake_pids() -> list[int]:
     mark = os.environ["LLMCTL_TEST_SESSION"]
     for pid in procs.all_pids():
         ours = procs.environ_has(pid, f"LLMCTL_TEST_SESSION={mark}")
-        if ours and str(FAKE) in procs.cmdline(pid) and procs.is_alive(pid):
+        cmd = procs.cmdline(pid)
+        if cmd.endswith((" --help", " --version", " --list-devices")):
+            continue  # a question llmctl asks the binary (llama/binary.py), not a server
+        if ours and str(FAKE) in cmd and procs.is_alive(pid):
             found.append(pid)
     return found
 

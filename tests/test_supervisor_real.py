@@ -153,7 +153,11 @@ def test_readiness_is_noticed_promptly(
     # llama-server logs "model loaded" (on its own clock, from its start) right after /health
     # turns 200; the log is written by a worker thread, so read it from the file.
     assert res.log is not None
-    loaded = next(x for x in Path(res.log).read_text().splitlines() if "model loaded" in x)
+    from llmctl.llama.logline import decode_text
+
+    # the log is in JSON lines (--log-jsonl) where the build has them: read it as text
+    text = decode_text(Path(res.log).read_text())
+    loaded = next(x for x in text.splitlines() if "model loaded" in x)
     server_loaded = _server_time(loaded)
     # from spawn to "ready" reported, minus the server's own time to load: small
     assert (ready.elapsed_s - starting.elapsed_s) - server_loaded < 0.5

@@ -84,21 +84,23 @@ def _profile_name(sup: Supervisor, given: str, manifest: str | None) -> str:
 
 def _follow(sup: Supervisor, path: Path, offset: int, profile: str | None = None) -> None:
     """Like `tail -F`: print what is appended; move to the next launch's log when there is one."""
+    from llmctl.supervisor.logs import LogFollower
+
+    # whole lines, JSON lines (--log-jsonl) in their text form
+    follower = LogFollower(path, offset, keep_open=False)
     last_check = time.monotonic()
     while True:
-        with path.open("rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-        if chunk:
-            offset += len(chunk)
-            sys.stdout.write(chunk.decode(errors="replace"))
+        lines, _ = follower.poll()
+        if lines:
+            sys.stdout.write("".join(line + "\n" for line in lines))
             sys.stdout.flush()
         now = time.monotonic()
         if now - last_check >= 0.5:
             last_check = now
             current = sup.log_path(profile)
             if current is not None and current != path and current.exists():
-                path, offset = current, 0
+                path = current
+                follower = LogFollower(path, 0, keep_open=False)
                 sys.stdout.write(f"\n==> {path} <==\n")
         time.sleep(0.1)  # polling a file: a person reads along, 100 ms is immediate
 

@@ -35,6 +35,9 @@ def _ps(json_out: bool) -> int:
         row = st.to_json()
         row["devices"] = extra.get("devices", [])
         row["planned"] = extra.get("usage", {})
+        # which figure the placement used (engine plan / formula), and what the launch stated
+        row["memory_source"] = extra.get("memory_source")
+        row["engine_plan"] = extra.get("engine_plan")
         rows.append(row)
     from llmctl.cli.status import kv_saved_text
     from llmctl.supervisor.slotcache import saved
@@ -66,7 +69,12 @@ def _ps(json_out: bool) -> int:
         health = {True: "ok", False: "FAIL", None: "-"}[r["healthy"]]
         planned = usage_text(r["planned"])
         reported = r["memory"].get("total_mib") if r["memory"] else None
-        mem = planned + (f" (reported {reported:.0f} MiB)" if reported else "")
+        stated = (r["engine_plan"] or {}).get("by_device_mib") or {}
+        notes = [f"{r['memory_source']}" if r["memory_source"] and planned else ""]
+        notes.append(f"engine plan {sum(stated.values()):.0f} MiB" if stated else "")
+        notes.append(f"reported {reported:.0f} MiB" if reported else "")
+        said = ", ".join(n for n in notes if n)
+        mem = (planned + (f" ({said})" if said else "")).strip() or "-"
         uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
         sys.stdout.write(
             f"{r['profile']:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "

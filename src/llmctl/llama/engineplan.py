@@ -23,8 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmctl.llama.logline import JSONL_FLAG
+
 EVENT = "fit_memory_breakdown"
-FLAG = "--log-jsonl"
+FLAG = JSONL_FLAG  # llama/logline.py states it
 MAX_LINE = 1024 * 1024  # one JSON line; beyond it the line is garbage, not a plan
 MAX_OUTPUT = 16 * 1024 * 1024  # all the output a probe reads before it gives up
 UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}

@@ -669,6 +669,7 @@ class Supervisor:
         from llmctl.supervisor import spawn
         from llmctl.supervisor.readiness import LoadWatcher
 
+        identity_of = spec
         keep_kv: dict[str, Any] | None = None
         if spec.keep_kv is not None:
             # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
@@ -680,7 +681,11 @@ class Supervisor:
             emit("error", port_err.message)
             return result(ready=False, pid=None, log=None, error=port_err)
         log_path, offset = spawn.launch_log(self.state_dir, spec, self.keep_logs)
-        rec = spawn.starting_record(spec, log_path, keep_kv, self.started_by)
+        # the record names the profile's configuration; the launch adds llmctl's own flags
+        # (--slot-save-path above, --log-jsonl: the engine's memory plan lands in the log)
+        identity = identity_of.config_hash
+        spec = spawn.with_log_format(spec)
+        rec = spawn.starting_record(spec, log_path, keep_kv, self.started_by, identity)
         # Written before the spawn: an llmctl killed right after the spawn leaves a record
         # whose launch_id finds the orphan through its environment.
         self._put(rec)
@@ -739,6 +744,12 @@ class Supervisor:
         rec.ready_at = time.time()
         rec.owner_pid = None
         rec.owner_start_time = None
+        if watcher.plan_line is not None:
+            from llmctl.supervisor.probe import record_launch_plan
+
+            plan = record_launch_plan(identity_of, watcher.plan_line)
+            if plan is not None:
+                rec.extra["engine_plan"] = plan
         self._put(rec)
         emit("ready", f"profile {spec.profile!r} is ready at {spec.url} (pid {proc.pid})")
         return result(ready=True, pid=proc.pid, log=str(log_path))

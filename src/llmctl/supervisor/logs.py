@@ -1,4 +1,9 @@
-"""Per-launch log files: naming, rotation, following, tails, and what they say (errors, memory)."""
+"""Per-launch log files: naming, rotation, following, tails, and what they say (errors, memory).
+
+A log holds llama-server's text lines or, when it was started with `--log-jsonl`, its JSON lines
+(llama/logline.py); every reader here gives text lines either way, and LogFollower keeps the
+engine's memory plan event (`plan_line`) when one passes.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import contextlib
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +102,7 @@ class LogFollower:
         self.keep_open = keep_open  # False: the file is open only while a poll reads it
         self._partial = b""
         self._fd: int | None = None
+        self.plan_line: str | None = None  # the first fit_memory_breakdown event (--log-jsonl)
 
     def poll(self) -> tuple[list[str], bool]:
         if self._fd is None:
@@ -118,14 +125,27 @@ class LogFollower:
             return [], False
         data = self._partial + b"".join(chunks)
         *complete, self._partial = data.split(b"\n")
-        lines = [_decode(line) for line in complete]
-        return [line for line in lines if line and not line.startswith(HEADER)], True
+        return self._texts(_decode(line) for line in complete), True
+
+    def _texts(self, raw: Iterable[str]) -> list[str]:
+        from llmctl.llama.logline import event_type, text_lines
+
+        out: list[str] = []
+        for line in raw:
+            if not line or line.startswith(HEADER):
+                continue
+            if line.startswith("{"):
+                if self.plan_line is None and event_type(line) == "fit_memory_breakdown":
+                    self.plan_line = line
+                out += text_lines(line)
+            else:
+                out.append(line)
+        return out
 
     def flush(self) -> list[str]:
         """The unterminated last line, if any (call once the process has exited)."""
         rest, self._partial = self._partial, b""
-        line = _decode(rest)
-        return [line] if line else []
+        return self._texts([_decode(rest)])
 
     def close(self) -> None:
         if self._fd is not None:
@@ -158,10 +178,12 @@ def tail_lines(
                 block *= 2
     except OSError:
         return []
+    from llmctl.llama.logline import text_lines
+
     lines = [_decode(x) for x in data.split(b"\n")]
     if pos > 0:
         lines = lines[1:]  # first one is cut
-    lines = [x for x in lines if x and not x.startswith(HEADER)]
+    lines = [t for x in lines if x and not x.startswith(HEADER) for t in text_lines(x)]
     return lines[-n:]
 
 
@@ -225,11 +247,12 @@ def parse_memory(path: Path, *, max_bytes: int = 1 << 20) -> dict[str, Any]:
     attention caches (`kv_mib`) and recurrent states (`recurrent_mib`) as each sums itself up;
     a draft model (`draft_mib`) and a multimodal projector (`mmproj_mib`) apart.
     """
+    from llmctl.llama.logline import decode_text
     from llmctl.memory.measured import LOADED, parse_reported
 
     try:
         with path.open("rb") as f:
-            text = f.read(max_bytes).decode(errors="replace")
+            text = decode_text(f.read(max_bytes).decode(errors="replace"))
     except OSError:
         return {}
     end = text.find(LOADED)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llmctl.llama.engineplan import EnginePlan
@@ -120,3 +120,30 @@ def probe_profile(
     if outcome.plan is not None:
         store.put(key, outcome.plan, model=spec.model, build=build)
     return ProbeResult(name, outcome.plan, outcome.reason, outcome.seconds, key, build)
+
+
+def record_launch_plan(spec: LaunchSpec, line: str) -> dict[str, Any] | None:
+    """Keep the plan a launch stated in its log (`--log-jsonl`) under the launch's calibration
+    key, as a probe would; its per-device figures for the launch record (MiB), or None when the
+    line is no usable plan. Never fails the launch."""
+    from llmctl.llama.engineplan import PlanFormatError, parse_line
+    from llmctl.memory.engine import plan_total
+
+    try:
+        plan = parse_line(line)
+    except PlanFormatError:
+        return None
+    if plan is None:
+        return None
+    try:
+        key, build = _key(spec)
+        engine_store().put(key, plan, model=spec.model, build=build)
+    except (OSError, ValueError):
+        pass  # the record still shows the plan; the store is a cache
+    mib = 1024 * 1024
+    return {
+        "source": "engine plan",
+        "by_device_mib": {
+            name: round(size / mib, 1) for name, size in plan_total(plan).items() if size
+        },
+    }

@@ -31,6 +31,7 @@ class LoadWatcher:
         self.spec = spec
         self.log_path = log_path
         self.emit = emit
+        self.plan_line: str | None = None  # the engine's memory plan event, if the log had one
 
     def wait_ready(
         self,
@@ -112,6 +113,7 @@ class LoadWatcher:
                 time.sleep(nap)
                 nap = min(nap * 1.5, 0.002 if saw_ready_line else 0.02)
         finally:
+            self.plan_line = follower.plan_line
             follower.close()
 
     def exit_error(self, code: int, lines: list[str]) -> LaunchError:

@@ -76,6 +76,7 @@ def starting_record(
     log_path: Path,
     keep_kv: dict[str, Any] | None,
     started_by: str | None = None,
+    config_hash: str | None = None,
 ) -> LaunchRecord:
     """The record of a launch about to start, owned by this process until it is ready;
     `started_by` ("llmctl serve"): the launcher kept in the record for good (launcher_gone)."""
@@ -85,7 +86,7 @@ def starting_record(
         launch_id=os.urandom(16).hex(),  # as uuid4().hex, without importing uuid
         phase="starting",
         profile=spec.profile,
-        config_hash=spec.config_hash,
+        config_hash=config_hash or spec.config_hash,
         argv=list(spec.argv),
         host=spec.host,
         port=spec.port,
@@ -102,6 +103,22 @@ def starting_record(
             **({"started_by": by} if by else {}),
         },
     )
+
+
+def with_log_format(spec: LaunchSpec) -> LaunchSpec:
+    """The spec with `--log-jsonl` where the binary has it (its cached --help) and the profile
+    sets no log format of its own: the engine's memory plan is then in every launch log."""
+    from dataclasses import replace
+
+    from llmctl.llama.binary import known_flags
+    from llmctl.llama.logline import JSONL_FLAG
+
+    if any(a.startswith(("--log-", "-lv", "--verbosity")) for a in spec.argv[1:]):
+        return spec  # the user's own log settings stand (a verbose text log, a log file)
+    flags = known_flags(spec.argv[0])
+    if flags is None or JSONL_FLAG not in flags:
+        return spec
+    return replace(spec, argv=(*spec.argv, JSONL_FLAG))
 
 
 def launcher_gone(rec: LaunchRecord, what: str) -> bool:

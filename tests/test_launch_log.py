@@ -1,0 +1,106 @@
+"""Launch logs in JSON lines (`--log-jsonl`): every reader sees text, and every launch records
+the engine's memory plan (llama/logline.py, supervisor/logs.py, supervisor/probe.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmctl import paths
+from llmctl.llama.logline import decode_text, event_type, text_lines
+from llmctl.supervisor.launch import LaunchSpec
+from llmctl.supervisor.lifecycle import Supervisor
+from llmctl.supervisor.logs import LogFollower, error_line, tail_lines
+from llmctl.supervisor.state import read_servers
+from llmctl.testing.testmodels import write_tiny_model
+
+ENTRY = '{"type":"log","time":61234567,"level":"error","msg":"srv  load_model: failed\\nsecond\\n"}'
+PLAN = '{"type":"fit_memory_breakdown","data":{"unit":"MiB","rows":[{"kind":"host","name":"Host","self":7,"model":2,"context":0,"compute":4}]}}'
+
+
+def test_a_json_entry_reads_as_the_text_form_and_events_are_not_text() -> None:
+    assert text_lines(ENTRY) == ["1.01.234.567 E srv  load_model: failed", "1.01.234.567 E second"]
+    assert text_lines(PLAN) == [] and event_type(PLAN) == "fit_memory_breakdown"
+    assert event_type(ENTRY) is None
+    for raw in ("0.00.001.111 I text line", '{"type": broken', "[1, 2]", '{"type":"log"}'):
+        assert text_lines(raw) in ([raw], []), raw
+    assert text_lines('{"type":"log","time":-5,"level":7,"msg":"odd"}') == ["0.00.000.000 I odd"]
+    assert decode_text(f"a\n{ENTRY}\n{PLAN}") == "a\n" + "\n".join(text_lines(ENTRY))
+
+
+def test_followers_and_tails_give_text_and_keep_the_plan(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text(f"# llmctl: profile p\n{ENTRY}\n{PLAN}\n0.00.002.000 I plain\n")
+    follower = LogFollower(log)
+    lines, grew = follower.poll()
+    follower.close()
+    assert grew and lines == [*text_lines(ENTRY), "0.00.002.000 I plain"]
+    assert follower.plan_line == PLAN
+    assert tail_lines(log, 2) == [text_lines(ENTRY)[1], "0.00.002.000 I plain"]
+    assert error_line(lines) == text_lines(ENTRY)[0]  # the level prefix is found again
+
+
+def _llmctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_real_launch_logs_json_records_its_plan_and_reads_as_text(
+    tmp_path: Path, llama_server_bin: Path
+) -> None:
+    model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
+    port = _port()
+    argv = (str(llama_server_bin), "-m", str(model), "-c", "512", "-np", "1",
+            "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
+    spec = LaunchSpec(profile="tiny", argv=argv, env={}, host="127.0.0.1", port=port,
+                      model=str(model))  # fmt: skip
+    sup = Supervisor(paths.state_dir(), lock_timeout=30)
+    try:
+        res = sup.switch(spec)
+        assert res.ready, res.error
+        rec = read_servers(sup.state_dir)["tiny"]
+        assert "--log-jsonl" in rec.argv
+        assert rec.config_hash == spec.config_hash  # llmctl's own flags are not the profile's
+        assert sup.switch(spec).noop  # so the same profile is still a no-op
+        plan = rec.extra["engine_plan"]
+        assert plan["source"] == "engine plan" and plan["by_device_mib"], plan
+        from llmctl.supervisor.probe import known_plan_for
+
+        assert known_plan_for(spec) is not None  # kept as a probe keeps it
+        raw = Path(rec.log).read_text()
+        assert '{"type":"log"' in raw
+        shown = _llmctl("logs", "-n", "200")
+        assert shown.returncode == 0, shown.stderr
+        assert "model loaded" in shown.stdout and '{"type"' not in shown.stdout
+        assert json.loads(_llmctl("status", "--json").stdout)["running"] is True
+        ps = _llmctl("ps")
+        assert "engine plan" in ps.stdout, ps.stdout  # what the launch itself stated
+        ps_json = json.loads(_llmctl("ps", "--json").stdout)
+        assert ps_json["servers"][0]["engine_plan"] == plan
+    finally:
+        sup.stop()
+
+
+@pytest.mark.parametrize("own", [["-lv", "4"], ["--log-file", "x.log"]])
+def test_a_profile_with_its_own_log_settings_keeps_a_text_log(
+    tmp_path: Path, llama_server_bin: Path, own: list[str]
+) -> None:
+    from llmctl.supervisor.spawn import with_log_format
+
+    argv = (str(llama_server_bin), "-m", "m.gguf", *own)
+    spec = LaunchSpec(profile="p", argv=argv, env={}, host="127.0.0.1", port=1)
+    assert with_log_format(spec) == spec
+    plain = LaunchSpec(profile="p", argv=argv[:3], env={}, host="127.0.0.1", port=1)
+    assert with_log_format(plain).argv[-1] == "--log-jsonl"
