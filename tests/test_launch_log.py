@@ -104,3 +104,24 @@ def test_a_profile_with_its_own_log_settings_keeps_a_text_log(
     assert with_log_format(spec) == spec
     plain = LaunchSpec(profile="p", argv=argv[:3], env={}, host="127.0.0.1", port=1)
     assert with_log_format(plain).argv[-1] == "--log-jsonl"
+
+
+def test_a_keep_kv_profile_switched_to_again_is_a_noop(
+    tmp_path: Path, llama_server_bin: Path
+) -> None:
+    from llmctl.supervisor.slotcache import KeepKv
+
+    model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
+    port = _port()
+    argv = (str(llama_server_bin), "-m", str(model), "-c", "512", "-np", "1",
+            "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
+    spec = LaunchSpec(profile="kept", argv=argv, host="127.0.0.1", port=port, model=str(model),
+                      keep_kv=KeepKv(1 << 20, 1 << 24, 3600.0, 30.0))  # fmt: skip
+    sup = Supervisor(paths.state_dir(), lock_timeout=30)
+    try:
+        first = sup.switch(spec)
+        assert first.ready, first.error
+        again = sup.switch(spec)
+        assert again.noop and again.pid == first.pid
+    finally:
+        sup.stop()
