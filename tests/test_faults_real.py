@@ -73,6 +73,7 @@ def test_a_profile_that_cannot_load_leaves_the_others_serving(served: Served) ->
         assert r.json()["error"]["code"] == "model_load_failed"  # its own reason, every time
     r = chat(served, "A")
     assert r.status_code == 200, r.text
+    assert "WARNING llmctl.router: loading broken failed: " in served.logs()
     metrics = httpx.get(served.url + "/metrics").text
     assert "llmctl_breaker_opens_total" in metrics
     assert not [

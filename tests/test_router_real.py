@@ -140,6 +140,10 @@ def test_openai_sdk_switches_between_real_servers(served: Served, llama_server_b
         assert "tiny-a" in str(info.value)
     m = httpx.get(served.url + "/metrics").text
     assert 'llmctl_switch_duration_seconds_count{profile="tiny-b",result="ok"} 1' in m
+    # serve's terminal says what it did on its own
+    logs = served.logs()
+    assert "loading tiny-b for 1 waiting request(s); unloading tiny-a" in logs, logs
+    assert "loaded tiny-b in " in logs
 
 
 def test_concurrent_requests_across_real_switches(served: Served) -> None:

@@ -719,10 +719,13 @@ class Scheduler:
                 code="stop_failed",
                 retry_after=self._retry_after(),
             )
+            log.warning("%s", err.message)
             self._broadcast(op, target, Progress("error", err.message, target))
             self._finish(op, target, err)
         else:
             ok = True
+            if profiles:
+                log.info("unloaded %s", ", ".join(profiles))
             for p in profiles:
                 self._drop(p)
             self.generation += 1
@@ -773,6 +776,8 @@ class Scheduler:
             return  # those that came after the stop still wait: the next pass loads for them
         if not isinstance(exc, SwitchFailed):
             log.exception("loading %s failed", target)
+        else:
+            log.warning("loading %s failed: %s", target, exc.message)
         details = exc.details if isinstance(exc, SwitchFailed) else {}
         err = RouterError(
             503,
@@ -801,11 +806,19 @@ class Scheduler:
                 return  # everyone who wanted it left while we drained
             if exclusive:
                 started, timed = self._replace(victims), True
+            waiting = sum(1 for w in self._waiters if w.op == "load" and w.target == target)
+            log.info(
+                "loading %s for %d waiting request(s)%s",
+                target,
+                waiting,
+                f"; unloading {', '.join(victims)}" if victims else "",
+            )
             evicted = await self._load(target, functools.partial(self._broadcast, "load", target))
         except Exception as exc:
             self._load_failed(target, exc)
         else:
             ok = True
+            log.info("loaded %s in %.1f s", target, self._clock() - started)
             self.loads += 1
             for p in evicted:
                 self._drop(p)
