@@ -168,6 +168,12 @@ def test_profile_folders_are_safe_and_distinct(tmp_path: Path) -> None:
     assert profile_folder(tmp_path, "qwen-8k").name == "qwen-8k"
     weird = [profile_folder(tmp_path, n).name for n in ("a/b", "a_b", "..", "a b")]
     assert len(set(weird)) == 4 and all("/" not in n and not n.startswith(".") for n in weird)
+    # a safe name that looks like another's cleaned name does not share its folder
+    cleaned = profile_folder(tmp_path, "a/b").name
+    for lookalike in (cleaned, cleaned.replace("~", "-"), cleaned.replace("~", "_"), "a_b"):
+        assert profile_folder(tmp_path, lookalike) != profile_folder(tmp_path, "a/b")
+    long = "x" * 61
+    assert profile_folder(tmp_path, long) != profile_folder(tmp_path, long + "y")
 
 
 # --------------------------------------------------------------------------- manifest

@@ -17,7 +17,14 @@ from llmctl import paths
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.results import Event
-from llmctl.supervisor.slotcache import KeepKv, profile_folder, read_index, saved
+from llmctl.supervisor.slotcache import (
+    KeepKv,
+    file_sha256,
+    profile_folder,
+    read_index,
+    saved,
+    write_index,
+)
 from test_supervisor_real import _port, llama_pids
 
 LIMITS = KeepKv(max_bytes=1 << 30, total_bytes=1 << 31, max_age_s=3600, timeout_s=60)
@@ -135,6 +142,22 @@ def test_truncated_file_is_removed_and_the_load_goes_on(
     assert saved(sup.state_dir) == []
 
 
+def test_a_flipped_byte_is_not_restored_and_the_load_goes_on(
+    sup: Supervisor, llama_server_bin: Path, models: tuple[Path, Path]
+) -> None:
+    """The same size, one byte changed: before, llama-server restored it without a word."""
+    a = spec(llama_server_bin, models[0], _port(), "a")
+    folder = _saved_once(sup, a)
+    blob = bytearray((folder / "slot0.bin").read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    (folder / "slot0.bin").write_bytes(bytes(blob))
+    said, timings = _reload(sup, a)
+    assert "slot 0 removed, not restored: its content changed since it was saved" in said
+    assert timings["cache_n"] == 0
+    assert not (folder / "slot0.bin").exists()
+    assert saved(sup.state_dir) == []
+
+
 def test_file_of_another_model_build_is_removed(
     sup: Supervisor, llama_server_bin: Path, models: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -158,6 +181,11 @@ def test_file_llama_server_refuses_is_removed(
     folder = _saved_once(sup, a)
     size = (folder / "slot0.bin").stat().st_size
     (folder / "slot0.bin").write_bytes(b"\xff" * size)  # right size, not a slot file
+    # its checksum recorded as if llama-server had written it so: llama-server itself refuses
+    index = read_index(folder)
+    assert index is not None
+    index.slots[0].sha256 = file_sha256(folder / "slot0.bin")
+    write_index(folder, index)
     said, timings = _reload(sup, a)
     assert "slot 0 removed, not restored: llama-server could not restore it: HTTP 400" in said
     assert timings["cache_n"] == 0

@@ -87,9 +87,13 @@ class Saved:
     bytes: int
     saved_at: float
     save_s: float = 0.0
+    # SHA-256 of the file as written: a restore checks it (flipped bytes are not restored);
+    # None for entries saved before checksums were kept
+    sha256: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Saved:
+        digest = data.get("sha256")
         return cls(
             slot=int(data["slot"]),
             file=str(data["file"]),
@@ -97,6 +101,7 @@ class Saved:
             bytes=int(data["bytes"]),
             saved_at=float(data["saved_at"]),
             save_s=float(data.get("save_s", 0.0)),
+            sha256=digest if isinstance(digest, str) else None,
         )
 
 
@@ -306,15 +311,31 @@ def kv_root(state_dir: Path) -> Path:
 
 
 def profile_folder(state_dir: Path, profile: str) -> Path:
-    """A folder name for any profile name: the name itself when it is safe, else a cleaned one + hash."""
+    """A folder name for any profile name, one per name: the name itself when it is safe, else a
+    cleaned one, `~` and a hash of the name (`~` is never in a safe name, so the two kinds never
+    meet; before, `a/b` and a profile named `a_b-<hash>` shared a folder)."""
     import re
 
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", profile)[:60]
-    if safe != profile or safe.startswith("."):
+    if safe != profile or safe.startswith(".") or len(profile) > 60:
         import hashlib
 
-        safe = f"{safe.lstrip('.')}-{hashlib.sha256(profile.encode()).hexdigest()[:8]}"
+        safe = f"{safe.lstrip('.')}~{hashlib.sha256(profile.encode()).hexdigest()[:16]}"
     return kv_root(state_dir) / safe
+
+
+def file_sha256(path: Path) -> str | None:
+    """The SHA-256 of a file (hex), None when it cannot be read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 def read_index(folder: Path) -> Index | None:
@@ -646,13 +667,15 @@ def _save_one(
         _unlink(folder / partial)
         emit(f"profile {profile!r}: slot {slot} not saved: {problem}")
         return None
+    digest = file_sha256(folder / partial)
     try:
         os.replace(folder / partial, folder / final)
     except OSError as err:
         _unlink(folder / partial)
         emit(f"profile {profile!r}: slot {slot} not saved: {err}")
         return None
-    return Saved(slot, final, n_tokens, written, time.time(), round(time.monotonic() - started, 3))
+    took = round(time.monotonic() - started, 3)
+    return Saved(slot, final, n_tokens, written, time.time(), took, digest)
 
 
 def _evict(folder: Path, slot: int, emit: Emit) -> None:
@@ -698,6 +721,9 @@ def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profil
             now=now,
             max_age_s=limits.max_age_s,
         )
+        if why is None and entry.sha256 is not None:
+            if file_sha256(folder / entry.file) != entry.sha256:
+                why = "its content changed since it was saved (SHA-256 mismatch)"
         if why is None:
             left = deadline - time.monotonic()
             try:
