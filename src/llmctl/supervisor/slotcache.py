@@ -721,9 +721,9 @@ def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profil
             now=now,
             max_age_s=limits.max_age_s,
         )
-        if why is None and entry.sha256 is not None:
-            if file_sha256(folder / entry.file) != entry.sha256:
-                why = "its content changed since it was saved (SHA-256 mismatch)"
+        changed = entry.sha256 is not None and file_sha256(folder / entry.file) != entry.sha256
+        if why is None and changed:
+            why = "its content changed since it was saved (SHA-256 mismatch)"
         if why is None:
             left = deadline - time.monotonic()
             try:
