@@ -253,10 +253,19 @@ class WaitingStreamResponse:
     from then on becomes an SSE error event.
     """
 
-    def __init__(self, opener: Opener, on_done: DoneFn, *, heartbeat: float = 5.0) -> None:
+    def __init__(
+        self,
+        opener: Opener,
+        on_done: DoneFn,
+        *,
+        heartbeat: float = 5.0,
+        loading_state: str | None = None,
+    ) -> None:
         self.opener = opener
         self.done = _Once(on_done)
         self.heartbeat = heartbeat
+        # the model name of a chat stream that shows the load as reasoning (serve.loading_state)
+        self.loading_state = loading_state
         self._started = False
         self._held: list[Progress] = []
 
@@ -279,13 +288,10 @@ class WaitingStreamResponse:
                 self._held.append(p)  # may still end in a refusal with its own status
                 return
             await self._start(send)
-        await send(
-            {
-                "type": "http.response.body",
-                "body": sse.comment(f"{p.kind} {p.message}"),
-                "more_body": True,
-            }
-        )
+        body = sse.comment(f"{p.kind} {p.message}")
+        if self.loading_state is not None and p.kind != "loading":  # not every log line
+            body += sse.reasoning_chunk(self.loading_state, f"{p.message}\n")
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply: Reply | None = None
@@ -330,13 +336,12 @@ class WaitingStreamResponse:
                 elif not done:
                     waited = time.monotonic() - started
                     await self._start(send)
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": sse.comment(f"loading ... {waited:.0f} s"),
-                            "more_body": True,
-                        }
-                    )
+                    body = sse.comment(f"loading ... {waited:.0f} s")
+                    if self.loading_state is not None:
+                        body += sse.reasoning_chunk(
+                            self.loading_state, f"still loading ({waited:.0f} s)\n"
+                        )
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
         except BaseException:
             task.cancel()
             with contextlib.suppress(BaseException):

@@ -160,7 +160,15 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
     streaming = bool(payload and payload.get("stream") is True)
     if streaming and exchange.will_wait():
         # a refusal known before the stream starts (429, 503) keeps its status and Retry-After
-        return WaitingStreamResponse(exchange.open, exchange.done, heartbeat=router.heartbeat)  # type: ignore[return-value]
+        shown = payload.get("model") if payload else None
+        state = (
+            str(shown or target.profile)
+            if router.serve.loading_state and path.endswith("/chat/completions")
+            else None
+        )
+        return WaitingStreamResponse(  # type: ignore[return-value]
+            exchange.open, exchange.done, heartbeat=router.heartbeat, loading_state=state
+        )
     try:
         if exchange.will_wait():
             # a client that gives up while its request waits for a switch leaves the queue
