@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -465,3 +466,41 @@ def test_loading_state_shows_the_load_in_a_chat_stream(
     finally:
         stop_serve(s)
         Supervisor(paths.state_dir(), lock_timeout=30).stop()
+
+
+def test_a_gateway_manifest_needs_no_local_profile(tmp_path: Path, free_port: int) -> None:
+    """A router in front of other machines: `serve.upstreams` and no `profiles` (before:
+    refused as "profiles is empty"); lint passes and serve relays to the upstream."""
+    from fakes.fake_upstream import FakeUpstream
+
+    with FakeUpstream("remote") as remote:
+        for profiles in ("", "profiles: {}\n"):
+            manifest = tmp_path / "gateway.yaml"
+            manifest.write_text(
+                "version: 1\nserve:\n  upstreams:\n"
+                f'    - {{name: gpu-box, url: "{remote.url}/v1", models: [big-model]}}\n' + profiles
+            )
+            lint = subprocess.run(
+                [sys.executable, "-m", "llmctl", "lint", "--manifest", str(manifest)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert "no-profiles" not in lint.stdout + lint.stderr, lint.stdout
+        s = start_serve(manifest, free_port, tmp_path)
+        try:
+            body = {"model": "big-model", "messages": [{"role": "user", "content": "hi"}]}
+            r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-llmctl-upstream"] == "gpu-box"
+        finally:
+            stop_serve(s)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("version: 1\nprofiles: {}\n")
+    lint = subprocess.run(
+        [sys.executable, "-m", "llmctl", "lint", "--manifest", str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lint.returncode == 1 and "serve.upstreams" in lint.stdout + lint.stderr

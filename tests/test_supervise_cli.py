@@ -575,3 +575,13 @@ def test_logs_of_a_profile_by_name_or_alias(manifest: Path) -> None:
     never = llmctl("logs", "slow", "--manifest", str(manifest))
     assert never.returncode == 1 and "no log of profile 'slow'" in never.stderr
     assert "Traceback" not in never.stderr
+
+
+def test_load_of_two_profiles_on_one_port_refuses_and_says_how(manifest: Path) -> None:
+    """No server.ports: both profiles want the same port, so the set is refused before anything
+    starts, and the hint names the fix."""
+    res = llmctl("load", "fast", "other", "--manifest", str(manifest))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "cannot run beside profile 'fast' (port" in res.stderr
+    assert "server.ports: 8100-8199" in res.stderr
+    assert fake_pids() == []

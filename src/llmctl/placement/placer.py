@@ -294,6 +294,11 @@ def refusal(decision: Decision) -> PlacementRefused:
         )
     elif decision.shortfall:
         hint = "unload or unpin a pinned profile (`llmctl ps` lists them), or shrink this one"
+    elif "(port " in decision.reason:
+        hint = (
+            "give the profiles their own ports: `server.ports: 8100-8199` in the manifest "
+            "(as `llmctl init` writes it), or `port:` per profile"
+        )
     else:
         hint = "see `llmctl devices` and `llmctl ps`"
     err = PlacementRefused(decision.reason, hint=hint)

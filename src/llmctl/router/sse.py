@@ -38,9 +38,7 @@ def reasoning_chunk(model: str, text: str) -> bytes:
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}
-            ],
+            "choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}],
         }
     )
 
