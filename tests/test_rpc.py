@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from llmctl.cli import build_app
 from llmctl.errors import ManifestError, UsageError
 from llmctl.llama import rpc
-from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.manifest.validate import load_manifest
+from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.placement.placer import placement_request, plan_load, policy_devices
 from llmctl.placement.plan import GpuTarget, plan_devices

@@ -167,8 +167,8 @@ def _measured_json(est: Estimate, m: Measurement) -> dict[str, Any]:
 def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
     """The estimate of a llama-server command line and the arguments it did not read (raises
     UsageError)."""
-    from llmctl.llama.argv import parse_llama_args
     from llmctl.llama.gguf import read_gguf
+    from llmctl.memory.cmdline import parse_llama_args
     from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
 
     parsed = parse_llama_args(argv)

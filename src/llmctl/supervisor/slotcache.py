@@ -503,8 +503,8 @@ def _limits(record: Mapping[str, Any]) -> KeepKv:
 def _bytes_per_token(argv: Sequence[str]) -> float | None:
     """The KV bytes one token takes, from the model's metadata (None when it cannot be read)."""
     try:
-        from llmctl.llama.argv import parse_llama_args
         from llmctl.llama.gguf import read_gguf
+        from llmctl.memory.cmdline import parse_llama_args
         from llmctl.memory.estimate import (
             ModelSource,
             context_sizes,
