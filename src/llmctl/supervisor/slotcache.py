@@ -505,12 +505,9 @@ def _bytes_per_token(argv: Sequence[str]) -> float | None:
     try:
         from llmctl.llama.gguf import read_gguf
         from llmctl.memory.cmdline import parse_llama_args
-        from llmctl.memory.estimate import (
-            ModelSource,
-            context_sizes,
-            hparams_from_metadata,
-            kv_caches,
-        )
+        from llmctl.memory.estimate import ModelSource
+        from llmctl.memory.hparams import hparams_from_metadata
+        from llmctl.memory.kv import context_sizes, kv_caches
 
         parsed = parse_llama_args(argv)
         if not parsed.model:
