@@ -167,9 +167,10 @@ def _measured_json(est: Estimate, m: Measurement) -> dict[str, Any]:
 def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
     """The estimate of a llama-server command line and the arguments it did not read (raises
     UsageError)."""
-    from llmctl.llama.argv import parse_llama_args
     from llmctl.llama.gguf import read_gguf
-    from llmctl.memory.estimate import MetadataError, ModelSource, estimate, source_for_path
+    from llmctl.memory.cmdline import parse_llama_args
+    from llmctl.memory.estimate import ModelSource, estimate, source_for_path
+    from llmctl.memory.hparams import MetadataError
 
     parsed = parse_llama_args(argv)
     if not parsed.model:
@@ -397,7 +398,7 @@ def _estimate_profiles(
     engine: bool = False,
 ) -> int:
     from llmctl.manifest.cache import load_manifest
-    from llmctl.memory.estimate import MetadataError
+    from llmctl.memory.hparams import MetadataError
     from llmctl.memory.profile import estimate_profile
 
     if not all_ and not names:

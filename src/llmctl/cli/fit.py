@@ -79,8 +79,9 @@ def run(
     def body() -> int:
         from llmctl.manifest.cache import load_manifest
         from llmctl.manifest.sizes import parse_size
-        from llmctl.memory.estimate import MetadataError, options_from_profile, source_for_profile
+        from llmctl.memory.estimate import options_from_profile, source_for_profile
         from llmctl.memory.fit import advise
+        from llmctl.memory.hparams import MetadataError
 
         m = load_manifest(manifest)
         name = m.resolve(profile)

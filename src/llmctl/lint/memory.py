@@ -18,15 +18,8 @@ from llmctl.llama.vocab import (
     parse_overrides,
 )
 from llmctl.manifest.problems import problem as positioned
-from llmctl.memory.estimate import (
-    HParams,
-    MetadataError,
-    ModelSource,
-    extra_sources,
-    hparams_from_metadata,
-    source_for_profile,
-    vocab_size,
-)
+from llmctl.memory.estimate import ModelSource, extra_sources, source_for_profile, vocab_size
+from llmctl.memory.hparams import HParams, MetadataError, hparams_from_metadata
 from llmctl.memory.profile import estimate_profile
 from llmctl.term import format_bytes
 
