@@ -201,6 +201,7 @@ def build_state(
             }
         )
     by_profile = {s["profile"]: s for s in servers if s["profile"] is not None}
+    waiting = sched.depth_of()
     profiles = []
     for name, aliases in router.index.profiles.items():
         p = router.manifest.profiles[name]
@@ -236,6 +237,7 @@ def build_state(
                 "server": server_name(router, name) if state in ("loading", "ready") else None,
                 "load": load.to_json() if load is not None else None,
                 "inflight": inflight_of(name) if state == "ready" else 0,
+                "waiting": waiting.get(name, 0),
                 "idle_s": idle_of(name) if state == "ready" else None,
                 "estimate": plan.get("estimate"),
                 "estimate_error": plan.get("error"),
@@ -257,6 +259,12 @@ def build_state(
             "switching": sched.switching,
             "loading": loading,
             "inflight": sched.inflight,
+            # the order (serve.max_wait): swaps by reason, time passed over, loads avoided
+            "max_wait_s": sched.bound.max_wait,
+            "deferring": sched.deferring,
+            "swaps": dict(sched.swaps),
+            "passed_over_s": round(sched.passed_over_s, 1),
+            "loads_avoided": sched.loads_avoided,
         },
         "requests": [r.to_json() for r in reversed(router.activity.requests)][:50],
         "upstreams": [u.public() for u in router.upstreams.all],
