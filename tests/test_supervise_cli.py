@@ -170,6 +170,7 @@ def test_fast_path_and_typer_command_print_the_same(manifest: Path) -> None:
     code, out = typer_out("status")
     assert code == 0 and no_uptime(out) == no_uptime(llmctl("status").stdout)
     assert "profile  fast" in out and "healthy  yes" in out
+    assert "\nmodel    " in out and "m.gguf" in out  # which model runs, beside its memory
 
 
 def test_switch_status_stop(manifest: Path) -> None:
