@@ -145,3 +145,49 @@ def test_pull_once_verified_into_llama_cpp_cache(hub: FakeHub, tmp_path: Path) -
     bad = llmctl("pull", "hf://org/tiny-GGUF:Q8_0")
     assert bad.returncode != 0 and "SHA-256" in bad.stderr
     assert not list((tmp_path / "llama-cache").rglob("Tiny-Q8_0.gguf"))
+
+
+def test_a_profile_on_a_hub_model_estimates_refuses_unpulled_then_runs(
+    hub: FakeHub, tmp_path: Path, llama_server_bin: Path
+) -> None:
+    """`model: hf://org/repo:QUANT` in a profile: estimate and fit read the remote header; lint
+    says it is not downloaded; switch refuses before stopping anything and names `llmctl pull
+    PROFILE`; after the pull, switch runs the cached file with the real llama-server."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {port}}}\n"
+        "profiles:\n  tiny:\n    model: hf://org/tiny-GGUF:Q4_K_M\n    ctx_size: 512\n"
+        "  bad:\n    model: hf://not a ref\n"
+    )
+    mf = ["--manifest", str(manifest)]
+    broken = llmctl("lint", *mf)
+    assert broken.returncode != 0 and "profiles.yaml:8" in broken.stdout, broken.stdout
+    assert "hub-ref" in broken.stdout and "not a Hugging Face model reference" in broken.stdout
+    manifest.write_text(manifest.read_text().replace("  bad:\n    model: hf://not a ref\n", ""))
+    lint = llmctl("lint", *mf)
+    assert "model-not-pulled" in lint.stdout and "llmctl pull tiny" in lint.stdout, lint.stdout
+    est = llmctl("estimate", "tiny", "--json", *mf)
+    assert est.returncode == 0, est.stderr
+    (row,) = json.loads(est.stdout)
+    assert row["weights"]["bytes"] > 0, row  # from the remote header
+    refused = llmctl("switch", "tiny", *mf)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "not downloaded yet" in refused.stderr and "llmctl pull tiny" in refused.stderr
+    pulled = llmctl("pull", "tiny", "--json", *mf)
+    assert pulled.returncode == 0, pulled.stderr
+    path = json.loads(pulled.stdout)["files"][0]["path"]
+    try:
+        ran = llmctl("switch", "tiny", "--json", *mf)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        status = json.loads(llmctl("status", "--json").stdout)
+        assert path in status["argv"]  # the cached file, not -hf
+        assert "model-not-pulled" not in llmctl("lint", *mf).stdout
+    finally:
+        llmctl("stop")
+    local = llmctl("pull", "nope", *mf)
+    assert local.returncode == 2 and "nope" in local.stderr

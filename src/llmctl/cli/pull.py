@@ -18,13 +18,16 @@ if TYPE_CHECKING:
     import typer
 
 
-def run(ref: str, *, json_out: bool = False, mmproj: bool = True) -> int:
+def run(
+    ref: str, *, json_out: bool = False, mmproj: bool = True, manifest: str | None = None
+) -> int:
     def body() -> int:
-        from llmctl.hub.pull import llama_cache_dir, pull
-        from llmctl.hub.refs import parse_ref
+        from llmctl.hub.local import cache_dir as llama_cache_dir
+        from llmctl.hub.pull import pull
+        from llmctl.hub.refs import is_hub_ref, parse_ref
         from llmctl.term import format_bytes
 
-        hub_ref = parse_ref(ref)
+        hub_ref = parse_ref(ref if is_hub_ref(ref) else _profile_ref(ref, manifest))
 
         def on_file(file: str, size: int, cached: bool) -> None:
             if not json_out:
@@ -57,6 +60,23 @@ def run(ref: str, *, json_out: bool = False, mmproj: bool = True) -> int:
     return run_command(json_out, body)
 
 
+def _profile_ref(name: str, manifest: str | None) -> str:
+    """The hub reference of profile `name`'s model (UsageError when it is a local file)."""
+    from llmctl.errors import UsageError
+    from llmctl.manifest.cache import load_manifest
+
+    m = load_manifest(manifest)
+    pname = m.resolve(name)
+    model = m.profiles[pname].model
+    if not model.startswith("hf://"):
+        raise UsageError(
+            f"profile {pname!r} runs a local file ({model}): there is nothing to pull",
+            hint="give a hub model (`model: hf://org/repo:Q4_K_M`), or a reference: "
+            "llmctl pull hf://org/repo:Q4_K_M",
+        )
+    return model
+
+
 def _quiet_tqdm() -> Any:
     from huggingface_hub.utils import tqdm  # type: ignore[attr-defined]
 
@@ -72,28 +92,38 @@ def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
         flags={"--json": "json_out", "--no-mmproj": "no_mmproj"},
+        options={"--manifest": ("manifest", str)},
         positional=(1, 1),
     )
     if parsed is None:
         return None
     opts = parsed[1]
-    return run(parsed[0][0], json_out=opts.get("json_out", False), mmproj=not opts.get("no_mmproj"))
+    return run(
+        parsed[0][0],
+        json_out=opts.get("json_out", False),
+        mmproj=not opts.get("no_mmproj"),
+        manifest=opts.get("manifest"),
+    )
 
 
 def register(app: typer.Typer) -> None:
     import typer
 
-    from llmctl.cli.options import json_option
+    from llmctl.cli.options import json_option, manifest_option
 
     @app.command()
     def pull(
-        ref: str = typer.Argument(..., help="hf://org/repo[:QUANT] or hf://org/repo/file.gguf"),
+        ref: str = typer.Argument(
+            ...,
+            help="hf://org/repo[:QUANT], hf://org/repo/file.gguf, or a PROFILE whose model is one",
+        ),
         json_out: bool = json_option(),
         no_mmproj: bool = typer.Option(False, "--no-mmproj", help="Not the mmproj sibling."),
+        manifest: str | None = manifest_option(),
     ) -> None:
         """Download a Hugging Face model once, into llama.cpp's cache.
 
         Every split part and the mmproj sibling; resumed after an interruption; checked
         against the hub's SHA-256. HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are honoured.
         """
-        raise typer.Exit(run(ref, json_out=json_out, mmproj=not no_mmproj))
+        raise typer.Exit(run(ref, json_out=json_out, mmproj=not no_mmproj, manifest=manifest))

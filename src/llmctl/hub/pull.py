@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmctl.hub.local import cache_dir as llama_cache_dir  # re-exported: where pull writes
 from llmctl.hub.refs import HubRef, find_mmproj, parts_of
 from llmctl.hub.remote import (
     HubError,
@@ -28,24 +28,6 @@ from llmctl.hub.remote import (
     offline,
     resolve_file,
 )
-
-# (env var, sub-folder) in llama.cpp's order of precedence
-CACHE_ENV = (
-    ("LLAMA_CACHE", ""),
-    ("HF_HUB_CACHE", ""),
-    ("HUGGINGFACE_HUB_CACHE", ""),
-    ("HF_HOME", "hub"),
-    ("XDG_CACHE_HOME", "huggingface/hub"),
-)
-
-
-def llama_cache_dir() -> Path:
-    """The folder llama.cpp's `-hf` downloads into."""
-    for var, sub in CACHE_ENV:
-        base = os.environ.get(var)
-        if base:
-            return Path(base) / sub if sub else Path(base)
-    return Path.home() / ".cache" / "huggingface" / "hub"
 
 
 @dataclass(frozen=True)
@@ -136,7 +118,19 @@ def pull(
                     "may serve a stale copy)",
                 )
         out.append(Pulled(file, got, entry.size, entry.sha256, have is None))
+    _record_revision(cache, listing.repo, ref.revision, listing.commit)
     return out
+
+
+def _record_revision(cache: Path, repo: str, revision: str, commit: str) -> None:
+    """`refs/<revision>` -> commit, as huggingface_hub writes it when it downloads by branch:
+    a profile's `hf://` reference then finds the file offline (hub/local.py)."""
+    if revision == commit:
+        return
+    ref = cache / ("models--" + repo.replace("/", "--")) / "refs" / revision
+    with contextlib.suppress(OSError):
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
 
 
 def _discard(path: Path) -> None:

@@ -40,6 +40,22 @@ def _files(out: ProblemSink) -> None:
             value = getattr(p, field)
             if not value:
                 continue
+            if value.startswith("hf://"):
+                from llmctl.hub.local import local_model
+
+                found = local_model(value)
+                if found is None:
+                    out.at(
+                        "warning",
+                        "model-not-pulled",
+                        f"{field} {value} is not downloaded yet (estimates read its header from "
+                        "the hub)",
+                        name,
+                        field,
+                        hint=f"`llmctl pull {name}` downloads it once",
+                    )
+                    continue
+                value = str(found)
             path = Path(value)
             if path.is_dir():
                 out.at(

@@ -502,8 +502,11 @@ def _validate(
                     merged[k] = v
                 origin[k] = "profile"
             for field in PATH_FIELDS:
-                if isinstance(merged.get(field), str) and merged[field]:
-                    merged[field] = expand_path(merged[field], base)
+                value = merged.get(field)
+                if isinstance(value, str) and value.startswith("hf://"):
+                    _check_hub_ref(checker, value, (*ppath, field), name)  # kept as written
+                elif isinstance(value, str) and value:
+                    merged[field] = expand_path(value, base)
             try:
                 profiles[name] = Profile.model_validate(merged)
             except ValidationError as err:
@@ -529,3 +532,15 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
     found = find_manifest(path)
     manifest, problems = check_manifest(found)
     return usable(found, manifest, problems, manifest_rules(manifest))
+
+
+def _check_hub_ref(checker: Any, value: str, path: Path_, profile: str) -> None:
+    """A Hugging Face reference (`hf://org/repo:QUANT`) in a path field: well formed, or an
+    error at its line."""
+    from llmctl.errors import UsageError
+    from llmctl.hub.refs import parse_ref
+
+    try:
+        parse_ref(value)
+    except UsageError as err:
+        checker.add("error", "hub-ref", err.message, path, profile, err.hint, value=True)

@@ -136,21 +136,30 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
     host = profile.host or server.host
     port = manifest.profile_port(pname)
     binary = find_binary(manifest.server.binary) or "llama-server"
+    model = profile.model
+    if model.startswith("hf://"):
+        from llmctl.hub.local import local_model
+
+        found = local_model(model)  # the cached file (pulled); else refused before a launch
+        model = str(found) if found is not None else model
     known = None
     if profile.mlock is not None or profile.mmap is not None:
         from llmctl.llama.binary import known_flags
 
         known = known_flags(binary)  # cached per binary; asked only for a flag that changed
+    args = profile_args(pname, profile, host, port, known)
+    if model != profile.model:  # a hub reference: its downloaded file
+        args = [model if a == profile.model else a for a in args]
     return LaunchSpec(
         profile=pname,
-        argv=(binary, *profile_args(pname, profile, host, port, known)),
+        argv=(binary, *args),
         env=dict(profile.env),
         host=host,
         port=port,
         ready_timeout=profile.ready_timeout or server.ready_timeout,
         stall_timeout=profile.stall_timeout or server.stall_timeout,
         stop_timeout=profile.stop_timeout or server.stop_timeout,
-        model=profile.model,
+        model=model,
         unset_env=secret_env_names(manifest),
         keep_kv=_keep_kv(profile, server),
     )

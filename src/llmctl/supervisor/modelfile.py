@@ -21,6 +21,14 @@ def check_model_file(spec: LaunchSpec) -> None:
 
     if not spec.model:
         return
+    if spec.model.startswith("hf://"):  # hub/refs.py SCHEME; launch_spec found no local copy
+        from llmctl.errors import UsageError
+
+        raise UsageError(
+            f"profile {spec.profile!r}: its model {spec.model} is not downloaded yet; "
+            "nothing was stopped",
+            hint=f"`llmctl pull {spec.profile}` downloads it once (resumable, checked)",
+        )
     path = Path(spec.model)
     if not (split_paths(path) or [path])[0].is_file():
         return
