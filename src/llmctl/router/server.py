@@ -151,6 +151,11 @@ def guarded_protocol(serve: ServeConfig) -> type[GuardedH11Protocol]:
     return type("RouterH11Protocol", (GuardedH11Protocol,), attrs)
 
 
+def uvicorn_options(serve: ServeConfig) -> dict[str, Any]:
+    """How uvicorn serves the router's connections: its HTTP protocol and event loop."""
+    return {"http": guarded_protocol(serve)}
+
+
 class RouterServer(uvicorn.Server):
     """uvicorn with the router's signal handling on top."""
 
@@ -264,7 +269,7 @@ def run(
         "access_log": access_log,
         "timeout_graceful_shutdown": max(1, math.ceil(serve.drain_timeout)),
         "server_header": False,
-        "http": guarded_protocol(serve),
+        **uvicorn_options(serve),
         "log_config": None,  # uvicorn's lines go through the same handler and format as ours
     }
     config = uvicorn.Config(app, host=host, port=port, **config_kw)
