@@ -344,9 +344,18 @@ class Router:
             raise too_large(limit)
         parts: list[bytes] = []
         size = 0
+        receive = request.receive  # not request.stream(): an async generator per request costs
         try:
             async with asyncio.timeout(self.serve.body_timeout):
-                async for chunk in request.stream():
+                more = True
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect()
+                    chunk: bytes = message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if not chunk:
+                        continue
                     size += len(chunk)
                     if size > limit:
                         self.metrics.count_rejected("too_large")

@@ -60,12 +60,15 @@ class Response:
                 return v
         return None
 
-    async def _read(self, coro_reader: asyncio.StreamReader, n: int, *, exact: bool) -> bytes:
+    async def _read(
+        self, reader: asyncio.StreamReader, n: int, *, exact: bool, timed: bool = True
+    ) -> bytes:
         try:
-            async with asyncio.timeout(self._read_timeout):
-                if exact:
-                    return await coro_reader.readexactly(n)
-                data = await coro_reader.read(n)
+            if timed:
+                async with asyncio.timeout(self._read_timeout):
+                    data = await (reader.readexactly(n) if exact else reader.read(n))
+            else:  # the first read is under the caller's deadline (the `Transport` contract)
+                data = await (reader.readexactly(n) if exact else reader.read(n))
         except TimeoutError:  # before OSError, its base class
             raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except asyncio.IncompleteReadError as exc:
@@ -80,10 +83,14 @@ class Response:
             return
         reader = conn.reader
         if self._chunked:
+            first = True
             while True:
                 try:
-                    async with asyncio.timeout(self._read_timeout):
+                    if first:  # under the caller's deadline (the `Transport` contract)
                         line = await reader.readuntil(b"\r\n")
+                    else:
+                        async with asyncio.timeout(self._read_timeout):
+                            line = await reader.readuntil(b"\r\n")
                 except TimeoutError:  # before OSError, its base class
                     raise StreamBroken(
                         f"no data from the upstream for {self._read_timeout:g} s"
@@ -102,12 +109,15 @@ class Response:
                             break
                     self._finish()
                     return
-                data = await self._read(reader, size + 2, exact=True)
+                data = await self._read(reader, size + 2, exact=True, timed=not first)
+                first = False
                 yield data[:-2]
         elif self._length is not None:
             remaining = self._length
+            first = True
             while remaining > 0:
-                data = await self._read(reader, min(remaining, _READ), exact=False)
+                data = await self._read(reader, min(remaining, _READ), exact=False, timed=not first)
+                first = False
                 if not data:
                     raise StreamBroken("the upstream closed the connection mid-response")
                 remaining -= len(data)
