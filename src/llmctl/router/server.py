@@ -31,6 +31,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmctl.errors import LlmctlError, UsageError
+from llmctl.llama.endpoints import cors_headers
 from llmctl.manifest.model import ServeConfig
 from llmctl.router.app import create_app
 from llmctl.router.auth import serve_keys
@@ -122,6 +123,76 @@ class _HeaderGuard:
             self.transport.close()
 
 
+# uvicorn's httptools protocol writes header names in lower case; llama-server spells its CORS
+# headers in title case, and clients that read headers into a plain dict see the difference
+_SPELLED = [
+    (b"\r\n" + name.lower() + b":", b"\r\n" + name + b":")
+    for name, _ in cors_headers("", preflight=True)
+]
+
+
+class _Spelled(asyncio.Transport):
+    """A client connection's transport that writes the CORS header names of a response head as
+    llama-server spells them; everything else passes through as it is."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._transport = transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if data[:5] == b"HTTP/" and b"\r\naccess-control-" in data:
+            head = bytes(data)
+            for lower, spelled in _SPELLED:
+                head = head.replace(lower, spelled)
+            data = head
+        self._transport.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+
 def _cap_connections(connections: Iterable[object], limit: int, newest: _HeaderGuard) -> None:
     """Over the limit: close the connection that has waited longest for its headers."""
     guards = [getattr(c, "guard", None) for c in connections]
@@ -178,6 +249,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         guard: _HeaderGuard
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            transport = _Spelled(transport)
             super().connection_made(transport)
             self.guard = _HeaderGuard(self.loop, transport, self.header_timeout)
             self.guard.arm()
@@ -213,7 +285,7 @@ def guarded_protocol(serve: ServeConfig, *, pure: bool = False) -> type[asyncio.
 def uvicorn_options(serve: ServeConfig) -> dict[str, Any]:
     """How uvicorn serves the router's connections: its HTTP protocol and event loop (uvloop
     where it installs, which uvicorn's "auto" picks)."""
-    return {"http": guarded_protocol(serve), "loop": "auto"}
+    return {"http": guarded_protocol(serve), "loop": "auto", "server_header": False}
 
 
 class RouterServer(uvicorn.Server):
@@ -328,7 +400,6 @@ def run(
         "log_level": log_level,
         "access_log": access_log,
         "timeout_graceful_shutdown": max(1, math.ceil(serve.drain_timeout)),
-        "server_header": False,
         **uvicorn_options(serve),
         "log_config": None,  # uvicorn's lines go through the same handler and format as ours
     }
