@@ -159,6 +159,11 @@ def run_router(port: int, upstream_url: str, workdir: Path) -> None:
     class StubSupervisor:
         """The FAKE upstream stands for a llama-server already running profile `bench`."""
 
+        state_dir = workdir / "state"
+
+        def records(self) -> dict[str, Any]:
+            return {}  # no server of its own to stop on exit
+
         def status(self, *, check_health: bool = True, timeout: float = 0.5) -> Status:
             return Status(
                 running=True, profile="bench", pid=os.getpid(), url=upstream_url, healthy=True
