@@ -330,15 +330,14 @@ class Router:
         keys = self.api_keys
         if not keys:
             return
-        headers = request.headers
-        given = api_key_of(headers.get("authorization"), headers.get("x-api-key"))
+        given = api_key_of(header(request, b"authorization"), header(request, b"x-api-key"))
         if not key_allowed(given, keys):
             self.metrics.count_rejected("unauthorized")
             raise unauthorized()
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.serve.max_body_size
-        declared = request.headers.get("content-length")
+        declared = header(request, b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             self.metrics.count_rejected("too_large")
             raise too_large(limit)
@@ -369,6 +368,16 @@ class Router:
             self.metrics.count_rejected("body_timeout")
             raise body_timeout(self.serve.body_timeout) from None
         return b"".join(parts)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """A request header by its lower-case name (ASGI's), without building Starlette's `Headers`,
+    whose lookup of an absent name raises and catches a KeyError."""
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def router_of(request: Request) -> Router:
