@@ -219,6 +219,20 @@ def test_failures_are_typed() -> None:
             with pytest.raises(StreamBroken, match="no data"):
                 await collect(resp)
             await resp.aclose()
+
+        # and between the chunks of a chunked body (one deadline per chunk)
+        async def silent_chunked(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\n")
+            await asyncio.sleep(5)
+
+        async with raw_server(silent_chunked) as port:
+            resp = await pool.request("127.0.0.1", port, "GET", "/", [], b"", read_timeout=0.1)
+            chunks = resp.body()
+            assert await anext(chunks) == b"abc"
+            with pytest.raises(StreamBroken, match="no data"):
+                await anext(chunks)
+            await resp.aclose()
         pool.close()
 
     run(main())

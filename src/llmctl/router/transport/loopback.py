@@ -85,23 +85,18 @@ class Response:
         if self._chunked:
             first = True
             while True:
-                try:
-                    if first:  # under the caller's deadline (the `Transport` contract)
-                        line = await reader.readuntil(b"\r\n")
-                    else:
+                if first:  # under the caller's deadline (the `Transport` contract)
+                    data = await self._chunk(reader)
+                else:
+                    try:  # one deadline per chunk, its size line and its data
                         async with asyncio.timeout(self._read_timeout):
-                            line = await reader.readuntil(b"\r\n")
-                except TimeoutError:  # before OSError, its base class
-                    raise StreamBroken(
-                        f"no data from the upstream for {self._read_timeout:g} s"
-                    ) from None
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
-                    raise StreamBroken("the upstream closed the connection mid-response") from exc
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise StreamBroken("malformed chunked response from the upstream") from None
-                if size == 0:
+                            data = await self._chunk(reader)
+                    except TimeoutError:
+                        raise StreamBroken(
+                            f"no data from the upstream for {self._read_timeout:g} s"
+                        ) from None
+                first = False
+                if data is None:
                     # trailers (usually none) end with an empty line
                     while True:
                         trailer = await self._read_line(reader)
@@ -109,9 +104,7 @@ class Response:
                             break
                     self._finish()
                     return
-                data = await self._read(reader, size + 2, exact=True, timed=not first)
-                first = False
-                yield data[:-2]
+                yield data
         elif self._length is not None:
             remaining = self._length
             first = True
@@ -131,6 +124,21 @@ class Response:
                     break
                 yield data
             self._finish()
+
+    async def _chunk(self, reader: asyncio.StreamReader) -> bytes | None:
+        """The data of the next chunk of a chunked body; None for the last (empty) one."""
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
+            raise StreamBroken("the upstream closed the connection mid-response") from exc
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise StreamBroken("malformed chunked response from the upstream") from None
+        if size == 0:
+            return None
+        data = await self._read(reader, size + 2, exact=True, timed=False)
+        return data[:-2]
 
     async def _read_line(self, reader: asyncio.StreamReader) -> bytes:
         try:
