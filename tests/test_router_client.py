@@ -347,3 +347,32 @@ def test_lean_transport_only_for_plain_loopback() -> None:
     assert not lean_capable("https://127.0.0.1:8081")
     assert not lean_capable("http://gpu-box:8080")
     assert not lean_capable("https://api.openai.com/v1/chat/completions")
+
+
+def test_bodies_larger_than_the_read_buffer_arrive_whole() -> None:
+    """Past twice the head limit unread the connection stops reading and resumes as the body is
+    taken: a 1 MiB body, by length and as one chunk, arrives byte for byte."""
+
+    async def main() -> None:
+        big = bytes(range(256)) * 4096
+        by_length = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big)
+        one_chunk = (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+            % (
+                len(big),
+                big,
+            )
+        )
+        handler, _ = canned(by_length, one_chunk)
+        async with raw_server(handler) as port:
+            pool = Pool()
+            for _ in range(2):
+                resp = await pool.request("127.0.0.1", port, "GET", "/", [], b"")
+                got = b""
+                async for chunk in resp.body():
+                    got += chunk
+                    await asyncio.sleep(0)  # a slow reader: the upstream's bytes pile up
+                assert got == big
+            pool.close()
+
+    run(main())
