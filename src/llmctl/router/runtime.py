@@ -60,6 +60,9 @@ _T = TypeVar("_T")
 log = logging.getLogger("llmctl.router")
 
 JSON_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# scope key the router's HTTP protocol sets once a request's whole body is in (server.py): its
+# read needs no deadline, every receive returns at once
+BODY_IN = "llmctl.body_in"
 _REFRESH_EVERY = 1.0
 
 
@@ -341,25 +344,11 @@ class Router:
         if declared and declared.isdigit() and int(declared) > limit:
             self.metrics.count_rejected("too_large")
             raise too_large(limit)
-        parts: list[bytes] = []
-        size = 0
-        receive = request.receive  # not request.stream(): an async generator per request costs
         try:
+            if BODY_IN in request.scope:
+                return await self._receive_body(request, limit)
             async with asyncio.timeout(self.serve.body_timeout):
-                more = True
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientDisconnect()
-                    chunk: bytes = message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if not chunk:
-                        continue
-                    size += len(chunk)
-                    if size > limit:
-                        self.metrics.count_rejected("too_large")
-                        raise too_large(limit)
-                    parts.append(chunk)
+                return await self._receive_body(request, limit)
         except ClientDisconnect:
             # the client left during its upload: nothing to answer, nothing went wrong here
             self.metrics.count_rejected("client_gone")
@@ -367,6 +356,26 @@ class Router:
         except TimeoutError:
             self.metrics.count_rejected("body_timeout")
             raise body_timeout(self.serve.body_timeout) from None
+
+    async def _receive_body(self, request: Request, limit: int) -> bytes:
+        # the ASGI messages themselves: request.stream() is an async generator per request
+        receive = request.receive
+        parts: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                self.metrics.count_rejected("too_large")
+                raise too_large(limit)
+            parts.append(chunk)
         return b"".join(parts)
 
 

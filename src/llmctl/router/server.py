@@ -37,7 +37,7 @@ from llmctl.router.app import create_app
 from llmctl.router.auth import serve_keys
 from llmctl.router.backends import LAUNCHER
 from llmctl.router.origins import is_loopback_name
-from llmctl.router.runtime import Router
+from llmctl.router.runtime import BODY_IN, Router
 
 log = logging.getLogger("llmctl.router")
 
@@ -258,6 +258,10 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         def on_headers_complete(self) -> None:
             self.guard.disarm()
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.scope[BODY_IN] = True  # type: ignore[literal-required]
 
         def on_response_complete(self) -> None:
             pipelined = bool(self.pipeline)  # its headers are in: it starts now, no deadline
