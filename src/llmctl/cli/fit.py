@@ -7,7 +7,7 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING
 
 from llmctl.cli.argv import parse
-from llmctl.cli.estimate import size
+from llmctl.cli.estimate.render import size
 from llmctl.cli.output import print_json, run_command, table
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 from llmctl.term import BOLD, GREEN, RED, style
