@@ -191,3 +191,14 @@ def test_a_profile_on_a_hub_model_estimates_refuses_unpulled_then_runs(
         llmctl("stop")
     local = llmctl("pull", "nope", *mf)
     assert local.returncode == 2 and "nope" in local.stderr
+    # `switch --pull`: another quant, downloaded first, then run
+    manifest.write_text(
+        manifest.read_text() + "  eight:\n    model: hf://org/tiny-GGUF:Q8_0\n    ctx_size: 512\n"
+    )
+    try:
+        both = llmctl("switch", "eight", "--pull", *mf)
+        assert both.returncode == 0, both.stdout + both.stderr
+        assert "pulling Tiny-Q8_0.gguf" in both.stderr
+        assert "Tiny-Q8_0.gguf" in " ".join(json.loads(llmctl("status", "--json").stdout)["argv"])
+    finally:
+        llmctl("stop")

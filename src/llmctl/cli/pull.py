@@ -60,6 +60,26 @@ def run(
     return run_command(json_out, body)
 
 
+def pull_if_missing(manifest: Any, name: str, *, quiet: bool) -> None:
+    """`switch --pull`: download profile `name`'s hub model first when it is not here yet."""
+    model = manifest.profiles[manifest.resolve(name)].model
+    if not model.startswith("hf://"):
+        return
+    from llmctl.hub.local import local_model
+
+    if local_model(model) is not None:
+        return
+    from llmctl.hub.pull import pull
+    from llmctl.hub.refs import parse_ref
+    from llmctl.term import format_bytes
+
+    def on_file(file: str, size: int, cached: bool) -> None:
+        if not quiet:
+            sys.stderr.write(f"pulling {file} ({format_bytes(size)})\n")
+
+    pull(parse_ref(model), on_file=on_file, tqdm_class=_quiet_tqdm() if quiet else None)
+
+
 def _profile_ref(name: str, manifest: str | None) -> str:
     """The hub reference of profile `name`'s model (UsageError when it is a local file)."""
     from llmctl.errors import UsageError

@@ -55,13 +55,19 @@ def run(
     json_out: bool = False,
     quiet: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    pull: bool = False,
 ) -> int:
     t0 = time.monotonic()
     try:
         from llmctl.manifest.cache import load_manifest
         from llmctl.placement.placer import command_spec
 
-        spec = command_spec(load_manifest(manifest), profile)
+        m = load_manifest(manifest)
+        if pull:  # a hub model not downloaded yet: fetch it first (else refused before a stop)
+            from llmctl.cli.pull import pull_if_missing
+
+            pull_if_missing(m, profile, quiet=quiet or json_out)
+        spec = command_spec(m, profile)
         return _run_switch(spec, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout)
     except LlmctlError as err:
         if not json_out:
@@ -172,7 +178,7 @@ def _ready_line(result: SwitchResult) -> str:
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags=CHANGE_FLAGS,
+        flags={**CHANGE_FLAGS, "--pull": "pull"},
         options=CHANGE_OPTIONS,
         positional=(1, 1),
     )
@@ -200,6 +206,9 @@ def register(app: typer.Typer) -> None:
         json_out: bool = json_option(),
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
+        pull: bool = typer.Option(
+            False, "--pull", help="Download PROFILE's hub model (hf://) first if it is not here."
+        ),
     ) -> None:
         """Make PROFILE the running llama-server.
 
@@ -212,5 +221,7 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 ready, 1 the server failed to start, 2 invalid input, 3 locked by another
         llmctl, 130 cancelled by Ctrl-C, 143 cancelled by SIGTERM (nothing is left running).
         """
-        code = run(profile, manifest, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout)
+        code = run(
+            profile, manifest, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout, pull=pull
+        )
         raise typer.Exit(code)
