@@ -65,10 +65,10 @@ def main() -> int:
     ap.add_argument("--embd", type=int, default=1024)
     args = ap.parse_args()
 
-    from llmctl.supervisor.launch import LaunchSpec
+    from llmctl.supervisor.kvcache.files import saved
+    from llmctl.supervisor.launch import KeepKv, LaunchSpec
     from llmctl.supervisor.lifecycle import Supervisor
     from llmctl.supervisor.results import Event
-    from llmctl.supervisor.slotcache import KeepKv, saved
     from llmctl.testing.testmodels import write_tiny_model
 
     binary = find_llama_server()

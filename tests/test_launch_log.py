@@ -109,7 +109,7 @@ def test_a_profile_with_its_own_log_settings_keeps_a_text_log(
 def test_a_keep_kv_profile_switched_to_again_is_a_noop(
     tmp_path: Path, llama_server_bin: Path
 ) -> None:
-    from llmctl.supervisor.slotcache import KeepKv
+    from llmctl.supervisor.launch import KeepKv
 
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
     port = _port()

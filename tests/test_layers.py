@@ -29,13 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = (
 
 # Edges (importer, imported) tolerated today, each in a package another change is splitting. An
 # entry goes when that change lands; the test fails when an entry is no longer needed.
-KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        # supervisor/: LaunchSpec.keep_kv is typed with slotcache.KeepKv, and slotcache builds on
-        # LaunchSpec (KeepKv moves to supervisor/launch.py with the supervisor/kvcache/ split).
-        ("llmctl.supervisor.launch", "llmctl.supervisor.slotcache"),
-    }
-)
+KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 
 
 def _module_name(path: Path) -> str:

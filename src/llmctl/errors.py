@@ -23,7 +23,7 @@ reload is logged and the previous manifest kept.
   │   │                        (placement/placer.py)
   │   └── FetchError           the demo model cannot be fetched         CLI (`llmctl demo`)
   └── internal, never shown as such: YamlLoadError (manifest/yamldoc.py, becomes a Problem),
-      CorruptState (supervisor/state.py), SlotError (supervisor/slotcache.py), and the router's
+      CorruptState (supervisor/state.py), SlotError (supervisor/kvcache/server.py), and the router's
       own RouterError, UpstreamFailure, ConnectFailed, StreamBroken, SwitchFailed and BadState.
 
 Exit codes (stable, documented in the README):

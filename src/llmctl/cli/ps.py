@@ -40,7 +40,7 @@ def _ps(json_out: bool) -> int:
         row["engine_plan"] = extra.get("engine_plan")
         rows.append(row)
     from llmctl.cli.status import kv_saved_text
-    from llmctl.supervisor.slotcache import saved
+    from llmctl.supervisor.kvcache.files import saved
 
     kv = saved(sup.state_dir)
     code = (

@@ -161,7 +161,7 @@ def current_status() -> dict[str, Any]:
     if not os.path.exists(os.path.join(folder, "state.json")):
         if not os.path.isdir(os.path.join(folder, "kv")):
             return dict(NOT_RUNNING)
-        from llmctl.supervisor.slotcache import saved
+        from llmctl.supervisor.kvcache.files import saved
 
         return {**NOT_RUNNING, "kv_saved": saved(folder)}
     return full_status(folder).to_json()

@@ -1,19 +1,33 @@
 """The hand-off between the manifest and the supervisor: exactly what to run, and how to judge it.
 
 `launch_spec(manifest, name)` composes a profile's LaunchSpec from the flag table (llama/flags.py),
-the binary (llama/binary.py) and the profile's settings. Light at import: the table, the binary
-lookup and KeepKv are imported when a spec is built, so `llmctl status` does not pay for them."""
+the binary (llama/binary.py) and the profile's settings; `KeepKv` is a profile's keep_kv limits,
+which supervisor/kvcache/ applies. Light at import: the table and the binary lookup are imported
+when a spec is built, so `llmctl status` does not pay for them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest, Profile, ServerConfig
-    from llmctl.supervisor.slotcache import KeepKv
+
+
+@dataclass(frozen=True)
+class KeepKv:
+    """A profile's `keep_kv` limits: bytes for this profile, bytes for the whole kv folder,
+    the age after which a file is dropped, and how long one save (or restore) may take."""
+
+    max_bytes: int
+    total_bytes: int
+    max_age_s: float
+    timeout_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -33,7 +47,7 @@ class LaunchSpec:
     unset_env: tuple[str, ...] = ()
     # What the placer decided (devices, bytes per device, reload cost): kept in the state.
     placement: dict[str, Any] = field(default_factory=dict, compare=False)
-    # Save the slots' KV cache before an unload, restore it after the next load (slotcache.py).
+    # Save the slots' KV cache before an unload, restore it after the next load (supervisor/kvcache/).
     keep_kv: KeepKv | None = None
 
     @property
@@ -168,8 +182,6 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
 def _keep_kv(profile: Profile, server: ServerConfig) -> KeepKv | None:
     if not profile.keep_kv:
         return None
-    from llmctl.supervisor.slotcache import KeepKv
-
     return KeepKv(
         max_bytes=profile.keep_kv,
         total_bytes=server.keep_kv_total,

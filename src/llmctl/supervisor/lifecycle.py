@@ -227,7 +227,7 @@ class Supervisor:
         )
 
     def _kv_saved(self) -> list[dict[str, Any]]:
-        from llmctl.supervisor.slotcache import saved
+        from llmctl.supervisor.kvcache.files import saved
 
         return saved(self.state_dir)
 
@@ -322,7 +322,7 @@ class Supervisor:
                     request.unlink()
 
     def _forget_kv(self, emit: _Emitter, profile: str | None = None) -> tuple[int, int]:
-        from llmctl.supervisor.slotcache import forget
+        from llmctl.supervisor.kvcache.files import forget
 
         files, size = forget(self.state_dir, profile)
         if files:
@@ -603,7 +603,7 @@ class Supervisor:
     def _save_kv(self, rec: LaunchRecord, emit: _Emitter | Callable[..., None]) -> None:
         if rec.extra.get("keep_kv"):
             # hook: save slots before stopping a server
-            from llmctl.supervisor.slotcache import save_slots
+            from llmctl.supervisor.kvcache.hooks import save_slots
 
             save_slots(
                 rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
@@ -624,7 +624,7 @@ class Supervisor:
             save_kv = False
         if save_kv and rec.extra.get("keep_kv"):
             # hook: save slots before stopping a server
-            from llmctl.supervisor.slotcache import save_slots
+            from llmctl.supervisor.kvcache.hooks import save_slots
 
             save_slots(
                 rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
@@ -673,7 +673,7 @@ class Supervisor:
         keep_kv: dict[str, Any] | None = None
         if spec.keep_kv is not None:
             # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
-            from llmctl.supervisor.slotcache import prepare_launch
+            from llmctl.supervisor.kvcache.hooks import prepare_launch
 
             spec, keep_kv = prepare_launch(self.state_dir, spec)
         port_err = spawn.port_error(spec)
@@ -712,7 +712,7 @@ class Supervisor:
             error = watcher.wait_ready(proc, offset, cancel, self._cancel_path(rec.launch_id))
             if error is None and keep_kv:
                 # hook: restore slots after the server is ready, before the first request
-                from llmctl.supervisor.slotcache import restore_slots
+                from llmctl.supervisor.kvcache.hooks import restore_slots
 
                 if not restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile):
                     # the server died on a file (now removed): the next load goes on without it

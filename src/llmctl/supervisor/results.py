@@ -44,7 +44,7 @@ class Status:
     note: str | None = None
     # added: every running server (several run with `llmctl load`), brief, oldest first
     servers: list[dict[str, Any]] = field(default_factory=list)
-    # added: saved KV caches of keep_kv profiles (slotcache.saved)
+    # added: saved KV caches of keep_kv profiles (kvcache.files.saved)
     kv_saved: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:

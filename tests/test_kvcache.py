@@ -16,21 +16,12 @@ from typer.testing import CliRunner
 from llmctl import paths
 from llmctl.cli import build_app
 from llmctl.cli.status import NOT_RUNNING, current_status, status_text
+from llmctl.supervisor.kvcache.decide import SlotTokens, check_entry, plan_saves
+from llmctl.supervisor.kvcache.files import Index, Saved, profile_folder, saved, write_index
+from llmctl.supervisor.kvcache.key import cache_flags, launch_key
+from llmctl.supervisor.launch import KeepKv
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.results import Event, Status
-from llmctl.supervisor.slotcache import (
-    Index,
-    KeepKv,
-    Saved,
-    SlotTokens,
-    cache_flags,
-    check_entry,
-    launch_key,
-    plan_saves,
-    profile_folder,
-    saved,
-    write_index,
-)
 from supervisor_helpers import fake_pids, fake_spec, kill_fakes
 
 MiB = 1024**2

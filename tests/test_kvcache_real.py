@@ -14,17 +14,16 @@ from pathlib import Path
 import pytest
 
 from llmctl import paths
-from llmctl.supervisor.launch import LaunchSpec
-from llmctl.supervisor.lifecycle import Supervisor
-from llmctl.supervisor.results import Event
-from llmctl.supervisor.slotcache import (
-    KeepKv,
+from llmctl.supervisor.kvcache.files import (
     file_sha256,
     profile_folder,
     read_index,
     saved,
     write_index,
 )
+from llmctl.supervisor.launch import KeepKv, LaunchSpec
+from llmctl.supervisor.lifecycle import Supervisor
+from llmctl.supervisor.results import Event
 from test_supervisor_real import _port, llama_pids
 
 LIMITS = KeepKv(max_bytes=1 << 30, total_bytes=1 << 31, max_age_s=3600, timeout_s=60)
