@@ -119,6 +119,8 @@ def check_content(entry: Saved, sha256_on_disk: str | None) -> str | None:
     save. An entry saved before checksums were kept (no `sha256`) passes."""
     if entry.sha256 is None or sha256_on_disk == entry.sha256:
         return None
+    if sha256_on_disk is None:
+        return "its file cannot be read"
     return "its content changed since it was saved (SHA-256 mismatch)"
 
 

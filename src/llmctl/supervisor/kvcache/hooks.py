@@ -9,7 +9,7 @@ runs after the next load, before the first request is let through: a file is res
 
 Neither hook raises: every failure (the server dies mid-save, a full disk, a truncated or altered
 file, one of another launch) leaves the load or the unload going on without that file; the bad
-file and its index entry are removed and a message through `emit` says why.
+file and its index entry are removed and a message through `emit` names the profile and the file.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profil
     """Hook after a server is ready, before the first request: restore the saved slots that match.
 
     Never raises. A file that does not match the launch, is truncated, altered, too old, or that
-    llama-server refuses is removed with its index entry, and `emit` says why.
+    llama-server refuses is removed with its index entry, and `emit` says why, naming the file.
     False when the server went away during a restore.
     """
     gone = False
@@ -266,7 +266,10 @@ def restore_slots(record: Mapping[str, Any] | None, url: str, emit: Emit, profil
             continue
         del index.slots[slot]
         files.unlink(path)
-        emit(f"profile {profile!r}: saved KV cache of slot {slot} removed, not restored: {why}")
+        emit(
+            f"profile {profile!r}: saved KV cache of slot {slot} removed, not restored: {why} "
+            f"({path})"
+        )
     index.key = str(record["key"])
     try:
         files.write_index(folder, index)
