@@ -17,7 +17,16 @@ from llmctl import paths
 from llmctl.cli import build_app
 from llmctl.cli.status import NOT_RUNNING, current_status, status_text
 from llmctl.supervisor.kvcache.decide import SlotTokens, check_entry, plan_saves
-from llmctl.supervisor.kvcache.files import Index, Saved, profile_folder, saved, write_index
+from llmctl.supervisor.kvcache.files import (
+    Index,
+    Saved,
+    claim,
+    forget,
+    profile_folder,
+    read_index,
+    saved,
+    write_index,
+)
 from llmctl.supervisor.kvcache.key import cache_flags, launch_key
 from llmctl.supervisor.launch import KeepKv
 from llmctl.supervisor.lifecycle import Supervisor
@@ -157,14 +166,76 @@ def test_launch_key_follows_model_file_build_and_cache_flags(tmp_path: Path) -> 
 
 def test_profile_folders_are_safe_and_distinct(tmp_path: Path) -> None:
     assert profile_folder(tmp_path, "qwen-8k").name == "qwen-8k"
-    weird = [profile_folder(tmp_path, n).name for n in ("a/b", "a_b", "..", "a b")]
-    assert len(set(weird)) == 4 and all("/" not in n and not n.startswith(".") for n in weird)
+    weird = [profile_folder(tmp_path, n).name for n in ("a/b", "a_b", "..", "a b", "", "A_b")]
+    assert len(set(weird)) == 6 and all("/" not in n and not n.startswith(".") for n in weird)
     # a safe name that looks like another's cleaned name does not share its folder
     cleaned = profile_folder(tmp_path, "a/b").name
     for lookalike in (cleaned, cleaned.replace("~", "-"), cleaned.replace("~", "_"), "a_b"):
         assert profile_folder(tmp_path, lookalike) != profile_folder(tmp_path, "a/b")
     long = "x" * 61
     assert profile_folder(tmp_path, long) != profile_folder(tmp_path, long + "y")
+
+
+def _old_folder_name(profile: str) -> str:
+    """The folder name of the earlier scheme: the name if safe, else cleaned + `-` + 8 hex."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", profile)[:60]
+    if safe != profile or safe.startswith("."):
+        safe = f"{safe.lstrip('.')}-{hashlib.sha256(profile.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def test_the_names_that_shared_a_folder_get_two(tmp_path: Path) -> None:
+    twin = _old_folder_name("a/b")  # a profile named like the folder the scheme gave `a/b`
+    assert _old_folder_name(twin) == twin  # the collision: both were `kv/a_b-<hash>/`
+    assert profile_folder(tmp_path, "a/b") != profile_folder(tmp_path, twin)
+    # and names that differ only in case, for a file system that ignores it (macOS)
+    names = {profile_folder(tmp_path, n).name.lower() for n in ("Qwen", "qwen", "QWEN")}
+    assert len(names) == 3
+
+
+def _write_at(folder: Path, profile: str, tokens: int = 100) -> None:
+    folder.mkdir(parents=True)
+    (folder / "slot0.bin").write_bytes(b"\0" * 64)
+    write_index(folder, Index(profile, "k", {0: Saved(0, "slot0.bin", tokens, 64, time.time())}))
+
+
+def test_folders_of_the_earlier_naming_are_found_by_their_index(tmp_path: Path) -> None:
+    """A folder named by the earlier scheme is moved to the profile's folder at its next launch,
+    its saved slots kept; the folder two profiles shared goes to the profile its index names."""
+    root = tmp_path / "kv"
+    twin = _old_folder_name("a/b")
+    _write_at(root / twin, "a/b", tokens=7)  # a/b's files, in the folder the twin also used
+    _write_at(root / "Qwen", "Qwen", tokens=9)  # a name now hashed (case)
+    assert claim(tmp_path, twin) == profile_folder(tmp_path, twin)
+    assert read_index(profile_folder(tmp_path, twin)) is None  # the twin starts cold...
+    moved = read_index(profile_folder(tmp_path, "a/b"))
+    assert moved is not None and moved.profile == "a/b" and moved.slots[0].tokens == 7  # a/b keeps
+    assert (profile_folder(tmp_path, "a/b") / "slot0.bin").exists()
+    folder = claim(tmp_path, "Qwen")
+    assert folder.name != "Qwen" and not (root / "Qwen").exists()
+    index = read_index(folder)
+    assert index is not None and index.slots[0].tokens == 9
+    assert sorted(s["profile"] for s in saved(tmp_path)) == ["Qwen", "a/b"]
+
+
+def test_a_stale_duplicate_of_an_earlier_naming_is_removed(tmp_path: Path) -> None:
+    _write_at(profile_folder(tmp_path, "a/b"), "a/b", tokens=1)
+    _write_at(tmp_path / "kv" / _old_folder_name("a/b"), "a/b", tokens=2)
+    folder = claim(tmp_path, "a/b")
+    index = read_index(folder)
+    assert index is not None and index.slots[0].tokens == 1  # its own folder wins
+    assert [p.name for p in (tmp_path / "kv").iterdir()] == [folder.name]
+
+
+def test_forget_drops_a_profiles_folders_of_any_naming(tmp_path: Path) -> None:
+    twin = _old_folder_name("a/b")
+    _write_at(tmp_path / "kv" / twin, "a/b")
+    assert forget(tmp_path, twin) == (0, 0)  # the twin's name, a/b's files: not the twin's
+    assert forget(tmp_path, "a/b") == (1, 64)
+    assert saved(tmp_path) == []
 
 
 # --------------------------------------------------------------------------- manifest

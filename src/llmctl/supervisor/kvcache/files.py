@@ -5,6 +5,8 @@ the folder belongs to, the launch key that wrote it, and for each file its token
 and when it was saved. A file the index does not name is an orphan (a save cut short) and goes at
 the next `tidy`. The index is written atomically; every reader treats an unreadable index as none.
 
+A folder is found by its name (`key.folder_name`) or, failing that, by the profile its index
+names (`claim`): folders written under an earlier naming are moved into place, not lost.
 Cheap to import: `llmctl status` lists saved caches through `saved()`.
 """
 
@@ -180,6 +182,37 @@ def others(folder: Path) -> list[tuple[str, Saved]]:
     ]
 
 
+def claim(state_dir: Path, profile: str) -> Path:
+    """`profile`'s folder, created, after sorting out folders of an earlier naming (which gave `a/b`
+    the folder of a profile named `a_b-<hash>`): the index says whose files a folder holds. A
+    folder of another name whose index names `profile` is moved into place when the profile's own
+    folder holds no index, and removed when it does; the profile's own folder, when its index
+    names another profile, is moved to that profile's folder (or removed if that one is taken)."""
+    import shutil
+
+    folder = profile_folder(state_dir, profile)
+    own = read_index(folder)
+    if own is not None and own.profile != profile:
+        theirs = profile_folder(state_dir, own.profile)
+        if read_index(theirs) is None:
+            shutil.rmtree(theirs, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rename(folder, theirs)
+        shutil.rmtree(folder, ignore_errors=True)
+        own = None
+    strays = [
+        f for f, index in _indexed(kv_root(state_dir)) if index.profile == profile and f != folder
+    ]
+    if strays and own is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rename(strays.pop(0), folder)
+    for stray in strays:
+        shutil.rmtree(stray, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def saved(state_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
     """Every saved slot under the state folder: profile, slot, tokens, bytes, age_s (for status)."""
     now = time.time() if now is None else now
@@ -199,13 +232,19 @@ def saved(state_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
 
 
 def forget(state_dir: Path, profile: str | None = None) -> tuple[int, int]:
-    """Drop the saved slots of `profile` (None: of every profile). Returns (files, bytes) dropped."""
+    """Drop the saved slots of `profile` (None: of every profile), in its own folder and in any
+    folder whose index names it. Returns (files, bytes) dropped."""
     import shutil
 
     root = kv_root(state_dir)
-    folders = [profile_folder(state_dir, profile)] if profile else []
-    if profile is None and root.is_dir():
-        folders = [p for p in root.iterdir() if p.is_dir()]
+    if profile is None:
+        folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    else:
+        # every folder whose index names it, and its own folder unless that holds another's index
+        folders = [f for f, i in _indexed(kv_root(state_dir)) if i.profile == profile]
+        own = profile_folder(state_dir, profile)
+        if own not in folders and read_index(own) is None:
+            folders.append(own)
     files = size = 0
     for folder in folders:
         index = read_index(folder)

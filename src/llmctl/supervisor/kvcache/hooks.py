@@ -42,8 +42,7 @@ def prepare_launch(state_dir: Path, spec: LaunchSpec) -> tuple[LaunchSpec, dict[
     """
     if spec.keep_kv is None:
         return spec, None
-    folder = files.profile_folder(state_dir, spec.profile)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = files.claim(state_dir, spec.profile)
     record = {
         "dir": str(folder),
         "key": launch_key(spec.argv, spec.env),
@@ -101,7 +100,7 @@ def save_slots(
         emit(f"profile {profile!r}: KV cache not saved: GET /slots failed: {err}")
         return
     index = files.read_index(folder)
-    if index is None or index.key != key:
+    if index is None or index.key != key or index.profile != profile:
         # files of another launch, or of none: start afresh (tidy removes them)
         index = Index(profile=profile, key=key)
         with contextlib.suppress(OSError):

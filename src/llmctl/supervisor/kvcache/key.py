@@ -5,7 +5,7 @@ binary and the llama/ggml libraries beside it), and the same command line apart 
 cannot change what a slot's cache holds (`HARMLESS_FIELDS`). llama-server itself checks only the
 layer count and cache types, and would restore the cache of another model with the same shapes.
 
-`folder_name(profile)`: the folder of a profile's saved slots, one per profile name.
+`folder_name(profile)`: one name per profile name, and never the same name for two (see there).
 Cheap to import: only the standard library at the top.
 """
 
@@ -102,14 +102,19 @@ def launch_key(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str
 
 
 def folder_name(profile: str) -> str:
-    """A folder name for any profile name, one per name: the name itself when it is safe, else a
-    cleaned one, `~` and a hash of the name (`~` is never in a safe name, so the two kinds never
-    meet)."""
+    """The folder of a profile's saved slots: a different name for every profile name.
+
+    A plain name (lower-case letters, digits, `.`, `_`, `-`; not starting with `.`; at most 60
+    characters) is its own folder name. Any other name maps to its cleaned form, `~` and the first
+    16 hex digits of the SHA-256 of the whole name. A plain name never holds `~` (and never an
+    upper-case letter), so a plain name and a hashed one never meet, not even on a file system that
+    ignores case; two hashed names meet only if 64 bits of SHA-256 do.
+    """
     import re
 
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", profile)[:_PLAIN_MAX]
-    if safe != profile or safe.startswith(".") or len(profile) > _PLAIN_MAX:
-        import hashlib
+    if len(profile) <= _PLAIN_MAX and re.fullmatch(r"[a-z0-9_-][a-z0-9._-]*", profile):
+        return profile
+    import hashlib
 
-        safe = f"{safe.lstrip('.')}~{hashlib.sha256(profile.encode()).hexdigest()[:16]}"
-    return safe
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", profile)[:_PLAIN_MAX].lstrip(".")
+    return f"{cleaned}~{hashlib.sha256(profile.encode()).hexdigest()[:16]}"
