@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from llmctl.cli.argv import parse
 from llmctl.cli.output import error_json, error_lines, print_json, run_command, table
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
+from llmctl.paths import is_hub_model
 from llmctl.term import BOLD, DIM, GREEN, RED, YELLOW, style
 
 if TYPE_CHECKING:
@@ -280,6 +281,12 @@ def _calibration(
     from llmctl.supervisor.launch import launch_spec
 
     spec = launch_spec(manifest, name)
+    if is_hub_model(spec.model):  # not pulled: never launched here, so never measured
+        if measure:
+            from llmctl.supervisor.modelfile import not_pulled
+
+            raise not_pulled(name, spec.model)
+        return None
     return _measurement(
         est, spec.model, list(spec.argv), measure, ask, name, spec.env, spec.unset_env
     )
@@ -346,7 +353,12 @@ def _engine(manifest: Any, name: str, est: Estimate) -> dict[str, Any]:
     from llmctl.supervisor.probe import probe_profile
 
     # the launch `switch` and `load` make: with listed devices, the placer's first choice
-    res = probe_profile(manifest, name, spec=command_spec(manifest, name))
+    spec = command_spec(manifest, name)
+    if is_hub_model(spec.model):  # not pulled: llama-server would download it
+        from llmctl.supervisor.modelfile import not_pulled
+
+        raise not_pulled(name, spec.model)
+    res = probe_profile(manifest, name, spec=spec)
     out: dict[str, Any] = {
         "source": "engine plan" if res.plan is not None else "formula",
         "build": res.build,
@@ -414,7 +426,7 @@ def _estimate_profiles(
         profile = manifest.profiles[name]
         try:
             try:
-                found = estimate_profile(manifest, name)
+                found = estimate_profile(manifest, name, network=True)
             except MetadataError as err:
                 raise LlmctlError(str(err), hint="check the metadata block") from None
             if found is None:
