@@ -13,7 +13,7 @@ import time
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, PULL_FLAG, parse
 from llmctl.cli.output import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -55,13 +55,17 @@ def run(
     json_out: bool = False,
     quiet: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    pull: bool = False,
 ) -> int:
     t0 = time.monotonic()
     try:
+        from llmctl.cli.pull import ensure_pulled
         from llmctl.manifest.cache import load_manifest
         from llmctl.placement.placer import command_spec
 
-        spec = command_spec(load_manifest(manifest), profile)
+        m = load_manifest(manifest)
+        ensure_pulled(m, [profile], pull=pull, quiet=quiet or json_out)
+        spec = command_spec(m, profile)
         return _run_switch(spec, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout)
     except LlmctlError as err:
         if not json_out:
@@ -172,7 +176,7 @@ def _ready_line(result: SwitchResult) -> str:
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags=CHANGE_FLAGS,
+        flags={**CHANGE_FLAGS, **PULL_FLAG},
         options=CHANGE_OPTIONS,
         positional=(1, 1),
     )
@@ -190,6 +194,7 @@ def register(app: typer.Typer) -> None:
         lock_timeout_option,
         manifest_option,
         profile_argument,
+        pull_option,
         quiet_option,
     )
 
@@ -200,6 +205,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = json_option(),
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
+        pull: bool = pull_option(),
     ) -> None:
         """Make PROFILE the running llama-server.
 
@@ -212,5 +218,12 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 ready, 1 the server failed to start, 2 invalid input, 3 locked by another
         llmctl, 130 cancelled by Ctrl-C, 143 cancelled by SIGTERM (nothing is left running).
         """
-        code = run(profile, manifest, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout)
+        code = run(
+            profile,
+            manifest,
+            json_out=json_out,
+            quiet=quiet,
+            lock_timeout=lock_timeout,
+            pull=pull,
+        )
         raise typer.Exit(code)
