@@ -5,8 +5,8 @@ llmctl's GGUF reader (llama/gguf.py), a few MB for a file of any size.
 A server that answers a Range request with the whole file is refused, not read. Headers are
 cached by repo, commit and file in llmctl's cache folder; listings by repo and revision, so
 HF_HUB_OFFLINE works from what was read before. HF_TOKEN (never printed), HF_ENDPOINT and
-HF_HUB_DOWNLOAD_TIMEOUT are honoured. huggingface_hub is imported only in the functions that
-talk to the hub.
+HF_HUB_DOWNLOAD_TIMEOUT are honoured. With `network=False` only what was kept answers (else
+NotCached). huggingface_hub is imported only in the functions that talk to the hub.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ read before raises NotCached. huggingface_hub is imported only when the hub must
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from llmctl.hub.local import LocalModel, find_local
 from llmctl.hub.refs import parse_ref
@@ -38,9 +37,3 @@ def hub_headers(text: str, *, network: bool = True) -> HubHeaders:
     listing = list_repo(ref.repo, ref.revision, network=network, prefer_cache=True)
     model = read_model(ref, listing=listing, network=network)
     return HubHeaders(model.gguf, model.mmproj, None)
-
-
-def local_path(text: str) -> tuple[Path, Path | None] | None:
-    """(model, mmproj) of a pulled hub model, None when it is not on this machine."""
-    local = find_local(parse_ref(text))
-    return None if local is None else (local.path, local.mmproj)

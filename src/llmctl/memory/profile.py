@@ -74,9 +74,14 @@ def source_for_profile(profile: ProfileLike, *, network: bool = False) -> ModelS
         from llmctl.hub.source import hub_headers
 
         try:
-            return estimate.ModelSource.from_gguf(hub_headers(profile.model, network=network).gguf)
+            headers = hub_headers(profile.model, network=network)
         except NotCached:
             pass  # the `metadata:` block, if any
+        else:
+            source = estimate.ModelSource.from_gguf(headers.gguf)
+            if headers.local is None:  # named by its reference (a Path would fold its //)
+                source.path = profile.model
+            return source
     return estimate.source_for_profile(profile)
 
 
