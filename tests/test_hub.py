@@ -427,3 +427,30 @@ def test_measuring_a_hub_profile_not_pulled_is_refused(hub: FakeHub, tmp_path: P
     assert not list((tmp_path / "llama-cache").rglob("*.gguf"))
     explain = llmctl("estimate", "q4", "--explain", "--manifest", str(path))
     assert explain.returncode == 0, explain.stdout + explain.stderr
+
+
+def test_a_split_model_and_a_revision_pin_in_profiles(hub: FakeHub, tmp_path: Path) -> None:
+    repo = hub.add("org/split-GGUF", tmp_path / "split")
+    path = manifest(
+        tmp_path,
+        "  big:\n    model: hf://org/split-GGUF:Q4_K_M\n"
+        f"  pinned:\n    model: hf://org/tiny-GGUF@{hub.repos['org/tiny-GGUF'].commit}:Q8_0\n"
+        "  badrev:\n    model: hf://org/tiny-GGUF@v9:Q8_0\n",
+    )
+    mf = ["--manifest", str(path)]
+    est = llmctl("estimate", "big", "pinned", *mf, "--json")
+    assert est.returncode == 0, est.stdout + est.stderr
+    bad = llmctl("estimate", "badrev", *mf)
+    assert bad.returncode == 1 and "no such revision" in bad.stdout
+    assert llmctl("pull", "big", *mf).returncode == 0
+    assert llmctl("pull", "pinned", *mf).returncode == 0
+    argv = json.loads(llmctl("command", "big", *mf, "--json").stdout)["argv"]
+    first = Path(argv[argv.index("-m") + 1])
+    assert first.name == "Big-Q4_K_M-00001-of-00002.gguf" and first.is_file()
+    argv = json.loads(llmctl("command", "pinned", *mf, "--json").stdout)["argv"]
+    assert repo.commit != hub.repos["org/tiny-GGUF"].commit
+    assert hub.repos["org/tiny-GGUF"].commit in argv[argv.index("-m") + 1]
+    # a split model with a part missing is not pulled
+    (first.parent / "Big-Q4_K_M-00002-of-00002.gguf").unlink()
+    argv = json.loads(llmctl("command", "big", *mf, "--json").stdout)["argv"]
+    assert "-hf" in argv and "-m" not in argv
