@@ -38,7 +38,8 @@ browser:
 
 test: sync llama-server llama-server-rpc browser  ## the whole test suite, real llama-server and Chromium included
 	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" \
-	LLMCTL_TEST_LLAMA_SERVER_RPC="$$(LLMCTL_RPC=1 scripts/build-llama-server.sh)" $(UV) run pytest
+	LLMCTL_TEST_LLAMA_SERVER_RPC="$$(LLMCTL_RPC=1 scripts/build-llama-server.sh)" \
+	LLMCTL_ORDER_EXAMPLES=10000 $(UV) run pytest
 
 faults: sync llama-server  ## the fault-injection suite alone, with its table (also part of `make test`)
 	LLMCTL_TEST_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run pytest -m faults -q

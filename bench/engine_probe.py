@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from estimate_accuracy import OPTIONS
 from readiness import find_llama_server
 
-from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.engineplan import probe
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.calibration import measure_reported, on_free_port
+from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.engine import engine_terms, formula_terms
 from llmctl.memory.estimate import MiB, ModelSource, estimate
 from llmctl.paths import cache_dir

@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readiness import find_llama_server, llmctl_cmd
 
-from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.calibration import measure_reported
+from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.estimate import MiB, ModelSource, estimate
 from llmctl.memory.measured import Reported
 from llmctl.paths import cache_dir

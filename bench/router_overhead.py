@@ -10,6 +10,7 @@ the bottleneck). Each figure is measured direct and through the router in altern
   time to first streamed chunk: p50, p99, added
   CPU per request (from /proc) of the fake upstream and of the router
   llama.cpp's native `/completion`, streaming, at concurrency 32: p50, p99, added, requests/s
+  throughput and CPU per request at 1, 8 and 32 clients, router against direct (ratios)
 
 and, for scale, throughput at concurrency 32 when the fake upstream burns 1 ms of CPU per
 request (a stand-in for inference, which is far slower on any real model).
@@ -19,7 +20,12 @@ request (a stand-in for inference, which is far slower on any real model).
 `--litellm` adds LiteLLM's proxy as a third column, from a separate venv, e.g.
 `uv venv /tmp/ll && uv pip install -p /tmp/ll 'litellm[proxy]'`, then `--litellm /tmp/ll/bin/litellm`.
 
-Aims: p50 added < 1 ms, p99 added < 5 ms, throughput >= 70 % of direct.
+The router runs with the uvicorn options of `llmctl serve` (its guarded HTTP protocol and event
+loop, `server.uvicorn_options`); the fake upstream keeps uvicorn's pure-Python h11 protocol and
+asyncio's loop whatever is installed, so that "direct" stays the same yardstick.
+
+Aims: p50 added < 1 ms, p99 added < 5 ms, throughput >= 70 % of direct; router CPU per request
+<= 120 us.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ COMPLETION_STREAM = json.dumps(
 _CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"hi "}}]}\n\n'
 
 
+CLIENTS = (1, 8, 32)  # concurrent clients of the throughput and CPU table
 WORK_S = 0.0  # CPU the fake upstream burns per request (a stand-in for inference)
 
 
@@ -132,6 +139,8 @@ def run_upstream(port: int, work_ms: float) -> None:
         log_level="warning",
         access_log=False,
         lifespan="off",
+        http="h11",
+        loop="asyncio",
     )
 
 
@@ -143,11 +152,17 @@ def run_router(port: int, upstream_url: str, workdir: Path) -> None:
 
     from llmctl.manifest.validate import load_manifest
     from llmctl.router.app import create_app
+    from llmctl.router.server import uvicorn_options
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.results import Status
 
     class StubSupervisor:
         """The FAKE upstream stands for a llama-server already running profile `bench`."""
+
+        state_dir = workdir / "state"
+
+        def records(self) -> dict[str, Any]:
+            return {}  # no server of its own to stop on exit
 
         def status(self, *, check_health: bool = True, timeout: float = 0.5) -> Status:
             return Status(
@@ -160,10 +175,17 @@ def run_router(port: int, upstream_url: str, workdir: Path) -> None:
     def spec_for(manifest: Any, name: str) -> LaunchSpec:
         return LaunchSpec(profile=name, argv=("llama-server",))
 
-    app = create_app(
-        load_manifest(manifest_path), StubSupervisor(), spec_for=spec_for, idle_unload=False
-    )  # type: ignore[arg-type]
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    manifest = load_manifest(manifest_path)
+    app = create_app(manifest, StubSupervisor(), spec_for=spec_for, idle_unload=False)  # type: ignore[arg-type]
+    app.state.router.bound_to("127.0.0.1")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        **uvicorn_options(manifest.serve),
+    )
 
 
 # --- the client ----------------------------------------------------------------------------------
@@ -323,8 +345,8 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
         await throughput(port, 500, 32)
     lat: dict[str, list[float]] = {name: [] for name in targets}
     ttfc: dict[str, list[float]] = {name: [] for name in targets}
-    rps: dict[str, list[float]] = {name: [] for name in targets}
-    cpu: dict[str, float] = dict.fromkeys(targets, 0.0)
+    rps: dict[str, dict[int, list[float]]] = {n: {c: [] for c in CLIENTS} for n in targets}
+    cpu: dict[str, dict[int, float]] = {n: dict.fromkeys(CLIENTS, 0.0) for n in targets}
     native_lat: dict[str, list[float]] = {name: [] for name in targets}
     native_rps: dict[str, list[float]] = {name: [] for name in targets}
     for _ in range(blocks):
@@ -335,10 +357,11 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
                 port, "/v1/chat/completions", CHAT_STREAM, n_ttfc // blocks
             )
             ttfc[name].extend(firsts)
-            # CPU per request at c=32 of the process on that port (for "direct": the upstream)
-            before = cpu_seconds(pid)
-            rps[name].append(await throughput(port, n_tp // blocks, 32))
-            cpu[name] += cpu_seconds(pid) - before
+            # CPU per request of the process on that port (for "direct": the upstream)
+            for clients in CLIENTS:
+                before = cpu_seconds(pid)
+                rps[name][clients].append(await throughput(port, n_tp // blocks, clients))
+                cpu[name][clients] += cpu_seconds(pid) - before
             totals, r = await concurrent(port, "/completion", COMPLETION_STREAM, n_tp // blocks, 32)
             native_lat[name].extend(totals)
             native_rps[name].append(r)
@@ -350,8 +373,15 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
             "latency_p99_ms": pct(lat[name], 0.99) * ms,
             "ttfc_p50_ms": pct(ttfc[name], 0.5) * ms,
             "ttfc_p99_ms": pct(ttfc[name], 0.99) * ms,
-            "throughput_rps": statistics.median(rps[name]),
-            "cpu_per_request_us": cpu[name] / n_tp * 1e6,
+            "throughput_rps": statistics.median(rps[name][32]),
+            "cpu_per_request_us": cpu[name][32] / n_tp * 1e6,
+            "clients": {
+                c: {
+                    "throughput_rps": statistics.median(rps[name][c]),
+                    "cpu_per_request_us": cpu[name][c] / n_tp * 1e6,
+                }
+                for c in CLIENTS
+            },
             "completion_c32_p50_ms": pct(native_lat[name], 0.5) * ms,
             "completion_c32_p99_ms": pct(native_lat[name], 0.99) * ms,
             "completion_c32_rps": statistics.median(native_rps[name]),
@@ -370,6 +400,10 @@ async def measure(targets: dict[str, tuple[int, int]], quick: bool) -> dict[str,
             key = f"completion_c32_{q}_ms"
             fig[f"added_{key}"] = fig[key] - base[key]
         fig["completion_c32_share"] = fig["completion_c32_rps"] / base["completion_c32_rps"]
+        for c in CLIENTS:
+            mine, theirs = fig["clients"][c], base["clients"][c]
+            mine["throughput_share"] = mine["throughput_rps"] / theirs["throughput_rps"]
+            mine["cpu_ratio"] = mine["cpu_per_request_us"] / theirs["cpu_per_request_us"]
     return out
 
 
@@ -552,8 +586,33 @@ def main() -> None:
     print(f"{'/completion SSE c=32 req/s':26}{d['completion_c32_rps']:9.0f}{cells}")
     cells = "".join(f"{figures[n]['cpu_per_request_us']:9.0f}{'':8}" for n in names)
     print(
-        f"{'CPU per request (us)':26}{d['cpu_per_request_us']:9.0f}{cells}   (direct: the upstream's)"
+        f"{'CPU per request c=32 (us)':26}{d['cpu_per_request_us']:9.0f}{cells}   (direct: the upstream's)"
     )
+    print()
+    print(
+        "non-streaming chat completions; CPU per request of the process itself (direct: the upstream)"
+    )
+    head = f"{'clients':>8}{'direct req/s':>14}" + "".join(
+        f"{n + ' req/s':>14}{'share':>7}" for n in names
+    )
+    head += f"{'direct CPU us':>15}" + "".join(f"{n + ' CPU us':>15}{'ratio':>7}" for n in names)
+    print(head)
+    for c in CLIENTS:
+        base_c = d["clients"][c]
+        row = f"{c:>8}{base_c['throughput_rps']:>14.0f}"
+        row += "".join(
+            f"{figures[n]['clients'][c]['throughput_rps']:>14.0f}"
+            f"{figures[n]['clients'][c]['throughput_share']:>7.0%}"
+            for n in names
+        )
+        row += f"{base_c['cpu_per_request_us']:>15.0f}"
+        row += "".join(
+            f"{figures[n]['clients'][c]['cpu_per_request_us']:>15.0f}"
+            f"{figures[n]['clients'][c]['cpu_ratio']:>7.2f}"
+            for n in names
+        )
+        print(row)
+    print()
     busy_fig = figures["upstream_1ms_cpu"]
     print(
         f"with an upstream burning 1 ms CPU per request, c=32: direct {busy_fig['direct']:.0f} req/s, "

@@ -208,6 +208,10 @@ def test_several_servers_each_with_its_share_log_and_unload(
         assert sorted(x["name"] for x in state["servers"]) == ["tiny-a", "tiny-b"]
         profiles = {p["name"]: p for p in state["profiles"]}
         assert profiles["tiny-a"]["state"] == profiles["tiny-b"]["state"] == "ready"
+        assert profiles["tiny-a"]["waiting"] == 0  # requests waiting for it, per profile
+        queue = state["queue"]
+        assert queue["swaps"] == {} and queue["loads_avoided"] == 0  # the order's figures
+        assert queue["passed_over_s"] == 0 and queue["max_wait_s"] == 0
         assert profiles["tiny-a"]["server"] == "tiny-a"
         ram = next(d for d in state["devices"] if d["id"] == "ram")
         gpu = next(d for d in state["devices"] if d["id"] == "gpu0")

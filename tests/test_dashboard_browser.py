@@ -123,6 +123,7 @@ def test_wrong_key_is_refused_then_the_page_shows_profiles(page: Page) -> None:
     assert names == ["tiny-a", "tiny-b", "broken"]
     assert p.text_content('.card[data-profile="tiny-a"] [data-role="state"]') == "idle"
     assert p.is_visible('.bar[data-device="gpu0"]') and p.is_visible('.bar[data-device="ram"]')
+    assert "queue depth 0 of" in (p.text_content("#queue") or "")
     # the key is kept for this tab's session only
     assert p.evaluate("sessionStorage.getItem('llmctl.key')") == KEY
     assert p.evaluate("localStorage.getItem('llmctl.key')") is None

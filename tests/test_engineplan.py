@@ -18,7 +18,8 @@ import pytest
 from llmctl.llama.engineplan import MAX_LINE, PlanFormatError, parse_line, probe
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.engine import TermDiff, best_figure, compare, warnings
-from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
+from llmctl.memory.estimate import ModelSource, estimate
+from llmctl.memory.options import LaunchOptions
 from llmctl.testing.testmodels import write_tiny_model
 
 FAKE = Path(__file__).parent / "fakes" / "fake_engine_server.py"

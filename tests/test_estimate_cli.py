@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from llmctl.cli import build_app
 from llmctl.errors import UsageError
 from llmctl.lint.memory import memory_problems
-from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.manifest.validate import load_manifest
-from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
+from llmctl.memory.cmdline import parse_llama_args
+from llmctl.memory.estimate import ModelSource, estimate
+from llmctl.memory.options import LaunchOptions
 from llmctl.testing.testmodels import write_tiny_model
 
 runner = CliRunner()

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.llama.gguf import read_gguf
-from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
+from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.memory.fit import advise
+from llmctl.memory.options import LaunchOptions
 from llmctl.testing.testmodels import write_tiny_model
 
 GiB = 1024**3

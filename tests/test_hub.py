@@ -240,7 +240,7 @@ def test_lint_asks_nothing_of_the_hub(hub: FakeHub, tmp_path: Path) -> None:
     out = llmctl("lint", "--manifest", str(path), "--json")
     assert "Traceback" not in out.stderr
     problems = json.loads(out.stdout)["problems"]
-    remote = {p["profile"]: p for p in problems if p["rule"] == "model-remote"}
+    remote = {p["profile"]: p for p in problems if p["rule"] == "model-not-pulled"}
     assert set(remote) == {"q4", "q8", "f16"}
     assert remote["q4"]["severity"] == "warning" and "llmctl pull q4" in remote["q4"]["hint"]
     assert remote["q8"]["line"] == 8  # `hf:` stands for `model:`
@@ -249,7 +249,7 @@ def test_lint_asks_nothing_of_the_hub(hub: FakeHub, tmp_path: Path) -> None:
     # offline, or the hub unreachable: the same, no traceback
     for env in ({"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}):
         again = llmctl("lint", "--manifest", str(path), "--json", env=env)
-        assert "model-remote" in again.stdout and "Traceback" not in again.stderr
+        assert "model-not-pulled" in again.stdout and "Traceback" not in again.stderr
     # once an estimate read the header, lint judges it from the kept copy, still asking nothing
     assert llmctl("estimate", "q4", "--manifest", str(path)).returncode == 0
     before = len(hub.seen)
@@ -265,7 +265,7 @@ def test_pull_a_profile_then_estimate_and_lint_use_the_file(hub: FakeHub, tmp_pa
     [f] = json.loads(out.stdout)["files"]
     assert f["file"] == "Tiny-Q8_0.gguf" and str(tmp_path / "llama-cache") in f["path"]
     lint = json.loads(llmctl("lint", "--manifest", str(path), "--json").stdout)["problems"]
-    assert {p["profile"] for p in lint if p["rule"] == "model-remote"} == {"q4", "f16"}
+    assert {p["profile"] for p in lint if p["rule"] == "model-not-pulled"} == {"q4", "f16"}
     before = len(hub.seen)
     est = llmctl("estimate", "q8", "--manifest", str(path), "--json")
     assert est.returncode == 0, est.stderr
@@ -454,3 +454,60 @@ def test_a_split_model_and_a_revision_pin_in_profiles(hub: FakeHub, tmp_path: Pa
     (first.parent / "Big-Q4_K_M-00002-of-00002.gguf").unlink()
     argv = json.loads(llmctl("command", "big", *mf, "--json").stdout)["argv"]
     assert "-hf" in argv and "-m" not in argv
+
+
+def test_a_profile_on_a_hub_model_estimates_refuses_unpulled_then_runs(
+    hub: FakeHub, tmp_path: Path, llama_server_bin: Path
+) -> None:
+    """`model: hf://org/repo:QUANT` in a profile: estimate and fit read the remote header; lint
+    says it is not downloaded; switch refuses before stopping anything and names `llmctl pull
+    PROFILE`; after the pull, switch runs the cached file with the real llama-server."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {port}}}\n"
+        "profiles:\n  tiny:\n    model: hf://org/tiny-GGUF:Q4_K_M\n    ctx_size: 512\n"
+        "  bad:\n    model: hf://not a ref\n"
+    )
+    mf = ["--manifest", str(manifest)]
+    broken = llmctl("lint", *mf)
+    assert broken.returncode != 0 and "profiles.yaml:8" in broken.stdout, broken.stdout
+    assert "hub-ref" in broken.stdout and "not a Hugging Face model reference" in broken.stdout
+    manifest.write_text(manifest.read_text().replace("  bad:\n    model: hf://not a ref\n", ""))
+    lint = llmctl("lint", *mf)
+    assert "model-not-pulled" in lint.stdout and "llmctl pull tiny" in lint.stdout, lint.stdout
+    est = llmctl("estimate", "tiny", "--json", *mf)
+    assert est.returncode == 0, est.stderr
+    (row,) = json.loads(est.stdout)
+    assert row["weights"]["bytes"] > 0, row  # from the remote header
+    refused = llmctl("switch", "tiny", *mf)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "not downloaded yet" in refused.stderr and "llmctl pull tiny" in refused.stderr
+    pulled = llmctl("pull", "tiny", "--json", *mf)
+    assert pulled.returncode == 0, pulled.stderr
+    path = json.loads(pulled.stdout)["files"][0]["path"]
+    try:
+        ran = llmctl("switch", "tiny", "--json", *mf)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        status = json.loads(llmctl("status", "--json").stdout)
+        assert path in status["argv"]  # the cached file, not -hf
+        assert "model-not-pulled" not in llmctl("lint", *mf).stdout
+    finally:
+        llmctl("stop")
+    local = llmctl("pull", "nope", *mf)
+    assert local.returncode == 2 and "nope" in local.stderr
+    # `switch --pull`: another quant, downloaded first, then run
+    manifest.write_text(
+        manifest.read_text() + "  eight:\n    model: hf://org/tiny-GGUF:Q8_0\n    ctx_size: 512\n"
+    )
+    try:
+        both = llmctl("switch", "eight", "--pull", *mf)
+        assert both.returncode == 0, both.stdout + both.stderr
+        assert "pulling Tiny-Q8_0.gguf" in both.stderr
+        assert "Tiny-Q8_0.gguf" in " ".join(json.loads(llmctl("status", "--json").stdout)["argv"])
+    finally:
+        llmctl("stop")

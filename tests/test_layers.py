@@ -31,8 +31,6 @@ LAYERS: tuple[frozenset[str], ...] = (
 # entry goes when that change lands; the test fails when an entry is no longer needed.
 KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
     {
-        # llama/argv.py reads a command line into memory's LaunchOptions (memory/cmdline.py takes it).
-        ("llmctl.llama.argv", "llmctl.memory.estimate"),
         # supervisor/: LaunchSpec.keep_kv is typed with slotcache.KeepKv, and slotcache builds on
         # LaunchSpec (KeepKv moves to supervisor/launch.py with the supervisor/kvcache/ split).
         ("llmctl.supervisor.launch", "llmctl.supervisor.slotcache"),

@@ -8,17 +8,11 @@ from typing import Any
 import pytest
 
 from llmctl.llama.gguf import TensorInfo, ggml_type, read_gguf
-from llmctl.memory.estimate import (
-    LaunchOptions,
-    MetadataError,
-    MiB,
-    ModelSource,
-    context_sizes,
-    estimate,
-    gpu_layer_split,
-    hparams_from_metadata,
-    weights_estimate,
-)
+from llmctl.memory.estimate import MiB, ModelSource, estimate
+from llmctl.memory.hparams import MetadataError, hparams_from_metadata
+from llmctl.memory.kv import context_sizes
+from llmctl.memory.options import LaunchOptions
+from llmctl.memory.weights import gpu_layer_split, weights_estimate
 from llmctl.testing.testmodels import write_tiny_model
 
 LLAMA_8B = {

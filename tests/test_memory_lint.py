@@ -10,7 +10,8 @@ from llmctl.llama.gguf import ggml_type, read_gguf
 from llmctl.llama.gguf_writer import Tensor, string, u32, write_gguf
 from llmctl.llama.vocab import parse_overrides
 from llmctl.manifest.validate import load_manifest
-from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate
+from llmctl.memory.estimate import ModelSource, estimate
+from llmctl.memory.options import LaunchOptions
 from llmctl.testing.testmodels import write_tiny_model
 
 

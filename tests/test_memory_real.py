@@ -3,7 +3,7 @@
 Every cache llama-server prints (`llama_kv_cache: size = ...`, `llama_memory_recurrent: size = ...`)
 must match the estimate to the printed precision (0.01 MiB), with the same cells, layers and
 streams; the model buffer must match the weights; the compute buffer must stay within the error the
-docstring of `llmctl.memory.estimate.compute_estimate` states.
+docstring of `llmctl.memory.compute.compute_estimate` states.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import pytest
 
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.calibration import measure_reported
-from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
+from llmctl.memory.estimate import ModelSource, estimate, mib
 from llmctl.memory.measured import Reported
+from llmctl.memory.options import LaunchOptions
 from llmctl.testing.testmodels import write_tiny_model
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.calibration import measure_reported
-from llmctl.memory.estimate import LaunchOptions, MiB, ModelSource, estimate, mib
+from llmctl.memory.cmdline import parse_llama_args
+from llmctl.memory.estimate import MiB, ModelSource, estimate, mib
 from llmctl.memory.measured import Reported
+from llmctl.memory.options import LaunchOptions
 from llmctl.testing.realshapes import PROJECTORS, shape, write_projector, write_shaped_model
 
 CASES = [

@@ -26,7 +26,7 @@ from llmctl.router.scheduler import ProgressFn, Scheduler, SwitchFailed, configu
 EXAMPLES = int(os.environ.get("LLMCTL_ORDER_EXAMPLES", "300"))
 DEADLINE_S = 90.0  # simulated; far beyond the longest wait the settings below allow
 NAMES = ["a", "b", "c"]
-SETTLE = 40  # loop turns to let every ready task run before the clock moves
+SETTLE = 400  # at most this many loop turns for every ready task to run before the clock moves
 
 
 class Sim:
@@ -54,9 +54,12 @@ class Sim:
             await waiting
 
     async def run(self, tasks: list[asyncio.Task[None]], max_steps: int = 20000) -> None:
+        loop = asyncio.get_running_loop()
         for _ in range(max_steps):
             for _ in range(SETTLE):
                 await asyncio.sleep(0)
+                if not loop._ready:  # type: ignore[attr-defined]
+                    break  # every other task waits (on the clock or an event): settled
             if all(t.done() for t in tasks):
                 return
             live = [(at, seq, f) for at, seq, f in self._heap if not f.done()]

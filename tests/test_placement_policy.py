@@ -164,3 +164,31 @@ def test_a_resident_server_goes_only_when_nothing_else_frees_enough() -> None:
     assert decide(ONE, running, req("x", {"CUDA0": 10 * GiB})).evict == ("old",)
     both = decide(ONE, running, req("x", {"CUDA0": 20 * GiB}))
     assert both.action == "start" and set(both.evict) == {"young", "old"}
+
+
+def test_min_residency_is_read_from_the_profile_and_the_record(tmp_path: object) -> None:
+    """placer.running_servers marks a server ready less than its profile's min_residency ago
+    as resident (the policy then evicts it only when nothing else frees enough)."""
+    from pathlib import Path
+
+    from llmctl.manifest.validate import load_manifest
+    from llmctl.placement.placer import running_servers
+    from llmctl.supervisor.state import LaunchRecord
+
+    folder = Path(str(tmp_path))
+    path = folder / "profiles.yaml"
+    path.write_text(
+        "version: 1\nserver: {ports: 9100-9103}\nprofiles:\n"
+        "  kept: {model: m.gguf, min_residency: 10m}\n  free: {model: m.gguf}\n"
+    )
+    manifest = load_manifest(path)
+
+    def rec(name: str, ready_at: float) -> LaunchRecord:
+        return LaunchRecord("id", "ready", name, "h", [], "127.0.0.1", 9100, "", "", 0.0,
+                            ready_at=ready_at)  # fmt: skip
+
+    records = {"kept": rec("kept", 1000.0), "free": rec("free", 1000.0)}
+    soon = {r.profile: r.resident for r in running_servers(manifest, records, now=1300.0)}
+    assert soon == {"kept": True, "free": False}
+    later = {r.profile: r.resident for r in running_servers(manifest, records, now=1700.0)}
+    assert later == {"kept": False, "free": False}

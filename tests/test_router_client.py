@@ -219,6 +219,20 @@ def test_failures_are_typed() -> None:
             with pytest.raises(StreamBroken, match="no data"):
                 await collect(resp)
             await resp.aclose()
+
+        # and between the chunks of a chunked body (one deadline per chunk)
+        async def silent_chunked(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\n")
+            await asyncio.sleep(5)
+
+        async with raw_server(silent_chunked) as port:
+            resp = await pool.request("127.0.0.1", port, "GET", "/", [], b"", read_timeout=0.1)
+            chunks = resp.body()
+            assert await anext(chunks) == b"abc"
+            with pytest.raises(StreamBroken, match="no data"):
+                await anext(chunks)
+            await resp.aclose()
         pool.close()
 
     run(main())
@@ -333,3 +347,32 @@ def test_lean_transport_only_for_plain_loopback() -> None:
     assert not lean_capable("https://127.0.0.1:8081")
     assert not lean_capable("http://gpu-box:8080")
     assert not lean_capable("https://api.openai.com/v1/chat/completions")
+
+
+def test_bodies_larger_than_the_read_buffer_arrive_whole() -> None:
+    """Past twice the head limit unread the connection stops reading and resumes as the body is
+    taken: a 1 MiB body, by length and as one chunk, arrives byte for byte."""
+
+    async def main() -> None:
+        big = bytes(range(256)) * 4096
+        by_length = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big)
+        one_chunk = (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+            % (
+                len(big),
+                big,
+            )
+        )
+        handler, _ = canned(by_length, one_chunk)
+        async with raw_server(handler) as port:
+            pool = Pool()
+            for _ in range(2):
+                resp = await pool.request("127.0.0.1", port, "GET", "/", [], b"")
+                got = b""
+                async for chunk in resp.body():
+                    got += chunk
+                    await asyncio.sleep(0)  # a slow reader: the upstream's bytes pile up
+                assert got == big
+            pool.close()
+
+    run(main())

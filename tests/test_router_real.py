@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -420,3 +421,86 @@ def test_client_disconnect_stops_the_real_generation(served: Served) -> None:
         timeout=30,
     )
     assert r2.status_code == 200
+
+
+def test_loading_state_shows_the_load_in_a_chat_stream(
+    tmp_path: Path, llama_server_bin: Path, tiny_models: tuple[Path, Path, Path], free_port: int
+) -> None:
+    """serve.loading_state: a streaming chat that waits for a load gets the load's steps as
+    `reasoning_content` deltas (a chat UI's thinking box), then the answer; read with the
+    openai SDK, as chat UIs' backends do."""
+    from fakes.fake_upstream import free_port as another_port
+
+    manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, tiny_models,
+                              another_port())  # fmt: skip
+    text = manifest.read_text()
+    assert "serve:\n" in text
+    manifest.write_text(text.replace("serve:\n", "serve:\n  loading_state: true\n", 1))
+    s = start_serve(manifest, free_port, tmp_path)
+    try:
+        with s.client() as client:
+            stream = client.chat.completions.create(
+                model="B", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+            )
+            chunks = list(stream)
+        thinking = "".join(
+            (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+            for c in chunks
+            if c.choices and c.id == "llmctl-loading"
+        )
+        assert "starting profile 'tiny-b'" in thinking, thinking
+        assert "is ready" in thinking
+        assert chunks[-1].choices[0].finish_reason is not None
+        assert all(c.model == "B" for c in chunks if c.id == "llmctl-loading")
+        # a second request finds it loaded: no loading state at all
+        with s.client() as client:
+            again = list(
+                client.chat.completions.create(
+                    model="B",
+                    messages=[{"role": "user", "content": "hi"}],
+                    max_tokens=4,
+                    stream=True,
+                )
+            )
+        assert not [c for c in again if c.id == "llmctl-loading"]
+    finally:
+        stop_serve(s)
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()
+
+
+def test_a_gateway_manifest_needs_no_local_profile(tmp_path: Path, free_port: int) -> None:
+    """A router in front of other machines: `serve.upstreams` and no `profiles` (before:
+    refused as "profiles is empty"); lint passes and serve relays to the upstream."""
+    from fakes.fake_upstream import FakeUpstream
+
+    with FakeUpstream("remote") as remote:
+        for profiles in ("", "profiles: {}\n"):
+            manifest = tmp_path / "gateway.yaml"
+            manifest.write_text(
+                "version: 1\nserve:\n  upstreams:\n"
+                f'    - {{name: gpu-box, url: "{remote.url}/v1", models: [big-model]}}\n' + profiles
+            )
+            lint = subprocess.run(
+                [sys.executable, "-m", "llmctl", "lint", "--manifest", str(manifest)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert "no-profiles" not in lint.stdout + lint.stderr, lint.stdout
+        s = start_serve(manifest, free_port, tmp_path)
+        try:
+            body = {"model": "big-model", "messages": [{"role": "user", "content": "hi"}]}
+            r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-llmctl-upstream"] == "gpu-box"
+        finally:
+            stop_serve(s)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("version: 1\nprofiles: {}\n")
+    lint = subprocess.run(
+        [sys.executable, "-m", "llmctl", "lint", "--manifest", str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert lint.returncode == 1 and "serve.upstreams" in lint.stdout + lint.stderr

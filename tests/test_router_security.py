@@ -4,11 +4,13 @@ stands in for the remote API)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -173,3 +175,41 @@ def test_normal_paths_still_reach_the_upstream(
     assert rec.seen == [("POST", b"/v1/chat/completions", "Bearer sk-upstream-secret")]
     _, answer = raw_request(served.url, "GET", "/v1/models/remote-model%3Av1")  # %3A is fine
     assert b"invalid_path" not in answer
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["httptools", "h11"])
+def test_both_client_protocols_cut_slow_headers_and_cap_connections(pure: bool) -> None:
+    """The httptools protocol `llmctl serve` runs and its pure-Python fallback (h11, where
+    httptools does not install) close a connection whose headers do not come in time and the
+    longest-waiting one past the cap, keep answering whole requests, and spell the CORS headers
+    as llama-server does."""
+    from llmctl.manifest.model import ServeConfig
+    from llmctl.router.server import guarded_protocol
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"text/plain"), (b"Access-Control-Allow-Origin", b"*")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    serve = ServeConfig(header_timeout=0.5, max_connections=4)
+    protocol = guarded_protocol(serve, pure=pure)
+    assert ("H11" in protocol.__name__) is pure
+    half_open: list[socket.socket] = []
+    with ServerThread(app, lifespan="off", http=protocol) as st:
+        try:
+            for _ in range(8):  # twice the cap, each with half a request line
+                conn = socket.create_connection(("127.0.0.1", st.port))
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                half_open.append(conn)
+            r = httpx.get(st.url + "/", timeout=10)
+            assert r.status_code == 200 and r.text == "ok"
+            assert (b"Access-Control-Allow-Origin", b"*") in r.headers.raw
+            for conn in half_open:  # each closed: by the cap, or after header_timeout
+                conn.settimeout(30)
+                with contextlib.suppress(ConnectionResetError):
+                    assert conn.recv(100) == b""
+        finally:
+            for conn in half_open:
+                conn.close()

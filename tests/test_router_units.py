@@ -9,6 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmctl.manifest.model import ServeConfig
 from llmctl.router import sse
@@ -627,6 +629,24 @@ def test_unsafe_path_rules() -> None:
         b"/v1/%2e%2e%3b/x",
     ):
         assert unsafe_path(bad) is not None, bad
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"/", b".", b"..", b";", b"%", b"2e", b"2f", b"5c", b"\\", b"\x00", b"a"]),
+        max_size=12,
+    )
+)
+def test_unsafe_path_screen_lets_through_only_what_the_full_check_allows(
+    parts: list[bytes],
+) -> None:
+    """The screen that spares most paths the full check never passes one the check refuses."""
+    from llmctl.router import safepath
+
+    path = b"".join(parts)
+    if safepath._SUSPECT.search(path) is None:
+        assert safepath._why(path) is None, path
 
 
 def test_relay_records_the_answer_before_its_end_goes_out() -> None:

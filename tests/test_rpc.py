@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from llmctl.cli import build_app
 from llmctl.errors import ManifestError, UsageError
 from llmctl.llama import rpc
-from llmctl.llama.argv import parse_llama_args
 from llmctl.llama.gguf import read_gguf
 from llmctl.manifest.validate import load_manifest
+from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.placement.placer import placement_request, plan_load, policy_devices
 from llmctl.placement.plan import GpuTarget, plan_devices
@@ -292,7 +292,7 @@ def test_estimate_of_a_command_line_with_rpc_says_where_the_layers_go(model: Pat
 
 
 def _plan(model: Path, targets: list[GpuTarget], **kw: Any) -> Any:
-    from llmctl.memory.estimate import LaunchOptions
+    from llmctl.memory.options import LaunchOptions
 
     source = ModelSource.from_gguf(read_gguf(model))
     est = estimate(source, LaunchOptions(ctx_size=1024, parallel=1), overhead=0)
@@ -358,7 +358,7 @@ def test_an_rpc_server_alone_takes_every_offloaded_layer(model: Path) -> None:
 def test_partial_offload_keeps_first_layers_on_this_machine(model: Path) -> None:
     from dataclasses import replace
 
-    from llmctl.memory.estimate import LaunchOptions
+    from llmctl.memory.options import LaunchOptions
 
     source = ModelSource.from_gguf(read_gguf(model))
     est = estimate(source, LaunchOptions(ctx_size=1024, parallel=1, n_gpu_layers=3), overhead=0)

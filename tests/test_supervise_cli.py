@@ -170,6 +170,7 @@ def test_fast_path_and_typer_command_print_the_same(manifest: Path) -> None:
     code, out = typer_out("status")
     assert code == 0 and no_uptime(out) == no_uptime(llmctl("status").stdout)
     assert "profile  fast" in out and "healthy  yes" in out
+    assert "\nmodel    " in out and "m.gguf" in out  # which model runs, beside its memory
 
 
 def test_switch_status_stop(manifest: Path) -> None:
@@ -575,3 +576,13 @@ def test_logs_of_a_profile_by_name_or_alias(manifest: Path) -> None:
     never = llmctl("logs", "slow", "--manifest", str(manifest))
     assert never.returncode == 1 and "no log of profile 'slow'" in never.stderr
     assert "Traceback" not in never.stderr
+
+
+def test_load_of_two_profiles_on_one_port_refuses_and_says_how(manifest: Path) -> None:
+    """No server.ports: both profiles want the same port, so the set is refused before anything
+    starts, and the hint names the fix."""
+    res = llmctl("load", "fast", "other", "--manifest", str(manifest))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "cannot run beside profile 'fast' (port" in res.stderr
+    assert "server.ports: 8100-8199" in res.stderr
+    assert fake_pids() == []

@@ -247,7 +247,8 @@ def test_status_memory_counts_each_cache_once_beside_a_draft(
     """A sliding-window model (two caches on the CPU), its own draft, at -v: --fit's probe loads
     print their buffers first, and the draft's come after the main model's."""
     from llmctl.llama.gguf import read_gguf
-    from llmctl.memory.estimate import LaunchOptions, ModelSource, estimate, mib
+    from llmctl.memory.estimate import ModelSource, estimate, mib
+    from llmctl.memory.options import LaunchOptions
     from llmctl.testing.testmodels import write_tiny_model
 
     model = write_tiny_model(tmp_path / "swa.gguf", arch="gemma3")

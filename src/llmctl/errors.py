@@ -18,7 +18,7 @@ reload is logged and the previous manifest kept.
   │   ├── LockTimeout          another llmctl holds the lock            CLI (exit 3); router
   │   ├── StateDirError        the state folder cannot be written       CLI (exit 4); router
   │   ├── MetadataError        GGUF metadata the estimator lacks        CLI; lint: a Problem
-  │   │                        (memory/estimate.py; also a ValueError)
+  │   │                        (memory/hparams.py; also a ValueError)
   │   ├── PlacementRefused     nothing fits; .decision                  CLI; router (with the decision)
   │   │                        (placement/placer.py)
   │   └── FetchError           the demo model cannot be fetched         CLI (`llmctl demo`)

@@ -13,7 +13,7 @@ Otherwise it behaves as $FAKE_ENGINE_MODE says:
   loaded       a "model loaded" line and no event (as with `--fit off`)
   crash        one log line, then exits 3
   ignore-term  the event, then ignores SIGTERM (only SIGKILL stops it)
-Every mode that waits writes its pid to $FAKE_ENGINE_PIDFILE when set.
+Every run (but --help/--version) first writes its pid to $FAKE_ENGINE_PIDFILE when set.
 """
 
 from __future__ import annotations
@@ -42,16 +42,23 @@ def event(rows: object, unit: str = "MiB") -> None:
     out({"type": "fit_memory_breakdown", "data": {"unit": unit, "rows": rows}})
 
 
-def wait_forever() -> None:
+def write_pidfile() -> None:
+    """Whole or not at all (a probe may stop this process at any moment), before any output."""
     pidfile = os.environ.get("FAKE_ENGINE_PIDFILE")
     if pidfile:
-        with open(pidfile, "w") as f:
+        with open(pidfile + ".tmp", "w") as f:
             f.write(str(os.getpid()))
+        os.replace(pidfile + ".tmp", pidfile)
+
+
+def wait_forever() -> None:
     while True:
         signal.pause()
 
 
 def main() -> int:
+    if "--help" not in sys.argv and "--version" not in sys.argv:
+        write_pidfile()
     if "--help" in sys.argv:
         flags = [
             "-m, --model FNAME", "-c, --ctx-size N", "--port PORT", "-np, --parallel N",

@@ -7,7 +7,7 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING
 
 from llmctl.cli.argv import parse
-from llmctl.cli.estimate import size
+from llmctl.cli.estimate.render import size
 from llmctl.cli.output import print_json, run_command, table
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 from llmctl.term import BOLD, GREEN, RED, style
@@ -79,8 +79,9 @@ def run(
     def body() -> int:
         from llmctl.manifest.cache import load_manifest
         from llmctl.manifest.sizes import parse_size
-        from llmctl.memory.estimate import MetadataError, options_from_profile
+        from llmctl.memory.estimate import options_from_profile
         from llmctl.memory.fit import advise
+        from llmctl.memory.hparams import MetadataError
         from llmctl.memory.profile import source_for_profile
 
         m = load_manifest(manifest)

@@ -47,7 +47,7 @@ def estimate_hub(
 ) -> int:
     from llmctl.hub.refs import parse_ref
     from llmctl.hub.remote import ReadStats, list_repo, read_model, source_json
-    from llmctl.llama.argv import parse_llama_args
+    from llmctl.memory.cmdline import parse_llama_args
     from llmctl.memory.estimate import ModelSource, estimate
 
     parsed = parse_llama_args(llama_args)

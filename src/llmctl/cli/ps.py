@@ -67,14 +67,14 @@ def _ps(json_out: bool) -> int:
     sys.stdout.write(head + "\n")
     for r in rows:
         health = {True: "ok", False: "FAIL", None: "-"}[r["healthy"]]
-        planned = usage_text(r["planned"])
+        planned = usage_text(r["planned"]) if r["planned"] else ""  # placed: what it holds
         reported = r["memory"].get("total_mib") if r["memory"] else None
         stated = (r["engine_plan"] or {}).get("by_device_mib") or {}
         notes = [f"{r['memory_source']}" if r["memory_source"] and planned else ""]
         notes.append(f"engine plan {sum(stated.values()):.0f} MiB" if stated else "")
         notes.append(f"reported {reported:.0f} MiB" if reported else "")
         said = ", ".join(n for n in notes if n)
-        mem = (planned + (f" ({said})" if said else "")).strip() or "-"
+        mem = (f"{planned} ({said})" if planned and said else planned or said) or "-"
         uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
         sys.stdout.write(
             f"{r['profile']:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "

@@ -45,8 +45,8 @@ def pull_ref(ref: str, *, quiet: bool = False, mmproj: bool = True) -> list[Pull
 
     def on_file(file: str, size: int, cached: bool) -> None:
         if not quiet:
-            what = "already here" if cached else "downloading"
-            sys.stderr.write(f"{file} ({format_bytes(size)}): {what}\n")
+            what = "already here:" if cached else "pulling"
+            sys.stderr.write(f"{what} {file} ({format_bytes(size)})\n")
 
     return pull(
         parse_ref(ref),

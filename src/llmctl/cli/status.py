@@ -119,6 +119,7 @@ def status_text(status: dict[str, Any]) -> str:
             ("state", "loading (another llmctl is starting it)" if starting else "running"),
             ("pid", "-" if status["pid"] is None else str(status["pid"])),
             ("url", status["url"] or "-"),
+            ("model", _model_of(status.get("argv") or []) or "-"),
             ("healthy", health),
             ("uptime", _duration(status["uptime_s"] or 0.0)),
             ("log", status["log"] or "-"),
@@ -223,3 +224,11 @@ __all__ = [
     "status_json",
     "status_text",
 ]
+
+
+def _model_of(argv: list[str]) -> str | None:
+    """The model file a server runs, from its command line (`-m` / `--model`)."""
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("-m", "--model"):
+            return argv[i + 1]
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--model=")), None)

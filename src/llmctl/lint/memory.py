@@ -20,13 +20,8 @@ from llmctl.llama.vocab import (
     parse_overrides,
 )
 from llmctl.manifest.problems import problem as positioned
-from llmctl.memory.estimate import (
-    HParams,
-    MetadataError,
-    ModelSource,
-    hparams_from_metadata,
-    vocab_size,
-)
+from llmctl.memory.estimate import ModelSource, vocab_size
+from llmctl.memory.hparams import HParams, MetadataError, hparams_from_metadata
 from llmctl.memory.profile import estimate_profile, extra_sources, source_for_profile
 from llmctl.term import format_bytes
 

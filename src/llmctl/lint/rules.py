@@ -88,7 +88,7 @@ def _hub_file(out: ProblemSink, name: str, ref: str) -> str | None:
         return str(local.path)
     out.at(
         "warning",
-        "model-remote",
+        "model-not-pulled",
         f"model {ref} is on Hugging Face and not pulled yet: `switch` and `load` refuse it "
         "until it is; estimates read its header from the hub",
         name,

@@ -201,6 +201,12 @@ class ServeConfig(_Strict):
     drain_timeout: Duration = 30.0
     inflight_timeout: Duration = 60.0
     stop_server_on_exit: bool = True
+    loading_state: bool = Field(
+        False,
+        description="A streaming chat request that waits for a load gets the load's progress "
+        "as `reasoning_content` deltas, which chat UIs show in their thinking box (as "
+        "llama-swap's sendLoadingState); off: SSE comments only.",
+    )
     allowed_hosts: list[AllowedHost] = Field(
         default_factory=list,
         description="Host names the router answers to besides loopback ones (a reverse proxy's, "

@@ -466,7 +466,12 @@ def _validate(
 
     profiles: dict[str, Profile] = {}
     origins: dict[str, dict[str, str]] = {}
-    if raw_profiles is None:
+    # a gateway in front of other machines (serve.upstreams) needs no local profile
+    raw_serve = data.get("serve")
+    gateway = isinstance(raw_serve, dict) and bool(raw_serve.get("upstreams"))
+    if raw_profiles is None and gateway:
+        pass
+    elif raw_profiles is None:
         checker.add(
             "error",
             "no-profiles",
@@ -483,8 +488,14 @@ def _validate(
             value=True,
         )
     else:
-        if not raw_profiles:
-            checker.add("error", "no-profiles", "`profiles` is empty", ("profiles",))
+        if not raw_profiles and not gateway:
+            checker.add(
+                "error",
+                "no-profiles",
+                "`profiles` is empty",
+                ("profiles",),
+                hint="add a profile, or `serve.upstreams` for a router in front of other machines",
+            )
         for name, raw in raw_profiles.items():
             ppath: Path_ = ("profiles", name)
             if raw is None:

@@ -15,14 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmctl.llama.vocab import CACHE_TYPES, bytes_per_element, cache_block_size
-from llmctl.memory.estimate import (
-    Estimate,
-    HParams,
-    LaunchOptions,
-    ModelSource,
-    estimate,
-    hparams_from_metadata,
-)
+from llmctl.memory.estimate import Estimate, ModelSource, estimate
+from llmctl.memory.hparams import HParams, hparams_from_metadata
+from llmctl.memory.options import LaunchOptions
 
 
 @dataclass

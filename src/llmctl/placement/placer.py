@@ -250,15 +250,27 @@ def _placement_info(plan: DevicePlan, est: Estimate | None) -> dict[str, Any]:
     }
 
 
+def _resident(profile: Any, rec: LaunchRecord, now: float) -> bool:
+    keep = getattr(profile, "min_residency", None) or 0.0
+    since = rec.ready_at or rec.started_at
+    return bool(keep) and since is not None and now < since + keep
+
+
 def running_servers(
     manifest: Manifest,
     records: Mapping[str, LaunchRecord],
     activity: Mapping[str, tuple[float, int]] | None = None,
+    now: float | None = None,
 ) -> list[Running]:
     """The policy's view of the running servers. `activity`: profile -> (last used, in flight),
-    from the router; else the time each became ready."""
+    from the router; else the time each became ready. A server ready less than its profile's
+    `min_residency` ago (wall clock `now`) is `resident`: evicted only when nothing else frees
+    enough."""
+    import time
+
     from llmctl.placement.policy import Running
 
+    clock = time.time() if now is None else now
     out: list[Running] = []
     for name, rec in records.items():
         info = rec.extra or {}
@@ -275,6 +287,7 @@ def running_servers(
                 group=profile.group if profile is not None else None,
                 port=rec.port,
                 config=rec.config_hash,
+                resident=_resident(profile, rec, clock),
             )
         )
     return out
@@ -300,6 +313,11 @@ def refusal(decision: Decision) -> PlacementRefused:
         )
     elif decision.shortfall:
         hint = "unload or unpin a pinned profile (`llmctl ps` lists them), or shrink this one"
+    elif "(port " in decision.reason:
+        hint = (
+            "give the profiles their own ports: `server.ports: 8100-8199` in the manifest "
+            "(as `llmctl init` writes it), or `port:` per profile"
+        )
     else:
         hint = "see `llmctl devices` and `llmctl ps`"
     err = PlacementRefused(decision.reason, hint=hint)

@@ -35,13 +35,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llmctl.memory.estimate import (
-    Estimate,
-    ModelSource,
-    cuda_alloc_size,
-    gpu_layer_split,
-    hparams_from_metadata,
-)
+from llmctl.memory.estimate import Estimate, ModelSource
+from llmctl.memory.hparams import hparams_from_metadata
+from llmctl.memory.weights import cuda_alloc_size, gpu_layer_split
 
 SplitMode = Literal["none", "layer", "row"]
 CPU = "CPU"
@@ -163,7 +159,7 @@ def _layer_weights(
     import re
 
     from llmctl.llama.vocab import CPU_BUFFER
-    from llmctl.memory.estimate import _tensor_layer
+    from llmctl.memory.weights import _tensor_layer
 
     compiled = [(re.compile(p), b.upper() == CPU_BUFFER) for p, b in overrides]
 

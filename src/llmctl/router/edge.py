@@ -113,16 +113,23 @@ class FastProxy:
             return
         # every answer of the API is counted once: by its exchange, else here under its status
         sent: list[int] = []
+        if kind == "own":
 
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                sent.append(message["status"])
-            await send(message)
+            async def counting_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    sent.append(message["status"])
+                await send(message)
 
-        try:
-            if kind == "own":
+            try:
                 await self.app(scope, receive, counting_send)
-                return
+            finally:
+                if not scope.get(COUNTED):
+                    router.metrics.count_request(None, None, sent[0] if sent else 499)
+            return
+        # a proxied answer is counted by its exchange (a relay always ends it), a refusal here
+        # under its status: no wrapper on each of a stream's chunks
+        status = 499  # nothing was answered: the client left, or an internal error follows
+        try:
             request = Request(scope, receive)
             try:
                 if kind == "cors_proxy" and not router.serve.allow_cors_proxy:
@@ -137,7 +144,8 @@ class FastProxy:
                 response = await proxy_endpoint(request, pinned=kind == "upstream")
             except RouterError as err:
                 response = err.response()
-            await response(scope, receive, counting_send)
+            status = getattr(response, "status_code", status)
+            await response(scope, receive, send)
         finally:
             if not scope.get(COUNTED):
-                router.metrics.count_request(None, None, sent[0] if sent else 499)
+                router.metrics.count_request(None, None, status)

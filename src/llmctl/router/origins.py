@@ -23,6 +23,7 @@ bind; browser origins of localhost only unless configured) and llama-server's `-
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ def _strip_port(authority: str) -> str:
     return authority
 
 
+@functools.lru_cache(maxsize=256)  # asked for every request's Host, mostly the same few names
 def is_loopback_name(host: str) -> bool:
     """`localhost`, `*.localhost` (RFC 6761: browsers resolve them to loopback themselves) or a
     loopback address (127.0.0.0/8, ::1, and ::ffff:127.x)."""

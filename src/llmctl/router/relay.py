@@ -56,6 +56,7 @@ _REQUEST_DROP = _HOP | {
 }
 # a host's (type llmctl) own x-llmctl-upstream names its upstream; this router names the host
 _RESPONSE_DROP = _HOP | {"server", "date", "content-encoding", "x-llmctl-upstream"}
+UPSTREAM_HEADER_B = UPSTREAM_HEADER.encode()
 _REQUEST_DROP_B = frozenset(h.encode() for h in _REQUEST_DROP)
 _RESPONSE_DROP_B = frozenset(h.encode() for h in _RESPONSE_DROP)
 
@@ -95,6 +96,25 @@ class Reply:
         self._closer = closer
         self.extra_headers: list[tuple[bytes, bytes]] = []
         self.tail = b""  # the end of the body once relayed, where an answer's "usage" is
+        # what the relay asks of the headers, read in one pass
+        encoding = length = content_type = None
+        for k, v in headers:
+            name = k.lower()
+            if name == b"content-encoding":
+                encoding = v if encoding is None else encoding
+            elif name == b"content-length":
+                length = v if length is None else length
+            elif name == b"content-type":
+                content_type = v if content_type is None else content_type
+        self._encoded = encoding is not None
+        # the first chunk is the whole body (a known length, all of it read)
+        self.complete = (
+            not self._encoded
+            and length is not None
+            and length.isdigit()
+            and len(first) == int(length)
+        )
+        self.is_sse = (content_type or b"").startswith(b"text/event-stream")
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -102,21 +122,9 @@ class Reply:
                 return v
         return None
 
-    @property
-    def complete(self) -> bool:
-        """The first chunk is the whole body (a known length, all of it read)."""
-        if self.header(b"content-encoding") is not None:
-            return False
-        length = self.header(b"content-length")
-        return length is not None and length.isdigit() and len(self.first) == int(length)
-
-    @property
-    def is_sse(self) -> bool:
-        return (self.header(b"content-type") or b"").startswith(b"text/event-stream")
-
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         # the body is relayed decoded: its length holds only when the upstream did not compress it
-        encoded = self.header(b"content-encoding") is not None
+        encoded = self._encoded
         out: list[tuple[bytes, bytes]] = []
         for k, v in self.headers:
             name = k.lower()
@@ -126,7 +134,7 @@ class Reply:
             elif name in _RESPONSE_DROP_B:
                 continue
             out.append((k, v))
-        out.append((UPSTREAM_HEADER.encode(), self.upstream.encode()))
+        out.append((UPSTREAM_HEADER_B, self.upstream.encode()))
         out.extend(self.extra_headers)
         if self.is_sse:
             out.append((b"x-accel-buffering", b"no"))
@@ -198,29 +206,45 @@ class RelayResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply = self.reply
-        try:
-            start = {
-                "type": "http.response.start",
-                "status": reply.status,
-                "headers": reply.raw_headers(),
-            }
-            if reply.complete:
-                # the whole body is here already: nothing to watch, nothing to cancel upstream
+        if reply.complete:
+            # the whole body is here already: nothing to watch, nothing to cancel upstream
+            try:
+                start = self._start()
                 async for _ in reply.rest:  # lets the connection go back to the pool
                     pass
-                self.done("ok", reply)
+            except BaseException:
+                await self._close()
+                raise
+            self.done("ok", reply)
+            try:
                 await send(start)
                 await send({"type": "http.response.body", "body": reply.first, "more_body": False})
-                return
+            finally:
+                await reply.aclose()  # nothing left to read or cancel: no await to shield
+                self.done("client_gone", reply)
+            return
+        try:
+            start = self._start()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
                 await send(start)
                 await _pipe(send, reply, sse_errors=reply.is_sse, finish=self._finish)
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.reply.aclose()
-                self.done("client_gone", reply)
+            await self._close()
+
+    def _start(self) -> Message:
+        reply = self.reply
+        return {
+            "type": "http.response.start",
+            "status": reply.status,
+            "headers": reply.raw_headers(),
+        }
+
+    async def _close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.reply.aclose()
+            self.done("client_gone", self.reply)
 
     def _finish(self, outcome: Outcome) -> None:
         self.done(outcome, self.reply)
@@ -253,10 +277,19 @@ class WaitingStreamResponse:
     from then on becomes an SSE error event.
     """
 
-    def __init__(self, opener: Opener, on_done: DoneFn, *, heartbeat: float = 5.0) -> None:
+    def __init__(
+        self,
+        opener: Opener,
+        on_done: DoneFn,
+        *,
+        heartbeat: float = 5.0,
+        loading_state: str | None = None,
+    ) -> None:
         self.opener = opener
         self.done = _Once(on_done)
         self.heartbeat = heartbeat
+        # the model name of a chat stream that shows the load as reasoning (serve.loading_state)
+        self.loading_state = loading_state
         self._started = False
         self._held: list[Progress] = []
 
@@ -279,13 +312,10 @@ class WaitingStreamResponse:
                 self._held.append(p)  # may still end in a refusal with its own status
                 return
             await self._start(send)
-        await send(
-            {
-                "type": "http.response.body",
-                "body": sse.comment(f"{p.kind} {p.message}"),
-                "more_body": True,
-            }
-        )
+        body = sse.comment(f"{p.kind} {p.message}")
+        if self.loading_state is not None and p.kind != "loading":  # not every log line
+            body += sse.reasoning_chunk(self.loading_state, f"{p.message}\n")
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply: Reply | None = None
@@ -330,13 +360,12 @@ class WaitingStreamResponse:
                 elif not done:
                     waited = time.monotonic() - started
                     await self._start(send)
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": sse.comment(f"loading ... {waited:.0f} s"),
-                            "more_body": True,
-                        }
-                    )
+                    body = sse.comment(f"loading ... {waited:.0f} s")
+                    if self.loading_state is not None:
+                        body += sse.reasoning_chunk(
+                            self.loading_state, f"still loading ({waited:.0f} s)\n"
+                        )
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
         except BaseException:
             task.cancel()
             with contextlib.suppress(BaseException):

@@ -60,6 +60,9 @@ _T = TypeVar("_T")
 log = logging.getLogger("llmctl.router")
 
 JSON_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# scope key the router's HTTP protocol sets once a request's whole body is in (server.py): its
+# read needs no deadline, every receive returns at once
+BODY_IN = "llmctl.body_in"
 _REFRESH_EVERY = 1.0
 
 
@@ -330,28 +333,22 @@ class Router:
         keys = self.api_keys
         if not keys:
             return
-        headers = request.headers
-        given = api_key_of(headers.get("authorization"), headers.get("x-api-key"))
+        given = api_key_of(header(request, b"authorization"), header(request, b"x-api-key"))
         if not key_allowed(given, keys):
             self.metrics.count_rejected("unauthorized")
             raise unauthorized()
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.serve.max_body_size
-        declared = request.headers.get("content-length")
+        declared = header(request, b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             self.metrics.count_rejected("too_large")
             raise too_large(limit)
-        parts: list[bytes] = []
-        size = 0
         try:
+            if BODY_IN in request.scope:
+                return await self._receive_body(request, limit)
             async with asyncio.timeout(self.serve.body_timeout):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        self.metrics.count_rejected("too_large")
-                        raise too_large(limit)
-                    parts.append(chunk)
+                return await self._receive_body(request, limit)
         except ClientDisconnect:
             # the client left during its upload: nothing to answer, nothing went wrong here
             self.metrics.count_rejected("client_gone")
@@ -359,7 +356,37 @@ class Router:
         except TimeoutError:
             self.metrics.count_rejected("body_timeout")
             raise body_timeout(self.serve.body_timeout) from None
+
+    async def _receive_body(self, request: Request, limit: int) -> bytes:
+        # the ASGI messages themselves: request.stream() is an async generator per request
+        receive = request.receive
+        parts: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            if not chunk:
+                continue
+            size += len(chunk)
+            if size > limit:
+                self.metrics.count_rejected("too_large")
+                raise too_large(limit)
+            parts.append(chunk)
         return b"".join(parts)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """A request header by its lower-case name (ASGI's), without building Starlette's `Headers`,
+    whose lookup of an absent name raises and catches a KeyError."""
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def router_of(request: Request) -> Router:

@@ -9,13 +9,23 @@ with its `;params` cut off (`..;x`), since servlet containers and some proxies d
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
 _MAX_DECODES = 4  # %252e%252e -> %2e%2e -> ..: decode until stable, a few times at most
+# what any refused path contains: a backslash, a control character, an escape, or a segment
+# that starts with a dot; every request's path is checked, most of them have none of these
+_SUSPECT = re.compile(rb"[\\\x00-\x1f\x7f%]|(?:^|/)\.")
 
 
 def unsafe_path(raw_path: bytes) -> str | None:
     """Why `raw_path` (the path as sent, without the query) is refused, or None when it is fine."""
+    if _SUSPECT.search(raw_path) is None:
+        return None
+    return _why(raw_path)
+
+
+def _why(raw_path: bytes) -> str | None:
     decoded = raw_path
     for _ in range(_MAX_DECODES):
         if b"\\" in decoded:

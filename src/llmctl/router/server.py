@@ -20,6 +20,7 @@ import math
 import re
 import signal
 import socket
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -30,12 +31,13 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmctl.errors import LlmctlError, UsageError
+from llmctl.llama.endpoints import cors_headers
 from llmctl.manifest.model import ServeConfig
 from llmctl.router.app import create_app
 from llmctl.router.auth import serve_keys
 from llmctl.router.backends import LAUNCHER
 from llmctl.router.origins import is_loopback_name
-from llmctl.router.runtime import Router
+from llmctl.router.runtime import BODY_IN, Router
 
 log = logging.getLogger("llmctl.router")
 
@@ -86,69 +88,208 @@ def default_max_connections() -> int:
     return max(8, min(10000, (soft - 64) // 2))
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for request headers and a cap on connections."""
+class _HeaderGuard:
+    """One connection's deadline for its request line and headers (slowloris)."""
 
-    header_timeout = 10.0
-    max_connections = 1000
+    __slots__ = ("loop", "timeout", "timer", "transport", "waiting_since")
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._waiting_since: float | None = None
-        self._await_headers()
-        if len(self.connections) > self.max_connections:
-            waiting = [
-                c
-                for c in self.connections
-                if isinstance(c, GuardedH11Protocol) and c._waiting_since is not None
-            ]
-            oldest = min(waiting, key=lambda c: c._waiting_since or 0.0, default=self)
-            log.debug("connection limit (%d) reached: closing one still without a request",
-                      self.max_connections)  # fmt: skip
-            oldest._drop()
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, timeout: float
+    ) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.timeout = timeout
+        self.timer: asyncio.TimerHandle | None = None
+        self.waiting_since: float | None = None
 
-    def _await_headers(self) -> None:
-        self._waiting_since = self.loop.time()
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        self._header_timer = self.loop.call_later(self.header_timeout, self._drop)
+    def arm(self) -> None:
+        """Headers are due now (a new connection, or the next request on a keep-alive one)."""
+        self.waiting_since = self.loop.time()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(self.timeout, self.drop)
 
-    def _drop(self) -> None:
+    def disarm(self) -> None:
+        """The headers are in (the body has serve.body_timeout), or the connection is gone."""
+        self.waiting_since = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def drop(self) -> None:
         """Close a connection that sent no complete request in time (or lost its place)."""
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        self._waiting_since = None
+        self.disarm()
         if not self.transport.is_closing():
             self.transport.close()
 
+
+# uvicorn's httptools protocol writes header names in lower case; llama-server spells its CORS
+# headers in title case, and clients that read headers into a plain dict see the difference
+_SPELLED = [
+    (b"\r\n" + name.lower() + b":", b"\r\n" + name + b":")
+    for name, _ in cors_headers("", preflight=True)
+]
+
+
+class _Spelled(asyncio.Transport):
+    """A client connection's transport that writes the CORS header names of a response head as
+    llama-server spells them; everything else passes through as it is."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._transport = transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if data[:5] == b"HTTP/" and b"\r\naccess-control-" in data:
+            head = bytes(data)
+            for lower, spelled in _SPELLED:
+                head = head.replace(lower, spelled)
+            data = head
+        self._transport.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+
+def _cap_connections(connections: Iterable[object], limit: int, newest: _HeaderGuard) -> None:
+    """Over the limit: close the connection that has waited longest for its headers."""
+    guards = [getattr(c, "guard", None) for c in connections]
+    if len(guards) <= limit:
+        return
+    waiting = [g for g in guards if isinstance(g, _HeaderGuard) and g.waiting_since is not None]
+    oldest = min(waiting, key=lambda g: g.waiting_since or 0.0, default=newest)
+    log.debug("connection limit (%d) reached: closing one still without a request", limit)
+    oldest.drop()
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol (pure Python, where httptools does not install) with a deadline
+    for request headers and a cap on connections."""
+
+    header_timeout = 10.0
+    max_connections = 1000
+    guard: _HeaderGuard
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.guard = _HeaderGuard(self.loop, transport, self.header_timeout)
+        self.guard.arm()
+        _cap_connections(self.connections, self.max_connections, self.guard)
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self._waiting_since is not None and self.conn.their_state is not h11.IDLE:
-            # the request line and headers are in: the body has serve.body_timeout
-            self._waiting_since = None
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+        if self.guard.waiting_since is not None and self.conn.their_state is not h11.IDLE:
+            self.guard.disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._await_headers()  # the next request on this keep-alive connection
+            self.guard.arm()  # the next request on this keep-alive connection
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        self._waiting_since = None
+        self.guard.disarm()
         super().connection_lost(exc)
 
 
-def guarded_protocol(serve: ServeConfig) -> type[GuardedH11Protocol]:
+def _httptools_protocol() -> type[asyncio.Protocol] | None:
+    """uvicorn's httptools protocol with the same guard, or None where httptools is missing."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is a dependency where it installs
+        return None
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol (its C parser costs a fraction of h11's pure Python on
+        every request) with a deadline for request headers and a cap on connections."""
+
+        header_timeout = 10.0
+        max_connections = 1000
+        guard: _HeaderGuard
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            transport = _Spelled(transport)
+            super().connection_made(transport)
+            self.guard = _HeaderGuard(self.loop, transport, self.header_timeout)
+            self.guard.arm()
+            _cap_connections(self.connections, self.max_connections, self.guard)
+
+        def on_headers_complete(self) -> None:
+            self.guard.disarm()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.scope[BODY_IN] = True  # type: ignore[literal-required]
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # its headers are in: it starts now, no deadline
+            super().on_response_complete()
+            if not pipelined and not self.transport.is_closing():
+                self.guard.arm()  # the next request on this keep-alive connection
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.guard.disarm()
+            super().connection_lost(exc)
+
+    return GuardedHttpToolsProtocol
+
+
+def guarded_protocol(serve: ServeConfig, *, pure: bool = False) -> type[asyncio.Protocol]:
+    """The HTTP protocol for the router's clients: httptools where it installs (`pure`: h11)."""
     limit = serve.max_connections or default_max_connections()
     attrs = {"header_timeout": serve.header_timeout, "max_connections": limit}
-    return type("RouterH11Protocol", (GuardedH11Protocol,), attrs)
+    base = None if pure else _httptools_protocol()
+    if base is None:
+        return type("RouterH11Protocol", (GuardedH11Protocol,), attrs)
+    return type("RouterHttpToolsProtocol", (base,), attrs)
+
+
+def uvicorn_options(serve: ServeConfig) -> dict[str, Any]:
+    """How uvicorn serves the router's connections: its HTTP protocol and event loop (uvloop
+    where it installs, which uvicorn's "auto" picks)."""
+    return {"http": guarded_protocol(serve), "loop": "auto", "server_header": False}
 
 
 class RouterServer(uvicorn.Server):
@@ -263,8 +404,7 @@ def run(
         "log_level": log_level,
         "access_log": access_log,
         "timeout_graceful_shutdown": max(1, math.ceil(serve.drain_timeout)),
-        "server_header": False,
-        "http": guarded_protocol(serve),
+        **uvicorn_options(serve),
         "log_config": None,  # uvicorn's lines go through the same handler and format as ours
     }
     config = uvicorn.Config(app, host=host, port=port, **config_kw)

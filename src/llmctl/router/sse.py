@@ -27,6 +27,22 @@ def event(data: Any, *, name: str | None = None) -> bytes:
     return (head + body + "\n").encode()
 
 
+def reasoning_chunk(model: str, text: str) -> bytes:
+    """A chat completion chunk whose delta is `reasoning_content` (a chat UI's thinking box):
+    how a waiting stream shows a load's progress (serve.loading_state)."""
+    import time
+
+    return event(
+        {
+            "id": "llmctl-loading",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "delta": {"reasoning_content": text}, "finish_reason": None}],
+        }
+    )
+
+
 def error_event(err: RouterError) -> bytes:
     """The OpenAI error body as a `data:` event, which the openai SDK raises as an APIError."""
     return event(err.body())

@@ -524,14 +524,11 @@ def _limits(record: Mapping[str, Any]) -> KeepKv:
 def _bytes_per_token(argv: Sequence[str]) -> float | None:
     """The KV bytes one token takes, from the model's metadata (None when it cannot be read)."""
     try:
-        from llmctl.llama.argv import parse_llama_args
         from llmctl.llama.gguf import read_gguf
-        from llmctl.memory.estimate import (
-            ModelSource,
-            context_sizes,
-            hparams_from_metadata,
-            kv_caches,
-        )
+        from llmctl.memory.cmdline import parse_llama_args
+        from llmctl.memory.estimate import ModelSource
+        from llmctl.memory.hparams import hparams_from_metadata
+        from llmctl.memory.kv import context_sizes, kv_caches
 
         parsed = parse_llama_args(argv)
         if not parsed.model:

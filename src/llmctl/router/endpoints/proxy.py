@@ -33,7 +33,9 @@ from llmctl.router.routing import (
     query_model,
     split_upstream_path,
 )
-from llmctl.router.runtime import JSON_ENDPOINTS, Router, router_of
+from llmctl.router.runtime import JSON_ENDPOINTS, Router, header, router_of
+
+HOPS_HEADER_B = HOPS_HEADER.encode()
 
 
 def _upstream_request(request: Request, router: Router) -> tuple[Request, str]:
@@ -69,7 +71,7 @@ def _parse_body(router: Router, request: Request, path: str, body: bytes) -> dic
         return None
     # llama-server reads a body as JSON whatever its content type says
     looks_json = body[:64].lstrip()[:1] == b"{"
-    if not (strict or looks_json or "json" in request.headers.get("content-type", "")):
+    if not (strict or looks_json or "json" in (header(request, b"content-type") or "")):
         return None
     try:
         data = json.loads(body)
@@ -125,7 +127,7 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
         raise RouterError(
             503, "The router is shutting down.", type=SERVER, code="shutting_down", retry_after=5
         )
-    looped = loop_error(parse_hops(request.headers.get(HOPS_HEADER)), router.router_id)
+    looped = loop_error(parse_hops(header(request, HOPS_HEADER_B)), router.router_id)
     if looped is not None:
         router.metrics.count_rejected("loop")
         raise RouterError(508, f"Request loop: {looped}.", type=SERVER, code="upstream_loop")
@@ -160,7 +162,15 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
     streaming = bool(payload and payload.get("stream") is True)
     if streaming and exchange.will_wait():
         # a refusal known before the stream starts (429, 503) keeps its status and Retry-After
-        return WaitingStreamResponse(exchange.open, exchange.done, heartbeat=router.heartbeat)  # type: ignore[return-value]
+        shown = payload.get("model") if payload else None
+        state = (
+            str(shown or target.profile)
+            if router.serve.loading_state and path.endswith("/chat/completions")
+            else None
+        )
+        return WaitingStreamResponse(  # type: ignore[return-value]
+            exchange.open, exchange.done, heartbeat=router.heartbeat, loading_state=state
+        )
     try:
         if exchange.will_wait():
             # a client that gives up while its request waits for a switch leaves the queue

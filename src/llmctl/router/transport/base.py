@@ -3,7 +3,8 @@
 A transport sends a request and returns as soon as the response's headers are in (`Opened`);
 it maps its own errors, in one place each: `UpstreamFailure` when no response came (connect,
 timeout, transport), `StreamBroken` from the body's chunks when the response broke off. The
-caller (`proxy.open_reply`) never asks which transport it got.
+caller (`proxy.open_reply`) never asks which transport it got. The caller reads the first chunk
+under its own deadline; a transport times out each later read (no data for its read timeout).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from llmctl.router.transport.base import Opened, StreamBroken, UpstreamFailure, split_url
 
@@ -24,19 +25,132 @@ class ConnectFailed(Exception):
     """No connection could be made (refused, unreachable, DNS)."""
 
 
-class _Conn:
-    __slots__ = ("reader", "writer")
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection: the bytes it has received and a waiter for more. It reads like
+    asyncio's StreamReader (the same exceptions: IncompleteReadError at the end of the stream,
+    LimitOverrunError past `_MAX_HEAD` without a separator) but with no future per call and no
+    copy of a body that arrived whole; past twice `_MAX_HEAD` unread, it stops reading the
+    socket (a slow client slows the upstream, not the router's memory)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._buf = b""
+        self._eof = False
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.transport: asyncio.Transport | None = None
+
+    # --- the protocol (the loop calls these) ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._buf = self._buf + data if self._buf else data
+        if not self._paused and len(self._buf) > 2 * _MAX_HEAD and self.transport is not None:
+            self._paused = True
+            with contextlib.suppress(RuntimeError):
+                self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self._wake()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if exc is not None:
+            self._exc = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _more(self) -> None:
+        """Wait for more bytes (or the end of the stream)."""
+        if self._paused:
+            self._resume()
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            with contextlib.suppress(RuntimeError):
+                self.transport.resume_reading()
+
+    def _take(self, n: int) -> bytes:
+        buf = self._buf
+        if n >= len(buf):
+            self._buf = b""
+        else:
+            buf, self._buf = buf[:n], buf[n:]
+        if self._paused and len(self._buf) <= _MAX_HEAD:
+            self._resume()
+        return buf
+
+    def _ended(self, expected: int | None) -> BaseException:
+        if self._exc is not None:
+            return self._exc
+        partial, self._buf = self._buf, b""
+        return asyncio.IncompleteReadError(partial, expected)
+
+    # --- reading (as StreamReader reads) ---
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        start = 0
+        while True:
+            at = self._buf.find(separator, start)
+            if at >= 0:
+                return self._take(at + len(separator))
+            if len(self._buf) > _MAX_HEAD:
+                raise asyncio.LimitOverrunError("separator not found within the limit", 0)
+            if self._eof:
+                raise self._ended(None)
+            start = max(0, len(self._buf) - len(separator) + 1)
+            await self._more()
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            if self._eof:
+                raise self._ended(n)
+            await self._more()
+        return self._take(n)
+
+    async def read(self, n: int) -> bytes:
+        while not self._buf:
+            if self._eof:
+                if self._exc is not None:
+                    raise self._exc
+                return b""
+            await self._more()
+        return self._take(n)
+
+    # --- writing ---
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
 
     def usable(self) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        return (
+            not (self._eof and not self._buf)
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.writer.close()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
 
 
 @dataclass
@@ -60,12 +174,13 @@ class Response:
                 return v
         return None
 
-    async def _read(self, coro_reader: asyncio.StreamReader, n: int, *, exact: bool) -> bytes:
+    async def _read(self, reader: _Conn, n: int, *, exact: bool, timed: bool = True) -> bytes:
         try:
-            async with asyncio.timeout(self._read_timeout):
-                if exact:
-                    return await coro_reader.readexactly(n)
-                data = await coro_reader.read(n)
+            if timed:
+                async with asyncio.timeout(self._read_timeout):
+                    data = await (reader.readexactly(n) if exact else reader.read(n))
+            else:  # the first read is under the caller's deadline (the `Transport` contract)
+                data = await (reader.readexactly(n) if exact else reader.read(n))
         except TimeoutError:  # before OSError, its base class
             raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except asyncio.IncompleteReadError as exc:
@@ -78,23 +193,22 @@ class Response:
         conn = self._conn
         if conn is None or self._done:
             return
-        reader = conn.reader
+        reader = conn
         if self._chunked:
+            first = True
             while True:
-                try:
-                    async with asyncio.timeout(self._read_timeout):
-                        line = await reader.readuntil(b"\r\n")
-                except TimeoutError:  # before OSError, its base class
-                    raise StreamBroken(
-                        f"no data from the upstream for {self._read_timeout:g} s"
-                    ) from None
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
-                    raise StreamBroken("the upstream closed the connection mid-response") from exc
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise StreamBroken("malformed chunked response from the upstream") from None
-                if size == 0:
+                if first:  # under the caller's deadline (the `Transport` contract)
+                    data = await self._chunk(reader)
+                else:
+                    try:  # one deadline per chunk, its size line and its data
+                        async with asyncio.timeout(self._read_timeout):
+                            data = await self._chunk(reader)
+                    except TimeoutError:
+                        raise StreamBroken(
+                            f"no data from the upstream for {self._read_timeout:g} s"
+                        ) from None
+                first = False
+                if data is None:
                     # trailers (usually none) end with an empty line
                     while True:
                         trailer = await self._read_line(reader)
@@ -102,12 +216,13 @@ class Response:
                             break
                     self._finish()
                     return
-                data = await self._read(reader, size + 2, exact=True)
-                yield data[:-2]
+                yield data
         elif self._length is not None:
             remaining = self._length
+            first = True
             while remaining > 0:
-                data = await self._read(reader, min(remaining, _READ), exact=False)
+                data = await self._read(reader, min(remaining, _READ), exact=False, timed=not first)
+                first = False
                 if not data:
                     raise StreamBroken("the upstream closed the connection mid-response")
                 remaining -= len(data)
@@ -122,7 +237,22 @@ class Response:
                 yield data
             self._finish()
 
-    async def _read_line(self, reader: asyncio.StreamReader) -> bytes:
+    async def _chunk(self, reader: _Conn) -> bytes | None:
+        """The data of the next chunk of a chunked body; None for the last (empty) one."""
+        try:
+            line = await reader.readuntil(b"\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
+            raise StreamBroken("the upstream closed the connection mid-response") from exc
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise StreamBroken("malformed chunked response from the upstream") from None
+        if size == 0:
+            return None
+        data = await self._read(reader, size + 2, exact=True, timed=False)
+        return data[:-2]
+
+    async def _read_line(self, reader: _Conn) -> bytes:
         try:
             async with asyncio.timeout(self._read_timeout):
                 return await reader.readuntil(b"\r\n")
@@ -172,20 +302,21 @@ class Pool:
             if conn.usable():
                 return conn, True
             conn.close()
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
-                reader, writer = await asyncio.open_connection(key[0], key[1], limit=_MAX_HEAD)
+                transport, conn = await loop.create_connection(lambda: _Conn(loop), key[0], key[1])
         except TimeoutError:
             raise ConnectFailed(f"connect to {key[0]}:{key[1]} timed out") from None
         except OSError as exc:
             raise ConnectFailed(
                 f"cannot connect to {key[0]}:{key[1]}: {exc.strerror or exc}"
             ) from None
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Conn(reader, writer), False
+        return conn, False
 
     async def request(
         self,
@@ -216,12 +347,12 @@ class Pool:
         for attempt in (0, 1):
             conn, reused = await self._get(key, connect_timeout)
             try:
-                conn.writer.write(payload)
-                head = await conn.reader.readuntil(b"\r\n\r\n")
+                conn.write(payload)
+                head = await conn.readuntil(b"\r\n\r\n")
                 while (
                     head[9:10] == b"1" and head[9:12] != b"101"
                 ):  # interim 1xx: the answer follows
-                    head = await conn.reader.readuntil(b"\r\n\r\n")
+                    head = await conn.readuntil(b"\r\n\r\n")
             except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 conn.close()
                 if reused and attempt == 0:

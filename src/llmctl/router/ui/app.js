@@ -189,7 +189,15 @@ function renderSummary() {
   parts.push(`queue ${q.depth}/${q.max_size}`);
   parts.push(`in flight ${q.inflight}`);
   $("summary").textContent = parts.join(" · ");
-  $("queue").textContent = `queue depth ${q.depth} of ${q.max_size} · in flight ${q.inflight}`;
+  const order = [];
+  if (q.max_wait_s > 0) {
+    order.push(`swap-aware order: up to ${secs(q.max_wait_s)} passed over`);
+    order.push(`${q.loads_avoided} load${q.loads_avoided === 1 ? "" : "s"} avoided`);
+    order.push(`${secs(q.passed_over_s)} passed over in all`);
+  }
+  const swaps = Object.entries(q.swaps || {}).map(([why, n]) => `${n} × ${why}`);
+  if (swaps.length) order.push(`swaps: ${swaps.join(", ")}`);
+  $("queue").textContent = [`queue depth ${q.depth} of ${q.max_size} · in flight ${q.inflight}`, ...order].join(" · ");
 }
 
 // --- devices -----------------------------------------------------------------------------------
@@ -302,6 +310,7 @@ function renderProfiles() {
       row("in flight", String(p.inflight));
       row("idle", secs(p.idle_s));
     }
+    if (p.waiting) row("waiting", `${p.waiting} request${p.waiting === 1 ? "" : "s"}`);
     if (p.ttl_s) row("unload after", secs(p.ttl_s) + " idle");
     card.append(dl);
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from llmctl.errors import UsageError
 from llmctl.llama.rpc import RPC_DEFAULT_PORT, RPC_FLAG, split_endpoints
 from llmctl.llama.vocab import CACHE_TYPES, FFN_EXPS_REGEX, FlashAttn, parse_overrides, tristate
-from llmctl.memory.estimate import LaunchOptions
+from llmctl.memory.options import LaunchOptions
 
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 

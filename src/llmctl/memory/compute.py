@@ -1,0 +1,130 @@
+"""The compute buffer llama.cpp reserves for its worst-case graph: approximate, from the graph's
+shapes (the rule is in `compute_parts`' docstring). Pure functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llmctl.memory.hparams import HParams
+from llmctl.memory.kv import CacheEstimate, ContextSizes
+from llmctl.memory.options import LaunchOptions
+
+
+def n_outputs_reserved(cs: ContextSizes, n_draft: int = 0) -> int:
+    """Outputs (logit rows) llama-server reserves: one per slot, plus the draft tokens each slot
+    verifies (server_output_limits), at most n_batch."""
+    return max(1, min(cs.n_batch, cs.n_seq * (1 + max(0, n_draft))))
+
+
+@dataclass
+class ComputeParts:
+    """The compute buffer as the sum of what is alive at the graph's widest point."""
+
+    n_tokens: int
+    masks: int  # the KQ masks, inputs alive through every layer
+    layer: int  # activations of the widest layer (FFN, MoE, attention scores or SSM scan)
+    where: str  # which phase of a layer is the widest
+    states: int  # recurrent states copied into the graph
+    outputs: int  # logits of the reserved outputs
+
+    @property
+    def bytes(self) -> int:
+        return self.masks + max(self.layer + self.states, self.outputs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_tokens": self.n_tokens,
+            "masks": self.masks,
+            "layer": self.layer,
+            "where": self.where,
+            "states": self.states,
+            "outputs": self.outputs,
+            "bytes": self.bytes,
+        }
+
+
+def compute_parts(
+    hp: HParams,
+    opts: LaunchOptions,
+    cs: ContextSizes,
+    caches: Sequence[CacheEstimate],
+    n_draft: int = 0,
+) -> ComputeParts:
+    """The compute buffer llama.cpp reserves for its worst-case graph, from the graph's shapes.
+
+    llama.cpp reserves a prompt-processing graph of n_tokens = min(n_ctx, n_ubatch) tokens with
+    one output per slot. ggml's allocator frees each activation after its last use, so the
+    buffer is the largest set of tensors alive at once:
+
+        masks + max(widest layer + recurrent states, logits)
+
+    masks   n_tokens x cells per attention cache, f16 with flash attention (f32 without)
+    layer   4 n_tokens x (3 n_embd + n_q + FFN), where the FFN keeps gate, up and their
+            product alive (3 n_ff; MoE: 3 n_ff_exp x used experts, plus the experts' outputs
+            n_embd x used when they do not fit in the freed gate/up); without flash attention
+            the KQ scores (cells x n_head x n_tokens, f32) with q, k, v and the residuals;
+            MLA adds its absorbed per-head latent (2 kv_lora_rank + rope) to the scores;
+            an SSM layer keeps its input projection and 2.5 x d_inner of scan outputs
+    states  the recurrent states of every slot (Mamba-2: d_state x d_inner per slot)
+    logits  4 x outputs x n_vocab
+
+    Checked against `sched_reserve: CPU compute buffer size` on models with published shapes
+    (bench/estimate_accuracy.py, tests/test_memory_shapes.py).
+    """
+    n_tokens = min(cs.n_ctx, cs.n_ubatch)
+    fa = opts.flash_attn != "off"
+    attn = [c for c in caches if c.kind != "recurrent" and c.layers > 0]
+    masks = sum(n_tokens * c.cells * (2 if fa else 4) for c in attn)
+    e = hp.n_embd
+    layers = range(hp.n_layer)
+    q = max((hp.q_dim(il) for il in layers), default=0)
+    kv = max((hp.k_gqa(il) for il in layers if hp.n_head_kv[il] > 0), default=0)
+    base = 3 * e + q
+    phases: list[tuple[int, str]] = []
+    # dense FFN
+    dense = [hp.n_ff[il] for il in layers if not (hp.n_expert and il >= hp.n_layer_dense_lead)]
+    if hp.n_expert == 0:
+        dense = list(hp.n_ff)
+    f = max(dense, default=0)
+    if f:
+        phases.append((4 * n_tokens * (base + 3 * f), "ffn"))
+    # mixture of experts
+    if hp.n_expert and hp.n_expert_used:
+        k = hp.n_expert_used
+        f_exp = hp.n_ff_exp or (max(hp.n_ff) // k if hp.n_ff else 0)
+        moe = 3 * f_exp * k
+        if e * k > 2 * f_exp * k:  # expert outputs do not fit where gate and up were
+            moe += e * k
+        shared = 3 * (hp.n_ff_shexp or f_exp) * hp.n_expert_shared
+        phases.append((4 * n_tokens * (base + max(moe, shared)), "moe"))
+    # attention scores without flash attention
+    if not fa and attn:
+        n_head = max(hp.n_head) if hp.n_head else 0
+        kq = max(c.cells for c in attn) * n_head * n_tokens * 4
+        extra = 5 * e + 2 * kv
+        if hp.is_mla:
+            extra += n_head * (2 * hp.kv_lora_rank + (hp.head_k_full - hp.kv_lora_rank))
+        phases.append((kq + 4 * n_tokens * extra, "kq"))
+    # selective-state-space scan
+    states = 0
+    if hp.ssm_d_inner and any(hp.is_recr):
+        d_inner = hp.ssm_d_inner
+        n_ssm_head = hp.ssm_dt_rank if hp.ssm_n_group else 0
+        d_in_proj = 2 * d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state + n_ssm_head
+        phases.append((4 * n_tokens * (base + d_in_proj + (5 * d_inner) // 2), "ssm"))
+        states = 4 * cs.n_seq * (hp.n_embd_r + hp.n_embd_s)
+    if not phases:
+        phases.append((4 * n_tokens * base, "attention"))
+    layer, where = max(phases)
+    outputs = 4 * n_outputs_reserved(cs, n_draft) * hp.n_vocab
+    return ComputeParts(n_tokens, masks, layer, where, states, outputs)
+
+
+def compute_estimate(
+    hp: HParams, opts: LaunchOptions, cs: ContextSizes, caches: Sequence[CacheEstimate]
+) -> int:
+    """Bytes of the compute buffer (see compute_parts)."""
+    return compute_parts(hp, opts, cs, caches).bytes

@@ -1,0 +1,263 @@
+"""`GET /ui/api/state`: the page's data in one JSON object. The endpoint gathers (servers, plans,
+/proc); `build_state` only composes what it is given (no I/O)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from llmctl.router.dashboard.plans import GPU, RAM, profile_evicts, profile_plans
+from llmctl.router.dashboard.protocol import Router, router_of, runs_several, server_name
+
+
+async def state_endpoint(request: Request) -> Response:
+    router = router_of(request)
+    router.check_auth(request)
+    await router.refresh()
+    statuses, _note = await run_in_threadpool(router.supervisor.ps, check_health=False)
+    plans = await run_in_threadpool(profile_plans, router)
+    evicts = await run_in_threadpool(profile_evicts, router) if runs_several(router) else None
+    rss = {st.pid: _rss(st.pid) for st in statuses if st.pid}
+    return JSONResponse(build_state(router, statuses, plans, _meminfo(), rss, evicts))
+
+
+def build_state(
+    router: Router,
+    statuses: list[Any],
+    plans: dict[str, dict[str, Any]],
+    meminfo: dict[str, int],
+    rss: dict[int, int | None],
+    evicts: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The page's data from what the router knows (no I/O here). `statuses` are the running
+    servers (Supervisor.ps), `rss` their resident memory by pid; `evicts` (several servers):
+    what loading each profile now would unload, by the placer's decision."""
+    sched = router.scheduler
+    active = sched.active
+    loading = sched.loading
+    several = runs_several(router)
+    activity = sched.activity() if several else {}
+    now = time.time()
+
+    def inflight_of(profile: str | None) -> int:
+        if several and profile is not None:
+            return int(activity.get(profile, (0.0, 0))[1])
+        return int(sched.inflight)
+
+    def idle_of(profile: str | None) -> float | None:
+        if several and profile is not None:
+            used, n = activity.get(profile, (now, 1))
+            return None if n else _round(max(0.0, now - used))
+        return _round(sched.idle_seconds())
+
+    servers: list[dict[str, Any]] = []
+    for st in statuses or [None]:
+        profile = st.profile if st is not None and st.running else None
+        servers.append(
+            {
+                "name": server_name(router, profile),
+                "profile": profile,
+                "phase": st.phase if st is not None else None,
+                "pid": st.pid if st is not None else None,
+                "url": st.url if st is not None else None,
+                "uptime_s": None if st is None or st.uptime_s is None else round(st.uptime_s, 1),
+                "log": st.log if st is not None else None,
+                "reported": dict(st.memory) if st is not None else {},
+                "rss_bytes": rss.get(st.pid) if st is not None and st.pid else None,
+                "inflight": inflight_of(profile),
+                "idle_s": idle_of(profile),
+            }
+        )
+    by_profile = {s["profile"]: s for s in servers if s["profile"] is not None}
+    waiting = sched.depth_of()
+    profiles = []
+    for name, aliases in router.index.profiles.items():
+        p = router.manifest.profiles[name]
+        load = router.activity.loads.get(name)
+        if loading == name:
+            state = "loading"
+        elif sched.is_loaded(name) or (several and name in by_profile):
+            state = "ready"
+        elif load is not None and load.state == "failed":
+            state = "failed"
+        else:
+            state = "idle"
+        plan = plans.get(name, {})
+        # one server at a time: loading another profile stops the running one; with several,
+        # what the placer would decide now (it decides again at load time)
+        if several:
+            unloads = (evicts or {}).get(name, [])
+        else:
+            unloads = [active] if active not in (None, name) else []
+        profiles.append(
+            {
+                "name": name,
+                "aliases": aliases,
+                "description": router.index.descriptions.get(name),
+                "model": p.model,
+                "ctx_size": p.ctx_size,
+                "parallel": p.parallel,
+                "cache_type_k": p.cache_type_k,
+                "cache_type_v": p.cache_type_v,
+                "n_gpu_layers": p.n_gpu_layers,
+                "ttl_s": router.index.ttls.get(name),
+                "state": state,
+                "server": server_name(router, name) if state in ("loading", "ready") else None,
+                "load": load.to_json() if load is not None else None,
+                "inflight": inflight_of(name) if state == "ready" else 0,
+                "waiting": waiting.get(name, 0),
+                "idle_s": idle_of(name) if state == "ready" else None,
+                "estimate": plan.get("estimate"),
+                "estimate_error": plan.get("error"),
+                "plan": plan.get("devices", {}),
+                "evicts": unloads,
+            }
+        )
+    loaded = [s for s in servers if s["profile"] is not None]
+    if not loaded and (active or loading):
+        loaded = [{"profile": active or loading, "reported": {}, "rss_bytes": None}]
+    assert router.upstreams is not None
+    return {
+        "servers": servers,
+        "devices": devices(router, plans, loaded, meminfo),
+        "profiles": profiles,
+        "queue": {
+            "depth": sched.depth,
+            "max_size": sched.max_size,
+            "switching": sched.switching,
+            "loading": loading,
+            "inflight": sched.inflight,
+            # the order (serve.max_wait): swaps by reason, time passed over, loads avoided
+            "max_wait_s": sched.bound.max_wait,
+            "deferring": sched.deferring,
+            "swaps": dict(sched.swaps),
+            "passed_over_s": round(sched.passed_over_s, 1),
+            "loads_avoided": sched.loads_avoided,
+        },
+        "requests": [r.to_json() for r in reversed(router.activity.requests)][:50],
+        "upstreams": [u.public() for u in router.upstreams.all],
+        "auth": bool(router.api_keys),
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def devices(
+    router: Router,
+    plans: dict[str, dict[str, Any]],
+    loaded: list[dict[str, Any]],
+    meminfo: dict[str, int],
+) -> list[dict[str, Any]]:
+    """One entry per device: its size, each loaded profile's planned share and reported use.
+    `loaded` are server entries (profile, reported buffers, rss_bytes)."""
+    out: list[dict[str, Any]] = []
+    gpu = router.manifest.gpu_budget  # a device list: its first GPU
+    if gpu.vram is not None:
+        shares = []
+        for srv in loaded:
+            share = _share(router, plans, srv["profile"], GPU)
+            if share is not None:
+                share["reported_bytes"] = _reported_gpu(srv["reported"])
+                shares.append(share)
+        out.append(
+            {
+                "id": GPU,
+                "kind": "gpu",
+                "name": "GPU",
+                "source": "gpu.vram in the manifest",
+                "total_bytes": gpu.vram,
+                "headroom_bytes": gpu.headroom,
+                "shares": shares,
+                "free_bytes": max(0, gpu.vram - gpu.headroom - _used(shares)),
+            }
+        )
+    total = meminfo.get("MemTotal")
+    if total is not None:
+        shares = []
+        for srv in loaded:
+            share = _share(router, plans, srv["profile"], RAM)
+            if share is not None:
+                share["reported_bytes"] = srv["rss_bytes"]
+                shares.append(share)
+        rss = sum(s["reported_bytes"] or s["planned_bytes"] for s in shares)
+        out.append(
+            {
+                "id": RAM,
+                "kind": "ram",
+                "name": "RAM",
+                "source": "/proc/meminfo",
+                "total_bytes": total,
+                "headroom_bytes": 0,
+                "shares": shares,
+                # what the system says is available, the loaded servers' use already out of it
+                "free_bytes": meminfo.get("MemAvailable", 0),
+                "other_bytes": max(0, total - meminfo.get("MemAvailable", 0) - rss),
+            }
+        )
+    return out
+
+
+def _share(
+    router: Router, plans: dict[str, dict[str, Any]], profile: str | None, device: str
+) -> dict[str, Any] | None:
+    if profile is None:
+        return None
+    planned = plans.get(profile, {}).get("devices", {}).get(device)
+    if not planned:
+        return None
+    return {
+        "profile": profile,
+        "server": server_name(router, profile),
+        "planned": planned,
+        "planned_bytes": sum(planned.values()),
+        "reported_bytes": None,
+    }
+
+
+def _used(shares: list[dict[str, Any]]) -> int:
+    return sum(max(s["planned_bytes"], s.get("reported_bytes") or 0) for s in shares)
+
+
+def _reported_gpu(reported: dict[str, Any]) -> int | None:
+    """llama-server's own buffer sizes on devices other than the CPU, when its log said them."""
+    mib = 0.0
+    seen = False
+    for kind in ("model", "kv", "compute"):
+        for dev, size in (reported.get(f"{kind}_by_device_mib") or {}).items():
+            if not str(dev).upper().startswith("CPU"):
+                mib += float(size)
+                seen = True
+    return int(mib * 1024 * 1024) if seen else None
+
+
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                key, _, rest = line.partition(b":")
+                parts = rest.split()
+                if key in (b"MemTotal", b"MemAvailable") and parts and parts[0].isdigit():
+                    out[key.decode()] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
