@@ -511,3 +511,27 @@ def test_a_profile_on_a_hub_model_estimates_refuses_unpulled_then_runs(
         assert "Tiny-Q8_0.gguf" in " ".join(json.loads(llmctl("status", "--json").stdout)["argv"])
     finally:
         llmctl("stop")
+
+
+def test_a_pulled_model_runs_with_its_mmproj_sibling(hub: FakeHub, tmp_path: Path) -> None:
+    vision = tmp_path / "vision"
+    vision.mkdir()
+    write_tiny_model(vision / "Eye-Q4_K_M.gguf")
+    write_tiny_model(vision / "mmproj-Eye-F16.gguf")  # any GGUF: only its place is read here
+    hub.add("org/eye-GGUF", vision)
+    own = write_tiny_model(tmp_path / "own-mmproj.gguf")
+    path = manifest(
+        tmp_path,
+        "  eye:\n    model: hf://org/eye-GGUF:Q4_K_M\n"
+        f"  mine:\n    model: hf://org/eye-GGUF:Q4_K_M\n    mmproj: {own}\n",
+    )
+    mf = ["--manifest", str(path)]
+    pulled = llmctl("pull", "eye", *mf, "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    files = [f["file"] for f in json.loads(pulled.stdout)["files"]]
+    assert files == ["Eye-Q4_K_M.gguf", "mmproj-Eye-F16.gguf"]
+    argv = json.loads(llmctl("command", "eye", *mf, "--json").stdout)["argv"]
+    assert Path(argv[argv.index("--mmproj") + 1]).name == "mmproj-Eye-F16.gguf"
+    argv = json.loads(llmctl("command", "mine", *mf, "--json").stdout)["argv"]
+    assert argv[argv.index("--mmproj") + 1] == str(own)  # the profile's own projector wins
+    assert argv.count("--mmproj") == 1
