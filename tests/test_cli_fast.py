@@ -34,7 +34,9 @@ def test_fast_options_are_typer_options() -> None:
 
     group = typer.main.get_command(build_app())
     spellings = {
-        "switch": ["--manifest", "--json", "--quiet", "-q", "--lock-timeout"],
+        "switch": ["--manifest", "--json", "--quiet", "-q", "--lock-timeout", "--pull"],
+        "load": ["--manifest", "--json", "--quiet", "-q", "--lock-timeout", "--pull", "--dry-run"],
+        "pull": ["--manifest", "--json", "--no-mmproj"],
         "stop": ["--json", "--quiet", "-q", "--lock-timeout"],
         "logs": ["--follow", "-f", "--path", "-n", "--lines"],
         "command": ["--manifest", "--json"],

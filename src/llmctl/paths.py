@@ -35,3 +35,12 @@ def on_path(name: str) -> str | None:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+HUB_SCHEME = "hf://"  # a model on the Hugging Face hub rather than a path (llmctl.hub.refs)
+
+
+def is_hub_model(value: object) -> bool:
+    """`value` names a hub model (`hf://org/repo...`), not a file: told apart without importing
+    anything of llmctl.hub, so that commands on a manifest of files never load it."""
+    return isinstance(value, str) and value.startswith(HUB_SCHEME)

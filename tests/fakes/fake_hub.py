@@ -9,6 +9,9 @@ hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo).
 Misbehaviour on demand, set on the object:
   ignore_range   answer every GET with the whole file (200), as a server without Range would
   cut_after      drop the connection after this many body bytes of each GET (an interruption)
+  cut_once       with cut_after: only the first GET is cut, and the hub is `down` after it (so
+                 that the download's own retry fails too: the connection lost for a while)
+  down           every request answered 503 (set it False to bring the hub back)
   hold           a threading.Event every GET waits for before its status line (a slow server)
   corrupt        files served with one byte changed (the listing keeps the true SHA-256)
 It records each request (method, path, Range header, whether a token came).
@@ -73,6 +76,8 @@ class FakeHub:
         self.repos: dict[str, FakeRepo] = {}
         self.ignore_range = False
         self.cut_after: int | None = None
+        self.cut_once = False
+        self.down = False
         self.hold: threading.Event | None = None
         self.waiting = threading.Event()  # set when a GET is held
         self.corrupt: set[str] = set()
@@ -119,6 +124,8 @@ class FakeHub:
             Seen(request.method, request.url.path, request.headers.get("range"), bool(auth))
         )
         repo = self.repos.get(name)
+        if self.down:
+            return None, self._error(503, "ServiceUnavailable", "the hub is down")
         if repo is None:
             return None, self._error(404, "RepoNotFound", f"Repository {name} not found")
         if repo.gated and auth != f"Bearer {TOKEN}":
@@ -214,6 +221,8 @@ class FakeHub:
         headers["Content-Length"] = str(end - start + 1)
         corrupt = file in self.corrupt
         cut = self.cut_after
+        if self.cut_once:
+            self.cut_after = None  # this GET only
 
         async def body() -> AsyncIterator[bytes]:
             sent = 0
@@ -227,6 +236,8 @@ class FakeHub:
                         chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
                     if cut is not None and sent + len(chunk) > cut:
                         yield chunk[: cut - sent]
+                        if self.cut_once:
+                            self.down = True
                         raise ConnectionResetError("fake hub: connection cut")
                     sent += len(chunk)
                     left -= len(chunk)

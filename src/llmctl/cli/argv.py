@@ -72,6 +72,7 @@ def non_negative_float(text: str) -> float:
 
 # the spellings that the commands which change servers share (typer's options in cli/options.py)
 CHANGE_FLAGS = {"--json": "json_out", "--quiet": "quiet", "-q": "quiet"}
+PULL_FLAG = {"--pull": "pull"}  # switch, load: download a hub model not pulled yet
 CHANGE_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--manifest": ("manifest", str),
     "--lock-timeout": ("lock_timeout", non_negative_float),

@@ -79,9 +79,10 @@ def run(
     def body() -> int:
         from llmctl.manifest.cache import load_manifest
         from llmctl.manifest.sizes import parse_size
-        from llmctl.memory.estimate import options_from_profile, source_for_profile
+        from llmctl.memory.estimate import options_from_profile
         from llmctl.memory.fit import advise
         from llmctl.memory.hparams import MetadataError
+        from llmctl.memory.profile import source_for_profile
 
         m = load_manifest(manifest)
         name = m.resolve(profile)
@@ -107,7 +108,7 @@ def run(
                 "no memory budget: give --vram, or set gpu.vram in the manifest",
                 hint="llmctl fit PROFILE --vram 24GiB",
             )
-        source = source_for_profile(p)
+        source = source_for_profile(p, network=True)
         if source is None:
             raise LlmctlError(
                 f"model file {p.model} of profile {name} is missing",

@@ -1,4 +1,5 @@
-"""`llmctl init`: a first manifest from the GGUF files on this machine."""
+"""`llmctl init`: a first manifest from the GGUF files on this machine, or from Hugging Face
+models named as `hf://org/repo:QUANT` (read from their headers; nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from llmctl.term import BOLD, DIM, GREEN, style
 if TYPE_CHECKING:
     import typer
 
-    from llmctl.manifest.starter import FoundModel
+    from llmctl.manifest.starter import FoundModel, Scan
 
 
 def default_output() -> Path:
@@ -68,6 +69,24 @@ def _write(output: Path, text: str, force: bool) -> Path | None:
         tmp.unlink(missing_ok=True)
 
 
+def _add_hub_models(found: Scan, refs: list[str]) -> None:
+    """A profile for each hub model, from its header (the pulled file, else range reads)."""
+    if not refs:
+        return
+    from llmctl.hub.source import hub_headers
+    from llmctl.manifest.starter import from_header
+
+    names = {m.name for m in found.models}
+    for ref in refs:
+        headers = hub_headers(ref)
+        local = headers.local
+        if local is not None:
+            file, size = local.path.name, sum(p.stat().st_size for p in local.parts)
+        else:
+            file, size = str(headers.gguf.paths[0]), headers.gguf.file_size
+        found.models.append(from_header(ref, file, headers.gguf, size, names))
+
+
 def _summary(models: list[FoundModel]) -> list[str]:
     from llmctl.manifest.starter import start_ctx
     from llmctl.term import format_bytes
@@ -96,7 +115,11 @@ def run(
     json_out: bool = False,
 ) -> int:
     def body() -> int:
-        from llmctl.manifest.starter import model_folders, render, scan
+        from llmctl.manifest.starter import Scan, model_folders, render, scan
+        from llmctl.paths import is_hub_model
+
+        refs = [f for f in folders if is_hub_model(f)]
+        paths = [f for f in folders if not is_hub_model(f)]
 
         target = Path(output) if output is not None else default_output()
         if target.is_dir():
@@ -107,8 +130,8 @@ def run(
                 hint="--force replaces it (the old file is kept as "
                 f"{target.name}.bak), or --output PATH writes another one",
             )
-        if folders:
-            roots = [Path(os.path.expanduser(f)).absolute() for f in folders]
+        if paths:
+            roots = [Path(os.path.expanduser(f)).absolute() for f in paths]
             missing = [str(r) for r in roots if not r.is_dir()]
             if missing:
                 raise UsageError(
@@ -116,8 +139,9 @@ def run(
                     hint="name folders that hold .gguf files, or none to search the usual places",
                 )
         else:
-            roots = model_folders()
-        found = scan(roots)
+            roots = [] if refs else model_folders()
+        found = scan(roots) if roots else Scan()
+        _add_hub_models(found, refs)
         if not found.models:
             searched = ", ".join(str(r) for r in roots)
             raise LlmctlError(
@@ -153,7 +177,7 @@ def run(
                 "profiles": [
                     {
                         "profile": m.name,
-                        "model": str(m.path),
+                        "model": m.ref or str(m.path),
                         "architecture": m.architecture,
                         "size_bytes": m.size_bytes,
                         "trained_ctx": m.trained_ctx,
@@ -177,6 +201,16 @@ def run(
         )
         first = found.models[0].name
         manifest_arg = "" if output is None else f" --manifest {target}"
+        if found.models[0].ref:
+            lines.append(
+                style(
+                    f"next: llmctl estimate {first}{manifest_arg} (does it fit?); "
+                    f"llmctl pull {first}{manifest_arg}; llmctl switch {first}{manifest_arg}",
+                    DIM,
+                )
+            )
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            return EXIT_OK
         lines.append(
             style(
                 f"next: llmctl estimate --all{manifest_arg}; llmctl switch {first}{manifest_arg};"
@@ -211,8 +245,8 @@ def register(app: typer.Typer) -> None:
         folders: list[str] | None = typer.Argument(
             None,
             help="Folders to search (default: ~/models, llama.cpp's and the Hugging Face cache, "
-            "LM Studio's models).",
-            metavar="FOLDER",
+            "LM Studio's models), or Hugging Face models: hf://org/repo:Q4_K_M.",
+            metavar="FOLDER|hf://REF",
             show_default=False,
         ),
         output: Path | None = typer.Option(
@@ -226,7 +260,7 @@ def register(app: typer.Typer) -> None:
         ),
         json_out: bool = json_option(),
     ) -> None:
-        """Write a first manifest from the GGUF files on this machine.
+        """Write a first manifest from the GGUF files on this machine (or Hugging Face models).
 
         One profile per model, named after its file, at 8K context (or the trained context when
         smaller); a matching mmproj in the same folder is attached; the GPU budget comes from

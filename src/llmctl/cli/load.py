@@ -7,7 +7,7 @@ import time
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, PULL_FLAG, parse
 from llmctl.cli.output import error_json, print_json, render_error, run_command
 from llmctl.cli.placement import detect_devices, print_decision, usage_text
 from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
@@ -27,6 +27,7 @@ def run(
     dry_run: bool = False,
     quiet: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    pull: bool = False,
 ) -> int:
     results: list[dict[str, Any]] = []
 
@@ -51,6 +52,10 @@ def run(
         if not profiles:
             raise UsageError("name one or more profiles to load", hint="llmctl load PROFILE...")
         names = [m.resolve(p) for p in profiles]
+        if not dry_run:  # every hub model here before anything is stopped
+            from llmctl.cli.pull import ensure_pulled
+
+            ensure_pulled(m, names, pull=pull, quiet=quiet or json_out)
         report = detect_devices(m, quiet or json_out)
         sup = supervisor(lock_timeout)
         names = list(dict.fromkeys(names))  # `load a A` names one profile
@@ -123,7 +128,7 @@ def run(
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags={**CHANGE_FLAGS, "--dry-run": "dry_run"},
+        flags={**CHANGE_FLAGS, **PULL_FLAG, "--dry-run": "dry_run"},
         options=CHANGE_OPTIONS,
         positional=(1, 1000),
     )
@@ -136,7 +141,13 @@ def fast(args: list[str]) -> int | None:
 def register(app: typer.Typer) -> None:
     import typer
 
-    from llmctl.cli.options import json_option, lock_timeout_option, manifest_option, quiet_option
+    from llmctl.cli.options import (
+        json_option,
+        lock_timeout_option,
+        manifest_option,
+        pull_option,
+        quiet_option,
+    )
     from llmctl.cli.placement import dry_run_option, profiles_argument
 
     @app.command()
@@ -147,6 +158,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = dry_run_option(),
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
+        pull: bool = pull_option(),
     ) -> None:
         """Start profiles beside those that run.
 
@@ -162,5 +174,6 @@ def register(app: typer.Typer) -> None:
             dry_run=dry_run,
             quiet=quiet,
             lock_timeout=lock_timeout,
+            pull=pull,
         )
         raise typer.Exit(code)

@@ -46,3 +46,11 @@ def lock_timeout_option() -> Any:
         min=0,
         metavar="SECONDS",
     )
+
+
+def pull_option() -> Any:
+    return typer.Option(
+        False,
+        "--pull",
+        help="Download a Hugging Face model not pulled yet first (else it is refused).",
+    )

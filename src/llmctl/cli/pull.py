@@ -1,45 +1,93 @@
-"""`llmctl pull hf://org/repo[:QUANT]`: download a hub model once, into llama.cpp's own cache.
+"""`llmctl pull PROFILE|hf://org/repo[:QUANT]`: download a hub model once, into llama.cpp's cache.
 
 Every split part and the mmproj sibling, with a progress bar, resumed after an interruption,
 checked against the SHA-256 the hub lists (llmctl.hub.pull). A file already there is not
 fetched again, whoever fetched it (`llama-server -hf`, huggingface-cli, an earlier pull).
+`ensure_pulled` is what `switch` and `load` check before anything is stopped (`--pull`: pull).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
 from llmctl.cli.argv import parse
 from llmctl.cli.output import print_json, run_command
-from llmctl.errors import EXIT_OK
+from llmctl.errors import EXIT_OK, UsageError
+from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
     import typer
 
+    from llmctl.hub.pull import Pulled
+    from llmctl.manifest.model import Manifest
+
+
+def profile_ref(m: Manifest, name: str) -> str:
+    """The hub reference of profile `name` (UsageError for a profile of a local file)."""
+    pname = m.resolve(name)
+    model = m.profiles[pname].model
+    if not is_hub_model(model):
+        raise UsageError(
+            f"profile {pname!r} runs the file {model}, not a Hugging Face model: nothing to pull",
+            hint="`llmctl pull` takes a profile whose model is hf://org/repo:QUANT, or such a "
+            "reference itself",
+        )
+    return str(model)
+
+
+def pull_ref(ref: str, *, quiet: bool = False, mmproj: bool = True) -> list[Pulled]:
+    """Download `ref` (progress on stderr unless `quiet`)."""
+    from llmctl.hub.pull import pull
+    from llmctl.hub.refs import parse_ref
+    from llmctl.term import format_bytes
+
+    def on_file(file: str, size: int, cached: bool) -> None:
+        if not quiet:
+            what = "already here:" if cached else "pulling"
+            sys.stderr.write(f"{what} {file} ({format_bytes(size)})\n")
+
+    return pull(
+        parse_ref(ref),
+        with_mmproj=mmproj,
+        on_file=on_file,
+        tqdm_class=_quiet_tqdm() if quiet else None,
+    )
+
+
+def ensure_pulled(m: Manifest, names: list[str], *, pull: bool, quiet: bool = False) -> None:
+    """Every named profile's hub model is on this machine, or is pulled now (`pull`), or
+    ModelNotPulled before anything is stopped. Profiles of local files cost one string test."""
+    hub = [m.resolve(n) for n in names if is_hub_model(m.profiles[m.resolve(n)].model)]
+    if not hub:
+        return
+    from llmctl.hub.local import find_local
+    from llmctl.hub.refs import parse_ref
+    from llmctl.supervisor.modelfile import not_pulled
+
+    for name in hub:
+        ref = str(m.profiles[name].model)
+        if find_local(parse_ref(ref)) is not None:
+            continue
+        if not pull:
+            raise not_pulled(name, ref)
+        pull_ref(ref, quiet=quiet)
+
 
 def run(
-    ref: str, *, json_out: bool = False, mmproj: bool = True, manifest: str | None = None
+    what: str, *, manifest: str | Path | None = None, json_out: bool = False, mmproj: bool = True
 ) -> int:
     def body() -> int:
-        from llmctl.hub.local import cache_dir as llama_cache_dir
-        from llmctl.hub.pull import pull
-        from llmctl.hub.refs import is_hub_ref, parse_ref
-        from llmctl.term import format_bytes
+        from llmctl.hub.pull import llama_cache_dir
 
-        hub_ref = parse_ref(ref if is_hub_ref(ref) else _profile_ref(ref, manifest))
+        if is_hub_model(what):
+            ref = what
+        else:
+            from llmctl.manifest.cache import load_manifest
 
-        def on_file(file: str, size: int, cached: bool) -> None:
-            if not json_out:
-                what = "already here" if cached else "downloading"
-                sys.stderr.write(f"{file} ({format_bytes(size)}): {what}\n")
-
-        got = pull(
-            hub_ref,
-            with_mmproj=mmproj,
-            on_file=on_file,
-            tqdm_class=_quiet_tqdm() if json_out else None,
-        )
+            ref = profile_ref(load_manifest(manifest), what)
+        got = pull_ref(ref, quiet=json_out, mmproj=mmproj)
         if json_out:
             files: list[dict[str, Any]] = [
                 {
@@ -58,43 +106,6 @@ def run(
         return EXIT_OK
 
     return run_command(json_out, body)
-
-
-def pull_if_missing(manifest: Any, name: str, *, quiet: bool) -> None:
-    """`switch --pull`: download profile `name`'s hub model first when it is not here yet."""
-    model = manifest.profiles[manifest.resolve(name)].model
-    if not model.startswith("hf://"):
-        return
-    from llmctl.hub.local import local_model
-
-    if local_model(model) is not None:
-        return
-    from llmctl.hub.pull import pull
-    from llmctl.hub.refs import parse_ref
-    from llmctl.term import format_bytes
-
-    def on_file(file: str, size: int, cached: bool) -> None:
-        if not quiet:
-            sys.stderr.write(f"pulling {file} ({format_bytes(size)})\n")
-
-    pull(parse_ref(model), on_file=on_file, tqdm_class=_quiet_tqdm() if quiet else None)
-
-
-def _profile_ref(name: str, manifest: str | None) -> str:
-    """The hub reference of profile `name`'s model (UsageError when it is a local file)."""
-    from llmctl.errors import UsageError
-    from llmctl.manifest.cache import load_manifest
-
-    m = load_manifest(manifest)
-    pname = m.resolve(name)
-    model = m.profiles[pname].model
-    if not model.startswith("hf://"):
-        raise UsageError(
-            f"profile {pname!r} runs a local file ({model}): there is nothing to pull",
-            hint="give a hub model (`model: hf://org/repo:Q4_K_M`), or a reference: "
-            "llmctl pull hf://org/repo:Q4_K_M",
-        )
-    return model
 
 
 def _quiet_tqdm() -> Any:
@@ -120,30 +131,34 @@ def fast(args: list[str]) -> int | None:
     opts = parsed[1]
     return run(
         parsed[0][0],
+        manifest=opts.get("manifest"),
         json_out=opts.get("json_out", False),
         mmproj=not opts.get("no_mmproj"),
-        manifest=opts.get("manifest"),
     )
 
 
 def register(app: typer.Typer) -> None:
     import typer
 
+    from llmctl.cli.completion import complete_profile
     from llmctl.cli.options import json_option, manifest_option
 
     @app.command()
     def pull(
-        ref: str = typer.Argument(
+        what: str = typer.Argument(
             ...,
-            help="hf://org/repo[:QUANT], hf://org/repo/file.gguf, or a PROFILE whose model is one",
+            help="A profile whose model is on Hugging Face, or hf://org/repo[:QUANT], "
+            "hf://org/repo/file.gguf",
+            metavar="PROFILE|REF",
+            autocompletion=complete_profile,
         ),
+        manifest: Path | None = manifest_option(),
         json_out: bool = json_option(),
         no_mmproj: bool = typer.Option(False, "--no-mmproj", help="Not the mmproj sibling."),
-        manifest: str | None = manifest_option(),
     ) -> None:
         """Download a Hugging Face model once, into llama.cpp's cache.
 
         Every split part and the mmproj sibling; resumed after an interruption; checked
         against the hub's SHA-256. HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE are honoured.
         """
-        raise typer.Exit(run(ref, json_out=json_out, mmproj=not no_mmproj, manifest=manifest))
+        raise typer.Exit(run(what, manifest=manifest, json_out=json_out, mmproj=not no_mmproj))

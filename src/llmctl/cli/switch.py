@@ -13,7 +13,7 @@ import time
 from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, parse
+from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, PULL_FLAG, parse
 from llmctl.cli.output import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -59,14 +59,12 @@ def run(
 ) -> int:
     t0 = time.monotonic()
     try:
+        from llmctl.cli.pull import ensure_pulled
         from llmctl.manifest.cache import load_manifest
         from llmctl.placement.placer import command_spec
 
         m = load_manifest(manifest)
-        if pull:  # a hub model not downloaded yet: fetch it first (else refused before a stop)
-            from llmctl.cli.pull import pull_if_missing
-
-            pull_if_missing(m, profile, quiet=quiet or json_out)
+        ensure_pulled(m, [profile], pull=pull, quiet=quiet or json_out)
         spec = command_spec(m, profile)
         return _run_switch(spec, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout)
     except LlmctlError as err:
@@ -178,7 +176,7 @@ def _ready_line(result: SwitchResult) -> str:
 def fast(args: list[str]) -> int | None:
     parsed = parse(
         args,
-        flags={**CHANGE_FLAGS, "--pull": "pull"},
+        flags={**CHANGE_FLAGS, **PULL_FLAG},
         options=CHANGE_OPTIONS,
         positional=(1, 1),
     )
@@ -196,6 +194,7 @@ def register(app: typer.Typer) -> None:
         lock_timeout_option,
         manifest_option,
         profile_argument,
+        pull_option,
         quiet_option,
     )
 
@@ -206,9 +205,7 @@ def register(app: typer.Typer) -> None:
         json_out: bool = json_option(),
         quiet: bool = quiet_option(),
         lock_timeout: float = lock_timeout_option(),
-        pull: bool = typer.Option(
-            False, "--pull", help="Download PROFILE's hub model (hf://) first if it is not here."
-        ),
+        pull: bool = pull_option(),
     ) -> None:
         """Make PROFILE the running llama-server.
 
@@ -222,6 +219,11 @@ def register(app: typer.Typer) -> None:
         llmctl, 130 cancelled by Ctrl-C, 143 cancelled by SIGTERM (nothing is left running).
         """
         code = run(
-            profile, manifest, json_out=json_out, quiet=quiet, lock_timeout=lock_timeout, pull=pull
+            profile,
+            manifest,
+            json_out=json_out,
+            quiet=quiet,
+            lock_timeout=lock_timeout,
+            pull=pull,
         )
         raise typer.Exit(code)

@@ -3,31 +3,40 @@
 llama.cpp's `-hf` keeps files in the Hugging Face cache layout, in `LLAMA_CACHE`, else
 `HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `HF_HOME/hub`, `XDG_CACHE_HOME/huggingface/hub`,
 `~/.cache/huggingface/hub` (common/hf-cache.cpp): llmctl downloads there with huggingface_hub,
-so llmctl, `llama-server -hf` and other hub tools share one copy. huggingface_hub resumes an
-interrupted download from its `.incomplete` file; the SHA-256 the hub lists is checked after,
-and a file that does not match is deleted.
+so llmctl, `llama-server -hf` and other hub tools share one copy.
+
+A file the hub lists with a SHA-256 (every LFS file: GGUFs are) is fetched by huggingface_hub's
+`http_get` into `blobs/SHA256.incomplete`, which an interrupted pull leaves behind and the next
+one continues with a Range request (huggingface_hub's own `hf_hub_download` deletes a partial
+file); once complete and matching the hub's SHA-256 it becomes the blob, linked from
+`snapshots/COMMIT/FILE` as huggingface_hub links it. A file that does not match is deleted.
+Other files go through `hf_hub_download`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmctl.hub.local import cache_dir as llama_cache_dir  # re-exported: where pull writes
+from llmctl.hub.local import llama_cache_dir, repo_folder, write_ref
 from llmctl.hub.refs import HubRef, find_mmproj, parts_of
 from llmctl.hub.remote import (
     HubError,
     Listing,
+    RepoFile,
     endpoint,
     hub_errors,
     list_repo,
     offline,
     resolve_file,
 )
+
+__all__ = ["Pulled", "llama_cache_dir", "pull"]
 
 
 @dataclass(frozen=True)
@@ -97,45 +106,82 @@ def pull(
                 f"{name}: not in {cache}, and HF_HUB_OFFLINE is set",
                 hint="unset HF_HUB_OFFLINE to download it",
             )
-        with hub_errors(name):
-            got = Path(
-                hf_hub_download(
-                    listing.repo,
-                    file,
-                    revision=listing.commit,
-                    cache_dir=cache,
-                    endpoint=endpoint(),
-                    tqdm_class=tqdm_class,
-                )
-            )
-        if have is None and entry.sha256 is not None:
-            digest = sha256_of(got)
-            if digest != entry.sha256:
-                _discard(got)
-                raise HubError(
-                    f"{name}: the download's SHA-256 is {digest}, the hub lists {entry.sha256}",
-                    hint="the file was deleted; run the pull again (a mirror behind HF_ENDPOINT "
-                    "may serve a stale copy)",
+        if have is not None:
+            got = have
+        elif entry.sha256 is not None:
+            got = _resumable(listing, entry, cache, name, tqdm_class)
+        else:
+            with hub_errors(name):
+                got = Path(
+                    hf_hub_download(
+                        listing.repo,
+                        file,
+                        revision=listing.commit,
+                        cache_dir=cache,
+                        endpoint=endpoint(),
+                        tqdm_class=tqdm_class,
+                    )
                 )
         out.append(Pulled(file, got, entry.size, entry.sha256, have is None))
-    _record_revision(cache, listing.repo, ref.revision, listing.commit)
+    write_ref(cache, listing.repo, ref.revision, listing.commit)
     return out
 
 
-def _record_revision(cache: Path, repo: str, revision: str, commit: str) -> None:
-    """`refs/<revision>` -> commit, as huggingface_hub writes it when it downloads by branch:
-    a profile's `hf://` reference then finds the file offline (hub/local.py)."""
-    if revision == commit:
-        return
-    ref = cache / ("models--" + repo.replace("/", "--")) / "refs" / revision
-    with contextlib.suppress(OSError):
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(commit)
+def _resumable(listing: Listing, entry: RepoFile, cache: Path, name: str, tqdm_class: Any) -> Path:
+    """Fetch one LFS file into the cache, continuing a partial download; the snapshot link."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+    assert entry.sha256 is not None
+    folder = cache / repo_folder(listing.repo)
+    blob = folder / "blobs" / entry.sha256
+    link = folder / "snapshots" / listing.commit / entry.path
+    if not blob.is_file():
+        partial = blob.with_name(blob.name + ".incomplete")
+        url = hf_hub_url(listing.repo, entry.path, revision=listing.commit, endpoint=endpoint())
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            with hub_errors(name), open(partial, "ab") as fh:
+                done = fh.tell()
+                if done > entry.size:  # not this file's beginning: start again
+                    fh.truncate(0)
+                    done = 0
+                http_get(
+                    url,
+                    fh,
+                    resume_size=done,
+                    headers=build_hf_headers(),
+                    expected_size=entry.size,
+                    displayed_filename=entry.path.rsplit("/", 1)[-1],
+                    tqdm_class=tqdm_class,
+                )
+        except (OSError, HubError) as err:
+            raise HubError(
+                f"{name}: the download stopped: {err}",
+                hint=f"run the pull again: it continues from the {_size(partial)} already here",
+            ) from None
+        digest = sha256_of(partial)
+        if digest != entry.sha256:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+            raise HubError(
+                f"{name}: the download's SHA-256 is {digest}, the hub lists {entry.sha256}",
+                hint="the file was deleted; run the pull again (a mirror behind HF_ENDPOINT "
+                "may serve a stale copy)",
+            )
+        os.replace(partial, blob)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    link.symlink_to(os.path.relpath(blob, link.parent))
+    return link
 
 
-def _discard(path: Path) -> None:
-    """Remove a snapshot link and the blob it points at."""
-    blob = path.resolve()
-    for p in (path, blob):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+def _size(path: Path) -> str:
+    from llmctl.term import format_bytes
+
+    try:
+        return format_bytes(path.stat().st_size)
+    except OSError:
+        return "part"

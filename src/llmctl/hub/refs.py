@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 
 from llmctl.errors import UsageError
+from llmctl.paths import HUB_SCHEME as SCHEME
+from llmctl.paths import is_hub_model
 
-SCHEME = "hf://"
 DEFAULT_REVISION = "main"
 DEFAULT_TAGS = ("Q4_K_M", "Q8_0")  # what llama-server -hf picks when no tag is given
 # file names that are not models (llama.cpp's gguf_filename_is_model)
@@ -47,22 +48,52 @@ class HubRef:
         return HubRef(self.repo, self.revision, None, file)
 
 
+SPELLINGS = (
+    "hf://org/repo, hf://org/repo:Q4_K_M, hf://org/repo/file.gguf, "
+    "with @revision after the repo to pin one (hf://org/repo@v1.0:Q8_0)"
+)
+
+
 def is_hub_ref(text: str) -> bool:
-    return text.startswith(SCHEME)
+    return is_hub_model(text)
+
+
+def ref_problem(text: str) -> str | None:
+    """Why `text` is not a hub reference, or None when it is one."""
+    body = text[len(SCHEME) :] if is_hub_ref(text) else text
+    m = _REF_RE.match(body)
+    if not is_hub_ref(text) or m is None or "//" in body or ".." in body:
+        return f"{text!r} is not a Hugging Face model reference"
+    return None
 
 
 def parse_ref(text: str) -> HubRef:
     """The HubRef of `hf://...`; UsageError, with the accepted spellings, for anything else."""
-    body = text[len(SCHEME) :] if is_hub_ref(text) else text
-    m = _REF_RE.match(body)
-    if not is_hub_ref(text) or m is None or "//" in body or ".." in body:
+    problem = ref_problem(text)
+    m = _REF_RE.match(text[len(SCHEME) :])
+    if problem is not None or m is None:
         raise UsageError(
-            f"{text!r} is not a Hugging Face model reference",
-            hint="hf://org/repo, hf://org/repo:Q4_K_M, hf://org/repo/file.gguf, "
-            "with @revision after the repo to pin one (hf://org/repo@v1.0:Q8_0)",
+            problem or f"{text!r} is not a Hugging Face model reference", hint=SPELLINGS
         )
     tag = m.group("tag")
     return HubRef(m.group("repo"), m.group("rev") or DEFAULT_REVISION, tag, m.group("file"))
+
+
+def from_fields(hf: str, hf_file: str | None = None) -> str:
+    """The `hf://` reference of a profile's `hf: org/repo[@rev][:QUANT]` and `hf_file: PATH`
+    (llama-server's `-hf` and `-hff`); ValueError saying what is wrong."""
+    text = hf if is_hub_ref(hf) else SCHEME + hf
+    if ref_problem(text) is not None:
+        raise ValueError(f"`hf` {hf!r} is not a Hugging Face repo (org/repo[@revision][:QUANT])")
+    if hf_file:
+        ref = parse_ref(text)
+        if ref.tag or ref.file:
+            what = f"the quant in `hf` (:{ref.tag})" if ref.tag else "the file in `hf`"
+            raise ValueError(f"`hf_file` and {what} both choose the file; give one, not both")
+        text = str(ref.with_file(hf_file.lstrip("/")))
+        if ref_problem(text) is not None:
+            raise ValueError(f"`hf_file` {hf_file!r} is not a .gguf file of the repo")
+    return text
 
 
 @dataclass(frozen=True)

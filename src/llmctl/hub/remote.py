@@ -5,8 +5,8 @@ llmctl's GGUF reader (llama/gguf.py), a few MB for a file of any size.
 A server that answers a Range request with the whole file is refused, not read. Headers are
 cached by repo, commit and file in llmctl's cache folder; listings by repo and revision, so
 HF_HUB_OFFLINE works from what was read before. HF_TOKEN (never printed), HF_ENDPOINT and
-HF_HUB_DOWNLOAD_TIMEOUT are honoured. huggingface_hub is imported only in the functions that
-talk to the hub.
+HF_HUB_DOWNLOAD_TIMEOUT are honoured. With `network=False` only what was kept answers (else
+NotCached). huggingface_hub is imported only in the functions that talk to the hub.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llmctl.errors import EXIT_INPUT, LlmctlError
+from llmctl.hub.local import listing_path, repo_folder
 from llmctl.hub.refs import HubRef, find_mmproj, find_model, models, parts_of
 from llmctl.llama.gguf import GGUFFile, read_gguf_stream
 
@@ -55,10 +56,6 @@ def _cache_root() -> Path:
     from llmctl.paths import cache_dir
 
     return cache_dir() / "hub"
-
-
-def _folder(repo: str) -> str:
-    return "models--" + repo.replace("/", "--")
 
 
 @dataclass(frozen=True)
@@ -135,18 +132,24 @@ def _hub_error(exc: Exception, what: str) -> Exception:
     return exc
 
 
-def _listing_path(repo: str, revision: str) -> Path:
-    return _cache_root() / "listings" / _folder(repo) / (revision.replace("/", "%2F") + ".json")
+class NotCached(HubError):
+    """Asked not to use the network, and what is asked was not read before."""
 
 
-def list_repo(repo: str, revision: str = "main") -> Listing:
-    """The repo's files at `revision` (one API call; the cached listing when offline or when
-    `revision` is a commit already listed)."""
-    cached = _listing_path(repo, revision)
-    if offline() or (_COMMIT_RE.match(revision) and cached.is_file()):
+def list_repo(
+    repo: str, revision: str = "main", *, network: bool = True, prefer_cache: bool = False
+) -> Listing:
+    """The repo's files at `revision` (one API call; the cached listing when offline, when
+    `revision` is a commit already listed, with `prefer_cache` when one was kept, and with
+    `network=False` or NotCached)."""
+    cached = listing_path(repo, revision)
+    use_cache = prefer_cache or (_COMMIT_RE.match(revision) and cached.is_file())
+    if offline() or not network or use_cache:
         try:
             data = json.loads(cached.read_text())
         except (OSError, ValueError):
+            if not network:
+                raise NotCached(f"hf://{repo}@{revision}: not listed before") from None
             if offline():
                 raise HubError(
                     f"hf://{repo}@{revision}: not listed before, and HF_HUB_OFFLINE is set",
@@ -240,13 +243,14 @@ class RangeFile(io.RawIOBase):
 
 
 def _head_cache(repo: str, commit: str, file: str) -> Path:
-    return _cache_root() / "headers" / _folder(repo) / commit / (file + ".head")
+    return _cache_root() / "headers" / repo_folder(repo) / commit / (file + ".head")
 
 
-def read_header(listing: Listing, file: str, stats: ReadStats, split: int = 0) -> GGUFFile:
-    """The GGUF header of one file of the repo, from the cache or by range reads."""
-    from huggingface_hub import hf_hub_url
-
+def read_header(
+    listing: Listing, file: str, stats: ReadStats, split: int = 0, *, network: bool = True
+) -> GGUFFile:
+    """The GGUF header of one file of the repo, from the cache or by range reads (NotCached
+    with `network=False` when it was not read before)."""
     entry = listing.files.get(file)
     name = f"hf://{listing.repo}@{listing.commit[:12]}/{file}"
     if entry is None:
@@ -256,11 +260,15 @@ def read_header(listing: Listing, file: str, stats: ReadStats, split: int = 0) -
         data = cached.read_bytes()
         stats.cached += 1
         return read_gguf_stream(io.BytesIO(data), entry.size, name, first=len(data), split=split)
+    if not network:
+        raise NotCached(f"{name}: header not read before")
     if offline():
         raise HubError(
             f"{name}: header not read before, and HF_HUB_OFFLINE is set",
             hint="unset HF_HUB_OFFLINE to read it once",
         )
+    from huggingface_hub import hf_hub_url
+
     url = hf_hub_url(listing.repo, file, revision=listing.commit, endpoint=endpoint())
     tee = _Tee(RangeFile(url, entry.size, name, stats))
     gguf = read_gguf_stream(tee, entry.size, name, first=FIRST_READ, split=split)
@@ -328,21 +336,23 @@ def read_model(
     *,
     file: str | None = None,
     with_mmproj: bool = True,
+    network: bool = True,
 ) -> RemoteModel:
-    """The headers of the model `ref` names (every split part; the mmproj sibling too)."""
+    """The headers of the model `ref` names (every split part; the mmproj sibling too);
+    `network=False`: from what was read before only (NotCached)."""
     stats = stats if stats is not None else ReadStats()
-    listing = listing or list_repo(ref.repo, ref.revision)
+    listing = listing or list_repo(ref.repo, ref.revision, network=network)
     first = file or resolve_file(ref, listing)
     names = sorted(listing.files)
     parts = parts_of(names, first)
-    head = read_header(listing, parts[0], stats)
+    head = read_header(listing, parts[0], stats, network=network)
     count = head.metadata.get("split.count")
     if isinstance(count, int) and count != len(parts):
         raise HubError(
             f"{ref.with_file(first)}: split.count is {count} but the repo holds {len(parts)} parts"
         )
     for i, part in enumerate(parts[1:], start=1):
-        head.tensors.extend(read_header(listing, part, stats, split=i).tensors)
+        head.tensors.extend(read_header(listing, part, stats, split=i, network=network).tensors)
     head.file_size = listing.size_of(parts)
     head.paths = [Path(p) for p in parts]
     model = RemoteModel(ref.with_file(first), listing, parts, head)
@@ -350,7 +360,7 @@ def read_model(
         mm = find_mmproj(names, first)
         if mm is not None:
             model.mmproj_file = mm
-            model.mmproj = read_header(listing, mm, stats)
+            model.mmproj = read_header(listing, mm, stats, network=network)
     return model
 
 

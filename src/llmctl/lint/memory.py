@@ -1,7 +1,9 @@
 """Lint rules from the memory estimator: budget, headroom, trained context, cache block sizes, MLA.
 
 Profiles whose GGUF is not on this machine are checked from their `metadata:` block; a profile
-with neither is skipped here (the manifest rules already report the missing file).
+with neither is skipped here (the manifest rules already report the missing file). A hub model
+(`hf://`) is checked from its pulled file or the header an estimate read before: lint asks
+nothing of the hub.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from llmctl.llama.vocab import (
     parse_overrides,
 )
 from llmctl.manifest.problems import problem as positioned
-from llmctl.memory.estimate import ModelSource, extra_sources, source_for_profile, vocab_size
+from llmctl.memory.estimate import ModelSource, vocab_size
 from llmctl.memory.hparams import HParams, MetadataError, hparams_from_metadata
-from llmctl.memory.profile import estimate_profile
+from llmctl.memory.profile import estimate_profile, extra_sources, source_for_profile
 from llmctl.term import format_bytes
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
             out.append(positioned(manifest, severity, rule, message, name, field, hint))
 
         try:
-            source = source_for_profile(profile)
+            source = source_for_profile(profile, network=False)
         except GGUFError as err:
             problem("error", "gguf", err.message, "model", err.hint)
             continue
@@ -97,7 +99,7 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
 
         placement_problems(profile, source, hp, problem)
         try:
-            mmproj, draft = extra_sources(profile)
+            mmproj, draft = extra_sources(profile, network=False)
         except GGUFError as err:
             mmproj = draft = None
             problem("error", "gguf", err.message, None, err.hint)
@@ -145,7 +147,7 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
         if vram is None:
             continue
         try:
-            found = estimate_profile(manifest, name, source=source)
+            found = estimate_profile(manifest, name, source=source, network=False)
             assert found is not None  # a source was given
             est = found
         except (MetadataError, KeyError) as err:

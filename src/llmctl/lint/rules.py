@@ -14,6 +14,7 @@ from llmctl.llama.binary import find_binary, is_gguf, known_flags
 from llmctl.llama.flags import FLAGS, MANAGED, flag_owner
 from llmctl.manifest.problems import ProblemSink
 from llmctl.manifest.rules import manifest_rules
+from llmctl.paths import is_hub_model
 from llmctl.supervisor.launch import profile_args
 
 if TYPE_CHECKING:
@@ -40,22 +41,10 @@ def _files(out: ProblemSink) -> None:
             value = getattr(p, field)
             if not value:
                 continue
-            if value.startswith("hf://"):
-                from llmctl.hub.local import local_model
-
-                found = local_model(value)
-                if found is None:
-                    out.at(
-                        "warning",
-                        "model-not-pulled",
-                        f"{field} {value} is not downloaded yet (estimates read its header from "
-                        "the hub)",
-                        name,
-                        field,
-                        hint=f"`llmctl pull {name}` downloads it once",
-                    )
+            if is_hub_model(value):
+                value = _hub_file(out, name, value)
+                if value is None:
                     continue
-                value = str(found)
             path = Path(value)
             if path.is_dir():
                 out.at(
@@ -86,6 +75,28 @@ def _files(out: ProblemSink) -> None:
                 )
             elif not os.access(path, os.R_OK):
                 out.at("error", "model-file", f"{field} {value} is not readable", name, field)
+
+
+def _hub_file(out: ProblemSink, name: str, ref: str) -> str | None:
+    """A hub model's pulled file, for the checks of a file; None (and said) when not pulled.
+    Nothing is asked of the hub."""
+    from llmctl.hub.local import find_local
+    from llmctl.hub.refs import parse_ref
+
+    local = find_local(parse_ref(ref))
+    if local is not None:
+        return str(local.path)
+    out.at(
+        "warning",
+        "model-not-pulled",
+        f"model {ref} is on Hugging Face and not pulled yet: `switch` and `load` refuse it "
+        "until it is; estimates read its header from the hub",
+        name,
+        "model",
+        hint=f"`llmctl pull {name}` downloads it; `llmctl estimate {name}` says whether it fits "
+        "first",
+    )
+    return None
 
 
 def _binary(out: ProblemSink) -> None:

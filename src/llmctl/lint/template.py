@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmctl.errors import GGUFError, Problem
+from llmctl.errors import LlmctlError, Problem
 from llmctl.manifest.problems import problem
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ TEMPLATE_KEY = "tokenizer.chat_template"
 
 def template_problems(manifest: Manifest) -> list[Problem]:
     """A warning per chat profile whose local GGUF carries no chat template."""
-    from llmctl.memory.estimate import source_for_path
+    from llmctl.memory.profile import source_for_profile
 
     out: list[Problem] = []
     for name, profile in manifest.profiles.items():
@@ -30,10 +30,11 @@ def template_problems(manifest: Manifest) -> list[Problem]:
         if profile.chat_template or profile.chat_template_file:
             continue
         try:
-            source = source_for_path(profile.model)
-        except GGUFError:
+            # nothing asked of the hub: a hub model's pulled file or the header read before
+            source = source_for_profile(profile, network=False)
+        except LlmctlError:
             continue  # the memory rules report an unreadable file
-        if source is None or TEMPLATE_KEY in source.metadata:
+        if source is None or source.tensors is None or TEMPLATE_KEY in source.metadata:
             continue
         out.append(
             problem(

@@ -78,6 +78,10 @@ FLAGS: tuple[Flag, ...] = (
 """Every profile field that becomes a flag. mlock/mmap become `--load-mode` (see `_load_mode`)."""
 
 # Set by llmctl from the manifest; a profile's extra_args must not repeat them.
+# llama-server's own download of a Hugging Face model (`-hf org/repo[:QUANT]`, `-hff FILE`)
+HF_REPO_FLAG = "-hf"
+HF_FILE_FLAG = "-hff"
+
 MANAGED: dict[str, str] = {
     "--host": "host (server.host or the profile's host)",
     "--port": "port (server.port or the profile's port)",

@@ -43,6 +43,8 @@ _CODE = (
     "problems.py",
     "../llama/flags.py",  # the managed flags the rules check
     "../llama/rpc.py",  # validates `rpc` endpoints
+    "../hub/refs.py",  # validates hub references
+    "../paths.py",  # tells them from paths
 )
 
 

@@ -41,6 +41,7 @@ from llmctl.manifest.types import (
 )
 from llmctl.manifest.view import ManifestOps
 from llmctl.manifest.yamldoc import Source
+from llmctl.paths import is_hub_model
 
 
 class _Strict(BaseModel):
@@ -237,10 +238,59 @@ class ServeConfig(_Strict):
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
 
 
+def _hub_model(value: str) -> str:
+    """A hub reference is checked here (a path is checked by lint, against the machine)."""
+    if is_hub_model(value):
+        from llmctl.hub.refs import ref_problem
+
+        problem = ref_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
+
+
+def _profile_schema(schema: dict[str, Any]) -> None:
+    """`model` or `hf` names the model: either is required."""
+    schema["required"] = [r for r in schema.get("required", []) if r != "model"]
+    if not schema["required"]:
+        del schema["required"]
+    schema["anyOf"] = [{"required": ["model"]}, {"required": ["hf"]}]
+
+
 class Profile(_Strict):
     """One way to run llama-server. Field names follow llama-server's long flags in snake_case."""
 
-    model: str = Field(description="GGUF path (first split for split models); ~ and $VARS expand.")
+    model_config = ConfigDict(
+        extra="forbid", validate_default=False, json_schema_extra=_profile_schema
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hf_fields(cls, data: Any) -> Any:
+        """`hf:` (and `hf_file:`) become `model: hf://...`, so everything after reads `model`."""
+        if not isinstance(data, dict) or (data.get("hf") is None and data.get("hf_file") is None):
+            return data
+        from llmctl.hub.refs import from_fields
+
+        hf, hf_file = data.get("hf"), data.get("hf_file")
+        if not isinstance(hf, str) or not hf:
+            raise ValueError("`hf_file` names a file of the repo `hf: org/repo` gives; add `hf`")
+        if data.get("model") is not None:
+            raise ValueError("`hf` and `model` both name the model; keep one of them")
+        rest = {k: v for k, v in data.items() if k not in ("hf", "hf_file")}
+        return {**rest, "model": from_fields(hf, hf_file if isinstance(hf_file, str) else None)}
+
+    model: Annotated[str, AfterValidator(_hub_model)] = Field(
+        description="GGUF path (first split for split models; ~ and $VARS expand), or a "
+        "Hugging Face model: hf://org/repo:Q4_K_M, hf://org/repo/file.gguf, @revision to pin."
+    )
+    hf: str | None = Field(
+        None,
+        description="Instead of `model`, llama-server's -hf spelling: org/repo[@revision][:QUANT].",
+    )
+    hf_file: str | None = Field(
+        None, description="With `hf`, llama-server's -hff: the exact GGUF file of the repo."
+    )
     description: str | None = None
     aliases: list[str] = Field(default_factory=list, description="Other names clients may ask for.")
     ctx_size: CtxSize = Field(

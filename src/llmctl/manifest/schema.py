@@ -13,6 +13,7 @@ def manifest_schema() -> dict[str, Any]:
     # `defaults` takes any profile field, none required.
     partial = dict(defs.get("Profile", Profile.model_json_schema()))
     partial["required"] = []
+    partial.pop("anyOf", None)  # `model` or `hf`: in the profile, not in the defaults
     partial["title"] = "ProfileDefaults"
     defs["ProfileDefaults"] = partial
     schema["properties"]["defaults"] = {"$ref": "#/$defs/ProfileDefaults"}

@@ -5,8 +5,9 @@ Where llama.cpp users keep models: `~/models`, llama.cpp's own download cache (`
 GGUF becomes a profile named after its file, at a context that starts fast (8K, or the trained
 context when it is smaller); a vision projector (`mmproj`) in the same folder whose width matches
 is attached; embedding and reranking models are served as such. Split models (`-00001-of-00003`)
-are one profile, their other parts are not. Nothing here writes a file: `render` returns the
-text, the CLI writes it.
+are one profile, their other parts are not. A Hugging Face model named on the command line
+(`hf://org/repo:QUANT`) becomes a profile of that `model:`, from its header (`from_header`).
+Nothing here writes a file: `render` returns the text, the CLI writes it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class FoundModel:
     embedding: bool = False
     reranking: bool = False
     mmproj: Path | None = None
+    ref: str | None = None  # a hub model: its `model:` (hf://...), `path` its file in the repo
 
 
 @dataclass
@@ -136,7 +138,14 @@ def scan(folders: list[Path]) -> Scan:
     return out
 
 
-def _found(path: Path, g: GGUFFile, names: set[str]) -> FoundModel:
+def from_header(ref: str, file: str, g: GGUFFile, size: int, names: set[str]) -> FoundModel:
+    """The profile of hub model `ref` (its first file `file`), from its header."""
+    model = _found(Path(file), g, names, size)
+    model.ref = ref
+    return model
+
+
+def _found(path: Path, g: GGUFFile, names: set[str], size: int | None = None) -> FoundModel:
     arch = g.architecture
     meta = g.metadata
     base = profile_name(path)
@@ -147,7 +156,8 @@ def _found(path: Path, g: GGUFFile, names: set[str]) -> FoundModel:
     ctx = meta.get(f"{arch}.context_length")
     pooling = meta.get(f"{arch}.pooling_type")
     title = meta.get("general.name")
-    size = sum(p.stat().st_size for p in (g.paths or [path]) if p.exists())
+    if size is None:
+        size = sum(p.stat().st_size for p in (g.paths or [path]) if p.exists())
     return FoundModel(
         path=path,
         name=name,
@@ -194,9 +204,14 @@ def render(
         except ValueError:
             return str(p)
 
+    hub = [m.ref for m in models if m.ref]
     lines = [
-        "# llmctl manifest, written by `llmctl init` from the GGUF files found in:",
+        "# llmctl manifest, written by `llmctl init` from the GGUF files found in:"
+        if folders
+        else "# llmctl manifest, written by `llmctl init`",
         *[f"#   {shown(f)}" for f in folders],
+        *(["# and from Hugging Face (`llmctl pull NAME` downloads one):"] if hub else []),
+        *[f"#   {r}" for r in hub],
         "# Check it with `llmctl lint`, see a profile's memory with `llmctl estimate NAME`, the",
         "# largest context that fits with `llmctl fit NAME`, then `llmctl switch NAME` or",
         "# `llmctl serve`. The README lists every field.",
@@ -247,7 +262,7 @@ def render(
         lines += [
             f"  {m.name}:",
             f"    description: {_quote(f'{m.title} ({m.architecture}, {format_bytes(m.size_bytes)})')}",
-            f"    model: {_quote(shown(m.path))}",
+            f"    model: {_quote(m.ref or shown(m.path))}",
             f"    ctx_size: {_ctx_text(ctx)}"
             + (f"           # {trained[2:]}" if m.trained_ctx and m.trained_ctx > ctx else ""),
         ]

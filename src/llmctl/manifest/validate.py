@@ -21,6 +21,7 @@ from llmctl.manifest.problems import usable
 from llmctl.manifest.readfile import read_manifest_bytes
 from llmctl.manifest.rules import manifest_rules
 from llmctl.manifest.yamldoc import Path_, Source, YamlLoadError, load_yaml
+from llmctl.paths import is_hub_model
 
 _FLAG_NAMES = {
     # what people type (llama-server flags, other tools' names) -> our field
@@ -205,6 +206,12 @@ class _Checker:
             top = str(loc[0]) if loc else ""
             etype = e["type"]
             msg = str(e["msg"]).removeprefix("Value error, ")
+            if not loc and etype == "value_error" and path and path[0] == "profiles":
+                # a check across fields (`hf` with `model`) names the field it is about first
+                named = msg.split("`")[1] if msg.startswith("`") else ""
+                if named in model.model_fields:
+                    loc, top, field = (named,), named, named
+                    where = (*path, *loc)
             if etype == "extra_forbidden":
                 known = _known_fields(model, loc[:-1])
                 guess = _suggest(field, known)
@@ -225,6 +232,18 @@ class _Checker:
                     f"`{field}` is required",
                     path if not loc[:-1] else (*path, *loc[:-1]),
                     profile,
+                )
+            elif top in ("model", "hf", "hf_file") and etype == "value_error":
+                self.add(
+                    "error",
+                    "hub-ref",
+                    msg,
+                    where,
+                    profile,
+                    hint="a file path, or a Hugging Face model: `model: hf://org/repo:Q4_K_M` "
+                    "(hf://org/repo/file.gguf for one file, @revision after the repo to pin "
+                    "one), or `hf: org/repo:Q4_K_M` and `hf_file:` as llama-server spells them",
+                    value=True,
                 )
             elif top in ("cache_type_k", "cache_type_v"):
                 self.add(
@@ -502,11 +521,12 @@ def _validate(
                     merged[k] = v
                 origin[k] = "profile"
             for field in PATH_FIELDS:
-                value = merged.get(field)
-                if isinstance(value, str) and value.startswith("hf://"):
-                    _check_hub_ref(checker, value, (*ppath, field), name)  # kept as written
-                elif isinstance(value, str) and value:
-                    merged[field] = expand_path(value, base)
+                if (
+                    isinstance(merged.get(field), str)
+                    and merged[field]
+                    and not is_hub_model(merged[field])
+                ):
+                    merged[field] = expand_path(merged[field], base)
             try:
                 profiles[name] = Profile.model_validate(merged)
             except ValidationError as err:
@@ -532,15 +552,3 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
     found = find_manifest(path)
     manifest, problems = check_manifest(found)
     return usable(found, manifest, problems, manifest_rules(manifest))
-
-
-def _check_hub_ref(checker: Any, value: str, path: Path_, profile: str) -> None:
-    """A Hugging Face reference (`hf://org/repo:QUANT`) in a path field: well formed, or an
-    error at its line."""
-    from llmctl.errors import UsageError
-    from llmctl.hub.refs import parse_ref
-
-    try:
-        parse_ref(value)
-    except UsageError as err:
-        checker.add("error", "hub-ref", err.message, path, profile, err.hint, value=True)

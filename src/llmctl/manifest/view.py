@@ -159,7 +159,10 @@ class ManifestOps:
 
     def field_path(self, profile: str, field: str) -> Path_:
         """Where a profile's field is written: under the profile, or under `defaults`."""
-        if self._profile_origin.get(profile, {}).get(field) == "defaults":
+        origin = self._profile_origin.get(profile, {})
+        if field == "model" and "model" not in origin and "hf" in origin:
+            field = "hf"  # `hf: org/repo` written for `model: hf://org/repo`
+        if origin.get(field) == "defaults":
             return ("defaults", field)
         return ("profiles", profile, field)
 

@@ -423,32 +423,11 @@ def source_for_path(model: str | None) -> ModelSource | None:
 
     if not model:
         return None
-    if model.startswith("hf://"):
-        return _hub_source(model)
     path = Path(model)
     first = (split_paths(path) or [path])[0]
     if first.is_file():
         return ModelSource.from_gguf(read_gguf(path))
     return None
-
-
-def _hub_source(ref_text: str) -> ModelSource | None:
-    """A hub model's header: its downloaded file when there is one, else read from the hub by
-    range reads (cached by repo, revision and file); None when neither can be had."""
-    from llmctl.hub.local import local_model
-
-    found = local_model(ref_text)
-    if found is not None:
-        return source_for_path(str(found))
-    from llmctl.errors import LlmctlError
-    from llmctl.hub.refs import parse_ref
-    from llmctl.hub.remote import read_model
-
-    try:
-        remote = read_model(parse_ref(ref_text), with_mmproj=False)
-    except LlmctlError:
-        return None  # offline, not found, gated: the caller says the model is not here
-    return ModelSource.from_gguf(remote.gguf)
 
 
 def extra_sources(profile: object) -> tuple[ModelSource | None, ModelSource | None]:

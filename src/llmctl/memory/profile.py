@@ -4,19 +4,31 @@ uses (`llmctl estimate`, lint, the placer, the router's `/models/available`, the
 The budget is `manifest.gpu_budget`: the single GPU of `gpu: {vram: ...}`, or the first GPU of a
 device list (a per-device split is `placement`'s job, from the same estimate). No GPU budget
 means no GPU: every figure is host memory.
+
+A profile whose model is on the Hugging Face hub (`model: hf://...`) is estimated from the pulled
+file, else from its remote header (llmctl.hub.source). Only with `network=True` (the commands
+asked for an estimate: `estimate`, `fit`) is the hub asked; otherwise (lint, the placer, the
+router) a model neither pulled nor read before has no source.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llmctl.paths import is_hub_model
+
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
-    from llmctl.memory.estimate import Estimate, ModelSource
+    from llmctl.memory.estimate import Estimate, ModelSource, ProfileLike
 
 
 def estimate_profile(
-    manifest: Manifest, name: str, *, budget: bool = True, source: ModelSource | None = None
+    manifest: Manifest,
+    name: str,
+    *,
+    budget: bool = True,
+    source: ModelSource | None = None,
+    network: bool = False,
 ) -> Estimate | None:
     """The estimate of profile `name` (an alias is resolved); None when its model is neither on
     this machine nor described by a `metadata:` block.
@@ -26,23 +38,18 @@ def estimate_profile(
     `source` is the model's header when the caller has read it already.
     Raises GGUFError for an unreadable model file and MetadataError for missing metadata.
     """
-    from llmctl.memory.estimate import (
-        estimate,
-        extra_sources,
-        options_from_profile,
-        source_for_profile,
-    )
+    from llmctl.memory.estimate import estimate, options_from_profile
 
     name = manifest.resolve(name)
     profile = manifest.profiles[name]
-    source = source or source_for_profile(profile)
+    source = source or source_for_profile(profile, network=network)
     if source is None:
         return None
     opts = options_from_profile(profile)
     if not budget:
         return estimate(source, opts, profile=name, overhead=0)
     gpu = manifest.gpu_budget
-    mmproj, draft = extra_sources(profile)
+    mmproj, draft = extra_sources(profile, network=network)
     return estimate(
         source,
         opts,
@@ -54,3 +61,45 @@ def estimate_profile(
         mmproj=mmproj,
         draft=draft,
     )
+
+
+def source_for_profile(profile: ProfileLike, *, network: bool = False) -> ModelSource | None:
+    """llmctl.memory.estimate's source_for_profile, and a hub model's header: the pulled file,
+    else the remote header, else (`network=False`, never read) its `metadata:` block or None.
+    Raises HubError when the hub cannot answer, GGUFError for an unreadable file."""
+    from llmctl.memory import estimate
+
+    if is_hub_model(profile.model):
+        from llmctl.hub.remote import NotCached
+        from llmctl.hub.source import hub_headers
+
+        try:
+            headers = hub_headers(profile.model, network=network)
+        except NotCached:
+            pass  # the `metadata:` block, if any
+        else:
+            source = estimate.ModelSource.from_gguf(headers.gguf)
+            if headers.local is None:  # named by its reference (a Path would fold its //)
+                source.path = profile.model
+            return source
+    return estimate.source_for_profile(profile)
+
+
+def extra_sources(
+    profile: ProfileLike, *, network: bool = False
+) -> tuple[ModelSource | None, ModelSource | None]:
+    """The profile's projector and draft model; a hub model without its own `mmproj` has its
+    repo's mmproj sibling (as `-hf` loads it)."""
+    from llmctl.memory import estimate
+
+    mmproj, draft = estimate.extra_sources(profile)
+    if getattr(profile, "mmproj", None) is None and is_hub_model(profile.model):
+        from llmctl.hub.remote import NotCached
+        from llmctl.hub.source import hub_headers
+
+        try:
+            sibling = hub_headers(profile.model, network=network).mmproj
+        except NotCached:
+            sibling = None
+        mmproj = estimate.ModelSource.from_gguf(sibling) if sibling is not None else None
+    return mmproj, draft

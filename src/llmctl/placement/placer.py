@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LlmctlError
+from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
@@ -106,8 +107,7 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
     A profile whose model can be neither read nor described (`metadata:`) is placed with no
     memory (its launch will fail and say why).
     """
-    from llmctl.memory.estimate import source_for_profile
-    from llmctl.memory.profile import estimate_profile
+    from llmctl.memory.profile import estimate_profile, source_for_profile
     from llmctl.placement.plan import DevicePlan, GpuTarget, plan_devices
     from llmctl.supervisor.launch import launch_spec
 
@@ -115,13 +115,19 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
     profile = manifest.profiles[name]
     base = launch_spec(manifest, name)
     notes: list[str] = []
-    source = source_for_profile(profile)
+    # nothing asked of the hub: a hub model's pulled file, or the header an estimate read
+    source = source_for_profile(profile, network=False)
     est = (
-        estimate_profile(manifest, name, budget=False, source=source)
+        estimate_profile(manifest, name, budget=False, source=source, network=False)
         if source is not None
         else None
     )
-    if est is None:
+    if est is None and is_hub_model(profile.model):
+        notes.append(
+            f"{profile.model} of {name!r} is neither pulled nor its header read: its memory is "
+            f"unknown (`llmctl estimate {name}` reads the header, `llmctl pull {name}` the file)"
+        )
+    elif est is None:
         notes.append(f"no model file or metadata for {name!r}: its memory is unknown")
     plans: list[DevicePlan] = []
     specs: list[LaunchSpec] = []

@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from llmctl.paths import is_hub_model
+
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest, Profile, ServerConfig
 
@@ -110,15 +112,24 @@ def _load_mode_args(profile: Profile, known: frozenset[str] | None) -> list[str]
 
 
 def profile_args(
-    name: str, profile: Profile, host: str, port: int, known: frozenset[str] | None = None
+    name: str,
+    profile: Profile,
+    host: str,
+    port: int,
+    known: frozenset[str] | None = None,
+    files: dict[str, list[str]] | None = None,
 ) -> list[str]:
     """The llama-server arguments (without the binary) for a profile, in table order; `known`,
-    the flags of the binary (its --help), picks the spelling of flags that changed."""
+    the flags of the binary (its --help), picks the spelling of flags that changed; `files`, the
+    arguments that stand for a field instead (a hub model's local file, `hub_files`)."""
     from llmctl.llama.flags import FLAGS
 
     args: list[str] = []
     explicit = profile.model_fields_set
     for f in FLAGS:
+        if files and f.field in files:
+            args += files[f.field]
+            continue
         if not f.always and f.field not in explicit:
             continue
         value = getattr(profile, f.field)
@@ -150,23 +161,15 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
     host = profile.host or server.host
     port = manifest.profile_port(pname)
     binary = find_binary(manifest.server.binary) or "llama-server"
-    model = profile.model
-    if model.startswith("hf://"):
-        from llmctl.hub.local import local_model
-
-        found = local_model(model)  # the cached file (pulled); else refused before a launch
-        model = str(found) if found is not None else model
     known = None
     if profile.mlock is not None or profile.mmap is not None:
         from llmctl.llama.binary import known_flags
 
         known = known_flags(binary)  # cached per binary; asked only for a flag that changed
-    args = profile_args(pname, profile, host, port, known)
-    if model != profile.model:  # a hub reference: its downloaded file
-        args = [model if a == profile.model else a for a in args]
+    model, files = hub_files(profile) if is_hub_model(profile.model) else (profile.model, None)
     return LaunchSpec(
         profile=pname,
-        argv=(binary, *args),
+        argv=(binary, *profile_args(pname, profile, host, port, known, files)),
         env=dict(profile.env),
         host=host,
         port=port,
@@ -177,6 +180,29 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
         unset_env=secret_env_names(manifest),
         keep_kv=_keep_kv(profile, server),
     )
+
+
+def hub_files(profile: Profile) -> tuple[str, dict[str, list[str]]]:
+    """A hub model's launch: its pulled file with `-m` (and the repo's mmproj sibling, as `-hf`
+    loads it, unless the profile names one), and that path as the spec's model. Not pulled: the
+    `-hf` command line llama-server itself would download with, and the reference as the model,
+    which `check_model_file` refuses before anything is stopped."""
+    from llmctl.hub.local import find_local
+    from llmctl.hub.refs import parse_ref
+    from llmctl.llama.flags import FLAGS, HF_FILE_FLAG, HF_REPO_FLAG
+
+    ref = parse_ref(profile.model)
+    local = find_local(ref)
+    if local is None:
+        repo = ref.repo + (f":{ref.tag}" if ref.tag else "")
+        return profile.model, {
+            "model": [HF_REPO_FLAG, repo, *([HF_FILE_FLAG, ref.file] if ref.file else [])]
+        }
+    flag = {f.field: f.flag for f in FLAGS}
+    files = {"model": [flag["model"], str(local.path)]}
+    if local.mmproj is not None and profile.mmproj is None:
+        files["mmproj"] = [flag["mmproj"], str(local.mmproj)]
+    return str(local.path), files
 
 
 def _keep_kv(profile: Profile, server: ServerConfig) -> KeepKv | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from llmctl.paths import is_hub_model
 from llmctl.term import BOLD, YELLOW, style
 
 if TYPE_CHECKING:
@@ -18,7 +19,12 @@ def engine_report(manifest: Any, name: str, est: Estimate) -> dict[str, Any]:
     from llmctl.supervisor.probe import probe_profile
 
     # the launch `switch` and `load` make: with listed devices, the placer's first choice
-    res = probe_profile(manifest, name, spec=command_spec(manifest, name))
+    spec = command_spec(manifest, name)
+    if is_hub_model(spec.model):  # not pulled: llama-server would download it
+        from llmctl.supervisor.modelfile import not_pulled
+
+        raise not_pulled(name, spec.model)
+    res = probe_profile(manifest, name, spec=spec)
     out: dict[str, Any] = {
         "source": "engine plan" if res.plan is not None else "formula",
         "build": res.build,

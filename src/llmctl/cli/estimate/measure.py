@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LlmctlError
+from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
     from llmctl.memory.calibration import Measurement
@@ -53,6 +54,12 @@ def calibration(
     from llmctl.supervisor.launch import launch_spec
 
     spec = launch_spec(manifest, name)
+    if is_hub_model(spec.model):  # not pulled: never launched here, so never measured
+        if measure:
+            from llmctl.supervisor.modelfile import not_pulled
+
+            raise not_pulled(name, spec.model)
+        return None
     return _measurement(
         est, spec.model, list(spec.argv), measure, ask, name, spec.env, spec.unset_env
     )

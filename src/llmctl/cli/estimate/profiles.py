@@ -58,7 +58,7 @@ def estimate_profiles(
         profile = manifest.profiles[name]
         try:
             try:
-                found = estimate_profile(manifest, name)
+                found = estimate_profile(manifest, name, network=True)
             except MetadataError as err:
                 raise LlmctlError(str(err), hint="check the metadata block") from None
             if found is None:
