@@ -449,24 +449,34 @@ def test_deep_json_and_aborted_uploads_are_no_internal_errors(
 # --- also seen ---------------------------------------------------------------------------
 
 
+def _reload_until_said(served: Served, manifest_text: str, said: str) -> None:
+    """Write the manifest, SIGHUP the router, and wait (by its log, not the clock) until it
+    logs `said`."""
+    import signal
+
+    served.manifest.write_text(manifest_text)
+    served.proc.send_signal(signal.SIGHUP)
+    for _ in range(1200):
+        if said in served.logs():
+            break
+        threading.Event().wait(0.05)
+    assert said in served.logs(), served.logs()
+
+
 def test_removing_the_running_profile_stops_its_server(
     served: Served, llama_server_bin: Path
 ) -> None:
-    import signal
 
     assert chat(served, "B").status_code == 200
     assert len(llama_pids(llama_server_bin)) == 1
     text = served.manifest.read_text()
     start = text.index("  tiny-b:")
     end = text.index("  tiny-long:")
-    served.manifest.write_text(text[:start] + text[end:])
-    served.proc.send_signal(signal.SIGHUP)
-    done = "stopped the server of profile tiny-b (is no longer in the manifest)"
-    for _ in range(1200):
-        if done in served.logs():
-            break
-        threading.Event().wait(0.05)
-    assert done in served.logs(), served.logs()
+    _reload_until_said(
+        served,
+        text[:start] + text[end:],
+        "stopped the server of profile tiny-b (is no longer in the manifest)",
+    )
     assert llama_pids(llama_server_bin) == []
     models = httpx.get(served.url + "/v1/models").json()["data"]
     assert not any(m["loaded"] for m in models)
@@ -477,7 +487,6 @@ def test_a_changed_running_profile_restarts_with_its_new_flags(
 ) -> None:
     """A SIGHUP that changes the running profile's launch: its server stops once idle, and
     the next request loads the new flags; before, it ran on with the old ones, nothing said."""
-    import signal
 
     assert chat(served, "B").status_code == 200
     (old_pid,) = llama_pids(llama_server_bin)
@@ -486,16 +495,11 @@ def test_a_changed_running_profile_restarts_with_its_new_flags(
     end = text.index("  tiny-long:")
     block = text[start:end]
     assert "ctx_size: 512" in block
-    served.manifest.write_text(
-        text[:start] + block.replace("ctx_size: 512", "ctx_size: 640") + text[end:]
+    _reload_until_said(
+        served,
+        text[:start] + block.replace("ctx_size: 512", "ctx_size: 640") + text[end:],
+        "stopped the server of profile tiny-b (changed in the manifest)",
     )
-    served.proc.send_signal(signal.SIGHUP)
-    done = "stopped the server of profile tiny-b (changed in the manifest)"
-    for _ in range(1200):
-        if done in served.logs():
-            break
-        threading.Event().wait(0.05)
-    assert done in served.logs(), served.logs()
     assert llama_pids(llama_server_bin) == []
     assert chat(served, "B").status_code == 200
     (new_pid,) = llama_pids(llama_server_bin)

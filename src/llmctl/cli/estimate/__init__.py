@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from llmctl.cli.argv import parse
 from llmctl.cli.output import run_command
 from llmctl.errors import UsageError
+from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
     import typer
@@ -31,11 +32,11 @@ def run(
     vram: str | None = None,
 ) -> int:
     def body() -> int:
-        refs = [a for a in args if a.startswith("hf://")]
+        refs = [a for a in args if is_hub_model(a)]
         if refs:
             from llmctl.cli.hub import estimate_hub
 
-            rest = [a for a in args if not a.startswith("hf://")]
+            rest = [a for a in args if not is_hub_model(a)]
             return estimate_hub(
                 refs,
                 rest,
@@ -85,7 +86,7 @@ def fast(args: list[str]) -> int | None:
             options={"--vram": ("vram", str), "--manifest": ("manifest", str)},
             positional=(0, 1000),
         )
-        if parsed is None or not all(a.startswith("hf://") for a in parsed[0]):
+        if parsed is None or not all(is_hub_model(a) for a in parsed[0]):
             return None  # profile names before -- are not a command line: typer says so
         return run([*parsed[0], *args[cut + 1 :]], **parsed[1])
     parsed = parse(
