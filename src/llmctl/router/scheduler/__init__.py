@@ -50,7 +50,7 @@ from llmctl.router.scheduler.effects import (
     WaitFn,
 )
 from llmctl.router.scheduler.factories import configure, switching
-from llmctl.router.scheduler.leases import Lease
+from llmctl.router.scheduler.leases import Lease, Waited
 
 __all__ = [
     "PLACEMENT",
@@ -67,6 +67,7 @@ __all__ = [
     "SwitchFailed",
     "SwitchFn",
     "WaitFn",
+    "Waited",
     "configure",
     "switching",
 ]

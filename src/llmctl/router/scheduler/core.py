@@ -27,7 +27,7 @@ from llmctl.router.scheduler.effects import (
     WaitFn,
     wait_event,
 )
-from llmctl.router.scheduler.leases import Lease, Loaded
+from llmctl.router.scheduler.leases import Lease, Loaded, Waited
 from llmctl.router.scheduler.waiters import Op, Waiter, Waiters, queued_message, shutting_down
 
 log = logging.getLogger("llmctl.router")
@@ -313,11 +313,15 @@ class Scheduler:
         if self._driver is None or self._driver.done():
             self._driver = asyncio.get_running_loop().create_task(self._drive())
 
-    def _admit(self, ready: Callable[[str | None], bool]) -> None:
-        """Let through, in queue order, every load waiter whose profile is `ready`."""
+    def _admit(self, ready: Callable[[str | None], bool], *, loaded: bool = False) -> None:
+        """Let through, in queue order, every load waiter whose profile is `ready`; `loaded`:
+        its load has just ended, and each lease says how long it waited."""
         for waiter in self._waiters.take_loads(ready):
             assert waiter.target is not None
-            waiter.future.set_result(self._loaded.lease(waiter.target))
+            lease = self._loaded.lease(waiter.target)
+            if loaded:
+                lease.waited = Waited(self._clock() - waiter.since, waiter.stage or "ready")
+            waiter.future.set_result(lease)
 
     def _admit_loaded(self) -> None:
         """Let through the load waiters whose profile is loaded now; exclusive: only once the
@@ -465,38 +469,9 @@ class Scheduler:
             if exclusive:  # with one server a stop is a switch to nothing, timed like one
                 self._timed(None, ok, started)
 
-    def _refuse_stopped(self, target: str) -> bool:
-        """Answer 503 to the waiters for `target` that came before a stop of it from a shell;
-        True when none is left to load it for. Sets `loading_since` for the effects."""
-        waiters = self._waiters.of("load", target)
-        if not waiters:
-            return True
-        since = min(w.wall for w in waiters)
-        mark = self.stopped_after(target, since) if self.stopped_after is not None else None
-        if mark is not None:
-            self._fail_before(target, *mark)
-            waiters = self._waiters.of("load", target)
-            if not waiters:
-                return True
-            since = min(w.wall for w in waiters)
-        self.loading_since = since
-        return False
-
-    def _fail_before(self, target: str, at: float, why: str) -> None:
-        """The waiters for `target` that arrived before the stop at `at` get its 503."""
-        err = RouterError(
-            503,
-            f"{why}. Send the request again to load {target}.",
-            type=SERVER,
-            code="model_stopped",
-            retry_after=1,
-        )
-        self._waiters.fail_loads_before(target, at, err)
-        log.info("%s: requests that waited for %s before it were answered 503", why, target)
-
     def _load_failed(self, target: str, exc: Exception) -> None:
         if isinstance(exc, SwitchFailed) and exc.stopped_at is not None:
-            self._fail_before(target, exc.stopped_at, exc.message)
+            self._waiters.fail_stopped(target, exc.stopped_at, exc.message)
             return  # those that came after the stop still wait: the next pass loads for them
         if not isinstance(exc, SwitchFailed):
             log.exception("loading %s failed", target)
@@ -522,8 +497,10 @@ class Scheduler:
         timed = not exclusive
         ok = False
         try:
-            if self._refuse_stopped(target):
+            since = self._waiters.refuse_stopped(target, self.stopped_after)
+            if since is None:
                 return  # stopped from a shell after every request that waited for it
+            self.loading_since = since
             self._loaded.evicting.update(victims)
             await self._loaded.drain(victims, self.inflight_timeout)
             if not self._waiters.wanted("load", target):
@@ -550,7 +527,7 @@ class Scheduler:
             self.generation += 1
             # every waiter for it, including those that came during the load, goes through now,
             # whatever is at the head of the queue
-            self._admit(lambda p: p == target)
+            self._admit(lambda p: p == target, loaded=True)
         finally:
             self.loading_since = None
             if timed:

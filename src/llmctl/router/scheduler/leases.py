@@ -3,7 +3,8 @@ when each was loaded and last used, and which are being unloaded (evicting).
 
 `Loaded` is bookkeeping only: it starts and stops nothing. A lease names the load it was
 granted under (an epoch), so a lease from before its server was replaced no longer counts.
-`drain()` waits, bounded, until the requests in flight on some profiles have finished.
+`drain()` waits, bounded, until the requests in flight on some profiles have finished. A lease
+granted when the load of its profile ended says how long its request waited (`Waited`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,25 @@ from llmctl.router import order
 log = logging.getLogger("llmctl.router")
 
 
+@dataclass(frozen=True)
+class Waited:
+    """How a request waited for the load of its profile (the router's X-Llmctl-Load header)."""
+
+    seconds: float  # from its arrival in the queue to its lease
+    stage: str  # the last step of the load it was shown (a Progress kind: ready, once loaded)
+
+
 class Lease:
     """Permission to use a loaded profile; release it when the response is finished."""
 
-    __slots__ = ("_epoch", "_loaded", "_released", "profile")
+    __slots__ = ("_epoch", "_loaded", "_released", "profile", "waited")
 
     def __init__(self, loaded: Loaded, profile: str, epoch: int) -> None:
         self._loaded = loaded
         self.profile = profile
         self._epoch = epoch
         self._released = False
+        self.waited: Waited | None = None  # None: it waited for no load of its profile
 
     def release(self) -> None:
         if not self._released:

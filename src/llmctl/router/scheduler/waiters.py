@@ -1,6 +1,7 @@
 """The requests waiting for a load or a stop: one queue in arrival order, and how a waiter is
 admitted to it (429 when full or over `max_concurrency`), waits (504 at its deadline), leaves
-(a client gone), and is answered (a lease, a stop done, or an error).
+(a client gone), and is answered (a lease, a stop done, or an error; 503 when a stop from a
+shell came after it arrived).
 
 `Waiters` is bookkeeping only: which waiter goes next is router/order.py's decision, and the
 load or stop itself is the scheduler's (router/scheduler/core.py).
@@ -18,7 +19,7 @@ from typing import Literal
 
 from llmctl.router import order
 from llmctl.router.errors import RATE_LIMIT, SERVER, TIMEOUT, RouterError
-from llmctl.router.scheduler.effects import Progress, ProgressFn
+from llmctl.router.scheduler.effects import Progress, ProgressFn, StoppedFn
 from llmctl.router.scheduler.leases import Lease
 
 log = logging.getLogger("llmctl.router")
@@ -35,6 +36,7 @@ class Waiter:
     since: float
     passes_at: int = 0  # the scheduler's pass count when it arrived
     wall: float = 0.0  # when its request arrived (wall clock), against stops from a shell
+    stage: str | None = None  # the kind of the last Progress it was sent
 
 
 class Waiters:
@@ -151,6 +153,7 @@ class Waiters:
 
     @staticmethod
     def notify(waiter: Waiter, progress: Progress) -> None:
+        waiter.stage = progress.kind
         if waiter.on_progress is None:
             return
         try:
@@ -181,14 +184,39 @@ class Waiters:
             else:
                 waiter.future.set_result(None)
 
-    def fail_loads_before(self, target: str, at: float, err: RouterError) -> None:
-        """The load waiters for `target` whose requests arrived by wall time `at` get `err`."""
+    def refuse_stopped(self, target: str, stopped_after: StoppedFn | None) -> float | None:
+        """Answer 503 to the load waiters for `target` that came before the newest stop of it
+        from a shell; the wall time the oldest waiter left arrived, None when none is left."""
+        waiters = self.of("load", target)
+        if not waiters:
+            return None
+        since = min(w.wall for w in waiters)
+        mark = stopped_after(target, since) if stopped_after is not None else None
+        if mark is not None:
+            self.fail_stopped(target, *mark)
+            waiters = self.of("load", target)
+            if not waiters:
+                return None
+            since = min(w.wall for w in waiters)
+        return since
+
+    def fail_stopped(self, target: str, at: float, why: str) -> None:
+        """The load waiters for `target` that arrived before the stop at wall time `at` get its
+        503 (`model_stopped`); those after it still wait."""
+        err = RouterError(
+            503,
+            f"{why}. Send the request again to load {target}.",
+            type=SERVER,
+            code="model_stopped",
+            retry_after=1,
+        )
         for waiter in [w for w in self.of("load", target) if w.wall <= at]:
             self._queue.remove(waiter)
             if waiter.future.done():
                 continue
             self.notify(waiter, Progress("error", err.message, target))
             waiter.future.set_exception(err)
+        log.info("%s: requests that waited for %s before it were answered 503", why, target)
 
     def close(self, err: RouterError) -> None:
         """Every waiter gets `err`."""
