@@ -266,11 +266,12 @@ class Exchange:
             self.breaker = breaker
             self.pid = used_pid
             if lease is not None and lease.profile:
-                # the lease holds the server on this profile until the response is done
-                reply.extra_headers.append((PROFILE_HEADER.encode(), lease.profile.encode()))
                 if lease.waited is not None:  # it waited for the load of its profile
                     note = load_header(lease.profile, lease.waited.seconds, lease.waited.stage)
                     reply.extra_headers.append((LOAD_HEADER_B, note))
+                # the lease holds the server on this profile until the response is done; named
+                # last, where a waiting stream's `: upstream` comment ends
+                reply.extra_headers.append((PROFILE_HEADER.encode(), lease.profile.encode()))
             return reply
         raise self._all_failed(failures, last_status)
 
