@@ -76,7 +76,6 @@ class Scheduler:
         self.last_switch_s: float | None = None
         self.on_switch_done: Callable[[str | None, bool, float], None] | None = None
         self.loads = 0
-        self._clock = clock
         self._wait = wait or wait_event
         self.bound = order.Bound()
         self.settings: dict[str, order.Settings] = {}
@@ -93,7 +92,7 @@ class Scheduler:
         self._deferring = False
         self._deferred_since: float | None = None
         self._wake = asyncio.Event()
-        self._loaded = Loaded(self._now, self._wake.set)
+        self._loaded = Loaded(clock, self._wake.set)
         self._waiters = Waiters(self._wake.set)
         self._busy = False
         self._driver: asyncio.Task[None] | None = None
@@ -101,8 +100,14 @@ class Scheduler:
         for profile in loaded:
             self._loaded.add(profile)
 
-    def _now(self) -> float:
-        return self._clock()  # read at each call: a test may set its own clock after creation
+    @property
+    def _clock(self) -> Callable[[], float]:
+        """One clock for the scheduler and its leases (a test may set its own)."""
+        return self._loaded.clock
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:
+        self._loaded.clock = clock
 
     # --- what callers see -------------------------------------------------------------
 
@@ -268,8 +273,10 @@ class Scheduler:
     def _fast_path(self, profile: str | None) -> bool:
         # exclusive: anything waiting will replace what runs, or waits behind what will, unless
         # that swap is deferred while what runs serves its requests
-        return self._ready(profile) and not (
-            self.policy.exclusive and self._waiters and not self._deferring
+        return (
+            not self._closed
+            and self._loaded.staying(profile)
+            and not (self.policy.exclusive and self._waiters.queue and not self._deferring)
         )
 
     def _retry_after(self) -> float:

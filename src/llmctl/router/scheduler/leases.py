@@ -62,7 +62,7 @@ class Loaded:
     """
 
     def __init__(self, clock: Callable[[], float], on_drained: Callable[[], None]) -> None:
-        self._clock = clock
+        self.clock = clock
         self._on_drained = on_drained
         self._slots: dict[str, _Slot] = {}
         self._order: list[str] = []
@@ -95,7 +95,7 @@ class Loaded:
 
     def add(self, profile: str) -> None:
         self._epoch += 1
-        slot = _Slot(self._epoch, self._clock(), self._clock())
+        slot = _Slot(self._epoch, self.clock(), self.clock())
         slot.drained.set()
         self._slots[profile] = slot
         if profile in self._order:
@@ -113,7 +113,7 @@ class Loaded:
         """A lease on `profile`, which is loaded."""
         slot = self._slots[profile]
         slot.inflight += 1
-        slot.last_used = self._clock()
+        slot.last_used = self.clock()
         return Lease(self, profile, slot.epoch)
 
     def release(self, profile: str, epoch: int) -> None:
@@ -121,7 +121,7 @@ class Loaded:
         if slot is None or slot.epoch != epoch:
             return  # a lease from before that server was replaced no longer counts
         slot.inflight = max(0, slot.inflight - 1)
-        slot.last_used = self._clock()
+        slot.last_used = self.clock()
         if slot.inflight == 0:
             slot.drained.set()
             self._on_drained()
@@ -146,7 +146,7 @@ class Loaded:
 
     def idle(self) -> dict[str, float]:
         """profile -> seconds since last used, for those with nothing in flight that stay."""
-        now = self._clock()
+        now = self.clock()
         return {
             p: now - s.last_used
             for p, s in self._slots.items()
@@ -155,7 +155,7 @@ class Loaded:
 
     def activity(self) -> dict[str, tuple[float, int]]:
         """profile -> (last used as wall-clock time, requests in flight), for the placer."""
-        now_wall, now = time.time(), self._clock()
+        now_wall, now = time.time(), self.clock()
         return {p: (now_wall - (now - s.last_used), s.inflight) for p, s in self._slots.items()}
 
     def load_activity(self) -> dict[str, tuple[float, int]]:

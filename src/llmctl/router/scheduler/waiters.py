@@ -44,28 +44,28 @@ class Waiters:
 
     def __init__(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
-        self._queue: deque[Waiter] = deque()
+        self.queue: deque[Waiter] = deque()  # read it; change it through the methods
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self.queue)
 
     def __iter__(self) -> Iterator[Waiter]:
-        return iter(self._queue)
+        return iter(self.queue)
 
     @property
     def head(self) -> Waiter | None:
-        return self._queue[0] if self._queue else None
+        return self.queue[0] if self.queue else None
 
     def of(self, op: Op, target: str | None) -> list[Waiter]:
-        return [w for w in self._queue if w.op == op and w.target == target]
+        return [w for w in self.queue if w.op == op and w.target == target]
 
     def wanted(self, op: Op, target: str | None) -> bool:
-        return any(w.op == op and w.target == target for w in self._queue)
+        return any(w.op == op and w.target == target for w in self.queue)
 
     def depth_of(self) -> dict[str, int]:
         """Requests waiting, per profile (a stop counts under "")."""
         out: dict[str, int] = {}
-        for w in self._queue:
+        for w in self.queue:
             out[w.target or ""] = out.get(w.target or "", 0) + 1
         return out
 
@@ -73,7 +73,7 @@ class Waiters:
 
     def refuse_over_limit(self, profile: str, limit: int, inflight: int) -> None:
         """429 when `profile` has `limit` requests in flight and waiting (max_concurrency)."""
-        waiting = sum(1 for w in self._queue if w.target == profile and w.op == "load")
+        waiting = sum(1 for w in self.queue if w.target == profile and w.op == "load")
         if inflight + waiting >= limit:
             raise RouterError(
                 429,
@@ -89,7 +89,7 @@ class Waiters:
     ) -> None:
         """429 when the queue (`shared`) or `profile`'s part of it holds `max_size` waiters."""
         if shared:
-            if len(self._queue) >= max_size:
+            if len(self.queue) >= max_size:
                 raise RouterError(
                     429,
                     f"The switch queue is full ({max_size} requests waiting for a model to "
@@ -99,7 +99,7 @@ class Waiters:
                     retry_after=retry_after,
                 )
             return
-        if sum(1 for w in self._queue if w.target == profile) >= max_size:
+        if sum(1 for w in self.queue if w.target == profile) >= max_size:
             raise RouterError(
                 429,
                 f"The queue for {profile} is full ({max_size} requests waiting for it to "
@@ -110,7 +110,7 @@ class Waiters:
             )
 
     def join(self, waiter: Waiter) -> None:
-        self._queue.append(waiter)
+        self.queue.append(waiter)
         self._on_change()
 
     async def wait(
@@ -140,7 +140,7 @@ class Waiters:
         """`waiter` leaves (its client gone or its deadline passed); a lease it got is released."""
         self._on_change()
         with contextlib.suppress(ValueError):
-            self._queue.remove(waiter)
+            self.queue.remove(waiter)
         fut = waiter.future
         if not fut.done():
             fut.cancel()
@@ -168,15 +168,15 @@ class Waiters:
     def take_loads(self, ready: Callable[[str | None], bool]) -> list[Waiter]:
         """Remove, in queue order, the load waiters whose profile is `ready`; those still
         waiting for an answer."""
-        taken = [w for w in self._queue if w.op == "load" and ready(w.target)]
+        taken = [w for w in self.queue if w.op == "load" and ready(w.target)]
         for waiter in taken:
-            self._queue.remove(waiter)
+            self.queue.remove(waiter)
         return [w for w in taken if not w.future.done()]
 
     def finish(self, op: Op, target: str | None, error: RouterError | None = None) -> None:
         """Answer every waiter for this op: done (None), or `error`."""
         for waiter in self.of(op, target):
-            self._queue.remove(waiter)
+            self.queue.remove(waiter)
             if waiter.future.done():
                 continue
             if error is not None:
@@ -211,7 +211,7 @@ class Waiters:
             retry_after=1,
         )
         for waiter in [w for w in self.of("load", target) if w.wall <= at]:
-            self._queue.remove(waiter)
+            self.queue.remove(waiter)
             if waiter.future.done():
                 continue
             self.notify(waiter, Progress("error", err.message, target))
@@ -220,8 +220,8 @@ class Waiters:
 
     def close(self, err: RouterError) -> None:
         """Every waiter gets `err`."""
-        while self._queue:
-            w = self._queue.popleft()
+        while self.queue:
+            w = self.queue.popleft()
             if not w.future.done():
                 w.future.set_exception(err)
 
@@ -231,7 +231,7 @@ class Waiters:
         """The load waiters ahead of the first stop, grouped by profile, for the order;
         `passes`: the scheduler's pass count now."""
         oldest: dict[str, Waiter] = {}
-        for w in self._queue:
+        for w in self.queue:
             if w.op != "load":
                 break
             assert w.target is not None
