@@ -271,8 +271,9 @@ class Scheduler:
         return not self._closed and self._loaded.staying(profile)
 
     def _fast_path(self, profile: str | None) -> bool:
-        # exclusive: anything waiting will replace what runs, or waits behind what will, unless
-        # that swap is deferred while what runs serves its requests
+        # _ready(), spelled out: every request for a loaded profile passes here. Exclusive:
+        # anything waiting will replace what runs, or waits behind what will, unless that swap
+        # is deferred while what runs serves its requests
         return (
             not self._closed
             and self._loaded.staying(profile)
