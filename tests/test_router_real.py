@@ -468,6 +468,37 @@ def test_loading_state_shows_the_load_in_a_chat_stream(
         Supervisor(paths.state_dir(), lock_timeout=30).stop()
 
 
+def _load_fields(value: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in value.split("; "))
+
+
+def test_an_answer_that_waited_for_a_load_says_so_in_a_header(served: Served) -> None:
+    """X-Llmctl-Load, without serve.loading_state: a response that waited for the load of its
+    profile names it, the wait and the last step; one that waited for nothing carries none. A
+    stream that waits sends it with its first step, and the final one in its upstream comment."""
+    body = {"model": "B", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    url = served.url + "/v1/chat/completions"
+    r = httpx.post(url, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    load = _load_fields(r.headers["x-llmctl-load"])
+    assert load["profile"] == "tiny-b" and load["stage"] == "ready", load
+    assert float(load["waited"]) > 0
+    again = httpx.post(url, json=body, timeout=60)  # loaded now: it waits for nothing
+    assert again.status_code == 200 and again.headers["x-llmctl-profile"] == "tiny-b"
+    assert "x-llmctl-load" not in again.headers
+    # a stream for the other profile waits for the switch
+    r = httpx.post(url, json={**body, "model": "A", "stream": True}, timeout=60)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
+    first = _load_fields(r.headers["x-llmctl-load"])
+    assert first["profile"] == "tiny-a", first
+    assert first["stage"] in ("queued", "stopping", "stopped", "starting", "loading"), first
+    line = next(ln for ln in r.text.splitlines() if ln.startswith(": upstream "))
+    final = _load_fields(line.split("x-llmctl-load=")[1].split(" x-llmctl-profile=")[0])
+    assert final["profile"] == "tiny-a" and final["stage"] == "ready", line
+    assert float(final["waited"]) >= float(first["waited"])
+    assert line.endswith("x-llmctl-profile=tiny-a")
+
+
 def test_a_gateway_manifest_needs_no_local_profile(tmp_path: Path, free_port: int) -> None:
     """A router in front of other machines: `serve.upstreams` and no `profiles` (before:
     refused as "profiles is empty"); lint passes and serve relays to the upstream."""

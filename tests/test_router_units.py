@@ -775,3 +775,66 @@ def test_the_routers_socket_gets_tcp_nodelay() -> None:
         assert seen == [1]
 
     run(main)
+
+
+def test_the_load_header_names_the_profile_the_wait_and_the_stage() -> None:
+    from llmctl.router.relay import load_header
+
+    assert load_header("tiny-b", 5.214, "ready") == b"profile=tiny-b; waited=5.21; stage=ready"
+    # a name that is no token is quoted, so the header stays parseable
+    assert load_header('my "b"; x', 1, "starting") == (
+        b'profile="my \\"b\\"; x"; waited=1.00; stage=starting'
+    )
+
+
+def test_a_waiting_stream_names_the_load_in_its_header() -> None:
+    """A stream that starts while its load goes on says the stage then in X-Llmctl-Load, and
+    the reply's own account (stage=ready) in its `: upstream` comment; one answered before any
+    step went out carries the reply's header, or none when the reply has none."""
+    from llmctl.router.relay import LOAD_HEADER_B, Reply, WaitingStreamResponse
+
+    async def rest() -> Any:
+        yield b"data: [DONE]\n\n"
+
+    async def close() -> None:
+        return None
+
+    def reply(load: bytes | None) -> Reply:
+        r = Reply("local", 200, [(b"content-type", b"text/event-stream")], b"", rest(), close)
+        if load is not None:
+            r.extra_headers.append((LOAD_HEADER_B, load))
+        r.extra_headers.append((b"x-llmctl-profile", b"b"))
+        return r
+
+    async def respond(steps: list[str], load: bytes | None) -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+
+        async def opener(progress: Callable[[Progress], None]) -> Reply:
+            for kind in steps:
+                progress(Progress(kind, f"{kind} b", "b"))
+            return reply(load)
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client never disconnects
+            return {}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        waiting = WaitingStreamResponse(opener, lambda *a: None, profile="b")
+        await waiting({"type": "http"}, receive, send)
+        return sent
+
+    async def main() -> None:
+        final = b"profile=b; waited=3.00; stage=ready"
+        sent = await respond(["queued", "starting"], final)
+        header = dict(sent[0]["headers"])[LOAD_HEADER_B].decode()
+        assert header.startswith("profile=b; waited=") and header.endswith("; stage=starting")
+        body = b"".join(m.get("body", b"") for m in sent[1:])
+        assert b": upstream local x-llmctl-load=" + final + b" x-llmctl-profile=b" in body
+        sent = await respond(["queued"], final)
+        assert dict(sent[0]["headers"])[LOAD_HEADER_B] == final
+        sent = await respond(["queued"], None)
+        assert LOAD_HEADER_B not in dict(sent[0]["headers"])
+
+    run(main)

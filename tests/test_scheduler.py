@@ -249,3 +249,40 @@ def test_a_load_refused_by_a_stop_under_the_lock_keeps_the_later_waiters() -> No
         assert calls == [100.0, 200.0]  # the second load is for the request after the stop
 
     asyncio.run(main())
+
+
+def test_a_lease_says_how_long_it_waited_for_the_load_of_its_profile() -> None:
+    """The lease of a request that waited for a load names the wait and the last step it was
+    shown (the router's X-Llmctl-Load header); a lease granted at once names none."""
+
+    async def main() -> None:
+        from llmctl.router.scheduler import Progress, Waited
+
+        now = [10.0]
+        began, gate = asyncio.Event(), asyncio.Event()
+
+        async def load(target: str, progress: ProgressFn) -> list[str]:
+            progress(Progress("starting", f"starting {target}", target))
+            began.set()
+            await gate.wait()
+            now[0] = 15.25
+            progress(Progress("ready", f"{target} is ready", target))
+            return []
+
+        fake = FakePlacer()
+        s = Scheduler(fake.plan, load, fake.stop, clock=lambda: now[0])
+        first = asyncio.ensure_future(s.acquire("b"))
+        await began.wait()
+        now[0] = 12.0
+        joined = asyncio.ensure_future(s.acquire("b"))  # arrives during the load
+        while s.depth_of().get("b", 0) != 2:  # both wait (no clock decides it)
+            await asyncio.sleep(0)
+        gate.set()
+        a, b = await first, await joined
+        assert a.waited == Waited(5.25, "ready") and b.waited == Waited(3.25, "ready")
+        at_once = await s.acquire("b")
+        assert at_once.waited is None
+        for lease in (a, b, at_once):
+            lease.release()
+
+    asyncio.run(main())

@@ -2,7 +2,7 @@
 
 `create_app(manifest, supervisor)` builds it; tests call it without a port. Everything that
 changes what the managed llama-server runs goes through the supervisor (same state file and
-lock as the CLI), serialized by the scheduler (router/scheduler.py).
+lock as the CLI), serialized by the scheduler (router/scheduler/).
 """
 
 from __future__ import annotations

@@ -26,7 +26,15 @@ from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.hosts import HOPS_HEADER, parse_hops, with_hop
 from llmctl.router.proxy import open_reply
-from llmctl.router.relay import PROFILE_HEADER, Outcome, Reply, error_from_body, request_headers
+from llmctl.router.relay import (
+    LOAD_HEADER_B,
+    PROFILE_HEADER,
+    Outcome,
+    Reply,
+    error_from_body,
+    load_header,
+    request_headers,
+)
 from llmctl.router.routing import Target
 from llmctl.router.scheduler import Lease, ProgressFn
 from llmctl.router.transport.base import UpstreamFailure
@@ -258,7 +266,11 @@ class Exchange:
             self.breaker = breaker
             self.pid = used_pid
             if lease is not None and lease.profile:
-                # the lease holds the server on this profile until the response is done
+                if lease.waited is not None:  # it waited for the load of its profile
+                    note = load_header(lease.profile, lease.waited.seconds, lease.waited.stage)
+                    reply.extra_headers.append((LOAD_HEADER_B, note))
+                # the lease holds the server on this profile until the response is done; named
+                # last, where a waiting stream's `: upstream` comment ends
                 reply.extra_headers.append((PROFILE_HEADER.encode(), lease.profile.encode()))
             return reply
         raise self._all_failed(failures, last_status)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal
@@ -32,6 +33,7 @@ log = logging.getLogger("llmctl.router")
 
 UPSTREAM_HEADER = "x-llmctl-upstream"
 PROFILE_HEADER = "x-llmctl-profile"
+LOAD_HEADER_B = b"x-llmctl-load"  # on an answer that waited for a load of its profile
 _HOP = {
     "connection",
     "keep-alive",
@@ -61,6 +63,15 @@ _REQUEST_DROP_B = frozenset(h.encode() for h in _REQUEST_DROP)
 _RESPONSE_DROP_B = frozenset(h.encode() for h in _RESPONSE_DROP)
 
 Outcome = Literal["ok", "upstream_error", "client_gone"]
+
+
+def load_header(profile: str, waited_s: float, stage: str) -> bytes:
+    """`profile=b; waited=5.21; stage=ready` (a profile name that is no token is quoted)."""
+    name = profile if _TOKEN.fullmatch(profile) else json.dumps(profile, ensure_ascii=False)
+    return f"profile={name}; waited={waited_s:.2f}; stage={stage}".encode()
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def request_headers(
@@ -284,8 +295,12 @@ class WaitingStreamResponse:
         *,
         heartbeat: float = 5.0,
         loading_state: str | None = None,
+        profile: str | None = None,
     ) -> None:
         self.opener = opener
+        self.profile = profile  # the profile it waits for, named in the load header
+        self._since = time.monotonic()
+        self._last: Progress | None = None
         self.done = _Once(on_done)
         self.heartbeat = heartbeat
         # the model name of a chat stream that shows the load as reasoning (serve.loading_state)
@@ -293,7 +308,7 @@ class WaitingStreamResponse:
         self._started = False
         self._held: list[Progress] = []
 
-    async def _start(self, send: Send) -> None:
+    async def _start(self, send: Send, reply: Reply | None = None) -> None:
         if self._started:
             return
         self._started = True
@@ -301,12 +316,18 @@ class WaitingStreamResponse:
             (b"content-type", b"text/event-stream; charset=utf-8"),
             *((k.lower().encode(), v.encode()) for k, v in sse.SSE_HEADERS.items()),
         ]
+        if reply is not None:  # answered before any step went out: the reply's own account
+            headers += [h for h in reply.extra_headers if h[0] == LOAD_HEADER_B]
+        elif self.profile and self._last is not None:  # still waiting: the stage so far
+            waited = time.monotonic() - self._since
+            headers.append((LOAD_HEADER_B, load_header(self.profile, waited, self._last.kind)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         held, self._held = self._held, []
         for p in held:
             await self._progress(send, p)
 
     async def _progress(self, send: Send, p: Progress) -> None:
+        self._last = p
         if not self._started:
             if p.kind == "queued":
                 self._held.append(p)  # may still end in a refusal with its own status
@@ -332,7 +353,7 @@ class WaitingStreamResponse:
                     else:
                         await error.response()(scope, receive, send)
                 elif reply is not None:
-                    await self._start(send)
+                    await self._start(send, reply)
                     await self._relay(send, reply)
                 tg.cancel_scope.cancel()
         finally:

@@ -169,7 +169,11 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
             else None
         )
         return WaitingStreamResponse(  # type: ignore[return-value]
-            exchange.open, exchange.done, heartbeat=router.heartbeat, loading_state=state
+            exchange.open,
+            exchange.done,
+            heartbeat=router.heartbeat,
+            loading_state=state,
+            profile=target.profile,
         )
     try:
         if exchange.will_wait():
