@@ -71,19 +71,20 @@ def out_of_memory(lines: Iterable[str]) -> OutOfMemory | None:
     failed for another reason."""
     first: str | None = None
     device: str | None = None
-    size: int | None = None
+    exact: int | None = None  # bytes, as ggml-alloc states them
+    rounded: int | None = None  # MiB to two places, as ggml-cuda states them
     for raw in lines:
         line = raw.strip()
         m = _BUFFER_OF_SIZE.search(line)
         if m:
             device = device or m["dev"]
-            size = size or int(m["n"])
+            exact = exact or int(m["n"])
         elif (m := _CUDA_MALLOC.search(line)) is not None:
             device = device or f"CUDA{m['idx']}"
-            size = size or int(float(m["mib"]) * _MIB)
+            rounded = rounded or int(float(m["mib"]) * _MIB)
         elif (m := _CPU_BUFFER.search(line)) is not None:
             device = device or "CPU"
-            size = size or int(m["n"])
+            exact = exact or int(m["n"])
         elif (m := _UNABLE.search(line)) is not None and m["dev"] != "backend":
             device = device or m["dev"]
         elif not _GENERAL.search(line):
@@ -91,4 +92,4 @@ def out_of_memory(lines: Iterable[str]) -> OutOfMemory | None:
         first = first or line
     if first is None:
         return None
-    return OutOfMemory(first, device, size)
+    return OutOfMemory(first, device, exact or rounded)
