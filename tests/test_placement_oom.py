@@ -113,6 +113,10 @@ def test_the_next_victim_goes_the_retry_succeeds_and_the_need_is_kept(setup: Set
     assert item["oom_retry"]["retry"] is True
     assert setup.launched() == 2  # the failed load and the retry: no more
     assert set(ps()) == {"oom"}  # the victim was stopped, the retry runs
+    # it was placed by the need the failure showed, and `devices` says so
+    cpu = next(d for d in json.loads(llmctl("devices", "--json").stdout)["devices"])
+    assert cpu["placed_source"] == {"oom": "measured"}, cpu
+    assert "oom 55 MiB (measured)" in llmctl("devices").stdout
     # the real need: more than what was free beside a
     (floor,) = _floors().values()
     assert floor == {"CPU": beside + MiB}, floor

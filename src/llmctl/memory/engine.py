@@ -169,6 +169,20 @@ def best_figure(
     return formula, "formula"
 
 
+def plan_gpu_bytes(plan: EnginePlan, overhead: int = 0) -> int | None:
+    """The GPU bytes of a plan, as the formula's GPU total counts them: each term of its device
+    rows rounded up to the plan's resolution, and the backend `overhead` (not in the plan) added;
+    None for a plan with no GPU (a CPU build's plan states the host alone)."""
+    rows = [r for r in plan.memory_rows() if r.kind == "device"]
+    if not rows:
+        return None
+    total = overhead
+    for r in rows:
+        terms = [v for v in (r.model, r.context, r.compute) if v]
+        total += sum(terms) + plan.resolution * len(terms)
+    return total
+
+
 def plan_total(plan: EnginePlan, names: Mapping[str, str] | None = None) -> dict[str, int]:
     """Planned bytes per device or host row name (renamed by `names` where given)."""
     out: dict[str, int] = {}

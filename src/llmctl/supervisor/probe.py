@@ -65,6 +65,18 @@ def known_plan_for(spec: LaunchSpec) -> EnginePlan | None:
     return known_figures_for(spec)[0]
 
 
+def kept_plan(manifest: Manifest, name: str) -> tuple[EnginePlan, str | None] | None:
+    """The plan kept for this profile's launch and the llama.cpp build that stated it (for a
+    warning naming the build), without running anything new."""
+    from llmctl.supervisor.launch import launch_spec
+
+    spec = launch_spec(manifest, name)
+    plan = known_plan_for(spec)
+    if plan is None:
+        return None
+    return plan, _key(spec)[1]
+
+
 def known_figures_for(spec: LaunchSpec) -> tuple[EnginePlan | None, dict[str, int]]:
     """The plan kept for this launch and the least it needs per device (an out-of-memory load's
     floor), each empty when none is kept; nothing is run, and nothing read when nothing was

@@ -81,8 +81,12 @@ def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
         }
     else:  # no GPU budget given, or nothing offloaded: llama-server keeps all of it in RAM
         dev = {RAM: {"weights": w.bytes, "kv": est.kv_bytes, "compute": est.compute_bytes}}
+    engine = _engine_bytes(manifest, name)
     return {
         "estimate": {
+            # the formula's figures; the engine's plan of this launch beside them when kept
+            "memory_source": "formula" if engine is None else "engine plan",
+            "engine_bytes": engine,
             "total_bytes": sum(sum(d.values()) for d in dev.values()),
             "weights_bytes": w.bytes,
             "kv_bytes": est.kv_bytes,
@@ -96,3 +100,15 @@ def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
         },
         "devices": {k: {kind: n for kind, n in v.items() if n} for k, v in dev.items()},
     }
+
+
+def _engine_bytes(manifest: Any, name: str) -> int | None:
+    """All the engine's plan of this profile's launch states (devices and host), when kept."""
+    from llmctl.memory.engine import plan_total
+    from llmctl.supervisor.probe import kept_plan
+
+    try:
+        kept = kept_plan(manifest, name)
+    except Exception:  # a cache: without it the formula stands
+        return None
+    return None if kept is None else sum(plan_total(kept[0]).values())
