@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl
+from serving import start_serve, stop_serve
 from supervisor_helpers import FAKE, kill_fakes
 from test_placement_real import free_port_range, ps
 
@@ -65,7 +67,7 @@ def setup(
         f"{neighbour}\n"
     )
     wrapper.chmod(0o755)
-    base = free_port_range(8)
+    base = free_port_range(9)  # the profiles' ports, a spare one, the router's
     a_b = f"{base},{base + 1}"
 
     def oom(ports: str) -> str:
@@ -181,3 +183,27 @@ def test_no_retry_when_nothing_else_runs(setup: Setup) -> None:
     assert "with nothing else running there" in out.stderr, out.stderr
     assert setup.launched() == 1
     assert ps() == {}
+
+
+def test_the_router_retries_once_after_the_victim_goes(setup: Setup, tmp_path: Path) -> None:
+    """The same through `llmctl serve`: a request for `oom` beside a loads it after unloading
+    a, once; the answer is the retried server's."""
+    served = start_serve(setup.manifest, setup.base + 8, tmp_path)
+    try:
+
+        def chat(model: str) -> httpx.Response:
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            return httpx.post(
+                served.url + "/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=120
+            )
+
+        assert chat("a").status_code == 200
+        r = chat("oom")
+        assert r.status_code == 200, r.text
+        assert setup.launched() == 2
+        assert set(ps()) == {"oom"}
+        listed = httpx.get(served.url + "/v1/models", timeout=30).json()["data"]
+        loaded = {m["id"] for m in listed if m.get("loaded")}
+        assert loaded == {"oom"}, listed  # the router knows the victim went
+    finally:
+        stop_serve(served)

@@ -167,3 +167,19 @@ def test_another_way_to_run_may_be_the_retry() -> None:
     out = after_oom(TWO, running, request, failed, "CUDA0")
     assert out.retry and out.decision is not None
     assert out.decision.option == 1 and out.decision.evict == ("b",)
+
+
+def test_a_caller_that_drains_may_retry_beside_servers_in_flight_the_idle_first() -> None:
+    """The router lets a victim's requests finish first: a server in flight may go, after the
+    idle ones."""
+    running = [
+        Running("busy", {"CUDA0": 8 * GiB}, inflight=1, reload_cost=1),
+        Running("idle", {"CUDA0": 8 * GiB}, reload_cost=9 * GiB),
+    ]
+    request = Request("big", [Option({"CUDA0": 8 * GiB})])
+    failed = start(request, running)
+    out = after_oom(ONE, running, request, failed, "CUDA0", drain=True)
+    assert out.retry and out.decision is not None and out.decision.evict == ("idle",)
+    only_busy = [running[0]]
+    out = after_oom(ONE, only_busy, request, start(request, only_busy), "CUDA0", drain=True)
+    assert out.retry and out.decision is not None and out.decision.busy == ("busy",)

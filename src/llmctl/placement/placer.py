@@ -462,7 +462,13 @@ def load_profile(
             for r in running_servers(manifest, records, activity() if activity else None)
         ]
         return after_oom(
-            policy_devices(devices), running, placement().request, failed, device, attempts
+            policy_devices(devices),
+            running,
+            placement().request,
+            failed,
+            device,
+            attempts,
+            drain=before_evict is not None,
         )
 
     first_try = retry_for(sup.records(), 1)

@@ -405,10 +405,13 @@ def after_oom(
     failed: Decision,
     device: str | None = None,
     attempts: int = 1,
+    drain: bool = False,
 ) -> OomRetry:
     """What to do after `failed` (a start of `request`) ran out of memory at load, with
     `running` the servers that run now (the failed one gone). `device`: the one the engine's
-    error named, if any; `attempts`: loads of this request so far (one retry at most)."""
+    error named, if any; `attempts`: loads of this request so far (one retry at most); `drain`:
+    the caller lets a victim's requests in flight finish first (the router), so a server
+    serving requests may go (the idle first), else it stays."""
     name = request.profile
     usage = dict(failed.usage)
     budget = {d.name: d.usable for d in devices}
@@ -443,7 +446,7 @@ def after_oom(
             return "pinned"
         if r.resident:
             return "within its min_residency"
-        if r.inflight:
+        if r.inflight and not drain:
             return "serving requests"
         return None
 

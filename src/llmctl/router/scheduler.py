@@ -562,6 +562,11 @@ class Scheduler:
             else:
                 waiter.future.set_result(None)
 
+    async def drain_more(self, profiles: Iterable[str]) -> None:
+        """Hook for a load under way that must unload more (placement.after_oom's retry)."""
+        self._evicting.update(profiles)
+        await self._drain(profiles)
+
     async def _drain(self, profiles: Iterable[str]) -> None:
         slots = [(p, self._slots[p]) for p in profiles if p in self._slots]
         busy = [(p, s) for p, s in slots if s.inflight > 0]
