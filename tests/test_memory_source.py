@@ -90,3 +90,17 @@ def test_the_dashboards_plan_says_its_source(manifest: Path) -> None:
     est = plan_profile(m, "big")["estimate"]
     assert est["memory_source"] == "engine plan"
     assert est["engine_bytes"] == (1300 + 60) * MiB  # every device and host row it states
+
+
+def test_lint_judges_by_the_need_an_out_of_memory_load_showed(manifest: Path) -> None:
+    """A floor kept by the placer after an out-of-memory load (tests/test_placement_oom.py does
+    it for real) outranks the formula and the plan: `measured`."""
+    from llmctl.manifest.validate import load_manifest
+    from llmctl.supervisor.launch import launch_spec
+    from llmctl.supervisor.probe import record_oom_floor
+
+    m = load_manifest(manifest)
+    record_oom_floor(launch_spec(m, "big"), {"CUDA0": 1536 * MiB})
+    over = [p for p in _lint() if p["rule"] == "over-budget"]
+    assert len(over) == 1 and "1.50 GiB (measured)" in str(over[0]["message"]), over
+    assert not [p for p in _lint() if p["rule"] == "engine-plan-differs"]  # no plan kept

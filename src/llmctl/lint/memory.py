@@ -183,20 +183,22 @@ def engine_figure(
     est: Estimate,
     problem: Callable[[Severity, str, str, str | None, str | None], None],
 ) -> tuple[int, str]:
-    """The GPU figure to judge the budget by and its source: the engine's plan of this launch
-    when one is kept (`llmctl estimate --engine`, or a launch), else the formula. Where both are
-    known, each term the formula gets wrong by more than 10 % is a warning naming the build."""
+    """The GPU figure to judge the budget by and its source: what an out-of-memory load of this
+    launch showed it needs (measured), else the engine's plan of it when one is kept (`llmctl
+    estimate --engine`, or a launch), else the formula. Where formula and plan are both known,
+    each term the formula gets wrong by more than 10 % is a warning naming the build."""
     from llmctl.memory.engine import best_figure, compare, plan_gpu_bytes, warnings
 
     try:
-        from llmctl.supervisor.probe import kept_plan
+        from llmctl.supervisor.probe import kept_figures
 
-        kept = kept_plan(manifest, name)
+        plan, floor, build = kept_figures(manifest, name)
     except (LlmctlError, OSError, ValueError):
-        kept = None
-    if kept is None:
-        return est.gpu_total_bytes, "formula"
-    plan, build = kept
+        plan, floor, build = None, {}, None
+    gpu_floor = sum(b for d, b in floor.items() if d.upper() != "CPU") if est.on_gpu else 0
+    measured = max(gpu_floor, est.gpu_total_bytes) if gpu_floor else None
+    if plan is None:
+        return best_figure(est.gpu_total_bytes, None, measured)
     for line in warnings(compare(est, plan), build):
         problem(
             "warning",
@@ -207,8 +209,9 @@ def engine_figure(
             "shows both)",
         )
     engine = plan_gpu_bytes(plan, est.overhead_bytes) if est.on_gpu else None
-    figure, source = best_figure(est.gpu_total_bytes, engine)
-    return figure, source
+    if measured is not None and engine is not None:
+        measured = max(measured, engine)
+    return best_figure(est.gpu_total_bytes, engine, measured)
 
 
 def placement_problems(

@@ -68,13 +68,22 @@ def known_plan_for(spec: LaunchSpec) -> EnginePlan | None:
 def kept_plan(manifest: Manifest, name: str) -> tuple[EnginePlan, str | None] | None:
     """The plan kept for this profile's launch and the llama.cpp build that stated it (for a
     warning naming the build), without running anything new."""
+    plan, _, build = kept_figures(manifest, name)
+    return None if plan is None else (plan, build)
+
+
+def kept_figures(
+    manifest: Manifest, name: str
+) -> tuple[EnginePlan | None, dict[str, int], str | None]:
+    """What is kept for this profile's launch: the engine's plan, the least it needs per device
+    (an out-of-memory load's floor), and the build; nothing is run."""
     from llmctl.supervisor.launch import launch_spec
 
     spec = launch_spec(manifest, name)
-    plan = known_plan_for(spec)
-    if plan is None:
-        return None
-    return plan, _key(spec)[1]
+    plan, floor = known_figures_for(spec)
+    if plan is None and not floor:
+        return None, {}, None
+    return plan, floor, _key(spec)[1]
 
 
 def known_figures_for(spec: LaunchSpec) -> tuple[EnginePlan | None, dict[str, int]]:
