@@ -11,7 +11,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from llmctl.errors import LlmctlError
+from llmctl.errors import LlmctlError, LoadCancelled
 from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
@@ -444,7 +444,9 @@ def load_profile(
         admitted_at=admitted_at,
     )
     decision: Decision | None = box.get("decision")
-    oom = _out_of_memory(result)
+    from llmctl.placement.oom import attempts_text, failed_device, out_of_memory_of, with_reason
+
+    oom = out_of_memory_of(result)
     if oom is None or decision is None or decision.action != "start" or decision.option is None:
         return LoadOutcome(decision, result, box.get("placed"))
     # out of memory at load: the next victim, one retry, the need kept (placement.after_oom)
@@ -454,7 +456,7 @@ def load_profile(
 
     failed = decision
     failed_spec = placement().specs[decision.option]
-    device = _oom_device(oom, failed.usage)
+    device = failed_device(oom, failed.usage)
 
     def retry_for(records: Mapping[str, LaunchRecord], attempts: int) -> OomRetry:
         running = [
@@ -479,10 +481,8 @@ def load_profile(
     assert result is not None and result.error is not None
     first_error = result.error
     if not first_try.retry:
-        return LoadOutcome(
-            failed, replace(result, error=_oom_error(first_error, first_try.reason)),
-            box.get("placed"), first_try,
-        )  # fmt: skip
+        error = with_reason(first_error, first_try.reason)
+        return LoadOutcome(failed, replace(result, error=error), box.get("placed"), first_try)
     box.pop("placed", None)  # placed again: the need just kept raises its figure
 
     def choose_again(records: dict[str, LaunchRecord]) -> tuple[list[str], LaunchSpec]:
@@ -504,15 +504,15 @@ def load_profile(
         cancel=cancel,
         admitted_at=admitted_at,
     )
-    retried: Decision = box["decision"]
+    retried: Decision = box.get("decision") or first_try.decision or failed
     both = replace(
         retried,
         evict=tuple(dict.fromkeys((*failed.evict, *retried.evict))),
         reason=f"{failed.reason}; {first_try.reason}",
     )
-    if second.ready or second.error is None:
+    if second.ready or second.error is None or isinstance(second.error, LoadCancelled):
         return LoadOutcome(both, second, box.get("placed"), first_try)
-    again_oom = _out_of_memory(second)
+    again_oom = out_of_memory_of(second)
     if again_oom is not None:
         # the second attempt's need too (more was free then); no third attempt, ever
         last = after_oom(
@@ -520,52 +520,10 @@ def load_profile(
             running_servers(manifest, sup.records()),
             placement().request,
             retried,
-            _oom_device(again_oom, retried.usage),
+            failed_device(again_oom, retried.usage),
             attempts=2,
         )
         if last.floor:
             record_oom_floor(placement().specs[retried.option or 0], dict(last.floor))
-    message = (
-        f"profile {name!r} failed to load twice: first {_detail(first_error)}, "
-        f"then, {_victims_text(retried)}, {_detail(second.error)}; no further retry"
-    )
-    err = replace(second.error, message=message)
+    err = replace(second.error, message=attempts_text(name, first_error, retried, second.error))
     return LoadOutcome(both, replace(second, error=err), box.get("placed"), first_try)
-
-
-def _out_of_memory(result: SwitchResult | None) -> Any:
-    """The engine's out-of-memory error of a failed load (llama.oom.OutOfMemory), else None."""
-    if result is None or result.ready or result.error is None:
-        return None
-    from llmctl.errors import LoadCancelled
-    from llmctl.llama.oom import out_of_memory
-
-    if isinstance(result.error, LoadCancelled):
-        return None
-    return out_of_memory([result.error.message, *result.error.stderr_tail])
-
-
-def _oom_device(oom: Any, usage: Mapping[str, int]) -> str | None:
-    """The manifest's device an out-of-memory error names: host buffers are the CPU device."""
-    if oom.device is None:
-        return None
-    name = "CPU" if oom.on_host else str(oom.device)
-    return name if name in usage else None
-
-
-def _oom_error(error: Any, why: str) -> Any:
-    return replace(error, message=f"{error.message}; {why}")
-
-
-def _detail(error: Any) -> str:
-    """A failed attempt's cause: its error line without the profile's name said again."""
-    text = str(error.message)
-    _, sep, rest = text.partition(" while loading: ")
-    return f"({rest})" if sep else f"({text})"
-
-
-def _victims_text(decision: Decision) -> str:
-    victims = [v for v in decision.evict if v != decision.profile]
-    if not victims:
-        return "placed again"
-    return "after unloading " + ", ".join(repr(v) for v in victims)
