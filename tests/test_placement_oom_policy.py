@@ -183,3 +183,16 @@ def test_a_caller_that_drains_may_retry_beside_servers_in_flight_the_idle_first(
     only_busy = [running[0]]
     out = after_oom(ONE, only_busy, request, start(request, only_busy), "CUDA0", drain=True)
     assert out.retry and out.decision is not None and out.decision.busy == ("busy",)
+
+
+def test_every_neighbour_that_may_not_go_is_named() -> None:
+    running = [
+        Running("a", {"CUDA0": 6 * GiB}, pinned=True),
+        Running("b", {"CUDA0": 6 * GiB}, resident=True),
+    ]
+    request = Request("big", [Option({"CUDA0": 8 * GiB})])
+    out = after_oom(ONE, running, request, start(request, running), "CUDA0")
+    assert not out.retry
+    assert out.reason.endswith(
+        "beside 'a', 'b'; no retry: 'a' is pinned; 'b' is within its min_residency, so they stay"
+    )

@@ -457,12 +457,13 @@ def after_oom(
         options[failed.option] = replace(options[failed.option], usage=raised)
     again = decide(devices, view, replace(request, options=options))
     if again.action != "start":
-        held = "; ".join(f"{r.profile!r} is {kept(r)}" for r in neighbours if kept(r))
+        held = [f"{r.profile!r} is {kept(r)}" for r in neighbours if kept(r)]
+        stays = "so it stays" if len(held) == 1 else "so they stay"
         return OomRetry(
             False,
             f"profile {name!r} ran out of memory on {where} beside "
             f"{', '.join(repr(r.profile) for r in neighbours)}; no retry: "
-            + (f"{held}, so it stays" if held else again.reason),
+            + (f"{'; '.join(held)}, {stays}" if held else again.reason),
             floor,
         )
     victims = ", ".join(repr(v) for v in again.evict)
