@@ -90,6 +90,11 @@ def test_the_dashboards_plan_says_its_source(manifest: Path) -> None:
     est = plan_profile(m, "big")["estimate"]
     assert est["memory_source"] == "engine plan"
     assert est["engine_bytes"] == (1300 + 60) * MiB  # every device and host row it states
+    from llmctl.supervisor.launch import launch_spec
+    from llmctl.supervisor.probe import record_oom_floor
+
+    record_oom_floor(launch_spec(m, "big"), {"CUDA0": 1536 * MiB})
+    assert plan_profile(m, "big")["estimate"]["memory_source"] == "measured"
 
 
 def test_lint_judges_by_the_need_an_out_of_memory_load_showed(manifest: Path) -> None:

@@ -81,11 +81,11 @@ def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
         }
     else:  # no GPU budget given, or nothing offloaded: llama-server keeps all of it in RAM
         dev = {RAM: {"weights": w.bytes, "kv": est.kv_bytes, "compute": est.compute_bytes}}
-    engine = _engine_bytes(manifest, name)
+    source, engine = _kept_source(manifest, name)
     return {
         "estimate": {
             # the formula's figures; the engine's plan of this launch beside them when kept
-            "memory_source": "formula" if engine is None else "engine plan",
+            "memory_source": source,
             "engine_bytes": engine,
             "total_bytes": sum(sum(d.values()) for d in dev.values()),
             "weights_bytes": w.bytes,
@@ -102,13 +102,17 @@ def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
     }
 
 
-def _engine_bytes(manifest: Any, name: str) -> int | None:
-    """All the engine's plan of this profile's launch states (devices and host), when kept."""
+def _kept_source(manifest: Any, name: str) -> tuple[str, int | None]:
+    """The figure the placer would go by for this profile's launch (`measured` after an
+    out-of-memory load, `engine plan` once a plan is kept, else `formula`), and all the kept
+    plan states (devices and host)."""
     from llmctl.memory.engine import plan_total
-    from llmctl.supervisor.probe import kept_plan
+    from llmctl.supervisor.probe import kept_figures
 
     try:
-        kept = kept_plan(manifest, name)
+        plan, floor, _ = kept_figures(manifest, name)
     except Exception:  # a cache: without it the formula stands
-        return None
-    return None if kept is None else sum(plan_total(kept[0]).values())
+        return "formula", None
+    engine = None if plan is None else sum(plan_total(plan).values())
+    source = "measured" if floor else "formula" if plan is None else "engine plan"
+    return source, engine
