@@ -86,6 +86,7 @@ def test_state_lists_servers_devices_profiles_and_requests(served: Served) -> No
     assert set(profiles) == {"tiny-a", "tiny-b", "broken"}
     a = profiles["tiny-a"]
     assert a["state"] == "idle" and a["aliases"] == ["A"] and a["evicts"] == []
+    assert a["memory_source"] == a["estimate"]["memory_source"] == "formula"  # nothing kept yet
     # all layers offloaded: weights, KV and compute planned on the GPU; nothing offloaded: RAM
     assert {"weights", "kv", "compute"} <= set(a["plan"]["gpu0"])
     assert set(profiles["tiny-b"]["plan"]) == {"ram"}
@@ -213,6 +214,9 @@ def test_several_servers_each_with_its_share_log_and_unload(
         assert queue["swaps"] == {} and queue["loads_avoided"] == 0  # the order's figures
         assert queue["passed_over_s"] == 0 and queue["max_wait_s"] == 0
         assert profiles["tiny-a"]["server"] == "tiny-a"
+        # which figure placed each: the placer's record (no plan was kept before these loads)
+        assert profiles["tiny-a"]["memory_source"] == profiles["tiny-b"]["memory_source"]
+        assert profiles["tiny-a"]["memory_source"] == "formula"
         ram = next(d for d in state["devices"] if d["id"] == "ram")
         gpu = next(d for d in state["devices"] if d["id"] == "gpu0")
         assert [x["profile"] for x in gpu["shares"]] == ["tiny-a"]  # all layers on the GPU

@@ -19,6 +19,12 @@ Modes (--mode):
   save-hang          like save-crash, but the save never answers (the process stays)
   restore-crash      like ok, but dies on POST /slots/N?action=restore
 
+Out of memory beside others: with $FAKE_LLAMA_OOM_PORTS (comma-separated ports), a load while
+another server answers on one of them fails with llama.cpp's own out-of-memory lines for the CPU
+buffer (a load beside nothing there succeeds): a device budget the formula gets wrong, on
+purpose. $FAKE_LLAMA_LAUNCHES names a file that gets one line per launch.
+As server.binary: --help, --version and --list-devices answer and exit.
+
 --started-file PATH: touched once the fake is loading. --ready-file PATH: keep loading (ok
 mode) until PATH exists, whatever --load-time says: a test decides when the load ends.
 """
@@ -113,7 +119,43 @@ class Handler(BaseHTTPRequestHandler):
         )
 
 
+def other_alive(ports: str) -> bool:
+    """Whether a server answers on one of `ports` (127.0.0.1)."""
+    import socket
+
+    for port in filter(None, (p.strip() for p in ports.split(","))):
+        with socket.socket() as s:
+            s.settimeout(1.0)
+            if s.connect_ex(("127.0.0.1", int(port))) == 0:
+                return True
+    return False
+
+
+def out_of_memory(args: argparse.Namespace) -> int:
+    """llama.cpp's lines for a CPU buffer it cannot allocate (b11312, llama-model.cpp/ggml)."""
+    size = 437944320
+    log("I", "llama_model_loader: loaded meta data")
+    log("I", "load_tensors: loading model tensors, this can take a while... (mmap = false)")
+    log("E", f"ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size {size}")
+    log("E", f"alloc_tensor_range: failed to allocate CPU buffer of size {size}")
+    log("E", "llama_model_load: error loading model: unable to allocate CPU buffer")
+    log("E", "llama_model_load_from_file_impl: failed to load model")
+    log("E", "srv  load_model: failed to load model, '" + args.model + "'")
+    log("I", "srv  operator(): cleaning up before exit...")
+    log("E", "main: exiting due to model loading error")
+    return 1
+
+
 def main() -> int:
+    if "--help" in sys.argv:
+        print("usage: llama-server [options]\n-m,    --model FNAME\n--port PORT")
+        return 0
+    if "--version" in sys.argv:
+        print("version: 1 (fake)", file=sys.stderr)
+        return 0
+    if "--list-devices" in sys.argv:
+        print("Available devices:")
+        return 0
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
@@ -134,6 +176,12 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     log("I", "build: fake (FAKE llama-server for tests)")
+    launches = os.environ.get("FAKE_LLAMA_LAUNCHES")
+    if launches:
+        with open(launches, "a") as f:
+            f.write(f"{os.getpid()}\n")
+    if other_alive(os.environ.get("FAKE_LLAMA_OOM_PORTS", "")):
+        return out_of_memory(args)
     httpd = ThreadingHTTPServer((args.host, args.port), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

@@ -32,6 +32,10 @@ def run(*, manifest: str | Path | None = None, json_out: bool = False) -> int:
             }
             row = d.to_json()
             row["placed"] = placed
+            # which figure placed each: measured / engine plan / formula (the placer's record)
+            row["placed_source"] = {
+                name: recs[name].extra.get("memory_source") or "formula" for name in placed
+            }
             used = sum(placed.values())
             row["available_bytes"] = (
                 None if d.budget is None else max(0, d.budget - d.headroom - used)
@@ -45,7 +49,10 @@ def run(*, manifest: str | Path | None = None, json_out: bool = False) -> int:
             f"{'DEVICE':<{w}} {'BUDGET':>10} {'HEADROOM':>10} {'AVAILABLE':>10}  PLACED\n"
         )
         for r in rows:
-            placed_text = ", ".join(f"{k} {mib(v)}" for k, v in r["placed"].items()) or "-"
+            placed_text = (
+                ", ".join(f"{k} {mib(v)} ({r['placed_source'][k]})" for k, v in r["placed"].items())
+                or "-"
+            )
             sys.stdout.write(
                 f"{r['name']:<{w}} {mib(r['budget_bytes']):>10} {mib(r['headroom_bytes']):>10} "
                 f"{mib(r['available_bytes']):>10}  {placed_text}  [{r['source']}]\n"

@@ -15,15 +15,18 @@ from llmctl.term import BOLD, GREEN, RED, style
 if TYPE_CHECKING:
     import typer
 
+    from llmctl.manifest.model import Manifest
     from llmctl.memory.fit import FitAdvice
 
 
-def fit_text(advice: FitAdvice) -> str:
+def fit_text(advice: FitAdvice, source: str = "formula") -> str:
+    """`source`: where the current figure's check stands (the formula, and the engine's plan
+    of this launch when one is kept)."""
     cur = advice.current
     lines = [
         f"{style(advice.profile or cur.model, BOLD)}: estimated {size(cur.gpu_total_bytes)} "
-        f"against {size(advice.target_bytes)} (gpu.vram {size(advice.budget_bytes)} - headroom "
-        f"{size(advice.headroom_bytes)})"
+        f"({source}) against {size(advice.target_bytes)} (gpu.vram "
+        f"{size(advice.budget_bytes)} - headroom {size(advice.headroom_bytes)})"
     ]
     if advice.fits:
         room = advice.target_bytes - cur.gpu_total_bytes
@@ -125,13 +128,32 @@ def run(
             )
         except MetadataError as err:
             raise UsageError(f"profile {name}: {err}", hint="check its metadata block") from None
+        figure_source, engine = _memory_source(m, name, advice)
         if json_out:
-            print_json(advice.to_json())
+            print_json(
+                {**advice.to_json(), "memory_source": figure_source, "engine_gpu_bytes": engine}
+            )
         else:
-            sys.stdout.write(fit_text(advice))
+            label = figure_source if engine is None else f"formula; engine plan {size(engine)}"
+            sys.stdout.write(fit_text(advice, label))
         return EXIT_OK if advice.fits else EXIT_FAILED
 
     return run_command(json_out, body)
+
+
+def _memory_source(m: Manifest, name: str, advice: FitAdvice) -> tuple[str, int | None]:
+    """The changes are the formula's; the engine's plan of the profile's launch as it is, when
+    one is kept (`llmctl estimate --engine`, or a launch), is shown beside it."""
+    from llmctl.memory.engine import plan_gpu_bytes
+    from llmctl.supervisor.probe import kept_plan
+
+    try:
+        kept = kept_plan(m, name)
+    except (LlmctlError, OSError, ValueError):
+        return "formula", None
+    cur = advice.current
+    engine = plan_gpu_bytes(kept[0], cur.overhead_bytes) if kept and cur.on_gpu else None
+    return "formula", engine
 
 
 def fast(args: list[str]) -> int | None:

@@ -107,6 +107,10 @@ def run(
                     "result": res.to_json() if res else None,
                 }
             )
+            if outcome.oom is not None:  # the first load ran out of memory (placement.after_oom)
+                results[-1]["oom_retry"] = outcome.oom.to_json()
+                if res is not None and res.ready and not json_out and not quiet:
+                    sys.stderr.write(f"note: {outcome.oom.reason}\n")
             if res is None or not res.ready:
                 if res is not None and res.error is not None and not json_out:
                     render_error(res.error, json_out=False)

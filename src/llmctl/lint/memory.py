@@ -20,7 +20,7 @@ from llmctl.llama.vocab import (
     parse_overrides,
 )
 from llmctl.manifest.problems import problem as positioned
-from llmctl.memory.estimate import ModelSource, vocab_size
+from llmctl.memory.estimate import Estimate, ModelSource, vocab_size
 from llmctl.memory.hparams import HParams, MetadataError, hparams_from_metadata
 from llmctl.memory.profile import estimate_profile, extra_sources, source_for_profile
 from llmctl.term import format_bytes
@@ -153,13 +153,13 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
         except (MetadataError, KeyError) as err:
             problem("error", "model-metadata", str(err), "model", None)
             continue
-        total = est.gpu_total_bytes
-        approx = "" if est.exact else " (approximate)"
+        total, label = engine_figure(manifest, name, est, problem)
+        approx = "" if est.exact or label != "formula" else ", approximate"
         if total > vram:
             problem(
                 "error",
                 "over-budget",
-                f"estimated GPU memory {format_bytes(total)}{approx} exceeds gpu.vram "
+                f"estimated GPU memory {format_bytes(total)} ({label}{approx}) exceeds gpu.vram "
                 f"{format_bytes(vram)} by {format_bytes(total - vram)}",
                 None,
                 f"run `llmctl fit {name}` for the smallest changes that make it fit",
@@ -168,13 +168,50 @@ def memory_problems(manifest: Manifest) -> list[Problem]:
             problem(
                 "warning",
                 "in-headroom",
-                f"estimated GPU memory {format_bytes(total)}{approx} leaves "
+                f"estimated GPU memory {format_bytes(total)} ({label}{approx}) leaves "
                 f"{format_bytes(vram - total)} free, less than gpu.headroom "
                 f"{format_bytes(headroom)}",
                 None,
                 f"run `llmctl fit {name}` to see what would leave more room",
             )
     return out
+
+
+def engine_figure(
+    manifest: Manifest,
+    name: str,
+    est: Estimate,
+    problem: Callable[[Severity, str, str, str | None, str | None], None],
+) -> tuple[int, str]:
+    """The GPU figure to judge the budget by and its source: what an out-of-memory load of this
+    launch showed it needs (measured), else the engine's plan of it when one is kept (`llmctl
+    estimate --engine`, or a launch), else the formula. Where formula and plan are both known,
+    each term the formula gets wrong by more than 10 % is a warning naming the build."""
+    from llmctl.memory.engine import best_figure, compare, plan_gpu_bytes, warnings
+
+    try:
+        from llmctl.supervisor.probe import kept_figures
+
+        plan, floor, build = kept_figures(manifest, name)
+    except (LlmctlError, OSError, ValueError):
+        plan, floor, build = None, {}, None
+    gpu_floor = sum(b for d, b in floor.items() if d.upper() != "CPU") if est.on_gpu else 0
+    measured = max(gpu_floor, est.gpu_total_bytes) if gpu_floor else None
+    if plan is None:
+        return best_figure(est.gpu_total_bytes, None, measured)
+    for line in warnings(compare(est, plan), build):
+        problem(
+            "warning",
+            "engine-plan-differs",
+            line,
+            None,
+            f"the placer decides by the engine's plan (`llmctl estimate {name} --engine` "
+            "shows both)",
+        )
+    engine = plan_gpu_bytes(plan, est.overhead_bytes) if est.on_gpu else None
+    if measured is not None and engine is not None:
+        measured = max(measured, engine)
+    return best_figure(est.gpu_total_bytes, engine, measured)
 
 
 def placement_problems(
@@ -260,10 +297,11 @@ def device_fit_problems(
         placed = placement_request(manifest, name, list(devices.values()))
     except (LlmctlError, ValueError):
         return
-    best: tuple[int, list[tuple[str, int, int, int]]] | None = None
-    for plan in placed.plans:
+    best: tuple[int, list[tuple[str, int, int, int]], str] | None = None
+    for option, spec in zip(placed.request.options, placed.specs, strict=True):
         rows: list[tuple[str, int, int, int]] = []  # device, need, budget, headroom
-        for device, need in plan.usage().items():
+        label = str(spec.placement.get("memory_source", "formula"))
+        for device, need in option.usage.items():
             d = devices.get(device)
             if d is None or d.budget is None:
                 return  # an unknown budget has its own warning
@@ -274,16 +312,16 @@ def device_fit_problems(
             for _, need, budget, headroom in rows
         )
         if best is None or rank < best[0]:
-            best = (rank, rows)
+            best = (rank, rows, label)
     if best is None or best[0] == 0:
         return
-    rank, rows = best
+    rank, rows, label = best
     if rank == 2:
         over = [r for r in rows if r[1] > r[2]]
         problem(
             "error",
             "over-budget",
-            "estimated memory exceeds the budget of "
+            f"estimated memory ({label}) exceeds the budget of "
             + "; ".join(
                 f"{d} ({format_bytes(need)} of {format_bytes(budget)}, "
                 f"{format_bytes(need - budget)} over)"
@@ -298,7 +336,7 @@ def device_fit_problems(
         problem(
             "warning",
             "in-headroom",
-            "estimated memory leaves less than the headroom free on "
+            f"estimated memory ({label}) leaves less than the headroom free on "
             + "; ".join(
                 f"{d} ({format_bytes(budget - need)} free, headroom {format_bytes(headroom)})"
                 for d, need, budget, headroom in tight

@@ -42,7 +42,7 @@ def machine_problems(m: Manifest) -> list[Problem]:
     # pinned profiles with one explicit device: all of them must fit there together
     from llmctl.placement.placer import placement_request
 
-    by_device: dict[str, list[tuple[str, int]]] = {}
+    by_device: dict[str, list[tuple[str, int, str]]] = {}
     for name, p in m.profiles.items():
         wanted = _wanted(p.device)
         if not p.pinned or len(wanted) != 1 or wanted[0] not in devices:
@@ -53,13 +53,15 @@ def machine_problems(m: Manifest) -> list[Problem]:
             continue
         if not placed.plans:
             continue
-        need = placed.plans[0].usage().get(wanted[0], 0)
-        by_device.setdefault(wanted[0], []).append((name, need))
+        # the figure the placer decides by: the engine's plan when kept, else the formula
+        need = placed.request.options[0].usage.get(wanted[0], 0)
+        label = str(placed.specs[0].placement.get("memory_source", "formula"))
+        by_device.setdefault(wanted[0], []).append((name, need, label))
     for dev, items in by_device.items():
-        total = sum(n for _, n in items)
+        total = sum(n for _, n, _ in items)
         usable = devices[dev].usable
         if len(items) > 1 and total > usable:
-            listing = ", ".join(f"{n} ({b / 1024**2:.0f} MiB)" for n, b in items)
+            listing = ", ".join(f"{n} ({b / 1024**2:.0f} MiB, {src})" for n, b, src in items)
             out.append(
                 _at(
                     m,

@@ -3,7 +3,8 @@
 A plan (`llama.engineplan.EnginePlan`) is what llama-server states it will allocate for one
 command line on this machine. It is stored under the calibration key (model file identity, the
 memory arguments, the llama.cpp build), so it is reused exactly for that launch and never for
-another build or file. `compare` sets the formula's terms beside the engine's; `best_figure`
+another build or file; beside it, the least the launch needs per device when a load of it ran out
+of memory (`need_floor`). `compare` sets the formula's terms beside the engine's; `best_figure`
 picks, in order, a measured figure (buffers llama-server reported after a load), the engine's
 plan, the formula, and says which it took.
 """
@@ -49,7 +50,35 @@ class EngineStore:
 
     def put(self, key: str, plan: EnginePlan, *, model: str, build: str | None) -> None:
         data = self._load()
+        old = data.get(key)
         data[key] = {"plan": plan.to_json(), "model": model, "build": build, "at": time.time()}
+        if isinstance(old, dict) and isinstance(old.get("need_floor"), dict):
+            data[key]["need_floor"] = old["need_floor"]  # a plan does not undo what a load showed
+        self._write(data)
+
+    def floor(self, key: str) -> dict[str, int]:
+        """Bytes per device this launch needs at least: what was free when it ran out of memory
+        at load (see placement.policy.after_oom); {} when it never did."""
+        item = self._load().get(key)
+        found = item.get("need_floor") if isinstance(item, dict) else None
+        if not isinstance(found, dict):
+            return {}
+        return {str(d): int(b) for d, b in found.items() if isinstance(b, int) and b > 0}
+
+    def put_floor(
+        self, key: str, floor: Mapping[str, int], *, model: str, build: str | None
+    ) -> None:
+        """Keep `floor` (the larger of it and what was kept, per device) beside the key's plan."""
+        data = self._load()
+        item = data.get(key)
+        if not isinstance(item, dict):
+            item = {"model": model, "build": build, "at": time.time()}
+        kept = self.floor(key)
+        item["need_floor"] = {d: max(b, kept.get(d, 0)) for d, b in {**kept, **floor}.items()}
+        data[key] = item
+        self._write(data)
+
+    def _write(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -138,6 +167,20 @@ def best_figure(
     if engine is not None:
         return engine, "engine plan"
     return formula, "formula"
+
+
+def plan_gpu_bytes(plan: EnginePlan, overhead: int = 0) -> int | None:
+    """The GPU bytes of a plan, as the formula's GPU total counts them: each term of its device
+    rows rounded up to the plan's resolution, and the backend `overhead` (not in the plan) added;
+    None for a plan with no GPU (a CPU build's plan states the host alone)."""
+    rows = [r for r in plan.memory_rows() if r.kind == "device"]
+    if not rows:
+        return None
+    total = overhead
+    for r in rows:
+        terms = [v for v in (r.model, r.context, r.compute) if v]
+        total += sum(terms) + plan.resolution * len(terms)
+    return total
 
 
 def plan_total(plan: EnginePlan, names: Mapping[str, str] | None = None) -> dict[str, int]:

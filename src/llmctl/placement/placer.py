@@ -11,14 +11,15 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from llmctl.errors import LlmctlError
+from llmctl.errors import LlmctlError, LoadCancelled
 from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
+    from llmctl.llama.engineplan import EnginePlan
     from llmctl.manifest.model import Manifest
     from llmctl.memory.estimate import Estimate
     from llmctl.placement.plan import DevicePlan
-    from llmctl.placement.policy import Decision, Device, Request, Running
+    from llmctl.placement.policy import Decision, Device, OomRetry, Request, Running
     from llmctl.supervisor.devices import DeviceInfo
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.lifecycle import Supervisor
@@ -150,15 +151,31 @@ def placement_request(manifest: Manifest, name: str, devices: Sequence[DeviceInf
         plans.append(plan)
         specs.append(with_plan(base, plan) if manifest.devices_listed else base)
     from llmctl.placement.policy import Option, Request
+    from llmctl.supervisor.probe import known_figures_for
 
     usages: list[dict[str, int]] = []
     sources: list[str] = []
+    floors: list[dict[str, int]] = []
     for spec, plan in zip(specs, plans, strict=True):
-        engine = _engine_usage(spec, plan, est)
-        usages.append(engine if engine is not None else plan.usage())
-        sources.append("engine plan" if engine is not None else "formula")
+        found, floor = known_figures_for(spec)
+        engine = _engine_usage(found, plan, est)
+        usage = engine if engine is not None else plan.usage()
+        label = "engine plan" if engine is not None else "formula"
+        raised = {d: b for d, b in floor.items() if b > usage.get(d, 0)}
+        if raised:  # an out-of-memory load of this launch showed it needs more
+            usage = {**usage, **raised}
+            label = "measured"
+        usages.append(usage)
+        sources.append(label)
+        floors.append(raised)
     if "engine plan" in sources:
         notes.append(f"memory of {name!r} from llama-server's own plan of this launch")
+    for raised in floors[:1]:
+        if raised:
+            notes.append(
+                f"memory of {name!r} raised to what a load that ran out of memory showed: "
+                + ", ".join(f"more than {b / 1024**2:.0f} MiB on {d}" for d, b in raised.items())
+            )
     options = [Option(u, p.label) for u, p in zip(usages, plans, strict=True)]
     specs = [
         replace(spec, placement={**_placement_info(plan, est), "usage": u, "memory_source": src})
@@ -218,15 +235,12 @@ def with_plan(spec: LaunchSpec, plan: DevicePlan) -> LaunchSpec:
 
 
 def _engine_usage(
-    spec: LaunchSpec, plan: DevicePlan, est: Estimate | None
+    found: EnginePlan | None, plan: DevicePlan, est: Estimate | None
 ) -> dict[str, int] | None:
     """Bytes per device from llama-server's own plan of exactly this launch, when one is kept
     (`llmctl estimate --engine`): its device rows by name, the host as CPU, each term rounded up
     to the plan's resolution (it states whole MiB, rounded down), and what the plan does not
     state added as the formula has it: each GPU's backend overhead, the host's output buffer."""
-    from llmctl.supervisor.probe import known_plan_for
-
-    found = known_plan_for(spec)
     if found is None:
         return None
     overhead = {s.device: s.overhead_bytes for s in plan.shares}
@@ -330,6 +344,7 @@ class LoadOutcome:
     decision: Decision | None
     result: SwitchResult | None
     placement: Placement | None  # None: the profile already ran, nothing was placed
+    oom: OomRetry | None = None  # the first load ran out of memory: what was done about it
 
 
 def plan_load(
@@ -428,4 +443,87 @@ def load_profile(
         cancel=cancel,
         admitted_at=admitted_at,
     )
-    return LoadOutcome(box.get("decision"), result, box.get("placed"))
+    decision: Decision | None = box.get("decision")
+    from llmctl.placement.oom import attempts_text, failed_device, out_of_memory_of, with_reason
+
+    oom = out_of_memory_of(result)
+    if oom is None or decision is None or decision.action != "start" or decision.option is None:
+        return LoadOutcome(decision, result, box.get("placed"))
+    # out of memory at load: the next victim, one retry, the need kept (placement.after_oom)
+    from llmctl.placement.policy import after_oom
+    from llmctl.supervisor.probe import record_oom_floor
+    from llmctl.supervisor.results import Event
+
+    failed = decision
+    failed_spec = placement().specs[decision.option]
+    device = failed_device(oom, failed.usage)
+
+    def retry_for(records: Mapping[str, LaunchRecord], attempts: int) -> OomRetry:
+        running = [
+            replace(r, pinned=True) if r.profile in keep else r
+            for r in running_servers(manifest, records, activity() if activity else None)
+        ]
+        return after_oom(
+            policy_devices(devices),
+            running,
+            placement().request,
+            failed,
+            device,
+            attempts,
+            drain=before_evict is not None,
+        )
+
+    first_try = retry_for(sup.records(), 1)
+    if first_try.floor:
+        record_oom_floor(failed_spec, dict(first_try.floor))
+    if on_event is not None:
+        on_event(Event("log", first_try.reason, result.elapsed_s if result else 0.0, name))
+    assert result is not None and result.error is not None
+    first_error = result.error
+    if not first_try.retry:
+        error = with_reason(first_error, first_try.reason)
+        return LoadOutcome(failed, replace(result, error=error), box.get("placed"), first_try)
+    box.pop("placed", None)  # placed again: the need just kept raises its figure
+
+    def choose_again(records: dict[str, LaunchRecord]) -> tuple[list[str], LaunchSpec]:
+        again = retry_for(records, 1)  # under the lock, with what runs now
+        if not again.retry or again.decision is None or again.decision.option is None:
+            raise PlacementRefused(
+                f"{first_error.message}; {again.reason}",
+                hint="see `llmctl ps` and `llmctl devices`",
+            )
+        box["decision"] = again.decision
+        if again.decision.evict and before_evict is not None:
+            before_evict(again.decision)
+        return list(again.decision.evict), placement().specs[again.decision.option]
+
+    second = sup.load(
+        placement().specs[0],
+        choose=choose_again,
+        on_event=on_event,
+        cancel=cancel,
+        admitted_at=admitted_at,
+    )
+    retried: Decision = box.get("decision") or first_try.decision or failed
+    both = replace(
+        retried,
+        evict=tuple(dict.fromkeys((*failed.evict, *retried.evict))),
+        reason=f"{failed.reason}; {first_try.reason}",
+    )
+    if second.ready or second.error is None or isinstance(second.error, LoadCancelled):
+        return LoadOutcome(both, second, box.get("placed"), first_try)
+    again_oom = out_of_memory_of(second)
+    if again_oom is not None:
+        # the second attempt's need too (more was free then); no third attempt, ever
+        last = after_oom(
+            policy_devices(devices),
+            running_servers(manifest, sup.records()),
+            placement().request,
+            retried,
+            failed_device(again_oom, retried.usage),
+            attempts=2,
+        )
+        if last.floor:
+            record_oom_floor(placement().specs[retried.option or 0], dict(last.floor))
+    err = replace(second.error, message=attempts_text(name, first_error, retried, second.error))
+    return LoadOutcome(both, replace(second, error=err), box.get("placed"), first_try)

@@ -18,6 +18,12 @@ Rules, in order:
 
 Several profiles named in one command are one set (`decide_set`): each is placed beside what
 runs with the members before it kept loaded, so the set runs together or is refused as a whole.
+
+Out of memory at load (`after_oom`): when the engine could not allocate what the decision said
+fits, the profile needs more than was free on that device, so its need there is at least that
+(`floor`). Decided again with that need, the policy names the next victim it would choose, for
+one retry; never a second (an evict/reload loop), and none when nothing else runs on the device
+or what runs may not go (pinned, within its `min_residency`, requests in flight).
 """
 
 from __future__ import annotations
@@ -367,3 +373,105 @@ def decide_set(
             )
         members.append(request.profile)
     return out
+
+
+# What an out-of-memory load needed at least beyond what was free: the engine's rounding.
+OOM_MARGIN = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class OomRetry:
+    """After an out-of-memory load: the profile's need per device at least (`floor`, to keep),
+    and whether to retry once, placed as `decision` says (its victims), or why not."""
+
+    retry: bool
+    reason: str
+    floor: Mapping[str, int] = field(default_factory=dict)
+    decision: Decision | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "retry": self.retry,
+            "reason": self.reason,
+            "floor": dict(self.floor),
+            "decision": self.decision.to_json() if self.decision is not None else None,
+        }
+
+
+def after_oom(
+    devices: Sequence[Device],
+    running: Sequence[Running],
+    request: Request,
+    failed: Decision,
+    device: str | None = None,
+    attempts: int = 1,
+    drain: bool = False,
+) -> OomRetry:
+    """What to do after `failed` (a start of `request`) ran out of memory at load, with
+    `running` the servers that run now (the failed one gone). `device`: the one the engine's
+    error named, if any; `attempts`: loads of this request so far (one retry at most); `drain`:
+    the caller lets a victim's requests in flight finish first (the router), so a server
+    serving requests may go (the idle first), else it stays."""
+    name = request.profile
+    usage = dict(failed.usage)
+    budget = {d.name: d.usable for d in devices}
+    others = [r for r in running if r.profile != name]
+    on = [d for d, b in usage.items() if b > 0 and d in budget]
+    if device in on:
+        at_fault = [device]
+    else:  # the engine did not say: the devices it shared, else every device it used
+        shared = [d for d in on if any(r.usage.get(d, 0) > 0 for r in others)]
+        at_fault = shared or on
+    free = {d: budget[d] - sum(r.usage.get(d, 0) for r in others) for d in at_fault}
+    floor = {d: max(usage[d], free[d] + OOM_MARGIN) for d in at_fault}
+    where = ", ".join(at_fault) or "its devices"
+    if attempts > 1:
+        return OomRetry(
+            False,
+            f"profile {name!r} ran out of memory on {where} again after a retry: "
+            "no further retry (one per load)",
+            floor,
+        )
+    neighbours = [r for r in others if any(r.usage.get(d, 0) > 0 for d in at_fault)]
+    if not neighbours:
+        return OomRetry(
+            False,
+            f"profile {name!r} ran out of memory on {where} with nothing else running there: "
+            f"it needs more than {', '.join(_mib(budget[d]) for d in at_fault)} usable",
+            floor,
+        )
+
+    def kept(r: Running) -> str | None:
+        if r.pinned:
+            return "pinned"
+        if r.resident:
+            return "within its min_residency"
+        if r.inflight and not drain:
+            return "serving requests"
+        return None
+
+    view = [replace(r, pinned=True) if kept(r) else r for r in others]
+    options = list(request.options)
+    if failed.option is not None and failed.option < len(options):
+        raised = {**options[failed.option].usage, **floor}
+        options[failed.option] = replace(options[failed.option], usage=raised)
+    again = decide(devices, view, replace(request, options=options))
+    if again.action != "start":
+        held = [f"{r.profile!r} is {kept(r)}" for r in neighbours if kept(r)]
+        stays = "so it stays" if len(held) == 1 else "so they stay"
+        return OomRetry(
+            False,
+            f"profile {name!r} ran out of memory on {where} beside "
+            f"{', '.join(repr(r.profile) for r in neighbours)}; no retry: "
+            + (f"{'; '.join(held)}, {stays}" if held else again.reason),
+            floor,
+        )
+    victims = ", ".join(repr(v) for v in again.evict)
+    return OomRetry(
+        True,
+        f"profile {name!r} ran out of memory on {where} "
+        f"(it needs more than the {', '.join(_mib(free[d]) for d in at_fault)} that was free): "
+        + (f"unloading {victims} and trying once more" if victims else "trying once more"),
+        floor,
+        again,
+    )

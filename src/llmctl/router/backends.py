@@ -355,6 +355,13 @@ class PlacingBackend(_Base):
                 loop.call_soon_threadsafe(self.activity.load_step, item)
 
         cancel = threading.Event()
+
+        def before_evict(decision: Any) -> None:  # the placer's own victims (an OOM retry)
+            more = [p for p in decision.evict if p not in activity or activity[p][1] > 0]
+            if more:
+                drain = self.scheduler.drain_more(more)
+                asyncio.run_coroutine_threadsafe(drain, loop).result()
+
         call = partial(
             load_profile,
             self.supervisor,
@@ -362,6 +369,7 @@ class PlacingBackend(_Base):
             target,
             self.devices,
             activity=lambda: activity,
+            before_evict=before_evict,
             on_event=on_event,
             cancel=cancel,
             admitted_at=self.scheduler.loading_since,

@@ -62,15 +62,53 @@ def known_plan(manifest: Manifest, name: str) -> EnginePlan | None:
 def known_plan_for(spec: LaunchSpec) -> EnginePlan | None:
     """The plan kept for this launch, if any (nothing is run; the store is read only when it
     exists, and the build is asked only then)."""
+    return known_figures_for(spec)[0]
+
+
+def kept_plan(manifest: Manifest, name: str) -> tuple[EnginePlan, str | None] | None:
+    """The plan kept for this profile's launch and the llama.cpp build that stated it (for a
+    warning naming the build), without running anything new."""
+    plan, _, build = kept_figures(manifest, name)
+    return None if plan is None else (plan, build)
+
+
+def kept_figures(
+    manifest: Manifest, name: str
+) -> tuple[EnginePlan | None, dict[str, int], str | None]:
+    """What is kept for this profile's launch: the engine's plan, the least it needs per device
+    (an out-of-memory load's floor), and the build; nothing is run."""
+    from llmctl.supervisor.launch import launch_spec
+
+    spec = launch_spec(manifest, name)
+    plan, floor = known_figures_for(spec)
+    if plan is None and not floor:
+        return None, {}, None
+    return plan, floor, _key(spec)[1]
+
+
+def known_figures_for(spec: LaunchSpec) -> tuple[EnginePlan | None, dict[str, int]]:
+    """The plan kept for this launch and the least it needs per device (an out-of-memory load's
+    floor), each empty when none is kept; nothing is run, and nothing read when nothing was
+    ever kept."""
     from llmctl.paths import state_dir
 
     if not (state_dir() / "engine-plans.json").exists():
-        return None  # nothing probed yet: no import of the plan code on the everyday paths
+        return None, {}  # nothing probed yet: no import of the plan code on the everyday paths
     store = engine_store()
     if not os.access(shutil.which(spec.argv[0]) or spec.argv[0], os.X_OK):
-        return None
+        return None, {}
     key, _ = _key(spec)
-    return store.get(key)
+    return store.get(key), store.floor(key)
+
+
+def record_oom_floor(spec: LaunchSpec, floor: dict[str, int]) -> None:
+    """Keep what an out-of-memory load of this launch showed it needs at least, per device,
+    under its calibration key (beside its engine plan). Never fails the caller."""
+    try:
+        key, build = _key(spec)
+        engine_store().put_floor(key, floor, model=spec.model, build=build)
+    except (OSError, ValueError):
+        pass  # a cache: the next placement decides by the figures it has
 
 
 def probe_profile(

@@ -81,8 +81,12 @@ def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
         }
     else:  # no GPU budget given, or nothing offloaded: llama-server keeps all of it in RAM
         dev = {RAM: {"weights": w.bytes, "kv": est.kv_bytes, "compute": est.compute_bytes}}
+    source, engine = _kept_source(manifest, name)
     return {
         "estimate": {
+            # the formula's figures; the engine's plan of this launch beside them when kept
+            "memory_source": source,
+            "engine_bytes": engine,
             "total_bytes": sum(sum(d.values()) for d in dev.values()),
             "weights_bytes": w.bytes,
             "kv_bytes": est.kv_bytes,
@@ -96,3 +100,19 @@ def plan_profile(manifest: Any, name: str) -> dict[str, Any]:
         },
         "devices": {k: {kind: n for kind, n in v.items() if n} for k, v in dev.items()},
     }
+
+
+def _kept_source(manifest: Any, name: str) -> tuple[str, int | None]:
+    """The figure the placer would go by for this profile's launch (`measured` after an
+    out-of-memory load, `engine plan` once a plan is kept, else `formula`), and all the kept
+    plan states (devices and host)."""
+    from llmctl.memory.engine import plan_total
+    from llmctl.supervisor.probe import kept_figures
+
+    try:
+        plan, floor, _ = kept_figures(manifest, name)
+    except Exception:  # a cache: without it the formula stands
+        return "formula", None
+    engine = None if plan is None else sum(plan_total(plan).values())
+    source = "measured" if floor else "formula" if plan is None else "engine plan"
+    return source, engine

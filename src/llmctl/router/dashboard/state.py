@@ -22,7 +22,11 @@ async def state_endpoint(request: Request) -> Response:
     plans = await run_in_threadpool(profile_plans, router)
     evicts = await run_in_threadpool(profile_evicts, router) if runs_several(router) else None
     rss = {st.pid: _rss(st.pid) for st in statuses if st.pid}
-    return JSONResponse(build_state(router, statuses, plans, _meminfo(), rss, evicts))
+    records = await run_in_threadpool(router.supervisor.records)
+    sources = {n: str(r.extra.get("memory_source") or "formula") for n, r in records.items()}
+    return JSONResponse(
+        build_state(router, statuses, plans, _meminfo(), rss, evicts, sources=sources)
+    )
 
 
 def build_state(
@@ -32,10 +36,13 @@ def build_state(
     meminfo: dict[str, int],
     rss: dict[int, int | None],
     evicts: dict[str, list[str]] | None = None,
+    *,
+    sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The page's data from what the router knows (no I/O here). `statuses` are the running
     servers (Supervisor.ps), `rss` their resident memory by pid; `evicts` (several servers):
-    what loading each profile now would unload, by the placer's decision."""
+    what loading each profile now would unload, by the placer's decision; `sources`: which
+    figure placed each running server (measured / engine plan / formula, its record's)."""
     sched = router.scheduler
     active = sched.active
     loading = sched.loading
@@ -113,6 +120,9 @@ def build_state(
                 "idle_s": idle_of(name) if state == "ready" else None,
                 "estimate": plan.get("estimate"),
                 "estimate_error": plan.get("error"),
+                # the figure placement goes by: a running server's record, else the best known
+                "memory_source": (sources or {}).get(name)
+                or (plan.get("estimate") or {}).get("memory_source"),
                 "plan": plan.get("devices", {}),
                 "evicts": unloads,
             }

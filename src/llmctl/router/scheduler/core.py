@@ -158,6 +158,13 @@ class Scheduler:
         drained rather than a server that may be answering (a request cut off there is lost)."""
         return self._loaded.load_activity()
 
+    async def drain_more(self, profiles: Iterable[str]) -> None:
+        """For a load under way that must unload more (placement.after_oom's retry): no new
+        leases on `profiles`, and their requests in flight finish first."""
+        profiles = list(profiles)
+        self._loaded.evicting.update(profiles)
+        await self._loaded.drain(profiles, self.inflight_timeout)
+
     def would_wait(self, profile: str | None) -> bool:
         return not self._fast_path(profile)
 

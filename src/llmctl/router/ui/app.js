@@ -303,9 +303,11 @@ function renderProfiles() {
     if (est) {
       const over = est.overhead_bytes ? `, overhead ${bytes(est.overhead_bytes)}` : "";
       row("estimate", `${bytes(est.total_bytes)} (weights ${bytes(est.weights_bytes)}, KV ${bytes(est.kv_bytes)}, compute ${bytes(est.compute_bytes)}${over})${est.fits === false ? " — over the GPU budget" : ""}`);
+      if (est.engine_bytes != null) row("engine plan", bytes(est.engine_bytes));
     } else if (p.estimate_error) {
       row("estimate", "unknown: " + p.estimate_error);
     }
+    if (p.memory_source) row("memory from", el("span", { "data-role": "memory-source", text: p.memory_source }));
     if (p.state === "ready") {
       row("in flight", String(p.inflight));
       row("idle", secs(p.idle_s));
