@@ -249,3 +249,22 @@ def test_init_manifest_loads_two_models_side_by_side(
         assert all(line[at:].startswith("ready") for line in lines[1:3]), lines
     finally:
         assert llmctl("stop", env=env).returncode == 0
+
+
+def test_init_says_when_another_manifest_comes_first_here(models: Path, tmp_path: Path) -> None:
+    """Run from a folder with its own ./profiles.yaml (a clone of this project has one), the
+    commands that follow would read that file: init says so and its next steps name the new one."""
+    (Path.cwd() / "profiles.yaml").write_text("version: 1\nprofiles: {}\n")
+    res = llmctl("init", str(models))
+    assert res.returncode == 0, res.stderr
+    written = tmp_path / "home" / "config" / "llmctl" / "profiles.yaml"
+    assert "note: ./profiles.yaml comes before this file here" in res.stdout
+    nxt = next(line for line in res.stdout.splitlines() if line.startswith("next:"))
+    assert f"--manifest {written}" in nxt
+    # several local models: the next step runs two of them side by side
+    assert "llmctl load " in nxt and "(side by side)" in nxt
+    out = json.loads(llmctl("init", str(models), "--force", "--json").stdout)
+    assert out["shadowed_by"] == "./profiles.yaml"
+    (Path.cwd() / "profiles.yaml").unlink()
+    plain = llmctl("init", str(models), "--force")
+    assert "note:" not in plain.stdout and "--manifest" not in plain.stdout

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from llmctl.cli.argv import parse
 from llmctl.cli.output import print_json, run_command, table
 from llmctl.errors import EXIT_INPUT, EXIT_OK, LlmctlError, UsageError
-from llmctl.term import BOLD, DIM, GREEN, style
+from llmctl.term import BOLD, DIM, GREEN, YELLOW, style
 
 if TYPE_CHECKING:
     import typer
@@ -67,6 +67,23 @@ def _write(output: Path, text: str, force: bool) -> Path | None:
         return backup
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _shadowing(target: Path) -> str | None:
+    """What other commands would read instead of the manifest just written, said as a user
+    would find it ($LLMCTL_MANIFEST, ./profiles.yaml), or None when they read this one."""
+    from llmctl.errors import ManifestError
+    from llmctl.manifest.discover import find_manifest
+
+    try:
+        found = find_manifest()
+    except ManifestError:
+        return None
+    if found.resolve() == target.resolve():
+        return None
+    if os.environ.get("LLMCTL_MANIFEST"):
+        return f"LLMCTL_MANIFEST={found}"
+    return f"./{found}"
 
 
 def _add_hub_models(found: Scan, refs: list[str]) -> None:
@@ -165,11 +182,13 @@ def run(
             found.models, gpus, found.searched, offload=offload, binary_found=binary_found
         )
         backup = _write(target, text, force)
+        shadow = _shadowing(target)
         if json_out:
             out: dict[str, Any] = {
                 "ok": True,
                 "manifest": str(target),
                 "backup": str(backup) if backup else None,
+                "shadowed_by": shadow,
                 "searched": [str(p) for p in found.searched],
                 "skipped": found.skipped,
                 "gpus": [{"name": n, "total_bytes": t} for n, t in gpus],
@@ -200,7 +219,14 @@ def run(
             + (f" (the old file is {backup})" if backup else "")
         )
         first = found.models[0].name
-        manifest_arg = "" if output is None else f" --manifest {target}"
+        manifest_arg = "" if output is None and shadow is None else f" --manifest {target}"
+        if shadow is not None:
+            lines.append(
+                style(
+                    f"note: {shadow} comes before this file here; the commands below name it",
+                    YELLOW,
+                )
+            )
         if found.models[0].ref:
             lines.append(
                 style(
@@ -211,10 +237,15 @@ def run(
             )
             sys.stdout.write("".join(line + "\n" for line in lines))
             return EXIT_OK
+        local = [m.name for m in found.models if not m.ref]
+        start = (
+            f"llmctl load {' '.join(local[:2])}{manifest_arg} (side by side)"
+            if len(local) > 1
+            else f"llmctl switch {first}{manifest_arg}"
+        )
         lines.append(
             style(
-                f"next: llmctl estimate --all{manifest_arg}; llmctl switch {first}{manifest_arg};"
-                f" or llmctl serve{manifest_arg}",
+                f"next: llmctl estimate --all{manifest_arg}; {start}; or llmctl serve{manifest_arg}",
                 DIM,
             )
         )
