@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,3 +228,48 @@ def test_list_devices_is_read_once_per_binary(tmp_path: Path) -> None:
     assert list_devices(str(other)) is None and list_devices(str(other)) is None
     assert calls.read_text().count("x") == 4
     assert list_devices(str(tmp_path / "missing")) is None
+
+
+def test_gpu_memory_a_process_holds_named_as_llama_cpp_names_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nvidia-smi's per-process figures (FAKE nvidia-smi): GPU index by UUID, MiB to bytes, the
+    devices a process sees renumbered by CUDA_VISIBLE_DEVICES as llama.cpp numbers them."""
+    from llmctl.supervisor.gpu import used_by
+
+    body = (
+        'case "$1" in\n'
+        "  --query-gpu=index,uuid) echo '0, GPU-aaa'; echo '1, GPU-bbb'; echo '2, GPU-ccc';;\n"
+        "  --query-compute-apps=pid,gpu_uuid,used_memory)\n"
+        "    echo '77, GPU-bbb, 1500'; echo '77, GPU-ccc, 700'; echo '88, GPU-aaa, 9000';;\n"
+        "esac"
+    )
+    monkeypatch.setenv("LLMCTL_NVIDIA_SMI", fake_smi(tmp_path, body))
+    assert used_by(77) == {"CUDA1": 1500 * MiB, "CUDA2": 700 * MiB}
+    assert used_by(77, "1,2") == {"CUDA0": 1500 * MiB, "CUDA1": 700 * MiB}
+    assert used_by(77, "2") == {"CUDA0": 700 * MiB}
+    assert used_by(77, "GPU-bbb") is None  # UUIDs: not mapped here
+    assert used_by(99) is None  # not listed: nothing known
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["exit 3", "echo 'not, csv, at all, really'", "exec sleep 30"],
+    ids=["fails", "garbage", "hangs"],
+)
+def test_gpu_memory_of_a_process_unknown_when_nvidia_smi_misbehaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str
+) -> None:
+    from llmctl.supervisor import gpu
+
+    monkeypatch.setenv("LLMCTL_NVIDIA_SMI", fake_smi(tmp_path, body))
+    if body.startswith("exec sleep"):
+        monkeypatch.setattr(gpu.subprocess, "run", _timeout_run(gpu.subprocess.run))
+    assert gpu.used_by(77) is None
+
+
+def _timeout_run(run: Any) -> Any:
+    def short(*args: Any, **kwargs: Any) -> Any:
+        return run(*args, **{**kwargs, "timeout": 0.2})
+
+    return short

@@ -125,3 +125,42 @@ def test_a_keep_kv_profile_switched_to_again_is_a_noop(
         assert again.noop and again.pid == first.pid
     finally:
         sup.stop()
+
+
+def test_a_real_launch_records_the_gpu_memory_nvidia_smi_says_it_holds(
+    tmp_path: Path, llama_server_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On NVIDIA, a ready server's used memory (CUDA context included) is recorded with the
+    launch and kept as its least need: a FAKE nvidia-smi lists every llama-server at 321 MiB."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  --query-gpu=index,uuid) echo '0, GPU-aaa';;\n"
+        "  --query-compute-apps=pid,gpu_uuid,used_memory)\n"
+        "    for d in /proc/[0-9]*; do\n"
+        '      [ "$(cat $d/comm 2>/dev/null)" = llama-server ] && echo "${d#/proc/}, GPU-aaa, 321"\n'
+        "    done;;\n"
+        "esac\n"
+        "exit 0\n"
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("LLMCTL_NVIDIA_SMI", str(smi))
+    model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
+    port = _port()
+    argv = (str(llama_server_bin), "-m", str(model), "-c", "512", "-np", "1",
+            "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
+    spec = LaunchSpec(profile="tiny", argv=argv, env={}, host="127.0.0.1", port=port,
+                      model=str(model))  # fmt: skip
+    sup = Supervisor(paths.state_dir(), lock_timeout=30)
+    try:
+        res = sup.switch(spec)
+        assert res.ready, res.error
+        rec = read_servers(sup.state_dir)["tiny"]
+        assert rec.extra["gpu_used"] == {"source": "nvidia-smi", "by_device_mib": {"CUDA0": 321.0}}
+        from llmctl.supervisor.probe import known_figures_for
+
+        _, floor = known_figures_for(spec)
+        assert floor == {"CUDA0": 321 * 1024 * 1024}
+    finally:
+        sup.stop()

@@ -1,4 +1,6 @@
-"""GPU memory release after a stop, where nvidia-smi is present (bounded wait)."""
+"""What nvidia-smi says of llama-server's processes, where it is present: the GPU memory a
+process holds (what the card really lost, CUDA context included) and its release after a stop
+(bounded waits)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,11 @@ import time
 from collections.abc import Iterable
 
 
-def gpu_pids() -> set[int] | None:
-    """Pids holding GPU memory per nvidia-smi; None when nvidia-smi is absent or fails."""
+MiB = 1024 * 1024
+
+
+def _query(what: str) -> list[list[str]] | None:
+    """nvidia-smi's CSV rows for `--query-...=...`; None when nvidia-smi is absent or fails."""
     from llmctl.supervisor.devices import nvidia_smi_path
 
     exe = nvidia_smi_path()
@@ -16,7 +21,7 @@ def gpu_pids() -> set[int] | None:
         return None
     try:
         out = subprocess.run(
-            [exe, "--query-compute-apps=pid", "--format=csv,noheader,nounits"],
+            [exe, what, "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=5,
@@ -26,12 +31,46 @@ def gpu_pids() -> set[int] | None:
         return None
     if out.returncode != 0:
         return None
-    pids = set()
-    for line in out.stdout.splitlines():
-        line = line.strip()
-        if line.isdigit():
-            pids.add(int(line))
-    return pids
+    return [[cell.strip() for cell in line.split(",")] for line in out.stdout.splitlines()]
+
+
+def gpu_pids() -> set[int] | None:
+    """Pids holding GPU memory per nvidia-smi; None when nvidia-smi is absent or fails."""
+    rows = _query("--query-compute-apps=pid")
+    if rows is None:
+        return None
+    return {int(row[0]) for row in rows if row and row[0].isdigit()}
+
+
+def used_by(pid: int, visible: str | None = None) -> dict[str, int] | None:
+    """{CUDAi: bytes} the process `pid` holds per nvidia-smi, named as llama.cpp names the
+    devices it sees (`visible`: the process's CUDA_VISIBLE_DEVICES, physical indices, so
+    "2,3" makes GPU 2 CUDA0); None when nvidia-smi is absent, fails or does not list it."""
+    gpus = _query("--query-gpu=index,uuid")
+    apps = _query("--query-compute-apps=pid,gpu_uuid,used_memory")
+    if gpus is None or apps is None:
+        return None
+    index = {row[1]: int(row[0]) for row in gpus if len(row) == 2 and row[0].isdigit()}
+    order: list[int] | None = None
+    if visible:
+        try:
+            order = [int(x) for x in visible.split(",") if x.strip()]
+        except ValueError:
+            return None  # UUIDs or MIG names: not mapped to llama.cpp's names here
+    used: dict[str, int] = {}
+    for row in apps:
+        if len(row) != 3 or row[0] != str(pid) or not row[2].isdigit():
+            continue
+        physical = index.get(row[1])
+        if physical is None:
+            continue
+        if order is not None:
+            if physical not in order:
+                continue
+            physical = order.index(physical)
+        name = f"CUDA{physical}"
+        used[name] = used.get(name, 0) + int(row[2]) * MiB
+    return used or None
 
 
 def wait_released(pids: Iterable[int], timeout: float) -> bool | None:

@@ -750,6 +750,11 @@ class Supervisor:
             plan = record_launch_plan(identity_of, watcher.plan_line)
             if plan is not None:
                 rec.extra["engine_plan"] = plan
+        from llmctl.supervisor.probe import record_gpu_used
+
+        gpu_used = record_gpu_used(identity_of, proc.pid)
+        if gpu_used is not None:
+            rec.extra["gpu_used"] = gpu_used
         self._put(rec)
         emit("ready", f"profile {spec.profile!r} is ready at {spec.url} (pid {proc.pid})")
         return result(ready=True, pid=proc.pid, log=str(log_path))

@@ -102,13 +102,37 @@ def known_figures_for(spec: LaunchSpec) -> tuple[EnginePlan | None, dict[str, in
 
 
 def record_oom_floor(spec: LaunchSpec, floor: dict[str, int]) -> None:
-    """Keep what an out-of-memory load of this launch showed it needs at least, per device,
-    under its calibration key (beside its engine plan). Never fails the caller."""
+    """Keep what this launch showed it needs at least, per device (an out-of-memory load, or
+    what nvidia-smi says a ready server holds), under its calibration key (beside its engine
+    plan). Never fails the caller."""
     try:
         key, build = _key(spec)
         engine_store().put_floor(key, floor, model=spec.model, build=build)
     except (OSError, ValueError):
         pass  # a cache: the next placement decides by the figures it has
+
+
+def record_gpu_used(spec: LaunchSpec, pid: int) -> dict[str, Any] | None:
+    """Where nvidia-smi is present: the GPU memory the ready server `pid` holds (CUDA context
+    included, what the card really lost), kept as the launch's least need per device under its
+    calibration key, so the placer decides by it (`measured`); its figures for the launch record
+    (MiB), or None. Never fails the launch."""
+    from llmctl.supervisor.devices import nvidia_smi_path
+
+    if nvidia_smi_path() is None:
+        return None  # no NVIDIA here: nothing to ask, nothing imported
+    from llmctl.supervisor.gpu import used_by
+
+    visible = spec.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    used = used_by(pid, visible)
+    if not used:
+        return None
+    record_oom_floor(spec, used)
+    mib = 1024 * 1024
+    return {
+        "source": "nvidia-smi",
+        "by_device_mib": {name: round(size / mib, 1) for name, size in used.items()},
+    }
 
 
 def probe_profile(
