@@ -231,3 +231,47 @@ def rules_for(build: int | None, source: str = "newest") -> BuildRules:
 
 
 NEWEST = rules_for(None)
+
+
+@dataclass(frozen=True)
+class FeatureGap:
+    """A feature llmctl would use that a llama-server build lacks: said once, never skipped
+    silently."""
+
+    feature: str  # log-jsonl, slot-tokens
+    message: str
+    profiles: tuple[str, ...] = ()  # the profiles it concerns; (): every launch
+
+
+def build_name(build: int | None) -> str:
+    return f"b{build}" if build else "of unknown build"
+
+
+def feature_gaps(
+    flags: frozenset[str] | None, build: int | None, keep_kv: tuple[str, ...] = ()
+) -> list[FeatureGap]:
+    """What llama-server `build` (its `--help` flags; None when unknown) lacks of what llmctl uses:
+    `--log-jsonl` (the engine's memory plan in every launch log) and, for the `keep_kv`
+    profiles, the slot token counts of `/slots` that tell which slots hold a cache."""
+    from llmctl.llama.logline import JSONL_FLAG
+
+    gaps: list[FeatureGap] = []
+    name = build_name(build)
+    if flags is not None and JSONL_FLAG not in flags:
+        gaps.append(
+            FeatureGap(
+                "log-jsonl",
+                f"llama-server {name} has no {JSONL_FLAG}: launches log text, and the engine's "
+                "memory plan (estimate --engine, placing by the engine's figures) is unavailable",
+            )
+        )
+    if keep_kv and not rules_for(build).slot_tokens:
+        gaps.append(
+            FeatureGap(
+                "slot-tokens",
+                f"llama-server {name}'s /slots reports no n_prompt_tokens: keep_kv "
+                f"({', '.join(keep_kv)}) cannot tell which slots hold a cache and saves nothing",
+                keep_kv,
+            )
+        )
+    return gaps
