@@ -208,3 +208,40 @@ def test_a_bad_llama_build_field_is_a_positioned_error(tmp_path: Path, value: st
     assert problems, out
     assert (problems[0]["line"], problems[0]["column"]) == (3, 16), problems[0]
     assert "llama_build" in json.dumps(problems[0])
+
+
+def test_the_first_gpu_of_the_manifest_resolves_flash_attn_auto(tmp_path: Path) -> None:
+    """A profile for a CUDA card with 48-wide heads: auto resolves to off there (no CUDA kernel),
+    on where the first device is Metal, whose kernels include 48."""
+    meta = textwrap.indent(
+        textwrap.dedent(
+            """\
+            general.architecture: llama
+            block_count: 2
+            context_length: 32768
+            embedding_length: 3584
+            attention.head_count: 28
+            attention.head_count_kv: 4
+            attention.key_length: 48
+            attention.value_length: 48
+            feed_forward_length: 18944
+            vocab_size: 152064
+            weights_bytes: 1GiB
+            """
+        ),
+        "      ",
+    )
+    for device, on in (("CUDA0", False), ("Metal", True)):
+        path = tmp_path / f"{device}.yaml"
+        path.write_text(
+            "version: 1\nserver: {llama_build: 11312}\n"
+            f"gpu:\n  - {{name: {device}, vram: 24GiB}}\n"
+            f"profiles:\n  p:\n    model: /nowhere/p.gguf\n    ctx_size: 4096\n"
+            f"    parallel: 1\n    metadata:\n{meta}"
+        )
+        code, out, _ = cli("estimate", "p", "--manifest", str(path), "--json")
+        assert code == 0, out
+        got = json.loads(out)[0]
+        assert got["compute"]["flash_attn"] is on, device
+        code, out, _ = cli("estimate", "p", "--manifest", str(path))
+        assert f"flash_attn auto ({'on' if on else 'off'})" in out

@@ -39,13 +39,21 @@ def build_rules(manifest: Manifest, build: int | None = None) -> BuildRules:
     return binary_rules(find_binary(manifest.server.binary))
 
 
+_UNSAID: set[tuple[str, ...]] = set()  # binaries whose --version named no build, this process
+
+
 def binary_rules(binary: str | None) -> BuildRules:
     """The rules of the build `binary --version` names (cached per binary); the newest when
-    there is no binary or it does not say."""
-    from llmctl.llama.binary import llama_build
+    there is no binary or it does not say (asked once per process: not again per profile)."""
+    from llmctl.llama.binary import file_identity, llama_build
     from llmctl.memory.builds import rules_for
 
-    found = llama_build(binary, timeout=10.0) if binary else None
+    if not binary:
+        return rules_for(None)
+    ident = (binary, *(file_identity(binary) or ()))
+    found = None if ident in _UNSAID else llama_build(binary, timeout=10.0)
+    if found is None:
+        _UNSAID.add(ident)
     return rules_for(found.build if found else None, "binary")
 
 
