@@ -74,16 +74,19 @@ def test_pinned_build_reserves_one_output_per_slot() -> None:
 def test_builds_before_b9464_reserve_logits_for_the_whole_ubatch() -> None:
     for build in (9093, 9463):
         est = estimate(real_shape(QWEN), OPTS, gpu=False, rules=rules_for(build))
-        assert est.compute is not None and est.compute.outputs == 4 * 512 * 152064
-        # the logits outgrow the widest layer: 297 MiB of them
-        assert est.compute_bytes == MASKS + 311_427_072 == 315_621_376
+        assert est.compute is not None
+        # the logits of 512 tokens and the normed hidden state they are computed from
+        assert est.compute.outputs == 4 * 512 * (152064 + 3584) == 318_767_104
+        # they outgrow the widest layer: 304 MiB of them
+        assert est.compute_bytes == MASKS + 318_767_104 == 322_961_408
     assert estimate(real_shape(QWEN), OPTS, rules=rules_for(9464)).compute_bytes == 149_946_368
 
 
 def test_the_ubatch_logits_follow_the_ubatch_and_the_context() -> None:
     small = LaunchOptions(ctx_size=256, parallel=1, ubatch_size=512)
     est = estimate(real_shape(QWEN), small, gpu=False, rules=rules_for(9093))
-    assert est.compute is not None and est.compute.outputs == 4 * 256 * 152064  # n_ctx < n_ubatch
+    assert est.compute is not None  # n_ctx < n_ubatch: 256 outputs
+    assert est.compute.outputs == 4 * 256 * (152064 + 3584)
 
 
 def test_b11401_and_newer_add_the_mixed_input_path() -> None:
@@ -176,7 +179,8 @@ def test_manifest_llama_build_names_the_rules(tmp_path: Path) -> None:
     got = json.loads(out)[0]
     assert (got["llama_build"]["build"], got["llama_build"]["source"]) == (9093, "manifest")
     n_vocab = vocab_size(ModelSource.from_gguf(read_gguf(model)))
-    assert got["compute"]["outputs"] == 4 * got["compute"]["n_tokens"] * n_vocab  # whole ubatch
+    n_embd = read_gguf(model).metadata["llama.embedding_length"]
+    assert got["compute"]["outputs"] == 4 * got["compute"]["n_tokens"] * (n_vocab + n_embd)
     # the flag wins over the manifest
     code, out, _ = cli(
         "estimate", "small", "--manifest", str(path), "--json", "--llama-build", "11312"

@@ -53,7 +53,8 @@ RULES: tuple[BuildRule, ...] = (
         0,
         9464,
         "sched_reserve reserves the prompt graph as graph_reserve(n_tokens, n_seqs, n_tokens):"
-        " logits for every token of the ubatch, 4 x n_vocab x n_ubatch",
+        " logits for every token of the ubatch, 4 x n_vocab x n_ubatch, with the normed hidden"
+        " state they are computed from",
         (9093, 9453),
     ),
     BuildRule(

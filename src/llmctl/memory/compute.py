@@ -99,7 +99,9 @@ def compute_parts(
             MLA adds its absorbed per-head latent (2 kv_lora_rank + rope) to the scores;
             an SSM layer keeps its input projection and 2.5 x d_inner of scan outputs
     states  the recurrent states of every slot (Mamba-2: d_state x d_inner per slot)
-    logits  4 x outputs x n_vocab (outputs: n_outputs_reserved, by the build's rules)
+    logits  4 x outputs x n_vocab (outputs: n_outputs_reserved, by the build's rules); with
+            the whole ubatch's logits (before b9464) also the normed hidden state they are
+            computed from, 4 x outputs x n_embd
     inputs  b11401 and newer: the mixed token/embedding path, 3 x 4 n_embd x n_tokens (an upper
             bound: the allocator reuses 1 to 3 of them)
 
@@ -153,7 +155,10 @@ def compute_parts(
     if not phases:
         phases.append((4 * n_tokens * base, "attention"))
     layer, where = max(phases)
-    outputs = 4 * n_outputs_reserved(cs, n_draft, rules) * hp.n_vocab
+    n_out = n_outputs_reserved(cs, n_draft, rules)
+    outputs = 4 * n_out * hp.n_vocab
+    if rules.logits == "ubatch":  # the normed hidden state the output layer reads, as wide
+        outputs += 4 * n_out * hp.n_embd
     inputs = 0
     if rules.mixed_input and hp.arch not in NO_MIXED_BATCH:
         inputs = 3 * 4 * hp.n_embd * n_tokens
