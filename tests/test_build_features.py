@@ -66,6 +66,7 @@ def test_lint_warns_once_per_feature_with_the_build(
     assert sorted(found) == ["build-lacks-log-jsonl", "build-lacks-slot-tokens"], report
     assert all(p["severity"] == "warning" for p in found.values())
     assert "b9093 has no --log-jsonl" in found["build-lacks-log-jsonl"]["message"]
+    assert found["build-lacks-log-jsonl"]["line"] == 3  # at server.binary
     slots = found["build-lacks-slot-tokens"]
     assert "b9093" in slots["message"] and "(a, b)" in slots["message"]
     assert (slots["profile"], slots["line"]) == ("a", 5)

@@ -39,6 +39,8 @@ def feature_problems(m: Manifest) -> list[Problem]:
                 first,
                 "keep_kv" if first else None,
                 HINTS[gap.feature],
+                # at server.binary when the manifest names it
+                path=("server", "binary") if not first and m.server.binary else None,
             )
         )
     return out
