@@ -102,8 +102,10 @@ def compute_parts(
     logits  4 x outputs x n_vocab (outputs: n_outputs_reserved, by the build's rules); with
             the whole ubatch's logits (before b9464) also the normed hidden state they are
             computed from, 4 x outputs x n_embd
-    inputs  b11401 and newer: the mixed token/embedding path, 3 x 4 n_embd x n_tokens (an upper
-            bound: the allocator reuses 1 to 3 of them)
+    inputs  b11401 and newer: the mixed token/embedding path, 3 x 4 n_embd x n_tokens, an upper
+            bound: the copy set_rows writes into is an unselected branch of the input select
+            and never freed (1x, certain); its input and the token rows' lookup leave holes
+            the allocator usually, not always, refills (0-2x)
 
     `flash_attn: auto` is resolved for `backend` (flash_attn_on); the build's rules are in
     llmctl.memory.builds.RULES.
