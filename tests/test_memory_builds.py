@@ -249,3 +249,8 @@ def test_the_first_gpu_of_the_manifest_resolves_flash_attn_auto(tmp_path: Path) 
         assert got["compute"]["flash_attn"] is on, device
         code, out, _ = cli("estimate", "p", "--manifest", str(path))
         assert f"flash_attn auto ({'on' if on else 'off'})" in out
+
+
+def test_llama_build_is_refused_for_hub_models() -> None:
+    code, out, err = cli("estimate", "hf://org/repo-GGUF", "--llama-build", "9093")
+    assert code == 2 and "not to hub models" in out + err
