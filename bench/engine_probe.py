@@ -28,6 +28,7 @@ from llmctl.memory.calibration import measure_reported, on_free_port
 from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.engine import engine_terms, formula_terms
 from llmctl.memory.estimate import MiB, ModelSource, estimate
+from llmctl.memory.profile import binary_rules
 from llmctl.paths import cache_dir
 from llmctl.testing.realshapes import SHAPES, write_shaped_model
 
@@ -42,6 +43,7 @@ def main() -> None:
     a = ap.parse_args()
     names = set(a.shapes.split(",")) if a.shapes else None
     binary = find_llama_server()
+    rules = binary_rules(binary)  # the build's rules (llmctl.memory.builds)
     folder = cache_dir() / "bench-models"
     folder.mkdir(parents=True, exist_ok=True)
     head = (
@@ -66,7 +68,7 @@ def main() -> None:
             t0 = time.monotonic()
             reported = measure_reported(argv)[0]
             load_s.append(time.monotonic() - t0)
-            est = estimate(src, parse_llama_args(args.split()).options, gpu=False)
+            est = estimate(src, parse_llama_args(args.split()).options, gpu=False, rules=rules)
             if outcome.plan is None:
                 print(f"{s.name:18} {args:34} no engine plan: {outcome.reason}")
                 continue

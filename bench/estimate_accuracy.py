@@ -31,6 +31,7 @@ from llmctl.memory.calibration import measure_reported
 from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.estimate import MiB, ModelSource, estimate
 from llmctl.memory.measured import Reported
+from llmctl.memory.profile import binary_rules
 from llmctl.paths import cache_dir
 from llmctl.testing.realshapes import PROJECTORS, SHAPES, write_projector, write_shaped_model
 
@@ -55,6 +56,8 @@ def reported(binary: str, model: Path, args: str, warmup: bool = False) -> Repor
 
 def accuracy(names: set[str] | None) -> Path | None:
     binary = find_llama_server()
+    rules = binary_rules(binary)  # the build's rules (llmctl.memory.builds)
+    print(rules.label)
     folder = cache_dir() / "bench-models"
     folder.mkdir(parents=True, exist_ok=True)
     head = (
@@ -75,8 +78,8 @@ def accuracy(names: set[str] | None) -> Path | None:
         for args in (*OPTIONS, *FAMILY_OPTIONS.get(s.family, ())):
             r = reported(binary, path, args)
             opts = parse_llama_args(args.split()).options
-            est = estimate(src, opts, gpu=False)
-            on_gpu = estimate(src, opts, overhead=0)
+            est = estimate(src, opts, gpu=False, rules=rules)
+            on_gpu = estimate(src, opts, overhead=0, rules=rules)
             rc = r.total("compute")
             rh = sum(r.total(p) for p in ("model", "kv", "output", "compute"))
             ec, eh = est.compute_bytes / MiB, est.host_total_bytes / MiB
@@ -98,8 +101,8 @@ def accuracy(names: set[str] | None) -> Path | None:
         src = ModelSource.from_gguf(read_gguf(path))
         opts = parse_llama_args(args.split()).options
         psrc = ModelSource.from_gguf(read_gguf(proj))
-        est = estimate(src, opts, gpu=False, mmproj=psrc)
-        on_gpu = estimate(src, opts, overhead=0, mmproj=psrc)
+        est = estimate(src, opts, gpu=False, mmproj=psrc, rules=rules)
+        on_gpu = estimate(src, opts, overhead=0, mmproj=psrc, rules=rules)
         assert est.mmproj is not None
         rc = r.total("mmproj_compute")
         parts = ("model", "kv", "output", "compute", "mmproj_model", "mmproj_compute")

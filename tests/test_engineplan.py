@@ -20,6 +20,7 @@ from llmctl.llama.gguf import read_gguf
 from llmctl.memory.engine import TermDiff, best_figure, compare, warnings
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.memory.options import LaunchOptions
+from llmctl.memory.profile import binary_rules
 from llmctl.testing.testmodels import write_tiny_model
 
 FAKE = Path(__file__).parent / "fakes" / "fake_engine_server.py"
@@ -182,7 +183,10 @@ def test_the_real_engine_plan_equals_what_llama_server_then_allocates(
         assert planned is not None
         assert -0.02 * MiB <= allocated * MiB - planned < 1.02 * MiB, (planned, allocated)
     est = estimate(
-        ModelSource.from_gguf(read_gguf(model)), LaunchOptions(ctx_size=8192, parallel=2), gpu=False
+        ModelSource.from_gguf(read_gguf(model)),
+        LaunchOptions(ctx_size=8192, parallel=2),
+        gpu=False,
+        rules=binary_rules(str(llama_server_bin)),  # the build's rules
     )
     for d in compare(est, outcome.plan):
         assert not d.off, d

@@ -18,6 +18,7 @@ from llmctl.manifest.validate import load_manifest
 from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.memory.options import LaunchOptions
+from llmctl.memory.profile import binary_rules
 from llmctl.testing.testmodels import write_tiny_model
 
 runner = CliRunner()
@@ -248,6 +249,7 @@ def test_a_command_line_on_a_machine_without_a_gpu_says_what_ram_it_takes(
         ModelSource.from_gguf(read_gguf(tiny)),
         parse_llama_args(["-m", str(tiny), "-c", "512"]).options,
         gpu=False,
+        rules=binary_rules(str(llama_server_bin)),  # the rules the command used
     )
     [note] = [n for n in obj["notes"] if "no GPU" in n]
     assert "RAM" in note and obj["gpu_total_bytes"] > 0

@@ -20,6 +20,7 @@ from llmctl.memory.calibration import measure_reported
 from llmctl.memory.estimate import ModelSource, estimate, mib
 from llmctl.memory.measured import Reported
 from llmctl.memory.options import LaunchOptions
+from llmctl.memory.profile import binary_rules
 from llmctl.testing.testmodels import write_tiny_model
 
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -127,7 +128,8 @@ def test_estimate_matches_llama_server(
     path = models[name]
     printed, text = run_server(llama_server_bin, path, to_args(opts))
     assert printed.loaded, text[-3000:]
-    est = estimate(ModelSource.from_gguf(read_gguf(path)), opts)
+    rules = binary_rules(str(llama_server_bin))
+    est = estimate(ModelSource.from_gguf(read_gguf(path)), opts, rules=rules)
     assert est.exact
     assert (est.sizes.n_ctx, est.sizes.n_ctx_seq) == (printed.n_ctx, printed.n_ctx_seq), text[
         -3000:

@@ -18,6 +18,7 @@ from llmctl.memory.cmdline import parse_llama_args
 from llmctl.memory.estimate import MiB, ModelSource, estimate, mib
 from llmctl.memory.measured import Reported
 from llmctl.memory.options import LaunchOptions
+from llmctl.memory.profile import binary_rules
 from llmctl.testing.realshapes import PROJECTORS, shape, write_projector, write_shaped_model
 
 CASES = [
@@ -53,7 +54,8 @@ def test_shaped_model_estimate_matches(
     path = write_shaped_model(shaped, shape(name))
     reported = run_reported(llama_server_bin, path, args.split())
     opts = parse_llama_args(args.split()).options
-    est = estimate(ModelSource.from_gguf(read_gguf(path)), opts, gpu=False)
+    rules = binary_rules(str(llama_server_bin))
+    est = estimate(ModelSource.from_gguf(read_gguf(path)), opts, gpu=False, rules=rules)
     assert est.gpu_total_bytes == 0
     compute = reported.total("compute")
     error = est.compute_bytes / (compute * MiB) - 1

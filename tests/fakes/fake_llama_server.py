@@ -24,6 +24,9 @@ another server answers on one of them fails with llama.cpp's own out-of-memory l
 buffer (a load beside nothing there succeeds): a device budget the formula gets wrong, on
 purpose. $FAKE_LLAMA_LAUNCHES names a file that gets one line per launch.
 As server.binary: --help, --version and --list-devices answer and exit.
+--pose-build N: pose as llama.cpp build N from before `--log-jsonl` and slot token counts:
+`--version` prints `version: N (bN)`, `--help` lists an old build's flags (no --log-jsonl,
+--mmap/--no-mmap instead of --load-mode), and GET /slots has no n_prompt_tokens.
 
 --started-file PATH: touched once the fake is loading. --ready-file PATH: keep loading (ok
 mode) until PATH exists, whatever --load-time says: a test decides when the load ends.
@@ -79,6 +82,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/health":
             self._send(200, {"status": "ok"})
+        elif self.path == "/slots" and OPTS.get("pose_build"):
+            self._send(200, [{"id": 0, "is_processing": False}])  # no n_prompt_tokens
         elif self.path == "/slots" and OPTS.get("mode", "").startswith("save-"):
             self._send(200, [{"id": 0, "is_processing": False, "n_prompt_tokens": 1000}])
         elif self.path == "/v1/models":
@@ -146,17 +151,57 @@ def out_of_memory(args: argparse.Namespace) -> int:
     return 1
 
 
+# what an old build's --help lists (one flag per line, as llama-server prints them)
+OLD_HELP = """\
+-h,    --help, --usage                  print usage and exit
+--version                               show version and build info
+-t,    --threads N                      number of threads to use during generation
+-c,    --ctx-size N                     size of the prompt context
+-n,    --predict, --n-predict N         number of tokens to predict
+-b,    --batch-size N                   logical maximum batch size
+-ub,   --ubatch-size N                  physical maximum batch size
+-fa,   --flash-attn [on|off|auto]       set Flash Attention use
+--mlock                                 force system to keep model in RAM
+--mmap, --no-mmap                       whether to memory-map model
+-ngl,  --gpu-layers, --n-gpu-layers N   max. number of layers to store in VRAM
+-m,    --model FNAME                    model path
+-a,    --alias STRING                   set alias for model name
+-np,   --parallel N                     number of parallel sequences to decode
+--host HOST                             ip address to listen
+--port PORT                             port to listen
+--slot-save-path PATH                   path to save slot kv cache
+"""
+
+
+def pose(build: str) -> int | None:
+    """Answer --version and --help as llama.cpp build `build` would; None for a launch."""
+    if "--version" in sys.argv:
+        sys.stderr.write(f"version: {build} (b{build})\nbuilt with cc for x86_64 (FAKE)\n")
+        return 0
+    if "--help" in sys.argv:
+        sys.stdout.write(OLD_HELP)
+        return 0
+    return None
+
+
 def main() -> int:
+    if "--pose-build" in sys.argv:
+        build = sys.argv[sys.argv.index("--pose-build") + 1]
+        OPTS["pose_build"] = build
+        answered = pose(build)
+        if answered is not None:
+            return answered
     if "--help" in sys.argv:
         print("usage: llama-server [options]\n-m,    --model FNAME\n--port PORT")
         return 0
     if "--version" in sys.argv:
-        print("version: 1 (fake)", file=sys.stderr)
+        print("version: 0 (fake)", file=sys.stderr)  # build 0: the newest rules
         return 0
     if "--list-devices" in sys.argv:
         print("Available devices:")
         return 0
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--pose-build", default="")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--mode", default="ok")
@@ -171,6 +216,8 @@ def main() -> int:
     ap.add_argument("--ready-file", default="")
     args, _ = ap.parse_known_args()
     OPTS.update(mode=args.mode, slot_save_path=args.slot_save_path)
+    if args.pose_build:
+        OPTS["pose_build"] = args.pose_build
 
     if args.mode == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

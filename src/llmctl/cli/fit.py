@@ -85,7 +85,7 @@ def run(
         from llmctl.memory.estimate import options_from_profile
         from llmctl.memory.fit import advise
         from llmctl.memory.hparams import MetadataError
-        from llmctl.memory.profile import source_for_profile
+        from llmctl.memory.profile import build_rules, source_for_profile
 
         m = load_manifest(manifest)
         name = m.resolve(profile)
@@ -125,6 +125,7 @@ def run(
                 headroom=m.gpu_budget.headroom,
                 overhead=m.gpu_budget.overhead,
                 profile=name,
+                rules=build_rules(m),
             )
         except MetadataError as err:
             raise UsageError(f"profile {name}: {err}", hint="check its metadata block") from None

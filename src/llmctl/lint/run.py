@@ -48,6 +48,9 @@ def lint_manifest(path: Path) -> LintResult:
     from llmctl.lint.template import template_problems
 
     problems = problems + template_problems(manifest)
+    from llmctl.lint.features import feature_problems
+
+    problems = problems + feature_problems(manifest)
     order = {name: i for i, name in enumerate(manifest.profiles)}
     problems.sort(
         key=lambda p: (

@@ -72,6 +72,13 @@ class ServerConfig(_Strict):
     keep_kv_total: Size = Field(20 * 1024**3, description="keep_kv: cap of all saved KV caches.")
     keep_kv_max_age: Duration = Field(7 * 86400.0, description="keep_kv: drop older saves.")
     keep_kv_timeout: Duration = Field(15.0, description="keep_kv: longest save or restore.")
+    llama_build: int | None = Field(
+        None,
+        ge=1,
+        description="The llama.cpp build (tag bN, e.g. 11312) of the llama-server the estimates "
+        "are for, when it is not the one llmctl can run here (another machine or host). Unset: "
+        "the configured llama-server's build (its --version), else the newest rules.",
+    )
 
 
 class GpuConfig(_Strict):

@@ -1,5 +1,7 @@
 """The compute buffer llama.cpp reserves for its worst-case graph: approximate, from the graph's
-shapes (the rule is in `compute_parts`' docstring). Pure functions.
+shapes (the rule is in `compute_parts`' docstring), for the llama.cpp build whose rules
+(`llmctl.memory.builds`) it is given: the logits reserved, the embedding inputs, what
+`flash_attn: auto` resolves to. Pure functions.
 """
 
 from __future__ import annotations
@@ -8,15 +10,35 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmctl.memory.builds import NEWEST, NO_MIXED_BATCH, Backend, BuildRules, fa_supported
 from llmctl.memory.hparams import HParams
 from llmctl.memory.kv import CacheEstimate, ContextSizes
 from llmctl.memory.options import LaunchOptions
 
 
-def n_outputs_reserved(cs: ContextSizes, n_draft: int = 0) -> int:
-    """Outputs (logit rows) llama-server reserves: one per slot, plus the draft tokens each slot
-    verifies (server_output_limits), at most n_batch."""
+def n_outputs_reserved(cs: ContextSizes, n_draft: int = 0, rules: BuildRules = NEWEST) -> int:
+    """Outputs (logit rows) the prompt graph reserves: one per slot, plus the draft tokens each
+    slot verifies (server_output_limits), at most n_batch; before b9464 (`logits: ubatch`) one
+    per token of the ubatch."""
+    if rules.logits == "ubatch":
+        return min(cs.n_ctx, cs.n_ubatch)
     return max(1, min(cs.n_batch, cs.n_seq * (1 + max(0, n_draft))))
+
+
+def flash_attn_on(
+    hp: HParams, opts: LaunchOptions, backend: Backend | None, caches: Sequence[CacheEstimate] = ()
+) -> bool:
+    """Whether llama-server runs flash attention: `on`/`off` as asked; `auto` where the backend
+    has every attention layer's head shape and the cache types (llmctl.memory.builds)."""
+    if opts.flash_attn != "auto":
+        return opts.flash_attn == "on"
+    shapes: set[tuple[int, int, int]] = set()
+    for il in range(hp.n_layer):
+        if hp.n_head_kv[il] <= 0 or hp.is_recr[il]:
+            continue
+        hk, hv = hp.head_k(il), hp.head_v(il)
+        shapes.add((hk, hv, hp.n_head[il] // hp.n_head_kv[il]))
+    return fa_supported(backend, sorted(shapes), opts.cache_type_k, opts.cache_type_v)
 
 
 @dataclass
@@ -29,10 +51,13 @@ class ComputeParts:
     where: str  # which phase of a layer is the widest
     states: int  # recurrent states copied into the graph
     outputs: int  # logits of the reserved outputs
+    inputs: int = 0  # the mixed token/embedding input path (b11401 and newer)
+    flash_attn: bool = True  # what the graph was sized with (`auto` resolved)
+    build: int | None = None  # the build whose rules sized it (None: the newest)
 
     @property
     def bytes(self) -> int:
-        return self.masks + max(self.layer + self.states, self.outputs)
+        return self.masks + self.inputs + max(self.layer + self.states, self.outputs)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +67,9 @@ class ComputeParts:
             "where": self.where,
             "states": self.states,
             "outputs": self.outputs,
+            "inputs": self.inputs,
+            "flash_attn": self.flash_attn,
+            "build": self.build,
             "bytes": self.bytes,
         }
 
@@ -52,14 +80,16 @@ def compute_parts(
     cs: ContextSizes,
     caches: Sequence[CacheEstimate],
     n_draft: int = 0,
+    rules: BuildRules = NEWEST,
+    backend: Backend | None = None,
 ) -> ComputeParts:
     """The compute buffer llama.cpp reserves for its worst-case graph, from the graph's shapes.
 
     llama.cpp reserves a prompt-processing graph of n_tokens = min(n_ctx, n_ubatch) tokens with
-    one output per slot. ggml's allocator frees each activation after its last use, so the
-    buffer is the largest set of tensors alive at once:
+    one output per slot (before b9464: one per token). ggml's allocator frees each activation
+    after its last use, so the buffer is the largest set of tensors alive at once:
 
-        masks + max(widest layer + recurrent states, logits)
+        masks + inputs + max(widest layer + recurrent states, logits)
 
     masks   n_tokens x cells per attention cache, f16 with flash attention (f32 without)
     layer   4 n_tokens x (3 n_embd + n_q + FFN), where the FFN keeps gate, up and their
@@ -69,13 +99,21 @@ def compute_parts(
             MLA adds its absorbed per-head latent (2 kv_lora_rank + rope) to the scores;
             an SSM layer keeps its input projection and 2.5 x d_inner of scan outputs
     states  the recurrent states of every slot (Mamba-2: d_state x d_inner per slot)
-    logits  4 x outputs x n_vocab
+    logits  4 x outputs x n_vocab (outputs: n_outputs_reserved, by the build's rules); with
+            the whole ubatch's logits (before b9464) also the normed hidden state they are
+            computed from, 4 x outputs x n_embd
+    inputs  b11401 and newer: the mixed token/embedding path, 3 x 4 n_embd x n_tokens, an upper
+            bound: the copy set_rows writes into is an unselected branch of the input select
+            and never freed (1x, certain); its input and the token rows' lookup leave holes
+            the allocator usually, not always, refills (0-2x)
 
+    `flash_attn: auto` is resolved for `backend` (flash_attn_on); the build's rules are in
+    llmctl.memory.builds.RULES.
     Checked against `sched_reserve: CPU compute buffer size` on models with published shapes
     (bench/estimate_accuracy.py, tests/test_memory_shapes.py).
     """
     n_tokens = min(cs.n_ctx, cs.n_ubatch)
-    fa = opts.flash_attn != "off"
+    fa = flash_attn_on(hp, opts, backend, caches)
     attn = [c for c in caches if c.kind != "recurrent" and c.layers > 0]
     masks = sum(n_tokens * c.cells * (2 if fa else 4) for c in attn)
     e = hp.n_embd
@@ -119,12 +157,22 @@ def compute_parts(
     if not phases:
         phases.append((4 * n_tokens * base, "attention"))
     layer, where = max(phases)
-    outputs = 4 * n_outputs_reserved(cs, n_draft) * hp.n_vocab
-    return ComputeParts(n_tokens, masks, layer, where, states, outputs)
+    n_out = n_outputs_reserved(cs, n_draft, rules)
+    outputs = 4 * n_out * hp.n_vocab
+    if rules.logits == "ubatch":  # the normed hidden state the output layer reads, as wide
+        outputs += 4 * n_out * hp.n_embd
+    inputs = 0
+    if rules.mixed_input and hp.arch not in NO_MIXED_BATCH:
+        inputs = 3 * 4 * hp.n_embd * n_tokens
+    return ComputeParts(n_tokens, masks, layer, where, states, outputs, inputs, fa, rules.build)
 
 
 def compute_estimate(
-    hp: HParams, opts: LaunchOptions, cs: ContextSizes, caches: Sequence[CacheEstimate]
+    hp: HParams,
+    opts: LaunchOptions,
+    cs: ContextSizes,
+    caches: Sequence[CacheEstimate],
+    rules: BuildRules = NEWEST,
 ) -> int:
     """Bytes of the compute buffer (see compute_parts)."""
-    return compute_parts(hp, opts, cs, caches).bytes
+    return compute_parts(hp, opts, cs, caches, rules=rules).bytes

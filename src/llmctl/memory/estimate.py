@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from llmctl.llama.gguf import GGUFFile, TensorInfo
 from llmctl.llama.vocab import CACHE_TYPES, FlashAttn, tristate
+from llmctl.memory.builds import NEWEST, Backend, BuildRules
 from llmctl.memory.compute import ComputeParts, compute_parts, n_outputs_reserved
 from llmctl.memory.hparams import MetadataError, _vocab_size, hparams_from_metadata
 from llmctl.memory.kv import CacheEstimate, ContextSizes, context_sizes, kv_caches
@@ -58,6 +59,7 @@ class Estimate:
     compute: ComputeParts | None = None
     mmproj: ExtraModel | None = None
     draft: Estimate | None = None
+    rules: BuildRules = NEWEST  # the llama.cpp build whose rules sized it
 
     @property
     def kv_bytes(self) -> int:
@@ -116,6 +118,7 @@ class Estimate:
             "mmproj": self.mmproj.to_json() if self.mmproj else None,
             "draft": self.draft.to_json() if self.draft else None,
             "notes": list(self.notes),
+            "llama_build": self.rules.to_json(),
         }
 
 
@@ -218,6 +221,8 @@ def estimate(
     mmproj: ModelSource | None = None,
     draft: ModelSource | None = None,
     n_draft: int = 0,
+    rules: BuildRules = NEWEST,
+    backend: Backend | None = None,
 ) -> Estimate:
     """Estimate llama-server's memory for `source` launched with `opts` (raises MetadataError).
 
@@ -226,7 +231,9 @@ def estimate(
     and the draft's layers on the GPU when there is one). With a speculative type enabled the
     main context reserves outputs for the `n_draft` tokens each slot drafts (--draft-max); a
     draft model alone enables none in the pinned build (its log says "no implementations
-    specified"), hence 0 by default.
+    specified"), hence 0 by default. `rules` are the llama.cpp build's (llmctl.memory.builds;
+    the newest by default); `backend` (cpu, cuda, metal; None: as the CPU) resolves
+    `flash_attn: auto`.
     """
     hp = hparams_from_metadata(source.metadata)
     if opts.ctx_size <= 0 and hp.n_ctx_train <= 0:
@@ -260,7 +267,9 @@ def estimate(
                 b for il, b in zip(c.layer_ids, c.layer_bytes, strict=True) if il >= i_gpu_start
             )
     kv_host = sum(c.bytes for c in caches) - kv_gpu
-    parts = compute_parts(hp, opts, cs, caches, n_draft if draft is not None else 0)
+    parts = compute_parts(
+        hp, opts, cs, caches, n_draft if draft is not None else 0, rules=rules, backend=backend
+    )
     compute = parts.bytes
     n_tokens = parts.n_tokens
     if not gpu:
@@ -297,7 +306,7 @@ def estimate(
             override_tensor=None,
             ctx_size=cs.n_ctx if opts.ctx_size > 0 else opts.ctx_size,
         )
-        draft_est = estimate(draft, draft_opts, overhead=0, gpu=gpu)
+        draft_est = estimate(draft, draft_opts, overhead=0, gpu=gpu, rules=rules, backend=backend)
         gpu_total += draft_est.gpu_total_bytes
         host_total += draft_est.host_total_bytes
         if hp.n_vocab and draft_est.compute and vocab_size(draft) != hp.n_vocab:
@@ -329,6 +338,7 @@ def estimate(
         compute=parts,
         mmproj=extra,
         draft=draft_est,
+        rules=rules,
     )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llmctl.llama.vocab import CACHE_TYPES, bytes_per_element, cache_block_size
+from llmctl.memory.builds import NEWEST, BuildRules
 from llmctl.memory.estimate import Estimate, ModelSource, estimate
 from llmctl.memory.hparams import HParams, hparams_from_metadata
 from llmctl.memory.options import LaunchOptions
@@ -145,14 +146,22 @@ def advise(
     overhead: int = 0,
     profile: str | None = None,
     max_suggestions: int = 6,
+    rules: BuildRules = NEWEST,
 ) -> FitAdvice:
-    """Fit advice for `opts` against `budget - headroom` bytes of GPU memory."""
+    """Fit advice for `opts` against `budget - headroom` bytes of GPU memory, by the rules of a
+    llama.cpp build (llmctl.memory.builds)."""
     hp = hparams_from_metadata(source.metadata)
     target = budget - headroom
 
     def est(o: LaunchOptions) -> Estimate:
         return estimate(
-            source, o, profile=profile, budget=budget, headroom=headroom, overhead=overhead
+            source,
+            o,
+            profile=profile,
+            budget=budget,
+            headroom=headroom,
+            overhead=overhead,
+            rules=rules,
         )
 
     def fits(o: LaunchOptions) -> bool:

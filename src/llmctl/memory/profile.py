@@ -19,7 +19,42 @@ from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
     from llmctl.manifest.model import Manifest
+    from llmctl.memory.builds import BuildRules
     from llmctl.memory.estimate import Estimate, ModelSource, ProfileLike
+
+
+def build_rules(manifest: Manifest, build: int | None = None) -> BuildRules:
+    """The llama.cpp rules estimates follow: `build` (--llama-build), else the manifest's
+    `server.llama_build`, else the configured llama-server's --version (cached per binary), else
+    the newest rules."""
+    from llmctl.memory.builds import rules_for
+
+    if build:
+        return rules_for(build, "flag")
+    pinned = getattr(manifest.server, "llama_build", None)
+    if pinned:
+        return rules_for(pinned, "manifest")
+    from llmctl.llama.binary import find_binary
+
+    return binary_rules(find_binary(manifest.server.binary))
+
+
+_UNSAID: set[tuple[str, ...]] = set()  # binaries whose --version named no build, this process
+
+
+def binary_rules(binary: str | None) -> BuildRules:
+    """The rules of the build `binary --version` names (cached per binary); the newest when
+    there is no binary or it does not say (asked once per process: not again per profile)."""
+    from llmctl.llama.binary import file_identity, llama_build
+    from llmctl.memory.builds import rules_for
+
+    if not binary:
+        return rules_for(None)
+    ident = (binary, *(file_identity(binary) or ()))
+    found = None if ident in _UNSAID else llama_build(binary, timeout=10.0)
+    if found is None:
+        _UNSAID.add(ident)
+    return rules_for(found.build if found else None, "binary")
 
 
 def estimate_profile(
@@ -29,15 +64,18 @@ def estimate_profile(
     budget: bool = True,
     source: ModelSource | None = None,
     network: bool = False,
+    rules: BuildRules | None = None,
 ) -> Estimate | None:
     """The estimate of profile `name` (an alias is resolved); None when its model is neither on
     this machine nor described by a `metadata:` block.
 
     With `budget=False`, the estimate placement splits over devices itself: no budget, no
     backend overhead (each device adds its own), the main model alone.
-    `source` is the model's header when the caller has read it already.
+    `source` is the model's header when the caller has read it already; `rules` the llama.cpp
+    build's (default: `build_rules(manifest)`).
     Raises GGUFError for an unreadable model file and MetadataError for missing metadata.
     """
+    from llmctl.memory.builds import backend_of
     from llmctl.memory.estimate import estimate, options_from_profile
 
     name = manifest.resolve(name)
@@ -46,9 +84,12 @@ def estimate_profile(
     if source is None:
         return None
     opts = options_from_profile(profile)
+    rules = rules or build_rules(manifest)
     if not budget:
-        return estimate(source, opts, profile=name, overhead=0)
+        return estimate(source, opts, profile=name, overhead=0, rules=rules)
     gpu = manifest.gpu_budget
+    devices = manifest.gpu if isinstance(manifest.gpu, list) else []
+    names = [d.name for d in devices if d.name and d.name.upper() != "CPU" and d.rpc is None]
     mmproj, draft = extra_sources(profile, network=network)
     return estimate(
         source,
@@ -60,6 +101,8 @@ def estimate_profile(
         gpu=gpu.vram is not None,
         mmproj=mmproj,
         draft=draft,
+        rules=rules,
+        backend=backend_of(names[0]) if names else None,
     )
 
 

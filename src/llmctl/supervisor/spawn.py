@@ -112,7 +112,10 @@ def with_log_format(spec: LaunchSpec) -> LaunchSpec:
 
     from llmctl.llama.binary import known_flags
     from llmctl.llama.logline import JSONL_FLAG
+    from llmctl.supervisor.features import say_once
 
+    # what the build lacks (no --log-jsonl, no slot token counts for keep_kv): said once
+    say_once(spec.argv[0], (spec.profile,) if spec.keep_kv is not None else ())
     if any(a.startswith(("--log-", "-lv", "--verbosity")) for a in spec.argv[1:]):
         return spec  # the user's own log settings stand (a verbose text log, a log file)
     flags = known_flags(spec.argv[0])

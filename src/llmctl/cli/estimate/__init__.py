@@ -30,9 +30,16 @@ def run(
     measure: bool = False,
     engine: bool = False,
     vram: str | None = None,
+    llama_build: str | None = None,
 ) -> int:
     def body() -> int:
+        build = parse_llama_build(llama_build)
         refs = [a for a in args if is_hub_model(a)]
+        if refs and build is not None:
+            raise UsageError(
+                "--llama-build applies to profiles and command lines, not to hub models",
+                hint="put the hub model in a profile: llmctl estimate PROFILE --llama-build N",
+            )
         if refs:
             from llmctl.cli.hub import estimate_hub
 
@@ -63,12 +70,26 @@ def run(
                 )
             from llmctl.cli.estimate.cmdline import estimate_argv
 
-            return estimate_argv(args, json_out, explain, measure)
+            return estimate_argv(args, json_out, explain, measure, build)
         from llmctl.cli.estimate.profiles import estimate_profiles
 
-        return estimate_profiles(args, all_, manifest, json_out, explain, measure, engine)
+        return estimate_profiles(args, all_, manifest, json_out, explain, measure, engine, build)
 
     return run_command(json_out, body)
+
+
+def parse_llama_build(value: str | None) -> int | None:
+    """`--llama-build N`: a llama.cpp build number (tag bN; `b11312` is read as 11312)."""
+    if value is None:
+        return None
+    text = value.strip()
+    digits = text[1:] if text[:1] in ("b", "B") else text
+    if not digits.isdigit() or int(digits) < 1:
+        raise UsageError(
+            f"--llama-build {value!r}: not a llama.cpp build number",
+            hint="the N of tag bN, as `llama-server --version` prints it: --llama-build 11312",
+        )
+    return int(digits)
 
 
 def fast(args: list[str]) -> int | None:
@@ -83,7 +104,11 @@ def fast(args: list[str]) -> int | None:
                 "--measure": "measure",
                 "--engine": "engine",
             },
-            options={"--vram": ("vram", str), "--manifest": ("manifest", str)},
+            options={
+                "--vram": ("vram", str),
+                "--manifest": ("manifest", str),
+                "--llama-build": ("llama_build", str),
+            },
             positional=(0, 1000),
         )
         if parsed is None or not all(is_hub_model(a) for a in parsed[0]):
@@ -98,7 +123,11 @@ def fast(args: list[str]) -> int | None:
             "--measure": "measure",
             "--engine": "engine",
         },
-        options={"--manifest": ("manifest", str), "--vram": ("vram", str)},
+        options={
+            "--manifest": ("manifest", str),
+            "--vram": ("vram", str),
+            "--llama-build": ("llama_build", str),
+        },
         positional=(0, 1000),
     )
     return None if parsed is None else run(parsed[0], **parsed[1])
@@ -142,6 +171,13 @@ def register(app: typer.Typer) -> None:
             help="For hf:// models: the budget to judge them against.",
             metavar="SIZE",
         ),
+        llama_build: str | None = typer.Option(
+            None,
+            "--llama-build",
+            help="Estimate for this llama.cpp build (tag bN) instead of the configured "
+            "llama-server's: a machine llmctl cannot run.",
+            metavar="N",
+        ),
     ) -> None:
         """Estimate GPU memory per profile or command line.
 
@@ -160,5 +196,6 @@ def register(app: typer.Typer) -> None:
                 measure=measure,
                 engine=engine,
                 vram=vram,
+                llama_build=llama_build,
             )
         )

@@ -12,12 +12,26 @@ from llmctl.cli.output import print_json
 from llmctl.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
+    from llmctl.memory.builds import BuildRules
     from llmctl.memory.estimate import Estimate
 
 
-def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
+def argv_rules(llama_build: int | None) -> BuildRules:
+    """The rules of `--llama-build`, else of the configured llama-server, else the newest."""
+    from llmctl.llama.binary import find_binary
+    from llmctl.memory.builds import rules_for
+    from llmctl.memory.profile import binary_rules
+
+    if llama_build:
+        return rules_for(llama_build, "flag")
+    return binary_rules(find_binary())
+
+
+def estimate_for_argv(
+    argv: list[str], llama_build: int | None = None
+) -> tuple[Estimate, list[str]]:
     """The estimate of a llama-server command line and the arguments it did not read (raises
-    UsageError)."""
+    UsageError), by the rules of `llama_build` (else the configured llama-server's)."""
     from llmctl.llama.gguf import read_gguf
     from llmctl.memory.cmdline import parse_llama_args
     from llmctl.memory.estimate import ModelSource, estimate, source_for_path
@@ -29,12 +43,14 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
             "the llama-server command line has no -m/--model",
             hint="llmctl estimate -- -m model.gguf -c 8192 ...",
         )
+    rules = argv_rules(llama_build)
     try:
         est = estimate(
             ModelSource.from_gguf(read_gguf(parsed.model)),
             parsed.options,
             mmproj=source_for_path(parsed.mmproj),
             draft=source_for_path(parsed.model_draft),
+            rules=rules,
         )
     except MetadataError as err:
         raise UsageError(f"{parsed.model}: {err}") from None
@@ -55,6 +71,7 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
                 gpu=False,
                 mmproj=source_for_path(parsed.mmproj),
                 draft=source_for_path(parsed.model_draft),
+                rules=rules,
             )
             est.notes.append(
                 "this machine's llama-server has no GPU to offload to (--list-devices lists"
@@ -69,9 +86,13 @@ def estimate_for_argv(argv: list[str]) -> tuple[Estimate, list[str]]:
 
 
 def estimate_argv(
-    argv: list[str], json_out: bool, explain: bool = False, measure: bool = False
+    argv: list[str],
+    json_out: bool,
+    explain: bool = False,
+    measure: bool = False,
+    llama_build: int | None = None,
 ) -> int:
-    est, ignored = estimate_for_argv(argv)
+    est, ignored = estimate_for_argv(argv, llama_build)
     measured = calibration_argv(argv, est, measure, ask=explain or measure)
     if json_out:
         obj = est.to_json()

@@ -39,10 +39,11 @@ def estimate_profiles(
     explain: bool = False,
     measure: bool = False,
     engine: bool = False,
+    llama_build: int | None = None,
 ) -> int:
     from llmctl.manifest.cache import load_manifest
     from llmctl.memory.hparams import MetadataError
-    from llmctl.memory.profile import estimate_profile
+    from llmctl.memory.profile import build_rules, estimate_profile
 
     if not all_ and not names:
         raise UsageError(
@@ -52,13 +53,14 @@ def estimate_profiles(
         )
     manifest = load_manifest(manifest_path)
     chosen = list(manifest.profiles) if all_ else [manifest.resolve(n) for n in names]
+    rules = build_rules(manifest, llama_build)
     results: list[dict[str, Any]] = []
     failed = 0
     for name in chosen:
         profile = manifest.profiles[name]
         try:
             try:
-                found = estimate_profile(manifest, name, network=True)
+                found = estimate_profile(manifest, name, network=True, rules=rules)
             except MetadataError as err:
                 raise LlmctlError(str(err), hint="check the metadata block") from None
             if found is None:

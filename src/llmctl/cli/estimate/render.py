@@ -19,6 +19,13 @@ def size(n: int | None) -> str:
     return "-" if n is None else format_bytes(n)
 
 
+def _fa(est: Estimate) -> str:
+    """`auto (on)`: what `flash_attn: auto` resolved to."""
+    if est.flash_attn == "auto" and est.compute is not None:
+        return f"auto ({'on' if est.compute.flash_attn else 'off'})"
+    return str(est.flash_attn)
+
+
 def estimate_text(est: Estimate, ignored: list[str] | None = None) -> str:
     title = est.profile or est.model
     exact = "KV rules exact" if est.exact else "KV approximate (generic rules)"
@@ -31,8 +38,9 @@ def estimate_text(est: Estimate, ignored: list[str] | None = None) -> str:
     )
     lines.append(
         f"  context: n_ctx {s.n_ctx}, {s.n_ctx_seq} per sequence, {s.n_seq} slot(s), {streams}; "
-        f"flash_attn {est.flash_attn}; ubatch {s.n_ubatch}"
+        f"flash_attn {_fa(est)}; ubatch {s.n_ubatch}"
     )
+    lines.append(f"  rules: {est.rules.label}")
     rows = [
         [
             f"KV {c.kind}",
