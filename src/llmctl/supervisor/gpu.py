@@ -8,7 +8,6 @@ import subprocess
 import time
 from collections.abc import Iterable
 
-
 MiB = 1024 * 1024
 
 
