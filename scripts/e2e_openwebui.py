@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -148,16 +149,16 @@ def open_webui_venv() -> Path:
     marker = VENV / ".llmctl-e2e-installed"
     if exe.exists() and marker.exists() and marker.read_text().strip() == OPEN_WEBUI:
         return exe
-    uv = shutil.which("uv")
-    if uv is None:
-        raise E2EError("uv is not on PATH: `python3 -m pip install uv`, or `make uv`")
-    say(f"installing {OPEN_WEBUI} into {VENV} (once; a few minutes, about 6 GB)")
-    subprocess.run(
-        [uv, "venv", "-q", "--allow-existing", "--python", "3.11", str(VENV)], check=True
-    )
-    subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(VENV / "bin/python"), OPEN_WEBUI], check=True
-    )
+    # `make e2e` passes the uv it uses (perhaps `python3 -m uv`); else uv on PATH
+    uv = shlex.split(os.environ.get("LLMCTL_E2E_UV") or shutil.which("uv") or "")
+    if not uv:
+        raise E2EError("uv is not on PATH: `python3 -m pip install uv`, or run `make e2e`")
+    say(f"installing {OPEN_WEBUI} into {VENV} (once; a few minutes, about 7 GB)")
+    venv = [*uv, "venv", "-q", "--allow-existing", "--python", "3.11", str(VENV)]
+    install = [*uv, "pip", "install", "-q", "--python", str(VENV / "bin/python"), OPEN_WEBUI]
+    for argv in (venv, install):
+        if subprocess.run(argv, check=False).returncode != 0:
+            raise E2EError(f"`{shlex.join(argv)}` failed (its output is above)")
     marker.write_text(OPEN_WEBUI + "\n")
     return exe
 
@@ -483,6 +484,7 @@ def webui_env(base: dict[str, str], work: Path, router: str) -> dict[str, str]:
         ENABLE_WEB_SEARCH="False",
         ENABLE_IMAGE_GENERATION="False",
         BYPASS_MODEL_ACCESS_CONTROL="True",
+        USE_SLIM_DOCKER="True",  # no local embedding or speech models to load (or fetch)
         GLOBAL_LOG_LEVEL="INFO",
     )
     return env
