@@ -229,7 +229,9 @@ profiles:
 
 
 class UI:
-    """Open WebUI's page, with the few controls the checks use."""
+    """Open WebUI's page (0.12), with the few controls the checks use. What a chat message holds
+    (its text, `done`, `error`) is read from Open WebUI's own API with the page's token, and what
+    the page shows from its DOM."""
 
     def __init__(self, page: Any, url: str, shots: list[tuple[Path, str]]) -> None:
         self.page = page
@@ -242,75 +244,70 @@ class UI:
         self.shots.append((path, what))
         say(f"screenshot {path}")
 
-    def dismiss(self) -> None:
-        """The first visit's pop-ups (what's new, onboarding), if any."""
-        for label in ("Okay, Let's Go!", "Get started", "Close"):
-            button = self.page.get_by_role("button", name=label)
-            with contextlib.suppress(Exception):
-                if button.count() and button.first.is_visible():
-                    button.first.click(timeout=2000)
-        self.page.keyboard.press("Escape")
-
-    def open(self) -> None:
-        self.page.goto(self.url, wait_until="domcontentloaded")
-        # no sign-in: the page makes the first visitor the admin, then shows a new chat
-        self.page.wait_for_selector("#chat-input", timeout=120_000)
-        self.page.wait_for_timeout(500)  # pop-ups open a moment after the page
-        self.dismiss()
-
     def new_chat(self) -> None:
+        """A new chat, the first visit's "what's new" dialog closed. Without sign-in, the page
+        makes its first visitor the admin."""
         self.page.goto(self.url, wait_until="domcontentloaded")
-        self.page.wait_for_selector("#chat-input", timeout=60_000)
-        self.dismiss()
+        self.page.wait_for_selector("#chat-input", timeout=120_000)
+        dialog = self.page.get_by_role("button", name="Okay, Let's Go!")
+        with contextlib.suppress(Exception):  # it opens a moment after the page, or never
+            dialog.wait_for(state="visible", timeout=3000)
+            dialog.click()
 
-    def picker(self) -> Any:
-        button = self.page.locator("#model-selector-0-button")
-        if not button.count():
-            button = self.page.get_by_role("button", name="Select a model")
-        return button.first
+    def open_picker(self) -> Any:
+        self.page.locator("#model-selector-model-button").click()
+        options = self.page.locator("#model-selector-list [role=option]")
+        options.first.wait_for(timeout=30_000)
+        return options
 
     def listed(self) -> list[str]:
-        """The models the picker lists, as its items name them (opens the picker)."""
-        self.picker().click()
-        items = self.page.locator('[aria-label="model-item"]')
-        items.first.wait_for(timeout=30_000)
-        return [t.strip() for t in items.all_inner_texts()]
+        """The models the picker lists (it stays open)."""
+        return [str(o.get_attribute("data-value")) for o in self.open_picker().all()]
 
     def choose(self, model: str) -> None:
-        self.picker().click()
-        search = self.page.get_by_placeholder("Search a model")
-        if search.count():
-            search.first.fill(model)
-        item = self.page.locator(f'[aria-label="model-item"][data-value="{model}"]')
-        item.first.click(timeout=30_000)
+        self.open_picker()
+        self.page.locator(f'#model-selector-list [role=option][data-value="{model}"]').click()
+        button = self.page.locator("#model-selector-model-button")
+        if model not in button.inner_text():
+            raise E2EError(f"picked {model}, but the picker shows {button.inner_text()!r}")
 
     def send(self, text: str) -> None:
-        box = self.page.locator("#chat-input")
-        box.click()
+        self.page.locator("#chat-input").click()
         self.page.keyboard.type(text)
         self.page.keyboard.press("Enter")
 
-    def wait_answer(self, timeout_s: float) -> str:
-        """The last answer's text once the page says it is done (its action buttons show)."""
-        deadline = time.monotonic() + timeout_s
-        last = ""
-        while time.monotonic() < deadline:
-            done = self.page.locator("#send-message-button, #voice-input-button").count() > 0
-            messages = self.page.locator("#response-content-container")
-            if messages.count():
-                last = messages.last.inner_text().strip()
-            if done and (last or self.error_text()):
-                return last
-            self.page.wait_for_timeout(250)
-        raise E2EError(f"no finished answer within {timeout_s:.0f} s; last seen: {last!r}")
-
-    def error_text(self) -> str:
-        """The text of the last error box shown in the chat, or ''."""
-        boxes = self.page.locator(
-            ".chat-assistant [class*='bg-red'], .chat-assistant [class*='text-red']"
+    def last_message(self) -> dict[str, Any]:
+        """The chat's current message as Open WebUI keeps it ({} before the chat exists)."""
+        got = self.page.evaluate(
+            """async () => {
+                const id = location.pathname.match(/^\\/c\\/([^/]+)/);
+                if (!id) return {};
+                const r = await fetch('/api/v1/chats/' + id[1],
+                                      {headers: {Authorization: 'Bearer ' + localStorage.token}});
+                if (!r.ok) return {};
+                const h = (await r.json()).chat.history;
+                return h.messages[h.currentId] || {};
+            }"""
         )
-        texts = [t.strip() for t in boxes.all_inner_texts() if t.strip()]
-        return texts[-1] if texts else ""
+        return got if isinstance(got, dict) else {}
+
+    def wait_done(self, timeout_s: float) -> dict[str, Any]:
+        """The answer once Open WebUI marks it done, with an answer or an error."""
+        deadline = time.monotonic() + timeout_s
+        message: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            message = self.last_message()
+            if message.get("role") == "assistant" and message.get("done"):
+                # the page draws what the API says a moment later
+                self.page.locator(".copy-response-button").last.wait_for(timeout=10_000)
+                return message
+            self.page.wait_for_timeout(500)
+        raise E2EError(f"no finished answer within {timeout_s:.0f} s; last seen: {message}")
+
+    def shown(self) -> str:
+        """The text the page shows for the last answer (its text, or its error)."""
+        box = self.page.locator("#response-content-container").last
+        return str(box.inner_text()).strip()
 
 
 def answered_by(router: str, profile: str, since: float) -> dict[str, Any] | None:
@@ -355,39 +352,47 @@ def run_browser(
 
 
 def checks_in_browser(ui: UI, router: str, check: Callable[[str, bool, str], None]) -> None:
-    page = ui.page
     with step("open the page"):
-        ui.open()
+        ui.new_chat()
     with step("the model picker"):
         names = ui.listed()
         ui.shot("model-picker", "the model picker open")
-        page.keyboard.press("Escape")
-        missing = [p for p in (*GOOD, BROKEN) if not any(p in n for n in names)]
-        check(
-            "the picker lists the profiles",
-            not missing,
-            f"listed {names}" + (f", missing {missing}" if missing else ""),
-        )
+        ui.page.keyboard.press("Escape")
+        missing = [p for p in (*GOOD, BROKEN) if p not in names]
+        seen = f"listed {names}" + (f", missing {missing}" if missing else "")
+        check("the picker lists the profiles", not missing, seen)
     for profile in GOOD:
         with step(f"a chat with {profile}"):
             ui.new_chat()
             ui.choose(profile)
             before = time.time()
             ui.send(PROMPT[profile])
-            text = ui.wait_answer(ANSWER_S)
+            message = ui.wait_done(ANSWER_S)
+            shown = ui.shown()
             record = answered_by(router, profile, before)
             ui.shot(f"chat-{profile}", f"a chat with {profile}")
             status = record.get("status") if record else None
-            ok = bool(text) and not ui.error_text() and status == 200
-            check(f"{profile} answers", ok, f"{text[:80]!r}; router: {profile} status {status}")
+            content = str(message.get("content") or "").strip()
+            ok = bool(content) and bool(shown) and not message.get("error") and status == 200
+            check(f"{profile} answers", ok, f"{shown[:100]!r}; the router: {profile} {status}")
     with step(f"a chat with {BROKEN}"):
         ui.new_chat()
         ui.choose(BROKEN)
         ui.send("Hello")
-        ui.wait_answer(ANSWER_S)
-        error = ui.error_text()
+        message = ui.wait_done(ANSWER_S)
+        shown = ui.shown()
         ui.shot(f"chat-{BROKEN}", f"a chat with {BROKEN}, whose load fails")
-        check(f"{BROKEN} shows an error", bool(error), repr(error[:160]))
+        error = message.get("error") or {}
+        content = error.get("content") if isinstance(error, dict) else error
+        said = content.get("message", "") if isinstance(content, dict) else str(content or "")
+        code = content.get("code") if isinstance(content, dict) else None
+        ok = (
+            code == "model_load_failed"
+            and bool(said)
+            and said in shown
+            and not message.get("content")
+        )
+        check(f"{BROKEN} shows an error", ok, f"shown {shown[:160]!r}; code {code}")
 
 
 # --- the run ----------------------------------------------------------------------------------
