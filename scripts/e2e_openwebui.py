@@ -310,11 +310,15 @@ class UI:
         return str(box.inner_text()).strip()
 
 
+def dashboard_state(router: str) -> dict[str, Any]:
+    got = httpx.get(router + "/ui/api/state", timeout=10).json()
+    return got if isinstance(got, dict) else {}
+
+
 def answered_by(router: str, profile: str, since: float) -> dict[str, Any] | None:
     """The router's record (from the dashboard's data, newest first) of the latest chat
     request for `profile` that finished after `since` (wall clock)."""
-    state = httpx.get(router + "/ui/api/state", timeout=5).json()
-    for r in state.get("requests") or []:
+    for r in dashboard_state(router).get("requests") or []:
         if (
             isinstance(r, dict)
             and r.get("profile") == profile
@@ -393,6 +397,16 @@ def checks_in_browser(ui: UI, router: str, check: Callable[[str, bool, str], Non
             and not message.get("content")
         )
         check(f"{BROKEN} shows an error", ok, f"shown {shown[:160]!r}; code {code}")
+    with step("llmctl's dashboard"):
+        states = {p.get("name"): p.get("state") for p in dashboard_state(router)["profiles"]}
+        want = {**dict.fromkeys(GOOD, "ready"), BROKEN: "failed"}
+        seen = ", ".join(f"{p} {states.get(p)}" for p in want)
+        check(
+            "the two answered side by side", all(states.get(p) == w for p, w in want.items()), seen
+        )
+        ui.page.goto(router + "/ui", wait_until="domcontentloaded")
+        ui.page.get_by_text("failed").first.wait_for(timeout=30_000)
+        ui.shot("llmctl-dashboard", "llmctl's dashboard after the chats")
 
 
 # --- the run ----------------------------------------------------------------------------------
