@@ -238,9 +238,9 @@ class UI:
         self.url = url
         self.shots = shots
 
-    def shot(self, name: str, what: str) -> None:
+    def shot(self, name: str, what: str, full_page: bool = False) -> None:
         path = OUT / f"{len(self.shots) + 1:02d}-{name}.png"
-        self.page.screenshot(path=str(path), full_page=False)
+        self.page.screenshot(path=str(path), full_page=full_page)
         self.shots.append((path, what))
         say(f"screenshot {path}")
 
@@ -406,7 +406,7 @@ def checks_in_browser(ui: UI, router: str, check: Callable[[str, bool, str], Non
         )
         ui.page.goto(router + "/ui", wait_until="domcontentloaded")
         ui.page.get_by_text("failed").first.wait_for(timeout=30_000)
-        ui.shot("llmctl-dashboard", "llmctl's dashboard after the chats")
+        ui.shot("llmctl-dashboard", "llmctl's dashboard after the chats", full_page=True)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -534,10 +534,12 @@ def report(checks: list[tuple[str, bool, str]], shots: list[tuple[Path, str]]) -
 
 
 def _interrupted(signum: int, _frame: object) -> None:
+    print(f"e2e: signal {signum}; stopping everything it started", file=sys.stderr)
     raise SystemExit(128 + signum)  # unwinds through every `finally`, which stop what started
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with `&`
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGHUP, _interrupted)
     try:
@@ -545,3 +547,6 @@ if __name__ == "__main__":
     except E2EError as err:
         print(f"e2e: {err}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("e2e: interrupted; everything it started is stopped", file=sys.stderr)
+        sys.exit(130)
