@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -398,7 +399,9 @@ def checks_in_browser(ui: UI, router: str, check: Callable[[str, bool, str], Non
         )
         check(f"{BROKEN} shows an error", ok, f"shown {shown[:160]!r}; code {code}")
     with step("llmctl's dashboard"):
-        states = {p.get("name"): p.get("state") for p in dashboard_state(router)["profiles"]}
+        state = dashboard_state(router)
+        (OUT / "router-requests.json").write_text(json.dumps(state.get("requests"), indent=1))
+        states = {p.get("name"): p.get("state") for p in state["profiles"]}
         want = {**dict.fromkeys(GOOD, "ready"), BROKEN: "failed"}
         seen = ", ".join(f"{p} {states.get(p)}" for p in want)
         check(
@@ -478,7 +481,7 @@ def webui_env(base: dict[str, str], work: Path, router: str) -> dict[str, str]:
     data.mkdir(parents=True, exist_ok=True)
     env.update(
         DATA_DIR=str(data),
-        WEBUI_SECRET_KEY="llmctl-e2e",
+        WEBUI_SECRET_KEY=secrets.token_hex(32),
         WEBUI_AUTH="False",
         ENABLE_SIGNUP="False",
         OPENAI_API_BASE_URL=router + "/v1",
@@ -526,7 +529,7 @@ def report(checks: list[tuple[str, bool, str]], shots: list[tuple[Path, str]]) -
     print("== checks")
     for name, ok, seen in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {seen}")
-    print(f"== screenshots in {OUT} (logs: serve.log, open-webui.log)")
+    print(f"== screenshots in {OUT} (and serve.log, open-webui.log, router-requests.json)")
     for path, what in shots:
         print(f"  {path}  {what}")
     passed = sum(ok for _, ok, _ in checks)
