@@ -13,7 +13,9 @@ What it does, each step timed:
 4. Debian's Chromium, headless, driven by playwright (as the dashboard's browser tests do):
    the model picker lists the profiles; a chat with each of the two good profiles gets an answer,
    and the router's request log shows each request reached that profile with status 200; a chat
-   with the broken profile shows an error. Screenshots go to $LLMCTL_E2E_OUT (/tmp/llmctl-e2e).
+   with the broken profile shows the router's load error; the router has the two loaded side by
+   side and the broken one failed (a screenshot of its dashboard too). Screenshots, logs and the
+   router's request log go to $LLMCTL_E2E_OUT (/tmp/llmctl-e2e).
 5. Everything it started is stopped, whatever happens: Open WebUI, the router, llama-servers.
 
 Run with the project's environment: `make e2e`, or
@@ -47,7 +49,7 @@ CHROMIUM = os.environ.get("LLMCTL_TEST_CHROMIUM") or shutil.which("chromium") or
 GOOD = ("smollm2", "tiny")  # the two profiles that must answer
 BROKEN = "broken"
 PROMPT = {"smollm2": "What is the capital of France? Answer in one sentence.", "tiny": "Hello"}
-WEBUI_START_S = 600  # its first start compiles and migrates; later ones take ~30 s
+WEBUI_START_S = 600  # imports, then migrates a new database each run: 90-150 s on 2 busy cores
 ANSWER_S = 240
 
 
@@ -416,8 +418,9 @@ def checks_in_browser(ui: UI, router: str, check: Callable[[str, bool, str], Non
 
 
 def main() -> int:
-    if not CHROMIUM:
-        raise E2EError("Chromium is missing: `make browser` (apt-get install chromium)")
+    if not (CHROMIUM and os.access(CHROMIUM, os.X_OK)):
+        where = f" ({CHROMIUM} is not an executable)" if CHROMIUM else ""
+        raise E2EError(f"Chromium is missing{where}: `make browser` (apt-get install chromium)")
     binary = os.environ.get("LLMCTL_LLAMA_SERVER") or shutil.which("llama-server") or ""
     if not binary:
         raise E2EError("no llama-server: set LLMCTL_LLAMA_SERVER (`make e2e` builds one)")
