@@ -390,9 +390,9 @@ def checks_in_browser(ui: UI, router: str, check: Callable[[str, bool, str], Non
         shown = ui.shown()
         ui.shot(f"chat-{BROKEN}", f"a chat with {BROKEN}, whose load fails")
         error = message.get("error") or {}
-        content = error.get("content") if isinstance(error, dict) else error
-        said = content.get("message", "") if isinstance(content, dict) else str(content or "")
-        code = content.get("code") if isinstance(content, dict) else None
+        reason = error.get("content") if isinstance(error, dict) else error
+        said = reason.get("message", "") if isinstance(reason, dict) else str(reason or "")
+        code = reason.get("code") if isinstance(reason, dict) else None
         ok = (
             code == "model_load_failed"
             and bool(said)
