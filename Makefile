@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: demo test faults lint check bench compat llama-server llama-server-rpc browser server-suite completions schema uv sync pip
+.PHONY: demo test faults lint check bench compat llama-server llama-server-rpc browser server-suite e2e completions schema uv sync pip
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -56,6 +56,13 @@ bench: sync llama-server
 
 server-suite: sync llama-server  ## llama.cpp's server tests against llama-server, then through llmctl serve
 	LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" $(UV) run python scripts/server_suite.py
+
+# Open WebUI (PyPI open-webui, in its own venv ~/.cache/llmctl/e2e-venv, offline) in headless Chromium
+# against llmctl serve: profiles listed, two chats answered, a failed load shown; screenshots in
+# $LLMCTL_E2E_OUT (/tmp/llmctl-e2e). Not part of `make test` or CI.
+e2e: sync llama-server browser pip
+	LLMCTL_LLAMA_SERVER="$$(scripts/build-llama-server.sh)" LLMCTL_E2E_UV="$(UV)" \
+	  $(UV) run python scripts/e2e_openwebui.py
 
 completions: sync
 	$(UV) run llmctl completion bash > completions/llmctl.bash
