@@ -20,6 +20,7 @@ def run(*, json_out: bool = False) -> int:
 
 
 def _ps(json_out: bool) -> int:
+    from llmctl.supervisor.stale import UNKNOWN, check
     from llmctl.supervisor.state import CorruptState, read_servers
 
     sup = supervisor(600.0)
@@ -28,6 +29,7 @@ def _ps(json_out: bool) -> int:
         recs = read_servers(sup.state_dir)
     except (CorruptState, OSError):
         recs = {}
+    stale = check(recs)  # against each launch's manifest as it is now
     rows: list[dict[str, Any]] = []
     for st in servers:
         rec = recs.get(st.profile or "")
@@ -38,6 +40,7 @@ def _ps(json_out: bool) -> int:
         # which figure the placement used (engine plan / formula), and what the launch stated
         row["memory_source"] = extra.get("memory_source")
         row["engine_plan"] = extra.get("engine_plan")
+        row.update(stale.get(st.profile or "", UNKNOWN).to_json())
         rows.append(row)
     from llmctl.cli.status import kv_saved_text
     from llmctl.supervisor.kvcache.files import saved
@@ -57,15 +60,17 @@ def _ps(json_out: bool) -> int:
         sys.stdout.write("nothing runs\n")
         sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
         return code
-    # columns as wide as their longest value (init's own profile names pass 16 characters)
-    name_w = max(16, *(len(str(r["profile"])) for r in rows))
+    # columns as wide as their longest value (init's own profile names pass 16 characters);
+    # a stale server's name is marked with a `*`, explained under the table
+    names = [f"{r['profile']}{STALE_MARK if r['stale'] else ''}" for r in rows]
+    name_w = max(16, *(len(n) for n in names))
     url_w = max(24, *(len(str(r["url"] or "-")) for r in rows))
     head = (
         f"{'PROFILE':<{name_w}} {'PHASE':<8} {'HEALTH':<7} {'PID':>7} {'URL':<{url_w}} "
         f"{'UPTIME':>8}  MEMORY"
     )
     sys.stdout.write(head + "\n")
-    for r in rows:
+    for name, r in zip(names, rows, strict=True):
         health = {True: "ok", False: "FAIL", None: "-"}[r["healthy"]]
         planned = usage_text(r["planned"]) if r["planned"] else ""  # placed: what it holds
         reported = r["memory"].get("total_mib") if r["memory"] else None
@@ -77,11 +82,25 @@ def _ps(json_out: bool) -> int:
         mem = (f"{planned} ({said})" if planned and said else planned or said) or "-"
         uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
         sys.stdout.write(
-            f"{r['profile']:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
+            f"{name:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
             f"{r['url'] or '-':<{url_w}} {uptime:>8}  {mem}\n"
         )
+    sys.stdout.write("".join(line + "\n" for line in stale_text(rows)))
     sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
     return code
+
+
+STALE_MARK = "*"
+
+
+def stale_text(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per stale server under the table: why, and how to restart it."""
+    return [
+        f"{STALE_MARK} stale: {r['profile']} runs an old launch ({r['stale_why']}); "
+        f"`llmctl load {r['profile']}` or `llmctl switch {r['profile']}` restarts it"
+        for r in rows
+        if r["stale"]
+    ]
 
 
 def fast(args: list[str]) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llmctl.paths import is_hub_model
@@ -51,6 +51,9 @@ class LaunchSpec:
     placement: dict[str, Any] = field(default_factory=dict, compare=False)
     # Save the slots' KV cache before an unload, restore it after the next load (supervisor/kvcache/).
     keep_kv: KeepKv | None = None
+    # Where the launch came from (supervisor/stale.py): the manifest's path and stat, and the
+    # profile's identity in it; kept in the record, so that ps and status tell a stale server.
+    origin: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def url(self) -> str:
@@ -167,7 +170,7 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
 
         known = known_flags(binary)  # cached per binary; asked only for a flag that changed
     model, files = hub_files(profile) if is_hub_model(profile.model) else (profile.model, None)
-    return LaunchSpec(
+    spec = LaunchSpec(
         profile=pname,
         argv=(binary, *profile_args(pname, profile, host, port, known, files)),
         env=dict(profile.env),
@@ -180,6 +183,9 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
         unset_env=secret_env_names(manifest),
         keep_kv=_keep_kv(profile, server),
     )
+    from llmctl.supervisor.stale import origin_of
+
+    return replace(spec, origin=origin_of(manifest, spec))
 
 
 def hub_files(profile: Profile) -> tuple[str, dict[str, list[str]]]:

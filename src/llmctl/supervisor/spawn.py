@@ -101,6 +101,7 @@ def starting_record(
             **spec.placement,
             **({"keep_kv": keep_kv} if keep_kv else {}),
             **({"started_by": by} if by else {}),
+            **({"origin": spec.origin} if spec.origin else {}),
         },
     )
 
@@ -119,6 +120,18 @@ def with_log_format(spec: LaunchSpec) -> LaunchSpec:
     if flags is None or JSONL_FLAG not in flags:
         return spec
     return replace(spec, argv=(*spec.argv, JSONL_FLAG))
+
+
+def as_launched(state_dir: Path, spec: LaunchSpec) -> LaunchSpec:
+    """`spec` with what a launch adds (Supervisor._start), without its effects: a keep_kv
+    profile's `--slot-save-path` (its folder, not claimed here), then `--log-jsonl`. What
+    `llmctl command` prints: the argv llama-server is started with."""
+    if spec.keep_kv is not None:
+        from llmctl.supervisor.kvcache.files import profile_folder
+        from llmctl.supervisor.kvcache.hooks import with_slot_save_path
+
+        spec = with_slot_save_path(spec, profile_folder(state_dir, spec.profile))
+    return with_log_format(spec)
 
 
 def launcher_gone(rec: LaunchRecord, what: str) -> bool:
