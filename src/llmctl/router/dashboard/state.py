@@ -22,7 +22,17 @@ async def state_endpoint(request: Request) -> Response:
     plans = await run_in_threadpool(profile_plans, router)
     evicts = await run_in_threadpool(profile_evicts, router) if runs_several(router) else None
     rss = {st.pid: _rss(st.pid) for st in statuses if st.pid}
-    return JSONResponse(build_state(router, statuses, plans, _meminfo(), rss, evicts))
+    stale = await run_in_threadpool(stale_servers, router)
+    return JSONResponse(build_state(router, statuses, plans, _meminfo(), rss, evicts, stale))
+
+
+def stale_servers(router: Router) -> dict[str, dict[str, Any]]:
+    """{profile: {"stale", "stale_why"}} of the running servers, against the router's manifest
+    (what it loaded last: an edit counts once SIGHUP reloads it)."""
+    from llmctl.supervisor.stale import check
+
+    found = check(router.supervisor.records(), load=lambda _path: router.manifest)
+    return {name: st.to_json() for name, st in found.items()}
 
 
 def build_state(
@@ -32,10 +42,14 @@ def build_state(
     meminfo: dict[str, int],
     rss: dict[int, int | None],
     evicts: dict[str, list[str]] | None = None,
+    stale: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The page's data from what the router knows (no I/O here). `statuses` are the running
     servers (Supervisor.ps), `rss` their resident memory by pid; `evicts` (several servers):
-    what loading each profile now would unload, by the placer's decision."""
+    what loading each profile now would unload, by the placer's decision; `stale`: which servers
+    run an old launch of their profile (stale_servers)."""
+    old = stale or {}
+    fresh = {"stale": False, "stale_why": None}
     sched = router.scheduler
     active = sched.active
     loading = sched.loading
@@ -70,6 +84,7 @@ def build_state(
                 "rss_bytes": rss.get(st.pid) if st is not None and st.pid else None,
                 "inflight": inflight_of(profile),
                 "idle_s": idle_of(profile),
+                **old.get(profile or "", fresh),
             }
         )
     by_profile = {s["profile"]: s for s in servers if s["profile"] is not None}
@@ -115,6 +130,7 @@ def build_state(
                 "estimate_error": plan.get("error"),
                 "plan": plan.get("devices", {}),
                 "evicts": unloads,
+                **(old.get(name, fresh) if state == "ready" else fresh),
             }
         )
     loaded = [s for s in servers if s["profile"] is not None]

@@ -291,7 +291,9 @@ function renderProfiles() {
       onfocusin: () => setHover(p.name), onfocusout: () => setHover(null),
     });
     card.append(el("h3", { id: `p-${p.name}` }, p.name,
-      el("span", { class: `state ${shown}`, "data-role": "state", text: shown })));
+      el("span", { class: `state ${shown}`, "data-role": "state", text: shown }),
+      p.stale ? el("span", { class: "state stale", "data-role": "stale", text: "stale",
+        title: `${p.stale_why || "runs an old launch"}; it restarts with the new flags` }) : null));
     if (p.description) card.append(el("p", { class: "muted", text: p.description }));
     const dl = el("dl");
     const row = (k, v) => dl.append(el("dt", { text: k }), el("dd", {}, v));
