@@ -70,6 +70,7 @@ def _ps(json_out: bool) -> int:
         f"{'UPTIME':>8}  MEMORY"
     )
     sys.stdout.write(head + "\n")
+    columns = _terminal_columns()
     for name, r in zip(names, rows, strict=True):
         health = {True: "ok", False: "FAIL", None: "-"}[r["healthy"]]
         planned = usage_text(r["planned"]) if r["planned"] else ""  # placed: what it holds
@@ -81,16 +82,37 @@ def _ps(json_out: bool) -> int:
         said = ", ".join(n for n in notes if n)
         mem = (f"{planned} ({said})" if planned and said else planned or said) or "-"
         uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
-        sys.stdout.write(
+        line = (
             f"{name:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
-            f"{r['url'] or '-':<{url_w}} {uptime:>8}  {mem}\n"
+            f"{r['url'] or '-':<{url_w}} {uptime:>8}  {mem}"
         )
+        sys.stdout.write(_fit(line, len(line) - len(mem), columns) + "\n")
     sys.stdout.write("".join(line + "\n" for line in stale_text(rows)))
     sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
     return code
 
 
 STALE_MARK = "*"
+
+
+def _terminal_columns() -> int | None:
+    """The terminal's width when stdout is one, else None (a pipe gets whole lines)."""
+    import os
+
+    if not sys.stdout.isatty():
+        return None
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except OSError:
+        return None
+
+
+def _fit(line: str, fixed: int, columns: int | None) -> str:
+    """A row within the terminal's width: the last column (memory) is cut with `...`, so that a
+    row never wraps; the columns before it (`fixed` characters) stay whole."""
+    if columns is None or len(line) <= columns or fixed + 8 > columns:
+        return line
+    return line[: columns - 3] + "..."
 
 
 def stale_text(rows: list[dict[str, Any]]) -> list[str]:
