@@ -1,7 +1,8 @@
 """Stale servers: one that runs a launch its manifest no longer asks for (edited flags, model,
 environment, binary, or the profile gone).
 
-A launch record keeps its origin (`LaunchSpec.origin`, written by `launch_spec`): the manifest's
+A launch record keeps its origin (`LaunchSpec.origin`, written by `launch_spec` with
+`launch.origin_of`): the manifest's
 path and stat, and the profile's identity, a hash of what the manifest makes of the profile
 (its arguments, environment, keep_kv and the `server.binary` setting as written, so that a
 PATH or an environment variable that finds another binary is not an edit). Placement's device
@@ -15,17 +16,15 @@ neither YAML nor pydantic are imported) and the profile's identity computed agai
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from llmctl.supervisor.launch import manifest_stat
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from llmctl.manifest.model import Manifest
-    from llmctl.supervisor.launch import LaunchSpec
 
 
 @dataclass(frozen=True)
@@ -41,37 +40,6 @@ class Staleness:
 
 CURRENT = Staleness(False)
 UNKNOWN = Staleness(None)
-
-
-def _stat(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def identity(spec: LaunchSpec, binary_setting: str | None) -> str:
-    """The profile's launch as the manifest makes it: arguments (not the binary's resolved path),
-    environment, keep_kv, and `server.binary` as written."""
-    config = {
-        "args": list(spec.argv[1:]),
-        "env": spec.env,
-        "keep_kv": spec.keep_kv.to_json() if spec.keep_kv is not None else None,
-        "binary": binary_setting,
-    }
-    blob = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def origin_of(manifest: Manifest, spec: LaunchSpec) -> dict[str, Any]:
-    """What a launch record keeps to tell later whether its server is stale."""
-    path = str(manifest.path)
-    return {
-        "manifest": path,
-        "manifest_stat": _stat(path),
-        "identity": identity(spec, manifest.server.binary),
-    }
 
 
 def staleness(recorded: str | None, current: str | None, in_manifest: bool) -> Staleness:
@@ -116,7 +84,8 @@ def check(
             out[name] = UNKNOWN
             continue
         path = str(origin.get("manifest"))
-        if origin.get("manifest_stat") is not None and _stat(path) == origin["manifest_stat"]:
+        stat = origin.get("manifest_stat")
+        if stat is not None and manifest_stat(path) == stat:
             out[name] = CURRENT  # the file is as it was at the launch
             continue
         if path not in manifests:
