@@ -2,15 +2,14 @@
 
 `launch_spec(manifest, name)` composes a profile's LaunchSpec from the flag table (llama/flags.py),
 the binary (llama/binary.py) and the profile's settings; `KeepKv` is a profile's keep_kv limits,
-which supervisor/kvcache/ applies; `origin_of` is what a launch record keeps to tell later
-whether its server is stale (supervisor/stale.py). Light at import: the table and the binary
+which supervisor/kvcache/ applies; the spec's `origin` is what a launch record keeps to tell
+later whether its server is stale (supervisor/stale.py). Light at import: the table and the binary
 lookup are imported when a spec is built, so `llmctl status` does not pay for them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -185,38 +184,22 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
         unset_env=secret_env_names(manifest),
         keep_kv=_keep_kv(profile, server),
     )
+    from llmctl.supervisor.stale import origin_of
+
     return replace(spec, origin=origin_of(manifest, spec))
 
 
-def manifest_stat(path: str) -> list[int] | None:
+def current_identity(manifest: Manifest, profile: str) -> str | None:
+    """The identity the manifest gives `profile` now (supervisor/stale.py); None when its
+    launch cannot be composed."""
+    from llmctl.errors import LlmctlError
+
     try:
-        st = os.stat(path)
-    except OSError:
+        spec = launch_spec(manifest, profile)
+    except (LlmctlError, OSError):
         return None
-    return [st.st_size, st.st_mtime_ns]  # (size, mtime): an edit changes one of them
-
-
-def identity(spec: LaunchSpec, binary_setting: str | None) -> str:
-    """The profile's launch as the manifest makes it: arguments (not the binary's resolved path),
-    environment, keep_kv, and `server.binary` as written."""
-    config = {
-        "args": list(spec.argv[1:]),
-        "env": spec.env,
-        "keep_kv": spec.keep_kv.to_json() if spec.keep_kv is not None else None,
-        "binary": binary_setting,
-    }
-    blob = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def origin_of(manifest: Manifest, spec: LaunchSpec) -> dict[str, Any]:
-    """What a launch record keeps to tell later whether its server is stale."""
-    path = str(manifest.path)
-    return {
-        "manifest": path,
-        "manifest_stat": manifest_stat(path),
-        "identity": identity(spec, manifest.server.binary),
-    }
+    found = spec.origin.get("identity")
+    return str(found) if found else None
 
 
 def hub_files(profile: Profile) -> tuple[str, dict[str, list[str]]]:

@@ -16,15 +16,29 @@ neither YAML nor pydantic are imported) and the profile's identity computed agai
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from llmctl.supervisor.launch import manifest_stat
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from llmctl.manifest.model import Manifest
+
+    IdentityOf = Callable[[Manifest, str], str | None]
+
+
+class Launch(Protocol):
+    """What the identity reads of a LaunchSpec (this module stays below supervisor/launch.py)."""
+
+    @property
+    def argv(self) -> tuple[str, ...]: ...
+
+    @property
+    def env(self) -> dict[str, str]: ...
+
+    @property
+    def keep_kv(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,40 @@ CURRENT = Staleness(False)
 UNKNOWN = Staleness(None)
 
 
+def manifest_stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]  # (size, mtime): an edit changes one of them
+
+
+def identity(spec: Launch, binary_setting: str | None) -> str:
+    """The profile's launch as the manifest makes it: arguments (not the binary's resolved path),
+    environment, keep_kv, and `server.binary` as written."""
+    import hashlib
+    import json
+
+    config = {
+        "args": list(spec.argv[1:]),
+        "env": spec.env,
+        "keep_kv": spec.keep_kv.to_json() if spec.keep_kv is not None else None,
+        "binary": binary_setting,
+    }
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def origin_of(manifest: Manifest, spec: Launch) -> dict[str, Any]:
+    """What a launch record keeps to tell later whether its server is stale."""
+    path = str(manifest.path)
+    return {
+        "manifest": path,
+        "manifest_stat": manifest_stat(path),
+        "identity": identity(spec, manifest.server.binary),
+    }
+
+
 def staleness(recorded: str | None, current: str | None, in_manifest: bool) -> Staleness:
     """Whether a server launched as `recorded` is stale now that the manifest makes `current`."""
     if recorded is None:
@@ -55,27 +103,18 @@ def staleness(recorded: str | None, current: str | None, in_manifest: bool) -> S
     return CURRENT
 
 
-def current_identity(manifest: Manifest, profile: str) -> str | None:
-    """The identity the manifest gives `profile` now; None when it cannot be composed."""
-    from llmctl.errors import LlmctlError
-    from llmctl.supervisor.launch import launch_spec
-
-    try:
-        spec = launch_spec(manifest, profile)
-    except (LlmctlError, OSError):
-        return None
-    return str(spec.origin.get("identity")) if spec.origin.get("identity") else None
-
-
 def check(
     records: Mapping[str, Any],
+    identity_of: IdentityOf,
     *,
     cheap: bool = False,
     load: Callable[[str], Manifest | None] | None = None,
 ) -> dict[str, Staleness]:
-    """The staleness of each record's server (records: LaunchRecord by profile). `load` reads a
-    manifest by path (None when it cannot be read); the default is the manifest cache, and with
-    `cheap` only a cache entry that is still valid."""
+    """The staleness of each record's server (records: LaunchRecord by profile). `identity_of`
+    is `launch.current_identity` (passed in: this module stays below the launch code, and a
+    cheap caller imports it only when a manifest changed). `load` reads a manifest by path (None
+    when it cannot be read); the default is the manifest cache, and with `cheap` only a cache
+    entry that is still valid."""
     out: dict[str, Staleness] = {}
     manifests: dict[str, Manifest | None] = {}
     for name, rec in records.items():
@@ -98,7 +137,7 @@ def check(
             out[name] = Staleness(None, why)
             continue
         in_manifest = rec.profile in m.profiles
-        current = current_identity(m, rec.profile) if in_manifest else None
+        current = identity_of(m, rec.profile) if in_manifest else None
         out[name] = staleness(str(origin["identity"]), current, in_manifest)
     return out
 

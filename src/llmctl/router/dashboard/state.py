@@ -29,9 +29,10 @@ async def state_endpoint(request: Request) -> Response:
 def stale_servers(router: Router) -> dict[str, dict[str, Any]]:
     """{profile: {"stale", "stale_why"}} of the running servers, against the router's manifest
     (what it loaded last: an edit counts once SIGHUP reloads it)."""
+    from llmctl.supervisor.launch import current_identity
     from llmctl.supervisor.stale import check
 
-    found = check(router.supervisor.records(), load=lambda _path: router.manifest)
+    found = check(router.supervisor.records(), current_identity, load=lambda _path: router.manifest)
     return {name: st.to_json() for name, st in found.items()}
 
 
