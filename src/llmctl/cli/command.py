@@ -20,7 +20,7 @@ def run(profile: str, manifest: str | Path | None = None, *, json_out: bool = Fa
         from llmctl.manifest.cache import load_manifest
         from llmctl.paths import state_dir
         from llmctl.placement.placer import command_spec
-        from llmctl.supervisor.spawn import as_launched
+        from llmctl.supervisor.launch import as_launched
 
         spec = as_launched(state_dir(), command_spec(load_manifest(manifest), profile))
         if json_out:

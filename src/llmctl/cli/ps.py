@@ -20,7 +20,7 @@ def run(*, json_out: bool = False) -> int:
 
 
 def _ps(json_out: bool) -> int:
-    from llmctl.supervisor.launch import current_identity
+    from llmctl.cli.status import launch_identity
     from llmctl.supervisor.stale import UNKNOWN, check
     from llmctl.supervisor.state import CorruptState, read_servers
 
@@ -30,7 +30,7 @@ def _ps(json_out: bool) -> int:
         recs = read_servers(sup.state_dir)
     except (CorruptState, OSError):
         recs = {}
-    stale = check(recs, current_identity)  # against each launch's manifest as it is now
+    stale = check(recs, launch_identity)  # against each launch's manifest as it is now
     rows: list[dict[str, Any]] = []
     for st in servers:
         rec = recs.get(st.profile or "")

@@ -186,7 +186,7 @@ def full_status(folder: os.PathLike[str] | str) -> Status:
     return status
 
 
-def _identity(manifest: Any, profile: str) -> str | None:
+def launch_identity(manifest: Any, profile: str) -> str | None:
     """launch.current_identity, imported only when a manifest changed since a launch."""
     from llmctl.supervisor.launch import current_identity
 
@@ -205,7 +205,7 @@ def mark_stale(status: Status, folder: os.PathLike[str] | str) -> None:
         recs = read_servers(Path(folder))
     except (CorruptState, OSError):
         return
-    found = check(recs, _identity, cheap=True)
+    found = check(recs, launch_identity, cheap=True)
     mine = found.get(status.profile or "", UNKNOWN)
     status.stale, status.stale_why = mine.stale, mine.why
     for server in status.servers:

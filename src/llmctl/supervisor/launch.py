@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from llmctl.manifest.model import Manifest, Profile, ServerConfig
 
 
@@ -200,6 +202,33 @@ def current_identity(manifest: Manifest, profile: str) -> str | None:
         return None
     found = spec.origin.get("identity")
     return str(found) if found else None
+
+
+def with_log_format(spec: LaunchSpec) -> LaunchSpec:
+    """The spec with `--log-jsonl` where the binary has it (its cached --help) and the profile
+    sets no log format of its own: the engine's memory plan is then in every launch log."""
+    from llmctl.llama.binary import known_flags
+    from llmctl.llama.logline import JSONL_FLAG
+
+    if any(a.startswith(("--log-", "-lv", "--verbosity")) for a in spec.argv[1:]):
+        return spec  # the user's own log settings stand (a verbose text log, a log file)
+    flags = known_flags(spec.argv[0])
+    if flags is None or JSONL_FLAG not in flags:
+        return spec
+    return replace(spec, argv=(*spec.argv, JSONL_FLAG))
+
+
+def as_launched(state_dir: Path, spec: LaunchSpec) -> LaunchSpec:
+    """`spec` with what a launch adds (Supervisor._start), without its effects: a keep_kv
+    profile's `--slot-save-path` (its folder, not claimed here), then `--log-jsonl`. What
+    `llmctl command` prints: the argv llama-server is started with."""
+    if spec.keep_kv is not None:
+        # not kvcache.hooks (it imports the HTTP client for the slots): the folder and flag only
+        from llmctl.supervisor.kvcache.files import profile_folder, slot_save_args
+
+        folder = profile_folder(state_dir, spec.profile)
+        spec = replace(spec, argv=(*spec.argv, *slot_save_args(folder)))
+    return with_log_format(spec)
 
 
 def hub_files(profile: Profile) -> tuple[str, dict[str, list[str]]]:

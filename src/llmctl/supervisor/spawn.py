@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LaunchError
 from llmctl.supervisor import procs
+
+# stated with the launch (`llmctl command` shows it without importing this module)
+from llmctl.supervisor.launch import with_log_format as with_log_format
 from llmctl.supervisor.state import LAUNCH_ID_ENV, CorruptState, LaunchRecord, read_servers
 
 if TYPE_CHECKING:
@@ -104,34 +107,6 @@ def starting_record(
             **({"origin": spec.origin} if spec.origin else {}),
         },
     )
-
-
-def with_log_format(spec: LaunchSpec) -> LaunchSpec:
-    """The spec with `--log-jsonl` where the binary has it (its cached --help) and the profile
-    sets no log format of its own: the engine's memory plan is then in every launch log."""
-    from dataclasses import replace
-
-    from llmctl.llama.binary import known_flags
-    from llmctl.llama.logline import JSONL_FLAG
-
-    if any(a.startswith(("--log-", "-lv", "--verbosity")) for a in spec.argv[1:]):
-        return spec  # the user's own log settings stand (a verbose text log, a log file)
-    flags = known_flags(spec.argv[0])
-    if flags is None or JSONL_FLAG not in flags:
-        return spec
-    return replace(spec, argv=(*spec.argv, JSONL_FLAG))
-
-
-def as_launched(state_dir: Path, spec: LaunchSpec) -> LaunchSpec:
-    """`spec` with what a launch adds (Supervisor._start), without its effects: a keep_kv
-    profile's `--slot-save-path` (its folder, not claimed here), then `--log-jsonl`. What
-    `llmctl command` prints: the argv llama-server is started with."""
-    if spec.keep_kv is not None:
-        from llmctl.supervisor.kvcache.files import profile_folder
-        from llmctl.supervisor.kvcache.hooks import with_slot_save_path
-
-        spec = with_slot_save_path(spec, profile_folder(state_dir, spec.profile))
-    return with_log_format(spec)
 
 
 def launcher_gone(rec: LaunchRecord, what: str) -> bool:
