@@ -216,3 +216,27 @@ def test_fit_without_a_profile_lists_every_profile(tmp_path: Path) -> None:
         f"version: 1\nprofiles:\n  one: {{model: {tmp_path / 'tiny.gguf'}, ctx_size: 512}}\n"
     )
     assert llmctl("fit", "--manifest", str(fitting)).returncode == 0
+
+
+def test_fit_with_a_listed_gpu_and_no_vram_takes_what_nvidia_smi_reports(tmp_path: Path) -> None:
+    import os
+
+    from processes import llmctl
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, 24576, 20000'\n")
+    smi.chmod(0o755)
+    write_tiny_model(tmp_path / "tiny.gguf")
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        "version: 1\ngpu:\n  - {name: CUDA0}\nprofiles:\n"
+        f"  p: {{model: {tmp_path / 'tiny.gguf'}, ctx_size: 1024}}\n"
+    )
+    env = {**os.environ, "LLMCTL_NVIDIA_SMI": str(smi)}
+    res = llmctl("fit", "p", "--json", "--manifest", str(path), env=env)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["on_gpu"] is True and data["budget_bytes"] == 24576 * MiB
+    assert data["budget_source"] == "nvidia-smi CUDA0" and data["gpu_total_bytes"] > 0
+    text = llmctl("fit", "p", "--manifest", str(path), env=env).stdout
+    assert "no GPU" not in text and "(nvidia-smi CUDA0 24.00 GiB - headroom" in text
