@@ -297,7 +297,7 @@ def register(app: typer.Typer) -> None:
         profile: str | None = typer.Argument(
             None,
             help="A profile name or alias; none: every profile.",
-            metavar="[PROFILE]",
+            metavar="PROFILE",
             autocompletion=complete_profile,
             show_default=False,
         ),
