@@ -120,7 +120,7 @@ def stale_text(rows: list[dict[str, Any]]) -> list[str]:
     """One line per stale server under the table: why, and how to restart it."""
     return [
         f"{STALE_MARK} stale: {r['profile']} runs an old launch ({r['stale_why']}); "
-        f"`llmctl load {r['profile']}` or `llmctl switch {r['profile']}` restarts it"
+        f"`llmctl load {r['profile']}` restarts it"
         for r in rows
         if r["stale"]
     ]

@@ -129,7 +129,8 @@ def status_text(status: dict[str, Any]) -> str:
         if status["memory"]:
             rows.append(("memory", memory_text(status["memory"])))
         if status.get("stale"):
-            rows.append(("stale", f"yes: {status['stale_why']}; `llmctl switch` restarts it"))
+            again = f"`llmctl load {status['profile']}` restarts it"
+            rows.append(("stale", f"yes: {status['stale_why']}; {again}"))
         elif status.get("stale") is None and status.get("stale_why"):
             rows.append(("stale", f"unknown: {status['stale_why']}"))
         width = max(len(k) for k, _ in rows)
@@ -254,6 +255,8 @@ __all__ = [
     "current_status",
     "fast",
     "kv_saved_text",
+    "launch_identity",
+    "mark_stale",
     "memory_text",
     "register",
     "run_status",
