@@ -164,3 +164,30 @@ def test_ps_columns_line_up_with_long_names(fake_manifest: Path) -> None:
         assert row.index(uptime, row.index(url) + len(url)) + len(uptime) == (
             header.index("UPTIME") + len("UPTIME")
         ), row
+
+
+def test_a_failed_load_in_a_terminal_ends_with_the_error_and_no_view(
+    tmp_path: Path, llama_server_bin: Path
+) -> None:
+    from dashboard_helpers import write_models
+
+    _a, _b, broken = write_models(tmp_path)
+    path = tmp_path / "broken.yaml"
+    path.write_text(
+        f"version: 1\nserver:\n  binary: {llama_server_bin}\n  ready_timeout: 60s\n"
+        f"profiles:\n  broken-model-with-a-long-name:\n    model: {broken}\n    ctx_size: 512\n"
+    )
+    try:
+        res = run_in_pty(["load", "broken-model-with-a-long-name", "--manifest", str(path)])
+    finally:
+        Supervisor(paths.state_dir(), lock_timeout=30).stop()
+    assert res.returncode == 1, res.raw
+    assert SPINNER.search(res.raw.decode(errors="replace"))  # it was live while loading
+    lines = res.lines
+    # the screen starts with the error: nothing of the view (spinner, steps, log tail) is left
+    assert lines[0].startswith("error: ") and "broken-model-with-a-long-name" in lines[0], lines
+    assert not any(SPINNER.search(line) or "starting profile" in line for line in lines), lines
+    # llama-server's own error line first, then the tail of its log, then where the log is
+    said = lines.index("llama-server said (error line first):")  # after the wrapped message
+    assert "error loading model" in lines[said + 1], lines
+    assert any(line.startswith("hint: full log: ") for line in lines[said:]), lines
