@@ -102,7 +102,7 @@ def test_fast_and_typer_paths_agree_on_errors(tmp_path: Path) -> None:
         ["command", "nope", "--manifest", str(path)],
         ["command", "nope", "--manifest", str(path), "--json"],
         ["fit", "chat", "--vram", "lots", "--manifest", str(path)],
-        ["fit", "chat", "--manifest", str(path)],
+        ["fit", "nope", "--manifest", str(path)],
         ["estimate", "--manifest", str(path)],
         ["estimate", "--", "-c", "512"],
         ["lint", "--manifest", str(tmp_path / "missing.yaml")],

@@ -215,3 +215,32 @@ def test_phone_width_dark_and_keyboard(browser: Any, served: Served) -> None:
         assert pg.errors == []
     finally:
         pg.close()
+
+
+def test_a_stale_server_has_a_badge_on_its_card(page: Page, served: Served) -> None:
+    """The card of a server that runs an old launch says so. Which server is stale is decided
+    server-side (tests/test_stale.py); here the real state is marked on its way to the page, since
+    serve retires a stale server as soon as its requests in flight are done."""
+    body = {"model": "A", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    r = httpx.post(served.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=90)
+    assert r.status_code == 200, r.text
+    why = "the manifest changed its launch since it started"
+
+    def mark(route: Any) -> None:
+        resp = route.fetch()
+        data = resp.json()
+        for p in data["profiles"]:
+            if p["name"] == "tiny-a":
+                assert p["stale"] is False  # the real state: launched from serve's manifest
+                p.update(stale=True, stale_why=why)
+        route.fulfill(response=resp, json=data)
+
+    p = page.page
+    p.route("**/ui/api/state", mark)
+    page.sign_in()
+    p.wait_for_selector('.card[data-profile="tiny-a"] [data-role="stale"]')
+    badge = p.locator('.card[data-profile="tiny-a"] [data-role="stale"]')
+    assert badge.text_content() == "stale" and why in (badge.get_attribute("title") or "")
+    assert p.locator('.card[data-profile="tiny-b"] [data-role="stale"]').count() == 0
+    page.shot("stale")
+    assert page.errors == []

@@ -157,10 +157,11 @@ def test_fit_command(tmp_path: Path) -> None:
     assert code == 0
     advice = json.loads(out)
     assert advice["fits"] is True and advice["max_ctx_size"] >= 131072
-    code, _, err = cli("fit", "g4", "--manifest", str(manifest(tmp_path, body, vram=None)))
-    assert code == 2 and "--vram" in err
+    # no GPU budget (and none found): judged against this machine's RAM (tests/test_fit.py)
+    code, out, _ = cli("fit", "g4", "--manifest", str(manifest(tmp_path, body, vram=None)))
+    assert code in (0, 1) and out.startswith("no GPU: judged against ")
     code, _, err = cli("fit", "g4", "--manifest", str(m), "--vram", "lots")
-    assert code == 2
+    assert code == 2 and "--vram" in err
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ from llmctl.llama.gguf import read_gguf
 from llmctl.memory.estimate import ModelSource, estimate
 from llmctl.memory.fit import advise
 from llmctl.memory.options import LaunchOptions
+from llmctl.term import format_bytes
 from llmctl.testing.testmodels import write_tiny_model
 
 GiB = 1024**3
@@ -125,3 +128,115 @@ def test_fit_moves_experts_before_layers(tmp_path: Path) -> None:
     assert ngl and changes.index({"n_cpu_moe": 1}) < changes.index(ngl[0])
     moe = advice.suggestions[changes.index({"n_cpu_moe": 1})]
     assert moe.estimate.kv_gpu_bytes == full.kv_gpu_bytes
+
+
+# --- `llmctl fit` on a machine without a GPU, and `fit` without a profile ----------------------
+
+HUGE_META = (
+    "{general.architecture: llama, block_count: 80, context_length: 131072, "
+    "embedding_length: 8192, attention.head_count: 64, attention.head_count_kv: 8, "
+    "vocab_size: 128000, weights_bytes: 70TiB}"
+)
+
+
+def _no_gpu_manifest(tmp_path: Path) -> Path:
+    write_tiny_model(tmp_path / "tiny.gguf")
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        "version: 1\nprofiles:\n"
+        f"  a-profile-name-longer-than-sixteen: {{model: {tmp_path / 'tiny.gguf'}, ctx_size: 1024}}\n"
+        f"  huge: {{model: {tmp_path / 'absent.gguf'}, ctx_size: 8192, metadata: {HUGE_META}}}\n"
+        f"  gone: {{model: {tmp_path / 'gone.gguf'}}}\n"
+    )
+    return path
+
+
+def _ram(path: Path) -> dict[str, Any]:
+    """The CPU device as `llmctl devices --json` shows it."""
+    from processes import llmctl
+
+    res = llmctl("devices", "--json", "--manifest", str(path))
+    assert res.returncode == 0, res.stderr
+    cpu: dict[str, Any] = next(d for d in json.loads(res.stdout)["devices"] if d["name"] == "CPU")
+    return cpu
+
+
+def test_fit_without_a_gpu_judges_against_the_ram_devices_shows(tmp_path: Path) -> None:
+    from processes import llmctl
+
+    path = _no_gpu_manifest(tmp_path)
+    cpu = _ram(path)
+    res = llmctl("fit", "a-profile-name-longer-than-sixteen", "--manifest", str(path))
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    ram = format_bytes(cpu["budget_bytes"])
+    assert re.fullmatch(rf"no GPU: judged against {re.escape(ram)} of RAM, [\d.]+ GiB free", first)
+    assert "no memory budget" not in res.stdout + res.stderr
+    assert "fits" in res.stdout and f"(RAM {ram} - headroom 512.00 MiB)" in res.stdout
+    data = json.loads(
+        llmctl("fit", "huge", "--json", "--manifest", str(path)).stdout  # does not fit: exit 1
+    )
+    assert data["on_gpu"] is False and data["budget_source"] == "RAM"
+    assert data["budget_bytes"] == cpu["budget_bytes"]
+    assert data["headroom_bytes"] == cpu["headroom_bytes"]
+    assert data["fits"] is False and data["gpu_total_bytes"] == 0
+    assert data["total_bytes"] == data["current"]["host"]["total_bytes"] > data["target_bytes"]
+    # RAM offers no GPU changes: nothing to move to the CPU
+    assert not any({"n_gpu_layers", "n_cpu_moe"} & set(s["change"]) for s in data["suggestions"])
+    # a budget given still wins, and is a GPU's
+    res = llmctl("fit", "huge", "--vram", "24GiB", "--json", "--manifest", str(path))
+    assert json.loads(res.stdout)["on_gpu"] is True
+
+
+def test_fit_without_a_profile_lists_every_profile(tmp_path: Path) -> None:
+    from processes import llmctl
+
+    path = _no_gpu_manifest(tmp_path)
+    res = llmctl("fit", "--manifest", str(path))
+    assert res.returncode == 1, res.stderr  # one does not fit
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("no GPU: judged against ")
+    head = next(i for i, line in enumerate(lines) if line.startswith("PROFILE"))
+    rows = {line.split()[0]: line for line in lines[head + 1 :]}
+    assert set(rows) == {"a-profile-name-longer-than-sixteen", "huge", "gone"}
+    assert " yes " in rows["a-profile-name-longer-than-sixteen"] + " "
+    assert " no " in rows["huge"] and "over" in rows["huge"]
+    assert "missing" in rows["gone"]
+    # columns line up: each row's FITS cell starts where the header's does
+    col = lines[head].index("FITS")
+    assert all(rows[n][col - 1] == " " for n in rows)
+    data = json.loads(llmctl("fit", "--json", "--manifest", str(path)).stdout)
+    by = {p["profile"]: p for p in data["profiles"]}
+    assert by["a-profile-name-longer-than-sixteen"]["fits"] is True
+    assert by["huge"]["fits"] is False and by["gone"]["fits"] is None
+    assert "missing" in by["gone"]["error"]
+    assert data["on_gpu"] is False and data["budget_bytes"] == _ram(path)["budget_bytes"]
+    fitting = tmp_path / "ok.yaml"
+    fitting.write_text(
+        f"version: 1\nprofiles:\n  one: {{model: {tmp_path / 'tiny.gguf'}, ctx_size: 512}}\n"
+    )
+    assert llmctl("fit", "--manifest", str(fitting)).returncode == 0
+
+
+def test_fit_with_a_listed_gpu_and_no_vram_takes_what_nvidia_smi_reports(tmp_path: Path) -> None:
+    import os
+
+    from processes import llmctl
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '0, 24576, 20000'\n")
+    smi.chmod(0o755)
+    write_tiny_model(tmp_path / "tiny.gguf")
+    path = tmp_path / "profiles.yaml"
+    path.write_text(
+        "version: 1\ngpu:\n  - {name: CUDA0}\nprofiles:\n"
+        f"  p: {{model: {tmp_path / 'tiny.gguf'}, ctx_size: 1024}}\n"
+    )
+    env = {**os.environ, "LLMCTL_NVIDIA_SMI": str(smi)}
+    res = llmctl("fit", "p", "--json", "--manifest", str(path), env=env)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["on_gpu"] is True and data["budget_bytes"] == 24576 * MiB
+    assert data["budget_source"] == "nvidia-smi CUDA0" and data["gpu_total_bytes"] > 0
+    text = llmctl("fit", "p", "--manifest", str(path), env=env).stdout
+    assert "no GPU" not in text and "(nvidia-smi CUDA0 24.00 GiB - headroom" in text

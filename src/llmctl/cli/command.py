@@ -1,4 +1,5 @@
-"""`llmctl command PROFILE`: the exact llama-server command line a switch runs."""
+"""`llmctl command PROFILE`: the exact llama-server command line a switch runs, with what the
+launch adds (a keep_kv profile's --slot-save-path, --log-jsonl where the binary has it)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ if TYPE_CHECKING:
 def run(profile: str, manifest: str | Path | None = None, *, json_out: bool = False) -> int:
     def body() -> int:
         from llmctl.manifest.cache import load_manifest
+        from llmctl.paths import state_dir
         from llmctl.placement.placer import command_spec
+        from llmctl.supervisor.launch import as_launched
 
-        spec = command_spec(load_manifest(manifest), profile)
+        spec = as_launched(state_dir(), command_spec(load_manifest(manifest), profile))
         if json_out:
             print_json(spec.to_json())
         else:

@@ -8,12 +8,20 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
 from llmctl.cli.argv import CHANGE_FLAGS, CHANGE_OPTIONS, PULL_FLAG, parse
-from llmctl.cli.output import error_json, print_json, render_error, run_command
+from llmctl.cli.output import (
+    EXIT_INTERRUPTED,
+    error_json,
+    print_json,
+    render_error,
+    run_command,
+)
 from llmctl.cli.placement import detect_devices, print_decision, usage_text
 from llmctl.cli.switch import DEFAULT_LOCK_TIMEOUT, supervisor
 from llmctl.errors import EXIT_FAILED, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import typer
 
     from llmctl.supervisor.results import Event
@@ -30,14 +38,6 @@ def run(
     pull: bool = False,
 ) -> int:
     results: list[dict[str, Any]] = []
-
-    def on_event(e: Event) -> None:
-        if json_out or quiet:
-            return
-        if e.kind in ("stopped", "starting", "error") or (
-            e.kind == "locked" and e.message.startswith("waited")
-        ):
-            sys.stderr.write(f"{e.message}\n")
 
     def finish(code: int) -> int:
         if json_out:
@@ -86,13 +86,30 @@ def run(
             if not json_out:
                 render_error(err, json_out=False)
             return finish(EXIT_FAILED)
+        import threading
+
+        from llmctl.cli.progress import make_view, run_with_view
+
         code = EXIT_OK
+        cancel = threading.Event()
         for i, name in enumerate(names):
             t0 = time.monotonic()
-            try:
-                outcome = load_profile(
-                    sup, m, name, report.devices, on_event=on_event, keep=names[:i]
+
+            def work(on_event: Callable[[Event], None], name: str = name, i: int = i) -> Any:
+                return load_profile(
+                    sup,
+                    m,
+                    name,
+                    report.devices,
+                    on_event=on_event,
+                    keep=names[:i],
+                    cancel=cancel,
                 )
+
+            # one view per profile: live on a terminal, plain lines otherwise
+            view = make_view(name, quiet or json_out)
+            try:
+                outcome = run_with_view(view, work, cancel)
             except PlacementRefused as err:
                 results.append({"profile": name, "ok": False, "error": error_json(err)})
                 if not json_out:
@@ -114,7 +131,7 @@ def run(
             if res is None or not res.ready:
                 if res is not None and res.error is not None and not json_out:
                     render_error(res.error, json_out=False)
-                return finish(EXIT_FAILED)
+                return finish(EXIT_INTERRUPTED if cancel.is_set() else EXIT_FAILED)
             if not json_out:
                 what = "already running" if res.noop else "ready"
                 devices = ""

@@ -1,13 +1,17 @@
-"""The progress of a switch on stderr: a live view on a terminal (rich, imported only then), plain
-lines otherwise, nothing with --quiet."""
+"""The progress of a switch or a load on stderr: a live view on a terminal (rich, imported only
+then), plain lines otherwise, nothing with --quiet. `run_with_view` runs one load in a worker
+thread while this thread draws its progress (`llmctl load`, one view per profile)."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
     from rich.console import Console, ConsoleOptions, RenderResult
 
     from llmctl.supervisor.results import Event
@@ -143,3 +147,53 @@ def make_view(profile: str, quiet: bool) -> View:
     if sys.stderr.isatty() and _err_console().is_terminal:
         return _LiveView(profile)
     return _PlainView()
+
+
+T = TypeVar("T")
+
+
+def run_with_view(
+    view: View, work: Callable[[Callable[[Event], None]], T], cancel: threading.Event
+) -> T:
+    """`work(on_event)` in a worker thread while this thread feeds its events to `view`; Ctrl-C
+    sets `cancel` (the work stops the load) and waits for the work to end. The work's result, or
+    its exception raised here."""
+    import queue
+    import threading
+
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["result"] = work(events.put)
+        except BaseException as exc:  # handed to the main thread
+            box["exc"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=target, name="llmctl-load", daemon=True)
+    view.start()
+    try:
+        worker.start()
+        while True:
+            try:
+                finished = done.wait(0.05)  # woken at once by the worker; paces the live view
+                while not events.empty():
+                    view.event(events.get())
+                if finished:
+                    break
+                view.tick()
+            except KeyboardInterrupt:
+                if not cancel.is_set():
+                    cancel.set()
+                    view.note("cancelling: stopping the load, leaving nothing of it running ...")
+        while not events.empty():
+            view.event(events.get())
+    finally:
+        view.stop()
+    if "exc" in box:
+        raise box["exc"]
+    result: T = box["result"]
+    return result

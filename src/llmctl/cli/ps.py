@@ -20,6 +20,8 @@ def run(*, json_out: bool = False) -> int:
 
 
 def _ps(json_out: bool) -> int:
+    from llmctl.cli.status import launch_identity
+    from llmctl.supervisor.stale import UNKNOWN, check
     from llmctl.supervisor.state import CorruptState, read_servers
 
     sup = supervisor(600.0)
@@ -28,6 +30,7 @@ def _ps(json_out: bool) -> int:
         recs = read_servers(sup.state_dir)
     except (CorruptState, OSError):
         recs = {}
+    stale = check(recs, launch_identity)  # against each launch's manifest as it is now
     rows: list[dict[str, Any]] = []
     for st in servers:
         rec = recs.get(st.profile or "")
@@ -38,6 +41,7 @@ def _ps(json_out: bool) -> int:
         # which figure the placement used (engine plan / formula), and what the launch stated
         row["memory_source"] = extra.get("memory_source")
         row["engine_plan"] = extra.get("engine_plan")
+        row.update(stale.get(st.profile or "", UNKNOWN).to_json())
         rows.append(row)
     from llmctl.cli.status import kv_saved_text
     from llmctl.supervisor.kvcache.files import saved
@@ -57,15 +61,18 @@ def _ps(json_out: bool) -> int:
         sys.stdout.write("nothing runs\n")
         sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
         return code
-    # columns as wide as their longest value (init's own profile names pass 16 characters)
-    name_w = max(16, *(len(str(r["profile"])) for r in rows))
+    # columns as wide as their longest value (init's own profile names pass 16 characters);
+    # a stale server's name is marked with a `*`, explained under the table
+    names = [f"{r['profile']}{STALE_MARK if r['stale'] else ''}" for r in rows]
+    name_w = max(16, *(len(n) for n in names))
     url_w = max(24, *(len(str(r["url"] or "-")) for r in rows))
     head = (
         f"{'PROFILE':<{name_w}} {'PHASE':<8} {'HEALTH':<7} {'PID':>7} {'URL':<{url_w}} "
         f"{'UPTIME':>8}  MEMORY"
     )
     sys.stdout.write(head + "\n")
-    for r in rows:
+    columns = _terminal_columns()
+    for name, r in zip(names, rows, strict=True):
         health = {True: "ok", False: "FAIL", None: "-"}[r["healthy"]]
         planned = usage_text(r["planned"]) if r["planned"] else ""  # placed: what it holds
         reported = r["memory"].get("total_mib") if r["memory"] else None
@@ -76,12 +83,47 @@ def _ps(json_out: bool) -> int:
         said = ", ".join(n for n in notes if n)
         mem = (f"{planned} ({said})" if planned and said else planned or said) or "-"
         uptime = f"{r['uptime_s']:.0f} s" if r["uptime_s"] is not None else "-"
-        sys.stdout.write(
-            f"{r['profile']:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
-            f"{r['url'] or '-':<{url_w}} {uptime:>8}  {mem}\n"
+        line = (
+            f"{name:<{name_w}} {r['phase'] or '-':<8} {health:<7} {r['pid'] or '-':>7} "
+            f"{r['url'] or '-':<{url_w}} {uptime:>8}  {mem}"
         )
+        sys.stdout.write(_fit(line, len(line) - len(mem), columns) + "\n")
+    sys.stdout.write("".join(line + "\n" for line in stale_text(rows)))
     sys.stdout.write("".join(line + "\n" for line in kv_saved_text(kv)))
     return code
+
+
+STALE_MARK = "*"
+
+
+def _terminal_columns() -> int | None:
+    """The terminal's width when stdout is one, else None (a pipe gets whole lines)."""
+    import os
+
+    if not sys.stdout.isatty():
+        return None
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except OSError:
+        return None
+
+
+def _fit(line: str, fixed: int, columns: int | None) -> str:
+    """A row within the terminal's width: the last column (memory) is cut with `...`, so that a
+    row never wraps; the columns before it (`fixed` characters) stay whole."""
+    if columns is None or len(line) <= columns or fixed + 8 > columns:
+        return line
+    return line[: columns - 3] + "..."
+
+
+def stale_text(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per stale server under the table: why, and how to restart it."""
+    return [
+        f"{STALE_MARK} stale: {r['profile']} runs an old launch ({r['stale_why']}); "
+        f"`llmctl load {r['profile']}` restarts it"
+        for r in rows
+        if r["stale"]
+    ]
 
 
 def fast(args: list[str]) -> int | None:

@@ -40,6 +40,8 @@ NOT_RUNNING: dict[str, Any] = {
     "note": None,
     "servers": [],
     "kv_saved": [],
+    "stale": None,
+    "stale_why": None,
 }
 NOT_RUNNING_JSON = (
     "{\n"
@@ -126,13 +128,20 @@ def status_text(status: dict[str, Any]) -> str:
         ]
         if status["memory"]:
             rows.append(("memory", memory_text(status["memory"])))
+        if status.get("stale"):
+            again = f"`llmctl load {status['profile']}` restarts it"
+            rows.append(("stale", f"yes: {status['stale_why']}; {again}"))
+        elif status.get("stale") is None and status.get("stale_why"):
+            rows.append(("stale", f"unknown: {status['stale_why']}"))
         width = max(len(k) for k, _ in rows)
         lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
     others = [x for x in status.get("servers", ()) if x["profile"] != status["profile"]]
     for other in others:
         health = {True: "healthy", False: "NOT healthy", None: "loading"}[other["healthy"]]
+        old = f", STALE ({other['stale_why']})" if other.get("stale") else ""
         lines.append(
-            f"also running: {other['profile']} (pid {other['pid']}) at {other['url']}, {health}"
+            f"also running: {other['profile']} (pid {other['pid']}) at {other['url']}, "
+            f"{health}{old}"
         )
     if status["note"]:
         lines.append(f"note: {status['note']}")
@@ -172,7 +181,36 @@ def full_status(folder: os.PathLike[str] | str) -> Status:
 
     from llmctl.supervisor.lifecycle import Supervisor
 
-    return Supervisor(Path(folder), lock_timeout=0.0).status()
+    status = Supervisor(Path(folder), lock_timeout=0.0).status()
+    if status.running:
+        mark_stale(status, Path(folder))
+    return status
+
+
+def launch_identity(manifest: Any, profile: str) -> str | None:
+    """launch.current_identity, imported only when a manifest changed since a launch."""
+    from llmctl.supervisor.launch import current_identity
+
+    return current_identity(manifest, profile)
+
+
+def mark_stale(status: Status, folder: os.PathLike[str] | str) -> None:
+    """Which servers run an old launch: from their records and the manifest cache only (one
+    stat when the manifest is unchanged; never a validation)."""
+    from pathlib import Path
+
+    from llmctl.supervisor.stale import UNKNOWN, check
+    from llmctl.supervisor.state import CorruptState, read_servers
+
+    try:
+        recs = read_servers(Path(folder))
+    except (CorruptState, OSError):
+        return
+    found = check(recs, launch_identity, cheap=True)
+    mine = found.get(status.profile or "", UNKNOWN)
+    status.stale, status.stale_why = mine.stale, mine.why
+    for server in status.servers:
+        server.update(found.get(server["profile"] or "", UNKNOWN).to_json())
 
 
 def run_status(json_out: bool) -> int:
@@ -217,6 +255,8 @@ __all__ = [
     "current_status",
     "fast",
     "kv_saved_text",
+    "launch_identity",
+    "mark_stale",
     "memory_text",
     "register",
     "run_status",

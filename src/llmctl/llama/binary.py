@@ -48,9 +48,9 @@ def _file_id(path: str) -> str:
 def file_identity(binary: str) -> list[str] | None:
     """The binary and the llama/ggml libraries beside it (a rebuild may change only those), each
     as path, size and mtime; None when the binary does not exist."""
-    import shutil
+    from llmctl.paths import on_path  # not shutil: it brings bz2 and lzma along
 
-    exe = binary if os.sep in binary else (shutil.which(binary) or binary)
+    exe = binary if os.sep in binary else (on_path(binary) or binary)
     try:
         ids = [_file_id(exe)]
     except OSError:

@@ -171,3 +171,25 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
 
         cross = manifest_rules(manifest)
     return usable(found, manifest, problems, cross)
+
+
+def cached_manifest(path: Path) -> Manifest | None:
+    """The manifest at `path` from a cache entry that is still valid, else None: never validates
+    (no YAML, no pydantic), for a command that must stay cheap (`llmctl status`)."""
+    from llmctl.errors import LlmctlError
+
+    real = os.path.realpath(path)
+    try:
+        text = read_manifest_bytes(real, path).decode("utf-8")
+    except (OSError, UnicodeDecodeError, LlmctlError):
+        return None
+    hit = _read(path, real, text)
+    if hit is None:
+        return None
+    manifest, problems, cross = hit
+    if cross is None:
+        return None
+    try:
+        return usable(path, manifest, problems, cross)
+    except LlmctlError:
+        return None

@@ -5,6 +5,9 @@ ranked by what they cost in quality or speed: a q8_0 KV cache first (near lossle
 window-sized sliding-window cache, then a smaller context or fewer slots (in proportion to what
 is lost), a q4_0 cache, and last what costs speed: MoE experts on the CPU (`n_cpu_moe`) before
 whole layers (`n_gpu_layers`), each ranked by the slowdown a bandwidth model expects.
+
+Without a GPU (`on_gpu=False`) every figure is host memory: the judged total is the estimate's
+RAM total, and only the changes that shrink it (cache types, window, context, slots) are offered.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from llmctl.memory.hparams import HParams, hparams_from_metadata
 from llmctl.memory.options import LaunchOptions
 
 
+def judged_bytes(e: Estimate) -> int:
+    """The total a budget judges: the GPU's, or the host's when the estimate uses no GPU."""
+    return e.gpu_total_bytes if e.on_gpu else e.host_total_bytes
+
+
 @dataclass
 class Suggestion:
     """One change (profile fields -> new values), why, and the estimate it gives."""
@@ -35,6 +43,7 @@ class Suggestion:
             "change": self.change,
             "description": self.description,
             "gpu_total_bytes": self.estimate.gpu_total_bytes,
+            "total_bytes": judged_bytes(self.estimate),
             "kv_cache_bytes": self.estimate.kv_bytes,
             "estimate": self.estimate.to_json(),
         }
@@ -52,14 +61,20 @@ class FitAdvice:
     max_ctx_size: int | None = None  # when it fits: the largest -c that still fits
     max_estimate: Estimate | None = None
     n_ctx_train: int = 0
+    on_gpu: bool = True  # False: judged against host RAM (no GPU)
 
     @property
     def target_bytes(self) -> int:
         return self.budget_bytes - self.headroom_bytes
 
     @property
+    def total_bytes(self) -> int:
+        """The judged total: GPU memory, or RAM without a GPU."""
+        return judged_bytes(self.current)
+
+    @property
     def fits(self) -> bool:
-        return self.current.gpu_total_bytes <= self.target_bytes
+        return self.total_bytes <= self.target_bytes
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +84,8 @@ class FitAdvice:
             "headroom_bytes": self.headroom_bytes,
             "target_bytes": self.target_bytes,
             "gpu_total_bytes": self.current.gpu_total_bytes,
+            "on_gpu": self.on_gpu,
+            "total_bytes": self.total_bytes,
             "current": self.current.to_json(),
             "suggestions": [s.to_json() for s in self.suggestions],
             "max_ctx_size": self.max_ctx_size,
@@ -76,6 +93,7 @@ class FitAdvice:
             "max_ctx_gpu_total_bytes": (
                 self.max_estimate.gpu_total_bytes if self.max_estimate else None
             ),
+            "max_ctx_total_bytes": judged_bytes(self.max_estimate) if self.max_estimate else None,
         }
 
 
@@ -147,9 +165,11 @@ def advise(
     profile: str | None = None,
     max_suggestions: int = 6,
     rules: BuildRules = NEWEST,
+    on_gpu: bool = True,
 ) -> FitAdvice:
-    """Fit advice for `opts` against `budget - headroom` bytes of GPU memory, by the rules of a
-    llama.cpp build (llmctl.memory.builds)."""
+    """Fit advice for `opts` against `budget - headroom` bytes of GPU memory, or of RAM with
+    `on_gpu=False` (no GPU: everything stays in host memory), by the rules of a llama.cpp build
+    (llmctl.memory.builds)."""
     hp = hparams_from_metadata(source.metadata)
     target = budget - headroom
 
@@ -162,13 +182,16 @@ def advise(
             headroom=headroom,
             overhead=overhead,
             rules=rules,
+            gpu=on_gpu,
         )
 
     def fits(o: LaunchOptions) -> bool:
-        return est(o).gpu_total_bytes <= target
+        return judged_bytes(est(o)) <= target
 
     current = est(opts)
-    advice = FitAdvice(profile, current, budget, headroom, n_ctx_train=hp.n_ctx_train)
+    advice = FitAdvice(
+        profile, current, budget, headroom, n_ctx_train=hp.n_ctx_train, on_gpu=on_gpu
+    )
     n_ctx0 = opts.ctx_size if opts.ctx_size > 0 else hp.n_ctx_train
 
     if advice.fits:
@@ -181,6 +204,8 @@ def advise(
             advice.max_ctx_size = max(best * 256, n_ctx0)
             advice.max_estimate = est(replace(opts, ctx_size=advice.max_ctx_size))
         return advice
+    if max_suggestions <= 0:
+        return advice
 
     heads = {hp.head_k(il) for il in range(hp.n_layer_all) if hp.n_head_kv[il] > 0}
     heads |= {hp.head_v(il) for il in range(hp.n_layer_all) if hp.n_head_kv[il] > 0}
@@ -189,7 +214,7 @@ def advise(
     def add(change: dict[str, Any], description: str, cost: float) -> None:
         new = replace(opts, **change)
         e = est(new)
-        if e.gpu_total_bytes <= target:
+        if judged_bytes(e) <= target:
             candidates.append(Suggestion(change, description, e, cost))
 
     # 1. KV cache types (quantized V needs flash attention; MLA needs K == V)
@@ -257,6 +282,22 @@ def advise(
                 )
                 break
 
+    if on_gpu:
+        _offload_changes(opts, current, hp, fits, est, add)
+    candidates.sort(key=lambda s: s.cost)
+    advice.suggestions = candidates[:max_suggestions]
+    return advice
+
+
+def _offload_changes(
+    opts: LaunchOptions,
+    current: Estimate,
+    hp: HParams,
+    fits: Callable[[LaunchOptions], bool],
+    est: Callable[[LaunchOptions], Estimate],
+    add: Callable[[dict[str, Any], str, float], None],
+) -> None:
+    """What costs speed, not quality: MoE experts, then whole layers, on the CPU (GPU only)."""
     # 5. MoE: experts of the first N blocks on the CPU; attention and the KV cache stay on the
     # GPU, and a token reads only the experts it is routed to
     n_all = hp.n_layer_all
@@ -286,7 +327,3 @@ def advise(
             f"{best_ngl} layers on the GPU, {moved} on the CPU (-ngl {best_ngl}; slower)",
             cost,
         )
-
-    candidates.sort(key=lambda s: s.cost)
-    advice.suggestions = candidates[:max_suggestions]
-    return advice

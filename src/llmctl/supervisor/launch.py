@@ -2,19 +2,22 @@
 
 `launch_spec(manifest, name)` composes a profile's LaunchSpec from the flag table (llama/flags.py),
 the binary (llama/binary.py) and the profile's settings; `KeepKv` is a profile's keep_kv limits,
-which supervisor/kvcache/ applies. Light at import: the table and the binary lookup are imported
-when a spec is built, so `llmctl status` does not pay for them."""
+which supervisor/kvcache/ applies; the spec's `origin` is what a launch record keeps to tell
+later whether its server is stale (supervisor/stale.py). Light at import: the table and the binary
+lookup are imported when a spec is built, so `llmctl status` does not pay for them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llmctl.paths import is_hub_model
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from llmctl.manifest.model import Manifest, Profile, ServerConfig
 
 
@@ -51,6 +54,9 @@ class LaunchSpec:
     placement: dict[str, Any] = field(default_factory=dict, compare=False)
     # Save the slots' KV cache before an unload, restore it after the next load (supervisor/kvcache/).
     keep_kv: KeepKv | None = None
+    # Where the launch came from (supervisor/stale.py): the manifest's path and stat, and the
+    # profile's identity in it; kept in the record, so that ps and status tell a stale server.
+    origin: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def url(self) -> str:
@@ -167,7 +173,7 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
 
         known = known_flags(binary)  # cached per binary; asked only for a flag that changed
     model, files = hub_files(profile) if is_hub_model(profile.model) else (profile.model, None)
-    return LaunchSpec(
+    spec = LaunchSpec(
         profile=pname,
         argv=(binary, *profile_args(pname, profile, host, port, known, files)),
         env=dict(profile.env),
@@ -180,6 +186,49 @@ def launch_spec(manifest: Manifest, name: str) -> LaunchSpec:
         unset_env=secret_env_names(manifest),
         keep_kv=_keep_kv(profile, server),
     )
+    from llmctl.supervisor.stale import origin_of
+
+    return replace(spec, origin=origin_of(manifest, spec))
+
+
+def current_identity(manifest: Manifest, profile: str) -> str | None:
+    """The identity the manifest gives `profile` now (supervisor/stale.py); None when its
+    launch cannot be composed."""
+    from llmctl.errors import LlmctlError
+
+    try:
+        spec = launch_spec(manifest, profile)
+    except (LlmctlError, OSError):
+        return None
+    found = spec.origin.get("identity")
+    return str(found) if found else None
+
+
+def with_log_format(spec: LaunchSpec) -> LaunchSpec:
+    """The spec with `--log-jsonl` where the binary has it (its cached --help) and the profile
+    sets no log format of its own: the engine's memory plan is then in every launch log."""
+    from llmctl.llama.binary import known_flags
+    from llmctl.llama.logline import JSONL_FLAG
+
+    if any(a.startswith(("--log-", "-lv", "--verbosity")) for a in spec.argv[1:]):
+        return spec  # the user's own log settings stand (a verbose text log, a log file)
+    flags = known_flags(spec.argv[0])
+    if flags is None or JSONL_FLAG not in flags:
+        return spec
+    return replace(spec, argv=(*spec.argv, JSONL_FLAG))
+
+
+def as_launched(state_dir: Path, spec: LaunchSpec) -> LaunchSpec:
+    """`spec` with what a launch adds (Supervisor._start), without its effects: a keep_kv
+    profile's `--slot-save-path` (its folder, not claimed here), then `--log-jsonl`. What
+    `llmctl command` prints: the argv llama-server is started with."""
+    if spec.keep_kv is not None:
+        # not kvcache.hooks (it imports the HTTP client for the slots): the folder and flag only
+        from llmctl.supervisor.kvcache.files import profile_folder, slot_save_args
+
+        folder = profile_folder(state_dir, spec.profile)
+        spec = replace(spec, argv=(*spec.argv, *slot_save_args(folder)))
+    return with_log_format(spec)
 
 
 def hub_files(profile: Profile) -> tuple[str, dict[str, list[str]]]:

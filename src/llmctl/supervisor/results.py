@@ -46,6 +46,9 @@ class Status:
     servers: list[dict[str, Any]] = field(default_factory=list)
     # added: saved KV caches of keep_kv profiles (kvcache.files.saved)
     kv_saved: list[dict[str, Any]] = field(default_factory=list)
+    # added: the server runs an old launch of its profile (supervisor/stale.py); None: unknown
+    stale: bool | None = None
+    stale_why: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,8 @@ class Status:
             "note": self.note,
             "servers": list(self.servers),
             "kv_saved": list(self.kv_saved),
+            "stale": self.stale,
+            "stale_why": self.stale_why,
         }
 
 

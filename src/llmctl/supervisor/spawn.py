@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from llmctl.errors import LaunchError
 from llmctl.supervisor import procs
+
+# stated with the launch (`llmctl command` shows it without importing this module)
+from llmctl.supervisor.launch import with_log_format as _with_log_format
 from llmctl.supervisor.state import LAUNCH_ID_ENV, CorruptState, LaunchRecord, read_servers
 
 if TYPE_CHECKING:
@@ -101,27 +104,18 @@ def starting_record(
             **spec.placement,
             **({"keep_kv": keep_kv} if keep_kv else {}),
             **({"started_by": by} if by else {}),
+            **({"origin": spec.origin} if spec.origin else {}),
         },
     )
 
 
 def with_log_format(spec: LaunchSpec) -> LaunchSpec:
-    """The spec with `--log-jsonl` where the binary has it (its cached --help) and the profile
-    sets no log format of its own: the engine's memory plan is then in every launch log."""
-    from dataclasses import replace
-
-    from llmctl.llama.binary import known_flags
-    from llmctl.llama.logline import JSONL_FLAG
+    """launch.with_log_format for a launch: what the build lacks (no --log-jsonl, no slot token
+    counts for keep_kv) is said once here, not by `llmctl command`, which shows the same argv."""
     from llmctl.supervisor.features import say_once
 
-    # what the build lacks (no --log-jsonl, no slot token counts for keep_kv): said once
     say_once(spec.argv[0], (spec.profile,) if spec.keep_kv is not None else ())
-    if any(a.startswith(("--log-", "-lv", "--verbosity")) for a in spec.argv[1:]):
-        return spec  # the user's own log settings stand (a verbose text log, a log file)
-    flags = known_flags(spec.argv[0])
-    if flags is None or JSONL_FLAG not in flags:
-        return spec
-    return replace(spec, argv=(*spec.argv, JSONL_FLAG))
+    return _with_log_format(spec)
 
 
 def launcher_gone(rec: LaunchRecord, what: str) -> bool:

@@ -24,9 +24,20 @@ async def state_endpoint(request: Request) -> Response:
     rss = {st.pid: _rss(st.pid) for st in statuses if st.pid}
     records = await run_in_threadpool(router.supervisor.records)
     sources = {n: str(r.extra.get("memory_source") or "formula") for n, r in records.items()}
+    stale = await run_in_threadpool(stale_servers, router)
     return JSONResponse(
-        build_state(router, statuses, plans, _meminfo(), rss, evicts, sources=sources)
+        build_state(router, statuses, plans, _meminfo(), rss, evicts, stale, sources=sources)
     )
+
+
+def stale_servers(router: Router) -> dict[str, dict[str, Any]]:
+    """{profile: {"stale", "stale_why"}} of the running servers, against the router's manifest
+    (what it loaded last: an edit counts once SIGHUP reloads it)."""
+    from llmctl.supervisor.launch import current_identity
+    from llmctl.supervisor.stale import check
+
+    found = check(router.supervisor.records(), current_identity, load=lambda _path: router.manifest)
+    return {name: st.to_json() for name, st in found.items()}
 
 
 def build_state(
@@ -36,13 +47,17 @@ def build_state(
     meminfo: dict[str, int],
     rss: dict[int, int | None],
     evicts: dict[str, list[str]] | None = None,
+    stale: dict[str, dict[str, Any]] | None = None,
     *,
     sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The page's data from what the router knows (no I/O here). `statuses` are the running
     servers (Supervisor.ps), `rss` their resident memory by pid; `evicts` (several servers):
-    what loading each profile now would unload, by the placer's decision; `sources`: which
-    figure placed each running server (measured / engine plan / formula, its record's)."""
+    what loading each profile now would unload, by the placer's decision; `stale`: which servers
+    run an old launch of their profile (stale_servers); `sources`: which figure placed each
+    running server (measured / engine plan / formula, its record's)."""
+    old = stale or {}
+    fresh = {"stale": False, "stale_why": None}
     sched = router.scheduler
     active = sched.active
     loading = sched.loading
@@ -77,6 +92,7 @@ def build_state(
                 "rss_bytes": rss.get(st.pid) if st is not None and st.pid else None,
                 "inflight": inflight_of(profile),
                 "idle_s": idle_of(profile),
+                **old.get(profile or "", fresh),
             }
         )
     by_profile = {s["profile"]: s for s in servers if s["profile"] is not None}
@@ -125,6 +141,7 @@ def build_state(
                 or (plan.get("estimate") or {}).get("memory_source"),
                 "plan": plan.get("devices", {}),
                 "evicts": unloads,
+                **(old.get(name, fresh) if state == "ready" else fresh),
             }
         )
     loaded = [s for s in servers if s["profile"] is not None]

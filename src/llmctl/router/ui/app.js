@@ -290,8 +290,12 @@ function renderProfiles() {
       onmouseenter: () => setHover(p.name), onmouseleave: () => setHover(null),
       onfocusin: () => setHover(p.name), onfocusout: () => setHover(null),
     });
+    const badge = el("span", { class: `state ${shown}`, "data-role": "state", text: shown });
+    // a server that runs an old launch of its profile (the manifest changed since it started)
+    const stale = p.stale ? el("span", { class: "state stale", "data-role": "stale", text: "stale",
+      title: `${p.stale_why || "runs an old launch"}; it restarts with the new flags` }) : null;
     card.append(el("h3", { id: `p-${p.name}` }, p.name,
-      el("span", { class: `state ${shown}`, "data-role": "state", text: shown })));
+      stale ? el("span", { class: "badges" }, stale, badge) : badge));
     if (p.description) card.append(el("p", { class: "muted", text: p.description }));
     const dl = el("dl");
     const row = (k, v) => dl.append(el("dt", { text: k }), el("dd", {}, v));

@@ -85,6 +85,11 @@ def profile_folder(state_dir: Path, profile: str) -> Path:
     return kv_root(state_dir) / folder_name(profile)
 
 
+def slot_save_args(folder: Path) -> tuple[str, ...]:
+    """The arguments that give llama-server `folder` for its slot files."""
+    return ("--slot-save-path", str(folder))
+
+
 def file_sha256(path: Path) -> str | None:
     """The SHA-256 of a file (hex), None when it cannot be read.
 

@@ -48,7 +48,12 @@ def prepare_launch(state_dir: Path, spec: LaunchSpec) -> tuple[LaunchSpec, dict[
         "key": launch_key(spec.argv, spec.env),
         "limits": spec.keep_kv.to_json(),
     }
-    return replace(spec, argv=(*spec.argv, "--slot-save-path", str(folder))), record
+    return with_slot_save_path(spec, folder), record
+
+
+def with_slot_save_path(spec: LaunchSpec, folder: Path) -> LaunchSpec:
+    """The spec with `--slot-save-path FOLDER`, as a keep_kv launch runs it."""
+    return replace(spec, argv=(*spec.argv, *files.slot_save_args(folder)))
 
 
 def _limits(record: Mapping[str, Any]) -> KeepKv:
