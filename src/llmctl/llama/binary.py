@@ -5,18 +5,15 @@ again and an unchanged one is never started twice for the same question."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from llmctl.paths import cache_dir
+from llmctl.paths import cache_dir, on_path
 
-_SPLIT = re.compile(r"\s{2,}")
+_SPLIT = r"\s{2,}"  # compiled on first use (re caches it): not at import
 _PARSER_VERSION = 2  # part of the cache key: bump when parse_help changes
 
 
@@ -29,7 +26,7 @@ def parse_help(text: str) -> frozenset[str]:
         # The flag column ends at the first wide gap that does not follow a comma
         # ("-a,    --alias STRING      set model name ...").
         head = line.rstrip()
-        for gap in _SPLIT.finditer(head):
+        for gap in re.finditer(_SPLIT, head):
             if head[gap.start() - 1] != ",":
                 head = head[: gap.start()]
                 break
@@ -48,9 +45,7 @@ def _file_id(path: str) -> str:
 def file_identity(binary: str) -> list[str] | None:
     """The binary and the llama/ggml libraries beside it (a rebuild may change only those), each
     as path, size and mtime; None when the binary does not exist."""
-    import shutil
-
-    exe = binary if os.sep in binary else (shutil.which(binary) or binary)
+    exe = on_path(binary) or binary
     try:
         ids = [_file_id(exe)]
     except OSError:
@@ -75,6 +70,8 @@ def _cache_file(binary: str, kind: str, *extra: str) -> Path | None:
     ident = file_identity(binary)
     if ident is None:
         return None
+    import hashlib
+
     key = hashlib.sha256("\0".join([str(_PARSER_VERSION), kind, *ident, *extra]).encode())
     return cache_dir() / f"{kind}-{key.hexdigest()[:20]}.json"
 
@@ -102,6 +99,8 @@ def _keep(path: Path | None, value: Any) -> None:
 
 def _run(binary: str, flag: str, timeout: float) -> str | None:
     """`binary FLAG`'s output (stdout and stderr), without llama-server's LLAMA_ARG_ variables."""
+    import subprocess  # only when the cache has no answer: commands start without it
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
     try:
         proc = subprocess.run(
@@ -175,9 +174,9 @@ def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
 _VERSION = re.compile(r"version:\s*(\S+)\s*\(build\s*(\d+)(?:,\s*commit\s*(\S+?))?\)")
 
 
-@dataclass(frozen=True)
-class LlamaBuild:
-    """llama-server's `--version`: the release, its build number and commit."""
+class LlamaBuild(NamedTuple):
+    """llama-server's `--version`: the release, its build number and commit. (A NamedTuple, not
+    a dataclass: made at import, it costs `llmctl command` and `switch` a tenth as much.)"""
 
     version: str
     build: int
@@ -236,6 +235,4 @@ def find_binary(configured: str | None = None) -> str | None:
         return os.path.expanduser(env)
     if configured:
         return configured
-    from llmctl.paths import on_path
-
     return on_path("llama-server")

@@ -11,9 +11,10 @@ calibration key (model file, memory arguments, build), so a later decision reuse
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from llmctl.paths import on_path
 
 if TYPE_CHECKING:
     from llmctl.llama.engineplan import EnginePlan
@@ -67,7 +68,7 @@ def known_plan_for(spec: LaunchSpec) -> EnginePlan | None:
     if not (state_dir() / "engine-plans.json").exists():
         return None  # nothing probed yet: no import of the plan code on the everyday paths
     store = engine_store()
-    if not os.access(shutil.which(spec.argv[0]) or spec.argv[0], os.X_OK):
+    if not os.access(on_path(spec.argv[0]) or spec.argv[0], os.X_OK):
         return None
     key, _ = _key(spec)
     return store.get(key)
@@ -88,7 +89,7 @@ def probe_profile(
 
     name = manifest.resolve(name)
     spec = spec or launch_spec(manifest, name)
-    binary = shutil.which(spec.argv[0]) or spec.argv[0]
+    binary = on_path(spec.argv[0]) or spec.argv[0]
     if not os.access(binary, os.X_OK):
         return ProbeResult(
             name,

@@ -21,8 +21,8 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from llmctl.errors import OperatorStopped
 
@@ -31,9 +31,9 @@ _MAX_BYTES = 1 << 20  # a hand-edited or corrupt file is ignored, never read who
 _ALL = "*"  # the key for "every server"
 
 
-@dataclass(frozen=True)
-class StopMark:
-    """A stop from a shell: when (wall clock), by which process, of which profile (None: all)."""
+class StopMark(NamedTuple):
+    """A stop from a shell: when (wall clock), by which process, of which profile (None: all).
+    (A NamedTuple: `llmctl stop` imports this module, and a dataclass costs ten times more.)"""
 
     at: float
     pid: int
