@@ -21,7 +21,7 @@ from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.results import Status
 from llmctl.supervisor.state import read_state
 from processes import imported_modules, llmctl
-from supervisor_helpers import FAKE, fake_pids, kill_fakes, wait_until
+from supervisor_helpers import FAKE, fake_pids, kill_fakes, llama_pids, wait_until
 
 SWITCH_KEYS = {"profile", "pid", "port", "url", "ready", "elapsed_s", "log", "ok", "error"}
 
@@ -472,14 +472,7 @@ def test_demo_with_real_llama_server(
     assert out.index("ready: profile 'chat'") < out.index("ready: profile 'chat-wide'")
     demo_state = paths.state_dir() / "demo" / "state"
     assert read_state(demo_state) is None
-    mark = f"LLMCTL_TEST_SESSION={os.environ['LLMCTL_TEST_SESSION']}"
-    assert not [
-        p
-        for p in procs.all_pids()
-        if procs.cmdline(p).startswith(str(llama_server_bin))
-        and procs.environ_has(p, mark)
-        and procs.is_alive(p)
-    ]
+    assert llama_pids(llama_server_bin) == []
 
 
 def test_demo_without_llama_server_says_how_to_get_one(

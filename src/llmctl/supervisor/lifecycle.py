@@ -78,7 +78,13 @@ from llmctl.errors import LaunchError, LlmctlError
 from llmctl.supervisor import procs
 from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.results import Emitter, Event, Status, StopResult, result_maker
-from llmctl.supervisor.state import CorruptState, LaunchRecord, check_writable, read_servers
+from llmctl.supervisor.state import (
+    CorruptState,
+    LaunchRecord,
+    check_writable,
+    read_servers,
+    readable_servers,
+)
 
 if TYPE_CHECKING:
     from llmctl.supervisor.launch import LaunchSpec
@@ -137,10 +143,7 @@ class Supervisor:
 
     def records(self) -> dict[str, LaunchRecord]:
         """The state's records by profile (no repair; {} when unreadable)."""
-        try:
-            return read_servers(self.state_dir)
-        except CorruptState:
-            return {}
+        return readable_servers(self.state_dir)
 
     def _snapshot(self, check_health: bool, timeout: float) -> tuple[list[Status], str | None]:
         procs.reap_children()

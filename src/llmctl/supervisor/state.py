@@ -207,22 +207,24 @@ def new_temp(folder: Path, prefix: str) -> tuple[int, Path]:
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
 
 
+def readable_servers(state_dir: Path) -> dict[str, LaunchRecord]:
+    """The records by profile, {} when the file is unreadable (repair.py deals with that)."""
+    try:
+        return read_servers(state_dir)
+    except CorruptState:
+        return {}
+
+
 def put_record(state_dir: Path, rec: LaunchRecord) -> None:
     """Under the lock: add or replace one record."""
-    try:
-        recs = read_servers(state_dir)
-    except CorruptState:
-        recs = {}
+    recs = readable_servers(state_dir)
     recs[rec.profile] = rec
     write_servers(state_dir, recs)
 
 
 def drop_record(state_dir: Path, rec: LaunchRecord) -> None:
     """Under the lock: remove one record (only if it is still this launch)."""
-    try:
-        recs = read_servers(state_dir)
-    except CorruptState:
-        recs = {}
+    recs = readable_servers(state_dir)
     cur = recs.get(rec.profile)
     if cur is not None and cur.launch_id == rec.launch_id:
         del recs[rec.profile]
