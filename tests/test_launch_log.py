@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import processes
 from llmctl import paths
 from llmctl.llama.logline import decode_text, event_type, text_lines
 from llmctl.supervisor.launch import LaunchSpec
@@ -17,7 +18,6 @@ from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.logs import LogFollower, error_line, tail_lines
 from llmctl.supervisor.state import read_servers
 from llmctl.testing.testmodels import write_tiny_model
-from processes import free_port
 from supervisor_helpers import real_spec
 
 ENTRY = '{"type":"log","time":61234567,"level":"error","msg":"srv  load_model: failed\\nsecond\\n"}'
@@ -56,7 +56,7 @@ def test_a_real_launch_logs_json_records_its_plan_and_reads_as_text(
     tmp_path: Path, llama_server_bin: Path
 ) -> None:
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
-    spec = real_spec(llama_server_bin, model, free_port(), "tiny")
+    spec = real_spec(llama_server_bin, model, processes.free_port(), "tiny")
     sup = Supervisor(paths.state_dir(), lock_timeout=30)
     try:
         res = sup.switch(spec)
@@ -104,7 +104,7 @@ def test_a_keep_kv_profile_switched_to_again_is_a_noop(
 
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
     keep = KeepKv(1 << 20, 1 << 24, 3600.0, 30.0)
-    spec = real_spec(llama_server_bin, model, free_port(), "kept", keep_kv=keep)
+    spec = real_spec(llama_server_bin, model, processes.free_port(), "kept", keep_kv=keep)
     sup = Supervisor(paths.state_dir(), lock_timeout=30)
     try:
         first = sup.switch(spec)
