@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from llmctl.paths import cache_dir, on_path
 
-_SPLIT = r"\s{2,}"  # compiled on first use (re caches it): not at import
+_SPLIT = r"\s{2,}"  # compiled on first use, as the version patterns below
 _PARSER_VERSION = 2  # part of the cache key: bump when parse_help changes
 
 
@@ -171,7 +171,9 @@ def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
     return names
 
 
-_VERSION = re.compile(r"version:\s*(\S+)\s*\(build\s*(\d+)(?:,\s*commit\s*(\S+?))?\)")
+# patterns compiled on first use (re caches them): `llmctl command` imports this module for
+# find_binary alone
+_VERSION = r"version:\s*(\S+)\s*\(build\s*(\d+)(?:,\s*commit\s*(\S+?))?\)"
 
 
 class LlamaBuild(NamedTuple):
@@ -188,16 +190,16 @@ class LlamaBuild(NamedTuple):
 
 
 # llama.cpp's own builds: `version: 9093 (b9093)`, `version: 11312 (1a2b3c4d)`
-_VERSION_TAG = re.compile(r"version:\s*(\d+)\s*\(([^)\s]+)\)")
+_VERSION_TAG = r"version:\s*(\d+)\s*\(([^)\s]+)\)"
 
 
 def parse_version(text: str) -> LlamaBuild | None:
     """The build in `--version` output: the sdist form (`version: 0.5.0-dev (build 7, commit
     abc123)`) and llama.cpp's own (`version: 9093 (b9093)`, `version: 11312 (1a2b3c4)`)."""
-    m = _VERSION.search(text)
+    m = re.search(_VERSION, text)
     if m:
         return LlamaBuild(m[1], int(m[2]), m[3] or "unknown")
-    t = _VERSION_TAG.search(text)
+    t = re.search(_VERSION_TAG, text)
     if t:
         number, inner = t[1], t[2]
         commit = "unknown" if inner.lstrip("b") == number else inner
