@@ -11,8 +11,7 @@ calibration key (model file, memory arguments, build), so a later decision reuse
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from llmctl.paths import on_path
 
@@ -25,9 +24,9 @@ if TYPE_CHECKING:
 PROBE_TIMEOUT = 60.0
 
 
-@dataclass
-class ProbeResult:
-    """The engine's plan for a profile, or why there is none (then the formula stands)."""
+class ProbeResult(NamedTuple):
+    """The engine's plan for a profile, or why there is none (then the formula stands). (A
+    NamedTuple: `llmctl estimate` imports this module on every run; a dataclass costs more.)"""
 
     profile: str
     plan: EnginePlan | None
