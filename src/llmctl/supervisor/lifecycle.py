@@ -20,7 +20,8 @@ in the state folder serializes every change. A change first checks that the fold
 written (StateDirError), so nothing is stopped that cannot be recorded. Launch failures (exit
 while loading, time-out, stall, port taken, binary missing, cancelled, refused after a stop
 from a shell) come back in `SwitchResult.error` with `ready=False` and nothing left running;
-`switch`/`load` raise only LockTimeout, StateDirError and a refused model file (and re-raise
+`switch`/`load` raise only LockTimeout, StateDirError, a refused model file (GGUFTruncated,
+ModelNotPulled) and what `choose` raises, all before anything is stopped (and re-raise
 KeyboardInterrupt/SystemExit after cleaning up).
 
 `on_event` receives Event objects in order: "locked", "stopping", "stopped", "starting", "log"
@@ -47,7 +48,7 @@ What a call does in each phase:
     phase      status           stop                           switch/load of it
     ---------  ---------------  -----------------------------  -------------------------------
     stopped    running=False    no-op                          start
-    starting   phase starting   touch the cancel file         wait on the lock, then as below
+    starting   phase starting   touch the cancel file          wait on the lock, then as below
                                 (cancels.py), then take the
                                 lock; cancel_loading=False
                                 waits for the load instead
