@@ -1,8 +1,11 @@
-"""Stopping the processes a test started, the same way everywhere."""
+"""Running llmctl and stopping the processes a test started, the same way everywhere; which
+modules a command imports (the start-up guards)."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
 
@@ -23,6 +26,13 @@ def stop_process(
     return proc.returncode
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def llmctl(
     *args: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -36,3 +46,33 @@ def llmctl(
         check=False,
         env=env,
     )
+
+
+_PROBE = (
+    "import json, sys\n"
+    "from llmctl.cli import main\n"
+    "sys.argv = ['llmctl'] + sys.argv[1:]\n"
+    "try:\n"
+    "    main()\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "print('\\nMODULES', json.dumps(sorted(sys.modules)), file=sys.stderr)\n"
+)
+
+
+def imported_modules(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    """Every module `llmctl ARGS` has imported when it ends, run in its own process as a user
+    runs it (`env`, else this one's, is its whole environment)."""
+    res = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    for line in reversed(res.stderr.splitlines()):
+        if line.startswith("MODULES "):
+            found: list[str] = json.loads(line.removeprefix("MODULES "))
+            return set(found)
+    raise AssertionError(f"llmctl {' '.join(args)} did not finish: {res.stderr[-2000:]}")

@@ -1,4 +1,5 @@
-"""Shared helpers for the supervisor tests: LaunchSpecs for the FAKE llama-server, cleanup."""
+"""Shared helpers for the supervisor tests: LaunchSpecs for the FAKE and the REAL llama-server,
+the servers a test left, cleanup."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 from llmctl.supervisor import procs
-from llmctl.supervisor.launch import LaunchSpec
+from llmctl.supervisor.launch import KeepKv, LaunchSpec
 
 FAKE = Path(__file__).resolve().parent / "fakes" / "fake_llama_server.py"
 
@@ -33,6 +34,45 @@ def fake_spec(
         stall_timeout=stall_timeout,
         stop_timeout=stop_timeout,
     )
+
+
+def real_spec(
+    binary: Path,
+    model: Path,
+    port: int,
+    profile: str = "tiny",
+    *extra: str,
+    ctx_size: int = 512,
+    keep_kv: KeepKv | None = None,
+) -> LaunchSpec:
+    """A launch of the REAL llama-server on a test model, as launch_spec makes one: one slot of
+    `ctx_size` tokens, `extra` flags last, time-outs for a loaded 2-CPU machine."""
+    argv = (str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port))
+    argv += ("-c", str(ctx_size), "-np", "1", *extra)
+    return LaunchSpec(
+        profile=profile,
+        argv=argv,
+        port=port,
+        ready_timeout=60,
+        stall_timeout=30,
+        model=str(model),
+        keep_kv=keep_kv,
+    )
+
+
+def llama_pids(binary: Path, state_dir: Path | None = None) -> list[int]:
+    """Live llama-servers started by this test session (others may run the same binary); with
+    `state_dir`, only those of that state folder (of this test: others run at the same time)."""
+    mark = f"LLMCTL_TEST_SESSION={os.environ['LLMCTL_TEST_SESSION']}"
+    if state_dir is not None:
+        mark = f"LLMCTL_STATE_DIR={state_dir}"
+    return [
+        p
+        for p in procs.all_pids()
+        if procs.cmdline(p).startswith(str(binary))
+        and procs.environ_has(p, mark)
+        and procs.is_alive(p)
+    ]
 
 
 def fake_pids() -> list[int]:

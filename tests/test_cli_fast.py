@@ -15,7 +15,7 @@ from llmctl.cli import COMMANDS, build_app, run_fast
 from llmctl.cli.argv import non_negative_float, non_negative_int, parse
 from llmctl.cli.output import error_json, error_lines, render_error
 from llmctl.errors import LaunchError, LlmctlError, ManifestError, Problem, UsageError
-from processes import llmctl
+from processes import imported_modules, llmctl
 
 
 def test_every_command_module_registers_and_is_named_for_its_command() -> None:
@@ -216,3 +216,47 @@ def test_state_commands_accept_manifest_like_every_command(tmp_path: Path, comma
         typer_out = CliRunner().invoke(build_app(), [command, *spelling])
         assert typer_out.exit_code in (0, 1), typer_out.output
         assert "No such option" not in typer_out.output
+
+
+# Costly to import, and each brings others along (shutil: bz2, lzma; subprocess: selectors,
+# signal; tempfile: shutil, random): the everyday commands start without them.
+COSTLY = {"subprocess", "tempfile", "shutil", "bz2", "lzma", "concurrent.futures", "uuid"}
+
+
+def test_everyday_commands_start_without_costly_imports(tmp_path: Path) -> None:
+    """`command`, `lint`, `estimate`, `stop` and `unload` as bench/startup.py times them, on a
+    cached manifest: none of COSTLY, and none of the llmctl modules only another case needs (a
+    launch, a stop of a server, the placer for pinned profiles, the engine probe)."""
+    from llmctl.testing.testmodels import write_tiny_model
+
+    # never started here: its --help reads as a llama-server's, so lint caches the flags
+    fake = Path(__file__).resolve().parent / "fakes" / "fake_engine_server.py"
+    model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
+    manifest = tmp_path / "profiles.yaml"
+    manifest.write_text(
+        f"version: 1\nserver: {{binary: {json.dumps(str(fake))}, port: 1}}\n"
+        f"profiles:\n  tiny: {{model: {json.dumps(str(model))}, ctx_size: 512}}\n"
+        f"  wide: {{model: {json.dumps(str(model))}, ctx_size: 2048, parallel: 2}}\n"
+    )
+    mf = ["--manifest", str(manifest)]
+    # the first run validates the manifest and asks the binary for --help; both are cached
+    assert llmctl("lint", *mf).returncode in (0, 1)
+    launching = {
+        "llmctl.supervisor.spawn",
+        "llmctl.supervisor.starting",
+        "llmctl.supervisor.readiness",
+        "llmctl.supervisor.stopping",
+        "llmctl.supervisor.probe",
+        "llmctl.supervisor.kvcache.hooks",
+    }
+    cases: list[tuple[list[str], set[str]]] = [
+        (["command", "tiny", *mf], launching | {"llmctl.placement.policy"}),
+        (["lint", *mf], launching | {"llmctl.placement.placer", "llmctl.placement.policy"}),
+        (["estimate", "tiny", *mf], {"llmctl.cli.estimate.engine", "llmctl.supervisor.spawn"}),
+        (["stop"], launching | {"llmctl.manifest.view"}),
+        (["unload", "wide", *mf], launching),
+    ]
+    for args, not_theirs in cases:
+        found = imported_modules(*args)
+        assert "llmctl.cli.output" in found, args  # the command ran
+        assert sorted(found & (COSTLY | not_theirs)) == [], args

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import processes
 from llmctl import paths
 from llmctl.supervisor.kvcache.files import (
     file_sha256,
@@ -24,7 +25,7 @@ from llmctl.supervisor.kvcache.files import (
 from llmctl.supervisor.launch import KeepKv, LaunchSpec
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.results import Event
-from test_supervisor_real import _port, llama_pids
+from supervisor_helpers import llama_pids, real_spec
 
 LIMITS = KeepKv(max_bytes=1 << 30, total_bytes=1 << 31, max_age_s=3600, timeout_s=60)
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 12  # ~540 byte tokens
@@ -41,17 +42,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def spec(binary: Path, model: Path, port: int, profile: str, keep: bool = True) -> LaunchSpec:
-    argv = (str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port))
-    argv += ("-c", "1024", "-np", "1")
-    return LaunchSpec(
-        profile=profile,
-        argv=argv,
-        port=port,
-        ready_timeout=60,
-        stall_timeout=30,
-        model=str(model),
-        keep_kv=LIMITS if keep else None,
-    )
+    return real_spec(binary, model, port, profile, ctx_size=1024, keep_kv=LIMITS if keep else None)
 
 
 def complete(url: str, prompt: str) -> dict[str, int]:
@@ -81,8 +72,8 @@ def kv_messages(events: list[Event]) -> list[str]:
 def test_swap_away_and_back_keeps_the_prompt_cache(
     sup: Supervisor, llama_server_bin: Path, models: tuple[Path, Path]
 ) -> None:
-    a = spec(llama_server_bin, models[0], _port(), "a")
-    b = spec(llama_server_bin, models[1], _port(), "b", keep=False)
+    a = spec(llama_server_bin, models[0], processes.free_port(), "a")
+    b = spec(llama_server_bin, models[1], processes.free_port(), "b", keep=False)
     assert sup.switch(a).ready
     first = complete(a.url, PROMPT)
     assert first["cache_n"] == 0 and first["prompt_n"] > 500
@@ -130,7 +121,7 @@ def _reload(sup: Supervisor, a: LaunchSpec) -> tuple[str, dict[str, int]]:
 def test_truncated_file_is_removed_and_the_load_goes_on(
     sup: Supervisor, llama_server_bin: Path, models: tuple[Path, Path]
 ) -> None:
-    a = spec(llama_server_bin, models[0], _port(), "a")
+    a = spec(llama_server_bin, models[0], processes.free_port(), "a")
     folder = _saved_once(sup, a)
     blob = (folder / "slot0.bin").read_bytes()
     (folder / "slot0.bin").write_bytes(blob[: len(blob) // 2])
@@ -145,7 +136,7 @@ def test_a_flipped_byte_is_not_restored_and_the_load_goes_on(
     sup: Supervisor, llama_server_bin: Path, models: tuple[Path, Path]
 ) -> None:
     """The same size, one byte changed: before, llama-server restored it without a word."""
-    a = spec(llama_server_bin, models[0], _port(), "a")
+    a = spec(llama_server_bin, models[0], processes.free_port(), "a")
     folder = _saved_once(sup, a)
     blob = bytearray((folder / "slot0.bin").read_bytes())
     blob[len(blob) // 2] ^= 0x01
@@ -164,7 +155,7 @@ def test_file_of_another_model_build_is_removed(
     # the same shapes, rewritten: llama-server alone would restore it without a word
     model = tmp_path / "a.gguf"
     model.write_bytes(models[0].read_bytes())
-    a = replace(spec(llama_server_bin, model, _port(), "a"))
+    a = replace(spec(llama_server_bin, model, processes.free_port(), "a"))
     a = replace(a, argv=tuple(str(model) if x == str(models[0]) else x for x in a.argv))
     folder = _saved_once(sup, a)
     os.utime(model, ns=(1, 1))
@@ -177,7 +168,7 @@ def test_file_of_another_model_build_is_removed(
 def test_file_llama_server_refuses_is_removed(
     sup: Supervisor, llama_server_bin: Path, models: tuple[Path, Path]
 ) -> None:
-    a = spec(llama_server_bin, models[0], _port(), "a")
+    a = spec(llama_server_bin, models[0], processes.free_port(), "a")
     folder = _saved_once(sup, a)
     size = (folder / "slot0.bin").stat().st_size
     (folder / "slot0.bin").write_bytes(b"\xff" * size)  # right size, not a slot file
@@ -197,7 +188,7 @@ def test_file_llama_server_refuses_is_removed(
 def test_full_disk_skips_the_save_and_the_unload_goes_on(
     sup: Supervisor, llama_server_bin: Path, models: tuple[Path, Path]
 ) -> None:
-    a = spec(llama_server_bin, models[0], _port(), "a")
+    a = spec(llama_server_bin, models[0], processes.free_port(), "a")
     assert sup.switch(a).ready
     complete(a.url, PROMPT)
     folder = profile_folder(sup.state_dir, "a")
@@ -217,13 +208,12 @@ def test_router_saves_on_ttl_unload_and_on_sigterm_and_restores_on_demand(
 ) -> None:
     import httpx
 
-    from fakes.fake_upstream import free_port as another_port
     from test_router_real import llama_pids as served_pids
     from test_router_real import start_serve, stop_serve
 
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text(
-        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {another_port()}}}\n"
+        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {processes.free_port()}}}\n"
         f"profiles:\n  kept:\n    model: {models[0]}\n    ctx_size: 1024\n    parallel: 1\n"
         "    keep_kv: 64MiB\n    ttl: 1s\n"
     )
@@ -269,12 +259,11 @@ def test_clients_cannot_save_or_restore_the_slot_files_of_a_keep_kv_profile(
     keep_kv keeps llama-server's own slot actions."""
     import httpx
 
-    from fakes.fake_upstream import free_port as another_port
     from test_router_real import start_serve, stop_serve
 
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text(
-        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {another_port()},"
+        f"version: 1\nserver: {{binary: {llama_server_bin}, port: {processes.free_port()},"
         " keep_kv_total: 1MiB}\n"
         f"profiles:\n  kept:\n    model: {models[0]}\n    ctx_size: 1024\n    parallel: 1\n"
         "    keep_kv: 64KiB\n"

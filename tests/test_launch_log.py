@@ -4,13 +4,13 @@ the engine's memory plan (llama/logline.py, supervisor/logs.py, supervisor/probe
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import processes
 from llmctl import paths
 from llmctl.llama.logline import decode_text, event_type, text_lines
 from llmctl.supervisor.launch import LaunchSpec
@@ -18,6 +18,7 @@ from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.logs import LogFollower, error_line, tail_lines
 from llmctl.supervisor.state import read_servers
 from llmctl.testing.testmodels import write_tiny_model
+from supervisor_helpers import real_spec
 
 ENTRY = '{"type":"log","time":61234567,"level":"error","msg":"srv  load_model: failed\\nsecond\\n"}'
 PLAN = '{"type":"fit_memory_breakdown","data":{"unit":"MiB","rows":[{"kind":"host","name":"Host","self":7,"model":2,"context":0,"compute":4}]}}'
@@ -51,21 +52,11 @@ def _llmctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_real_launch_logs_json_records_its_plan_and_reads_as_text(
     tmp_path: Path, llama_server_bin: Path
 ) -> None:
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
-    port = _port()
-    argv = (str(llama_server_bin), "-m", str(model), "-c", "512", "-np", "1",
-            "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
-    spec = LaunchSpec(profile="tiny", argv=argv, env={}, host="127.0.0.1", port=port,
-                      model=str(model))  # fmt: skip
+    spec = real_spec(llama_server_bin, model, processes.free_port(), "tiny")
     sup = Supervisor(paths.state_dir(), lock_timeout=30)
     try:
         res = sup.switch(spec)
@@ -112,11 +103,8 @@ def test_a_keep_kv_profile_switched_to_again_is_a_noop(
     from llmctl.supervisor.launch import KeepKv
 
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
-    port = _port()
-    argv = (str(llama_server_bin), "-m", str(model), "-c", "512", "-np", "1",
-            "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
-    spec = LaunchSpec(profile="kept", argv=argv, host="127.0.0.1", port=port, model=str(model),
-                      keep_kv=KeepKv(1 << 20, 1 << 24, 3600.0, 30.0))  # fmt: skip
+    keep = KeepKv(1 << 20, 1 << 24, 3600.0, 30.0)
+    spec = real_spec(llama_server_bin, model, processes.free_port(), "kept", keep_kv=keep)
     sup = Supervisor(paths.state_dir(), lock_timeout=30)
     try:
         first = sup.switch(spec)
@@ -147,11 +135,7 @@ def test_a_real_launch_records_the_gpu_memory_nvidia_smi_says_it_holds(
     smi.chmod(0o755)
     monkeypatch.setenv("LLMCTL_NVIDIA_SMI", str(smi))
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
-    port = _port()
-    argv = (str(llama_server_bin), "-m", str(model), "-c", "512", "-np", "1",
-            "--host", "127.0.0.1", "--port", str(port))  # fmt: skip
-    spec = LaunchSpec(profile="tiny", argv=argv, env={}, host="127.0.0.1", port=port,
-                      model=str(model))  # fmt: skip
+    spec = real_spec(llama_server_bin, model, processes.free_port(), "tiny")
     sup = Supervisor(paths.state_dir(), lock_timeout=30)
     try:
         res = sup.switch(spec)

@@ -19,6 +19,7 @@ import pytest
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor, procs
 from serving import Served, serve_argv, start_serve, stop_serve
+from supervisor_helpers import llama_pids as session_pids
 
 openai = pytest.importorskip("openai")
 
@@ -71,14 +72,7 @@ profiles:
 
 def llama_pids(binary: Path) -> list[int]:
     """llama-servers started for this test (other tests may run their own at the same time)."""
-    mine = f"LLMCTL_STATE_DIR={paths.state_dir()}"
-    return [
-        p
-        for p in procs.all_pids()
-        if procs.cmdline(p).startswith(str(binary))
-        and procs.is_alive(p)
-        and procs.environ_has(p, mine)
-    ]
+    return session_pids(binary, paths.state_dir())
 
 
 @pytest.fixture

@@ -693,11 +693,11 @@ def test_a_load_cut_by_another_llmctl_is_loaded_again() -> None:
     change to end and loads again, so the requests that wait for the profile are not failed."""
     import threading
 
-    from llmctl.errors import LoadCancelled
+    from llmctl.errors import LoadCancelled, OperatorStopped
     from llmctl.router.backends import SwitchingBackend as Router
 
     results = [
-        SimpleNamespace(error=LoadCancelled("cancelled by `llmctl stop`", by_another=True)),
+        SimpleNamespace(error=LoadCancelled("cancelled by `llmctl stop`", retry=True)),
         SimpleNamespace(error=None),
     ]
     waits: list[float] = []
@@ -723,6 +723,10 @@ def test_a_load_cut_by_another_llmctl_is_loaded_again() -> None:
         mine = SimpleNamespace(error=LoadCancelled("cancelled"))
         out = await Router._carry_out(fake, lambda: mine, threading.Event(), lambda r: r.error)  # type: ignore[arg-type]
         assert out is mine and waits == [30.0]
+        # a stop from a shell after the request: the supervisor says no retry, none is made
+        stopped = SimpleNamespace(error=OperatorStopped("stopped from a shell", stopped_at=1.0))
+        out = await Router._carry_out(fake, lambda: stopped, threading.Event(), lambda r: r.error)  # type: ignore[arg-type]
+        assert out is stopped and waits == [30.0] and not stopped.error.retry
 
     run(main)
 

@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from llmctl import paths
+from llmctl.errors import OperatorStopped
 from llmctl.supervisor.lifecycle import Supervisor
-from llmctl.supervisor.stops import record_stop, stopped_after
+from llmctl.supervisor.stops import record_stop, refusal, stopped_after
 from serving import Served, start_serve, stop_serve
 from supervisor_helpers import FAKE, fake_pids, kill_fakes, wait_until
 
@@ -162,6 +163,18 @@ def test_unload_of_one_profile_refuses_only_its_waiters(tmp_path: Path) -> None:
     everything = stopped_after(state, "alpha", 150.0)
     assert everything is not None and everything.profile is None
     assert "every server was stopped from a shell" in everything.describe()
+    assert sorted(p.name for p in state.iterdir()) == ["stops.json"]  # no temporary file left
+
+
+def test_a_load_refused_by_a_stop_from_a_shell_wants_no_retry(tmp_path: Path) -> None:
+    """The supervisor decides, where it makes the error, that a router must not load again."""
+    state = tmp_path / "state"
+    record_stop(state, "beta", now=100.0)
+    refused = refusal(state, "beta", 50.0)
+    assert isinstance(refused, OperatorStopped) and refused.stopped_at == 100.0
+    assert refused.retry is False and "was not loaded again" in refused.message
+    assert refusal(state, "beta", 150.0) is None  # a request after the stop loads
+    assert refusal(state, "beta", None) is None  # not a router's load: nothing to refuse
 
 
 def test_a_corrupt_stops_file_is_ignored(tmp_path: Path) -> None:

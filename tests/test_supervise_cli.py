@@ -20,8 +20,8 @@ from llmctl.supervisor.lifecycle import Supervisor, procs
 from llmctl.supervisor.lock import StateLock
 from llmctl.supervisor.results import Status
 from llmctl.supervisor.state import read_state
-from processes import llmctl
-from supervisor_helpers import FAKE, fake_pids, kill_fakes, wait_until
+from processes import imported_modules, llmctl
+from supervisor_helpers import FAKE, fake_pids, kill_fakes, llama_pids, wait_until
 
 SWITCH_KEYS = {"profile", "pid", "port", "url", "ready", "elapsed_s", "log", "ok", "error"}
 
@@ -69,31 +69,17 @@ def test_status_nothing_running_fast_path() -> None:
     assert not paths.state_dir().exists()  # status has no side effects
 
 
-HEAVY = ("typer", "click", "rich", "pydantic", "pydantic_core", "httpx", "yaml", "starlette")
-PROBE = (
-    "import sys\n"
-    "from llmctl.cli import main\n"
-    "sys.argv = ['llmctl'] + sys.argv[1:]\n"
-    "try:\n"
-    "    main()\n"
-    "except SystemExit:\n"
-    "    pass\n"
-    f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
-    "print('HEAVY', heavy, file=sys.stderr)\n"
-)
+HEAVY = {"typer", "click", "rich", "pydantic", "pydantic_core", "httpx", "yaml", "starlette"}
 
 
-def _heavy_imports(*args: str, env: dict[str, str] | None = None) -> str:
-    res = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=False, env=env
-    )
-    return res.stderr
+def _heavy_imports(*args: str, env: dict[str, str] | None = None) -> list[str]:
+    return sorted(HEAVY & imported_modules(*args, env=env))
 
 
 def test_fast_path_imports_nothing_heavy(manifest: Path, tmp_path: Path) -> None:
     """The everyday commands start without typer, rich, pydantic, YAML or httpx."""
     for args in (["status", "--json"], ["status"], ["stop"], ["logs", "-n", "5"]):
-        assert "HEAVY []" in _heavy_imports(*args), args
+        assert _heavy_imports(*args) == [], args
     mf = ["--manifest", str(manifest)]
     # the first read of a manifest validates it (YAML, pydantic) and caches the result
     assert "pydantic" in _heavy_imports("command", "fast", *mf)
@@ -115,12 +101,12 @@ def test_fast_path_imports_nothing_heavy(manifest: Path, tmp_path: Path) -> None
         ["unload", "other", *mf],  # not running
         ["devices", *mf],
     ):
-        assert "HEAVY []" in _heavy_imports(*args), args
+        assert _heavy_imports(*args) == [], args
     gguf = tmp_path / "tiny.gguf"
     from llmctl.testing.testmodels import write_tiny_model
 
     write_tiny_model(gguf)
-    assert "HEAVY []" in _heavy_imports("estimate", "--", "-m", str(gguf), "-c", "512")
+    assert _heavy_imports("estimate", "--", "-m", str(gguf), "-c", "512") == []
     # completing a profile name after `llmctl switch `
     env = {
         **os.environ,
@@ -128,13 +114,13 @@ def test_fast_path_imports_nothing_heavy(manifest: Path, tmp_path: Path) -> None
         "COMP_WORDS": f"llmctl switch --manifest {manifest} f",
         "COMP_CWORD": "4",
     }
-    assert "HEAVY []" in _heavy_imports(env=env)
+    assert _heavy_imports(env=env) == []
     # an edit is seen at once: validated again
     manifest.write_text(manifest.read_text() + "  added: {model: m.gguf}\n")
     assert "pydantic" in _heavy_imports("command", "added", *mf)
-    assert "HEAVY []" in _heavy_imports("command", "added", *mf)
+    assert _heavy_imports("command", "added", *mf) == []
     assert llmctl("stop").returncode == 0
-    assert "HEAVY []" in _heavy_imports("stop")
+    assert _heavy_imports("stop") == []
 
 
 def test_fast_path_and_typer_command_print_the_same(manifest: Path) -> None:
@@ -486,14 +472,7 @@ def test_demo_with_real_llama_server(
     assert out.index("ready: profile 'chat'") < out.index("ready: profile 'chat-wide'")
     demo_state = paths.state_dir() / "demo" / "state"
     assert read_state(demo_state) is None
-    mark = f"LLMCTL_TEST_SESSION={os.environ['LLMCTL_TEST_SESSION']}"
-    assert not [
-        p
-        for p in procs.all_pids()
-        if procs.cmdline(p).startswith(str(llama_server_bin))
-        and procs.environ_has(p, mark)
-        and procs.is_alive(p)
-    ]
+    assert llama_pids(llama_server_bin) == []
 
 
 def test_demo_without_llama_server_says_how_to_get_one(

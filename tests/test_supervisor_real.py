@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import processes
 from llmctl import paths
 from llmctl.supervisor.health import health_status
-from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Supervisor, procs
 from llmctl.supervisor.results import Event
 from llmctl.supervisor.state import read_state
+from supervisor_helpers import llama_pids, real_spec
 
 
 @pytest.fixture(scope="module")
@@ -34,36 +32,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return a, b
 
 
-def real_spec(binary: Path, model: Path, port: int, profile: str, *extra: str) -> LaunchSpec:
-    argv = (
-        str(binary),
-        "-m",
-        str(model),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-c",
-        "512",
-        "-np",
-        "1",
-        *extra,
-    )
-    return LaunchSpec(profile=profile, argv=argv, port=port, ready_timeout=60, stall_timeout=30)
-
-
-def llama_pids(binary: Path) -> list[int]:
-    """Live llama-servers started by this test session (others may run the same binary)."""
-    mark = f"LLMCTL_TEST_SESSION={os.environ['LLMCTL_TEST_SESSION']}"
-    return [
-        p
-        for p in procs.all_pids()
-        if procs.cmdline(p).startswith(str(binary))
-        and procs.environ_has(p, mark)
-        and procs.is_alive(p)
-    ]
-
-
 def chat(url: str) -> dict[str, object]:
     body = json.dumps(
         {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
@@ -74,12 +42,6 @@ def chat(url: str) -> dict[str, object]:
     with urllib.request.urlopen(req, timeout=30) as resp:
         result: dict[str, object] = json.loads(resp.read())
         return result
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -96,8 +58,8 @@ def test_golden_path(
     sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
 ) -> None:
     model_a, model_b = tiny_models
-    spec_a = real_spec(llama_server_bin, model_a, _port(), "tiny-a")
-    spec_b = real_spec(llama_server_bin, model_b, _port(), "tiny-b", "-c", "1024")
+    spec_a = real_spec(llama_server_bin, model_a, processes.free_port(), "tiny-a")
+    spec_b = real_spec(llama_server_bin, model_b, processes.free_port(), "tiny-b", "-c", "1024")
 
     a = sup.switch(spec_a)
     assert a.ready and a.error is None, a.error
@@ -145,7 +107,8 @@ def test_readiness_is_noticed_promptly(
     """Ready is reported shortly after llama-server says "model loaded" (its own clock)."""
     events: list[Event] = []
     res = sup.switch(
-        real_spec(llama_server_bin, tiny_models[0], _port(), "tiny"), on_event=events.append
+        real_spec(llama_server_bin, tiny_models[0], processes.free_port(), "tiny"),
+        on_event=events.append,
     )
     assert res.ready
     starting = next(e for e in events if e.kind == "starting")
@@ -167,7 +130,7 @@ def test_bad_model_path_fails_at_once(
     sup: Supervisor, llama_server_bin: Path, tmp_path: Path
 ) -> None:
     missing = tmp_path / "missing.gguf"
-    res = sup.switch(real_spec(llama_server_bin, missing, _port(), "missing"))
+    res = sup.switch(real_spec(llama_server_bin, missing, processes.free_port(), "missing"))
     assert not res.ready and res.error is not None
     assert res.error.exit_status == 1
     assert res.elapsed_s < 10
@@ -179,7 +142,9 @@ def test_bad_model_path_fails_at_once(
 def test_invalid_flag_value_error_line_comes_first(
     sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
 ) -> None:
-    spec = real_spec(llama_server_bin, tiny_models[0], _port(), "badflag", "-ctk", "foo")
+    spec = real_spec(
+        llama_server_bin, tiny_models[0], processes.free_port(), "badflag", "-ctk", "foo"
+    )
     res = sup.switch(spec)
     assert not res.ready and res.error is not None and res.error.exit_status == 1
     assert 'error while handling argument "-ctk": Unsupported cache type: foo' in res.error.message
@@ -191,7 +156,7 @@ def test_invalid_flag_value_error_line_comes_first(
 def test_port_held_elsewhere_is_named_before_launch(
     sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
 ) -> None:
-    port = _port()
+    port = processes.free_port()
     # another llama-server, not ours, already on the port
     other = subprocess.Popen(
         [str(llama_server_bin), "-m", str(tiny_models[0]), "--port", str(port), "-c", "512"],
@@ -219,7 +184,7 @@ def test_cancel_real_load(
             cancel.set()
 
     res = sup.switch(
-        real_spec(llama_server_bin, tiny_models[0], _port(), "tiny"),
+        real_spec(llama_server_bin, tiny_models[0], processes.free_port(), "tiny"),
         on_event=on_event,
         cancel=cancel,
     )
@@ -231,7 +196,9 @@ def test_cancel_real_load(
 def test_status_reports_memory_at_verbosity_4(
     sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
 ) -> None:
-    res = sup.switch(real_spec(llama_server_bin, tiny_models[0], _port(), "tiny", "-lv", "4"))
+    res = sup.switch(
+        real_spec(llama_server_bin, tiny_models[0], processes.free_port(), "tiny", "-lv", "4")
+    )
     assert res.ready
     mem = sup.status().memory
     assert mem["model_mib"] > 0 and mem["kv_mib"] == pytest.approx(0.5, abs=0.01)
@@ -252,7 +219,7 @@ def test_status_memory_counts_each_cache_once_beside_a_draft(
     from llmctl.testing.testmodels import write_tiny_model
 
     model = write_tiny_model(tmp_path / "swa.gguf", arch="gemma3")
-    spec = real_spec(llama_server_bin, model, _port(), "swa", "-v", "-md", str(model))
+    spec = real_spec(llama_server_bin, model, processes.free_port(), "swa", "-v", "-md", str(model))
     assert sup.switch(spec).ready
     mem = sup.status().memory
     est = estimate(ModelSource.from_gguf(read_gguf(model)), LaunchOptions(ctx_size=512, parallel=1))
@@ -279,7 +246,7 @@ def test_cli_style_kill_of_switcher_then_recovery(
     sup: Supervisor, llama_server_bin: Path, tiny_models: tuple[Path, Path]
 ) -> None:
     """A switcher process SIGKILLed right after the spawn: the next status kills the orphan."""
-    port = _port()
+    port = processes.free_port()
     script = (
         "import sys, os, signal\n"
         "from pathlib import Path\n"
@@ -343,13 +310,11 @@ def test_switch_to_a_truncated_model_stops_nothing(
     server is stopped, by switch and by load."""
     from llmctl.llama.gguf import GGUFTruncated
 
-    healthy = replace(
-        real_spec(llama_server_bin, tiny_models[0], _port(), "tiny-a"), model=str(tiny_models[0])
-    )
+    healthy = real_spec(llama_server_bin, tiny_models[0], processes.free_port(), "tiny-a")
     cut = tmp_path / "cut.gguf"
     data = tiny_models[1].read_bytes()
     cut.write_bytes(data[: len(data) * 2 // 3])
-    bad = replace(real_spec(llama_server_bin, cut, _port(), "cut"), model=str(cut))
+    bad = real_spec(llama_server_bin, cut, processes.free_port(), "cut")
 
     a = sup.switch(healthy)
     assert a.ready, a.error

@@ -135,18 +135,20 @@ class LaunchError(LlmctlError):
 class LoadCancelled(LaunchError):
     """A load ended on request before it was ready; nothing is left running.
 
-    `by_another`: the request came from another process (`llmctl stop` or a switch made
-    elsewhere), not from the caller; a router waits for that change and loads again.
+    `retry`: whether the caller should load again once the change that cut it short is done,
+    decided where the error is made. True when another process's stop or switch cancelled it
+    (its cancel file); False when the caller cancelled it itself, or a stop from a shell came
+    after the request (OperatorStopped: that stop is not undone).
     """
 
-    by_another: bool = False
+    retry: bool = False
 
 
 @dataclass
 class OperatorStopped(LoadCancelled):
     """A stop from a shell (`llmctl stop`/`unload`) came after the request a router loads for;
-    nothing was loaded (supervisor/stops.py). `stopped_at`: that stop's wall time; requests
-    that came later may load the profile again."""
+    nothing was loaded, and no retry is wanted (supervisor/stops.py). `stopped_at`: that stop's
+    wall time; requests that came later may load the profile again."""
 
     stopped_at: float = 0.0
 

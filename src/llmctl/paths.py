@@ -29,7 +29,10 @@ def config_dir() -> Path:
 
 def on_path(name: str) -> str | None:
     """The executable `name` on $PATH, as `shutil.which` finds it, without importing shutil
-    (which brings bz2 and lzma along) into commands that only look for nvidia-smi."""
+    (which brings bz2 and lzma along) into commands that only look for nvidia-smi. A name with a
+    slash is that file, as for shutil.which."""
+    if os.sep in name:
+        return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
     for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
         candidate = os.path.join(folder or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):

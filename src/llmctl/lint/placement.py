@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 def machine_problems(m: Manifest) -> list[Problem]:
     """Rules that read models and the llama-server binary (for `llmctl lint`)."""
     from llmctl.llama.binary import find_binary, list_devices
-    from llmctl.placement.policy import Device
     from llmctl.supervisor.devices import detect
 
     out: list[Problem] = []
@@ -38,15 +37,21 @@ def machine_problems(m: Manifest) -> list[Problem]:
                         )
                     )
     report = detect(m.device_configs())
-    devices = {d.name: Device(d.name, d.budget or 0, d.headroom) for d in report.devices}
     # pinned profiles with one explicit device: all of them must fit there together
+    listed = {d.name for d in report.devices}
+    pinned = [
+        (name, wanted[0])
+        for name, p in m.profiles.items()
+        if p.pinned and len(wanted := _wanted(p.device)) == 1 and wanted[0] in listed
+    ]
+    if not pinned:
+        return out  # the placer and its policy are not imported: `llmctl lint` starts faster
     from llmctl.placement.placer import placement_request
+    from llmctl.placement.policy import Device
 
+    devices = {d.name: Device(d.name, d.budget or 0, d.headroom) for d in report.devices}
     by_device: dict[str, list[tuple[str, int, str]]] = {}
-    for name, p in m.profiles.items():
-        wanted = _wanted(p.device)
-        if not p.pinned or len(wanted) != 1 or wanted[0] not in devices:
-            continue
+    for name, device in pinned:
         try:
             placed = placement_request(m, name, report.devices)
         except (LlmctlError, ValueError):
@@ -54,9 +59,9 @@ def machine_problems(m: Manifest) -> list[Problem]:
         if not placed.plans:
             continue
         # the figure the placer decides by: the engine's plan when kept, else the formula
-        need = placed.request.options[0].usage.get(wanted[0], 0)
+        need = placed.request.options[0].usage.get(device, 0)
         label = str(placed.specs[0].placement.get("memory_source", "formula"))
-        by_device.setdefault(wanted[0], []).append((name, need, label))
+        by_device.setdefault(device, []).append((name, need, label))
     for dev, items in by_device.items():
         total = sum(n for _, n, _ in items)
         usable = devices[dev].usable

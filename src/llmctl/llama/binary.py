@@ -5,18 +5,15 @@ again and an unchanged one is never started twice for the same question."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from llmctl.paths import cache_dir
+from llmctl.paths import cache_dir, on_path
 
-_SPLIT = re.compile(r"\s{2,}")
+_SPLIT = r"\s{2,}"  # compiled on first use, as the version patterns below
 _PARSER_VERSION = 2  # part of the cache key: bump when parse_help changes
 
 
@@ -29,7 +26,7 @@ def parse_help(text: str) -> frozenset[str]:
         # The flag column ends at the first wide gap that does not follow a comma
         # ("-a,    --alias STRING      set model name ...").
         head = line.rstrip()
-        for gap in _SPLIT.finditer(head):
+        for gap in re.finditer(_SPLIT, head):
             if head[gap.start() - 1] != ",":
                 head = head[: gap.start()]
                 break
@@ -48,9 +45,7 @@ def _file_id(path: str) -> str:
 def file_identity(binary: str) -> list[str] | None:
     """The binary and the llama/ggml libraries beside it (a rebuild may change only those), each
     as path, size and mtime; None when the binary does not exist."""
-    from llmctl.paths import on_path  # not shutil: it brings bz2 and lzma along
-
-    exe = binary if os.sep in binary else (on_path(binary) or binary)
+    exe = on_path(binary) or binary
     try:
         ids = [_file_id(exe)]
     except OSError:
@@ -75,6 +70,8 @@ def _cache_file(binary: str, kind: str, *extra: str) -> Path | None:
     ident = file_identity(binary)
     if ident is None:
         return None
+    import hashlib
+
     key = hashlib.sha256("\0".join([str(_PARSER_VERSION), kind, *ident, *extra]).encode())
     return cache_dir() / f"{kind}-{key.hexdigest()[:20]}.json"
 
@@ -102,6 +99,8 @@ def _keep(path: Path | None, value: Any) -> None:
 
 def _run(binary: str, flag: str, timeout: float) -> str | None:
     """`binary FLAG`'s output (stdout and stderr), without llama-server's LLAMA_ARG_ variables."""
+    import subprocess  # only when the cache has no answer: commands start without it
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
     try:
         proc = subprocess.run(
@@ -172,12 +171,14 @@ def list_devices(binary: str, timeout: float = 10.0) -> list[str] | None:
     return names
 
 
-_VERSION = re.compile(r"version:\s*(\S+)\s*\(build\s*(\d+)(?:,\s*commit\s*(\S+?))?\)")
+# patterns compiled on first use (re caches them): `llmctl command` imports this module for
+# find_binary alone
+_VERSION = r"version:\s*(\S+)\s*\(build\s*(\d+)(?:,\s*commit\s*(\S+?))?\)"
 
 
-@dataclass(frozen=True)
-class LlamaBuild:
-    """llama-server's `--version`: the release, its build number and commit."""
+class LlamaBuild(NamedTuple):
+    """llama-server's `--version`: the release, its build number and commit. (A NamedTuple, not
+    a dataclass: made at import, it costs `llmctl command` and `switch` a tenth as much.)"""
 
     version: str
     build: int
@@ -189,16 +190,16 @@ class LlamaBuild:
 
 
 # llama.cpp's own builds: `version: 9093 (b9093)`, `version: 11312 (1a2b3c4d)`
-_VERSION_TAG = re.compile(r"version:\s*(\d+)\s*\(([^)\s]+)\)")
+_VERSION_TAG = r"version:\s*(\d+)\s*\(([^)\s]+)\)"
 
 
 def parse_version(text: str) -> LlamaBuild | None:
     """The build in `--version` output: the sdist form (`version: 0.5.0-dev (build 7, commit
     abc123)`) and llama.cpp's own (`version: 9093 (b9093)`, `version: 11312 (1a2b3c4)`)."""
-    m = _VERSION.search(text)
+    m = re.search(_VERSION, text)
     if m:
         return LlamaBuild(m[1], int(m[2]), m[3] or "unknown")
-    t = _VERSION_TAG.search(text)
+    t = re.search(_VERSION_TAG, text)
     if t:
         number, inner = t[1], t[2]
         commit = "unknown" if inner.lstrip("b") == number else inner
@@ -236,6 +237,4 @@ def find_binary(configured: str | None = None) -> str | None:
         return os.path.expanduser(env)
     if configured:
         return configured
-    from llmctl.paths import on_path
-
     return on_path("llama-server")

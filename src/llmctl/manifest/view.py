@@ -6,9 +6,8 @@ Protocol), so this module imports nothing of manifest/model.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from llmctl.errors import UsageError
 from llmctl.manifest.source import Path_, Source
@@ -36,9 +35,9 @@ class Device(Protocol):
     def rpc(self) -> str | None: ...
 
 
-@dataclass(frozen=True)
-class GpuBudget:
-    """The budget single-device estimates are judged against (`Manifest.gpu_budget`)."""
+class GpuBudget(NamedTuple):
+    """The budget single-device estimates are judged against (`Manifest.gpu_budget`). (A
+    NamedTuple: every command that reads a manifest makes it at import; a dataclass costs more.)"""
 
     vram: int | None = None
     headroom: int = _HEADROOM

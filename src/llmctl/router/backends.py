@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from llmctl.errors import LlmctlError, LoadCancelled, OperatorStopped
+from llmctl.errors import LlmctlError, LoadCancelled
 from llmctl.router.activity import Activity
 from llmctl.router.errors import RouterError, failed_start, router_error_for
 from llmctl.router.routing import ModelIndex
@@ -135,7 +135,8 @@ class _Base:
         """Run a supervisor's switch or load in a thread; cancelled, it ends the load and leaves
         nothing half-started. A load that an operator's switch from a shell cut short is not a
         failure of the profile: once that change is done, it is loaded again (twice at most) for
-        the requests that wait for it. A stop from a shell is not undone (OperatorStopped)."""
+        the requests that wait for it. The supervisor says which cancels want that
+        (LoadCancelled.retry): a stop from a shell is not undone."""
         loop = asyncio.get_running_loop()
         for _ in range(3):
             fut = loop.run_in_executor(None, call)
@@ -147,9 +148,7 @@ class _Base:
                     await fut
                 raise
             err = error_of(out)
-            if not (isinstance(err, LoadCancelled) and err.by_another):
-                break
-            if isinstance(err, OperatorStopped):
+            if not (isinstance(err, LoadCancelled) and err.retry):
                 break
             log.info("a load was cancelled by another llmctl (%s); loading again", err.message)
             await loop.run_in_executor(

@@ -4,110 +4,92 @@ CONTRACT (the names the CLI and the router use):
 
     sup = Supervisor(state_dir=paths.state_dir(), lock_timeout=..., keep_logs=...)
     sup.status(check_health=True, timeout=0.5) -> Status   the newest server; all in Status.servers
-    sup.ps() -> list[Status]                                every server, oldest first
+    sup.ps() -> (list[Status], note)                        every server, oldest first
     sup.records() -> dict[str, LaunchRecord]                the records, read without repair
-    sup.switch(spec, on_event=..., cancel=...) -> SwitchResult   leaves exactly `spec` running
-    sup.load(spec, choose=..., on_event=...) -> SwitchResult     starts `spec` beside the others;
+    sup.switch(spec, on_event=..., cancel=..., admitted_at=...) -> SwitchResult
+                                                            leaves exactly `spec` running
+    sup.load(spec, choose=..., on_event=..., ...) -> SwitchResult
+                                                            starts `spec` beside the others;
                                                             `choose` (the placement) runs under the lock
-    sup.stop(profile=None, forget=False, cancel_loading=True) -> StopResult   one profile, or all
-    sup.log_path() -> Path | None
+    sup.stop(profile=None, forget=False, cancel_loading=True, operator=False) -> StopResult
+                                                            one profile, or all
+    sup.log_path(profile=None) -> Path | None
 
 Every method is synchronous and safe from several threads and processes at once: a file lock
 in the state folder serializes every change. A change first checks that the folder can be
 written (StateDirError), so nothing is stopped that cannot be recorded. Launch failures (exit
-while loading, time-out, stall, port taken, binary missing, cancelled) come back in
-`SwitchResult.error` with `ready=False` and nothing left running; `switch`/`load` raise only
-LockTimeout (and re-raise KeyboardInterrupt/SystemExit after cleaning up).
+while loading, time-out, stall, port taken, binary missing, cancelled, refused after a stop
+from a shell) come back in `SwitchResult.error` with `ready=False` and nothing left running;
+`switch`/`load` raise only LockTimeout, StateDirError, a refused model file (GGUFTruncated,
+ModelNotPulled) and what `choose` raises, all before anything is stopped (and re-raise
+KeyboardInterrupt/SystemExit after cleaning up).
 
 `on_event` receives Event objects in order: "locked", "stopping", "stopped", "starting", "log"
 (one per stderr line while loading), "kv" (a keep_kv cache saved, restored or dropped), then
 "ready" or "error". It runs in the calling thread and must be quick.
 
-STATE TABLE of one profile's server (Status.phase):
+PHASES of one profile's server (LaunchRecord.phase; Status.phase), and who moves it:
 
-    phase      record                   what a call does
-    ---------  -----------------------  ---------------------------------------------------------
-    stopped    none                     switch/load: write the record (phase starting), spawn, wait
-    starting   launch_id, cancel file   status: "starting"; stop: touch the cancel file, the loader
-               free to touch            kills its launch and drops the record (cancel_loading=False
-                                        waits for it instead); switch/load of it: wait on the lock
-    ready      pid, port, config hash   switch/load with the same config: noop; another config:
-                                        stop (save keep_kv) then start; stop: SIGTERM, wait, SIGKILL
-    dead       pid gone or not ours     any call: repair (drop the record, note it in Status.note)
+    from       to         by                                          where
+    ---------  ---------  ------------------------------------------  ----------------------
+    stopped    starting   switch/load: the record written, then Popen  starting.py, spawn.py
+    starting   ready      /health answered 200 (keep_kv restored)      readiness.py
+    starting   stopped    exited, timed out, stalled, cancelled (the   starting.py,
+                          `cancel` event, or the cancel file a stop    stopping.kill_launch
+                          touches), or refused (a stop from a shell
+                          came after the request: stops.refusal)
+    ready      stopped    stop, or switch/load of another config:      stopping.py
+                          keep_kv saved, SIGTERM, wait, SIGKILL
+    any        stopped    the pid gone or reused, the loading llmctl   repair.py
+                          dead: the record dropped, noted in Status.note
+
+What a call does in each phase:
+
+    phase      status           stop                           switch/load of it
+    ---------  ---------------  -----------------------------  -------------------------------
+    stopped    running=False    no-op                          start
+    starting   phase starting   touch the cancel file          wait on the lock, then as below
+                                (cancels.py), then take the
+                                lock; cancel_loading=False
+                                waits for the load instead
+    ready      healthy or not   stop it                        same config and healthy: no-op;
+                                                               else stop, then start
 
 Orphans (our servers with no record, found by STATE_DIR_ENV in their environment) are adopted
-or stopped by repair.py. State folder: `state.json` (llmctl.supervisor.state), `lock` (flock),
-`logs/` (one log per launch, the newest `keep_logs` kept), `kv/` (keep_kv caches).
+or stopped by repair.py. State folder: `state.json` (state.py), `lock` (flock, lock.py),
+`stops.json` (stops.py), `cancel-<launch id>` (cancels.py), `logs/` (one log per launch, the
+newest `keep_logs` kept), `kv/` (keep_kv caches).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmctl.errors import LaunchError, LlmctlError, LoadCancelled, OperatorStopped
+from llmctl.errors import LaunchError, LlmctlError
 
-# Only what `status` needs is imported here: `llmctl status` must start fast. The rest
-# (subprocess, http.client, log parsing) is imported where it is used.
+# Only what `status` needs is imported here: `llmctl status` must start fast (tests guard the
+# set). Starting and stopping (starting.py, stopping.py, subprocess, http.client, log parsing)
+# are imported where they are used.
 from llmctl.supervisor import procs
 from llmctl.supervisor.lock import StateLock
-from llmctl.supervisor.results import Event, EventKind, Status, StopResult, SwitchResult
+from llmctl.supervisor.results import Emitter, Event, Status, StopResult, result_maker
 from llmctl.supervisor.state import (
     CorruptState,
     LaunchRecord,
     check_writable,
     read_servers,
-    write_servers,
+    readable_servers,
 )
 
 if TYPE_CHECKING:
-    import subprocess
-
     from llmctl.supervisor.launch import LaunchSpec
-
-
-def _reap() -> None:
-    # Only this process's children need reaping, and only a process that spawned one has
-    # imported spawn: `status` stays free of it.
-    spawn = sys.modules.get("llmctl.supervisor.spawn")
-    if spawn is not None:
-        spawn.reap()
-
-
-class _Cancelled(Exception):
-    pass
-
-
-def _result_for(spec: LaunchSpec, t0: float) -> Callable[..., SwitchResult]:
-    """The SwitchResult maker of a switch or load of `spec` that began at monotonic `t0`."""
-
-    def result(
-        *,
-        ready: bool,
-        pid: int | None,
-        log: str | None,
-        noop: bool = False,
-        error: LaunchError | None = None,
-    ) -> SwitchResult:
-        return SwitchResult(
-            profile=spec.profile,
-            pid=pid,
-            port=spec.port,
-            url=spec.url,
-            ready=ready,
-            elapsed_s=time.monotonic() - t0,
-            log=log,
-            noop=noop,
-            error=error,
-        )
-
-    return result
+    from llmctl.supervisor.results import SwitchResult
 
 
 class Supervisor:
@@ -162,13 +144,10 @@ class Supervisor:
 
     def records(self) -> dict[str, LaunchRecord]:
         """The state's records by profile (no repair; {} when unreadable)."""
-        try:
-            return read_servers(self.state_dir)
-        except CorruptState:
-            return {}
+        return readable_servers(self.state_dir)
 
     def _snapshot(self, check_health: bool, timeout: float) -> tuple[list[Status], str | None]:
-        _reap()
+        procs.reap_children()
         try:
             recs = read_servers(self.state_dir)
         except CorruptState:
@@ -181,7 +160,7 @@ class Supervisor:
                 return [], fixed
             return self._statuses(recs, check_health, timeout), fixed
         note: str | None = None
-        stale = [r for r in recs.values() if not self._is_live(r)]
+        stale = [r for r in recs.values() if not r.is_live()]
         if stale:
             note = self._repair_now() or "; ".join(
                 f"the server of profile {r.profile!r} (pid {r.pid}) is gone; the llmctl "
@@ -274,14 +253,16 @@ class Supervisor:
         again for the requests that waited before it.
         """
         t0 = time.monotonic()
-        emit = _Emitter(on_event, t0)
+        emit = Emitter(on_event, t0)
         if operator:
             from llmctl.supervisor.stops import record_stop
 
             record_stop(self.state_dir, profile)
         # That load holds the lock until it ends: ask it to cancel (it polls for this file)
         # rather than wait for a big model to finish loading.
-        requests = self._request_cancel(emit, profile) if cancel_loading else []
+        from llmctl.supervisor import cancels
+
+        requests = cancels.request(self.state_dir, emit, profile) if cancel_loading else []
         try:
             with self._lock("stop" if profile is None else f"unload {profile}") as lock:
                 emit("locked", _locked_message(lock))
@@ -291,70 +272,28 @@ class Supervisor:
                 chosen = [r for p, r in recs.items() if profile is None or p == profile]
                 if chosen:
                     check_writable(self.state_dir, 0)  # the state must be clearable first
-                if len(chosen) == 1:
-                    self._stop_record(chosen[0], emit, save_kv=not forget)
-                elif chosen:
-                    self._stop_all(chosen, emit, save_kv=not forget)
-                forgotten = self._forget_kv(emit, profile) if forget else (0, 0)
-                cancelled = sorted({name for name, _ in requests})
-                if not chosen:
-                    return StopResult(
-                        False,
-                        None,
-                        None,
-                        time.monotonic() - t0,
-                        forgotten=forgotten,
-                        cancelled=cancelled,
-                    )
-                first = chosen[0]
+                    from llmctl.supervisor import stopping
+
+                    if len(chosen) == 1:
+                        stopping.stop_record(self, chosen[0], emit, save=not forget)
+                    else:
+                        stopping.stop_all(self, chosen, emit, save=not forget)
+                forgotten = (0, 0)
+                if forget:
+                    from llmctl.supervisor.stopping import forget_kv
+
+                    forgotten = forget_kv(self.state_dir, emit, profile)
                 return StopResult(
-                    True,
-                    first.profile,
-                    first.pid,
+                    bool(chosen),
+                    chosen[0].profile if chosen else None,
+                    chosen[0].pid if chosen else None,
                     time.monotonic() - t0,
                     profiles=[r.profile for r in chosen],
                     forgotten=forgotten,
-                    cancelled=cancelled,
+                    cancelled=sorted({name for name, _ in requests}),
                 )
         finally:
-            for _, request in requests:
-                with contextlib.suppress(OSError):
-                    request.unlink()
-
-    def _forget_kv(self, emit: _Emitter, profile: str | None = None) -> tuple[int, int]:
-        from llmctl.supervisor.kvcache.files import forget
-
-        files, size = forget(self.state_dir, profile)
-        if files:
-            emit("kv", f"dropped {files} saved KV cache file(s), {size / 1024**2:.1f} MiB")
-        return files, size
-
-    def _cancel_path(self, launch_id: str) -> Path:
-        return self.state_dir / f"cancel-{launch_id}"
-
-    def _request_cancel(self, emit: _Emitter, profile: str | None = None) -> list[tuple[str, Path]]:
-        try:
-            recs = read_servers(self.state_dir)
-        except CorruptState:
-            return []
-        paths = []
-        for rec in recs.values():
-            if profile is not None and rec.profile != profile:
-                continue
-            if rec.phase != "starting" or not self._is_live(rec):
-                continue
-            path = self._cancel_path(rec.launch_id)
-            try:
-                path.touch()
-            except OSError:
-                continue
-            emit(
-                "stopping",
-                f"cancelling the load of profile {rec.profile!r} in progress (llmctl pid {rec.owner_pid})",
-                rec.profile,
-            )
-            paths.append((rec.profile, path))
-        return paths
+            cancels.withdraw(requests)
 
     # ------------------------------------------------------------------ switch
 
@@ -371,8 +310,8 @@ class Supervisor:
         `admitted_at` (a router's request, wall clock): refused with OperatorStopped, before
         anything starts, when a stop from a shell covering the profile came after it."""
         t0 = time.monotonic()
-        emit = _Emitter(on_event, t0, spec.profile)
-        result = _result_for(spec, t0)
+        emit = Emitter(on_event, t0, spec.profile)
+        result = result_maker(spec, t0)
 
         with self._lock(f"switch {spec.profile}") as lock:
             emit("locked", _locked_message(lock))
@@ -384,11 +323,7 @@ class Supervisor:
             keep = rec is not None and self._healthy_same(rec, spec, emit)
             if keep and rec is not None and not others:
                 return result(ready=True, pid=rec.pid, log=rec.log, noop=True)
-            if cancel is not None and cancel.is_set():
-                err = LaunchError("the switch was cancelled before it started anything")
-                emit("error", err.message)
-                return result(ready=False, pid=None, log=None, error=err)
-            refused = self._stopped_after(spec.profile, admitted_at)
+            refused = self._refusal(spec.profile, "switch", cancel, admitted_at)
             if refused is not None:
                 emit("error", refused.message)
                 return result(ready=False, pid=None, log=None, error=refused)
@@ -398,13 +333,15 @@ class Supervisor:
 
             check_model_file(spec)
             # exactly this profile runs afterwards: every other server goes
+            from llmctl.supervisor import starting, stopping
+
             for other in others:
-                self._stop_record(other, emit)
+                stopping.stop_record(self, other, emit)
             if keep and rec is not None:
                 return result(ready=True, pid=rec.pid, log=rec.log)
             if rec is not None:
-                self._stop_record(rec, emit)
-            return self._start(spec, emit, cancel, result, admitted_at)
+                stopping.stop_record(self, rec, emit)
+            return starting.start(self, spec, emit, cancel, result, admitted_at)
 
     def load(
         self,
@@ -425,8 +362,8 @@ class Supervisor:
         the same profile) goes. Failures come back as for `switch`.
         """
         t0 = time.monotonic()
-        emit = _Emitter(on_event, t0, spec.profile)
-        result = _result_for(spec, t0)
+        emit = Emitter(on_event, t0, spec.profile)
+        result = result_maker(spec, t0)
 
         with self._lock(f"load {spec.profile}") as lock:
             emit("locked", _locked_message(lock))
@@ -440,17 +377,13 @@ class Supervisor:
                     return result(ready=True, pid=rec.pid, log=rec.log, noop=True)
             if choose is not None:
                 chosen, spec = choose(dict(recs))
-                result = _result_for(spec, t0)  # the placer may give it another port or devices
+                result = result_maker(spec, t0)  # the placer may give it another port or devices
                 victims = list(chosen)
             else:
                 victims = [p for p, r in recs.items() if r.port == spec.port]
             if rec is not None and spec.profile not in victims:
                 victims.append(spec.profile)
-            if cancel is not None and cancel.is_set():
-                err = LaunchError("the load was cancelled before it started anything")
-                emit("error", err.message)
-                return result(ready=False, pid=None, log=None, error=err)
-            refused = self._stopped_after(spec.profile, admitted_at)
+            refused = self._refusal(spec.profile, "load", cancel, admitted_at)
             if refused is not None:
                 emit("error", refused.message)
                 return result(ready=False, pid=None, log=None, error=refused)
@@ -459,10 +392,12 @@ class Supervisor:
             from llmctl.supervisor.modelfile import check_model_file
 
             check_model_file(spec)
+            from llmctl.supervisor import starting, stopping
+
             for name in victims:
                 if name in recs:
-                    self._stop_record(recs[name], emit)
-            return self._start(spec, emit, cancel, result, admitted_at)
+                    stopping.stop_record(self, recs[name], emit)
+            return starting.start(self, spec, emit, cancel, result, admitted_at)
 
     # ------------------------------------------------------------------ changes by others
 
@@ -480,25 +415,20 @@ class Supervisor:
 
     # ------------------------------------------------------------------ internals
 
-    def _stopped_after(self, profile: str, admitted_at: float | None) -> OperatorStopped | None:
-        """The refusal of a router's load when a stop from a shell came after its request."""
+    def _refusal(
+        self, profile: str, what: str, cancel: threading.Event | None, admitted_at: float | None
+    ) -> LaunchError | None:
+        """Why a switch or load must end before it stops or starts anything: cancelled, or a
+        router's load whose request came before a stop from a shell (stops.py)."""
+        if cancel is not None and cancel.is_set():
+            return LaunchError(f"the {what} was cancelled before it started anything")
         if admitted_at is None:
             return None
-        from llmctl.supervisor.stops import stopped_after
+        from llmctl.supervisor.stops import refusal
 
-        mark = stopped_after(self.state_dir, profile, admitted_at)
-        if mark is None:
-            return None
-        err = OperatorStopped(
-            f"{mark.describe()}, after this request arrived; profile {profile!r} was not "
-            "loaded again",
-            hint="send the request again to load it",
-            by_another=True,
-            stopped_at=mark.at,
-        )
-        return err
+        return refusal(self.state_dir, profile, admitted_at)
 
-    def _healthy_same(self, rec: LaunchRecord, spec: LaunchSpec, emit: _Emitter) -> bool:
+    def _healthy_same(self, rec: LaunchRecord, spec: LaunchSpec, emit: Emitter) -> bool:
         if not self._same_config(rec, spec):
             return False
         from llmctl.supervisor.health import health_status
@@ -513,37 +443,8 @@ class Supervisor:
         emit("stopping", f"profile {spec.profile!r} runs but is not healthy: restarting")
         return False
 
-    def _put(self, rec: LaunchRecord) -> None:
-        """Under the lock: add or replace one record."""
-        try:
-            recs = read_servers(self.state_dir)
-        except CorruptState:
-            recs = {}
-        recs[rec.profile] = rec
-        write_servers(self.state_dir, recs)
-
-    def _drop(self, rec: LaunchRecord) -> None:
-        """Under the lock: remove one record (only if it is still this launch)."""
-        try:
-            recs = read_servers(self.state_dir)
-        except CorruptState:
-            recs = {}
-        cur = recs.get(rec.profile)
-        if cur is not None and cur.launch_id == rec.launch_id:
-            del recs[rec.profile]
-            write_servers(self.state_dir, recs)
-
     def _lock(self, purpose: str) -> StateLock:
         return StateLock(self.state_dir, self.lock_timeout, purpose=f"llmctl {purpose}")
-
-    def _is_live(self, rec: LaunchRecord) -> bool:
-        """The recorded server still runs (or, while starting, the llmctl starting it does)."""
-        if rec.phase == "starting":
-            owner_alive = rec.owner_pid is not None and procs.is_alive(
-                rec.owner_pid, rec.owner_start_time
-            )
-            return owner_alive and (rec.pid is None or procs.is_alive(rec.pid, rec.start_time))
-        return rec.pid is not None and procs.is_alive(rec.pid, rec.start_time)
 
     def _repair_now(self) -> str | None:
         """Repair a stale state if the lock is free at once; None if another llmctl holds it."""
@@ -573,215 +474,6 @@ class Supervisor:
             and rec.host == spec.host
             and rec.port == spec.port
         )
-
-    def _stop_all(self, recs: list[LaunchRecord], emit: _Emitter, *, save_kv: bool) -> None:
-        """Several servers at once: their KV caches saved first (each needs its server), then
-        every one signalled and waited for together, so the stop takes one grace period rather
-        than one per server; the state is then cleared one record after another."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from llmctl.supervisor import repair
-
-        for rec in recs:
-            if save_kv:
-                self._save_kv(rec, emit)
-            emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
-
-        members = [repair.members(rec) for rec in recs]  # before they exit: the GPU wait uses them
-
-        def term(i: int) -> str:
-            rec = recs[i]
-            return procs.terminate(
-                members[i], pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap
-            )
-
-        with ThreadPoolExecutor(max_workers=len(recs)) as pool:
-            outcomes = list(pool.map(term, range(len(recs))))
-        for rec, outcome, mine in zip(recs, outcomes, members, strict=True):
-            self._stop_record(rec, emit, outcome=outcome, members=mine)
-
-    def _save_kv(self, rec: LaunchRecord, emit: _Emitter | Callable[..., None]) -> None:
-        if rec.extra.get("keep_kv"):
-            # hook: save slots before stopping a server
-            from llmctl.supervisor.kvcache.hooks import save_slots
-
-            save_slots(
-                rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
-            )
-
-    def _stop_record(
-        self,
-        rec: LaunchRecord,
-        emit: _Emitter | Callable[..., None],
-        *,
-        save_kv: bool = True,
-        outcome: str | None = None,
-        members: list[int] | None = None,
-    ) -> None:
-        """Stop one server and clear its record; `outcome`: it was already signalled and waited
-        for (by _stop_all), only the record, port and GPU are left to settle."""
-        if outcome is not None:
-            save_kv = False
-        if save_kv and rec.extra.get("keep_kv"):
-            # hook: save slots before stopping a server
-            from llmctl.supervisor.kvcache.hooks import save_slots
-
-            save_slots(
-                rec.extra["keep_kv"], rec.url, rec.argv, _kv_emit(emit, rec.profile), rec.profile
-            )
-        from llmctl.supervisor import repair
-
-        if members is None:
-            members = repair.members(rec)
-        if outcome is None:
-            emit("stopping", f"stopping profile {rec.profile!r} (pid {rec.pid})", rec.profile)
-            outcome = procs.terminate(
-                members, pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap
-            )
-        self._drop(rec)
-        if outcome == "survived":
-            emit("error", f"pid {rec.pid} survived SIGKILL; state cleared anyway", rec.profile)
-        free = procs.wait_port_free(rec.host, rec.port, self.port_timeout)
-        extra = "" if free else f"; port {rec.port} still busy after {self.port_timeout:g} s"
-        if members and rec.pid is not None:
-            from llmctl.supervisor.gpu import wait_released
-
-            released = wait_released(members, self.gpu_timeout)
-            if released is False:
-                extra += f"; GPU memory not released after {self.gpu_timeout:g} s"
-        what = f"profile {rec.profile!r} (pid {rec.pid})"
-        message = {
-            "killed": f"killed {what}: no exit {rec.stop_timeout:g} s after SIGTERM",
-            "none": f"nothing of {what} was left running; state cleared",
-        }.get(outcome, f"stopped {what}")
-        emit("stopped", message + extra, rec.profile)
-
-    def _start(
-        self,
-        spec: LaunchSpec,
-        emit: _Emitter,
-        cancel: threading.Event | None,
-        result: Callable[..., SwitchResult],
-        admitted_at: float | None = None,
-    ) -> SwitchResult:
-        import subprocess
-
-        from llmctl.supervisor import spawn
-        from llmctl.supervisor.readiness import LoadWatcher
-
-        identity_of = spec
-        keep_kv: dict[str, Any] | None = None
-        if spec.keep_kv is not None:
-            # hook: a keep_kv profile gets --slot-save-path; the record keeps where and what key
-            from llmctl.supervisor.kvcache.hooks import prepare_launch
-
-            spec, keep_kv = prepare_launch(self.state_dir, spec)
-        port_err = spawn.port_error(spec)
-        if port_err is not None:
-            emit("error", port_err.message)
-            return result(ready=False, pid=None, log=None, error=port_err)
-        log_path, offset = spawn.launch_log(self.state_dir, spec, self.keep_logs)
-        # the record names the profile's configuration; the launch adds llmctl's own flags
-        # (--slot-save-path above, --log-jsonl: the engine's memory plan lands in the log)
-        identity = identity_of.config_hash
-        spec = spawn.with_log_format(spec)
-        rec = spawn.starting_record(spec, log_path, keep_kv, self.started_by, identity)
-        # Written before the spawn: an llmctl killed right after the spawn leaves a record
-        # whose launch_id finds the orphan through its environment.
-        self._put(rec)
-        # A stop that read the state before this record was written cannot cancel this load:
-        # its mark, written before that read, is seen here instead.
-        refused = self._stopped_after(spec.profile, admitted_at)
-        if refused is not None:
-            self._drop(rec)
-            emit("error", refused.message)
-            return result(ready=False, pid=None, log=None, error=refused)
-        emit("starting", f"starting profile {spec.profile!r}: {spec.shell()}")
-        watcher = LoadWatcher(spec, log_path, emit)
-        proc: subprocess.Popen[bytes] | None = None
-        try:
-            try:
-                proc = spawn.popen(spec, rec, log_path, self.state_dir)
-            except LaunchError as lerr:
-                self._drop(rec)
-                emit("error", lerr.message)
-                return result(ready=False, pid=None, log=str(log_path), error=lerr)
-            rec.pid = proc.pid
-            rec.start_time = procs.start_time(proc.pid)
-            self._put(rec)
-            error = watcher.wait_ready(proc, offset, cancel, self._cancel_path(rec.launch_id))
-            if error is None and keep_kv:
-                # hook: restore slots after the server is ready, before the first request
-                from llmctl.supervisor.kvcache.hooks import restore_slots
-
-                if not restore_slots(keep_kv, spec.url, _kv_emit(emit, spec.profile), spec.profile):
-                    # the server died on a file (now removed): the next load goes on without it
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        proc.wait(timeout=spec.stop_timeout)
-                    code = proc.poll()
-                    error = (
-                        watcher.exit_error(code, [])
-                        if code is not None
-                        else LaunchError(
-                            f"llama-server for profile {spec.profile!r} stopped answering while "
-                            "restoring its saved KV cache; killed",
-                            hint=f"full log: {log_path}",
-                        )
-                    )
-        except BaseException:
-            # Ctrl-C (KeyboardInterrupt) or anything unexpected: leave nothing running.
-            self._kill_launch(rec)
-            self._drop(rec)
-            raise
-        if error is not None:
-            self._kill_launch(rec)
-            self._drop(rec)
-            if isinstance(error, LoadCancelled) and error.by_another:
-                error = self._stopped_after(spec.profile, admitted_at) or error
-            emit("error", error.message)
-            return result(ready=False, pid=proc.pid, log=str(log_path), error=error)
-        rec.phase = "ready"
-        rec.ready_at = time.time()
-        rec.owner_pid = None
-        rec.owner_start_time = None
-        if watcher.plan_line is not None:
-            from llmctl.supervisor.probe import record_launch_plan
-
-            plan = record_launch_plan(identity_of, watcher.plan_line)
-            if plan is not None:
-                rec.extra["engine_plan"] = plan
-        from llmctl.supervisor.probe import record_gpu_used
-
-        gpu_used = record_gpu_used(identity_of, proc.pid)
-        if gpu_used is not None:
-            rec.extra["gpu_used"] = gpu_used
-        self._put(rec)
-        emit("ready", f"profile {spec.profile!r} is ready at {spec.url} (pid {proc.pid})")
-        return result(ready=True, pid=proc.pid, log=str(log_path))
-
-    def _kill_launch(self, rec: LaunchRecord) -> None:
-        from llmctl.supervisor import repair
-
-        members = repair.members(rec)
-        procs.terminate(members, pgid=repair.pgid(rec), timeout=rec.stop_timeout, reap=_reap)
-        procs.wait_port_free(rec.host, rec.port, self.port_timeout)
-
-
-class _Emitter:
-    def __init__(
-        self, callback: Callable[[Event], None] | None, t0: float, profile: str | None = None
-    ) -> None:
-        self.callback = callback
-        self.t0 = t0
-        self.profile = profile
-
-    def __call__(self, kind: EventKind, message: str, profile: str | None = None) -> None:
-        if self.callback is not None:
-            self.callback(Event(kind, message, time.monotonic() - self.t0, profile or self.profile))
-
-
-def _kv_emit(emit: _Emitter | Callable[..., None], profile: str) -> Callable[[str], None]:
-    return lambda message: emit("kv", message, profile)
 
 
 def _locked_message(lock: StateLock) -> str:

@@ -11,9 +11,9 @@ calibration key (model file, memory arguments, build), so a later decision reuse
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from llmctl.paths import on_path
 
 if TYPE_CHECKING:
     from llmctl.llama.engineplan import EnginePlan
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 PROBE_TIMEOUT = 60.0
 
 
-@dataclass
-class ProbeResult:
-    """The engine's plan for a profile, or why there is none (then the formula stands)."""
+class ProbeResult(NamedTuple):
+    """The engine's plan for a profile, or why there is none (then the formula stands). (A
+    NamedTuple: `llmctl estimate` imports this module on every run; a dataclass costs more.)"""
 
     profile: str
     plan: EnginePlan | None
@@ -95,7 +95,7 @@ def known_figures_for(spec: LaunchSpec) -> tuple[EnginePlan | None, dict[str, in
     if not (state_dir() / "engine-plans.json").exists():
         return None, {}  # nothing probed yet: no import of the plan code on the everyday paths
     store = engine_store()
-    if not os.access(shutil.which(spec.argv[0]) or spec.argv[0], os.X_OK):
+    if not os.access(on_path(spec.argv[0]) or spec.argv[0], os.X_OK):
         return None, {}
     key, _ = _key(spec)
     return store.get(key), store.floor(key)
@@ -150,7 +150,7 @@ def probe_profile(
 
     name = manifest.resolve(name)
     spec = spec or launch_spec(manifest, name)
-    binary = shutil.which(spec.argv[0]) or spec.argv[0]
+    binary = on_path(spec.argv[0]) or spec.argv[0]
     if not os.access(binary, os.X_OK):
         return ProbeResult(
             name,

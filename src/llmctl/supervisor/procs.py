@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -299,6 +300,15 @@ def terminate(
     return "killed" if _wait_gone(targets, 5.0, reap) else "survived"
 
 
+def reap_children() -> None:
+    """Collect the exit status of this process's llama-servers that have exited (spawn.py keeps
+    them). A process that spawned none has not imported spawn, and it is not imported for this:
+    `llmctl status` stays free of it."""
+    spawn = sys.modules.get("llmctl.supervisor.spawn")
+    if spawn is not None:
+        spawn.reap()
+
+
 def _wait_gone(
     targets: dict[int, int | None], timeout: float, reap: Callable[[], object] | None
 ) -> bool:
@@ -325,6 +335,7 @@ __all__ = [
     "marked_processes",
     "port_holder",
     "port_in_use",
+    "reap_children",
     "session_members",
     "signal_all",
     "signal_group",

@@ -95,7 +95,7 @@ class LoadWatcher:
                     return LoadCancelled(
                         f"the load of profile {spec.profile!r} was cancelled by `llmctl stop` "
                         "from another process; nothing is left running",
-                        by_another=True,
+                        retry=True,  # once that change is done; stops.refusal may say no
                     )
                 if now - t0 > spec.ready_timeout:
                     return self.load_error(

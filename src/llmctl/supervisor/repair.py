@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from llmctl.supervisor import procs
-from llmctl.supervisor.spawn import reap
 from llmctl.supervisor.state import (
     CorruptState,
     LaunchRecord,
@@ -63,7 +62,9 @@ def repair_record(
     # mid-switch (any llmctl alive would still hold the lock we now hold).
     leftovers = members(rec)
     if leftovers:
-        procs.terminate(leftovers, pgid=pgid(rec), timeout=rec.stop_timeout, reap=reap)
+        procs.terminate(
+            leftovers, pgid=pgid(rec), timeout=rec.stop_timeout, reap=procs.reap_children
+        )
         procs.wait_port_free(rec.host, rec.port, port_timeout)
         what = f"stopped the half-started server of profile {rec.profile!r} (pid {rec.pid}) left by an interrupted switch"
         if rec.phase == "ready":
@@ -105,7 +106,9 @@ def recover_orphans(
             )
             continue
         members = procs.session_members(orphan.pid, orphan.marker)
-        procs.terminate(members or [orphan.pid], pgid=orphan.pid, timeout=10.0, reap=reap)
+        procs.terminate(
+            members or [orphan.pid], pgid=orphan.pid, timeout=10.0, reap=procs.reap_children
+        )
         notes.append(f"stopped llama-server pid {orphan.pid}, which no state recorded")
     if adopted:
         write_servers(state_dir, adopted)

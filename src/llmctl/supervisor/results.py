@@ -1,16 +1,22 @@
 """What the supervisor reports: progress events and the results of status, switch/load and stop.
 
-Plain dataclasses with `to_json()` (the `--json` objects of the CLI). Imports nothing heavy:
-`llmctl status` loads this module.
+Plain dataclasses with `to_json()` (the `--json` objects of the CLI), the Emitter that sends the
+events of one call, and `result_maker`, the SwitchResult of one switch or load. Imports nothing
+heavy: `llmctl status` loads this module.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmctl.errors import LaunchError
 from llmctl.llama.secrets import mask_argv
+
+if TYPE_CHECKING:
+    from llmctl.supervisor.launch import LaunchSpec
 
 EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
 
@@ -21,6 +27,26 @@ class Event:
     message: str
     elapsed_s: float
     profile: str | None = None
+
+
+class Emitter:
+    """The `on_event` of one supervisor call, given each event's kind, message and profile (the
+    call's own when none is named) and the time since the call began (monotonic `t0`)."""
+
+    def __init__(
+        self, callback: Callable[[Event], None] | None, t0: float, profile: str | None = None
+    ) -> None:
+        self.callback = callback
+        self.t0 = t0
+        self.profile = profile
+
+    def __call__(self, kind: EventKind, message: str, profile: str | None = None) -> None:
+        if self.callback is not None:
+            self.callback(Event(kind, message, time.monotonic() - self.t0, profile or self.profile))
+
+    def kv(self, profile: str) -> Callable[[str], None]:
+        """The "kv" events of `profile`'s keep_kv hooks."""
+        return lambda message: self("kv", message, profile)
 
 
 @dataclass
@@ -114,6 +140,32 @@ class SwitchResult:
         if self.error is not None:
             raise self.error
         return self
+
+
+def result_maker(spec: LaunchSpec, t0: float) -> Callable[..., SwitchResult]:
+    """The SwitchResult maker of a switch or load of `spec` that began at monotonic `t0`."""
+
+    def result(
+        *,
+        ready: bool,
+        pid: int | None,
+        log: str | None,
+        noop: bool = False,
+        error: LaunchError | None = None,
+    ) -> SwitchResult:
+        return SwitchResult(
+            profile=spec.profile,
+            pid=pid,
+            port=spec.port,
+            url=spec.url,
+            ready=ready,
+            elapsed_s=time.monotonic() - t0,
+            log=log,
+            noop=noop,
+            error=error,
+        )
+
+    return result
 
 
 @dataclass

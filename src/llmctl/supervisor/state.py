@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmctl.errors import StateDirError
+from llmctl.supervisor import procs
 
 STATE_FILE = "state.json"
 FORMAT = 1
@@ -54,6 +55,15 @@ class LaunchRecord:
     @property
     def marker(self) -> str:
         return f"{LAUNCH_ID_ENV}={self.launch_id}"
+
+    def is_live(self) -> bool:
+        """The recorded server still runs (or, while starting, the llmctl starting it does)."""
+        if self.phase == "starting":
+            owner_alive = self.owner_pid is not None and procs.is_alive(
+                self.owner_pid, self.owner_start_time
+            )
+            return owner_alive and (self.pid is None or procs.is_alive(self.pid, self.start_time))
+        return self.pid is not None and procs.is_alive(self.pid, self.start_time)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,8 +152,7 @@ def check_writable(state_dir: Path, probe_bytes: int = PROBE_BYTES, *, sync: boo
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_dir / f".probe.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, tmp = new_temp(state_dir, ".probe.")
         try:
             with os.fdopen(fd, "wb") as f:
                 if probe_bytes:
@@ -169,8 +178,6 @@ def write_servers(state_dir: Path, servers: dict[str, LaunchRecord]) -> None:
     No fsync: the records only matter while their processes live, and none survive a reboot.
     Raises StateDirError when the folder cannot be written.
     """
-    import tempfile
-
     if not servers:
         clear_state(state_dir)
         return
@@ -178,7 +185,7 @@ def write_servers(state_dir: Path, servers: dict[str, LaunchRecord]) -> None:
     blob = json.dumps(data, indent=2).encode() + b"\n"
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
+        fd, tmp = new_temp(state_dir, ".state.")
     except OSError as err:
         raise state_dir_error(state_dir, err, "write the state") from None
     try:
@@ -191,6 +198,37 @@ def write_servers(state_dir: Path, servers: dict[str, LaunchRecord]) -> None:
         if isinstance(exc, OSError):
             raise state_dir_error(state_dir, exc, "write the state") from None
         raise
+
+
+def new_temp(folder: Path, prefix: str) -> tuple[int, Path]:
+    """A new file of this process's own in `folder`, open for writing (as tempfile.mkstemp,
+    without importing tempfile: `stop` and `switch` start faster)."""
+    tmp = folder / f"{prefix}{os.getpid()}.{os.urandom(6).hex()}.tmp"
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), tmp
+
+
+def readable_servers(state_dir: Path) -> dict[str, LaunchRecord]:
+    """The records by profile, {} when the file is unreadable (repair.py deals with that)."""
+    try:
+        return read_servers(state_dir)
+    except CorruptState:
+        return {}
+
+
+def put_record(state_dir: Path, rec: LaunchRecord) -> None:
+    """Under the lock: add or replace one record."""
+    recs = readable_servers(state_dir)
+    recs[rec.profile] = rec
+    write_servers(state_dir, recs)
+
+
+def drop_record(state_dir: Path, rec: LaunchRecord) -> None:
+    """Under the lock: remove one record (only if it is still this launch)."""
+    recs = readable_servers(state_dir)
+    cur = recs.get(rec.profile)
+    if cur is not None and cur.launch_id == rec.launch_id:
+        del recs[rec.profile]
+        write_servers(state_dir, recs)
 
 
 def clear_state(state_dir: Path) -> None:

@@ -8,6 +8,8 @@ shell"), and nothing reloads until a new request comes.
 
     record_stop(state_dir, profile=None)       profile None: every server
     stopped_after(state_dir, profile, since)   the StopMark newer than `since`, or None
+    refusal(state_dir, profile, admitted_at)   the OperatorStopped a load for a request that
+                                               arrived at `admitted_at` ends with, or None
 
 A stop that cannot be recorded (read-only folder) stops anyway; the file is small and
 rewritten atomically. Reading is cheap: only a load reads it.
@@ -19,17 +21,19 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+from llmctl.errors import OperatorStopped
 
 STOPS_FILE = "stops.json"
 _MAX_BYTES = 1 << 20  # a hand-edited or corrupt file is ignored, never read whole
 _ALL = "*"  # the key for "every server"
 
 
-@dataclass(frozen=True)
-class StopMark:
-    """A stop from a shell: when (wall clock), by which process, of which profile (None: all)."""
+class StopMark(NamedTuple):
+    """A stop from a shell: when (wall clock), by which process, of which profile (None: all).
+    (A NamedTuple: `llmctl stop` imports this module, and a dataclass costs ten times more.)"""
 
     at: float
     pid: int
@@ -73,7 +77,7 @@ def _read(state_dir: Path) -> dict[str, list[float]]:
 
 def record_stop(state_dir: Path, profile: str | None = None, *, now: float | None = None) -> None:
     """Record a stop of `profile` (None: every server) made now; best effort."""
-    import tempfile
+    from llmctl.supervisor.state import new_temp
 
     marks = _read(state_dir)
     at = time.time() if now is None else now
@@ -84,7 +88,7 @@ def record_stop(state_dir: Path, profile: str | None = None, *, now: float | Non
     blob = json.dumps(marks).encode()
     with contextlib.suppress(OSError):
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".stops.", suffix=".tmp", dir=state_dir)
+        fd, tmp = new_temp(state_dir, ".stops.")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
@@ -104,3 +108,19 @@ def stopped_after(state_dir: Path, profile: str, since: float) -> StopMark | Non
             if at > since and (found is None or at > found.at):
                 found = StopMark(at, int(pid), None if key == _ALL else profile)
     return found
+
+
+def refusal(state_dir: Path, profile: str, admitted_at: float | None) -> OperatorStopped | None:
+    """Why a router's load of `profile` for a request that arrived at `admitted_at` (wall
+    clock; None: not a router's load) must not go on: a stop from a shell covering the profile
+    came after it. The error says no retry is wanted; None when the load may go on."""
+    if admitted_at is None:
+        return None
+    mark = stopped_after(state_dir, profile, admitted_at)
+    if mark is None:
+        return None
+    return OperatorStopped(
+        f"{mark.describe()}, after this request arrived; profile {profile!r} was not loaded again",
+        hint="send the request again to load it",
+        stopped_at=mark.at,
+    )

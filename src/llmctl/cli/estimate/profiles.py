@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmctl.cli.estimate.engine import engine_report, engine_text
 from llmctl.cli.estimate.measure import calibration
 from llmctl.cli.estimate.render import estimate_text, explain_text, plans_text
 from llmctl.cli.output import error_json, error_lines, print_json
@@ -86,7 +85,11 @@ def estimate_profiles(
             obj["measured"] = measured
         plans = _device_plans(manifest, name)
         obj["plans"] = [p.to_json() for p in plans]
-        engine_obj = engine_report(manifest, name, est) if engine else None
+        engine_obj = None
+        if engine:
+            from llmctl.cli.estimate.engine import engine_report
+
+            engine_obj = engine_report(manifest, name, est)
         if engine_obj is not None:
             obj["engine"] = engine_obj
         results.append(obj)
@@ -94,6 +97,8 @@ def estimate_profiles(
             sys.stdout.write(estimate_text(est))
             sys.stdout.write(plans_text(plans))
             if engine_obj is not None:
+                from llmctl.cli.estimate.engine import engine_text
+
                 sys.stdout.write(engine_text(engine_obj))
             if explain or measure:
                 sys.stdout.write(explain_text(est, measured) + "\n")
