@@ -221,9 +221,11 @@ def test_stop_escalates_to_sigkill(sup: Supervisor, free_port: int) -> None:
     assert not procs.port_in_use("127.0.0.1", free_port)
 
 
-def test_leader_exits_and_child_keeps_port(sup: Supervisor, free_port: int) -> None:
-    res = sup.switch(fake_spec(free_port, "forky", "port-exit"))
+def test_leader_exits_and_child_keeps_port(sup: Supervisor, free_port: int, tmp_path: Path) -> None:
+    go = tmp_path / "exit-now"  # the leader leaves once the switch has seen it ready
+    res = sup.switch(fake_spec(free_port, "forky", "port-exit", "--exit-file", str(go)))
     assert res.ready and res.pid is not None
+    go.touch()
     leader = res.pid
     assert wait_until(lambda: not procs.is_alive(leader))
     # the port is still held by the leader's child, in the same session
@@ -235,10 +237,12 @@ def test_leader_exits_and_child_keeps_port(sup: Supervisor, free_port: int) -> N
     assert fake_pids() == []
 
 
-def test_exit_right_after_ready_is_noticed(sup: Supervisor, free_port: int) -> None:
-    spec = fake_spec(free_port, "brief", "exit-after-ready", "--exit-delay", "0.2")
+def test_exit_right_after_ready_is_noticed(sup: Supervisor, free_port: int, tmp_path: Path) -> None:
+    go = tmp_path / "exit-now"  # it exits once the switch has seen it ready
+    spec = fake_spec(free_port, "brief", "exit-after-ready", "--exit-file", str(go))
     res = sup.switch(spec)
     assert res.ready and res.pid is not None
+    go.touch()
     pid = res.pid
     assert wait_until(lambda: not procs.is_alive(pid))
     status = sup.status()

@@ -28,7 +28,8 @@ As server.binary: --help, --version and --list-devices answer and exit.
 `--version` prints `version: N (bN)`, `--help` lists an old build's flags (no --log-jsonl,
 --mmap/--no-mmap instead of --load-mode), and GET /slots has no n_prompt_tokens.
 
---started-file PATH: touched once the fake is loading. --ready-file PATH: keep loading (ok
+--exit-file PATH (port-exit, exit-after-ready): leave once PATH exists, not --exit-delay after
+ready. --started-file PATH: touched once the fake is loading. --ready-file PATH: keep loading (ok
 mode) until PATH exists, whatever --load-time says: a test decides when the load ends.
 """
 
@@ -184,6 +185,16 @@ def pose(build: str) -> int | None:
     return None
 
 
+def wait_to_exit(args: argparse.Namespace) -> None:
+    """--exit-delay after ready, or once --exit-file exists (the test says when: after the
+    supervisor has seen it ready, whatever the machine's load)."""
+    if args.exit_file:
+        while not os.path.exists(args.exit_file):
+            time.sleep(0.01)
+    else:
+        time.sleep(args.exit_delay)
+
+
 def main() -> int:
     if "--pose-build" in sys.argv:
         build = sys.argv[sys.argv.index("--pose-build") + 1]
@@ -210,6 +221,7 @@ def main() -> int:
     ap.add_argument("--message", default="llama_model_load: error loading model: fake failure")
     ap.add_argument("--exit-code", type=int, default=1)
     ap.add_argument("--exit-delay", type=float, default=0.05)
+    ap.add_argument("--exit-file", default="")
     ap.add_argument("-m", "--model", default="")
     ap.add_argument("--slot-save-path", default="")
     ap.add_argument("--started-file", default="")
@@ -278,12 +290,12 @@ def main() -> int:
     log("I", f"srv  llama_server: listening on http://{args.host}:{args.port}")
 
     if args.mode == "exit-after-ready":
-        time.sleep(args.exit_delay)
+        wait_to_exit(args)
         log("I", "fake: exiting right after becoming ready")
         return 0
 
     if args.mode == "port-exit":
-        time.sleep(args.exit_delay)
+        wait_to_exit(args)
         if os.fork() == 0:
             # the child keeps the listening socket and serves; the leader exits
             httpd.serve_forever()
