@@ -154,6 +154,15 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
             return
 
 
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
+    """Cancel `task` when the client disconnects; True once it has."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return True
+
+
 async def _pipe(
     send: Send, reply: Reply, *, sse_errors: bool, finish: Callable[[Outcome], None]
 ) -> Outcome:
@@ -203,6 +212,7 @@ class RelayResponse:
     def __init__(self, reply: Reply, on_done: DoneFn) -> None:
         self.reply = reply
         self.done = _Once(on_done)
+        self.started = False  # the response's start went out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply = self.reply
@@ -217,20 +227,28 @@ class RelayResponse:
                 raise
             self.done("ok", reply)
             try:
+                self.started = True
                 await send(start)
                 await send({"type": "http.response.body", "body": reply.first, "more_body": False})
             finally:
                 await reply.aclose()  # nothing left to read or cancel: no await to shield
                 self.done("client_gone", reply)
             return
+        # a client that leaves cancels the relay (this task), which closes the upstream response
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
         try:
             start = self._start()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-                await send(start)
-                await _pipe(send, reply, sse_errors=reply.is_sse, finish=self._finish)
-                tg.cancel_scope.cancel()
+            self.started = True
+            await send(start)
+            await _pipe(send, reply, sse_errors=reply.is_sse, finish=self._finish)
+        except asyncio.CancelledError:
+            if not (watcher.done() and not watcher.cancelled() and watcher.result()):
+                raise
+            task.uncancel()  # the client left: the relay ends here, nothing to raise
         finally:
+            watcher.cancel()
             await self._close()
 
     def _start(self) -> Message:
@@ -292,6 +310,11 @@ class WaitingStreamResponse:
         self.loading_state = loading_state
         self._started = False
         self._held: list[Progress] = []
+
+    @property
+    def started(self) -> bool:
+        """The response's start went out."""
+        return self._started
 
     async def _start(self, send: Send) -> None:
         if self._started:
