@@ -30,7 +30,12 @@ class _Conn(asyncio.Protocol):
     asyncio's StreamReader (the same exceptions: IncompleteReadError at the end of the stream,
     LimitOverrunError past `_MAX_HEAD` without a separator) but with no future per call and no
     copy of a body that arrived whole; past twice `_MAX_HEAD` unread, it stops reading the
-    socket (a slow client slows the upstream, not the router's memory)."""
+    socket (a slow client slows the upstream, not the router's memory).
+
+    `deadline` (loop time) bounds every wait for bytes: a read still waiting then raises
+    TimeoutError. Moving it is an attribute write; one timer per connection stays pending and,
+    when it fires, checks the deadline of the wait under way, so a stream's chunks cost no timer
+    each."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,6 +45,9 @@ class _Conn(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self.transport: asyncio.Transport | None = None
+        self.deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     # --- the protocol (the loop calls these) ---
 
@@ -75,10 +83,29 @@ class _Conn(asyncio.Protocol):
         if self._paused:
             self._resume()
         waiter = self._waiter = self._loop.create_future()
+        deadline = self.deadline
+        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+            self._arm(deadline)
         try:
             await waiter
         finally:
             self._waiter = None
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        deadline, waiter = self.deadline, self._waiter
+        if deadline is None or waiter is None or waiter.done():
+            return  # armed again by the next wait
+        if self._loop.time() >= deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._arm(deadline)
 
     def _resume(self) -> None:
         if self._paused and self.transport is not None:
@@ -148,6 +175,9 @@ class _Conn(asyncio.Protocol):
         )
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 self.transport.close()
@@ -174,13 +204,16 @@ class Response:
                 return v
         return None
 
+    def _due(self, reader: _Conn, timed: bool) -> None:
+        """The deadline of the next read: the read timeout from now, or none for the first read,
+        which is under the caller's deadline (the `Transport` contract)."""
+        timeout = self._read_timeout
+        reader.deadline = reader._loop.time() + timeout if timed and timeout is not None else None
+
     async def _read(self, reader: _Conn, n: int, *, exact: bool, timed: bool = True) -> bytes:
+        self._due(reader, timed)
         try:
-            if timed:
-                async with asyncio.timeout(self._read_timeout):
-                    data = await (reader.readexactly(n) if exact else reader.read(n))
-            else:  # the first read is under the caller's deadline (the `Transport` contract)
-                data = await (reader.readexactly(n) if exact else reader.read(n))
+            data = await (reader.readexactly(n) if exact else reader.read(n))
         except TimeoutError:  # before OSError, its base class
             raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except asyncio.IncompleteReadError as exc:
@@ -197,16 +230,8 @@ class Response:
         if self._chunked:
             first = True
             while True:
-                if first:  # under the caller's deadline (the `Transport` contract)
-                    data = await self._chunk(reader)
-                else:
-                    try:  # one deadline per chunk, its size line and its data
-                        async with asyncio.timeout(self._read_timeout):
-                            data = await self._chunk(reader)
-                    except TimeoutError:
-                        raise StreamBroken(
-                            f"no data from the upstream for {self._read_timeout:g} s"
-                        ) from None
+                self._due(reader, not first)  # one deadline per chunk, its size line and data
+                data = await self._chunk(reader)
                 first = False
                 if data is None:
                     # trailers (usually none) end with an empty line
@@ -241,21 +266,23 @@ class Response:
         """The data of the next chunk of a chunked body; None for the last (empty) one."""
         try:
             line = await reader.readuntil(b"\r\n")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise StreamBroken("malformed chunked response from the upstream") from None
+            if size == 0:
+                return None
+            data = await reader.readexactly(size + 2)
+        except TimeoutError:  # before OSError, its base class
+            raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
             raise StreamBroken("the upstream closed the connection mid-response") from exc
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise StreamBroken("malformed chunked response from the upstream") from None
-        if size == 0:
-            return None
-        data = await self._read(reader, size + 2, exact=True, timed=False)
         return data[:-2]
 
     async def _read_line(self, reader: _Conn) -> bytes:
+        self._due(reader, True)
         try:
-            async with asyncio.timeout(self._read_timeout):
-                return await reader.readuntil(b"\r\n")
+            return await reader.readuntil(b"\r\n")
         except (
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
@@ -269,6 +296,7 @@ class Response:
         self._done = True
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.deadline = None
             if self._keep and conn.usable():
                 self._pool.put(self._key, conn)
             else:
