@@ -158,7 +158,7 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
         raise RouterError(
             503, "No upstream serves this model.", type=SERVER, code="upstream_unavailable"
         )
-    exchange = Exchange(router, request, target, chain, body, payload)
+    exchange = Exchange(router.chain_context, request, target, chain, aliases, body, payload)
     streaming = bool(payload and payload.get("stream") is True)
     if streaming and exchange.will_wait():
         # a refusal known before the stream starts (429, 503) keeps its status and Retry-After
