@@ -154,7 +154,9 @@ class Edge:
                         "through.",
                         code="cors_proxy_disabled",
                     )
-                response = await proxy_endpoint(Request(scope, receive), pinned=kind == "upstream")
+                response = await proxy_endpoint(
+                    router, Request(scope, receive), pinned=kind == "upstream"
+                )
             except RouterError as err:
                 response = err.response()
             status = getattr(response, "status_code", status)

@@ -108,7 +108,7 @@ class Exchange:
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
         self.path = f"{path}?{query}" if query else path
-        self.headers = list(request.headers.raw)
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]  # lower-case names (ASGI)
         self.body = body
         self.payload = payload
         self.lease: Lease | None = None

@@ -66,8 +66,9 @@ Outcome = Literal["ok", "upstream_error", "client_gone"]
 def request_headers(
     headers: Iterable[tuple[bytes, bytes]], api_key: str | None
 ) -> list[tuple[bytes, bytes]]:
-    """The client's headers minus hop-by-hop ones and its credentials; the upstream's key added."""
-    out = [(k, v) for k, v in headers if k.lower() not in _REQUEST_DROP_B]
+    """The client's headers (lower-case names, as ASGI gives them) minus hop-by-hop ones and its
+    credentials; the upstream's key added."""
+    out = [(k, v) for k, v in headers if k not in _REQUEST_DROP_B]
     if api_key:
         out.append((b"authorization", b"Bearer " + api_key.encode()))
     return out
@@ -98,8 +99,7 @@ class Reply:
         self.tail = b""  # the end of the body once relayed, where an answer's "usage" is
         # what the relay asks of the headers, read in one pass
         encoding = length = content_type = None
-        for k, v in headers:
-            name = k.lower()
+        for name, v in headers:  # lower-case names (the `Transport` contract)
             if name == b"content-encoding":
                 encoding = v if encoding is None else encoding
             elif name == b"content-length":
@@ -118,7 +118,7 @@ class Reply:
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
-            if k.lower() == name:
+            if k == name:
                 return v
         return None
 
@@ -126,14 +126,13 @@ class Reply:
         # the body is relayed decoded: its length holds only when the upstream did not compress it
         encoded = self._encoded
         out: list[tuple[bytes, bytes]] = []
-        for k, v in self.headers:
-            name = k.lower()
+        for name, v in self.headers:
             if name == b"content-length":
                 if encoded:
                     continue
             elif name in _RESPONSE_DROP_B:
                 continue
-            out.append((k, v))
+            out.append((name, v))
         out.append((UPSTREAM_HEADER_B, self.upstream.encode()))
         out.extend(self.extra_headers)
         if self.is_sse:

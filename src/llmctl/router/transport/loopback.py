@@ -188,7 +188,7 @@ class Response:
     """Status and headers are read; the body streams from `body()` (call `aclose()` always)."""
 
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # names in lower case
     _conn: _Conn | None
     _pool: Pool
     _key: tuple[str, int]
@@ -200,21 +200,24 @@ class Response:
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
-            if k.lower() == name:
+            if k == name:
                 return v
         return None
 
     def _due(self, reader: _Conn, timed: bool) -> None:
-        """The deadline of the next read: the read timeout from now, or none for the first read,
-        which is under the caller's deadline (the `Transport` contract)."""
+        """The deadline of the next read: the read timeout from now; the first read keeps the
+        request's (that of its headers, the `Transport` contract), and raises TimeoutError."""
         timeout = self._read_timeout
-        reader.deadline = reader._loop.time() + timeout if timed and timeout is not None else None
+        if timed:
+            reader.deadline = None if timeout is None else reader._loop.time() + timeout
 
     async def _read(self, reader: _Conn, n: int, *, exact: bool, timed: bool = True) -> bytes:
         self._due(reader, timed)
         try:
             data = await (reader.readexactly(n) if exact else reader.read(n))
         except TimeoutError:  # before OSError, its base class
+            if not timed:
+                raise  # before OSError, its base class
             raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except asyncio.IncompleteReadError as exc:
             raise StreamBroken("the upstream closed the connection mid-response") from exc
@@ -231,7 +234,7 @@ class Response:
             first = True
             while True:
                 self._due(reader, not first)  # one deadline per chunk, its size line and data
-                data = await self._chunk(reader)
+                data = await self._chunk(reader, first)
                 first = False
                 if data is None:
                     # trailers (usually none) end with an empty line
@@ -262,7 +265,7 @@ class Response:
                 yield data
             self._finish()
 
-    async def _chunk(self, reader: _Conn) -> bytes | None:
+    async def _chunk(self, reader: _Conn, first: bool) -> bytes | None:
         """The data of the next chunk of a chunked body; None for the last (empty) one."""
         try:
             line = await reader.readuntil(b"\r\n")
@@ -274,6 +277,8 @@ class Response:
                 return None
             data = await reader.readexactly(size + 2)
         except TimeoutError:  # before OSError, its base class
+            if first:
+                raise
             raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
             raise StreamBroken("the upstream closed the connection mid-response") from exc
@@ -357,12 +362,14 @@ class Pool:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> Response:
         """Send one request and read the status line and headers.
 
-        Raises ConnectFailed when no connection can be made and StreamBroken when the server
-        closes before answering. A pooled connection the server closed meanwhile is retried once
-        on a fresh one (the request never reached the application).
+        Raises ConnectFailed when no connection can be made, StreamBroken when the server
+        closes before answering, and TimeoutError past `deadline` (loop time), which holds for
+        the body's first read too. A pooled connection the server closed meanwhile is retried
+        once on a fresh one (the request never reached the application).
         """
         key = (host, port)
         hostname = f"[{host}]" if ":" in host else host
@@ -374,6 +381,7 @@ class Pool:
         payload = b"".join(lines) + body
         for attempt in (0, 1):
             conn, reused = await self._get(key, connect_timeout)
+            conn.deadline = deadline
             try:
                 conn.write(payload)
                 head = await conn.readuntil(b"\r\n\r\n")
@@ -381,6 +389,9 @@ class Pool:
                     head[9:10] == b"1" and head[9:12] != b"101"
                 ):  # interim 1xx: the answer follows
                     head = await conn.readuntil(b"\r\n\r\n")
+            except TimeoutError:  # before OSError, its base class
+                conn.close()
+                raise
             except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 conn.close()
                 if reused and attempt == 0:
@@ -422,9 +433,8 @@ class Pool:
             name, sep, value = line.partition(b":")
             if not sep:
                 continue
-            name = name.strip()
+            lower = name.strip().lower()
             value = value.strip()
-            lower = name.lower()
             if lower == b"content-length":
                 with contextlib.suppress(ValueError):
                     length = int(value)
@@ -435,7 +445,7 @@ class Pool:
                     keep = False
                 elif b"keep-alive" in value.lower():
                     keep = True
-            headers.append((name, value))
+            headers.append((lower, value))
         if chunked:
             length = None
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
@@ -453,11 +463,14 @@ class Pool:
         """The `Transport` contract: this pool's errors become UpstreamFailure here."""
         _, host, port, _ = split_url(url)
         target = url[url.index("/", url.index("//") + 2) :] if url.count("/") > 2 else "/"
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             response = await self.request(
                 host, port, method, target, headers, body,
-                connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+                connect_timeout=min(timeout, 10.0), read_timeout=timeout, deadline=deadline,
             )  # fmt: skip
+        except TimeoutError:
+            raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
         except ConnectFailed as exc:
             raise UpstreamFailure("connect", str(exc)) from None
         except StreamBroken as exc:
