@@ -259,8 +259,10 @@ class RelayResponse:
         }
 
     async def _close(self) -> None:
-        with anyio.CancelScope(shield=True):
+        # no shield: the lean pool's close does not wait, httpx shields its own
+        try:
             await self.reply.aclose()
+        finally:
             self.done("client_gone", self.reply)
 
     def _finish(self, outcome: Outcome) -> None:
