@@ -13,7 +13,7 @@ import pytest
 
 from dashboard_helpers import KEY, serving_dashboard, write_manifest, write_models
 from llmctl import paths
-from llmctl.router.activity import Activity, usage_from
+from llmctl.router.activity import Activity, Speed, speed_from, usage_from
 from llmctl.supervisor.lifecycle import Supervisor
 from serving import Served, start_serve, stop_serve
 
@@ -41,6 +41,28 @@ def test_usage_from_openai_answers_and_llama_server_stream_timings() -> None:
     assert usage_from(b'{"usage": {"prompt_tokens": 3') == {}  # cut off: nothing, no error
     assert usage_from(b'{"usage": [1]}') == {}
     assert usage_from(b"") == {}
+
+
+def test_speed_from_llama_server_timings() -> None:
+    whole = b'{"choices":[],"timings":{"predicted_n":4,"predicted_per_second":41.5,'
+    whole += b'"prompt_n":9,"prompt_per_second":300.25},"usage":{"completion_tokens":4}}'
+    assert speed_from(whole) == Speed(41.5, 4, 300.25)
+    # a stream: the last chunk's timings; a prompt served from the cache has no prompt speed
+    stream = b'data: {"timings":{"predicted_n":1,"predicted_per_second":9}}\n\n'
+    stream += b'data: {"timings":{"predicted_n":3,"predicted_per_second":12.0,"prompt_n":0,'
+    stream += b'"prompt_per_second":null}}\n\ndata: [DONE]\n\n'
+    assert speed_from(stream) == Speed(12.0, 3, None)
+    for said in (
+        b'{"timings":{"predicted_n":0,"predicted_per_second":0}}',  # generated nothing
+        b'{"timings":{"predicted_n":2,"predicted_per_second":null}}',
+        b'{"timings":{"predicted_n":true,"predicted_per_second":5}}',
+        b'{"timings":{"predicted_n":2,"predicted_per_second":"fast"}}',
+        b'{"timings":{"predicted_n":2,"predicted_per_second":1e999}}',  # inf
+        b'{"timings":{"predicted_n":2,"predic',  # cut off
+        b'{"usage":{"completion_tokens":4}}',
+        b"",
+    ):
+        assert speed_from(said) is None, said
 
 
 def test_activity_keeps_a_bounded_ring_of_requests() -> None:
@@ -95,7 +117,8 @@ def test_state_lists_servers_devices_profiles_and_requests(served: Served) -> No
     body = {"model": "A", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
     r = httpx.post(served.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=90)
     assert r.status_code == 200
-    said = [r.json()["usage"]]  # a random-weight model may end before max_tokens
+    answer = r.json()
+    said = [answer["usage"]]  # a random-weight model may end before max_tokens
     stream = {**body, "stream": True}
     r = httpx.post(served.url + "/v1/chat/completions", json=stream, headers=AUTH, timeout=90)
     assert r.status_code == 200
@@ -119,6 +142,17 @@ def test_state_lists_servers_devices_profiles_and_requests(served: Served) -> No
         assert rec["completion_tokens"] == usage["completion_tokens"]
         assert rec["prompt_tokens"] == usage["prompt_tokens"]
     assert plain["duration_s"] > 0
+    # the generation speed llama-server states, per request and in /metrics
+    speeds = [speed_from(r.content), speed_from(json.dumps(answer).encode())]
+    assert all(sp is not None for sp in speeds), speeds
+    for rec, sp in zip((streamed, plain), speeds, strict=True):
+        assert sp is not None and rec["tokens_per_second"] == round(sp.generation, 2) > 0
+        assert sp.generated == rec["completion_tokens"]
+    assert plain["tokens_per_second"] == round(answer["timings"]["predicted_per_second"], 2)
+    metrics = httpx.get(served.url + "/metrics", headers=AUTH).text
+    assert 'llmctl_generation_tokens_per_second_count{profile="tiny-a"} 2\n' in metrics
+    generated = sum(sp.generated for sp in speeds if sp is not None)
+    assert f'llmctl_generated_tokens_total{{profile="tiny-a"}} {generated}\n' in metrics
 
 
 def test_a_failed_load_is_kept_with_the_error_line_first(served: Served) -> None:

@@ -163,6 +163,9 @@ def test_load_from_the_page_fills_the_device_bar_and_follows_the_log(
     p.wait_for_selector("#requests tbody tr:has-text('/v1/chat/completions')", timeout=30_000)
     row = p.text_content("#requests tbody tr")
     assert row is not None and "tiny-a" in row and "200" in row and f"→ {said}" in row
+    # and its generation speed, from llama-server's timings
+    speed = round(r.json()["timings"]["predicted_per_second"], 2)
+    assert p.text_content("#requests tbody tr td:nth-child(7)") == f"{speed:.1f}"
 
     # search keeps the matching lines only
     p.fill("#log-search", "print_timing")

@@ -238,6 +238,38 @@ def test_failures_are_typed() -> None:
     run(main())
 
 
+def test_read_deadline_moves_with_each_chunk_and_follows_a_shorter_timeout() -> None:
+    """One timer per connection: a stream that outlasts the read timeout chunk by chunk is not
+    cut, and the next request on the same connection keeps its own (shorter) timeout."""
+
+    async def main() -> None:
+        async def trickle_then_silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for _ in range(12):  # 1.2 s in all, each gap a tenth of the read timeout
+                await asyncio.sleep(0.1)
+                w.write(b"1\r\nx\r\n")
+            w.write(b"0\r\n\r\n")
+            await read_request(r)
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\ny\r\n")
+            await r.read()
+
+        pool = Pool()
+        async with raw_server(trickle_then_silent) as port:
+            resp = await pool.request("127.0.0.1", port, "GET", "/", [], b"", read_timeout=1.0)
+            assert await collect(resp) == b"x" * 12
+            resp = await pool.request("127.0.0.1", port, "GET", "/", [], b"", read_timeout=0.1)
+            chunks = resp.body()
+            assert await anext(chunks) == b"y"
+            async with asyncio.timeout(0.9):  # the first request's 1 s would land past this
+                with pytest.raises(StreamBroken, match="no data"):
+                    await anext(chunks)
+            await resp.aclose()
+        pool.close()
+
+    run(main())
+
+
 # --- open_reply over both transports -----------------------------------------------------------
 
 

@@ -213,3 +213,79 @@ def test_both_client_protocols_cut_slow_headers_and_cap_connections(pure: bool) 
         finally:
             for conn in half_open:
                 conn.close()
+
+
+def test_keep_alive_connection_keeps_its_header_deadline_per_request() -> None:
+    """One header-guard timer per connection: a keep-alive client whose requests together take
+    longer than serve.header_timeout is not cut, and an idle one is still closed in time."""
+    from llmctl.manifest.model import ServeConfig
+    from llmctl.router.server import guarded_protocol
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    serve = ServeConfig(header_timeout=0.6, max_connections=4)
+    with ServerThread(app, lifespan="off", http=guarded_protocol(serve)) as st:
+        conn = socket.create_connection(("127.0.0.1", st.port))
+        try:
+            conn.settimeout(30)
+            for _ in range(8):  # 1.2 s in all, each request well within its own deadline
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                got = b""
+                while not got.endswith(b"\r\n\r\nok"):
+                    chunk = conn.recv(4096)
+                    assert chunk, "the connection was closed between requests"
+                    got += chunk
+                assert got.startswith(b"HTTP/1.1 200")
+                time.sleep(0.15)
+            with contextlib.suppress(ConnectionResetError):  # idle now: closed after 0.6 s
+                assert conn.recv(100) == b""
+        finally:
+            conn.close()
+
+
+def test_client_transport_writes_a_head_with_what_follows_it() -> None:
+    """A response head goes out with the body written after it (one send), alone at the end of
+    the loop's turn when nothing follows, and before the connection closes."""
+    import asyncio
+
+    from llmctl.router.server import _ClientTransport
+
+    class FakeTransport(asyncio.Transport):
+        """FAKE: records writes."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: Any) -> None:
+            self.writes.append(bytes(data))
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def main() -> None:
+        raw = FakeTransport()
+        t = _ClientTransport(raw, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\n\r\n")
+        t.write(b"body")
+        assert raw.writes == [b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Origin: *\r\n\r\nbody"]
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")  # a stream's head, its first chunk not in yet
+        assert len(raw.writes) == 1
+        await asyncio.sleep(0)  # the end of this turn of the loop
+        assert raw.writes[-1] == b"HTTP/1.1 200 OK\r\n\r\n"
+        t.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        t.close()
+        assert raw.writes[-1] == b"HTTP/1.1 204 No Content\r\n\r\n" and raw.closed
+        await asyncio.sleep(0)
+        assert len(raw.writes) == 3  # written once
+
+    asyncio.run(main())

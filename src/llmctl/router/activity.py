@@ -1,12 +1,15 @@
 """What the router saw lately, for the dashboard: recent requests and each profile's last load.
 
 Bounded in memory (a ring of requests, one record per profile); recording is a few attribute
-writes on the request path, the parsing of token counts happens when the dashboard asks.
+writes on the request path, the parsing of token counts happens when the dashboard asks. The
+generation speed (llama-server's `timings`) is read at the end of a request, from the answer's
+tail the relay keeps anyway, and only when the tail names it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections import deque
@@ -36,6 +39,7 @@ class RequestRecord:
     status: int
     duration_s: float
     body_tail: bytes = b""  # where the answer's "usage" may be, parsed on demand
+    speed: Speed | None = None  # llama-server's timings, when the answer has them
 
     def to_json(self) -> dict[str, Any]:
         usage = usage_from(self.body_tail)
@@ -49,7 +53,44 @@ class RequestRecord:
             "duration_s": round(self.duration_s, 4),
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
+            "tokens_per_second": None if self.speed is None else round(self.speed.generation, 2),
+            "prompt_tokens_per_second": (
+                None
+                if self.speed is None or self.speed.prompt is None
+                else round(self.speed.prompt, 2)
+            ),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Speed:
+    """How fast llama-server answered one request, from its `timings`: tokens generated per
+    second and how many, and prompt tokens evaluated per second (None when it evaluated none)."""
+
+    generation: float
+    generated: int
+    prompt: float | None
+
+
+def speed_from(body: bytes) -> Speed | None:
+    """The generation speed an answer's `timings` state (llama-server puts them in a whole
+    answer and in a stream's last chunk), or None when it generated nothing or says nothing."""
+    if b'"timings"' not in body:
+        return None
+    timings = _last_object(body, b'"timings"')
+    if timings is None:
+        return None
+    per_s, n = _positive(timings.get("predicted_per_second")), timings.get("predicted_n")
+    if per_s is None or not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return None
+    return Speed(per_s, n, _positive(timings.get("prompt_per_second")))
+
+
+def _positive(v: object) -> float | None:
+    """A finite positive number as a float (JSON's null, NaN and strings are not)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v) if math.isfinite(v) and v > 0 else None
 
 
 def usage_from(body: bytes) -> dict[str, int]:
@@ -148,10 +189,11 @@ class Activity:
         status: int,
         duration_s: float,
         body_tail: bytes = b"",
+        speed: Speed | None = None,
     ) -> None:
         self.requests.append(
             RequestRecord(
-                time.time(), method, path, profile, upstream, status, duration_s, body_tail
+                time.time(), method, path, profile, upstream, status, duration_s, body_tail, speed
             )
         )
 

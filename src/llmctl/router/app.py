@@ -15,13 +15,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from llmctl.router import dashboard
-from llmctl.router.edge import FastProxy
+from llmctl.router.edge import Edge
 from llmctl.router.endpoints.health import health, metrics_endpoint
 from llmctl.router.endpoints.openai import list_models, retrieve_model
 from llmctl.router.endpoints.sidecar import (
@@ -62,6 +62,20 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     ).response()
 
 
+class RouterApp(Starlette):
+    """The Starlette app behind the router's `Edge`: the edge takes every request first and runs
+    the proxied paths itself; the router's own paths (and the lifespan) go through Starlette."""
+
+    edge: Edge
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self
+        await self.edge(scope, receive, send)
+
+    async def _starlette(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     manifest: Any,
     supervisor: Supervisor,
@@ -71,7 +85,7 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     heartbeat: float = 5.0,
     idle_unload: bool = True,
-) -> Starlette:
+) -> RouterApp:
     """The router app over `manifest` and `supervisor`; `app.state.router` is its Router."""
     router = Router(
         manifest,
@@ -115,9 +129,8 @@ def create_app(
         Route(STATE_PATH, host_state_endpoint, methods=["GET"]),
         *dashboard.routes(),
     ]
-    app = Starlette(
+    app = RouterApp(
         routes=routes,
-        middleware=[Middleware(FastProxy)],
         lifespan=lifespan,
         exception_handlers={
             RouterError: _router_error,
@@ -126,4 +139,5 @@ def create_app(
         },
     )
     app.state.router = router
+    app.edge = Edge(router, app._starlette)
     return app

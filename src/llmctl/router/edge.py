@@ -1,9 +1,11 @@
-"""The edge of the router: `FastProxy` checks every request's path, Host and Origin, answers
-CORS, counts every answer, and sends the proxied paths straight to the proxy endpoint.
+"""The edge of the router, the ASGI entry of every request: `Edge` checks each request's path,
+Host and Origin, answers CORS, counts every answer, and runs the proxied paths itself, outside
+Starlette's routing and error middleware; the router's own paths go on to the Starlette app.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -11,22 +13,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmctl.llama.endpoints import cors_headers
 from llmctl.router.endpoints.proxy import proxy_endpoint
-from llmctl.router.errors import (
-    RouterError,
-    bad_request,
-)
+from llmctl.router.errors import SERVER, RouterError, bad_request
 from llmctl.router.exchange import COUNTED
-from llmctl.router.routing import (
-    route_kind,
-)
+from llmctl.router.routing import route_kind
 from llmctl.router.runtime import Router
 from llmctl.router.safepath import unsafe_path
+
+log = logging.getLogger("llmctl.router")
 
 
 def _browser_headers(scope: Scope) -> tuple[str | None, str | None, str | None, str | None]:
     """Host, Origin, Sec-Fetch-Site and Sec-Fetch-Mode of a request (None when absent)."""
     host = origin = site = mode = None
-    for key, value in scope.get("headers", ()):
+    for key, value in scope["headers"]:
         if key == b"host":
             host = value.decode("latin-1")
         elif key == b"origin":
@@ -55,7 +54,7 @@ def _with_cors(send: Send, origin: str) -> Send:
     return wrapped
 
 
-async def _preflight(scope: Scope, send: Send, origin: str) -> None:
+async def _preflight(send: Send, origin: str) -> None:
     """A CORS preflight from an allowed origin, answered as llama-server answers it: before any
     key check, empty body."""
     headers = [
@@ -68,12 +67,18 @@ async def _preflight(scope: Scope, send: Send, origin: str) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-class FastProxy:
-    """The hot path: every llama-server path but the router's own (health, metrics, model list)
-    goes to the proxy without Starlette's routing and exception layers, which cost more than the
-    rest of the relay. Paths are checked first, and CORS is handled here for every response."""
+def _internal_error() -> RouterError:
+    return RouterError(500, "Internal error in the router.", type=SERVER, code="internal_error")
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class Edge:
+    """The hot path: every llama-server path but the router's own (health, metrics, model list)
+    goes to the proxy without Starlette's routing, exception and error layers, which cost more
+    than the rest of the relay; `app` (the Starlette stack) serves the rest. Paths are checked
+    first, and CORS is handled here for every response."""
+
+    def __init__(self, router: Router, app: ASGIApp) -> None:
+        self.router = router
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,13 +86,12 @@ class FastProxy:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        router: Router = scope["app"].state.router
-        response: Any
+        router = self.router
         why = unsafe_path(scope.get("raw_path") or path.encode("utf-8", "surrogateescape"))
         if why is not None:
             router.metrics.count_rejected("bad_path")
             router.metrics.count_request(None, None, 400)
-            response = bad_request(
+            response: Any = bad_request(
                 f"The request path is refused: {why}. Send the path without dot segments "
                 "or encoded slashes.",
                 code="invalid_path",
@@ -103,36 +107,45 @@ class FastProxy:
             await response(scope, receive, send)
             return
         if scope["method"] == "OPTIONS":
-            await _preflight(scope, send, origin or "")
+            await _preflight(send, origin or "")
             return
         if origin is not None:
             send = _with_cors(send, origin)
         kind = route_kind(path)
-        if kind == "own" and not path.startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        # every answer of the API is counted once: by its exchange, else here under its status
-        sent: list[int] = []
         if kind == "own":
-
-            async def counting_send(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    sent.append(message["status"])
-                await send(message)
-
-            try:
-                await self.app(scope, receive, counting_send)
-            finally:
-                if not scope.get(COUNTED):
-                    router.metrics.count_request(None, None, sent[0] if sent else 499)
+            if path.startswith("/v1/"):
+                await self._own_counted(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        # a proxied answer is counted by its exchange (a relay always ends it), a refusal here
-        # under its status: no wrapper on each of a stream's chunks
-        status = 499  # nothing was answered: the client left, or an internal error follows
+        await self._proxied(scope, receive, send, kind)
+
+    async def _own_counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The router's own /v1/ paths (model list, health): counted here under their status."""
+        sent: list[int] = []
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent.append(message["status"])
+            await send(message)
+
         try:
-            request = Request(scope, receive)
+            await self.app(scope, receive, counting_send)
+        finally:
+            if not scope.get(COUNTED):
+                self.router.metrics.count_request(None, None, sent[0] if sent else 499)
+
+    async def _proxied(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
+        """A proxied answer is counted by its exchange (a relay always ends it), a refusal here
+        under its status: no wrapper on each of a stream's chunks. An internal error is
+        answered 500 (when nothing went out yet) and raised on for the server to log."""
+        router = self.router
+        status = 499  # nothing was answered: the client left, or an internal error follows
+        response: Any = None
+        try:
             try:
                 if kind == "cors_proxy" and not router.serve.allow_cors_proxy:
+                    request = Request(scope, receive)
                     router.check_auth(request)
                     raise RouterError(
                         403,
@@ -141,11 +154,19 @@ class FastProxy:
                         "through.",
                         code="cors_proxy_disabled",
                     )
-                response = await proxy_endpoint(request, pinned=kind == "upstream")
+                response = await proxy_endpoint(
+                    router, Request(scope, receive), pinned=kind == "upstream"
+                )
             except RouterError as err:
                 response = err.response()
             status = getattr(response, "status_code", status)
             await response(scope, receive, send)
+        except Exception:
+            log.exception("internal error on %s %s", scope["method"], scope["path"])
+            if not getattr(response, "started", response is not None):
+                status = 500
+                await _internal_error().response()(scope, receive, send)
+            raise
         finally:
             if not scope.get(COUNTED):
                 router.metrics.count_request(None, None, status)

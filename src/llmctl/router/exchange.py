@@ -22,6 +22,7 @@ from urllib.parse import quote
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from llmctl.router.activity import speed_from
 from llmctl.router.breaker import CircuitBreaker, counts_as_failure
 from llmctl.router.errors import SERVER, RouterError
 from llmctl.router.hosts import HOPS_HEADER, parse_hops, with_hop
@@ -44,30 +45,36 @@ if TYPE_CHECKING:
     from llmctl.router.activity import Activity
     from llmctl.router.host_watch import HostWatch
     from llmctl.router.metrics import Metrics
-    from llmctl.router.routing import ModelIndex
     from llmctl.router.scheduler import Scheduler
-    from llmctl.router.transport.base import Transport
+    from llmctl.router.transport.transports import Transports
     from llmctl.supervisor.lifecycle import Supervisor
 
 
-class ChainRouter(Protocol):
-    """What a request's walk along the chain uses of the router, and nothing else: the
-    scheduler that leases the managed server, the supervisor (to tell an operator's change from
-    a crash), the hosts' watch, the transports, and where to count and record the outcome."""
+class ManagedServers(Protocol):
+    """The managed servers as an exchange reaches them once its lease is granted (the router's
+    backend): each profile's base URL, the one server's pid, and a fresh look at what runs."""
+
+    managed_pid: int | None
+
+    def base_url(self, profile: str) -> str: ...
+    async def refresh(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChainContext:
+    """What every exchange shares, given when it is made (it never calls back into the router):
+    the scheduler that leases the managed server, the servers themselves, the supervisor (to
+    tell an operator's change from a crash), the hosts' watch, the transports, and where to
+    count and record the outcome."""
 
     scheduler: Scheduler
+    servers: ManagedServers
     supervisor: Supervisor
     hosts: HostWatch
+    transports: Transports
     metrics: Metrics
     activity: Activity
-    index: ModelIndex
     router_id: str
-
-    @property
-    def managed_pid(self) -> int | None: ...
-    def transport_for(self, upstream: Upstream, url: str) -> Transport: ...
-    def managed_base(self, profile: str) -> str: ...
-    async def refresh(self, *, force: bool = False) -> None: ...
 
 
 log = logging.getLogger("llmctl.router")
@@ -90,24 +97,26 @@ class Exchange:
 
     def __init__(
         self,
-        router: ChainRouter,
+        ctx: ChainContext,
         request: Request,
         target: Target,
         chain: list[Upstream],
+        aliases: list[str],
         body: bytes,
         payload: dict[str, Any] | None,
     ) -> None:
-        self.router = router
+        self.ctx = ctx
         self.scope = request.scope
         self.target = target
         self.chain = chain
+        self.aliases = aliases  # the target profile's
         self.method = request.method
         # the raw path as the client sent it (no re-encoding), and its query string
         scope = request.scope
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
         self.path = f"{path}?{query}" if query else path
-        self.headers = list(request.headers.raw)
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]  # lower-case names (ASGI)
         self.body = body
         self.payload = payload
         self.lease: Lease | None = None
@@ -119,12 +128,12 @@ class Exchange:
 
     def will_wait(self) -> bool:
         first = self.chain[0]
-        return first.managed and self.router.scheduler.would_wait(self.target.profile)
+        return first.managed and self.ctx.scheduler.would_wait(self.target.profile)
 
     def _names(self) -> list[str]:
         names = [n for n in (self.target.model, self.target.profile) if n]
         if self.target.profile:
-            names.extend(self.router.index.aliases(self.target.profile))
+            names.extend(self.aliases)
         return names
 
     def _body_for(self, upstream: Upstream) -> bytes:
@@ -144,12 +153,12 @@ class Exchange:
             path = f"/upstream/{quote(profile, safe='')}{self.path}"
         hops = parse_hops(_header(self.headers, HOPS_HEADER.encode()))
         headers = request_headers(self.headers, up.api_key)
-        headers.append((HOPS_HEADER.encode(), with_hop(hops, self.router.router_id)))
+        headers.append((HOPS_HEADER.encode(), with_hop(hops, self.ctx.router_id)))
         return up.url_for(path), headers
 
     async def open(self, progress: ProgressFn | None) -> Reply:
         """The first good reply along the chain; RouterError when every upstream failed."""
-        router = self.router
+        ctx = self.ctx
         failures: list[_Failure] = []
         last_status: UpstreamFailure | None = None
         queue = list(self.chain)
@@ -171,7 +180,7 @@ class Exchange:
                 if up.managed:
                     assert self.target.profile is not None
                     try:
-                        lease = await router.scheduler.acquire(
+                        lease = await ctx.scheduler.acquire(
                             self.target.profile, on_progress=progress, since=self.arrived
                         )
                     except RouterError as err:
@@ -183,12 +192,12 @@ class Exchange:
                             "model_stopped",
                             "queue_full",
                         ):
-                            router.metrics.count_fallback(up.name, err.code or "error")
+                            ctx.metrics.count_fallback(up.name, err.code or "error")
                             failures.append(_Failure(up.name, err.code or "error", err.message))
                             continue
                         raise
-                    used_pid = router.managed_pid
-                    url = router.managed_base(self.target.profile) + self.path
+                    used_pid = ctx.servers.managed_pid
+                    url = ctx.servers.base_url(self.target.profile) + self.path
                     headers = request_headers(self.headers, up.api_key)
                 elif up.host is not None:
                     url, headers = self._host_request(up)
@@ -196,7 +205,7 @@ class Exchange:
                     url = up.url_for(self.path)
                     headers = request_headers(self.headers, up.api_key)
                 reply = await open_reply(
-                    router.transport_for(up, url),
+                    ctx.transports.for_url(url),
                     upstream=up.name,
                     url=url,
                     method=self.method,
@@ -212,13 +221,8 @@ class Exchange:
                 # every operator's change is waited out (a shell script may switch and stop
                 # several times under one request), within the queue's deadline
                 waited = time.monotonic() - self.started
-                if (
-                    up.managed
-                    and cut
-                    and changes < MAX_CHANGES
-                    and waited < router.scheduler.timeout
-                ):
-                    why = await run_in_threadpool(router.supervisor.deliberate_change, used_pid)
+                if up.managed and cut and changes < MAX_CHANGES and waited < ctx.scheduler.timeout:
+                    why = await run_in_threadpool(ctx.supervisor.deliberate_change, used_pid)
                     if why is not None:
                         # cut by an operator's switch or stop: wait for the new state, try again
                         changes += 1
@@ -229,18 +233,18 @@ class Exchange:
                             why,
                         )
                         await run_in_threadpool(
-                            router.supervisor.wait_for_change, router.scheduler.timeout
+                            ctx.supervisor.wait_for_change, ctx.scheduler.timeout
                         )
-                        await router.refresh(force=True)
+                        await ctx.servers.refresh()
                         queue.insert(0, up)
                         continue
                 if counts_as_failure(fail.status) if fail.status is not None else True:
                     breaker.record_failure(f"{fail.reason}: {fail.message}")
                     if up.host is not None:
-                        router.hosts.poke(up.name)  # learn now whether the host is gone
+                        ctx.hosts.poke(up.name)  # learn now whether the host is gone
                 else:
                     breaker.record_success()  # alive: it answered (a 500 or 501 to this request)
-                router.metrics.count_fallback(up.name, fail.reason)
+                ctx.metrics.count_fallback(up.name, fail.reason)
                 failures.append(_Failure(up.name, fail.reason, fail.message))
                 if fail.status is not None:
                     last_status = fail
@@ -248,8 +252,8 @@ class Exchange:
                 if up.managed and fail.reason == "connect" and not relaunched:
                     # crashed, or stopped from a shell: if the state file agrees, start it again
                     relaunched = True
-                    await router.refresh(force=True)
-                    if not router.scheduler.is_loaded(self.target.profile):
+                    await ctx.servers.refresh()
+                    if not ctx.scheduler.is_loaded(self.target.profile):
                         queue.insert(0, up)
                 continue
             except BaseException:
@@ -326,11 +330,11 @@ class Exchange:
         if outcome == "upstream_error" and up is not None and self.breaker is not None:
             why = None
             if up.managed:
-                why = self.router.supervisor.deliberate_change(self.pid)
+                why = self.ctx.supervisor.deliberate_change(self.pid)
             if why is None:
                 self.breaker.record_failure("failed mid-stream")
                 if up.host is not None:
-                    self.router.hosts.poke(up.name)  # learn now whether the host is gone
+                    self.ctx.hosts.poke(up.name)  # learn now whether the host is gone
             else:
                 log.info("a response from %s was cut by a deliberate change: %s", up.name, why)
         if outcome == "client_gone":
@@ -339,10 +343,15 @@ class Exchange:
             status = 502 if outcome == "upstream_error" else reply.status
         else:
             status = error.status if error is not None else 500
-        self.router.metrics.count_request(self.target.profile, up.name if up else None, status)
+        self.ctx.metrics.count_request(self.target.profile, up.name if up else None, status)
         self.scope[COUNTED] = True
         tail = (reply.tail or reply.first[-8192:]) if reply is not None else b""
-        self.router.activity.request(
+        speed = speed_from(tail) if status == 200 else None
+        if speed is not None:
+            self.ctx.metrics.observe_generation(
+                self.target.profile, speed.generation, speed.generated
+            )
+        self.ctx.activity.request(
             self.method,
             self.path,
             self.target.profile,
@@ -350,6 +359,7 @@ class Exchange:
             status,
             time.monotonic() - self.started,
             tail,
+            speed,
         )
 
 

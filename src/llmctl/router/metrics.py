@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SWITCH_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+SPEED_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 
 
 def _escape(value: str) -> str:
@@ -32,6 +33,11 @@ class Metrics:
         self.switch_count: dict[tuple[str, str], int] = defaultdict(int)
         self.fallbacks: dict[tuple[str, str], int] = defaultdict(int)
         self.rejected: dict[str, int] = defaultdict(int)
+        # per profile: requests by generation speed (tokens/s), their sum, count, and tokens
+        self.speed_buckets: dict[str, list[int]] = {}
+        self.speed_sum: dict[str, float] = defaultdict(float)
+        self.speed_count: dict[str, int] = defaultdict(int)
+        self.generated: dict[str, int] = defaultdict(int)
 
     def count_request(self, profile: str | None, upstream: str | None, status: int) -> None:
         self.requests[(profile or "", upstream or "", str(status))] += 1
@@ -50,6 +56,19 @@ class Metrics:
                 buckets[i] += 1
         self.switch_sum[key] += seconds
         self.switch_count[key] += 1
+
+    def observe_generation(self, profile: str | None, per_second: float, tokens: int) -> None:
+        """One answer's generation speed, as llama-server's timings state it."""
+        key = profile or ""
+        buckets = self.speed_buckets.get(key)
+        if buckets is None:
+            buckets = self.speed_buckets[key] = [0] * len(SPEED_BUCKETS)
+        for i, bound in enumerate(SPEED_BUCKETS):
+            if per_second <= bound:
+                buckets[i] += 1
+        self.speed_sum[key] += per_second
+        self.speed_count[key] += 1
+        self.generated[key] += tokens
 
     def render(
         self,
@@ -103,6 +122,28 @@ class Metrics:
             out.append(
                 f"llmctl_switch_duration_seconds_count{_labels(base)} {self.switch_count[key]}"
             )
+        head(
+            "llmctl_generation_tokens_per_second",
+            "histogram",
+            "Requests by generation speed (tokens/s, llama-server's timings), by profile.",
+        )
+        for profile in sorted(self.speed_buckets):
+            mine = [("profile", profile)]
+            for bound, n in zip(SPEED_BUCKETS, self.speed_buckets[profile], strict=True):
+                lbl = _labels([*mine, ("le", _num(bound))])
+                out.append(f"llmctl_generation_tokens_per_second_bucket{lbl} {n}")
+            count, total = self.speed_count[profile], self.speed_sum[profile]
+            inf = _labels([*mine, ("le", "+Inf")])
+            out.append(f"llmctl_generation_tokens_per_second_bucket{inf} {count}")
+            out.append(f"llmctl_generation_tokens_per_second_sum{_labels(mine)} {total:.3f}")
+            out.append(f"llmctl_generation_tokens_per_second_count{_labels(mine)} {count}")
+        head(
+            "llmctl_generated_tokens_total",
+            "counter",
+            "Tokens generated in answers that carry llama-server's timings, by profile.",
+        )
+        for profile, n in sorted(self.generated.items()):
+            out.append(f"llmctl_generated_tokens_total{_labels([('profile', profile)])} {n}")
         head(
             "llmctl_breaker_state",
             "gauge",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 ANY = "*"
@@ -96,6 +96,7 @@ class OriginPolicy:
     origins: tuple[re.Pattern[str], ...]
     any_origin: bool
     allow_null: bool
+    _hosts_seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_serve(cls, serve: ServeOrigins, bind_host: str) -> OriginPolicy:
@@ -122,10 +123,15 @@ class OriginPolicy:
     def host_allowed(self, host_header: str | None) -> bool:
         if not self.check_host or host_header is None:
             return True  # HTTP/1.0 clients send no Host; browsers always do
-        host = _strip_port(host_header).rstrip(".")
-        if is_loopback_name(host):
-            return True
-        return any(p.match(host) for p in self.hosts)
+        known = self._hosts_seen.get(host_header)
+        if known is None:
+            # asked for every request, mostly of the same few names
+            if len(self._hosts_seen) >= 256:
+                self._hosts_seen.clear()
+            host = _strip_port(host_header).rstrip(".")
+            known = is_loopback_name(host) or any(p.match(host) for p in self.hosts)
+            self._hosts_seen[host_header] = known
+        return known
 
     def origin_allowed(self, origin: str, host_header: str | None) -> bool:
         """A browser origin that may use the router: its own, a loopback one, or a configured one."""

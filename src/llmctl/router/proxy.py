@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from llmctl.router.breaker import server_failed
 from llmctl.router.relay import Reply
-from llmctl.router.transport.base import Opened, StreamBroken, Transport, UpstreamFailure
+from llmctl.router.transport.base import StreamBroken, Transport, UpstreamFailure
 
 
 async def open_reply(
@@ -28,30 +28,24 @@ async def open_reply(
 
     Raises UpstreamFailure on a connect error, a timeout or a 5xx, so the caller can try the next
     upstream; returns other statuses (4xx too) as they are. The transport (the lean pool for
-    loopback, httpx elsewhere) only sends and maps its own errors; the classification is here.
+    loopback, httpx elsewhere) sends, keeps the one deadline of the headers and the first chunk
+    (no timer of its own per request here) and maps its own errors; the classification is here.
     """
     deadline = time.monotonic() + timeout
-    opened: Opened | None = None
-    first = b""
-    try:
-        # one deadline for the headers and the first chunk: it is set once per request
-        async with asyncio.timeout(timeout):
-            opened = await transport.send(url, method, headers, body, timeout)
-            if not server_failed(opened[0]):
-                first = await anext(opened[2], b"")
-    except TimeoutError:
-        if opened is None:
-            raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
-        await opened[3]()
-        raise UpstreamFailure("timeout", f"no response body within {timeout:g} s") from None
-    except StreamBroken as exc:
-        if opened is None:
-            raise
-        await opened[3]()
-        raise UpstreamFailure("transport", f"failed before the first byte: {exc}") from None
-    status, raw, chunks, closer = opened
+    status, raw, chunks, closer = await transport.send(url, method, headers, body, timeout)
     if server_failed(status):
         raise await _failure_for_status(status, raw, chunks, deadline, closer)
+    try:
+        first = await anext(chunks, b"")
+    except TimeoutError:
+        await closer()
+        raise UpstreamFailure("timeout", f"no response body within {timeout:g} s") from None
+    except StreamBroken as exc:
+        await closer()
+        raise UpstreamFailure("transport", f"failed before the first byte: {exc}") from None
+    except BaseException:
+        await closer()
+        raise
     return Reply(upstream, status, raw, first, chunks, closer)
 
 

@@ -77,8 +77,9 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 def request_headers(
     headers: Iterable[tuple[bytes, bytes]], api_key: str | None
 ) -> list[tuple[bytes, bytes]]:
-    """The client's headers minus hop-by-hop ones and its credentials; the upstream's key added."""
-    out = [(k, v) for k, v in headers if k.lower() not in _REQUEST_DROP_B]
+    """The client's headers (lower-case names, as ASGI gives them) minus hop-by-hop ones and its
+    credentials; the upstream's key added."""
+    out = [(k, v) for k, v in headers if k not in _REQUEST_DROP_B]
     if api_key:
         out.append((b"authorization", b"Bearer " + api_key.encode()))
     return out
@@ -109,8 +110,7 @@ class Reply:
         self.tail = b""  # the end of the body once relayed, where an answer's "usage" is
         # what the relay asks of the headers, read in one pass
         encoding = length = content_type = None
-        for k, v in headers:
-            name = k.lower()
+        for name, v in headers:  # lower-case names (the `Transport` contract)
             if name == b"content-encoding":
                 encoding = v if encoding is None else encoding
             elif name == b"content-length":
@@ -129,7 +129,7 @@ class Reply:
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
-            if k.lower() == name:
+            if k == name:
                 return v
         return None
 
@@ -137,14 +137,13 @@ class Reply:
         # the body is relayed decoded: its length holds only when the upstream did not compress it
         encoded = self._encoded
         out: list[tuple[bytes, bytes]] = []
-        for k, v in self.headers:
-            name = k.lower()
+        for name, v in self.headers:
             if name == b"content-length":
                 if encoded:
                     continue
             elif name in _RESPONSE_DROP_B:
                 continue
-            out.append((k, v))
+            out.append((name, v))
         out.append((UPSTREAM_HEADER_B, self.upstream.encode()))
         out.extend(self.extra_headers)
         if self.is_sse:
@@ -163,6 +162,15 @@ async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
         if message["type"] == "http.disconnect":
             scope.cancel()
             return
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
+    """Cancel `task` when the client disconnects; True once it has."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return True
 
 
 async def _pipe(
@@ -214,6 +222,7 @@ class RelayResponse:
     def __init__(self, reply: Reply, on_done: DoneFn) -> None:
         self.reply = reply
         self.done = _Once(on_done)
+        self.started = False  # the response's start went out
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         reply = self.reply
@@ -228,20 +237,28 @@ class RelayResponse:
                 raise
             self.done("ok", reply)
             try:
+                self.started = True
                 await send(start)
                 await send({"type": "http.response.body", "body": reply.first, "more_body": False})
             finally:
                 await reply.aclose()  # nothing left to read or cancel: no await to shield
                 self.done("client_gone", reply)
             return
+        # a client that leaves cancels the relay (this task), which closes the upstream response
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task))
         try:
             start = self._start()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-                await send(start)
-                await _pipe(send, reply, sse_errors=reply.is_sse, finish=self._finish)
-                tg.cancel_scope.cancel()
+            self.started = True
+            await send(start)
+            await _pipe(send, reply, sse_errors=reply.is_sse, finish=self._finish)
+        except asyncio.CancelledError:
+            if not (watcher.done() and not watcher.cancelled() and watcher.result()):
+                raise
+            task.uncancel()  # the client left: the relay ends here, nothing to raise
         finally:
+            watcher.cancel()
             await self._close()
 
     def _start(self) -> Message:
@@ -253,8 +270,10 @@ class RelayResponse:
         }
 
     async def _close(self) -> None:
-        with anyio.CancelScope(shield=True):
+        # no shield: the lean pool's close does not wait, httpx shields its own
+        try:
             await self.reply.aclose()
+        finally:
             self.done("client_gone", self.reply)
 
     def _finish(self, outcome: Outcome) -> None:
@@ -307,6 +326,11 @@ class WaitingStreamResponse:
         self.loading_state = loading_state
         self._started = False
         self._held: list[Progress] = []
+
+    @property
+    def started(self) -> bool:
+        """The response's start went out."""
+        return self._started
 
     async def _start(self, send: Send, reply: Reply | None = None) -> None:
         if self._started:

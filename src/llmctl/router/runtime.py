@@ -30,6 +30,7 @@ from llmctl.router.errors import (
     too_large,
     unauthorized,
 )
+from llmctl.router.exchange import ChainContext
 from llmctl.router.host_watch import HostWatch
 from llmctl.router.hosts import (
     STATE_VERSION,
@@ -42,9 +43,8 @@ from llmctl.router.routing import (
     Target,
     order_chain,
 )
-from llmctl.router.transport.base import Transport, lean_capable
-from llmctl.router.transport.loopback import Pool
-from llmctl.router.transport.remote import RemoteTransport
+from llmctl.router.transport.base import Transport
+from llmctl.router.transport.transports import Transports
 from llmctl.router.upstreams import Upstream, Upstreams
 from llmctl.supervisor.launch import LaunchSpec
 from llmctl.supervisor.lifecycle import Supervisor
@@ -103,14 +103,24 @@ class Router:
         # the address the socket listens on (set by whoever binds it): the Host rules depend on it
         self.bind_host: str | None = None
         self._last_refresh = 0.0
-        self._pool: Pool | None = None
-        self._remote: RemoteTransport | None = None
+        self.transports = Transports()
         # server.ports: several servers at once, each profile loaded with the placer; else one
         # server, switched (fixed for the router's life: a reload does not change it)
         self.backend = backend_for(manifest, supervisor, self.activity)
         self.scheduler = self.backend.scheduler
         self.log_streams: dict[str, int] = {}  # open dashboard log streams, by client address
         self.scheduler.on_switch_done = self.metrics.observe_switch
+        # what each request's exchange is given (runtime state it never calls back for)
+        self.chain_context = ChainContext(
+            scheduler=self.scheduler,
+            servers=self.backend,
+            supervisor=supervisor,
+            hosts=self.hosts,
+            transports=self.transports,
+            metrics=self.metrics,
+            activity=self.activity,
+            router_id=self.router_id,
+        )
         self.apply(manifest)
 
     # --- configuration ----------------------------------------------------------------
@@ -208,22 +218,11 @@ class Router:
     # --- HTTP clients -----------------------------------------------------------------
 
     def transport_for(self, upstream: Upstream, url: str) -> Transport:
-        """Loopback plain http: the lean pool. Elsewhere httpx, which may use a proxy from the environment."""
-        if lean_capable(url):
-            if self._pool is None:
-                self._pool = Pool()
-            return self._pool
-        if self._remote is None:
-            self._remote = RemoteTransport()
-        return self._remote
+        """The transport for `url` (`Transports.for_url`)."""
+        return self.transports.for_url(url)
 
     async def aclose_clients(self) -> None:
-        if self._remote is not None:
-            await self._remote.aclose()
-        if self._pool is not None:
-            await self._pool.aclose()
-        self._pool = None
-        self._remote = None
+        await self.transports.aclose()
 
     # --- managed server ---------------------------------------------------------------
 

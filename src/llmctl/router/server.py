@@ -89,7 +89,11 @@ def default_max_connections() -> int:
 
 
 class _HeaderGuard:
-    """One connection's deadline for its request line and headers (slowloris)."""
+    """One connection's deadline for its request line and headers (slowloris).
+
+    Arming is an attribute write: one timer per connection stays pending while it is in use and,
+    when it fires, finds the deadline of the wait then under way (or none), so that a keep-alive
+    connection costs no timer per request."""
 
     __slots__ = ("loop", "timeout", "timer", "transport", "waiting_since")
 
@@ -104,13 +108,27 @@ class _HeaderGuard:
 
     def arm(self) -> None:
         """Headers are due now (a new connection, or the next request on a keep-alive one)."""
-        self.waiting_since = self.loop.time()
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_later(self.timeout, self.drop)
+        self.waiting_since = now = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_at(now + self.timeout, self._check)
 
     def disarm(self) -> None:
-        """The headers are in (the body has serve.body_timeout), or the connection is gone."""
+        """The headers are in (the body has serve.body_timeout): the pending timer finds no wait."""
+        self.waiting_since = None
+
+    def _check(self) -> None:
+        self.timer = None
+        since = self.waiting_since
+        if since is None:
+            return  # armed again by the next wait
+        due = since + self.timeout
+        if self.loop.time() >= due:
+            self.drop()
+        else:
+            self.timer = self.loop.call_at(due, self._check)
+
+    def close(self) -> None:
+        """The connection is gone."""
         self.waiting_since = None
         if self.timer is not None:
             self.timer.cancel()
@@ -118,7 +136,7 @@ class _HeaderGuard:
 
     def drop(self) -> None:
         """Close a connection that sent no complete request in time (or lost its place)."""
-        self.disarm()
+        self.close()
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -131,32 +149,54 @@ _SPELLED = [
 ]
 
 
-class _Spelled(asyncio.Transport):
-    """A client connection's transport that writes the CORS header names of a response head as
-    llama-server spells them; everything else passes through as it is."""
+class _ClientTransport(asyncio.Transport):
+    """A client connection's transport that writes a response head together with what follows it
+    (one send, one segment for the client, where uvicorn writes the head and the body apart) and
+    the CORS header names of a head as llama-server spells them.
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    A head is held until the next write or the end of the event loop's turn, whichever is first.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if data[:5] == b"HTTP/" and b"\r\naccess-control-" in data:
+        if data[:5] == b"HTTP/":
             head = bytes(data)
-            for lower, spelled in _SPELLED:
-                head = head.replace(lower, spelled)
-            data = head
+            if b"\r\naccess-control-" in head:
+                for lower, spelled in _SPELLED:
+                    head = head.replace(lower, spelled)
+            if self._head is not None:
+                self._transport.write(self._head)
+            else:
+                self._loop.call_soon(self._flush)
+            self._head = head
+            return
+        if self._head is not None:
+            data, self._head = self._head + data, None
         self._transport.write(data)
+
+    def _flush(self) -> None:
+        head, self._head = self._head, None
+        if head is not None and not self._transport.is_closing():
+            self._transport.write(head)
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(list_of_data))
 
     def close(self) -> None:
+        self._flush()
         self._transport.close()
 
     def abort(self) -> None:
+        self._head = None
         self._transport.abort()
 
     def write_eof(self) -> None:
+        self._flush()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
@@ -184,7 +224,7 @@ class _Spelled(asyncio.Transport):
         return self._transport.get_protocol()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size() + len(self._head or b"")
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
@@ -229,7 +269,7 @@ class GuardedH11Protocol(H11Protocol):
             self.guard.arm()  # the next request on this keep-alive connection
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.disarm()
+        self.guard.close()
         super().connection_lost(exc)
 
 
@@ -249,7 +289,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
         guard: _HeaderGuard
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            transport = _Spelled(transport)
+            transport = _ClientTransport(transport, self.loop)
             super().connection_made(transport)
             self.guard = _HeaderGuard(self.loop, transport, self.header_timeout)
             self.guard.arm()
@@ -270,7 +310,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
                 self.guard.arm()  # the next request on this keep-alive connection
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.guard.disarm()
+            self.guard.close()
             super().connection_lost(exc)
 
     return GuardedHttpToolsProtocol

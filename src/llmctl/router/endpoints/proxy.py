@@ -33,7 +33,7 @@ from llmctl.router.routing import (
     query_model,
     split_upstream_path,
 )
-from llmctl.router.runtime import JSON_ENDPOINTS, Router, header, router_of
+from llmctl.router.runtime import JSON_ENDPOINTS, Router, header
 
 HOPS_HEADER_B = HOPS_HEADER.encode()
 
@@ -115,13 +115,12 @@ def _refuse_client_slot_files(router: Router, path: str, query: bytes, profile: 
         )
 
 
-async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
+async def proxy_endpoint(router: Router, request: Request, *, pinned: bool = False) -> Response:
     """Any llama-server (or OpenAI-compatible) path, sent along the chain of the request's profile.
 
     `pinned`: the path is `/upstream/{profile}/{path}`, which names the profile when neither the
     body nor the query does.
     """
-    router = router_of(request)
     router.check_auth(request)
     if router.shutting_down:
         raise RouterError(
@@ -158,7 +157,7 @@ async def proxy_endpoint(request: Request, *, pinned: bool = False) -> Response:
         raise RouterError(
             503, "No upstream serves this model.", type=SERVER, code="upstream_unavailable"
         )
-    exchange = Exchange(router, request, target, chain, body, payload)
+    exchange = Exchange(router.chain_context, request, target, chain, aliases, body, payload)
     streaming = bool(payload and payload.get("stream") is True)
     if streaming and exchange.will_wait():
         # a refusal known before the stream starts (429, 503) keeps its status and Retry-After

@@ -3,8 +3,9 @@
 A transport sends a request and returns as soon as the response's headers are in (`Opened`);
 it maps its own errors, in one place each: `UpstreamFailure` when no response came (connect,
 timeout, transport), `StreamBroken` from the body's chunks when the response broke off. The
-caller (`proxy.open_reply`) never asks which transport it got. The caller reads the first chunk
-under its own deadline; a transport times out each later read (no data for its read timeout).
+caller (`proxy.open_reply`) never asks which transport it got. The transport keeps one deadline
+for the headers and the body's first chunk (`timeout` from the send: a late first chunk raises
+TimeoutError from the chunks), and times out each later read (no data for `timeout`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class StreamBroken(Exception):
     """The upstream closed or broke the connection before the response was complete."""
 
 
-# An upstream response once its headers are in: status, headers, the body's chunks (raising
-# StreamBroken), and how to close it.
+# An upstream response once its headers are in: status, headers (names in lower case), the
+# body's chunks (raising StreamBroken), and how to close it.
 Opened = tuple[int, list[tuple[bytes, bytes]], AsyncIterator[bytes], Callable[[], Awaitable[None]]]
 
 
@@ -53,7 +54,8 @@ class Transport(Protocol):
         body: bytes,
         timeout: float,
     ) -> Opened:
-        """Send; raise UpstreamFailure when no response comes (connect, transport, timeout)."""
+        """Send; raise UpstreamFailure when no response comes (connect, transport, or no headers
+        within `timeout`)."""
         ...
 
     async def aclose(self) -> None: ...

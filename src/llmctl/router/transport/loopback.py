@@ -30,7 +30,12 @@ class _Conn(asyncio.Protocol):
     asyncio's StreamReader (the same exceptions: IncompleteReadError at the end of the stream,
     LimitOverrunError past `_MAX_HEAD` without a separator) but with no future per call and no
     copy of a body that arrived whole; past twice `_MAX_HEAD` unread, it stops reading the
-    socket (a slow client slows the upstream, not the router's memory)."""
+    socket (a slow client slows the upstream, not the router's memory).
+
+    `deadline` (loop time) bounds every wait for bytes: a read still waiting then raises
+    TimeoutError. Moving it is an attribute write; one timer per connection stays pending and,
+    when it fires, checks the deadline of the wait under way, so a stream's chunks cost no timer
+    each."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,6 +45,9 @@ class _Conn(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self.transport: asyncio.Transport | None = None
+        self.deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     # --- the protocol (the loop calls these) ---
 
@@ -75,10 +83,29 @@ class _Conn(asyncio.Protocol):
         if self._paused:
             self._resume()
         waiter = self._waiter = self._loop.create_future()
+        deadline = self.deadline
+        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+            self._arm(deadline)
         try:
             await waiter
         finally:
             self._waiter = None
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        deadline, waiter = self.deadline, self._waiter
+        if deadline is None or waiter is None or waiter.done():
+            return  # armed again by the next wait
+        if self._loop.time() >= deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._arm(deadline)
 
     def _resume(self) -> None:
         if self._paused and self.transport is not None:
@@ -148,6 +175,9 @@ class _Conn(asyncio.Protocol):
         )
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 self.transport.close()
@@ -158,7 +188,7 @@ class Response:
     """Status and headers are read; the body streams from `body()` (call `aclose()` always)."""
 
     status: int
-    headers: list[tuple[bytes, bytes]]
+    headers: list[tuple[bytes, bytes]]  # names in lower case
     _conn: _Conn | None
     _pool: Pool
     _key: tuple[str, int]
@@ -170,18 +200,24 @@ class Response:
 
     def header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
-            if k.lower() == name:
+            if k == name:
                 return v
         return None
 
+    def _due(self, reader: _Conn, timed: bool) -> None:
+        """The deadline of the next read: the read timeout from now; the first read keeps the
+        request's (that of its headers, the `Transport` contract), and raises TimeoutError."""
+        timeout = self._read_timeout
+        if timed:
+            reader.deadline = None if timeout is None else reader._loop.time() + timeout
+
     async def _read(self, reader: _Conn, n: int, *, exact: bool, timed: bool = True) -> bytes:
+        self._due(reader, timed)
         try:
-            if timed:
-                async with asyncio.timeout(self._read_timeout):
-                    data = await (reader.readexactly(n) if exact else reader.read(n))
-            else:  # the first read is under the caller's deadline (the `Transport` contract)
-                data = await (reader.readexactly(n) if exact else reader.read(n))
+            data = await (reader.readexactly(n) if exact else reader.read(n))
         except TimeoutError:  # before OSError, its base class
+            if not timed:
+                raise  # before OSError, its base class
             raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except asyncio.IncompleteReadError as exc:
             raise StreamBroken("the upstream closed the connection mid-response") from exc
@@ -197,16 +233,8 @@ class Response:
         if self._chunked:
             first = True
             while True:
-                if first:  # under the caller's deadline (the `Transport` contract)
-                    data = await self._chunk(reader)
-                else:
-                    try:  # one deadline per chunk, its size line and its data
-                        async with asyncio.timeout(self._read_timeout):
-                            data = await self._chunk(reader)
-                    except TimeoutError:
-                        raise StreamBroken(
-                            f"no data from the upstream for {self._read_timeout:g} s"
-                        ) from None
+                self._due(reader, not first)  # one deadline per chunk, its size line and data
+                data = await self._chunk(reader, first)
                 first = False
                 if data is None:
                     # trailers (usually none) end with an empty line
@@ -237,25 +265,29 @@ class Response:
                 yield data
             self._finish()
 
-    async def _chunk(self, reader: _Conn) -> bytes | None:
+    async def _chunk(self, reader: _Conn, first: bool) -> bytes | None:
         """The data of the next chunk of a chunked body; None for the last (empty) one."""
         try:
             line = await reader.readuntil(b"\r\n")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise StreamBroken("malformed chunked response from the upstream") from None
+            if size == 0:
+                return None
+            data = await reader.readexactly(size + 2)
+        except TimeoutError:  # before OSError, its base class
+            if first:
+                raise
+            raise StreamBroken(f"no data from the upstream for {self._read_timeout:g} s") from None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
             raise StreamBroken("the upstream closed the connection mid-response") from exc
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise StreamBroken("malformed chunked response from the upstream") from None
-        if size == 0:
-            return None
-        data = await self._read(reader, size + 2, exact=True, timed=False)
         return data[:-2]
 
     async def _read_line(self, reader: _Conn) -> bytes:
+        self._due(reader, True)
         try:
-            async with asyncio.timeout(self._read_timeout):
-                return await reader.readuntil(b"\r\n")
+            return await reader.readuntil(b"\r\n")
         except (
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
@@ -269,6 +301,7 @@ class Response:
         self._done = True
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.deadline = None
             if self._keep and conn.usable():
                 self._pool.put(self._key, conn)
             else:
@@ -329,12 +362,14 @@ class Pool:
         *,
         connect_timeout: float = 10.0,
         read_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> Response:
         """Send one request and read the status line and headers.
 
-        Raises ConnectFailed when no connection can be made and StreamBroken when the server
-        closes before answering. A pooled connection the server closed meanwhile is retried once
-        on a fresh one (the request never reached the application).
+        Raises ConnectFailed when no connection can be made, StreamBroken when the server
+        closes before answering, and TimeoutError past `deadline` (loop time), which holds for
+        the body's first read too. A pooled connection the server closed meanwhile is retried
+        once on a fresh one (the request never reached the application).
         """
         key = (host, port)
         hostname = f"[{host}]" if ":" in host else host
@@ -346,6 +381,7 @@ class Pool:
         payload = b"".join(lines) + body
         for attempt in (0, 1):
             conn, reused = await self._get(key, connect_timeout)
+            conn.deadline = deadline
             try:
                 conn.write(payload)
                 head = await conn.readuntil(b"\r\n\r\n")
@@ -353,6 +389,9 @@ class Pool:
                     head[9:10] == b"1" and head[9:12] != b"101"
                 ):  # interim 1xx: the answer follows
                     head = await conn.readuntil(b"\r\n\r\n")
+            except TimeoutError:  # before OSError, its base class
+                conn.close()
+                raise
             except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
                 conn.close()
                 if reused and attempt == 0:
@@ -394,9 +433,8 @@ class Pool:
             name, sep, value = line.partition(b":")
             if not sep:
                 continue
-            name = name.strip()
+            lower = name.strip().lower()
             value = value.strip()
-            lower = name.lower()
             if lower == b"content-length":
                 with contextlib.suppress(ValueError):
                     length = int(value)
@@ -407,7 +445,7 @@ class Pool:
                     keep = False
                 elif b"keep-alive" in value.lower():
                     keep = True
-            headers.append((name, value))
+            headers.append((lower, value))
         if chunked:
             length = None
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
@@ -425,11 +463,14 @@ class Pool:
         """The `Transport` contract: this pool's errors become UpstreamFailure here."""
         _, host, port, _ = split_url(url)
         target = url[url.index("/", url.index("//") + 2) :] if url.count("/") > 2 else "/"
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             response = await self.request(
                 host, port, method, target, headers, body,
-                connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+                connect_timeout=min(timeout, 10.0), read_timeout=timeout, deadline=deadline,
             )  # fmt: skip
+        except TimeoutError:
+            raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
         except ConnectFailed as exc:
             raise UpstreamFailure("connect", str(exc)) from None
         except StreamBroken as exc:

@@ -3,6 +3,7 @@ an HTTP proxy from the environment). httpx's errors are mapped here and nowhere 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -44,9 +45,11 @@ class RemoteTransport:
                 connect=min(timeout, 10.0), read=timeout, write=timeout, pool=timeout
             ),
         )
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException:
+            async with asyncio.timeout_at(deadline):
+                response = await self.client.send(request, stream=True)
+        except (TimeoutError, httpx.TimeoutException):
             raise UpstreamFailure("timeout", f"no response within {timeout:g} s") from None
         except httpx.ConnectError as exc:
             raise UpstreamFailure(
@@ -56,8 +59,8 @@ class RemoteTransport:
             raise UpstreamFailure("transport", f"{type(exc).__name__}: {exc}") from None
         return (
             response.status_code,
-            list(response.headers.raw),
-            _chunks(response),
+            [(k.lower(), v) for k, v in response.headers.raw],
+            _chunks(response, deadline),
             response.aclose,
         )
 
@@ -65,9 +68,17 @@ class RemoteTransport:
         await self.client.aclose()
 
 
-async def _chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _chunks(response: httpx.Response, deadline: float) -> AsyncIterator[bytes]:
+    """The body's chunks; the first is due by `deadline` (TimeoutError), the others each within
+    httpx's read timeout."""
+    chunks = response.aiter_bytes()
     try:
-        async for chunk in response.aiter_bytes():
+        async with asyncio.timeout_at(deadline):
+            first = await anext(chunks, None)
+        if first is None:
+            return
+        yield first
+        async for chunk in chunks:
             yield chunk
     except httpx.HTTPError as exc:
         raise StreamBroken(f"{type(exc).__name__}: {exc}") from exc

@@ -434,10 +434,11 @@ function renderRequests() {
       el("td", { class: r.status >= 400 ? "bad" : null, text: String(r.status) }),
       el("td", { text: secs(r.duration_s) }),
       el("td", { text: tokens }),
+      el("td", { text: r.tokens_per_second == null ? "–" : r.tokens_per_second.toFixed(1) }),
       el("td", { class: "mono", text: `${r.method} ${r.path}` })));
   }
   if (!state.requests.length) {
-    body.append(el("tr", {}, el("td", { colspan: "7", class: "muted", text: "No request yet." })));
+    body.append(el("tr", {}, el("td", { colspan: "8", class: "muted", text: "No request yet." })));
   }
 }
 
