@@ -4,6 +4,7 @@ modules a command imports (the start-up guards)."""
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -76,3 +77,44 @@ def imported_modules(*args: str, env: dict[str, str] | None = None) -> set[str]:
             found: list[str] = json.loads(line.removeprefix("MODULES "))
             return set(found)
     raise AssertionError(f"llmctl {' '.join(args)} did not finish: {res.stderr[-2000:]}")
+
+
+def free_port_range(n: int) -> int:
+    """The first of n consecutive free ports."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
+
+
+def ps() -> dict[str, dict[str, object]]:
+    out = llmctl("ps", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {s["profile"]: s for s in json.loads(out.stdout)["servers"]}
+
+
+def raw_request(url: str, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+    """Send the request line exactly as given: HTTP clients normalise dot segments themselves."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        s.sendall(head + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.split(b"\r\n\r\n", 1)[1]

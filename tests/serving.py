@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 
+from llmctl import paths
 from processes import stop_process
+from supervisor_helpers import llama_pids as session_pids
 
 
 @dataclass
@@ -81,3 +83,42 @@ def start_serve(
 
 def stop_serve(served: Served) -> int:
     return stop_process(served.proc, timeout=30)
+
+
+def write_manifest(
+    path: Path, binary: Path, models: tuple[Path, Path, Path], llama_port: int, extra: str = ""
+) -> Path:
+    a, b, long_model = models
+    path.write_text(
+        f"""version: 1
+server:
+  binary: {binary}
+  port: {llama_port}
+  ready_timeout: 60s
+gpu:
+  vram: 24GiB
+serve:
+  queue: {{max_size: 50, timeout: 60s}}
+profiles:
+  tiny-a:
+    model: {a}
+    aliases: [A, chat-a]
+    ctx_size: 512
+    parallel: 2
+  tiny-b:
+    model: {b}
+    aliases: [B]
+    ctx_size: 512
+    parallel: 2
+  tiny-long:
+    model: {long_model}
+    ctx_size: 16384
+    parallel: 1
+{extra}"""
+    )
+    return path
+
+
+def llama_pids(binary: Path) -> list[int]:
+    """llama-servers started for this test (other tests may run their own at the same time)."""
+    return session_pids(binary, paths.state_dir())

@@ -15,10 +15,9 @@ import pytest
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.state import read_servers
-from processes import llmctl
+from processes import free_port_range, llmctl
 from supervisor_helpers import FAKE, kill_fakes
 from terminal import COLUMNS, Screen, run_in_pty
-from test_placement_real import free_port_range
 
 LONG_A = "qwen2.5-coder-1.5b-instruct-q4_k_m"  # as long as the names init writes
 LONG_B = "tiny-b"

@@ -221,7 +221,7 @@ def test_several_servers_each_with_its_share_log_and_unload(
     tmp_path: Path, llama_server_bin: Path, models: tuple[Path, Path, Path], free_port: int
 ) -> None:
     from fakes.fake_upstream import free_port as another_port
-    from test_placement_real import free_port_range
+    from processes import free_port_range
 
     manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
     base = free_port_range(4)
@@ -298,7 +298,7 @@ def test_state_and_available_with_gpu_as_a_device_list(
     """`gpu:` as a list of devices (the form placement needs): the dashboard and
     /models/available judge profiles against its first GPU instead of answering 500."""
     from fakes.fake_upstream import free_port as another_port
-    from test_placement_real import free_port_range
+    from processes import free_port_range
 
     manifest = write_manifest(tmp_path / "profiles.yaml", llama_server_bin, models, another_port())
     base = free_port_range(3)

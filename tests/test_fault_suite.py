@@ -30,8 +30,7 @@ from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.state import read_state
 from processes import llmctl
-from serving import Served, start_serve, stop_serve
-from test_router_real import llama_pids, write_manifest
+from serving import Served, llama_pids, start_serve, stop_serve, write_manifest
 
 pytestmark = pytest.mark.faults
 

@@ -18,8 +18,7 @@ import pytest
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor
 from processes import llmctl
-from serving import Served, start_serve, stop_serve
-from test_router_real import llama_pids, write_manifest
+from serving import Served, llama_pids, start_serve, stop_serve, write_manifest
 
 CHAT = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
 

@@ -208,8 +208,8 @@ def test_router_saves_on_ttl_unload_and_on_sigterm_and_restores_on_demand(
 ) -> None:
     import httpx
 
-    from test_router_real import llama_pids as served_pids
-    from test_router_real import start_serve, stop_serve
+    from serving import llama_pids as served_pids
+    from serving import start_serve, stop_serve
 
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text(
@@ -259,7 +259,7 @@ def test_clients_cannot_save_or_restore_the_slot_files_of_a_keep_kv_profile(
     keep_kv keeps llama-server's own slot actions."""
     import httpx
 
-    from test_router_real import start_serve, stop_serve
+    from serving import start_serve, stop_serve
 
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text(

@@ -20,10 +20,9 @@ import httpx
 import pytest
 
 from llmctl.testing.testmodels import write_tiny_model
-from processes import llmctl
+from processes import free_port_range, llmctl, ps
 from serving import start_serve, stop_serve
 from supervisor_helpers import FAKE, kill_fakes
-from test_placement_real import free_port_range, ps
 
 MiB = 1024 * 1024
 

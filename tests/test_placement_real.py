@@ -6,8 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,36 +16,11 @@ from llmctl.supervisor import lifecycle, procs
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.state import state_dir_error
 from llmctl.testing.testmodels import write_tiny_model
-from processes import llmctl
+from processes import free_port_range, llmctl, ps
 from supervisor_helpers import fake_pids, fake_spec, kill_fakes
 
 # Planned CPU bytes of the tiny llama at these contexts: about a 16 MiB, b 24 MiB, c 40 MiB.
 BUDGET = "70MiB"
-
-
-def free_port_range(n: int) -> int:
-    """The first of n consecutive free ports."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000)
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
-def ps() -> dict[str, dict[str, object]]:
-    out = llmctl("ps", "--json")
-    assert out.returncode == 0, out.stdout + out.stderr
-    return {s["profile"]: s for s in json.loads(out.stdout)["servers"]}
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import pytest
 from llmctl import paths
 from llmctl.llama.endpoints import ROUTER_MODE_ROUTES, ROUTES
 from llmctl.supervisor.lifecycle import Supervisor
+from processes import raw_request
 from serving import Served, start_serve, stop_serve
-from test_router_security import raw_request
 
 KEY = "router-key"
 AUTH = {"authorization": f"Bearer {KEY}"}

@@ -15,10 +15,9 @@ import pytest
 
 from llmctl.supervisor import procs
 from llmctl.testing.testmodels import write_tiny_model
-from processes import llmctl
+from processes import free_port_range, llmctl
 from serving import Served, start_serve, stop_serve
 from supervisor_helpers import wait_until
-from test_placement_real import free_port_range
 
 
 def chat(url: str, model: str, timeout: float = 120) -> httpx.Response:

@@ -18,8 +18,7 @@ import pytest
 
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor, procs
-from serving import Served, serve_argv, start_serve, stop_serve
-from supervisor_helpers import llama_pids as session_pids
+from serving import Served, llama_pids, serve_argv, start_serve, stop_serve, write_manifest
 
 openai = pytest.importorskip("openai")
 
@@ -34,45 +33,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
         write_tiny_model(folder / "tiny-b.gguf", arch="llama", seed=7),
         write_tiny_model(folder / "tiny-long.gguf", arch="llama", n_ctx_train=32768),
     )
-
-
-def write_manifest(
-    path: Path, binary: Path, models: tuple[Path, Path, Path], llama_port: int, extra: str = ""
-) -> Path:
-    a, b, long_model = models
-    path.write_text(
-        f"""version: 1
-server:
-  binary: {binary}
-  port: {llama_port}
-  ready_timeout: 60s
-gpu:
-  vram: 24GiB
-serve:
-  queue: {{max_size: 50, timeout: 60s}}
-profiles:
-  tiny-a:
-    model: {a}
-    aliases: [A, chat-a]
-    ctx_size: 512
-    parallel: 2
-  tiny-b:
-    model: {b}
-    aliases: [B]
-    ctx_size: 512
-    parallel: 2
-  tiny-long:
-    model: {long_model}
-    ctx_size: 16384
-    parallel: 1
-{extra}"""
-    )
-    return path
-
-
-def llama_pids(binary: Path) -> list[int]:
-    """llama-servers started for this test (other tests may run their own at the same time)."""
-    return session_pids(binary, paths.state_dir())
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fakes.fake_upstream import ServerThread
+from processes import raw_request
 from serving import Served, start_serve, stop_serve
 
 PROFILES = """profiles:
@@ -118,22 +119,6 @@ def remote_behind_router(tmp_path: Path, free_port: int) -> Iterator[tuple[Serve
             yield served, rec
         finally:
             stop_serve(served)
-
-
-def raw_request(url: str, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
-    """Send the request line exactly as given: HTTP clients normalise dot segments themselves."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        head = (
-            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode("latin-1")
-        s.sendall(head + body)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    status = int(data.split(b" ", 2)[1])
-    return status, data.split(b"\r\n\r\n", 1)[1]
 
 
 ESCAPES = [

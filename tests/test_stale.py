@@ -16,9 +16,8 @@ import pytest
 from llmctl import paths
 from llmctl.supervisor.lifecycle import Supervisor
 from llmctl.supervisor.stale import CURRENT, UNKNOWN, staleness
-from processes import llmctl
+from processes import free_port_range, llmctl
 from supervisor_helpers import FAKE, kill_fakes
-from test_placement_real import free_port_range
 
 
 def test_staleness_decides_from_the_two_identities() -> None:

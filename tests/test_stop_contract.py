@@ -45,7 +45,7 @@ def setup(
     request: pytest.FixtureRequest, tmp_path: Path, free_port: int
 ) -> Iterator[tuple[Served, Path, dict[str, tuple[Path, Path]]]]:
     from fakes.fake_upstream import free_port as another_port
-    from test_placement_real import free_port_range
+    from processes import free_port_range
 
     base = free_port_range(3)
     ports = f'  ports: "{base}-{base + 2}"\n' if request.param == "several servers" else ""
