@@ -14,7 +14,7 @@ sync: uv
 llama-server: uv
 	@scripts/build-llama-server.sh >/dev/null
 
-# llama-server with -DGGML_RPC=ON and ggml-rpc-server, in their own folder (tests/test_rpc_real.py)
+# llama-server with -DGGML_RPC=ON and ggml-rpc-server, in their own folder (tests/llama/test_rpc_split.py)
 llama-server-rpc: uv
 	@LLMCTL_RPC=1 scripts/build-llama-server.sh >/dev/null
 

@@ -8,7 +8,7 @@ Two `ggml-rpc-server`s on loopback (budgets 3 GiB and 2 GiB in the manifest: -ts
 llama-server started with llmctl's own command line for two profiles of a tiny generated model
 (7 blocks): every layer offloaded (pipeline parallelism on), and -ngl 5 (3 blocks stay here).
 For each device: weights, KV cache and compute buffer, planned and logged (`-lv 4`, MiB as
-printed), and the difference. The servers and llama-server are the ones tests/test_rpc_real.py
+printed), and the difference. The servers and llama-server are the ones tests/llama/test_rpc_split.py
 starts (its helpers are used here, so both measure the same thing).
 """
 

@@ -4,6 +4,11 @@
 - `llama_server_bin` is the real llama-server, built once by scripts/build-llama-server.sh.
 - The session fails if any process started by a test is still alive at the end: every child
   inherits LLMCTL_TEST_SESSION, and /proc is searched for it.
+- The tests mirror the package (tests/<package>/test_<module>.py); the tier is a marker, not a
+  file name: `real` (the real llama-server: a test that asks for `llama_server_bin` or `rpc_build`), `fakes`
+  (stand-ins from tests/fakes/ for what a real server cannot do on demand), `fuzz` (random
+  inputs) and `browser` (headless Chromium) - the last two set by their files. A test with none
+  of them is a unit: no process. `pytest -m "not real and not browser"` runs the quick tiers.
 """
 
 from __future__ import annotations
@@ -27,6 +32,25 @@ SESSION_MARK = f"LLMCTL_TEST_SESSION={uuid.uuid4().hex}"
 def pytest_configure(config: pytest.Config) -> None:
     key, value = SESSION_MARK.split("=", 1)
     os.environ[key] = value
+
+
+TIERS = ("real", "fakes", "fuzz", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tier markers that follow from what a test uses (see the docstring)."""
+    fakes: dict[str, bool] = {}
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "llama_server_bin" in names or "rpc_build" in names:
+            item.add_marker("real")
+            continue
+        path = str(item.path)
+        if path not in fakes:
+            text = item.path.read_text(errors="replace")
+            fakes[path] = "FAKE" in text or "fakes." in text or "fake_spec" in text
+        if fakes[path]:
+            item.add_marker("fakes")
 
 
 def _marked_processes() -> list[int]:

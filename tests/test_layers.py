@@ -159,3 +159,12 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     )
     assert _imports("llmctl.a", path, known) == {"llmctl.b", "llmctl.c", "llmctl.d"}
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_tests_mirror_the_packages() -> None:
+    """A newcomer finds a module's tests at tests/<package>/test_<module>.py: every test folder
+    is a package of src/llmctl, and only this whole-project check sits at the top."""
+    tests = Path(__file__).resolve().parent
+    folders = [d for d in tests.iterdir() if d.is_dir() and d.name not in ("fakes", "__pycache__")]
+    assert folders and all((SRC / d.name / "__init__.py").is_file() for d in folders), folders
+    assert [p.name for p in tests.glob("test_*.py")] == ["test_layers.py"]

@@ -21,7 +21,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 # Status(running=False).to_json(), spelled out so that "nothing runs" needs no import of the
-# supervisor (tests/test_supervise_cli.py checks the two agree).
+# supervisor (tests/cli/test_switch.py checks the two agree).
 NOT_RUNNING: dict[str, Any] = {
     "running": False,
     "phase": None,

@@ -110,7 +110,7 @@ def compute_parts(
     `flash_attn: auto` is resolved for `backend` (flash_attn_on); the build's rules are in
     llmctl.memory.builds.RULES.
     Checked against `sched_reserve: CPU compute buffer size` on models with published shapes
-    (bench/estimate_accuracy.py, tests/test_memory_shapes.py).
+    (bench/estimate_accuracy.py, tests/memory/test_shapes.py).
     """
     n_tokens = min(cs.n_ctx, cs.n_ubatch)
     fa = flash_attn_on(hp, opts, backend, caches)

@@ -26,7 +26,7 @@ copies of every input it copies between devices, so that one micro-batch is copi
 previous one runs. Each device then holds 3 more copies of what flows into its part of the graph
 (the hidden state, n_tokens x n_embd f32, and the attention masks), and the host 4 copies of the
 masks it builds (f32 before the cast flash attention needs) beside the token embeddings. Checked
-against llama-server's log with two RPC servers (tests/test_rpc_real.py).
+against llama-server's log with two RPC servers (tests/llama/test_rpc_split.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """llama.cpp RPC servers in a profile (`rpc:`): validation, the --rpc argv round trip, the split of
 the layers over the RPC devices and the local ones, lint and placement. Pure: no RPC server runs
-here (tests/test_rpc_real.py starts one)."""
+here (tests/llama/test_rpc_split.py starts one)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,9 @@ from typer.testing import CliRunner
 from llmctl.cli import build_app
 from llmctl.manifest.model import Profile
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.fuzz
+
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = (ROOT / "profiles.yaml").read_text()
 runner = CliRunner()
 FUZZ = settings(

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from llmctl.cli import build_app
 from llmctl.cli.completion import completion_script
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FILES = {"bash": "llmctl.bash", "zsh": "_llmctl", "fish": "llmctl.fish"}
 
 

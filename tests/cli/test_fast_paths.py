@@ -230,7 +230,7 @@ def test_everyday_commands_start_without_costly_imports(tmp_path: Path) -> None:
     from llmctl.testing.testmodels import write_tiny_model
 
     # never started here: its --help reads as a llama-server's, so lint caches the flags
-    fake = Path(__file__).resolve().parent / "fakes" / "fake_engine_server.py"
+    fake = Path(__file__).resolve().parents[1] / "fakes" / "fake_engine_server.py"
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text(

@@ -17,7 +17,7 @@ import pytest
 from llmctl.testing.testmodels import write_tiny_model
 from processes import llmctl
 
-FAKE = Path(__file__).parent / "fakes" / "fake_engine_server.py"
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "fake_engine_server.py"
 MiB = 1024**2
 
 
@@ -98,7 +98,7 @@ def test_the_dashboards_plan_says_its_source(manifest: Path) -> None:
 
 
 def test_lint_judges_by_the_need_an_out_of_memory_load_showed(manifest: Path) -> None:
-    """A floor kept by the placer after an out-of-memory load (tests/test_placement_oom.py does
+    """A floor kept by the placer after an out-of-memory load (tests/placement/test_oom.py does
     it for real) outranks the formula and the plan: `measured`."""
     from llmctl.manifest.validate import load_manifest
     from llmctl.supervisor.launch import launch_spec

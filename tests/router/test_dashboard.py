@@ -1,6 +1,6 @@
 """The dashboard's endpoints against a real `llmctl serve` (a real llama-server on tiny models),
 and the pure parts (token counts from an answer). The browser tests are in
-test_dashboard_browser.py."""
+router/test_dashboard_page.py."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def test_state_lists_servers_devices_profiles_and_requests(served: Served) -> No
     profiles = {p["name"]: p for p in state["profiles"]}
     assert profiles["tiny-a"]["state"] == "ready" and profiles["tiny-a"]["server"] == "managed"
     assert profiles["tiny-b"]["evicts"] == ["tiny-a"]
-    # launched from the manifest serve holds: not stale (tests/test_stale.py edits it)
+    # launched from the manifest serve holds: not stale (tests/supervisor/test_stale.py edits it)
     assert profiles["tiny-a"]["stale"] is False and state["servers"][0]["stale"] is False
     assert profiles["tiny-a"]["load"]["progress"] == 1.0  # by the steps in llama-server's log
     gpu = next(d for d in state["devices"] if d["id"] == "gpu0")

@@ -157,7 +157,7 @@ def test_fit_command(tmp_path: Path) -> None:
     assert code == 0
     advice = json.loads(out)
     assert advice["fits"] is True and advice["max_ctx_size"] >= 131072
-    # no GPU budget (and none found): judged against this machine's RAM (tests/test_fit.py)
+    # no GPU budget (and none found): judged against this machine's RAM (tests/memory/test_fit.py)
     code, out, _ = cli("fit", "g4", "--manifest", str(manifest(tmp_path, body, vram=None)))
     assert code in (0, 1) and out.startswith("no GPU: judged against ")
     code, _, err = cli("fit", "g4", "--manifest", str(m), "--vram", "lots")

@@ -30,7 +30,7 @@ from llmctl.supervisor.devices import detect
 from llmctl.testing.testmodels import write_tiny_model
 from processes import stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 N_LAYER = 7
 
 
@@ -97,9 +97,9 @@ def start_rpc_server(build: Path, port: int) -> subprocess.Popen[str]:
 
 @pytest.fixture
 def rpc_servers(rpc_build: Path) -> Iterator[list[str]]:
-    from conftest import _free_port
+    from processes import free_port
 
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [start_rpc_server(rpc_build, p) for p in ports]
     try:
         yield [f"127.0.0.1:{p}" for p in ports]

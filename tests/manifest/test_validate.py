@@ -20,7 +20,7 @@ from llmctl.manifest.validate import load_manifest
 from llmctl.supervisor.launch import launch_spec
 from llmctl.testing.testmodels import write_tiny_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

@@ -447,7 +447,7 @@ def test_demo_with_real_llama_server(
 ) -> None:
     monkeypatch.setenv("LLMCTL_LLAMA_SERVER", str(llama_server_bin))
     # No network for tests: an index that refuses at once makes the download fail, and the
-    # demo goes on with the tiny model (the real model's download is tests/test_demo.py's).
+    # demo goes on with the tiny model (the real model's download is tests/demo/test_model.py's).
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
     monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "5")

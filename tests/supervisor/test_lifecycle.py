@@ -424,7 +424,7 @@ SWITCH_SCRIPT = textwrap.dedent(
     res = sup.switch(spec, on_event=lambda e: print(e.kind, flush=True))
     print(json.dumps(res.to_json()), flush=True)
     """
-).format(tests=str(Path(__file__).resolve().parent))
+).format(tests=str(Path(__file__).resolve().parents[1]))
 
 
 def test_sigkill_of_llmctl_mid_switch_is_repaired(sup: Supervisor, free_port: int) -> None:

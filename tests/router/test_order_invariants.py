@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from llmctl.router.errors import RouterError
 from llmctl.router.scheduler import ProgressFn, Scheduler, SwitchFailed, configure, switching
+
+pytestmark = pytest.mark.fuzz
 
 EXAMPLES = int(os.environ.get("LLMCTL_ORDER_EXAMPLES", "300"))
 DEADLINE_S = 90.0  # simulated; far beyond the longest wait the settings below allow

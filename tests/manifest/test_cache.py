@@ -12,7 +12,7 @@ from llmctl.errors import ManifestError
 from llmctl.manifest import cache, validate
 from llmctl.manifest.view import ManifestView
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fields(obj: Any) -> Any:

@@ -23,7 +23,7 @@ from llmctl.memory.options import LaunchOptions
 from llmctl.memory.profile import binary_rules
 from llmctl.testing.testmodels import write_tiny_model
 
-FAKE = Path(__file__).parent / "fakes" / "fake_engine_server.py"
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "fake_engine_server.py"
 MiB = 1024**2
 
 

@@ -22,12 +22,15 @@ from serving import Served
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("LLMCTL_TEST_CHROMIUM") or shutil.which("chromium") or ""
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM,
-    reason="Chromium is not installed: `make browser` (apt-get install chromium) installs it",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM,
+        reason="Chromium is not installed: `make browser` (apt-get install chromium) installs it",
+    ),
+]
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LOAD_TIMEOUT_MS = 90_000
 
@@ -222,7 +225,7 @@ def test_phone_width_dark_and_keyboard(browser: Any, served: Served) -> None:
 
 def test_a_stale_server_has_a_badge_on_its_card(page: Page, served: Served) -> None:
     """The card of a server that runs an old launch says so. Which server is stale is decided
-    server-side (tests/test_stale.py); here the real state is marked on its way to the page, since
+    server-side (tests/supervisor/test_stale.py); here the real state is marked on its way to the page, since
     serve retires a stale server as soon as its requests in flight are done."""
     body = {"model": "A", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     r = httpx.post(served.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=90)
