@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from llmctl.router import sse
-from llmctl.router.dashboard.protocol import MANAGED, Router, router_of, server_name
+from llmctl.router.dashboard.modes import mode_of
+from llmctl.router.dashboard.protocol import MANAGED, Router, router_of
 from llmctl.router.errors import RouterError, bad_request
 
 LOG_POLL_S = 0.25
@@ -35,7 +36,8 @@ async def log_endpoint(request: Request) -> Response:
     router = router_of(request)
     router.check_auth(request)
     server = request.query_params.get("server", MANAGED)
-    running = [server_name(router, p) for p in router.supervisor.records()]
+    mode = mode_of(router)
+    running = [mode.server_name(p) for p in router.supervisor.records()]
     if server != MANAGED and server not in running:
         names = ", ".join(repr(n) for n in running) or repr(MANAGED)
         raise RouterError(

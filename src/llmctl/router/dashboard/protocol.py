@@ -43,12 +43,3 @@ MANAGED = "managed"  # the one server today's router runs
 def router_of(request: Request) -> Router:
     router: Router = request.app.state.router
     return router
-
-
-def runs_several(router: Router) -> bool:
-    """Several servers at once (`server.ports`): each server is named for its profile."""
-    return router.manifest.server.ports is not None
-
-
-def server_name(router: Router, profile: str | None) -> str:
-    return profile if profile is not None and runs_several(router) else MANAGED

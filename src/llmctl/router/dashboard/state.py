@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from llmctl.router.dashboard.modes import Mode, mode_of
 from llmctl.router.dashboard.plans import GPU, RAM, profile_evicts, profile_plans
-from llmctl.router.dashboard.protocol import Router, router_of, runs_several, server_name
+from llmctl.router.dashboard.protocol import Router, router_of
 
 
 async def state_endpoint(request: Request) -> Response:
@@ -20,13 +20,16 @@ async def state_endpoint(request: Request) -> Response:
     await router.refresh()
     statuses, _note = await run_in_threadpool(router.supervisor.ps, check_health=False)
     plans = await run_in_threadpool(profile_plans, router)
-    evicts = await run_in_threadpool(profile_evicts, router) if runs_several(router) else None
+    mode = mode_of(router)
+    evicts = await run_in_threadpool(profile_evicts, router) if mode.places else None
     rss = {st.pid: _rss(st.pid) for st in statuses if st.pid}
     records = await run_in_threadpool(router.supervisor.records)
     sources = {n: str(r.extra.get("memory_source") or "formula") for n, r in records.items()}
     stale = await run_in_threadpool(stale_servers, router)
     return JSONResponse(
-        build_state(router, statuses, plans, _meminfo(), rss, evicts, stale, sources=sources)
+        build_state(
+            router, statuses, plans, _meminfo(), rss, evicts, stale, sources=sources, mode=mode
+        )
     )
 
 
@@ -50,6 +53,7 @@ def build_state(
     stale: dict[str, dict[str, Any]] | None = None,
     *,
     sources: dict[str, str] | None = None,
+    mode: Mode | None = None,
 ) -> dict[str, Any]:
     """The page's data from what the router knows (no I/O here). `statuses` are the running
     servers (Supervisor.ps), `rss` their resident memory by pid; `evicts` (several servers):
@@ -61,27 +65,14 @@ def build_state(
     sched = router.scheduler
     active = sched.active
     loading = sched.loading
-    several = runs_several(router)
-    activity = sched.activity() if several else {}
-    now = time.time()
-
-    def inflight_of(profile: str | None) -> int:
-        if several and profile is not None:
-            return int(activity.get(profile, (0.0, 0))[1])
-        return int(sched.inflight)
-
-    def idle_of(profile: str | None) -> float | None:
-        if several and profile is not None:
-            used, n = activity.get(profile, (now, 1))
-            return None if n else _round(max(0.0, now - used))
-        return _round(sched.idle_seconds())
+    mode = mode or mode_of(router)
 
     servers: list[dict[str, Any]] = []
     for st in statuses or [None]:
         profile = st.profile if st is not None and st.running else None
         servers.append(
             {
-                "name": server_name(router, profile),
+                "name": mode.server_name(profile),
                 "profile": profile,
                 "phase": st.phase if st is not None else None,
                 "pid": st.pid if st is not None else None,
@@ -90,8 +81,8 @@ def build_state(
                 "log": st.log if st is not None else None,
                 "reported": dict(st.memory) if st is not None else {},
                 "rss_bytes": rss.get(st.pid) if st is not None and st.pid else None,
-                "inflight": inflight_of(profile),
-                "idle_s": idle_of(profile),
+                "inflight": mode.inflight(profile),
+                "idle_s": mode.idle_s(profile),
                 **old.get(profile or "", fresh),
             }
         )
@@ -103,19 +94,14 @@ def build_state(
         load = router.activity.loads.get(name)
         if loading == name:
             state = "loading"
-        elif sched.is_loaded(name) or (several and name in by_profile):
+        elif mode.ready(name, set(by_profile)):
             state = "ready"
         elif load is not None and load.state == "failed":
             state = "failed"
         else:
             state = "idle"
         plan = plans.get(name, {})
-        # one server at a time: loading another profile stops the running one; with several,
-        # what the placer would decide now (it decides again at load time)
-        if several:
-            unloads = (evicts or {}).get(name, [])
-        else:
-            unloads = [active] if active not in (None, name) else []
+        unloads = mode.unloads(name, evicts or {})
         profiles.append(
             {
                 "name": name,
@@ -129,11 +115,11 @@ def build_state(
                 "n_gpu_layers": p.n_gpu_layers,
                 "ttl_s": router.index.ttls.get(name),
                 "state": state,
-                "server": server_name(router, name) if state in ("loading", "ready") else None,
+                "server": mode.server_name(name) if state in ("loading", "ready") else None,
                 "load": load.to_json() if load is not None else None,
-                "inflight": inflight_of(name) if state == "ready" else 0,
+                "inflight": mode.inflight(name) if state == "ready" else 0,
                 "waiting": waiting.get(name, 0),
-                "idle_s": idle_of(name) if state == "ready" else None,
+                "idle_s": mode.idle_s(name) if state == "ready" else None,
                 "estimate": plan.get("estimate"),
                 "estimate_error": plan.get("error"),
                 # the figure placement goes by: a running server's record, else the best known
@@ -146,7 +132,10 @@ def build_state(
         )
     loaded = [s for s in servers if s["profile"] is not None]
     if not loaded and (active or loading):
-        loaded = [{"profile": active or loading, "reported": {}, "rss_bytes": None}]
+        shown = active or loading
+        loaded = [
+            {"profile": shown, "name": mode.server_name(shown), "reported": {}, "rss_bytes": None}
+        ]
     assert router.upstreams is not None
     return {
         "servers": servers,
@@ -188,7 +177,7 @@ def devices(
     if gpu.vram is not None:
         shares = []
         for srv in loaded:
-            share = _share(router, plans, srv["profile"], GPU)
+            share = _share(plans, srv, GPU)
             if share is not None:
                 share["reported_bytes"] = _reported_gpu(srv["reported"])
                 shares.append(share)
@@ -208,7 +197,7 @@ def devices(
     if total is not None:
         shares = []
         for srv in loaded:
-            share = _share(router, plans, srv["profile"], RAM)
+            share = _share(plans, srv, RAM)
             if share is not None:
                 share["reported_bytes"] = srv["rss_bytes"]
                 shares.append(share)
@@ -231,8 +220,9 @@ def devices(
 
 
 def _share(
-    router: Router, plans: dict[str, dict[str, Any]], profile: str | None, device: str
+    plans: dict[str, dict[str, Any]], srv: dict[str, Any], device: str
 ) -> dict[str, Any] | None:
+    profile = srv["profile"]
     if profile is None:
         return None
     planned = plans.get(profile, {}).get("devices", {}).get(device)
@@ -240,7 +230,7 @@ def _share(
         return None
     return {
         "profile": profile,
-        "server": server_name(router, profile),
+        "server": srv["name"],
         "planned": planned,
         "planned_bytes": sum(planned.values()),
         "reported_bytes": None,
