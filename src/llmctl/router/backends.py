@@ -93,6 +93,8 @@ class Backend(Protocol):
 
     async def stop_profile(self, profile: str) -> str | None: ...
 
+    async def retire(self, profile: str) -> None: ...
+
     async def servers(self, one: dict[str, Any], running: bool) -> list[dict[str, Any]]: ...
 
     async def loaded_devices(self) -> dict[str, list[str]]: ...
@@ -284,6 +286,10 @@ class SwitchingBackend(_Base):
         if stopped:
             await self.scheduler.stop()
         return stopped
+
+    async def retire(self, profile: str) -> None:
+        """The server runs an old launch of `profile`: stop it (after its requests in flight)."""
+        await self.stop_profile(profile)
 
     async def servers(self, one: dict[str, Any], running: bool) -> list[dict[str, Any]]:
         """`/models/status`'s servers: the one server (`one`, as the status describes it)."""
@@ -483,6 +489,11 @@ class PlacingBackend(_Base):
         if stopped:
             await self.scheduler.unload(profile)
         return stopped
+
+    async def retire(self, profile: str) -> None:
+        """The server runs an old launch of `profile`: unload it (after its requests in flight),
+        also when this router did not load it."""
+        await self.scheduler.unload(profile)
 
     async def servers(self, one: dict[str, Any], running: bool) -> list[dict[str, Any]]:
         """`/models/status`'s servers: each live one, with its placement and requests in flight."""

@@ -206,10 +206,7 @@ class Router:
                 why,
             )
             try:
-                if self.backend.places:
-                    await self.scheduler.unload(profile)
-                elif self.scheduler.active == profile:
-                    await self.scheduler.stop()
+                await self.backend.retire(profile)
             except RouterError as err:
                 log.error("could not stop the server of profile %s: %s", profile, err.message)
             else:
