@@ -17,6 +17,11 @@ def state_dir() -> Path:
     return Path(value) if value else _xdg("XDG_STATE_HOME", ".local/state") / "llmctl"
 
 
+def engine_plans_file() -> Path:
+    """The engine's memory plans and the needs loads showed, by launch key (memory.engine)."""
+    return state_dir() / "engine-plans.json"
+
+
 def cache_dir() -> Path:
     """Caches (llama-server --help, test bed builds): `LLMCTL_CACHE_DIR`, else `$XDG_CACHE_HOME/llmctl`."""
     value = os.environ.get("LLMCTL_CACHE_DIR")

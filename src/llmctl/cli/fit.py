@@ -13,10 +13,10 @@ from pathlib import Path  # typer reads the annotations at run time
 from typing import TYPE_CHECKING, Any
 
 from llmctl.cli.argv import parse
-from llmctl.cli.estimate.render import size
 from llmctl.cli.output import print_json, run_command, table
 from llmctl.errors import EXIT_FAILED, EXIT_OK, LlmctlError, UsageError
 from llmctl.term import BOLD, GREEN, RED, style
+from llmctl.term import format_bytes as _format_bytes
 
 if TYPE_CHECKING:
     import typer
@@ -85,6 +85,10 @@ def budget_for(m: Manifest, vram: str | None) -> Budget:
 def _budget_label(advice: FitAdvice, budget: Budget | None) -> str:
     source = budget.source if budget is not None else "gpu.vram"
     return source if advice.on_gpu else "RAM"
+
+
+def size(n: int | None) -> str:
+    return "-" if n is None else _format_bytes(n)
 
 
 def fit_text(advice: FitAdvice, budget: Budget | None = None, source: str = "formula") -> str:
@@ -193,6 +197,10 @@ def run(
 def _memory_source(m: Manifest, name: str, advice: FitAdvice) -> tuple[str, int | None]:
     """The changes are the formula's; the engine's plan of the profile's launch as it is, when
     one is kept (`llmctl estimate --engine`, or a launch), is shown beside it."""
+    from llmctl.paths import engine_plans_file
+
+    if not engine_plans_file().exists():
+        return "formula", None  # nothing kept: the plan code is not imported
     from llmctl.memory.engine import plan_gpu_bytes
     from llmctl.supervisor.probe import kept_plan
 

@@ -4,14 +4,12 @@ binary in a process: a warning in `llmctl serve`'s log rather than a feature ski
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llmctl.memory.builds import FeatureGap
 
-log = logging.getLogger("llmctl.supervisor")
 _told: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 
@@ -40,6 +38,8 @@ def say_once(binary: str, keep_kv: tuple[str, ...] = ()) -> list[FeatureGap]:
             if (ident, gap.feature) in _told:
                 continue
             _told.add((ident, gap.feature))
-        log.warning("%s", gap.message)
+        import logging  # only when there is something to say
+
+        logging.getLogger("llmctl.supervisor").warning("%s", gap.message)
         said.append(gap)
     return said

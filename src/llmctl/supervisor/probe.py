@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from llmctl.paths import on_path
+from llmctl.paths import engine_plans_file, on_path
 
 if TYPE_CHECKING:
     from llmctl.llama.engineplan import EnginePlan
@@ -39,9 +39,8 @@ class ProbeResult(NamedTuple):
 
 def engine_store() -> EngineStore:
     from llmctl.memory.engine import EngineStore
-    from llmctl.paths import state_dir
 
-    return EngineStore(state_dir() / "engine-plans.json")
+    return EngineStore(engine_plans_file())
 
 
 def _key(spec: LaunchSpec) -> tuple[str, str | None]:
@@ -90,9 +89,8 @@ def known_figures_for(spec: LaunchSpec) -> tuple[EnginePlan | None, dict[str, in
     """The plan kept for this launch and the least it needs per device (an out-of-memory load's
     floor), each empty when none is kept; nothing is run, and nothing read when nothing was
     ever kept."""
-    from llmctl.paths import state_dir
 
-    if not (state_dir() / "engine-plans.json").exists():
+    if not engine_plans_file().exists():
         return None, {}  # nothing probed yet: no import of the plan code on the everyday paths
     store = engine_store()
     if not os.access(on_path(spec.argv[0]) or spec.argv[0], os.X_OK):
