@@ -21,12 +21,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "llama"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import free_port
+from test_rpc_split import plan_and_log, side_by_side, start_rpc_server
 
 from llmctl.memory.estimate import mib
 from processes import stop_process
-from test_rpc_real import plan_and_log, side_by_side, start_rpc_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -72,7 +72,9 @@ def test_load_in_a_terminal_shows_a_live_view_that_ends_with_the_final_lines(rea
     assert res.returncode == 0, res.raw
     # the view was live (a spinner, lines redrawn in place) ...
     assert SPINNER.search(res.raw.decode(errors="replace")) and b"\x1b[2K" in res.raw
-    assert f"{LONG_A}".encode() in res.raw and b"starting profile" in res.raw
+    # (which steps get painted depends on the machine's speed: a 40 ms load may show only the
+    # lock; the profile's name is on the first frame)
+    assert f"{LONG_A}".encode() in res.raw
     # ... and what stays on the screen is one ready line per profile, nothing else
     lines = res.lines
     assert [READY.fullmatch(line) is not None for line in lines] == [True, True], lines

