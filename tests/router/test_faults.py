@@ -507,6 +507,33 @@ def test_a_changed_running_profile_restarts_with_its_new_flags(
     assert "640" in rec.argv, rec.argv
 
 
+def test_with_restart_changed_off_a_changed_profile_runs_on_marked_stale(
+    served: Served, llama_server_bin: Path
+) -> None:
+    """`serve.restart_changed: false`: after the SIGHUP the server keeps its old flags and its
+    pid, the router says so, and `llmctl ps` marks it stale."""
+    import json
+
+    assert chat(served, "B").status_code == 200
+    (old_pid,) = llama_pids(llama_server_bin)
+    text = served.manifest.read_text()
+    start = text.index("  tiny-b:")
+    end = text.index("  tiny-long:")
+    block = text[start:end].replace("ctx_size: 512", "ctx_size: 640")
+    edited = text[:start] + block + text[end:]
+    edited = edited.replace("serve:\n", "serve:\n  restart_changed: false\n", 1)
+    assert "restart_changed: false" in edited
+    _reload_until_said(
+        served, edited, "its server runs the old launch and stays (serve.restart_changed: false)"
+    )
+    assert llama_pids(llama_server_bin) == [old_pid]
+    assert chat(served, "B").status_code == 200  # served by the old server, not reloaded
+    assert llama_pids(llama_server_bin) == [old_pid]
+    out = llmctl("ps", "--json", "--manifest", str(served.manifest))
+    (row,) = json.loads(out.stdout)["servers"]
+    assert row["stale"] is True and row["stale_why"], row
+
+
 def test_access_log_masks_keys_in_the_query(tmp_path: Path, free_port: int) -> None:
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text(LIMITS)

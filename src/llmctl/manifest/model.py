@@ -229,6 +229,12 @@ class ServeConfig(_Strict):
         False,
         description="Pass llama-server's /cors-proxy through (it fetches any URL a client names).",
     )
+    restart_changed: bool = Field(
+        True,
+        description="After a reload (SIGHUP), stop the server of a profile whose launch changed "
+        "or that left the manifest once its requests in flight are done; the next request "
+        "loads the new flags. False: it runs on with the old ones, marked stale.",
+    )
     queue: QueueConfig = Field(default_factory=lambda: QueueConfig())
     max_wait: Duration = Field(
         0.0,

@@ -199,6 +199,14 @@ class Router:
             if new is not None and new == old:
                 continue
             why = "is no longer in the manifest" if new is None else "changed in the manifest"
+            if not self.serve.restart_changed:
+                log.warning(
+                    "profile %s %s: its server runs the old launch and stays (serve."
+                    "restart_changed: false); `llmctl ps` marks it stale",
+                    profile,
+                    why,
+                )
+                continue
             log.warning(
                 "profile %s %s: its server runs the old launch; stopping it once its requests in "
                 "flight are done (the next request loads it anew)",
