@@ -98,6 +98,14 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in readme and "make test" in ci
 
 
+# `llmctl ARGS` that, should it ever hang (once, in a CI run, `schema` did for 60 s and could not
+# be made to again), prints every thread's stack and exits instead of being killed unexplained
+HANG_REPORT = (
+    "import faulthandler, sys; faulthandler.dump_traceback_later(60, exit=True); "
+    "sys.argv[0] = 'llmctl'; from llmctl.cli import main; main()"
+)
+
+
 @pytest.mark.parametrize("args", [["estimate", "--all"], ["schema"], ["--help"]])
 def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path, args: list[str]) -> None:
     """`llmctl estimate --all | head`: the reader has gone before llmctl writes (its end of the
@@ -111,11 +119,12 @@ def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path: Path, args: lis
     os.close(read)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "llmctl", *args],
+            [sys.executable, "-c", HANG_REPORT, *args],
+            stdin=subprocess.DEVNULL,
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
+            timeout=90,
             check=False,
             cwd=tmp_path,
         )
