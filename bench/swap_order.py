@@ -31,8 +31,9 @@ import threading
 import time
 from pathlib import Path
 
-from placement import MiB, free_port_range, loads_from_metrics, pct
 from support import find_llama_server, llmctl_cmd
+
+from placement import MiB, free_port_range, loads_from_metrics, pct
 
 ERRORS: dict[str, int] = {}  # status and error code of every failed request, for the table
 
