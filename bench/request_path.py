@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from support import free_port
+from support import free_port, stub_router_app
 
 SRC = str(Path(__file__).resolve().parent.parent / "src" / "llmctl")
 ANSWER = json.dumps(
@@ -100,39 +98,14 @@ def module_of(frame: FrameType) -> str | None:
 async def main(stream: bool) -> None:
     import uvicorn
 
-    from llmctl.manifest.validate import load_manifest
-    from llmctl.router.app import create_app
     from llmctl.router.server import uvicorn_options
-    from llmctl.supervisor.launch import LaunchSpec
-    from llmctl.supervisor.results import Status
 
     up_port, router_port = free_port(), free_port()
     up = await asyncio.start_server(upstream, "127.0.0.1", up_port)
     workdir = Path(tempfile.mkdtemp(prefix="llmctl-path-"))
     upstream_url = f"http://127.0.0.1:{up_port}"
 
-    class StubSupervisor:
-        """The FAKE upstream stands for a llama-server already running profile `bench`."""
-
-        state_dir = workdir / "state"
-
-        def records(self) -> dict[str, Any]:
-            return {}
-
-        def status(self, *, check_health: bool = True, timeout: float = 0.5) -> Status:
-            return Status(
-                running=True, profile="bench", pid=os.getpid(), url=upstream_url, healthy=True
-            )
-
-    manifest_path = workdir / "profiles.yaml"
-    manifest_path.write_text("version: 1\nprofiles:\n  bench:\n    model: /bench/model.gguf\n")
-
-    def spec_for(manifest: Any, name: str) -> LaunchSpec:
-        return LaunchSpec(profile=name, argv=("llama-server",))
-
-    manifest = load_manifest(manifest_path)
-    app = create_app(manifest, StubSupervisor(), spec_for=spec_for, idle_unload=False)  # type: ignore[arg-type]
-    app.state.router.bound_to("127.0.0.1")
+    app, manifest = stub_router_app(upstream_url, workdir)
     options = {k: v for k, v in uvicorn_options(manifest.serve).items() if k != "loop"}
     config = uvicorn.Config(
         app, host="127.0.0.1", port=router_port, log_level="warning", access_log=False, **options

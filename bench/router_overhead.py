@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import free_port
+from support import free_port, stub_router_app
 
 HERE = Path(__file__).resolve()
 CHAT = json.dumps(
@@ -150,34 +150,9 @@ def run_upstream(port: int, work_ms: float) -> None:
 def run_router(port: int, upstream_url: str, workdir: Path) -> None:
     import uvicorn
 
-    from llmctl.manifest.validate import load_manifest
-    from llmctl.router.app import create_app
     from llmctl.router.server import uvicorn_options
-    from llmctl.supervisor.launch import LaunchSpec
-    from llmctl.supervisor.results import Status
 
-    class StubSupervisor:
-        """The FAKE upstream stands for a llama-server already running profile `bench`."""
-
-        state_dir = workdir / "state"
-
-        def records(self) -> dict[str, Any]:
-            return {}  # no server of its own to stop on exit
-
-        def status(self, *, check_health: bool = True, timeout: float = 0.5) -> Status:
-            return Status(
-                running=True, profile="bench", pid=os.getpid(), url=upstream_url, healthy=True
-            )
-
-    manifest_path = workdir / "profiles.yaml"
-    manifest_path.write_text("version: 1\nprofiles:\n  bench:\n    model: /bench/model.gguf\n")
-
-    def spec_for(manifest: Any, name: str) -> LaunchSpec:
-        return LaunchSpec(profile=name, argv=("llama-server",))
-
-    manifest = load_manifest(manifest_path)
-    app = create_app(manifest, StubSupervisor(), spec_for=spec_for, idle_unload=False)  # type: ignore[arg-type]
-    app.state.router.bound_to("127.0.0.1")
+    app, manifest = stub_router_app(upstream_url, workdir)
     uvicorn.run(
         app,
         host="127.0.0.1",

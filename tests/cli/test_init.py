@@ -13,6 +13,7 @@ from llmctl.llama.gguf import read_gguf
 from llmctl.llama.gguf_writer import string, u32, write_gguf
 from llmctl.manifest.starter import model_folders, profile_name, render, scan
 from llmctl.testing.testmodels import write_tiny_model
+from processes import free_port_range
 from processes import llmctl as run_llmctl
 
 
@@ -193,35 +194,6 @@ def test_init_then_switch_runs_the_real_server(
         assert llmctl("stop", env=env).returncode == 0
 
 
-def _free_range(n: int) -> int:
-    """The first port of `n` consecutive free ports on loopback."""
-    import socket
-
-    for _ in range(50):
-        base = _free_port_any()
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
-def _free_port_any() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_init_manifest_loads_two_models_side_by_side(
     tmp_path: Path, llama_server_bin: Path
 ) -> None:
@@ -233,7 +205,7 @@ def test_init_manifest_loads_two_models_side_by_side(
     env = {"LLMCTL_LLAMA_SERVER": str(llama_server_bin)}
     out = tmp_path / "profiles.yaml"
     assert llmctl("init", str(root), "-o", str(out), env=env).returncode == 0
-    base = _free_range(2)
+    base = free_port_range(2)
     out.write_text(out.read_text().replace("ports: 8100-8199", f"ports: {base}-{base + 1}"))
     long_name = "beta-coder-instruct-long"
     assert f"  {long_name}:" in out.read_text()
