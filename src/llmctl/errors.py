@@ -36,8 +36,7 @@ Exit codes (stable, documented in the README):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, Self
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -48,8 +47,7 @@ EXIT_STATE = 4
 Severity = Literal["error", "warning"]
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """One finding about a manifest, with its place (1-based line and column)."""
 
     severity: Severity
@@ -62,7 +60,7 @@ class Problem:
     hint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     def where(self) -> str:
         if self.line is None:
@@ -70,16 +68,35 @@ class Problem:
         return f"{self.file}:{self.line}:{self.column or 1}"
 
 
-@dataclass
-class LlmctlError(Exception):
-    """Base of every error a user can act on. Never shown with a traceback."""
+# The error classes are plain classes (not dataclasses): every command imports this module, and
+# a class built by @dataclass costs a tenth of a millisecond or more at each start.
 
-    message: str
-    hint: str | None = None
+
+class LlmctlError(Exception):
+    """Base of every error a user can act on. Never shown with a traceback.
+
+    `exit_code` defaults to the class's own (a class attribute each family sets)."""
+
     exit_code: int = EXIT_FAILED
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
 
     def __str__(self) -> str:
         return self.message
+
+    def with_message(self, message: str) -> Self:
+        """The same error (class, hint, exit code, every field) saying `message` instead."""
+        import copy
+
+        new = copy.copy(self)
+        new.message = message
+        new.args = (message,)
+        return new
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": type(self).__name__, "message": self.message}
@@ -88,12 +105,21 @@ class LlmctlError(Exception):
         return out
 
 
-@dataclass
 class ManifestError(LlmctlError):
     """The manifest cannot be found, read, parsed or used; `problems` says where."""
 
-    exit_code: int = EXIT_INPUT
-    problems: list[Problem] = field(default_factory=list)
+    exit_code = EXIT_INPUT
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        exit_code: int | None = None,
+        *,
+        problems: list[Problem] | None = None,
+    ):
+        super().__init__(message, hint, exit_code)
+        self.problems: list[Problem] = problems if problems is not None else []
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
@@ -102,27 +128,33 @@ class ManifestError(LlmctlError):
         return out
 
 
-@dataclass
 class UsageError(LlmctlError):
     """Invalid input on the command line: an unknown profile, a bad size, a bad flag value."""
 
-    exit_code: int = EXIT_INPUT
+    exit_code = EXIT_INPUT
 
 
-@dataclass
 class GGUFError(LlmctlError):
     """A file is not a readable GGUF (corrupt, truncated, hostile, or not GGUF at all)."""
 
-    exit_code: int = EXIT_INPUT
+    exit_code = EXIT_INPUT
 
 
-@dataclass
 class LaunchError(LlmctlError):
     """llama-server could not be started, failed while loading, or is not healthy."""
 
-    exit_code: int = EXIT_FAILED
-    exit_status: int | None = None
-    stderr_tail: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        exit_code: int | None = None,
+        *,
+        exit_status: int | None = None,
+        stderr_tail: list[str] | None = None,
+    ):
+        super().__init__(message, hint, exit_code)
+        self.exit_status = exit_status
+        self.stderr_tail: list[str] = stderr_tail if stderr_tail is not None else []
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
@@ -131,7 +163,6 @@ class LaunchError(LlmctlError):
         return out
 
 
-@dataclass
 class LoadCancelled(LaunchError):
     """A load ended on request before it was ready; nothing is left running.
 
@@ -141,27 +172,44 @@ class LoadCancelled(LaunchError):
     after the request (OperatorStopped: that stop is not undone).
     """
 
-    retry: bool = False
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        exit_code: int | None = None,
+        *,
+        exit_status: int | None = None,
+        stderr_tail: list[str] | None = None,
+        retry: bool = False,
+    ):
+        super().__init__(message, hint, exit_code, exit_status=exit_status, stderr_tail=stderr_tail)
+        self.retry = retry
 
 
-@dataclass
 class OperatorStopped(LoadCancelled):
     """A stop from a shell (`llmctl stop`/`unload`) came after the request a router loads for;
     nothing was loaded, and no retry is wanted (supervisor/stops.py). `stopped_at`: that stop's
     wall time; requests that came later may load the profile again."""
 
-    stopped_at: float = 0.0
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        exit_code: int | None = None,
+        *,
+        stopped_at: float = 0.0,
+    ):
+        super().__init__(message, hint, exit_code)
+        self.stopped_at = stopped_at
 
 
-@dataclass
 class LockTimeout(LlmctlError):
     """Another llmctl holds the state lock and did not release it in time."""
 
-    exit_code: int = EXIT_LOCKED
+    exit_code = EXIT_LOCKED
 
 
-@dataclass
 class StateDirError(LlmctlError):
     """The state folder cannot be written: full, read-only, or not a folder."""
 
-    exit_code: int = EXIT_STATE
+    exit_code = EXIT_STATE

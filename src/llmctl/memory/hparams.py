@@ -86,11 +86,10 @@ class HParams:
         return self.kv_from_start < 0 or il < self.kv_from_start
 
 
-@dataclass
 class MetadataError(LlmctlError, ValueError):
     """A metadata key the estimate needs is missing or malformed (a `metadata:` block or a GGUF)."""
 
-    exit_code: int = EXIT_INPUT
+    exit_code = EXIT_INPUT
 
 
 class _Meta:

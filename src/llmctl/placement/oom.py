@@ -8,7 +8,6 @@ The decision (the need kept, the victim, one retry at most) is `placement.policy
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ def failed_device(oom: OutOfMemory, usage: Mapping[str, int]) -> str | None:
 
 
 def with_reason(error: LaunchError, why: str) -> LaunchError:
-    return replace(error, message=f"{error.message}; {why}")
+    return error.with_message(f"{error.message}; {why}")
 
 
 def attempts_text(name: str, first: LaunchError, retried: Decision, second: LaunchError) -> str:

@@ -358,13 +358,12 @@ def plan_load(
 ) -> tuple[Decision, Placement]:
     """The decision for loading `name` now (pure apart from reading the model's header);
     the profiles in `keep` are held as if pinned."""
-    from dataclasses import replace
 
     from llmctl.placement.policy import decide
 
     placed = placement or placement_request(manifest, name, devices)
     running = [
-        replace(r, pinned=True) if r.profile in keep else r
+        r._replace(pinned=True) if r.profile in keep else r
         for r in running_servers(manifest, records, activity)
     ]
     return decide(policy_devices(devices), running, placed.request), placed
@@ -460,7 +459,7 @@ def load_profile(
 
     def retry_for(records: Mapping[str, LaunchRecord], attempts: int) -> OomRetry:
         running = [
-            replace(r, pinned=True) if r.profile in keep else r
+            r._replace(pinned=True) if r.profile in keep else r
             for r in running_servers(manifest, records, activity() if activity else None)
         ]
         return after_oom(
@@ -505,8 +504,7 @@ def load_profile(
         admitted_at=admitted_at,
     )
     retried: Decision = box.get("decision") or first_try.decision or failed
-    both = replace(
-        retried,
+    both = retried._replace(
         evict=tuple(dict.fromkeys((*failed.evict, *retried.evict))),
         reason=f"{failed.reason}; {first_try.reason}",
     )
@@ -525,5 +523,5 @@ def load_profile(
         )
         if last.floor:
             record_oom_floor(placement().specs[retried.option or 0], dict(last.floor))
-    err = replace(second.error, message=attempts_text(name, first_error, retried, second.error))
+    err = second.error.with_message(attempts_text(name, first_error, retried, second.error))
     return LoadOutcome(both, replace(second, error=err), box.get("placed"), first_try)

@@ -29,15 +29,18 @@ or what runs may not go (pinned, within its `min_residency`, requests in flight)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 # Exhaustive search over victim sets up to this many candidates; greedy beyond.
 EXHAUSTIVE_LIMIT = 10
 
 
-@dataclass(frozen=True)
-class Device:
+# The default of a mapping field: shared, so read-only.
+_NONE: Mapping[str, int] = MappingProxyType({})
+
+
+class Device(NamedTuple):
     name: str
     budget: int
     headroom: int = 0
@@ -47,8 +50,7 @@ class Device:
         return max(0, self.budget - self.headroom)
 
 
-@dataclass(frozen=True)
-class Running:
+class Running(NamedTuple):
     """A server that runs (or loads) now."""
 
     profile: str
@@ -63,16 +65,14 @@ class Running:
     config: str = ""
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One way to place the requested profile: bytes per device, and a label (its devices)."""
 
     usage: Mapping[str, int]
     label: str = ""
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     profile: str
     options: Sequence[Option]
     group: str | None = None
@@ -80,8 +80,7 @@ class Request:
     configs: tuple[str, ...] = ()  # a running server with one of these needs nothing done
 
 
-@dataclass(frozen=True)
-class Shortfall:
+class Shortfall(NamedTuple):
     device: str
     need: int
     available: int  # what is free on the device (after headroom) for this profile
@@ -102,8 +101,7 @@ class Shortfall:
 Action = Literal["noop", "start", "refuse"]
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     profile: str
     option: int | None = None  # index into Request.options
@@ -112,7 +110,7 @@ class Decision:
     reason: str = ""
     shortfall: tuple[Shortfall, ...] = ()
     alone: bool = True  # refused: False when it would fit on empty devices (pinned servers block)
-    usage: Mapping[str, int] = field(default_factory=dict)
+    usage: Mapping[str, int] = _NONE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -346,14 +344,13 @@ def decide_set(
     members: list[str] = []
     out: list[Decision] = []
     for request in requests:
-        view = [replace(r, pinned=True) if r.profile in members else r for r in state]
+        view = [r._replace(pinned=True) if r.profile in members else r for r in state]
         decision = decide(devices, view, request)
         if decision.action == "refuse" and members and not decision.alone:
             together = ", ".join(repr(m) for m in members)
             reason = decision.reason.replace("the pinned profiles", "the profiles before it")
             reason = reason.replace("pinned profile", "profile")
-            decision = replace(
-                decision,
+            decision = decision._replace(
                 reason=f"{reason} (with {together} named in the same command and kept: "
                 "the profiles of one command run together or not at all)",
             )
@@ -379,14 +376,13 @@ def decide_set(
 OOM_MARGIN = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class OomRetry:
+class OomRetry(NamedTuple):
     """After an out-of-memory load: the profile's need per device at least (`floor`, to keep),
     and whether to retry once, placed as `decision` says (its victims), or why not."""
 
     retry: bool
     reason: str
-    floor: Mapping[str, int] = field(default_factory=dict)
+    floor: Mapping[str, int] = _NONE
     decision: Decision | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -450,12 +446,12 @@ def after_oom(
             return "serving requests"
         return None
 
-    view = [replace(r, pinned=True) if kept(r) else r for r in others]
+    view = [r._replace(pinned=True) if kept(r) else r for r in others]
     options = list(request.options)
     if failed.option is not None and failed.option < len(options):
         raised = {**options[failed.option].usage, **floor}
-        options[failed.option] = replace(options[failed.option], usage=raised)
-    again = decide(devices, view, replace(request, options=options))
+        options[failed.option] = options[failed.option]._replace(usage=raised)
+    again = decide(devices, view, request._replace(options=options))
     if again.action != "start":
         held = [f"{r.profile!r} is {kept(r)}" for r in neighbours if kept(r)]
         stays = "so it stays" if len(held) == 1 else "so they stay"
