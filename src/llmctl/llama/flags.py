@@ -8,8 +8,7 @@ depend on llama-server's `--fit`, which otherwise rewrites the context and layer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from llmctl.llama.rpc import RPC_FLAG
 
@@ -20,8 +19,7 @@ from llmctl.llama.vocab import QUANTIZED_CACHE_TYPES as QUANTIZED_CACHE_TYPES
 Kind = Literal["value", "list", "switch", "bool-pair", "tristate"]
 
 
-@dataclass(frozen=True)
-class Flag:
+class Flag(NamedTuple):
     field: str
     flag: str  # the spelling llmctl passes
     kind: Kind

@@ -15,7 +15,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from llmctl.errors import GGUFError
 
@@ -68,8 +68,7 @@ SCALAR_FORMATS = {
 _SCALAR_SIZES = {t: struct.calcsize("<" + f) for t, f in SCALAR_FORMATS.items()}
 
 
-@dataclass(frozen=True)
-class GGMLType:
+class GGMLType(NamedTuple):
     """A ggml tensor type: `block_size` elements take `type_size` bytes."""
 
     id: int
@@ -147,8 +146,7 @@ class SkippedArray:
         return self.length
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
     """One entry of the tensor table. `shape` is ggml's `ne` order (fastest dimension first)."""
 
     name: str

@@ -4,13 +4,12 @@ parser so that a cached manifest can answer `file:line:column` without importing
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Path_ = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
-class Coerced:
+class Coerced(NamedTuple):
     """A plain scalar that YAML 1.1 read as something other than text."""
 
     raw: str
@@ -18,8 +17,7 @@ class Coerced:
     value: Any
 
 
-@dataclass(frozen=True)
-class Duplicate:
+class Duplicate(NamedTuple):
     path: Path_
     line: int
     column: int

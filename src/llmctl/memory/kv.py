@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from llmctl.llama.gguf import GGMLType
 from llmctl.llama.vocab import cache_type
@@ -23,8 +23,7 @@ def pad(x: int, n: int) -> int:
     return (x + n - 1) // n * n
 
 
-@dataclass(frozen=True)
-class ContextSizes:
+class ContextSizes(NamedTuple):
     """What `llama_context` derives from the flags (n_ctx after padding, per-sequence size, streams)."""
 
     n_ctx: int

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from llmctl.memory.estimate import Estimate, ModelSource
 from llmctl.memory.hparams import hparams_from_metadata
@@ -44,8 +44,7 @@ CPU = "CPU"
 PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES (ggml/CMakeLists.txt)
 
 
-@dataclass(frozen=True)
-class GpuTarget:
+class GpuTarget(NamedTuple):
     """A GPU the plan may use: its llama-server name and the overhead per server on it."""
 
     name: str

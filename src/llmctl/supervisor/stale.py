@@ -17,8 +17,7 @@ neither YAML nor pydantic are imported) and the profile's identity computed agai
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -41,8 +40,7 @@ class Launch(Protocol):
     def keep_kv(self) -> Any: ...
 
 
-@dataclass(frozen=True)
-class Staleness:
+class Staleness(NamedTuple):
     """`stale`: True (old launch), False (current) or None (cannot tell); `why` says which."""
 
     stale: bool | None
