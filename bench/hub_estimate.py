@@ -3,10 +3,12 @@
     uv run python bench/hub_estimate.py
 
 A FAKE hub (tests/fakes/fake_hub.py, a real HTTP server on loopback with Range support) serves
-real-shaped GGUFs (llmctl.testing.realshapes: real vocabularies and widths, few layers). For
-one model, and for a repo of 10 quants, `llmctl estimate hf://...` is run as a user runs it
+a real-shaped GGUF at full size: Qwen2.5-7B's vocabulary, widths and all 28 layers, its tensor
+data a hole (a sparse file: the header is real, the weights read as zeros). For one model, and for a repo of 10 quants, `llmctl estimate hf://...` is run as a user runs it
 (a fresh process, an empty header cache), and the bytes it read are set beside the bytes a
-download would have cost.
+download would have cost. The interpreter runs as installed: its bytecode cache on (a
+PYTHONDONTWRITEBYTECODE of the calling shell is dropped) and warmed by one run first, so the
+time is that of every run after the first.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from fakes.fake_hub import FakeHub
 from llmctl.paths import cache_dir
-from llmctl.testing.realshapes import SHAPES, write_shaped_model
+from llmctl.testing.realshapes import SHAPES
+from llmctl.testing.testmodels import write_tiny_model
 
 QUANTS = ("IQ2_M", "Q2_K", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "BF16", "F16")
 
@@ -38,7 +41,11 @@ def run(ref: str, env: dict[str, str]) -> tuple[float, dict[str, object]]:
 
 def main() -> None:
     shape = next(s for s in SHAPES if s.name == "qwen2.5-7b")
-    model = write_shaped_model(cache_dir() / "bench-models", shape)
+    model = cache_dir() / "bench-models" / f"{shape.name}-full-sparse.gguf"
+    if not model.exists():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        full = {**shape.overrides, "n_layer": 28}
+        write_tiny_model(model, arch=shape.arch, name=shape.name, sparse=True, **full)
     with tempfile.TemporaryDirectory() as tmp:
         one, many = Path(tmp) / "one", Path(tmp) / "many"
         one.mkdir()
@@ -53,8 +60,11 @@ def main() -> None:
                 f"{'case':34} {'files':>5} {'file bytes':>12} {'read':>10} {'ratio':>9} {'time':>7}"
             )
             for ref in ("hf://bench/one-GGUF:Q4_K_M", "hf://bench/many-GGUF"):
-                env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": f"{tmp}/hf-{ref[-6:]}",
-                       "LLMCTL_CACHE_DIR": f"{tmp}/cache-{ref[-6:]}"}  # fmt: skip
+                env = {**os.environ, "HF_ENDPOINT": hub.url}
+                env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: .pyc written once
+                run(ref, {**env, "HF_HOME": f"{tmp}/hf-warm", "LLMCTL_CACHE_DIR": f"{tmp}/c-warm"})
+                env["HF_HOME"] = f"{tmp}/hf-{ref[-6:]}"  # then an empty header cache
+                env["LLMCTL_CACHE_DIR"] = f"{tmp}/cache-{ref[-6:]}"
                 seconds, data = run(ref, env)
                 models = data["models"]
                 assert isinstance(models, list)

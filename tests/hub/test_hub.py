@@ -11,12 +11,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fakes.fake_hub import TOKEN, FakeHub
 from llmctl.hub.refs import parse_ref
+from llmctl.testing.realshapes import ProjectorShape, write_projector
 from llmctl.testing.testmodels import write_tiny_model
-from processes import imported_modules
+from processes import free_port, imported_modules
 
 MiB = 1024**2
 
@@ -499,25 +501,50 @@ def test_a_profile_on_a_hub_model_estimates_refuses_unpulled_then_runs(
         llmctl("stop")
 
 
-def test_a_pulled_model_runs_with_its_mmproj_sibling(hub: FakeHub, tmp_path: Path) -> None:
+def test_a_pulled_model_runs_with_its_mmproj_sibling(
+    hub: FakeHub, tmp_path: Path, llama_server_bin: Path
+) -> None:
+    """A repo with a quant and its projector (a real CLIP GGUF that llama-server loads): the
+    estimate counts the projector from its remote header, `pull` fetches both, and the real
+    llama-server runs the pair with vision on."""
     vision = tmp_path / "vision"
     vision.mkdir()
-    write_tiny_model(vision / "Eye-Q4_K_M.gguf")
-    write_tiny_model(vision / "mmproj-Eye-F16.gguf")  # any GGUF: only its place is read here
+    text = write_tiny_model(vision / "Eye-Q4_K_M.gguf", arch="gemma3")
+    eye = ProjectorShape(
+        "mmproj-Eye-F16", "a tiny SigLIP", "gemma3", "eye", image_size=112, patch_size=14,
+        n_embd=64, n_ff=128, n_head=2, n_block=1, projection_dim=256,
+    )  # fmt: skip
+    projector = write_projector(vision, eye)
     hub.add("org/eye-GGUF", vision)
     own = write_tiny_model(tmp_path / "own-mmproj.gguf")
+    port = free_port()
     path = manifest(
         tmp_path,
-        "  eye:\n    model: hf://org/eye-GGUF:Q4_K_M\n"
+        "  eye:\n    model: hf://org/eye-GGUF:Q4_K_M\n    ctx_size: 512\n"
         f"  mine:\n    model: hf://org/eye-GGUF:Q4_K_M\n    mmproj: {own}\n",
+        gpu=f"server: {{binary: {llama_server_bin}, port: {port}}}\n",
     )
     mf = ["--manifest", str(path)]
+    est = llmctl("estimate", "eye", "--json", *mf)
+    assert est.returncode == 0, est.stderr
+    (row,) = json.loads(est.stdout)
+    assert row["mmproj"]["weights_bytes"] > 0 and row["mmproj"]["exact"], row["mmproj"]
+    assert not (tmp_path / "llama-cache").exists() or not any((tmp_path / "llama-cache").iterdir())
     pulled = llmctl("pull", "eye", *mf, "--json")
     assert pulled.returncode == 0, pulled.stderr
-    files = [f["file"] for f in json.loads(pulled.stdout)["files"]]
-    assert files == ["Eye-Q4_K_M.gguf", "mmproj-Eye-F16.gguf"]
+    files = {f["file"]: f["path"] for f in json.loads(pulled.stdout)["files"]}
+    assert list(files) == ["Eye-Q4_K_M.gguf", "mmproj-Eye-F16.gguf"]
+    assert Path(files["mmproj-Eye-F16.gguf"]).read_bytes() == projector.read_bytes()
+    assert Path(files["Eye-Q4_K_M.gguf"]).stat().st_size == text.stat().st_size
     argv = json.loads(llmctl("command", "eye", *mf, "--json").stdout)["argv"]
     assert Path(argv[argv.index("--mmproj") + 1]).name == "mmproj-Eye-F16.gguf"
+    try:
+        ran = llmctl("switch", "eye", *mf)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        props = httpx.get(f"http://127.0.0.1:{port}/props", timeout=10).json()
+        assert props["modalities"]["vision"] is True, props.get("modalities")
+    finally:
+        llmctl("stop")
     argv = json.loads(llmctl("command", "mine", *mf, "--json").stdout)["argv"]
     assert argv[argv.index("--mmproj") + 1] == str(own)  # the profile's own projector wins
     assert argv.count("--mmproj") == 1
