@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmctl.errors import EXIT_INPUT, LlmctlError
+from llmctl.errors import LlmctlError
 from llmctl.hub.local import listing_path, repo_folder
 from llmctl.hub.refs import HubRef, find_mmproj, find_model, models, parts_of
 from llmctl.llama.gguf import GGUFFile, read_gguf_stream
@@ -32,9 +32,8 @@ _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 class HubError(LlmctlError):
-    """The hub could not answer: the repo, revision, file or server, and what to do."""
-
-    exit_code: int = EXIT_INPUT
+    """The hub could not answer: the repo, revision, file or server, and what to do. Exits 1 (the
+    operation failed), a missing repo or file as much as an unreachable server."""
 
 
 def endpoint() -> str:
