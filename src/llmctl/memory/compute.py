@@ -108,6 +108,12 @@ def compute_parts(
             on a real b11434 build: 1x makes the compute buffer exact on the 53 launches of
             bench/estimate_accuracy.py where 3x was 7 % high at the median)
 
+    Narrow FFNs are over-counted: at n_ff <= 2 n_embd (no published model; they have 2.7 to
+    5.3 n_embd) the allocator fits the FFN's tensors into holes the attention left, and the
+    buffer is 4 n_tokens x (n_embd + n_q) smaller than the layer term (measured on test models
+    of n_embd 256 and 512, n_ff 1 and 2 x n_embd, on b11312 and b11434: 1 MiB, 12 %; exact at
+    n_ff 4 x n_embd and beyond). A high figure, so a safe one.
+
     `flash_attn: auto` is resolved for `backend` (flash_attn_on); the build's rules are in
     llmctl.memory.builds.RULES.
     Checked against `sched_reserve: CPU compute buffer size` on models with published shapes
