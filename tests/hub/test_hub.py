@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,6 +123,23 @@ def test_a_server_that_ignores_range_is_refused_not_downloaded(hub: FakeHub) -> 
     out = llmctl("estimate", "hf://org/tiny-GGUF:Q4_K_M")
     assert out.returncode != 0 and "does not answer range requests" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_slow_server_is_given_up_on_and_said(hub: FakeHub) -> None:
+    """A hub that takes the request and never answers: the estimate and the pull stop after
+    HF_HUB_DOWNLOAD_TIMEOUT seconds, name it, and leave no partial file."""
+    hub.hold = threading.Event()  # every file GET waits; the hub's close releases it
+    slow = {"HF_HUB_DOWNLOAD_TIMEOUT": "1"}
+    out = llmctl("estimate", "hf://org/tiny-GGUF:Q4_K_M", env=slow)
+    assert out.returncode != 0, out.stdout
+    assert "no answer within 1 s" in out.stderr and "HF_HUB_DOWNLOAD_TIMEOUT" in out.stderr
+    assert hub.waiting.is_set()  # it did reach the hub
+    pulled = llmctl("pull", "hf://org/tiny-GGUF:Q4_K_M", env=slow)
+    assert pulled.returncode != 0 and "Traceback" not in out.stderr + pulled.stderr
+    assert "no answer within 1 s" in pulled.stderr
+    assert "HF_HUB_DOWNLOAD_TIMEOUT" in pulled.stderr and "run the pull again" in pulled.stderr
+    hub.hold.set()
+    assert llmctl("estimate", "hf://org/tiny-GGUF:Q4_K_M").returncode == 0  # and then it answers
 
 
 def test_offline_estimates_from_what_was_read_before(hub: FakeHub) -> None:

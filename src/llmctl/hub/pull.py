@@ -157,10 +157,10 @@ def _resumable(listing: Listing, entry: RepoFile, cache: Path, name: str, tqdm_c
                     tqdm_class=tqdm_class,
                 )
         except (OSError, HubError) as err:
-            raise HubError(
-                f"{name}: the download stopped: {err}",
-                hint=f"run the pull again: it continues from the {_size(partial)} already here",
-            ) from None
+            again = f"run the pull again: it continues from the {_size(partial)} already here"
+            if isinstance(err, HubError) and err.hint:  # the hub error's own advice first
+                again = f"{err.hint}; {again}"
+            raise HubError(f"{name}: the download stopped: {err}", hint=again) from None
         digest = sha256_of(partial)
         if digest != entry.sha256:
             with contextlib.suppress(FileNotFoundError):
