@@ -1,7 +1,8 @@
 """llama-server's HTTP API as its source registers it (tools/server/server.cpp), and its CORS rules.
 
-The table is checked against the pinned llama.cpp source by the tests, so a route added upstream
-shows up as a failing test rather than as a 404 behind the router.
+The table is checked against the llama.cpp source of the tested build (the pinned one, and the
+others of `make compat`), so a route added upstream shows up as a failing test rather than as a
+404 behind the router.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("POST", "/cors-proxy"),
     ("GET", "/tools"),
     ("POST", "/tools"),
+)
+
+# Routes of builds newer than the pinned one, with the first build seen to have them. Behind the
+# router every `/v1/` path is proxied, so these work with the builds that have them.
+NEWER_ROUTES: tuple[tuple[str, str, int], ...] = (
+    ("POST", "/v1/systemone", 11434),  # typed decision models (server-decision.cpp)
 )
 
 # Routes only llama.cpp's own multi-model router mode registers (llmctl has /models/switch etc.).
