@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """FAKE llama-server for the engine-plan probe: the faults a real one does not do on demand.
 
-`--help` lists `--log-jsonl` (mode `old`: it does not); `--version` prints a version line.
-Otherwise it behaves as $FAKE_ENGINE_MODE says:
+`--help` lists `--log-jsonl` (modes `old` and `old-nofit`: it does not); `--version` prints a
+version line. Otherwise it behaves as $FAKE_ENGINE_MODE says:
+  old          a build without --log-jsonl (b9093): refuses that flag as b9093 does; else logs
+               text and its plan as b9093's text table (TEXT_TABLE), then waits to be stopped
+  old-nofit    the same build with `--fit off`: text lines, "model loaded", no table
   plan         a log line, then a well-formed fit_memory_breakdown event, then waits to be stopped
   host         the same with one host row: model 10, context 4, compute 2 MiB
   garbage      the event with a row that is not an object
@@ -31,6 +34,18 @@ ROWS = [
     {"kind": "buffer_type", "name": "CUDA_Host", "self": 10, "model": 0, "context": 0,
      "compute": 10},
 ]  # fmt: skip
+
+
+# b9093's table (common_memory_breakdown_print), as it prints it before loading a model
+TEXT_TABLE = """\
+0.00.010.000 I common_init_result: fitting params to device memory, for bugs during this step try to reproduce them with -fit off
+0.00.010.100 I common_params_fit_impl: getting device memory data for initial parameters:
+0.00.010.200 I common_memory_breakdown_print: | memory breakdown [MiB] | total   free    self   model   context   compute    unaccounted |
+0.00.010.300 I common_memory_breakdown_print: |   - CUDA0 (RTX 3090)   | 24135 = 22741 + ( 1300 =  1000 +     200 +     100) +          94 |
+0.00.010.400 I common_memory_breakdown_print: |   - Host               |                    60 =    50 +       0 +      10                |
+0.00.010.500 I common_memory_breakdown_print: |   - CUDA_Host          |                    10 =     0 +       0 +      10                |
+0.00.010.600 I common_params_fit_impl: projected to use 1300 MiB of device memory vs. 22741 MiB of free device memory
+"""
 
 
 def out(obj: object) -> None:
@@ -66,7 +81,7 @@ def main() -> int:
             "-ctk, --cache-type-k TYPE", "-ctv, --cache-type-v TYPE", "-b, --batch-size N",
             "-ub, --ubatch-size N", "--jinja", "--metrics", "--alias STRING",
         ]  # fmt: skip
-        if MODE != "old":
+        if not MODE.startswith("old"):
             flags.append("--log-jsonl")
         print("\n".join(flags))
         return 0
@@ -75,6 +90,17 @@ def main() -> int:
         return 0
     if MODE == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if MODE.startswith("old"):
+        if "--log-jsonl" in sys.argv:
+            print("error: invalid argument: --log-jsonl", file=sys.stderr)
+            return 1
+        print("0.00.004.891 I srv  llama_server: initializing ...", file=sys.stderr, flush=True)
+        if MODE == "old":
+            sys.stderr.write(TEXT_TABLE)
+        else:
+            print("0.00.115.102 I srv  llama_server: model loaded", file=sys.stderr, flush=True)
+        sys.stderr.flush()
+        wait_forever()
     out({"type": "log", "time": 1, "level": "info", "msg": "srv  llama_server: initializing\n"})
     if MODE in ("plan", "ignore-term"):
         event(ROWS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llmctl.llama.engineplan import MAX_LINE, PlanFormatError, parse_line, probe
+from llmctl.llama.engineplan import MAX_LINE, PlanFormatError, TextTable, parse_line, probe
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.engine import TermDiff, best_figure, compare, warnings
 from llmctl.memory.estimate import ModelSource, estimate
@@ -156,6 +156,61 @@ def test_a_binary_that_cannot_start_is_a_reason(tmp_path: Path) -> None:
     assert "cannot start" in outcome.reason
 
 
+def test_the_text_table_of_an_older_build_is_the_same_plan() -> None:
+    """b9093's common_memory_breakdown_print table (the fake's copy of its format): a device
+    row, the host, a buffer type; the first line after it ends the table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fake_engine_server", FAKE)
+    assert spec is not None and spec.loader is not None
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    table = TextTable()
+    plans = [table.feed(line) for line in fake.TEXT_TABLE.splitlines()]
+    assert plans[:-1] == [None] * (len(plans) - 1)
+    plan = plans[-1]
+    assert plan is not None and plan.resolution == MiB
+    cuda, host = plan.row("CUDA0"), plan.row("Host")
+    assert cuda is not None and host is not None
+    assert (cuda.kind, cuda.model, cuda.context, cuda.compute) == (
+        "device",
+        1000 * MiB,
+        200 * MiB,
+        100 * MiB,
+    )
+    assert (cuda.total, cuda.free, cuda.self_bytes, cuda.unaccounted) == (
+        24135 * MiB,
+        22741 * MiB,
+        1300 * MiB,
+        94 * MiB,
+    )
+    assert (host.kind, host.model, host.compute) == ("host", 50 * MiB, 10 * MiB)
+    assert [r.kind for r in plan.rows] == ["device", "host", "buffer_type"]
+    # a negative unaccounted figure (the driver reports less than llama.cpp holds) is read
+    neg = TextTable()
+    neg.feed("common_memory_breakdown_print: | memory breakdown [MiB] | total free ...")
+    neg.feed(
+        "common_memory_breakdown_print: |   - CUDA0 (RTX 3090) | 24135 = 100 + (24100 = 24000 + 50 + 50) + -65 |"
+    )
+    got = neg.end()
+    assert got is not None and got.rows[0].unaccounted == -65 * MiB
+    # no header, no plan; a header with no rows, no plan
+    assert TextTable().end() is None
+    empty = TextTable()
+    empty.feed("common_memory_breakdown_print: | memory breakdown [MiB] | total free")
+    assert empty.feed("common_params_fit_impl: projected to use 0 MiB") is None
+
+
+def test_probe_of_an_older_build_reads_its_text_table_and_stops_it(tmp_path: Path) -> None:
+    outcome, pid = _fake("old", tmp_path, jsonl=False)
+    plan = outcome.plan  # type: ignore[attr-defined]
+    assert plan is not None and plan.row("CUDA0").model == 1000 * MiB
+    assert _gone(pid)
+    outcome, pid = _fake("old-nofit", tmp_path, jsonl=False)
+    assert outcome.plan is None and "without stating its plan" in outcome.reason  # type: ignore[attr-defined]
+    assert _gone(pid)
+
+
 # The tiny model's feed-forward width (2 x n_embd by default) is narrower than any published
 # model's (2.7 to 5.3 x): there ggml's allocator fits the FFN's tensors into holes the attention
 # left, and the formula's compute, which counts them beside each other, is 1 MiB (12 %) high on
@@ -174,7 +229,10 @@ def test_the_real_engine_plan_equals_what_llama_server_then_allocates(
 
     model = write_tiny_model(tmp_path / "tiny.gguf", **REAL_WIDTH)
     argv = [str(llama_server_bin), "-m", str(model), "-c", "8192", "-np", "2"]
-    outcome = probe(on_free_port(argv))
+    from llmctl.llama.binary import known_flags
+
+    jsonl = "--log-jsonl" in (known_flags(str(llama_server_bin)) or ())  # else a text table
+    outcome = probe(on_free_port(argv), jsonl=jsonl)
     assert outcome.plan is not None, outcome.reason
     assert outcome.seconds < 10
     host = outcome.plan.row("Host")
@@ -235,14 +293,23 @@ def test_estimate_engine_on_the_cli_and_its_fallbacks(
     assert {t["term"] for t in engine["terms"]} == {"model", "context", "compute"}
     text = run(str(llama_server_bin)).stdout
     assert "engine plan" in text and "Host" in text
-    # a build without --log-jsonl: the formula stands, and the estimate says why
+    # a build without --log-jsonl (b9093): its plan is read from the text table it logs
     old = tmp_path / "old-llama-server"
     old.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE=old exec {sys.executable} {FAKE} "$@"\n')
     old.chmod(0o755)
     out = run(str(old), "--json")
     assert out.returncode == 0, out.stderr
     engine = json.loads(out.stdout)[0]["engine"]
-    assert engine["source"] == "formula" and "--log-jsonl" in engine["reason"]
+    assert engine["source"] == "engine plan", engine
+    # ...and one that prints no table (`--fit off`): the formula stands, and it says why
+    nofit = tmp_path / "nofit-llama-server"
+    nofit.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE=old-nofit exec {sys.executable} {FAKE} "$@"\n')
+    nofit.chmod(0o755)
+    out = run(str(nofit), "--json")
+    assert out.returncode == 0, out.stderr
+    engine = json.loads(out.stdout)[0]["engine"]
+    assert engine["source"] == "formula" and "--log-jsonl" in engine["reason"], engine
+    assert "no memory breakdown" in engine["reason"]
     # a command line for another machine is not probed here
     refused = subprocess.run(
         [sys.executable, "-m", "llmctl", "estimate", "--engine", "--", "-m", str(model)],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,25 @@ def test_b11401_and_newer_add_the_mixed_input_path() -> None:
         assert est.compute is not None and est.compute.inputs == mixed == 7_340_032
         assert est.compute_bytes == MASKS + FFN + mixed
     assert estimate(real_shape(QWEN), OPTS, rules=rules_for(11400)).compute_bytes == MASKS + FFN
+
+
+def test_before_b9415_the_f32_mask_and_its_f16_cast_live_together(tmp_path: Path) -> None:
+    """b9093: the mask is made f32 and cast to f16 for flash attention; until the cast both
+    and the token inputs are alive (measured: 3x masks as the context grows; exact on the
+    256-wide test model at 4K to 32K). From b9415 the mask is made f16 directly."""
+    assert rules_for(9409).mask_cast and rules_for(9093).mask_cast
+    assert not rules_for(9415).mask_cast and not rules_for(None).mask_cast
+    opts = LaunchOptions(ctx_size=32768, parallel=1, flash_attn="on")
+    src = ModelSource.from_gguf(read_gguf(write_tiny_model(tmp_path / "t.gguf", n_ff=1024)))
+    old = estimate(src, opts, gpu=False, rules=rules_for(9093))
+    new = estimate(src, opts, gpu=False, rules=rules_for(9415))
+    assert old.compute is not None and new.compute is not None
+    masks = 512 * 32768 * 2
+    assert old.compute.where == "mask cast" and old.compute.layer == 2 * masks + 4 * 512 * 5 * 256
+    assert new.compute.where == "ffn"
+    # without flash attention the mask is f32 in every build: no cast
+    off = estimate(src, replace(opts, flash_attn="off"), gpu=False, rules=rules_for(9093))
+    assert off.compute is not None and off.compute.where != "mask cast"
 
 
 def test_an_architecture_without_mixed_batches_has_no_mixed_input() -> None:

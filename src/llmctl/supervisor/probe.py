@@ -3,8 +3,10 @@ and the placer for a profile it has no figure for).
 
 The probe runs the profile's exact launch command, on a free port of 127.0.0.1 and with
 `--log-jsonl`, until the `fit_memory_breakdown` event, then stops it: no weight is read, and
-nothing is left running. It runs only on this machine (the plan names this machine's devices),
-and only where the configured llama-server lists `--log-jsonl`. A plan is kept under the
+nothing is left running. It runs only on this machine (the plan names this machine's devices).
+A llama-server without `--log-jsonl` (an older build) runs as given, and its plan is read from
+the text table it prints before loading (llama/engineplan.TextTable); a build that prints
+neither leaves the formula to decide, and says so. A plan is kept under the
 calibration key (model file, memory arguments, build), so a later decision reuses it.
 """
 
@@ -159,13 +161,7 @@ def probe_profile(
     flags = known_flags(binary)
     if flags is None:
         return ProbeResult(name, None, f"{binary} --help did not answer", 0.0)
-    if FLAG not in flags:
-        return ProbeResult(
-            name,
-            None,
-            f"this llama-server has no {FLAG} (an older build): the formula decides",
-            0.0,
-        )
+    jsonl = FLAG in flags  # else an older build: its plan is a text table in its log
     key, build = _key(spec)
     store = engine_store()
     if reuse:
@@ -175,8 +171,16 @@ def probe_profile(
     env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
     env.update(spec.env)
     outcome = probe(
-        on_free_port(spec.argv), env=env, timeout=min(PROBE_TIMEOUT, spec.ready_timeout)
+        on_free_port(spec.argv),
+        env=env,
+        timeout=min(PROBE_TIMEOUT, spec.ready_timeout),
+        jsonl=jsonl,
     )
+    if outcome.plan is None and not jsonl:
+        outcome.reason = (
+            f"this llama-server has no {FLAG} and printed no memory breakdown before loading "
+            f"({outcome.reason}): the formula decides"
+        )
     if outcome.plan is not None:
         store.put(key, outcome.plan, model=spec.model, build=build)
     return ProbeResult(name, outcome.plan, outcome.reason, outcome.seconds, key, build)
