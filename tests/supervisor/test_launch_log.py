@@ -55,6 +55,11 @@ def _llmctl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_real_launch_logs_json_records_its_plan_and_reads_as_text(
     tmp_path: Path, llama_server_bin: Path
 ) -> None:
+    """With --log-jsonl where the build has it; a build without it (b9093) logs text, and the
+    launch's plan is read from the memory table in that text."""
+    from llmctl.llama.binary import known_flags
+
+    jsonl = "--log-jsonl" in (known_flags(str(llama_server_bin)) or ())
     model = write_tiny_model(tmp_path / "tiny.gguf", arch="llama")
     spec = real_spec(llama_server_bin, model, processes.free_port(), "tiny")
     sup = Supervisor(paths.state_dir(), lock_timeout=30)
@@ -62,7 +67,7 @@ def test_a_real_launch_logs_json_records_its_plan_and_reads_as_text(
         res = sup.switch(spec)
         assert res.ready, res.error
         rec = read_servers(sup.state_dir)["tiny"]
-        assert "--log-jsonl" in rec.argv
+        assert ("--log-jsonl" in rec.argv) == jsonl
         assert rec.config_hash == spec.config_hash  # llmctl's own flags are not the profile's
         assert sup.switch(spec).noop  # so the same profile is still a no-op
         plan = rec.extra["engine_plan"]
@@ -71,7 +76,7 @@ def test_a_real_launch_logs_json_records_its_plan_and_reads_as_text(
 
         assert known_plan_for(spec) is not None  # kept as a probe keeps it
         raw = Path(rec.log).read_text()
-        assert '{"type":"log"' in raw
+        assert ('{"type":"log"' in raw) == jsonl
         shown = _llmctl("logs", "-n", "200")
         assert shown.returncode == 0, shown.stderr
         assert "model loaded" in shown.stdout and '{"type"' not in shown.stdout
@@ -88,13 +93,17 @@ def test_a_real_launch_logs_json_records_its_plan_and_reads_as_text(
 def test_a_profile_with_its_own_log_settings_keeps_a_text_log(
     tmp_path: Path, llama_server_bin: Path, own: list[str]
 ) -> None:
+    from llmctl.llama.binary import known_flags
     from llmctl.supervisor.spawn import with_log_format
 
     argv = (str(llama_server_bin), "-m", "m.gguf", *own)
     spec = LaunchSpec(profile="p", argv=argv, env={}, host="127.0.0.1", port=1)
     assert with_log_format(spec) == spec
     plain = LaunchSpec(profile="p", argv=argv[:3], env={}, host="127.0.0.1", port=1)
-    assert with_log_format(plain).argv[-1] == "--log-jsonl"
+    if "--log-jsonl" in (known_flags(str(llama_server_bin)) or ()):
+        assert with_log_format(plain).argv[-1] == "--log-jsonl"
+    else:  # a build without it keeps its text log
+        assert with_log_format(plain) == plain
 
 
 def test_a_keep_kv_profile_switched_to_again_is_a_noop(

@@ -2,7 +2,7 @@
 
 A log holds llama-server's text lines or, when it was started with `--log-jsonl`, its JSON lines
 (llama/logline.py); every reader here gives text lines either way, and LogFollower keeps the
-engine's memory plan event (`plan_line`) when one passes.
+engine's memory plan event (`plan_line`) when one passes, or (`plans`) the plan of a text log's table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llmctl.llama.engineplan import EnginePlan, TextTable
 
 LOGS_DIR = "logs"
 HEADER = "# llmctl:"
@@ -96,13 +99,22 @@ class LogFollower:
     """Reads what a running process appends to its log: whole lines, and whether it grew at all
     (llama.cpp prints progress dots without a newline while loading big models)."""
 
-    def __init__(self, path: Path, offset: int = 0, *, keep_open: bool = True) -> None:
+    def __init__(
+        self, path: Path, offset: int = 0, *, keep_open: bool = True, plans: bool = False
+    ) -> None:
         self.path = path
         self.offset = offset
         self.keep_open = keep_open  # False: the file is open only while a poll reads it
         self._partial = b""
         self._fd: int | None = None
         self.plan_line: str | None = None  # the first fit_memory_breakdown event (--log-jsonl)
+        # with `plans` (a launch being watched): the plan of a text log's memory table
+        self.text_plan: EnginePlan | None = None
+        self._table: TextTable | None = None
+        if plans:
+            from llmctl.llama.engineplan import TextTable
+
+            self._table = TextTable()
 
     def poll(self) -> tuple[list[str], bool]:
         if self._fd is None:
@@ -139,6 +151,8 @@ class LogFollower:
                     self.plan_line = line
                 out += text_lines(line)
             else:
+                if self._table is not None and self.text_plan is None:
+                    self.text_plan = self._table.feed(line)
                 out.append(line)
         return out
 

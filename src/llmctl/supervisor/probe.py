@@ -186,17 +186,21 @@ def probe_profile(
     return ProbeResult(name, outcome.plan, outcome.reason, outcome.seconds, key, build)
 
 
-def record_launch_plan(spec: LaunchSpec, line: str) -> dict[str, Any] | None:
-    """Keep the plan a launch stated in its log (`--log-jsonl`) under the launch's calibration
-    key, as a probe would; its per-device figures for the launch record (MiB), or None when the
-    line is no usable plan. Never fails the launch."""
+def record_launch_plan(spec: LaunchSpec, stated: str | EnginePlan) -> dict[str, Any] | None:
+    """Keep the plan a launch stated in its log (the `--log-jsonl` event line, or the plan of a
+    text log's table) under the launch's calibration key, as a probe would; its per-device
+    figures for the launch record (MiB), or None when it is no usable plan. Never fails the
+    launch."""
     from llmctl.llama.engineplan import PlanFormatError, parse_line
     from llmctl.memory.engine import plan_total
 
-    try:
-        plan = parse_line(line)
-    except PlanFormatError:
-        return None
+    if isinstance(stated, str):
+        try:
+            plan = parse_line(stated)
+        except PlanFormatError:
+            return None
+    else:
+        plan = stated
     if plan is None:
         return None
     try:

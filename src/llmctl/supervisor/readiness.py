@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import threading
     from pathlib import Path
 
+    from llmctl.llama.engineplan import EnginePlan
     from llmctl.supervisor.launch import LaunchSpec
     from llmctl.supervisor.results import EventKind
 
@@ -32,6 +33,7 @@ class LoadWatcher:
         self.log_path = log_path
         self.emit = emit
         self.plan_line: str | None = None  # the engine's memory plan event, if the log had one
+        self.text_plan: EnginePlan | None = None  # or the plan table of a text log (b9093)
 
     def wait_ready(
         self,
@@ -49,7 +51,7 @@ class LoadWatcher:
         from llmctl.supervisor.health import health_status
         from llmctl.supervisor.logs import READY_LINE, LogFollower
 
-        follower = LogFollower(log_path, offset)
+        follower = LogFollower(log_path, offset, plans=True)
         lines: list[str] = []
         t0 = time.monotonic()
         last_progress = t0
@@ -114,6 +116,7 @@ class LoadWatcher:
                 nap = min(nap * 1.5, 0.002 if saw_ready_line else 0.02)
         finally:
             self.plan_line = follower.plan_line
+            self.text_plan = follower.text_plan
             follower.close()
 
     def exit_error(self, code: int, lines: list[str]) -> LaunchError:

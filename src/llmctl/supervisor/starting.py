@@ -116,10 +116,11 @@ def start(
     rec.ready_at = time.time()
     rec.owner_pid = None
     rec.owner_start_time = None
-    if watcher.plan_line is not None:
+    stated = watcher.plan_line if watcher.plan_line is not None else watcher.text_plan
+    if stated is not None:
         from llmctl.supervisor.probe import record_launch_plan
 
-        plan = record_launch_plan(identity_of, watcher.plan_line)
+        plan = record_launch_plan(identity_of, stated)
         if plan is not None:
             rec.extra["engine_plan"] = plan
     from llmctl.supervisor.probe import record_gpu_used
