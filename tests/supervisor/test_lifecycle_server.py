@@ -121,6 +121,8 @@ def test_readiness_is_noticed_promptly(
     # the log is in JSON lines (--log-jsonl) where the build has them: read it as text
     text = decode_text(Path(res.log).read_text())
     loaded = next(x for x in text.splitlines() if "model loaded" in x)
+    if not _STAMP.match(loaded):  # older builds (b9093) print their lines without a time
+        pytest.skip(f"this llama-server's log lines carry no time: {loaded!r}")
     server_loaded = _server_time(loaded)
     # from spawn to "ready" reported, minus the server's own time to load: small
     assert (ready.elapsed_s - starting.elapsed_s) - server_loaded < 0.5
@@ -134,8 +136,11 @@ def test_bad_model_path_fails_at_once(
     assert not res.ready and res.error is not None
     assert res.error.exit_status == 1
     assert res.elapsed_s < 10
-    assert "failed to open GGUF file" in res.error.message and str(missing) in res.error.message
-    assert "failed to open GGUF file" in res.error.stderr_tail[0]
+    # the cause in the build's words: "failed to open GGUF file" (b11312), "failed to load model
+    # from" (b9093)
+    said = ("failed to open GGUF file", "failed to load model from")
+    assert any(w in res.error.message for w in said) and str(missing) in res.error.message
+    assert any(w in res.error.stderr_tail[0] for w in said)
     assert "exiting due to model loading error" in res.error.stderr_tail[-1]
 
 
