@@ -70,10 +70,10 @@ def _cache_file(binary: str, kind: str, *extra: str) -> Path | None:
     ident = file_identity(binary)
     if ident is None:
         return None
-    import hashlib
+    import zlib  # not hashlib: its OpenSSL import costs every command that reads a binary 2 ms
 
-    key = hashlib.sha256("\0".join([str(_PARSER_VERSION), kind, *ident, *extra]).encode())
-    return cache_dir() / f"{kind}-{key.hexdigest()[:20]}.json"
+    key = "\0".join([str(_PARSER_VERSION), kind, *ident, *extra]).encode()
+    return cache_dir() / f"{kind}-{zlib.crc32(key):08x}{zlib.adler32(key):08x}.json"
 
 
 def _cached(path: Path | None) -> Any:
