@@ -178,11 +178,9 @@ class LoadCancelled(LaunchError):
         hint: str | None = None,
         exit_code: int | None = None,
         *,
-        exit_status: int | None = None,
-        stderr_tail: list[str] | None = None,
         retry: bool = False,
-    ):
-        super().__init__(message, hint, exit_code, exit_status=exit_status, stderr_tail=stderr_tail)
+    ):  # a load cut short: no exit status or log tail of its own
+        super().__init__(message, hint, exit_code)
         self.retry = retry
 
 

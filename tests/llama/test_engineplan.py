@@ -102,6 +102,14 @@ def _fake(mode: str, tmp: Path, **kw: object) -> tuple[object, int | None]:
     return outcome, pid
 
 
+def _fake_binary(tmp: Path, mode: str, name: str | None = None) -> Path:
+    """An executable that runs the FAKE server in `mode`, as a configured llama-server would."""
+    path = tmp / (name or f"{mode}-llama-server")
+    path.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE={mode} exec {sys.executable} {FAKE} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def _gone(pid: int | None) -> bool:
     if pid is None:
         return True
@@ -294,17 +302,13 @@ def test_estimate_engine_on_the_cli_and_its_fallbacks(
     text = run(str(llama_server_bin)).stdout
     assert "engine plan" in text and "Host" in text
     # a build without --log-jsonl (b9093): its plan is read from the text table it logs
-    old = tmp_path / "old-llama-server"
-    old.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE=old exec {sys.executable} {FAKE} "$@"\n')
-    old.chmod(0o755)
+    old = _fake_binary(tmp_path, "old")
     out = run(str(old), "--json")
     assert out.returncode == 0, out.stderr
     engine = json.loads(out.stdout)[0]["engine"]
     assert engine["source"] == "engine plan", engine
     # ...and one that prints no table (`--fit off`): the formula stands, and it says why
-    nofit = tmp_path / "nofit-llama-server"
-    nofit.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE=old-nofit exec {sys.executable} {FAKE} "$@"\n')
-    nofit.chmod(0o755)
+    nofit = _fake_binary(tmp_path, "old-nofit")
     out = run(str(nofit), "--json")
     assert out.returncode == 0, out.stderr
     engine = json.loads(out.stdout)[0]["engine"]
@@ -330,9 +334,7 @@ def test_the_placer_decides_by_the_engine_plan_once_one_is_kept(
     from llmctl.supervisor.probe import probe_profile
 
     model = write_tiny_model(tmp_path / "tiny.gguf")
-    fake = tmp_path / "llama-server"
-    fake.write_text(f'#!/bin/sh\nFAKE_ENGINE_MODE=host exec {sys.executable} {FAKE} "$@"\n')
-    fake.chmod(0o755)
+    fake = _fake_binary(tmp_path, "host", name="llama-server")
     manifest = tmp_path / "profiles.yaml"
     manifest.write_text(
         f"version: 1\nserver:\n  binary: {fake}\n  ports: 18100-18101\n"

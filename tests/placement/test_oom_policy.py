@@ -196,3 +196,25 @@ def test_every_neighbour_that_may_not_go_is_named() -> None:
     assert out.reason.endswith(
         "beside 'a', 'b'; no retry: 'a' is pinned; 'b' is within its min_residency, so they stay"
     )
+
+
+def test_a_reason_added_to_a_failed_load_keeps_the_error_whole() -> None:
+    """placement/oom.with_reason (LlmctlError.with_message): same class, hint, exit code, exit
+    status and log tail; the original error unchanged."""
+    from llmctl.errors import EXIT_FAILED, LaunchError, OperatorStopped
+    from llmctl.placement.oom import with_reason
+
+    err = LaunchError("out of memory", "free a GPU", 5, exit_status=1, stderr_tail=["oom"])
+    got = with_reason(err, "retried once")
+    assert type(got) is LaunchError and str(got) == "out of memory; retried once"
+    assert (got.hint, got.exit_code, got.exit_status, got.stderr_tail) == (
+        "free a GPU",
+        5,
+        1,
+        ["oom"],
+    )
+    assert got.args == ("out of memory; retried once",)
+    assert err.message == "out of memory" and str(err) == "out of memory"
+    stopped = with_reason(OperatorStopped("stopped", stopped_at=2.5), "by a shell")
+    assert isinstance(stopped, OperatorStopped) and stopped.stopped_at == 2.5
+    assert stopped.exit_code == EXIT_FAILED  # the class's own default

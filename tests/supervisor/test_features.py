@@ -1,5 +1,5 @@
 """A feature the configured llama-server build lacks is said once, not skipped silently: no
-`--log-jsonl` (launches log text, no engine plan) and no slot token counts in `/slots` (keep_kv
+`--log-jsonl` (launches log text; the engine plan from its text table) and no slot token counts in `/slots` (keep_kv
 saves nothing). The old build is the FAKE llama-server posing as b9093 (tests/fakes/)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Lint: what the configured llama-server build lacks of what the manifest uses, said once per
 binary as a warning with the build (llmctl.supervisor.features): no `--log-jsonl` (launches log
-text, no engine memory plan), no slot token counts in `/slots` (keep_kv saves nothing)."""
+text, the engine's plan read from its text table), no slot token counts in `/slots` (keep_kv saves nothing)."""
 
 from __future__ import annotations
 

@@ -283,7 +283,8 @@ def feature_gaps(
             FeatureGap(
                 "log-jsonl",
                 f"llama-server {name} has no {JSONL_FLAG}: launches log text, and the engine's "
-                "memory plan (estimate --engine, placing by the engine's figures) is unavailable",
+                "memory plan is read from the table it logs (with `--fit off` it prints none: "
+                "then the formula decides)",
             )
         )
     if keep_kv and not rules_for(build).slot_tokens:
