@@ -46,6 +46,26 @@ def test_followers_and_tails_give_text_and_keep_the_plan(tmp_path: Path) -> None
     assert error_line(lines) == text_lines(ENTRY)[0]  # the level prefix is found again
 
 
+# b9093 with `-mg 0` on a machine with no GPU: no level prefixes, and the lines after the cause
+# name an error too
+B9093_MAIN_GPU = """\
+common_params_fit_impl: getting device memory data for initial parameters:
+llama_prepare_model_devices: invalid value for main_gpu: 0 (available devices: 0)
+llama_model_load_from_file_impl: failed to load model
+common_fit_params: encountered an error while trying to fit params to free device memory: failed to load model
+common_init_from_params: failed to load model '/m/tiny.gguf'
+srv    load_model: failed to load model, '/m/tiny.gguf'
+main: exiting due to model loading error""".splitlines()
+
+
+def test_the_cause_comes_before_the_lines_that_follow_any_failed_load() -> None:
+    assert error_line(B9093_MAIN_GPU) == B9093_MAIN_GPU[1]
+    assert error_line(B9093_MAIN_GPU[2:]) == B9093_MAIN_GPU[2]  # no cause: the first of them
+    pinned = ["0.00.010.000 E gguf_init_from_file: failed to open GGUF file 'x' (No such file)",
+              "0.00.010.001 E srv    load_model: failed to load model, 'x'"]  # fmt: skip
+    assert error_line(pinned) == pinned[0]
+
+
 def _llmctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmctl", *args], capture_output=True, text=True, timeout=60

@@ -36,6 +36,8 @@ def machine_problems(m: Manifest) -> list[Problem]:
                             hint="use a name from `llama-server --list-devices`, or CPU",
                         )
                     )
+    if binary is not None:
+        out.extend(_main_gpu_problems(m, binary))
     report = detect(m.device_configs())
     # pinned profiles with one explicit device: all of them must fit there together
     listed = {d.name for d in report.devices}
@@ -80,3 +82,38 @@ def machine_problems(m: Manifest) -> list[Problem]:
                 )
             )
     return out
+
+
+def _main_gpu_problems(m: Manifest, binary: str) -> list[Problem]:
+    """`main_gpu: N` where llama-server lists fewer devices: b9093 and other builds of early 2026
+    then refuse to load the model ("invalid value for main_gpu"), newer ones ignore it."""
+    from llmctl.llama.binary import list_devices
+
+    wanted = [(name, p.main_gpu) for name, p in m.profiles.items() if p.main_gpu is not None]
+    if not wanted:
+        return []  # --list-devices is not asked
+    known = list_devices(binary)
+    if known is None:
+        return []
+    gpus = [d for d in known if d.upper() != "CPU"]
+    return [
+        _at(
+            m,
+            "warning",
+            "main-gpu",
+            f"main_gpu: {index} names GPU {index}, but {binary} lists "
+            f"{_gpus(gpus)}: some llama.cpp builds (b9093) then refuse to load the model, "
+            "newer ones ignore it",
+            name,
+            "main_gpu",
+            hint="remove main_gpu on this machine, or use a GPU `llama-server --list-devices` lists",
+        )
+        for name, index in wanted
+        if index >= len(gpus)
+    ]
+
+
+def _gpus(names: list[str]) -> str:
+    if not names:
+        return "no GPU"
+    return f"{len(names)} GPU{'s' if len(names) > 1 else ''} ({', '.join(names)})"

@@ -209,7 +209,13 @@ _ERROR_WORDS = re.compile(
     r"\bsegmentation\b|\bunknown argument\b",
     re.IGNORECASE,
 )
-_GENERIC = re.compile(r"exiting due to|cleaning up before exit", re.IGNORECASE)
+# what llama.cpp says after the cause, whatever the cause ("failed to load model" follows an
+# invalid --main-gpu, a missing file, a bad tensor...): the cause comes first if any line names it
+_GENERIC = re.compile(
+    r"exiting due to|cleaning up before exit|failed to load model\b|"
+    r"encountered an error while trying to fit",
+    re.IGNORECASE,
+)
 _BENIGN = re.compile(r"\bwarn(ing)?\b|^\d+\.\d+\.\d+\.\d+ [IWD] ", re.IGNORECASE)
 
 
