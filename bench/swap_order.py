@@ -1,23 +1,29 @@
 """Swap-aware order: agents on profiles that do not fit together, arrival order against
 `serve.max_wait` at two bounds, and the same with profiles that fit together.
 
-    uv run python bench/swap_order.py [--requests 100] [--bounds 1,3]
+    uv run python bench/swap_order.py [--requests 100] [--bounds 1,3] [--load-seconds S]
 
 `llmctl serve` with `server.ports`, the real llama-server and tiny profiles on the CPU device with a
 budget that holds one of them (from their estimates). 2 and 3 agents, agent i sending its requests
 for profile i one after another, all at once. For each setting: loads (llama-server starts) after a
 warm-up that loaded one, the requests' p50 and p99 latency, and throughput.
 
-Measured (2 shared cores, --requests 15):
-    agents  order          loads  p50 ms  p99 ms  req/s
-    2       arrival order     27   968.6  3553.5   1.45
-    2       max_wait 1s        1     9.7  2901.2   5.60
-    2       max_wait 3s        1     8.3  3196.7   8.84
-    2       fit together       0     3.7  1224.8  11.86
-    3       arrival order     45  1183.9  5038.9   1.88
-    3       max_wait 1s        5    11.9  2098.6  10.62
-    3       max_wait 3s        3    12.6  3318.1   8.63
-    3       fit together       0    20.0  1684.8  21.11
+A tiny model loads in about 0.1 s, so arrival order's p99 here is two such loads, far below what
+it is on real models (seconds to minutes per load). `--load-seconds S` puts the real
+llama-server behind a FAKE slow start (a wrapper that sleeps S seconds, then execs it): a
+stand-in for a model that takes S s to load, with everything else real.
+
+Measured (2 cores, one run each):
+    --requests 100                               --requests 30 --load-seconds 2
+    agents  order          loads  p50 ms  p99 ms   loads   p50 ms   p99 ms
+    2       arrival order    196   107.6   133.1      59   4122.2   4159.9
+    2       max_wait 1s        1     3.9    19.7       1      3.2   2749.4
+    2       max_wait 3s        1     3.1    16.2       1      3.8   2729.8
+    2       fit together       0     2.9    15.9       0      8.9    543.4
+    3       arrival order    295   171.0   204.7      88   6187.1   6243.8
+    3       max_wait 1s        2     4.3    27.8       2      3.8   5439.1
+    3       max_wait 3s        2     4.6    17.2       2      3.8   5442.0
+    3       fit together       0     5.3   107.3       0      3.3    608.4
 """
 
 from __future__ import annotations
@@ -82,18 +88,21 @@ def agents(url: str, models: list[str], n: int) -> tuple[list[float], int, float
     return latencies, errors, time.perf_counter() - began
 
 
-def run(tmp: Path, budget: int, profiles: str, max_wait: float, models: list[str], n: int) -> str:
+def run(
+    tmp: Path, budget: int, profiles: str, max_wait: float, models: list[str], n: int, binary: str
+) -> str:
     import httpx
 
     base = free_port_range(6)
     manifest = tmp / f"m-{base}.yaml"
     manifest.write_text(
-        f"version: 1\nserver:\n  binary: {find_llama_server()}\n  port: {base + 1}\n"
+        f"version: 1\nserver:\n  binary: {binary}\n  port: {base + 1}\n"
         f"  ports: {base + 1}-{base + 5}\n"
         f"gpu:\n  - {{name: CPU, vram: {budget}, headroom: 0}}\n"
         f"serve:\n  max_wait: {max_wait}\n  queue: {{max_size: 64, timeout: 600}}\n" + profiles
     )
-    env = dict(os.environ, LLMCTL_STATE_DIR=str(tmp / f"state-{base}"))
+    # LLMCTL_LLAMA_SERVER would win over server.binary
+    env = dict(os.environ, LLMCTL_STATE_DIR=str(tmp / f"state-{base}"), LLMCTL_LLAMA_SERVER=binary)
     log = (tmp / f"serve-{base}.log").open("wb")
     proc = subprocess.Popen(
         [*llmctl_cmd(), "serve", "--manifest", str(manifest), "--port", str(base)],
@@ -137,6 +146,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--bounds", default="1,3", help="serve.max_wait values, seconds")
     parser.add_argument("--agents", default="2,3", help="numbers of agents to run")
+    parser.add_argument(
+        "--load-seconds", type=float, default=0.0, help="a FAKE slow start of S s per load"
+    )
     args = parser.parse_args()
     from llmctl.manifest.validate import load_manifest
     from llmctl.placement.placer import placement_request
@@ -146,6 +158,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = write_tiny_model(tmp / "tiny.gguf")
+        binary = find_llama_server()
+        if args.load_seconds > 0:
+            slow = tmp / "llama-server"  # named as llama-server, so process scans know it
+            slow.write_text(f'#!/bin/sh\nsleep {args.load_seconds}\nexec "{binary}" "$@"\n')
+            slow.chmod(0o755)
+            binary = str(slow)
         profiles = "profiles:\n" + "".join(
             f"  {p}: {{model: {model}, ctx_size: {4096 * (i + 1)}, parallel: 1}}\n"
             for i, p in enumerate("abc")
@@ -159,7 +177,10 @@ def main() -> None:
         # each term rounded up to the MiB (a budget of the formula's figure + 1 MiB refused c)
         slack = 4 * MiB
         one, every = max(need.values()) + slack, sum(need.values()) + slack * len(need)
-        print(f"## {args.requests} requests per agent; CPU budget {one / MiB:.1f} MiB holds one")
+        slow = f"; each load {args.load_seconds:g} s longer (FAKE)" if args.load_seconds else ""
+        print(
+            f"## {args.requests} requests per agent; CPU budget {one / MiB:.1f} MiB holds one{slow}"
+        )
         print(
             f"{'agents':<7} {'order':<22} {'loads':>6} {'p50 ms':>9} {'p99 ms':>9} "
             f"{'req/s':>8} {'errors':>6}"
@@ -172,7 +193,7 @@ def main() -> None:
             settings += [("fit together", every, 0.0)]
             for label, budget, wait in settings:
                 ERRORS.clear()
-                line = run(tmp, budget, profiles, wait, models, args.requests)
+                line = run(tmp, budget, profiles, wait, models, args.requests, binary)
                 said = "  " + ", ".join(f"{n} x {w}" for w, n in ERRORS.items()) if ERRORS else ""
                 print(f"{k:<7} {label:<22} {line}{said}", flush=True)
 

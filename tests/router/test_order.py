@@ -44,6 +44,18 @@ def test_a_busy_victim_defers_the_swap_until_the_bound() -> None:
     assert swap_verdict(Waiting("b", 10.0), [busy()], {}, BOUND, 15.0).reason == "bound expired"
 
 
+def test_the_bound_counts_from_the_victims_load_when_the_request_is_older() -> None:
+    """A request that waited through the load of the profile it would evict was not passed over
+    then: that profile serves for max_wait before the swap (else loads longer than the bound make
+    every next bound expire at once, and the order is arrival order again)."""
+    fresh = busy(loaded_at=20.0)
+    v = swap_verdict(Waiting("b", 10.0), [fresh], {}, BOUND, 21.0)
+    assert not v.go and v.reason == "deferred" and v.wake_at == 25.0
+    assert swap_verdict(Waiting("b", 10.0), [fresh], {}, BOUND, 25.0).reason == "bound expired"
+    # ranking among the waiting still counts from arrival: the oldest expired goes first
+    assert next_profile([Waiting("c", 19.0), Waiting("b", 10.0)], {}, BOUND, 21.0).profile == "b"
+
+
 def test_passes_expire_the_bound_before_the_time() -> None:
     bound = Bound(max_wait=5.0, max_passes=3)
     assert swap_verdict(Waiting("b", 10.0, passed=3), [busy()], {}, bound, 11.0).go

@@ -3,7 +3,9 @@
 `next_profile` names the waiting profile that loads next: one whose bound expired first (passed
 over for `max_wait` seconds or `max_passes` requests), then the highest `priority`, then the
 oldest request. `swap_verdict` says whether that load may start now or must wait, and why: it
-starts at once when it evicts nothing ("fits"), when the bound expired ("bound expired"), when it
+starts at once when it evicts nothing ("fits"), when the bound expired ("bound expired": passed
+over for `max_wait` since its arrival or since the busy victim became ready, whichever is later,
+so a profile just loaded serves for at least `max_wait`), when it
 outranks every busy victim ("priority") or when every victim has nothing to do ("idle"). A victim
 is busy while it has requests in flight or had one within `IDLE_GRACE_S` (an agent's next request
 follows its last response closely). A victim loaded less than its `min_residency` ago is not
@@ -115,9 +117,13 @@ def swap_verdict(
         return Verdict(False, "min residency", min(ends + wakes))
     if bound.max_wait <= 0:
         return Verdict(True, "arrival order")
-    if expired(target, bound, now):
+    # passed over only while a profile it would evict serves: the time it waited for that
+    # profile's own load is not passed over (else, with loads longer than the bound, every swap
+    # would find the next bound expired and the order would be arrival order again)
+    since = max([target.since, *(r.loaded_at for r in busy)])
+    if expired(Waiting(target.profile, since, target.passed), bound, now):
         return Verdict(True, "bound expired")
     prio = settings.get(target.profile, _DEFAULT).priority
     if all(prio > settings.get(r.profile, _DEFAULT).priority for r in busy):
         return Verdict(True, "priority")
-    return Verdict(False, "deferred", min([target.since + bound.max_wait, *wakes]))
+    return Verdict(False, "deferred", min([since + bound.max_wait, *wakes]))
