@@ -2,12 +2,13 @@
 
     uv run python bench/engine_probe.py [--shapes a,b] [--options N]
 
-For each real-shaped model (llmctl.testing.realshapes) and launch option set, three figures per
-term (weights, KV cache, compute; the output buffer is not in the engine's plan): the formula (`llmctl estimate`), the
-engine's plan (`fit_memory_breakdown` of `--log-jsonl`, asked by `llmctl estimate --engine`,
-stopped before the weights load), and the buffers llama-server reports after a full load
-(`-lv 4`). The plan states whole MiB (rounded down), so it is "exact" within 1 MiB. Then the
-probe's time beside the full load's.
+For each real-shaped model (llmctl.testing.realshapes) and launch option set (by default every
+launch of bench/estimate_accuracy.py but the projector's), three figures per term (weights, KV
+cache, compute; the output buffer is not in the engine's plan): the formula (`llmctl estimate`),
+the engine's plan (`fit_memory_breakdown` of `--log-jsonl`, or the text table of a build without
+it such as b9093, asked as `llmctl estimate --engine` asks it, stopped before the weights load),
+and the buffers llama-server reports after a full load (`-lv 4`). The plan states whole MiB
+(rounded down), so it is "exact" within 1 MiB. Then the probe's time beside the full load's.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from estimate_accuracy import OPTIONS
+from estimate_accuracy import FAMILY_OPTIONS, OPTIONS
 from readiness import find_llama_server
 
+from llmctl.llama.binary import known_flags
 from llmctl.llama.engineplan import probe
 from llmctl.llama.gguf import read_gguf
 from llmctl.memory.calibration import measure_reported, on_free_port
@@ -39,11 +41,16 @@ TERMS = (("model", ("model",)), ("context", ("kv",)), ("compute", ("compute",)))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", help="comma-separated shape names (default: all)")
-    ap.add_argument("--options", type=int, default=3, help="how many option sets per model")
+    ap.add_argument(
+        "--options", type=int, default=len(OPTIONS), help="how many option sets per model"
+    )
     a = ap.parse_args()
     names = set(a.shapes.split(",")) if a.shapes else None
     binary = find_llama_server()
     rules = binary_rules(binary)  # the build's rules (llmctl.memory.builds)
+    # a build without --log-jsonl (b9093) states its plan as a text table in its log
+    jsonl = "--log-jsonl" in (known_flags(binary) or ())
+    print(f"{binary}: the plan from {'the --log-jsonl event' if jsonl else 'its text table'}")
     folder = cache_dir() / "bench-models"
     folder.mkdir(parents=True, exist_ok=True)
     head = (
@@ -61,10 +68,11 @@ def main() -> None:
             continue
         path = write_shaped_model(folder, s)
         src = ModelSource.from_gguf(read_gguf(path))
-        for args in OPTIONS[: a.options]:
+        family = FAMILY_OPTIONS.get(s.family, ()) if a.options >= len(OPTIONS) else ()
+        for args in (*OPTIONS[: a.options], *family):  # every launch of estimate_accuracy.py
             # `--fit off` would skip the plan: the launch as llmctl makes it (-c, -np given)
             argv = [binary, "-m", str(path), "-nr", *args.split()]
-            outcome = probe(on_free_port(argv))
+            outcome = probe(on_free_port(argv), jsonl=jsonl)
             t0 = time.monotonic()
             reported = measure_reported(argv)[0]
             load_s.append(time.monotonic() - t0)
