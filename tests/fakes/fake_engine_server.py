@@ -31,8 +31,9 @@ ROWS = [
     {"kind": "device", "name": "CUDA0", "total": 24576, "free": 23000, "self": 1300,
      "model": 1000, "context": 200, "compute": 100, "unaccounted": 0},
     {"kind": "host", "name": "Host", "self": 60, "model": 50, "context": 0, "compute": 10},
-    {"kind": "buffer_type", "name": "CUDA_Host", "self": 10, "model": 0, "context": 0,
-     "compute": 10},
+    # the CPU's extra buffer type: neither the host's (CUDA_Host is) nor a device's
+    {"kind": "buffer_type", "name": "CPU_REPACK", "self": 10, "model": 10, "context": 0,
+     "compute": 0},
 ]  # fmt: skip
 
 
@@ -43,7 +44,7 @@ TEXT_TABLE = """\
 0.00.010.200 I common_memory_breakdown_print: | memory breakdown [MiB] | total   free    self   model   context   compute    unaccounted |
 0.00.010.300 I common_memory_breakdown_print: |   - CUDA0 (RTX 3090)   | 24135 = 22741 + ( 1300 =  1000 +     200 +     100) +          94 |
 0.00.010.400 I common_memory_breakdown_print: |   - Host               |                    60 =    50 +       0 +      10                |
-0.00.010.500 I common_memory_breakdown_print: |   - CUDA_Host          |                    10 =     0 +       0 +      10                |
+0.00.010.500 I common_memory_breakdown_print: |   - CPU_REPACK         |                    10 =    10 +       0 +       0                |
 0.00.010.600 I common_params_fit_impl: projected to use 1300 MiB of device memory vs. 22741 MiB of free device memory
 """
 

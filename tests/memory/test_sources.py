@@ -89,7 +89,7 @@ def test_the_dashboards_plan_says_its_source(manifest: Path) -> None:
     assert llmctl("estimate", "big", "--engine").returncode == 0
     est = plan_profile(m, "big")["estimate"]
     assert est["memory_source"] == "engine plan"
-    assert est["engine_bytes"] == (1300 + 60) * MiB  # every device and host row it states
+    assert est["engine_bytes"] == (1300 + 60 + 10) * MiB  # every device, host, buffer-type row
     from llmctl.supervisor.launch import launch_spec
     from llmctl.supervisor.probe import record_oom_floor
 

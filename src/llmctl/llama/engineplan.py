@@ -111,8 +111,15 @@ class EnginePlan:
     resolution: int = 1024**2
 
     def memory_rows(self) -> list[PlanRow]:
-        """The rows that hold memory: devices and the host (buffer types are their parts)."""
-        return [r for r in self.rows if r.kind in ("device", "host")]
+        """The rows that hold memory: devices, the host, and the buffer types llama.cpp counts
+        apart from both (`common_memory_breakdown_print`: neither a host buffer nor a device's,
+        i.e. the CPU's extra buffer types such as AMX or CPU_REPACK, in RAM)."""
+        return [r for r in self.rows if r.kind in ("device", "host", "buffer_type")]
+
+    @staticmethod
+    def on_host(row: PlanRow) -> bool:
+        """Whether a memory row is in RAM: the host and the CPU's extra buffer types."""
+        return row.kind in ("host", "buffer_type")
 
     def row(self, name: str) -> PlanRow | None:
         return next((r for r in self.memory_rows() if r.name == name), None)

@@ -240,18 +240,25 @@ def _engine_usage(
     """Bytes per device from llama-server's own plan of exactly this launch, when one is kept
     (`llmctl estimate --engine`): its device rows by name, the host as CPU, each term rounded up
     to the plan's resolution (it states whole MiB, rounded down), and what the plan does not
-    state added as the formula has it: each GPU's backend overhead, the host's output buffer."""
+    state added as the formula has it: each GPU's backend overhead, the host's output buffer.
+    The CPU's extra buffer types (AMX, CPU_REPACK) count on the host, and the host's weights are
+    never fewer than the tensor table puts there (on a CPU with AMX, the dry run leaves out the
+    mmapped weights beside an AMX buffer: 0 MiB stated for 2.57 allocated)."""
     if found is None:
         return None
     overhead = {s.device: s.overhead_bytes for s in plan.shares}
     usage: dict[str, int] = {}
+    host_model = 0
     for row in found.memory_rows():
-        device = "CPU" if row.kind == "host" else row.name
+        device = "CPU" if found.on_host(row) else row.name
         terms = [v for v in (row.model, row.context, row.compute) if v]
         upper = sum(terms) + found.resolution * len(terms)
         usage[device] = usage.get(device, 0) + upper + overhead.get(device, 0)
+        if device == "CPU" and row.model:
+            host_model += row.model + found.resolution
     if est is not None:
-        usage["CPU"] = usage.get("CPU", 0) + est.output_bytes
+        missing = est.weights.cpu_bytes - host_model
+        usage["CPU"] = usage.get("CPU", 0) + est.output_bytes + max(0, missing)
     return {d: b for d, b in usage.items() if b > 0}
 
 
