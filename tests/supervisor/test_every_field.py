@@ -132,8 +132,20 @@ def test_every_profile_field_starts_llama_server(
         assert out.returncode == 0, out.stdout + out.stderr
         status = json.loads(_llmctl("status", "--json").stdout)
         assert status["running"] and status["healthy"] and status["profile"] == profile, status
-        argv = _llmctl("command", profile, "--manifest", str(manifest)).stdout
+        argv = _llmctl("command", profile, "--manifest", str(manifest)).stdout.split()
         assert str(llama_server_bin) in argv
+        # each field set reached the command line, in the spelling the table gives
+        for f in FLAGS:
+            value = PROFILES[profile].get(f.field)
+            if value is None or (f.kind == "switch" and value is False):
+                continue
+            flag = f.off_flag if f.kind == "bool-pair" and value is False else f.flag
+            assert flag in argv, (f.field, argv)
+        fields = PROFILES[profile]
+        if fields.get("mmap") is False or fields.get("mlock") is True:  # not the default
+            assert {"--load-mode", "--no-mmap", "--mlock"} & set(argv), (
+                argv
+            )  # as the build spells it
     finally:
         assert _llmctl("stop").returncode == 0
     assert llama_pids(llama_server_bin) == []

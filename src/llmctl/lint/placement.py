@@ -92,10 +92,9 @@ def _main_gpu_problems(m: Manifest, binary: str) -> list[Problem]:
     wanted = [(name, p.main_gpu) for name, p in m.profiles.items() if p.main_gpu is not None]
     if not wanted:
         return []  # --list-devices is not asked
-    known = list_devices(binary)
-    if known is None:
+    gpus = list_devices(binary)  # the CPU is not among them
+    if gpus is None:
         return []
-    gpus = [d for d in known if d.upper() != "CPU"]
     return [
         _at(
             m,
