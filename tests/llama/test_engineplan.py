@@ -370,3 +370,34 @@ def test_the_placer_decides_by_the_engine_plan_once_one_is_kept(
     assert after.usage["CPU"] == (10 + 4 + 2 + 3) * MiB + placed.estimate.output_bytes
     assert placed.specs[0].placement["memory_source"] == "engine plan"
     assert any("own plan" in n for n in placed.notes)
+
+
+def test_on_a_cpu_with_amx_the_host_holds_the_amx_row_and_at_least_the_tensor_tables_weights(
+    tmp_path: Path,
+) -> None:
+    """The plan b11312 states on a CPU with AMX for the tiny f16 model (-c 8192 -np 2): Host
+    model 0 (the mmapped weights left out), AMX 3. The placer counts the AMX row on the host and
+    never fewer host weights than the tensor table holds; the warning does not blame the formula."""
+    from types import SimpleNamespace
+
+    from llmctl.llama.engineplan import EnginePlan, PlanRow
+    from llmctl.placement.placer import _engine_usage
+
+    MiB_ = 1024**2
+    plan = EnginePlan(
+        (
+            PlanRow("host", "Host", model=0, context=8 * MiB_, compute=12 * MiB_),
+            PlanRow("buffer_type", "AMX", model=3 * MiB_, context=0, compute=0),
+        )
+    )
+    model = write_tiny_model(tmp_path / "tiny.gguf", n_ff=1024)
+    est = estimate(
+        ModelSource.from_gguf(read_gguf(model)), LaunchOptions(ctx_size=8192, parallel=2), gpu=False
+    )
+    usage = _engine_usage(plan, SimpleNamespace(shares=[]), est)  # type: ignore[arg-type]
+    assert usage is not None and list(usage) == ["CPU"]
+    stated = (8 + 12 + 3) * MiB_ + 3 * MiB_  # each stated term rounded up to the next MiB
+    assert usage["CPU"] == stated + est.output_bytes + (est.weights.cpu_bytes - 4 * MiB_)
+    assert usage["CPU"] >= est.weights.cpu_bytes + est.kv_bytes + est.host_compute_bytes
+    model_term = next(d for d in compare(est, plan) if d.term == "model")
+    assert model_term.engine == 3 * MiB_ and not model_term.off
